@@ -1,0 +1,327 @@
+"""Configs: plain dataclasses that validate themselves, read from YAML strictly.
+
+A cell is described by one :class:`CellConfig` (data, model, diffusion, training
+and sampling settings). YAML files map onto it key by key; an unknown key, a
+value of the wrong type or an out-of-range value is a :class:`ConfigError` that
+names the offending field by its dotted path (``train.lr``) and, for a typo,
+suggests the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the field."""
+
+
+def _require(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass
+class GMMConfig:
+    """A synthetic mixture of K Gaussians in D dimensions (the ``gmm`` dataset).
+
+    Means are random shifts ``shift * N(0, I)``; each component has covariance
+    ``U_k diag(lambda) U_k^T`` with a random orthonormal ``U_k`` of ``rank``
+    columns (``rank = None``: full rank) and eigenvalues spread over
+    ``scale^2 * [0.5, 1]``. ``components = 2`` is the two-Gaussians-with-random-
+    shifts example.
+    """
+
+    components: int = 2
+    dim: int = 16
+    rank: int | None = None
+    scale: float = 0.2
+    shift: float = 0.5
+    size: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.components >= 1, "data.gmm.components", "must be >= 1")
+        _require(self.dim >= 1, "data.gmm.dim", "must be >= 1")
+        _require(self.rank is None or 1 <= self.rank <= self.dim, "data.gmm.rank",
+                 f"must be between 1 and dim={self.dim}, or null for full rank")
+        _require(self.scale > 0, "data.gmm.scale", "must be > 0")
+        _require(self.size >= 2, "data.gmm.size", "must be >= 2")
+
+
+@dataclass
+class DataConfig:
+    """Which images, and which of them a cell trains on.
+
+    The training subset of size ``n_train`` is the first ``n_train`` items of a
+    fixed permutation (seeded by ``split_seed``) of the de-duplicated dataset,
+    so smaller subsets nest inside larger ones. The last ``n_heldout`` items of
+    the permutation are held out and never drawn by any subset.
+    """
+
+    name: Literal["digits", "gmm", "mnist", "cifar10", "folder", "npz"] = "digits"
+    root: str | None = None
+    n_train: int = 32
+    n_heldout: int = 256
+    split_seed: int = 0
+    class_balanced: bool = False
+    resize: int | None = None
+    labels: Literal["none", "true", "random", "unique"] = "none"
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.n_train >= 1, "data.n_train", "must be >= 1")
+        _require(self.n_heldout >= 0, "data.n_heldout", "must be >= 0")
+        _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")
+        needs_root = self.name in ("mnist", "cifar10", "folder", "npz")
+        _require(not needs_root or bool(self.root), "data.root",
+                 f"dataset {self.name!r} is read from local files: set data.root to their location")
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser network and its size knobs.
+
+    ``unet`` uses ``channels``, ``channel_mult``, ``blocks_per_level`` and
+    ``attention_resolutions``; ``dit`` uses ``patch_size``, ``width``, ``depth``
+    and ``heads``; ``mlp`` uses ``width`` and ``depth``.
+    """
+
+    arch: Literal["unet", "dit", "mlp"] = "unet"
+    channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    blocks_per_level: int = 1
+    attention_resolutions: tuple[int, ...] = ()
+    dropout: float = 0.0
+    patch_size: int = 2
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "blocks_per_level", "patch_size", "width", "depth", "heads"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+        _require(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
+                 "model.channel_mult", "must be a non-empty list of positive integers")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _require(self.width % self.heads == 0, "model.width", f"must be divisible by model.heads={self.heads}")
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise levels seen in training and how the network is wrapped into a denoiser.
+
+    ``noise``: ``edm`` draws ``ln sigma ~ N(p_mean, p_std^2)`` (Karras et al.
+    2022); ``vp_linear`` and ``vp_cosine`` draw ``t ~ U(t_min, 1)`` and use the
+    VP schedule's ``sigma(t)``. ``parameterization``: what the network predicts
+    (``edm`` preconditioning, ``eps``, ``x0`` or ``v``).
+    """
+
+    parameterization: Literal["edm", "eps", "x0", "v"] = "edm"
+    noise: Literal["edm", "vp_linear", "vp_cosine"] = "edm"
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def __post_init__(self) -> None:
+        _require(self.sigma_data > 0, "diffusion.sigma_data", "must be > 0")
+        _require(self.p_std > 0, "diffusion.p_std", "must be > 0")
+        _require(0 < self.sigma_min < self.sigma_max, "diffusion.sigma_min",
+                 "must satisfy 0 < sigma_min < sigma_max")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, EMA, checkpointing and logging of the training loop."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 500
+    keep_all_checkpoints: bool = False
+    log_every: int = 50
+    eval_every: int = 250
+    amp: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "eval_every"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+        _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "must be > 0 or null")
+
+
+SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm")
+
+
+@dataclass
+class SampleConfig:
+    """Default sampler settings of a cell (``memorize sample`` flags override them)."""
+
+    sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm"] = "heun"
+    steps: int = 18
+    num: int = 64
+    batch_size: int = 64
+    seed: int = 0
+    eta: float = 0.0
+    churn: float = 0.0
+    schedule: Literal["karras", "vp_linear", "vp_cosine"] = "karras"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "num", "batch_size"):
+            _require(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
+        _require(0.0 <= self.eta <= 1.0, "sample.eta", "must be in [0, 1]")
+        _require(self.churn >= 0, "sample.churn", "must be >= 0")
+        _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
+                 "must satisfy 0 < sigma_min < sigma_max")
+
+
+@dataclass
+class CellConfig:
+    """Everything that defines one cell: train on a subset, then sample."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------
+# Strict mapping of plain dicts (from YAML) onto the dataclasses above.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        _require(isinstance(value, dict), where, f"expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+    if origin is Literal:
+        _require(value in args, where, f"expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), where, f"expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        _require(isinstance(value, bool), where, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), where, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML reads 1e-3 as a string; accept numeric strings for floats only.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), where,
+                 f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), where, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown key{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a dataclass config (tuples become lists, for YAML)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CellConfig:
+    """Read a cell config from YAML (``None``: the embedded default) plus dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    try:
+        return from_dict(CellConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted = 'a.b'``, creating levels as needed."""
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part!r} is not a mapping")
+    node[last] = value
+
+
+def save_config(config: CellConfig, path: Path) -> None:
+    from memorize.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,227 @@
+"""Datasets by name, loaded whole into memory as float32 in [-1, 1].
+
+Images have shape (M, C, H, W); vector data (the ``gmm`` mixtures) (M, D).
+Nothing is downloaded: MNIST and CIFAR-10 are read from torchvision's standard
+files under a local root, and a missing file is an error that names the path
+where it was expected.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from memorize.config import DataConfig, GMMConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset's files are missing or malformed; the message names the path."""
+
+
+@dataclass
+class GaussianMixture:
+    """Parameters of a known Gaussian mixture: ``sum_k w_k N(means_k, covs_k)``."""
+
+    weights: torch.Tensor  # (K,)
+    means: torch.Tensor  # (K, D)
+    covs: torch.Tensor  # (K, D, D)
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory. ``mixture`` is set when the true density is known."""
+
+    name: str
+    data: torch.Tensor  # (M, C, H, W) or (M, D), float32
+    labels: torch.Tensor | None  # (M,) int64
+    num_classes: int
+    mixture: GaussianMixture | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one item."""
+        return tuple(self.data.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.data.ndim == 4
+
+
+def _from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 in [0, 255] -> float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
+
+
+def _missing(path: Path, what: str) -> DatasetError:
+    return DatasetError(f"{what}: expected file {path} (not found). Nothing is downloaded; "
+                        f"place the file there or point data.root elsewhere.")
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 1,797 8x8 digits (values 0..16), shipped with the package."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32)) / 8.0 - 1.0
+    return Dataset("digits", images[:, None], torch.from_numpy(bunch.target).long(), 10)
+
+
+def load_mnist(root: str | Path) -> Dataset:
+    """MNIST training split from ``root/MNIST/raw`` (torchvision's layout, unpacked idx files)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = Path(root) / "MNIST" / "raw"
+    image_file, label_file = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    for path in (image_file, label_file):
+        if not path.is_file():
+            raise _missing(path, "mnist")
+    images = read_image_file(str(image_file)).numpy()
+    labels = read_label_file(str(label_file)).long()
+    return Dataset("mnist", _from_uint8(images[:, None]), labels, 10)
+
+
+def load_cifar10(root: str | Path) -> Dataset:
+    """CIFAR-10 training split from ``root/cifar-10-batches-py/data_batch_{1..5}``.
+
+    Read directly from the pickled batches (the format described on the
+    CIFAR-10 page), so fixtures need not match torchvision's md5 sums.
+    """
+    folder = Path(root) / "cifar-10-batches-py"
+    images, labels = [], []
+    for i in range(1, 6):
+        path = folder / f"data_batch_{i}"
+        if not path.is_file():
+            raise _missing(path, "cifar10")
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="latin1")
+        try:
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch["labels"])
+        except (KeyError, ValueError) as err:
+            raise DatasetError(f"cifar10: {path} is not a CIFAR-10 python batch ({err})") from None
+    return Dataset("cifar10", _from_uint8(np.concatenate(images)), torch.tensor(labels).long(), 10)
+
+
+def load_folder(root: str | Path, size: int | None) -> Dataset:
+    """Every image under ``root`` (recursively), as RGB; labels from first-level subfolders.
+
+    Images of different sizes need ``data.resize``; they are then resized to
+    ``size x size`` here.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"folder: expected an image folder at {root} (not found)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    class_index = {c: i for i, c in enumerate(classes)}
+    arrays = []
+    for path in files:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None:
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            arrays.append(np.asarray(img))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(f"folder: images under {root} differ in size {sorted(shapes)[:3]}...; set data.resize")
+    images = np.stack(arrays).transpose(0, 3, 1, 2)
+    labels = None
+    if classes:
+        labels = torch.tensor([class_index.get(p.relative_to(root).parts[0], 0) for p in files]).long()
+    return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Arrays from an ``.npz``: ``images`` (M, C, H, W), (M, H, W, C), (M, H, W) or (M, D);
+    uint8 in [0, 255] or float in [-1, 1]; optional integer ``labels`` (M,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"npz: expected file {path} (not found)")
+    with np.load(path) as npz:
+        if "images" not in npz:
+            raise DatasetError(f"npz: {path} has no array 'images' (found: {', '.join(npz.files)})")
+        images = npz["images"]
+        labels = npz["labels"] if "labels" in npz else None
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    elif images.ndim not in (2, 4):
+        raise DatasetError(f"npz: {path}: 'images' must be (M, C, H, W), (M, H, W, C), (M, H, W) or (M, D); "
+                           f"got shape {images.shape}")
+    if images.dtype == np.uint8:
+        data = _from_uint8(images)
+    else:
+        data = torch.from_numpy(np.asarray(images, dtype=np.float32))
+        lo, hi = float(data.min()), float(data.max())
+        if lo < -1.0 or hi > 1.0 or not np.isfinite([lo, hi]).all():
+            raise DatasetError(f"npz: {path}: float 'images' must lie in [-1, 1]; found [{lo}, {hi}]")
+    label_tensor = None
+    num_classes = 1
+    if labels is not None:
+        if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+            raise DatasetError(f"npz: {path}: 'labels' must be integers of shape ({len(data)},); "
+                               f"got {labels.dtype} {labels.shape}")
+        label_tensor = torch.from_numpy(labels).long()
+        num_classes = int(labels.max()) + 1
+    return Dataset("npz", data, label_tensor, num_classes)
+
+
+def make_gmm(cfg: GMMConfig) -> Dataset:
+    """Draw ``cfg.size`` points from a random Gaussian mixture (see GMMConfig)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    k, d = cfg.components, cfg.dim
+    r = cfg.rank or d
+    means = cfg.shift * torch.randn(k, d, generator=gen, dtype=torch.float64)
+    eigvals = cfg.scale**2 * torch.linspace(1.0, 0.5, r, dtype=torch.float64)
+    bases = torch.linalg.qr(torch.randn(k, d, r, generator=gen, dtype=torch.float64)).Q  # (K, D, r)
+    factors = bases * eigvals.sqrt()  # Sigma_k = factors_k factors_k^T
+    covs = factors @ factors.transpose(1, 2)
+    weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    comp = torch.multinomial(weights, cfg.size, replacement=True, generator=gen)
+    z = torch.randn(cfg.size, r, 1, generator=gen, dtype=torch.float64)
+    points = means[comp] + (factors[comp] @ z).squeeze(-1)
+    mixture = GaussianMixture(weights, means, covs)
+    return Dataset("gmm", points.float(), comp.long(), k, mixture)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize (M, C, H, W) images to ``size x size`` (bilinear, antialiased)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp_(-1.0, 1.0)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load the dataset ``cfg.name`` (resized if ``cfg.resize``)."""
+    if cfg.name == "digits":
+        ds = load_digits()
+    elif cfg.name == "gmm":
+        return make_gmm(cfg.gmm)
+    elif cfg.name == "mnist":
+        ds = load_mnist(cfg.root)
+    elif cfg.name == "cifar10":
+        ds = load_cifar10(cfg.root)
+    elif cfg.name == "folder":
+        return load_folder(cfg.root, cfg.resize)
+    elif cfg.name == "npz":
+        ds = load_npz(cfg.root)
+    else:  # guarded by DataConfig's Literal
+        raise ValueError(f"data.name: unknown dataset {cfg.name!r}")
+    if cfg.resize is not None:
+        if not ds.is_image:
+            raise DatasetError(f"data.resize: dataset {cfg.name!r} holds vectors, not images")
+        ds.data = resize_images(ds.data, cfg.resize)
+    return ds

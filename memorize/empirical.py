@@ -1,0 +1,91 @@
+"""Closed-form denoisers: the empirical (memorizing) one and analytic generalizing references.
+
+All follow the denoiser interface ``D(x, sigma) -> x0_hat`` with ``x`` of shape
+(B, ...) and ``sigma`` a scalar, (B,) or (B, 1, ..., 1) tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _flat_sigma(sigma: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """sigma as a (B, 1) column in the dtype/device of ``like``."""
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    return sigma.reshape(-1, 1).expand(batch, 1) if sigma.numel() in (1, batch) else sigma.reshape(batch, 1)
+
+
+class EmpiricalDenoiser:
+    """The exact minimizer of the denoising loss on the training set ``{x_i}`` (N items):
+
+        D*(x, sigma) = sum_i w_i x_i,   w = softmax_i(-||x - x_i||^2 / (2 sigma^2))
+
+    (Ma et al., ch. 3, eq. 3.3.3; Karras et al. 2022, eq. 57). Dropping ``||x||^2``
+    (constant in i), the logits are ``(x . x_i - ||x_i||^2 / 2) / sigma^2``: attention
+    with Q = x and K = V = the training set. The softmax is computed over chunks
+    of ``chunk_size`` training items with a running maximum and rescaled running
+    sums (online log-sum-exp; Milakov & Gimelshein 2018), so memory is
+    O(B x chunk) beyond the training set itself, never O(B x N).
+
+    ``dtype`` float64 (default) keeps the small-sigma limit exact: float32
+    cancellation in ``x . x_i`` can pick the wrong neighbour of near-copies.
+    """
+
+    def __init__(self, train: torch.Tensor, chunk_size: int = 4096, dtype: torch.dtype = torch.float64):
+        if len(train) < 1:
+            raise ValueError("empirical_denoiser: the training set is empty")
+        self.train = train.reshape(len(train), -1).to(dtype)
+        self.half_sq_norms = 0.5 * self.train.square().sum(1)
+        self.chunk_size, self.dtype = chunk_size, dtype
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        queries = x.reshape(len(x), -1).to(self.train.device, self.dtype)
+        inv_var = 1.0 / _flat_sigma(sigma, len(x), queries) ** 2  # (B, 1)
+        running_max = torch.full((len(x), 1), -torch.inf, dtype=self.dtype, device=queries.device)
+        running_sum = torch.zeros_like(running_max)
+        acc = torch.zeros_like(queries)
+        for start in range(0, len(self.train), self.chunk_size):
+            keys = self.train[start:start + self.chunk_size]
+            logits = (queries @ keys.T - self.half_sq_norms[start:start + self.chunk_size]) * inv_var
+            new_max = torch.maximum(running_max, logits.amax(1, keepdim=True))
+            rescale = torch.exp(running_max - new_max)
+            weights = torch.exp(logits - new_max)
+            running_sum = running_sum * rescale + weights.sum(1, keepdim=True)
+            acc = acc * rescale + weights @ keys
+            running_max = new_max
+        return (acc / running_sum).reshape(x.shape).to(x.device, x.dtype)
+
+
+def empirical_denoiser(train: torch.Tensor, chunk_size: int = 4096, dtype: torch.dtype = torch.float64) -> EmpiricalDenoiser:
+    """The empirical denoiser of ``train`` (see :class:`EmpiricalDenoiser`)."""
+    return EmpiricalDenoiser(train, chunk_size, dtype)
+
+
+class GaussianDenoiser:
+    """Posterior mean for data ``x0 ~ N(mu, Sigma)`` (the Wiener filter):
+
+        D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^{-1} (x - mu)
+                    = mu + U diag(lambda / (lambda + sigma^2)) U^T (x - mu)
+
+    with ``Sigma = U diag(lambda) U^T``. A low-rank Sigma (lambda_j = 0) is handled:
+    those directions are shrunk to the mean.
+    """
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
+        self.mean = mean.reshape(-1).double()
+        eigvals, self.basis = torch.linalg.eigh(cov.double())
+        self.eigvals = eigvals.clamp(min=0.0)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        centered = x.reshape(len(x), -1).double() - self.mean
+        shrink = self.eigvals / (self.eigvals + _flat_sigma(sigma, len(x), centered) ** 2)  # (B, D)
+        out = self.mean + ((centered @ self.basis) * shrink) @ self.basis.T
+        return out.reshape(x.shape).to(x.dtype)
+
+
+def gaussian_denoiser(train: torch.Tensor) -> GaussianDenoiser:
+    """The Gaussian denoiser of ``train``'s empirical mean and (biased) covariance."""
+    flat = train.reshape(len(train), -1).double()
+    mean = flat.mean(0)
+    centered = flat - mean
+    return GaussianDenoiser(mean, centered.T @ centered / len(flat))

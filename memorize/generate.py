@@ -1,0 +1,95 @@
+"""Sampling a cell: pick its denoiser (trained, empirical or Gaussian), draw seeded samples, save them.
+
+Samples go to ``DIR/samples/NAME.npz`` (``samples`` float32, ``seeds`` int64,
+``labels`` where conditional, ``settings`` as JSON) and ``NAME.png`` (a grid,
+image data only). Sample i starts from the noise of seed ``sample_seeds(seed, [i])``
+whatever the denoiser, so sample sets drawn with the same seed are paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import save_image
+
+from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device, sample_labels
+from memorize.config import SampleConfig
+from memorize.empirical import empirical_denoiser, gaussian_denoiser
+from memorize.io import atomic_savez, atomic_write
+from memorize.sampling import generate, sample_seeds
+
+DENOISERS = ("trained", "empirical", "gaussian")
+
+
+class SamplesExistError(FileExistsError):
+    """Samples of that name exist with other settings; they are never overwritten silently."""
+
+
+def save_grid(path: Path, samples: torch.Tensor, min_size: int = 32) -> None:
+    """A square-ish PNG grid of images in [-1, 1], small images enlarged (nearest) to ``min_size`` pixels."""
+    scale = max(1, math.ceil(min_size / samples.shape[-1]))
+    images = torch.nn.functional.interpolate((samples + 1) / 2, scale_factor=scale, mode="nearest")
+    nrow = max(1, math.ceil(math.sqrt(len(samples))))
+    atomic_write(path, lambda p: save_image(images, p, nrow=nrow, padding=2, format="png"))
+
+
+def read_samples(path: Path) -> dict:
+    with np.load(path) as npz:
+        out = {k: npz[k] for k in npz.files}
+    out["settings"] = json.loads(str(out["settings"]))
+    return out
+
+
+def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
+                name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True) -> Path:
+    """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
+
+    Re-running with identical settings returns the existing file; different
+    settings under an existing name raise :class:`SamplesExistError` unless ``force``.
+    """
+    if denoiser not in DENOISERS:
+        raise ValueError(f"--denoiser: expected one of {DENOISERS}, got {denoiser!r}")
+    paths = CellPaths(Path(root))
+    cell_cfg = read_config(paths.root)
+    dev = resolve_device(device)
+    name = name or denoiser
+    out = paths.samples / f"{name}.npz"
+    # Everything that determines the samples (batch size does not: sample i has its own noise stream).
+    settings = {"denoiser": denoiser, **dataclasses.asdict(cfg)}
+    del settings["batch_size"]
+    if denoiser == "trained":
+        model, state = load_trained_denoiser(paths.root, weights, dev)
+        settings.update(weights=weights, checkpoint_step=state["step"])
+    if out.is_file():
+        old = read_samples(out)["settings"]
+        if old == settings:
+            return out
+        if not force:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise SamplesExistError(f"{out} holds samples with other settings ({', '.join(changed)}); "
+                                    f"pass --name to keep both, or --force to replace them")
+
+    data = load_cell_data(cell_cfg, paths)
+    if denoiser == "empirical":
+        model = empirical_denoiser(data.train.to(dev))
+    elif denoiser == "gaussian":
+        model = gaussian_denoiser(data.train.to(dev))
+    seeds = sample_seeds(cfg.seed, np.arange(cfg.num))
+    labels = None
+    if denoiser == "trained" and data.train_labels is not None:
+        labels = sample_labels(data.train_labels, seeds)
+    samples = generate(model, tuple(data.train.shape[1:]), seeds, cfg, dev, labels, progress=progress)
+    if data.dataset.is_image:
+        samples = samples.clamp(-1.0, 1.0)
+    arrays = {"samples": samples.numpy().astype(np.float32), "seeds": seeds, "settings": np.asarray(json.dumps(settings))}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    atomic_savez(out, **arrays)
+    if data.dataset.is_image:
+        save_grid(out.with_suffix(".png"), samples)
+    return out

@@ -1,0 +1,49 @@
+"""Pieces shared by the networks: the noise/label embedding and parameter counting.
+
+Every network has the signature ``net(x_in, c_noise, labels) -> F`` with
+``c_noise`` of shape (B,) and ``labels`` (B,) int64 or None, and returns a
+tensor shaped like ``x_in`` (see ``memorize.diffusion.precond``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """``[cos(f_j c), sin(f_j c)]`` with frequencies ``f_j`` geometric in [1, max_freq]
+    (the transformer positional encoding of Vaswani et al. 2017 applied to c_noise)."""
+
+    def __init__(self, dim: int, max_freq: float = 1000.0):
+        super().__init__()
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(max_freq), half)), persistent=False)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        angles = c.float()[:, None] * self.freqs[None]
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class ConditionEmbedding(nn.Module):
+    """Noise level (and optional class label) -> one conditioning vector of size ``dim``."""
+
+    def __init__(self, dim: int, num_classes: int = 0):
+        super().__init__()
+        self.noise = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.label = nn.Embedding(num_classes, dim) if num_classes > 0 else None
+
+    def forward(self, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        emb = self.noise(c_noise)
+        if self.label is not None:
+            if labels is None:
+                raise ValueError("this model is class-conditional: pass labels")
+            emb = emb + self.label(labels)
+        return emb

@@ -1,0 +1,160 @@
+"""Samplers over the denoiser interface ``D(x, sigma) -> x0_hat``.
+
+Each sampler is a short function that walks a descending grid of noise levels
+``sigmas`` (ending at 0) from ``x = sigma_0 * noise``. They take a denoiser,
+never a raw network, so trained models, the empirical denoiser and analytic
+denoisers are interchangeable. Written in the VE form ``x_sigma = x0 + sigma eps``
+(Karras et al. 2022), where ``eps_hat = (x - D) / sigma`` and the probability-flow
+ODE is ``dx/dsigma = (x - D(x, sigma)) / sigma``.
+
+Randomness comes from :class:`SampleNoise`: sample i owns a generator seeded
+with its own seed, so sample i is the same whatever the batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from memorize.config import SampleConfig
+from memorize.diffusion.schedules import sampling_sigmas
+
+DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sample_seeds(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Seed of sample ``i`` for run seed ``seed``: independent streams from ``SeedSequence(seed, spawn_key=(i,))``."""
+    return np.asarray([np.random.SeedSequence(seed, spawn_key=(int(i),)).generate_state(1, np.uint64)[0] >> 1
+                       for i in indices], dtype=np.int64)
+
+
+class SampleNoise:
+    """Standard normal noise for a batch, drawn per sample from that sample's own generator (on the CPU,
+    so the same seeds give the same noise on every device)."""
+
+    def __init__(self, seeds: Sequence[int] | np.ndarray, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape, self.device, self.dtype = tuple(shape), device, dtype
+
+    def __call__(self) -> torch.Tensor:
+        draws = [torch.randn(self.shape, generator=g, dtype=torch.float64) for g in self.generators]
+        return torch.stack(draws).to(self.device, self.dtype)
+
+
+def _level(sigmas: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
+    return sigmas[i].to(like.device, like.dtype)
+
+
+def heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise | None = None,
+         churn: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2; deterministic Algorithm 1 at churn = 0).
+
+    With ``gamma = min(churn / n, sqrt(2) - 1)``, ``sigma_hat = sigma_i (1 + gamma)``:
+    ``x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) z``; Euler step ``d = (x_hat - D(x_hat, sigma_hat)) / sigma_hat``,
+    ``x' = x_hat + (sigma_{i+1} - sigma_hat) d``, corrected by the slope at ``x'`` unless ``sigma_{i+1} = 0``.
+    """
+    n = len(sigmas) - 1
+    gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
+    for i in tqdm(range(n), disable=not progress, desc="heun", leave=False):
+        sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
+        sigma_hat = sigma * (1.0 + gamma)
+        if gamma > 0:
+            x = x + torch.sqrt(sigma_hat**2 - sigma**2) * noise()
+        d = (x - denoiser(x, sigma_hat)) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        if sigma_next > 0:
+            d_next = (x_next - denoiser(x_next, sigma_next)) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        x = x_next
+    return x
+
+
+def euler_maruyama(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise,
+                   progress: bool = False) -> torch.Tensor:
+    """Euler-Maruyama on the reverse SDE of ``dx = sqrt(2 sigma) dw`` (``sigma(t) = t``; Song et al. 2021):
+    ``dx = -2 sigma score dsigma + sqrt(2 sigma) dw``, ``score = (D - x) / sigma^2``, so
+
+    ``x_{i+1} = x_i + 2 (sigma_i - sigma_{i+1}) / sigma_i (D(x_i) - x_i) + sqrt(2 sigma_i (sigma_i - sigma_{i+1})) z``,
+
+    and the last step (to sigma = 0) returns Tweedie's estimate ``D(x, sigma_{n-1})``.
+    """
+    n = len(sigmas) - 1
+    for i in tqdm(range(n), disable=not progress, desc="euler_maruyama", leave=False):
+        sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
+        denoised = denoiser(x, sigma)
+        if sigma_next == 0:
+            return denoised
+        x = x + 2 * (sigma - sigma_next) / sigma * (denoised - x) + torch.sqrt(2 * sigma * (sigma - sigma_next)) * noise()
+    return x
+
+
+def ddim(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise | None = None,
+         eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+    """DDIM (Song, Meng, Ermon 2020, eq. 12) in VE coordinates:
+
+    ``x_{i+1} = D + sqrt(sigma_{i+1}^2 - c^2) eps_hat + c z``, ``eps_hat = (x - D) / sigma_i``,
+    ``c = eta sigma_{i+1} sqrt(sigma_i^2 - sigma_{i+1}^2) / sigma_i``.
+
+    ``eta = 0`` is deterministic; ``eta = 1`` draws from the DDPM posterior ``q(x_{i+1} | x_i, x0 = D)``.
+    """
+    n = len(sigmas) - 1
+    for i in tqdm(range(n), disable=not progress, desc="ddim", leave=False):
+        sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
+        denoised = denoiser(x, sigma)
+        eps_hat = (x - denoised) / sigma
+        c = eta * sigma_next * torch.sqrt(sigma**2 - sigma_next**2) / sigma
+        x = denoised + torch.sqrt(sigma_next**2 - c**2) * eps_hat
+        if eta > 0 and sigma_next > 0:
+            x = x + c * noise()
+    return x
+
+
+def ddpm(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise,
+         progress: bool = False) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): each step draws from the posterior
+    ``q(x_{i+1} | x_i, x0 = D)`` = N(D + sigma_{i+1}^2/sigma_i^2 (x - D), sigma_{i+1}^2 (sigma_i^2 - sigma_{i+1}^2) / sigma_i^2),
+    which is DDIM at ``eta = 1``."""
+    return ddim(denoiser, x, sigmas, noise, eta=1.0, progress=progress)
+
+
+def run_sampler(cfg: SampleConfig, denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor,
+                noise: SampleNoise) -> torch.Tensor:
+    """Dispatch ``cfg.sampler`` with its own options."""
+    if cfg.sampler == "heun":
+        return heun(denoiser, x, sigmas, noise, churn=cfg.churn)
+    if cfg.sampler == "euler_maruyama":
+        return euler_maruyama(denoiser, x, sigmas, noise)
+    if cfg.sampler == "ddim":
+        return ddim(denoiser, x, sigmas, noise, eta=cfg.eta)
+    if cfg.sampler == "ddpm":
+        return ddpm(denoiser, x, sigmas, noise)
+    raise ValueError(f"sample.sampler: unknown sampler {cfg.sampler!r}")
+
+
+@torch.no_grad()
+def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seeds: np.ndarray, cfg: SampleConfig,
+             device: torch.device | str = "cpu", labels: torch.Tensor | None = None,
+             dtype: torch.dtype = torch.float32, progress: bool = True) -> torch.Tensor:
+    """Draw ``len(seeds)`` samples of ``shape``, sample i from its own seed, in batches of ``cfg.batch_size``.
+
+    ``labels`` (one per sample) are passed to the denoiser as ``D(x, sigma, labels)`` when given.
+    Returns a float32 CPU tensor ``(K, *shape)``.
+    """
+    sigmas = sampling_sigmas(cfg.schedule, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    out = []
+    for start in tqdm(range(0, len(seeds), cfg.batch_size), disable=not progress, desc=f"sampling ({cfg.sampler})",
+                      unit="batch"):
+        stop = min(start + cfg.batch_size, len(seeds))
+        noise = SampleNoise(seeds[start:stop], shape, device, dtype)
+        x = noise() * sigmas[0].to(dtype)
+        fn = denoiser
+        if labels is not None:
+            batch_labels = labels[start:stop].to(device)
+            fn = lambda x, sigma, _l=batch_labels: denoiser(x, sigma, _l)  # noqa: E731
+        out.append(run_sampler(cfg, fn, x, sigmas, noise).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,184 @@
+"""The training loop: AdamW, EMA, gradient clipping, autocast on GPU, atomic resumable checkpoints.
+
+Determinism: all randomness of a step (minibatch indices, noise levels, noise)
+comes from one ``torch.Generator`` seeded by ``cfg.seed``; dropout uses the
+global generator. Both states go into every checkpoint with the model, EMA,
+optimizer and the log, so a run killed at any point and resumed from its last
+checkpoint ends bit-for-bit where an uninterrupted run ends (on the CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from memorize.cell import CellData, CellPaths, build_denoiser, init_cell, resolve_device
+from memorize.config import CellConfig, to_dict
+from memorize.diffusion import Denoiser, sample_training_sigma
+from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from memorize.models import count_parameters
+
+LOG_FIELDS = ("step", "lr", "train_loss", "heldout_loss", "train_fixed_loss", "seconds")
+# The held-out / fixed-noise evaluation draws its noise from this seed offset, apart from training's stream.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def learning_rate(cfg_lr: float, warmup_steps: int, step: int) -> float:
+    """Linear warm-up to ``cfg_lr`` over ``warmup_steps``, then constant (as in EDM's training)."""
+    return cfg_lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cfg_lr
+
+
+def ema_update(decay: float):
+    """EMA with the usual warm-up: ``ema <- d ema + (1 - d) param``, ``d = min(decay, (1 + n) / (10 + n))``
+    after n updates, so short runs are not dominated by the initial weights."""
+
+    def avg_fn(ema_param: torch.Tensor, param: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return d * ema_param + (1.0 - d) * param
+
+    return avg_fn
+
+
+@torch.no_grad()
+def fixed_noise_loss(denoiser: Denoiser, data: torch.Tensor, labels: torch.Tensor | None, cfg: CellConfig,
+                     device: torch.device) -> float:
+    """Mean denoising loss of ``denoiser`` on ``data`` with noise levels and noise fixed by ``cfg.seed``,
+    so values at different steps (and on train vs held-out data) are comparable."""
+    if len(data) == 0:
+        return math.nan
+    gen = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET)
+    total = 0.0
+    for start in range(0, len(data), cfg.train.batch_size):
+        x0 = data[start:start + cfg.train.batch_size]
+        sigma = sample_training_sigma(cfg.diffusion.noise, len(x0), gen, p_mean=cfg.diffusion.p_mean,
+                                      p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
+        noise = torch.randn(x0.shape, generator=gen)
+        lab = None if labels is None else labels[start:start + len(x0)].to(device)
+        total += denoiser.loss(x0.to(device), sigma.to(device), noise.to(device), lab).sum().item()
+    return total / len(data)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train the cell ``cfg`` in directory ``out``, resuming from its latest checkpoint if any.
+
+    Returns the training summary (also written to ``out/train.json``).
+    """
+    paths = CellPaths(Path(out))
+    data = init_cell(cfg, paths.root)
+    device = resolve_device(cfg.train.device)
+    shape = tuple(data.train.shape[1:])
+
+    torch.manual_seed(cfg.seed)
+    denoiser = build_denoiser(cfg, shape, data.split.num_classes).to(device)
+    ema = AveragedModel(denoiser, avg_fn=ema_update(cfg.train.ema_decay))
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, rows, elapsed = 0, [], 0.0
+
+    latest = paths.latest_checkpoint()
+    if latest is not None:
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        denoiser.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, rows, elapsed = state["step"], state["log"], state["seconds"]
+
+    def save_checkpoint() -> Path:
+        path = atomic_torch_save(paths.checkpoint(step), {
+            "step": step, "model": denoiser.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "log": rows, "seconds": elapsed, "shape": shape, "num_classes": data.split.num_classes,
+            "config": to_dict(cfg)})
+        _write_log(paths.loss_log, rows)
+        if not cfg.train.keep_all_checkpoints:
+            for old in paths.checkpoints.glob("step-*.pt"):
+                if old != path:
+                    old.unlink()
+        return path
+
+    use_amp = cfg.train.amp and device.type == "cuda"
+    n_params = count_parameters(denoiser)
+    losses: list[float] = []
+    start_time = time.perf_counter() - elapsed
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, desc="training", unit="step")
+    denoiser.train()
+    while step < cfg.train.steps:
+        lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
+        sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
+                                      p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
+        noise = torch.randn((cfg.train.batch_size, *shape), generator=gen)
+        labels = None if data.train_labels is None else data.train_labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
+        if not torch.isfinite(loss):
+            last = paths.latest_checkpoint()
+            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; "
+                                     f"last good checkpoint kept: {last or 'none yet'}. "
+                                     f"Try a lower train.lr or a train.grad_clip.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        ema.update_parameters(denoiser)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            row = {"step": step, "lr": lr, "train_loss": sum(losses) / len(losses) if losses else math.nan,
+                   "heldout_loss": "", "train_fixed_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
+            losses = []
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                ema.module.eval()
+                # The same number of training items as held-out ones, so the two losses compare.
+                n_eval = max(len(data.heldout), 1)
+                train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
+                row["heldout_loss"] = fixed_noise_loss(ema.module, data.heldout, data.heldout_labels, cfg, device)
+                row["train_fixed_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels,
+                                                           cfg, device)
+            rows.append(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            elapsed = time.perf_counter() - start_time
+            save_checkpoint()
+    bar.close()
+
+    last_eval = next((r for r in reversed(rows) if r["heldout_loss"] != ""), {})
+    summary = {"steps": step, "params": n_params, "device": str(device), "seconds": round(elapsed, 2),
+               "train_loss": rows[-1]["train_loss"] if rows else math.nan,
+               "heldout_loss": last_eval.get("heldout_loss", math.nan),
+               "train_fixed_loss": last_eval.get("train_fixed_loss", math.nan),
+               "n_train": len(data.train), "n_duplicates_removed": data.split.n_duplicates}
+    atomic_write_json(paths.train_summary, summary)
+    return summary
+
+
+def read_train_summary(root: Path) -> dict:
+    with open(CellPaths(Path(root)).train_summary) as fh:
+        return json.load(fh)

@@ -1,0 +1,53 @@
+import numpy as np
+import yaml
+
+from memorize.cli import main
+from memorize.config import to_dict
+from memorize.generate import read_samples
+
+
+def test_train_then_sample_on_digits(tiny_cfg, tmp_path, capsys):
+    config_file = tmp_path / "cell.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(tiny_cfg)))
+    cell = tmp_path / "cell"
+    assert main(["train", str(config_file), "--out", str(cell), "--quiet"]) == 0
+    assert (cell / "checkpoints" / "step-0000030.pt").is_file() and (cell / "loss.csv").is_file()
+    assert (cell / "subset.npz").is_file() and (cell / "config.yaml").is_file()
+
+    assert main(["sample", str(cell), "--num", "16", "--batch-size", "4", "--name", "b4", "--quiet"]) == 0
+    assert main(["sample", str(cell), "--num", "16", "--batch-size", "16", "--name", "b16", "--quiet"]) == 0
+    a, b = read_samples(cell / "samples" / "b4.npz"), read_samples(cell / "samples" / "b16.npz")
+    assert a["samples"].shape == (16, 1, 8, 8) and a["samples"].dtype == np.float32
+    assert np.abs(a["samples"]).max() <= 1.0
+    assert np.array_equal(a["samples"], b["samples"]) and np.array_equal(a["seeds"], b["seeds"])
+    assert a["settings"]["sampler"] == "heun" and a["settings"]["checkpoint_step"] == 30
+    assert (cell / "samples" / "b4.png").is_file()
+
+    # same settings again: kept as is; other settings under the same name: refused, file untouched
+    before = (cell / "samples" / "b4.npz").stat().st_mtime_ns
+    assert main(["sample", str(cell), "--num", "16", "--batch-size", "4", "--name", "b4", "--quiet"]) == 0
+    assert main(["sample", str(cell), "--num", "8", "--name", "b4", "--quiet"]) == 2
+    assert "other settings (num)" in capsys.readouterr().err
+    assert (cell / "samples" / "b4.npz").stat().st_mtime_ns == before
+
+
+def test_empirical_denoiser_samples_reproduce_training_images(tmp_path):
+    from memorize.cell import CellPaths, load_cell_data
+
+    cell = tmp_path / "cell"
+    assert main(["train", "--out", str(cell), "--quiet", "--set", "train.steps=1", "--set", "data.n_train=16"]) == 0
+    assert main(["sample", str(cell), "--denoiser", "empirical", "--num", "8", "--quiet"]) == 0
+    samples = read_samples(cell / "samples" / "empirical.npz")["samples"].reshape(8, -1)
+    from memorize.cell import read_config
+
+    train = load_cell_data(read_config(cell), CellPaths(cell)).train.reshape(16, -1).numpy()
+    dist = np.linalg.norm(samples[:, None] - train[None], axis=-1)
+    assert np.all(dist.min(1) < 1e-3)
+
+
+def test_missing_dataset_file_names_the_expected_path(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "cell"), "--set", "data.name=cifar10",
+                 "--set", f"data.root={tmp_path}/data"])
+    assert code == 2
+    assert f"expected file {tmp_path}/data/cifar-10-batches-py/data_batch_1" in capsys.readouterr().err
+    assert not (tmp_path / "cell" / "config.yaml").exists()

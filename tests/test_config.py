@@ -1,0 +1,52 @@
+import pytest
+import yaml
+
+from memorize.cli import main
+from memorize.config import CellConfig, ConfigError, from_dict, load_config, to_dict
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(CellConfig())))
+    assert load_config(path) == CellConfig()
+
+
+def test_misspelled_key_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  stpes: 10\n")
+    with pytest.raises(ConfigError, match=r"train\.stpes: unknown key \(did you mean 'steps'\?\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"train": {"steps": 0}}, "train.steps"),
+    ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult"),
+    ({"data": {"name": "imagenet"}}, "data.name"),
+    ({"data": {"name": "cifar10"}}, "data.root"),
+    ({"sample": {"sampler": "dpm"}}, "sample.sampler"),
+    ({"data": {"gmm": {"rank": 99, "dim": 4}}}, "data.gmm.rank"),
+    ({"seed": True}, "seed"),
+])
+def test_bad_values_name_their_field(data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict(CellConfig, data)
+
+
+def test_numeric_strings_become_floats_and_lists_tuples():
+    cfg = from_dict(CellConfig, {"train": {"lr": "1e-3"}, "model": {"channel_mult": [1, 2, 2]}})
+    assert cfg.train.lr == 1e-3 and cfg.model.channel_mult == (1, 2, 2)
+
+
+def test_cli_reports_bad_key_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  n_trian: 10\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "cell")]) == 2
+    err = capsys.readouterr().err
+    assert "data.n_trian: unknown key" in err and "n_train" in err
+    assert not (tmp_path / "cell").exists()
+
+
+def test_cli_set_overrides(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "cell"), "--set", "train.stesp=3"]) == 2
+    assert "train.stesp" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from memorize.config import ConfigError, DataConfig, GMMConfig
+from memorize.data import DatasetError, load_dataset, make_split, unique_indices
+from memorize.data.subsets import round_robin_by_class
+
+
+def test_digits_shape_range_and_labels():
+    ds = load_dataset(DataConfig())
+    assert ds.data.shape == (1797, 1, 8, 8) and ds.data.dtype == torch.float32
+    assert ds.data.min() == -1.0 and ds.data.max() == 1.0
+    assert ds.num_classes == 10 and set(ds.labels.tolist()) == set(range(10))
+
+
+def test_subsets_nest_and_never_touch_heldout():
+    ds = load_dataset(DataConfig())
+    small, large = (make_split(ds, DataConfig(n_train=n, n_heldout=100)) for n in (16, 500))
+    assert np.array_equal(large.train[:16], small.train)
+    assert np.array_equal(small.heldout, large.heldout) and len(small.heldout) == 100
+    assert not set(large.train) & set(large.heldout)
+    other_seed = make_split(ds, DataConfig(n_train=16, n_heldout=100, split_seed=1))
+    assert not np.array_equal(other_seed.train, small.train)
+
+
+def test_n_train_too_large_is_a_config_error():
+    ds = load_dataset(DataConfig())
+    with pytest.raises(ConfigError, match=r"data\.n_train: 1700 is more than the 1597 distinct items"):
+        make_split(ds, DataConfig(n_train=1700, n_heldout=200))
+
+
+def _write_npz(path, images, labels=None):
+    arrays = {"images": images}
+    if labels is not None:
+        arrays["labels"] = labels
+    np.savez(path, **arrays)
+
+
+def test_exact_duplicates_are_removed_before_permuting(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)
+    images[7] = images[3]
+    images[15] = images[3]
+    images[11] = images[2]
+    _write_npz(tmp_path / "d.npz", images)
+    cfg = DataConfig(name="npz", root=str(tmp_path / "d.npz"), n_train=17, n_heldout=0)
+    ds = load_dataset(cfg)
+    assert list(unique_indices(ds.data)) == [i for i in range(20) if i not in (7, 11, 15)]
+    split = make_split(ds, cfg)
+    assert split.n_duplicates == 3 and sorted(split.train) == [i for i in range(20) if i not in (7, 11, 15)]
+    with pytest.raises(ConfigError, match="3 exact duplicates removed"):
+        make_split(ds, DataConfig(name="npz", root=cfg.root, n_train=18, n_heldout=0))
+
+
+def test_class_balanced_prefixes():
+    order = np.arange(12)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    out = round_robin_by_class(order, labels)
+    assert list(out) == [0, 6, 8, 1, 7, 9, 2, 10, 3, 11, 4, 5]
+    ds = load_dataset(DataConfig())
+    split = make_split(ds, DataConfig(n_train=50, class_balanced=True))
+    assert np.bincount(ds.labels.numpy()[split.train], minlength=10).tolist() == [5] * 10
+
+
+def test_label_modes():
+    ds = load_dataset(DataConfig())
+    true = make_split(ds, DataConfig(n_train=20, labels="true"))
+    assert np.array_equal(true.train_labels, ds.labels.numpy()[true.train]) and true.num_classes == 10
+    unique = make_split(ds, DataConfig(n_train=20, labels="unique"))
+    assert list(unique.train_labels) == list(range(20)) and unique.num_classes == 20
+    rand_small = make_split(ds, DataConfig(n_train=20, labels="random"))
+    rand_large = make_split(ds, DataConfig(n_train=40, labels="random"))
+    assert np.array_equal(rand_large.train_labels[:20], rand_small.train_labels)
+    assert not np.array_equal(rand_small.train_labels, true.train_labels)
+    assert make_split(ds, DataConfig(n_train=20)).train_labels is None
+
+
+def test_missing_mnist_and_cifar_name_the_expected_file(tmp_path):
+    with pytest.raises(DatasetError, match=str(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")):
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    with pytest.raises(DatasetError, match=str(tmp_path / "cifar-10-batches-py" / "data_batch_1")):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+def test_cifar10_files_are_read(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = []
+    for i in range(1, 6):
+        data = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+        batches.append(data)
+        with open(folder / f"data_batch_{i}", "wb") as fh:
+            pickle.dump({"data": data, "labels": [i, i, i]}, fh)
+    ds = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert ds.data.shape == (15, 3, 32, 32)
+    expected = batches[2][1].reshape(3, 32, 32).astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(ds.data[7].numpy(), expected, atol=1e-6)
+    assert ds.labels.tolist() == [i for i in range(1, 6) for _ in range(3)]
+
+
+def test_mnist_idx_files_are_read(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    (raw / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 5, 28, 28) + images.tobytes())
+    (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 5) + bytes([3, 1, 4, 1, 5]))
+    ds = load_dataset(DataConfig(name="mnist", root=str(tmp_path), resize=14))
+    assert ds.data.shape == (5, 1, 14, 14) and ds.labels.tolist() == [3, 1, 4, 1, 5]
+    full = load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    assert full.data[0, 0, 0, 0].item() == pytest.approx(images[0, 0, 0] / 127.5 - 1, abs=1e-6)
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    from PIL import Image
+
+    for cls, value in (("cats", 10), ("dogs", 200)):
+        (tmp_path / cls).mkdir()
+        for j in range(2):
+            Image.new("RGB", (6, 6), (value + j, 0, 0)).save(tmp_path / cls / f"{j}.png")
+    ds = load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+    assert ds.data.shape == (4, 3, 6, 6) and ds.labels.tolist() == [0, 0, 1, 1] and ds.num_classes == 2
+    assert ds.data[2, 0, 0, 0] == pytest.approx(200 / 127.5 - 1)
+
+
+def test_npz_checks(tmp_path):
+    _write_npz(tmp_path / "hwc.npz", np.zeros((3, 5, 5, 3), dtype=np.uint8))
+    assert load_dataset(DataConfig(name="npz", root=str(tmp_path / "hwc.npz"))).data.shape == (3, 3, 5, 5)
+    _write_npz(tmp_path / "bad.npz", np.full((3, 4), 2.0, dtype=np.float32))
+    with pytest.raises(DatasetError, match=r"must lie in \[-1, 1\]"):
+        load_dataset(DataConfig(name="npz", root=str(tmp_path / "bad.npz")))
+    np.savez(tmp_path / "nokey.npz", x=np.zeros(3))
+    with pytest.raises(DatasetError, match="no array 'images'"):
+        load_dataset(DataConfig(name="npz", root=str(tmp_path / "nokey.npz")))
+
+
+def test_gmm_matches_its_mixture():
+    cfg = GMMConfig(components=2, dim=3, rank=2, size=20000, scale=0.3, shift=1.0)
+    ds = load_dataset(DataConfig(name="gmm", gmm=cfg))
+    assert ds.data.shape == (20000, 3) and ds.mixture.covs.shape == (2, 3, 3)
+    assert torch.linalg.matrix_rank(ds.mixture.covs[0]).item() == 2
+    for k in range(2):
+        pts = ds.data[ds.labels == k].double()
+        assert torch.allclose(pts.mean(0), ds.mixture.means[k], atol=0.02)
+        assert torch.allclose(torch.cov(pts.T), ds.mixture.covs[k], atol=0.01)
+    # the same seed gives the same data
+    assert torch.equal(load_dataset(DataConfig(name="gmm", gmm=cfg)).data, ds.data)

@@ -1,0 +1,99 @@
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from memorize.cell import CellPaths, load_trained_denoiser
+from memorize.config import ConfigError, to_dict
+from memorize.diffusion import Denoiser
+from memorize.train import NonFiniteLossError, train
+
+
+def _log_rows(path):
+    with open(path) as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def test_killed_run_resumes_to_the_same_state(tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=200, checkpoint_every=10))
+    config_file = tmp_path / "cell.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    killed, straight = CellPaths(tmp_path / "killed"), CellPaths(tmp_path / "straight")
+
+    proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "train", str(config_file), "--out",
+                             str(killed.root), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while killed.latest_checkpoint() is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    killed_at = int(killed.latest_checkpoint().stem.split("-")[1])
+    assert 0 < killed_at < 200, "the run must be killed mid-training for this test to mean anything"
+
+    train(cfg, killed.root, progress=False)
+    train(cfg, straight.root, progress=False)
+    a = torch.load(killed.latest_checkpoint(), weights_only=False)
+    b = torch.load(straight.latest_checkpoint(), weights_only=False)
+    assert a["step"] == b["step"] == 200
+    for key in ("model", "ema"):
+        for name, tensor in b[key].items():
+            assert torch.equal(a[key][name], tensor), f"{key}.{name} differs after resume"
+    assert _log_rows(killed.loss_log) == _log_rows(straight.loss_log)
+    # re-running a finished cell changes nothing
+    before = killed.latest_checkpoint().stat().st_mtime_ns
+    train(cfg, killed.root, progress=False)
+    assert killed.latest_checkpoint().stat().st_mtime_ns == before
+
+
+def test_loss_log_checkpoints_and_learning(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg, tmp_path, progress=False)
+    paths = CellPaths(tmp_path)
+    rows = list(csv.DictReader(open(paths.loss_log)))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert rows[1]["heldout_loss"] and not rows[0]["heldout_loss"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert [p.name for p in paths.checkpoints.iterdir()] == ["step-0000030.pt"]
+    assert summary["params"] == sum(p.numel() for p in load_trained_denoiser(tmp_path)[0].parameters())
+    assert summary["n_train"] == 32
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = Denoiser.loss
+
+    def loss_that_explodes(self, *args, **kwargs):
+        out = real_loss(self, *args, **kwargs)
+        if not self.training:  # held-out evaluation
+            return out
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] >= 13 else out
+
+    monkeypatch.setattr(Denoiser, "loss", loss_that_explodes)
+    with pytest.raises(NonFiniteLossError, match=r"at step 13.*step-0000010\.pt"):
+        train(tiny_cfg, tmp_path, progress=False)
+    state = torch.load(CellPaths(tmp_path).latest_checkpoint(), weights_only=False)
+    assert state["step"] == 10 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_directory_with_another_config_is_refused(tiny_cfg, tmp_path):
+    train(tiny_cfg, tmp_path, progress=False)
+    other = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, n_train=64))
+    with pytest.raises(ConfigError, match=r"data\.n_train: 32 -> 64"):
+        train(other, tmp_path, progress=False)
+    assert torch.load(CellPaths(tmp_path).latest_checkpoint(), weights_only=False)["step"] == 30
+
+
+def test_class_conditional_training(tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, labels="true"),
+                              train=dataclasses.replace(tiny_cfg.train, steps=5, eval_every=5))
+    train(cfg, tmp_path, progress=False)
+    den, state = load_trained_denoiser(tmp_path)
+    assert state["num_classes"] == 10 and den.net.embed.label.num_embeddings == 10
