@@ -2,6 +2,9 @@
 
     memorize train [CONFIG.yaml] --out DIR [--set KEY=VALUE ...]
     memorize sample DIR --num K [--sampler heun --steps 18 --seed S ...]
+    memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold 0.6]
+    memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold 0.6]
+    memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold 0.6]
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -52,6 +56,48 @@ def cmd_sample(args: argparse.Namespace) -> None:
           f"in {path}")
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from memorize.metrics.score import score_cell
+
+    s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
+                   progress=not args.quiet)
+    nn, cos = s["nn"], s["cos"]
+    print(f"{s['n_samples']} samples vs {s['n_train']} training images: memorized "
+          f"{nn['ratio']:.3f} [{nn['lo']:.3f}, {nn['hi']:.3f}] by d1/d2 < {args.ratio:.4g}, "
+          f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > {cos['threshold']}; "
+          f"table, figure and summary in {Path(args.dir) / 'scores'}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from memorize.compare import compare_cell
+
+    s = compare_cell(args.dir, args.samples, args.embedder, args.threshold, args.n_eval, args.device,
+                     progress=not args.quiet)
+    repro = s["reproducibility"]
+    print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
+          f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f}; "
+          f"memorized (d1/d2 < 1/3): trained {s['mem_nn_trained']:.3f}, empirical {s['mem_nn_empirical']:.3f}; "
+          f"gap curves and figure in {Path(args.dir) / 'compare'}")
+
+
+def cmd_consistency(args: argparse.Namespace) -> None:
+    from memorize.compare import disjoint_consistency
+
+    r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold)
+    print(f"N = {r['n_train']}: reproducibility of same-noise samples {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
+          f"(cosine > {r['threshold']}), mean cosine {r['mean_cosine']:.3f}")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or fraction such as 1/3, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memorize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,14 +121,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
     p.add_argument("--churn", type=float, help="EDM Heun stochastic churn")
     p.add_argument("--schedule", choices=("karras", "vp_linear", "vp_cosine"))
-    p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian"), default="trained",
-                   help="trained network, or the closed-form empirical / Gaussian denoiser of the training subset")
+    p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
+                   help="trained network; the closed-form empirical or Gaussian denoiser of the training subset; "
+                        "or the true mixture's denoiser (gmm dataset)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
     p.add_argument("--name", help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--force", action="store_true", help="replace samples of the same name with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("score", help="score a cell's samples for memorization with both criteria")
+    p.add_argument("dir", help="a cell directory with samples")
+    p.add_argument("--samples", default="trained", help="sample set name under DIR/samples (default: trained)")
+    p.add_argument("--embedder", default="pixel",
+                   help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
+                        "torchvision:MODEL:WEIGHTS (local files only)")
+    p.add_argument("--ratio", default="1/3", type=_fraction, help="nearest-neighbour ratio threshold (default 1/3)")
+    p.add_argument("--threshold", default=0.6, type=float, help="cosine threshold (default 0.6; 0.5 in Somepalli "
+                                                                "et al. 2023)")
+    p.add_argument("--device", default="auto", help="device for the embedder: auto, cpu or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="hold the trained denoiser against the empirical and Gaussian ones")
+    p.add_argument("dir", help="a trained cell directory")
+    p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
+                                                        "(drawn with the cell's settings if missing)")
+    p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
+    p.add_argument("--threshold", default=0.6, type=float, help="cosine threshold of the reproducibility score")
+    p.add_argument("--n-eval", dest="n_eval", default=256, type=int,
+                   help="training and held-out images for the gap curves (default 256)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("consistency", help="reproducibility of two cells trained on disjoint subsets")
+    p.add_argument("dir_a")
+    p.add_argument("dir_b")
+    p.add_argument("--samples", default="trained")
+    p.add_argument("--embedder", default="pixel")
+    p.add_argument("--threshold", default=0.6, type=float)
+    p.set_defaults(func=cmd_consistency)
     return parser
 
 

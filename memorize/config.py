@@ -63,14 +63,16 @@ class DataConfig:
 
     The training subset of size ``n_train`` is the first ``n_train`` items of a
     fixed permutation (seeded by ``split_seed``) of the de-duplicated dataset,
-    so smaller subsets nest inside larger ones. The last ``n_heldout`` items of
-    the permutation are held out and never drawn by any subset.
+    so smaller subsets nest inside larger ones; ``subset_offset`` skips that many
+    items first (offsets 0 and N give two disjoint subsets of size N). The last
+    ``n_heldout`` items of the permutation are held out and never drawn by any subset.
     """
 
     name: Literal["digits", "gmm", "mnist", "cifar10", "folder", "npz"] = "digits"
     root: str | None = None
     n_train: int = 32
     n_heldout: int = 256
+    subset_offset: int = 0
     split_seed: int = 0
     class_balanced: bool = False
     resize: int | None = None
@@ -80,6 +82,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "data.n_train", "must be >= 1")
         _require(self.n_heldout >= 0, "data.n_heldout", "must be >= 0")
+        _require(self.subset_offset >= 0, "data.subset_offset", "must be >= 0")
         _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")
         needs_root = self.name in ("mnist", "cifar10", "folder", "npz")
         _require(not needs_root or bool(self.root), "data.root",

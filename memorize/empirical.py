@@ -28,18 +28,31 @@ class EmpiricalDenoiser:
     O(B x chunk) beyond the training set itself, never O(B x N).
 
     ``dtype`` float64 (default) keeps the small-sigma limit exact: float32
-    cancellation in ``x . x_i`` can pick the wrong neighbour of near-copies.
+    cancellation in ``x . x_i`` can pick the wrong neighbour of near-copies. To
+    shrink that cancellation, queries and training set are centred on the
+    training mean first (the softmax over distances is translation-invariant).
+    The centred training set is the one copy held, on the training set's device.
     """
 
     def __init__(self, train: torch.Tensor, chunk_size: int = 4096, dtype: torch.dtype = torch.float64):
         if len(train) < 1:
             raise ValueError("empirical_denoiser: the training set is empty")
-        self.train = train.reshape(len(train), -1).to(dtype)
-        self.half_sq_norms = 0.5 * self.train.square().sum(1)
+        flat = train.reshape(len(train), -1)
+        chunks = [slice(s, s + chunk_size) for s in range(0, len(flat), chunk_size)]
+        # Built chunk by chunk, so the only full-size allocation is the centred copy itself.
+        total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+        for c in chunks:
+            total += flat[c].to(torch.float64).sum(0)
+        self.mean = (total / len(flat)).to(dtype)
+        self.train = torch.empty(flat.shape, dtype=dtype, device=flat.device)
+        self.half_sq_norms = torch.empty(len(flat), dtype=dtype, device=flat.device)
+        for c in chunks:
+            self.train[c] = flat[c].to(dtype) - self.mean
+            self.half_sq_norms[c] = 0.5 * self.train[c].square().sum(1)
         self.chunk_size, self.dtype = chunk_size, dtype
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        queries = x.reshape(len(x), -1).to(self.train.device, self.dtype)
+        queries = x.reshape(len(x), -1).to(self.train.device, self.dtype) - self.mean
         inv_var = 1.0 / _flat_sigma(sigma, len(x), queries) ** 2  # (B, 1)
         running_max = torch.full((len(x), 1), -torch.inf, dtype=self.dtype, device=queries.device)
         running_sum = torch.zeros_like(running_max)
@@ -53,7 +66,7 @@ class EmpiricalDenoiser:
             running_sum = running_sum * rescale + weights.sum(1, keepdim=True)
             acc = acc * rescale + weights @ keys
             running_max = new_max
-        return (acc / running_sum).reshape(x.shape).to(x.device, x.dtype)
+        return (acc / running_sum + self.mean).reshape(x.shape).to(x.device, x.dtype)
 
 
 def empirical_denoiser(train: torch.Tensor, chunk_size: int = 4096, dtype: torch.dtype = torch.float64) -> EmpiricalDenoiser:
@@ -89,3 +102,33 @@ def gaussian_denoiser(train: torch.Tensor) -> GaussianDenoiser:
     mean = flat.mean(0)
     centered = flat - mean
     return GaussianDenoiser(mean, centered.T @ centered / len(flat))
+
+
+class GaussianMixtureDenoiser:
+    """Posterior mean for data from a known mixture ``sum_k w_k N(mu_k, Sigma_k)``:
+
+        D(x, sigma) = sum_k r_k(x) [mu_k + Sigma_k (Sigma_k + sigma^2 I)^{-1} (x - mu_k)],
+        r_k(x) = w_k N(x; mu_k, Sigma_k + sigma^2 I) / sum_j w_j N(x; mu_j, Sigma_j + sigma^2 I)
+
+    (Ma et al., ch. 3, Example 3.3). Each covariance is diagonalised once,
+    ``Sigma_k = U_k diag(lambda_k) U_k^T``, so every sigma costs only matrix-vector work;
+    low-rank components are fine for sigma > 0.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor):
+        self.log_weights = torch.log(weights.double())
+        self.means = means.double()
+        eigvals, self.bases = torch.linalg.eigh(covs.double())  # (K, D), (K, D, D)
+        self.eigvals = eigvals.clamp(min=0.0)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        flat = x.reshape(len(x), -1).double()
+        var = _flat_sigma(sigma, len(x), flat) ** 2  # (B, 1)
+        centered = flat[:, None, :] - self.means[None]  # (B, K, D)
+        coords = torch.einsum("bkd,kde->bke", centered, self.bases)  # in each component's eigenbasis
+        total_var = self.eigvals[None] + var[:, :, None]  # (B, K, D)
+        log_density = -0.5 * ((coords**2 / total_var).sum(-1) + torch.log(total_var).sum(-1))
+        resp = torch.softmax(self.log_weights + log_density, dim=1)  # (B, K); the 2 pi terms cancel
+        shrunk = torch.einsum("bke,kde->bkd", coords * self.eigvals[None] / total_var, self.bases)
+        out = (resp[:, :, None] * (self.means[None] + shrunk)).sum(1)
+        return out.reshape(x.shape).to(x.dtype)

