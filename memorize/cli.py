@@ -5,6 +5,10 @@
     memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold 0.6]
     memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold 0.6]
     memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold 0.6]
+    memorize sweep run SPEC.yaml --out DIR [--executor local|slurm|debug] [--dry-run] [--wait] [SLURM options]
+    memorize sweep status DIR
+    memorize sweep collect DIR [--wait]
+    memorize plot DIR [--cells ID ...]
 """
 
 from __future__ import annotations
@@ -88,6 +92,72 @@ def cmd_consistency(args: argparse.Namespace) -> None:
           f"(cosine > {r['threshold']}), mean cosine {r['mean_cosine']:.3f}")
 
 
+SLURM_FLAGS = {"partition": str, "account": str, "qos": str, "gpus_per_cell": int, "cpus_per_cell": int,
+               "mem_gb": int, "time_min": int, "constraint": str, "array_parallelism": int, "max_array_size": int}
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> None:
+    from memorize.sweep import load_spec, run_sweep
+
+    overrides = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
+    if args.sbatch:
+        overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch).items()}
+    spec = load_spec(args.spec, overrides)
+    report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
+                       progress=not args.quiet)
+    if args.dry_run:
+        return
+    print(f"sweep {spec.name}: {report['cells']} cells; {report['done_before']} already done, "
+          f"{report['running_elsewhere']} running elsewhere, {report['launched']} launched, {report['failed']} failed")
+    if args.executor == "slurm":
+        print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`")
+        if not args.wait:
+            return
+    table = _collect(args.out)
+    print(f"{len(table)} finished cells in {Path(args.out) / 'results.csv'}")
+    if not args.no_plot and len(table):
+        from memorize.sweep.figures import plot_sweep
+
+        plot_sweep(args.out)
+        print(f"figures in {Path(args.out) / 'figures'}")
+
+
+def _collect(out: str):
+    from memorize.sweep import collect
+
+    return collect(out)
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from memorize.sweep import sweep_status
+
+    table = sweep_status(args.dir)
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 160, "display.width", 200):
+        print(table.to_string(index=False))
+    print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
+
+
+def cmd_sweep_collect(args: argparse.Namespace) -> None:
+    if args.wait:
+        import json
+
+        from memorize.sweep.launch import wait_for_slurm
+
+        jobs = json.loads((Path(args.dir) / "jobs.json").read_text()) if (Path(args.dir) / "jobs.json").is_file() else {}
+        wait_for_slurm(Path(args.dir), list(jobs), args.wait_timeout)
+    table = _collect(args.dir)
+    print(f"{len(table)} finished cells in {Path(args.dir) / 'results.csv'}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from memorize.sweep.figures import plot_sweep
+
+    written = plot_sweep(args.dir, args.cells)
+    print(f"{len(written)} files in {Path(args.dir) / 'figures'}")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(Fraction(text))
@@ -163,6 +233,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default="pixel")
     p.add_argument("--threshold", default=0.6, type=float)
     p.set_defaults(func=cmd_consistency)
+
+    sweep = sub.add_parser("sweep", help="run, follow and collect sweeps").add_subparsers(dest="sweep_command",
+                                                                                          required=True)
+    p = sweep.add_parser("run", help="launch the unfinished cells of a sweep spec")
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    p.add_argument("--out", required=True, help="sweep directory (on a shared filesystem for SLURM)")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
+                   help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
+                        "debug: in this process")
+    p.add_argument("--parallel", type=int, default=1, help="local executor: cells at a time (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and what would be submitted")
+    p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most (default 1 day)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the figures after a finished run")
+    p.add_argument("--quiet", action="store_true")
+    for flag, kind in SLURM_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"SLURM: {flag} (overrides the spec)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch parameter")
+    p.set_defaults(func=cmd_sweep_run)
+
+    p = sweep.add_parser("status", help="per-cell state: done, running, failed (with log), pending")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_sweep_status)
+
+    p = sweep.add_parser("collect", help="write DIR/results.csv from the finished cells")
+    p.add_argument("dir")
+    p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600)
+    p.set_defaults(func=cmd_sweep_collect)
+
+    p = sub.add_parser("plot", help="regenerate a sweep's figures into DIR/figures")
+    p.add_argument("dir")
+    p.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids (default: the largest model "
+                                              "at the smallest and largest N)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -171,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except EXPECTED_ERRORS as err:
-        print(f"memorize {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
+        print(f"memorize {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

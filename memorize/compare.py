@@ -3,8 +3,9 @@
 ``memorize compare DIR`` computes, for the cell at DIR:
 
 - the *denoiser gap*: mean squared difference (per dimension) between the trained denoiser
-  and the empirical (memorizing) and Gaussian (generalizing) denoisers on noisy training and
-  held-out images, over a grid of sigma, next to each denoiser's own denoising error;
+  and the empirical (memorizing) and Gaussian (generalizing) denoisers, and the true mixture's
+  denoiser where the data density is known (``gmm``), on noisy training and held-out items,
+  over a grid of sigma, next to each denoiser's own denoising error;
 - the *train/held-out loss gap*: the trained denoiser's denoising error on held-out minus
   training images at the same sigma and noise;
 - *same-noise agreement* with the empirical denoiser: samples i of both start from the same
@@ -27,7 +28,7 @@ import torch
 
 from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device
 from memorize.config import SampleConfig
-from memorize.empirical import empirical_denoiser, gaussian_denoiser
+from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
@@ -115,6 +116,9 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
         raise ValueError("compare: class-conditional cells are not supported yet (the closed-form "
                          "references are unconditional)")
     references = {"empirical": empirical_denoiser(data.train.to(dev)), "gaussian": gaussian_denoiser(data.train.to(dev))}
+    mix = data.dataset.mixture
+    if mix is not None:  # the true data density is known (gmm): its denoiser is the ideal generalizer
+        references["true"] = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
     table = denoiser_gap(trained, references, {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]},
                          device=dev)
     train_err = table[table.split == "train"].set_index("sigma")["mse_trained"]

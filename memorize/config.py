@@ -240,6 +240,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         _require(value in args, where, f"expected one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        _require(isinstance(value, dict), where, f"expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        _require(isinstance(value, list), where, f"expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is typing.Any:
+        return value
     if origin is tuple:
         _require(isinstance(value, (list, tuple)), where, f"expected a list, got {value!r}")
         return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))

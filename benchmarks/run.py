@@ -1,0 +1,38 @@
+"""Run every CPU benchmark at default sizes (about 10 minutes on 2 cores) and print each table.
+
+    python -m benchmarks.run [--quick]
+
+--quick uses small sizes (a smoke test, about a minute): its ratios are not the reported ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks import empirical, sampling, search, sweep, training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    quick = args.quick
+    parts = [
+        ("exact search and scoring", search.main, ["--queries", "1000", "--train", "5000", "--dim", "768"]),
+        ("empirical denoiser", empirical.main, ["--queries", "200", "--train", "8000", "--dim", "768"]),
+        ("training step", training.main, ["--steps", "2", "--batch-size", "8"]),
+        ("sampling", sampling.main, ["--num", "16", "--nfe", "5"]),
+        ("sweep", sweep.main, []),
+    ]
+    for title, fn, quick_args in parts:
+        if quick and title == "sweep":
+            continue
+        print(f"\n=== {title} ===")
+        fn(quick_args if quick else [])
+    print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

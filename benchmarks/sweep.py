@@ -1,0 +1,67 @@
+"""Sweep benchmark: cells per hour for sweeps/digits.yaml on this machine, and where the time goes.
+
+By default it runs a slice of the digits sweep (one training-set size, all three model sizes) in a
+temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
+per-stage timings every cell records in its summary.json. `--sweep-dir DIR` reads a finished sweep
+instead (e.g. the README's main job, runs/digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.common import machine, print_table, write_rows
+from memorize.sweep import load_spec, run_sweep
+from memorize.sweep.cell import read_summary
+
+SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
+
+
+def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
+    rows = []
+    for path in sorted((sweep_dir / "cells").glob("*/summary.json")):
+        s = read_summary(path.parent)
+        rows.append({"model": s["model"], "n_train": s["n_train"], **s["seconds"], "total": s["total_seconds"]})
+    table = pd.DataFrame(rows)
+    stages = [c for c in ("train", "sample", "score", "compare") if c in table]
+    per_model = table.groupby("model")[stages + ["total"]].mean().reset_index()
+    out = [{"what": f"mean per cell, {r['model']}", **{k: r[k] for k in stages + ['total']}}
+           for _, r in per_model.iterrows()]
+    total = table[stages + ["total"]].sum()
+    out.append({"what": f"all {len(table)} cells (sum)", **total.to_dict()})
+    share = {k: total[k] / total["total"] for k in stages}
+    out.append({"what": "share of cell time", **share, "total": sum(share.values())})
+    wall = wall_seconds if wall_seconds is not None else float(total["total"])
+    out.append({"what": "cells per hour (wall clock, incl. process start-up)" if wall_seconds
+                else "cells per hour (cell time)", "total": 3600 * len(table) / wall})
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sweep-dir", type=Path, help="read a finished sweep instead of running a slice")
+    parser.add_argument("--n-train", type=int, default=64, help="training-set size of the slice (default 64)")
+    args = parser.parse_args(argv)
+    if args.sweep_dir:
+        rows = stage_table(args.sweep_dir)
+    else:
+        spec = load_spec(SPEC)
+        spec = dataclasses.replace(spec, grid={**spec.grid, "data.n_train": [args.n_train]})
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            run_sweep(spec, Path(tmp), "local", progress=False)
+            rows = stage_table(Path(tmp), time.perf_counter() - start)
+    print(f"# {machine()}\n# seconds per stage; {SPEC.name}")
+    print_table(rows)
+    print(f"results: {write_rows('sweep', rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

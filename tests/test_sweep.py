@@ -1,0 +1,188 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from memorize.cli import main
+from memorize.config import ConfigError
+from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SPEC = {
+    "name": "tiny",
+    "base": {
+        "data": {"name": "digits", "n_heldout": 64},
+        "model": {"channels": 8},
+        "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "eval_every": 10, "log_every": 5,
+                  "warmup_steps": 5},
+        "sample": {"num": 16, "steps": 6, "batch_size": 16},
+    },
+    "grid": {"data.n_train": [16, 32], "seed": [0]},
+    "score": {"compare": True},
+}
+
+
+def write_spec(path, spec=None, **changes):
+    spec = json.loads(json.dumps(spec or TINY_SPEC))
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def result_rows(out):
+    table = pd.read_csv(out / "results.csv").drop(columns=["total_seconds"])
+    return table.sort_values("cell").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"data.n_trian": [16]}}, r"grid point \(data\.n_trian=16\): data\.n_trian: unknown key"),
+    ({"grid": {"data.n_train": []}}, r"grid\.data\.n_train: the axis is empty"),
+    ({"grid": {"data.n_train": [16, 5000]}}, r"grid point \(data\.n_train=5000\): data\.n_train: 5000 is more than "
+                                              r"the 1733 distinct items"),
+    ({"grdi": {}}, r"grdi: unknown key \(did you mean 'grid'\?\)"),
+    ({"score": {"ratio": 3}}, r"score\.ratio: must be in \(0, 1\]"),
+])
+def test_malformed_specs_fail_before_anything_is_launched(tmp_path, capsys, change, message):
+    spec = write_spec(tmp_path / "s.yaml", **change)
+    out = tmp_path / "out"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("memorize sweep run: error:")
+    import re
+
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_shipped_specs_are_valid():
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        cells = expand(load_spec(path))
+        assert len(cells) >= 3 and len({c.id for c in cells}) == len(cells), path
+
+
+def test_cell_ids_follow_the_resolved_config(tmp_path):
+    a = expand(load_spec(write_spec(tmp_path / "a.yaml")))
+    b = expand(load_spec(write_spec(tmp_path / "b.yaml")))
+    assert [c.id for c in a] == [c.id for c in b]
+    changed = json.loads(json.dumps(TINY_SPEC))
+    changed["base"]["train"]["steps"] = 21
+    assert not {c.id for c in a} & {c.id for c in expand(load_spec(write_spec(tmp_path / "c.yaml", changed)))}
+
+
+def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
+    out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path / "s.yaml"))
+    report = run_sweep(spec, out, "local", progress=False)
+    assert report == {"cells": 2, "done_before": 0, "running_elsewhere": 0, "launched": 2, "failed": 0}
+    table = collect(out)
+    for column in ("dataset", "n_train", "model", "params", "seed", "steps", "train_loss", "heldout_loss", "mem_nn",
+                   "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "agreement_empirical", "cell"):
+        assert table[column].notna().all(), column
+    assert sorted(table.n_train) == [16, 32] and (table.steps == 20).all()
+    assert ((table.mem_nn_lo <= table.mem_nn) & (table.mem_nn <= table.mem_nn_hi)).all()
+    summaries = sorted((out / "cells").glob("*/summary.json"))
+    stamps = [p.stat().st_mtime_ns for p in summaries]
+
+    again = run_sweep(spec, out, "local", progress=False)
+    assert again["launched"] == 0 and again["done_before"] == 2
+    assert [p.stat().st_mtime_ns for p in summaries] == stamps
+
+    wider = load_spec(write_spec(tmp_path / "w.yaml", grid={"data.n_train": [16, 32, 48], "seed": [0]}))
+    report = run_sweep(wider, out, "debug", progress=False)
+    assert report["launched"] == 1 and report["done_before"] == 2
+    assert [p.stat().st_mtime_ns for p in summaries] == stamps
+    status = sweep_status(out)
+    assert status.state.tolist() == ["done"] * 3
+
+    assert main(["plot", str(out)]) == 0
+    for name in ("memorization_vs_n", "phase_diagram", "critical_n", "denoiser_gap"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{name}.pdf").is_file()
+    assert len(list((out / "figures").glob("nn_*.png"))) == 2
+
+
+def test_failed_cell_is_reported_with_its_log_and_others_finish(tmp_path, monkeypatch):
+    import memorize.sweep.cell as cell_module
+
+    real = cell_module.run_cell
+
+    def failing(root, cfg, score, cell_id="", progress=False):
+        if cfg.data.n_train == 32:
+            raise RuntimeError("simulated divergence")
+        return real(root, cfg, score, cell_id, progress)
+
+    monkeypatch.setattr(cell_module, "run_cell", failing)
+    out = tmp_path / "sweep"
+    report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
+    assert report["failed"] == 1 and report["launched"] == 2
+    status = sweep_status(out).set_index("data.n_train")
+    assert status.loc[16, "state"] == "done" and status.loc[32, "state"] == "failed"
+    assert "simulated divergence" in status.loc[32, "detail"] and "error.txt" in status.loc[32, "detail"]
+    assert len(collect(out)) == 1
+
+
+def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["train"].update(steps=300, checkpoint_every=20, eval_every=100, log_every=50)
+    spec_file = write_spec(tmp_path / "s.yaml", spec)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    cmd = [sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec_file), "--quiet", "--no-plot"]
+
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    done_first = None
+    while time.time() < deadline and proc.poll() is None:
+        summaries = list((killed / "cells").glob("*/summary.json")) if (killed / "cells").exists() else []
+        started = [p for p in (killed / "cells").glob("*/checkpoints/step-*.pt")] if summaries else []
+        second = [p for p in started if p.parts[-3] != summaries[0].parts[-2]]
+        if summaries and second:
+            done_first = summaries[0]
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cell subprocess, as a node failure would
+    proc.wait()
+    assert done_first is not None, "the sweep must be killed after one cell and during the next"
+    stamp = done_first.stat().st_mtime_ns
+    assert len(list((killed / "cells").glob("*/summary.json"))) == 1
+
+    assert main(["sweep", "run", str(spec_file), "--out", str(killed), "--quiet", "--no-plot"]) == 0
+    assert main(["sweep", "run", str(spec_file), "--out", str(straight), "--quiet", "--no-plot"]) == 0
+    assert done_first.stat().st_mtime_ns == stamp  # the finished cell was not recomputed
+    pd.testing.assert_frame_equal(result_rows(killed), result_rows(straight))
+
+
+def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--executor", "slurm",
+                 "--partition", "gpu", "--time-min", "60", "--sbatch", "mail-type=END"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("to run") == 2 and "1 job array(s)" in text and "partition=gpu" in text and "60 min" in text
+    assert "'mail-type': 'END'" in text
+    assert not out.exists()
+
+
+def test_intermediate_checkpoints_are_scored(tmp_path):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["train"]["keep_all_checkpoints"] = True
+    spec["grid"] = {"data.n_train": [8]}
+    spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16}  # = sample.num
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    (cell,) = (out / "cells").iterdir()
+    steps = pd.read_csv(cell / "checkpoint_scores.csv")
+    assert steps.step.tolist() == [10, 20] and steps.mem_nn.between(0, 1).all()
+    summary = json.loads((cell / "summary.json").read_text())
+    # the last checkpoint, same seeds and sampler: exactly the cell's own samples
+    assert steps.mem_nn.iloc[-1] == summary["mem_nn"]
+    assert main(["plot", str(out)]) == 0
+    assert (out / "figures" / "memorization_over_steps.png").is_file()
