@@ -33,6 +33,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
+SchedulerParameters=sched_interval=2
+KillWait=5
 ReturnToService=2
 StateSaveLocation=$SLURM_DIR/state
 SlurmdSpoolDir=$SLURM_DIR/spool
@@ -63,7 +65,9 @@ slurm_stop() {
   for name in slurmd slurmctld munged; do
     local pidfile="$SLURM_DIR/$name.pid"
     if [ -s "$pidfile" ]; then
-      kill "$(cat "$pidfile")" 2>/dev/null && echo "slurm: stopped $name (pid $(cat "$pidfile"))"
+      local pid
+      pid=$(cat "$pidfile")
+      kill "$pid" 2>/dev/null && echo "slurm: stopped $name (pid $pid)"
       rm -f "$pidfile"
     fi
   done

@@ -94,6 +94,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, rows, elapsed = 0, [], 0.0
+    losses: list[float] = []  # minibatch losses since the last log row (saved with checkpoints)
 
     latest = paths.latest_checkpoint()
     if latest is not None:
@@ -103,13 +104,14 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        step, rows, elapsed = state["step"], state["log"], state["seconds"]
+        step, rows, elapsed, losses = state["step"], state["log"], state["seconds"], state["pending_losses"]
 
     def save_checkpoint() -> Path:
         path = atomic_torch_save(paths.checkpoint(step), {
             "step": step, "model": denoiser.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "log": rows, "seconds": elapsed, "shape": shape, "num_classes": data.split.num_classes,
+            "log": rows, "pending_losses": losses, "seconds": elapsed, "shape": shape,
+            "num_classes": data.split.num_classes,
             "config": to_dict(cfg)})
         _write_log(paths.loss_log, rows)
         if not cfg.train.keep_all_checkpoints:
@@ -120,7 +122,6 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
 
     use_amp = cfg.train.amp and device.type == "cuda"
     n_params = count_parameters(denoiser)
-    losses: list[float] = []
     start_time = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, desc="training", unit="step")
     denoiser.train()

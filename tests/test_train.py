@@ -22,7 +22,9 @@ def _log_rows(path):
 
 
 def test_killed_run_resumes_to_the_same_state(tiny_cfg, tmp_path):
-    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=200, checkpoint_every=10))
+    # log rows (every 15 steps) fall between checkpoints (every 10): the pending window must survive a resume
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=200, checkpoint_every=10,
+                                                                  log_every=15))
     config_file = tmp_path / "cell.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(cfg)))
     killed, straight = CellPaths(tmp_path / "killed"), CellPaths(tmp_path / "straight")
@@ -51,6 +53,33 @@ def test_killed_run_resumes_to_the_same_state(tiny_cfg, tmp_path):
     before = killed.latest_checkpoint().stat().st_mtime_ns
     train(cfg, killed.root, progress=False)
     assert killed.latest_checkpoint().stat().st_mtime_ns == before
+
+
+def test_resume_inside_a_log_window_keeps_the_log_exact(tiny_cfg, tmp_path, monkeypatch):
+    """Interrupted at step 27: the last checkpoint (20) holds the losses of steps 16-20 that the next log
+    row (30) averages; a resumed run must log exactly what an uninterrupted one logs."""
+    import memorize.train as train_module
+
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=40, checkpoint_every=10,
+                                                                  log_every=15, eval_every=40))
+    real_lr = train_module.learning_rate
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupting_lr(lr, warmup, step):
+        if step == 27:
+            raise Interrupted
+        return real_lr(lr, warmup, step)
+
+    monkeypatch.setattr(train_module, "learning_rate", interrupting_lr)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "resumed", progress=False)
+    assert CellPaths(tmp_path / "resumed").latest_checkpoint().name == "step-0000020.pt"
+    monkeypatch.setattr(train_module, "learning_rate", real_lr)
+    train(cfg, tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    assert _log_rows(tmp_path / "resumed" / "loss.csv") == _log_rows(tmp_path / "straight" / "loss.csv")
 
 
 def test_loss_log_checkpoints_and_learning(tiny_cfg, tmp_path):
