@@ -49,10 +49,13 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=ci Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
   export SLURM_CONF="$SLURM_DIR/slurm.conf"
+  mkdir -p "$SLURM_DIR/pids"
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid || { echo "slurm: munged failed" >&2; return 1; }
-  cp /run/munge/munged.pid "$SLURM_DIR/munged.pid"
+  _record_pid munged /run/munge/munged.pid || return 1
   /usr/sbin/slurmctld -f "$SLURM_CONF" || { echo "slurm: slurmctld failed" >&2; return 1; }
+  _record_pid slurmctld "$SLURM_DIR/slurmctld.pid" || return 1
   /usr/sbin/slurmd -f "$SLURM_CONF" || { echo "slurm: slurmd failed" >&2; return 1; }
+  _record_pid slurmd "$SLURM_DIR/slurmd.pid" || return 1
   for _ in $(seq 1 30); do
     if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed'; then echo "slurm: node idle ($SLURM_CONF)"; return 0; fi
     sleep 1
@@ -61,9 +64,19 @@ CONF
   return 1
 }
 
+# Copy a daemon's PID, once its own pid file appears, to pids/NAME (the daemons may rewrite or remove theirs).
+_record_pid() {
+  for _ in $(seq 1 50); do
+    if [ -s "$2" ]; then cat "$2" > "$SLURM_DIR/pids/$1"; return 0; fi
+    sleep 0.1
+  done
+  echo "slurm: $1 wrote no pid file ($2)" >&2
+  return 1
+}
+
 slurm_stop() {
   for name in slurmd slurmctld munged; do
-    local pidfile="$SLURM_DIR/$name.pid"
+    local pidfile="$SLURM_DIR/pids/$name"
     if [ -s "$pidfile" ]; then
       local pid
       pid=$(cat "$pidfile")
