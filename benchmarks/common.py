@@ -78,3 +78,11 @@ def print_table(rows: list[dict]) -> None:
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for t in text:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+
+
+def report(name: str, rows: list[dict], note: str = "") -> list[dict]:
+    """Print the machine, an optional note and the table; write results/NAME.csv."""
+    print(f"# {machine()}" + (f"\n# {note}" if note else ""))
+    print_table(rows)
+    print(f"results: {write_rows(name, rows)}")
+    return rows

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import machine, measure, print_table, write_rows
+from benchmarks.common import measure, report
 from memorize.empirical import empirical_denoiser
 
 
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     sizes = [args.train // 4, args.train // 2, args.train]
     rows = run(args.queries, args.train, args.dim, args.chunk, sizes)
-    print(f"# {machine()}")
-    print_table(rows)
-    print(f"results: {write_rows('empirical', rows)}")
-    return rows
+    return report("empirical", rows)
 
 
 if __name__ == "__main__":

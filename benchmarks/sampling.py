@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine, print_table, write_rows
+from benchmarks.common import report
 from memorize.config import ModelConfig, SampleConfig
 from memorize.diffusion import Denoiser
 from memorize.models import build_network
@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--channels", type=int, default=32)
     args = parser.parse_args(argv)
     rows = run(args.num, args.nfe, args.resolution, args.channels)
-    print(f"# {machine()}")
-    print_table(rows)
-    print(f"results: {write_rows('sampling', rows)}")
-    return rows
+    return report("sampling", rows)
 
 
 if __name__ == "__main__":

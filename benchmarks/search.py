@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import torch
 
-from benchmarks.common import machine, matmul_gflops, measure, print_table, write_rows
+from benchmarks.common import matmul_gflops, measure, report
 from memorize.metrics import copy_similarity, nn_ratio
 
 
@@ -61,7 +61,7 @@ def run(q: int, n: int, d: int, baselines: bool = True) -> list[dict]:
     # agreement check: our nearest neighbours are FAISS's (exact search, exact re-ranking)
     ours, bare = nn_ratio(queries, train), faiss.knn(queries, train, 4)[1]
     agree = float(np.mean(ours.nearest == bare[:, 0]))
-    print(f"# {machine()}\n# nearest neighbour agreement nn_ratio vs bare FAISS: {agree:.4f}; "
+    print(f"# nearest neighbour agreement nn_ratio vs bare FAISS: {agree:.4f}; "
           f"memorized: {ours.memorized.mean():.3f}; inputs: {(queries.nbytes + train.nbytes) / 2**20:.0f} MiB")
     return rows
 
@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dim", type=int, default=3072)
     parser.add_argument("--no-baselines", action="store_true", help="skip the torch and scikit-learn baselines")
     args = parser.parse_args(argv)
-    rows = run(args.queries, args.train, args.dim, not args.no_baselines)
-    print_table(rows)
-    print(f"results: {write_rows('search', rows)}")
-    return rows
+    return report("search", run(args.queries, args.train, args.dim, not args.no_baselines))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import machine, print_table, write_rows
+from benchmarks.common import report
 from memorize.sweep import load_spec, run_sweep
 from memorize.sweep.cell import read_summary
 
@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             run_sweep(spec, Path(tmp), "local", progress=False)
             rows = stage_table(Path(tmp), time.perf_counter() - start)
-    print(f"# {machine()}\n# seconds per stage; {SPEC.name}")
-    print_table(rows)
-    print(f"results: {write_rows('sweep', rows)}")
-    return rows
+    return report("sweep", rows, f"seconds per stage; {SPEC.name}")
 
 
 if __name__ == "__main__":

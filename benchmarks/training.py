@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.common import machine, print_table, write_rows
+from benchmarks.common import report
 from memorize.config import ModelConfig
 from memorize.models import build_network, count_parameters
 
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
     rows = run(args.batch_size, args.resolution, args.channels, args.steps)
-    print(f"# {machine()}")
-    print_table(rows)
-    print(f"results: {write_rows('training', rows)}")
-    return rows
+    return report("training", rows)
 
 
 if __name__ == "__main__":

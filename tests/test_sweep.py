@@ -186,3 +186,37 @@ def test_intermediate_checkpoints_are_scored(tmp_path):
     assert steps.mem_nn.iloc[-1] == summary["mem_nn"]
     assert main(["plot", str(out)]) == 0
     assert (out / "figures" / "memorization_over_steps.png").is_file()
+
+
+def test_vector_data_sweep_compares_with_the_true_mixture(tmp_path):
+    spec = {"name": "vec", "base": {
+        "data": {"name": "gmm", "n_heldout": 64, "gmm": {"components": 2, "dim": 4, "size": 512}},
+        "model": {"arch": "mlp", "width": 16, "depth": 1},
+        "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 20, "eval_every": 20, "log_every": 10},
+        "sample": {"num": 16, "steps": 6}},
+        "grid": {"data.n_train": [8, 64]}}
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    gap = pd.read_csv(next((out / "cells").glob("*/compare/gap.csv")))
+    assert {"gap_empirical", "gap_gaussian", "gap_true", "mse_true"} <= set(gap.columns)
+    table = collect(out)
+    assert len(table) == 2 and table.mem_nn.between(0, 1).all()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "figures" / "phase_diagram.png").is_file() and not list((out / "figures").glob("nn_*"))
+
+
+def test_a_cell_job_leaves_the_callers_thread_count_alone(tmp_path, monkeypatch):
+    import torch
+
+    from memorize.config import to_dict
+    from memorize.sweep.cell import CellJob
+
+    (cell,) = expand(load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8]})))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    original = torch.get_num_threads()
+    torch.set_num_threads(3)  # any count but the job's 1, whatever this machine has
+    try:
+        CellJob(str(tmp_path / "cell"), to_dict(cell.config), {"compare": False}, cell.id)()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(original)

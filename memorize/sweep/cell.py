@@ -177,12 +177,13 @@ class CellJob(submitit.helpers.Checkpointable):
         self.root, self.config, self.score, self.cell_id = str(root), config, score, cell_id
 
     def __call__(self) -> dict:
+        import torch
+
         from memorize.sweep.spec import ScoreConfig
 
-        threads = os.environ.get("SLURM_CPUS_PER_TASK")
+        previous_threads = torch.get_num_threads()
+        threads = os.environ.get("SLURM_CPUS_PER_TASK")  # use the CPUs SLURM gave the task, no more
         if threads:
-            import torch
-
             torch.set_num_threads(int(threads))
         root = Path(self.root)
         try:
@@ -192,6 +193,8 @@ class CellJob(submitit.helpers.Checkpointable):
         except Exception:
             atomic_write_text(root / ERROR, traceback.format_exc())
             raise
+        finally:  # the debug executor runs cells in the caller's process: leave its thread count as it was
+            torch.set_num_threads(previous_threads)
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.
