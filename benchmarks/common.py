@@ -61,19 +61,24 @@ def matmul_gflops(m: int, n: int, k: int, repeats: int = 3) -> float:
 
 
 def write_rows(name: str, rows: list[dict]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)  # read at call time: run.py --quick redirects it
     path = RESULTS / f"{name}.csv"
     with open(path, "w", newline="") as fh:
         fh.write(f"# {machine()}\n")
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=_columns(rows), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    """Every key of every row, in order of first appearance (rows may leave some out)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def print_table(rows: list[dict]) -> None:
-    keys = list(rows[0])
-    text = [[f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    keys = _columns(rows)
+    text = [[f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(k), *(len(t[i]) for t in text)) for i, k in enumerate(keys)]
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for t in text:

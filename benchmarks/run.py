@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--quick]
 
---quick uses small sizes (a smoke test, about a minute): its ratios are not the reported ones.
+--quick uses small sizes (a smoke test, seconds): its ratios are not the reported ones, and its
+CSVs go to benchmarks/results/quick/ (ignored by git) so they never replace the real results.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import empirical, sampling, search, sweep, training
+from benchmarks import common, empirical, sampling, search, sweep, training
 
 
 def main() -> None:
@@ -19,6 +20,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     quick = args.quick
+    if quick:
+        common.RESULTS = common.RESULTS / "quick"
     parts = [
         ("exact search and scoring", search.main, ["--queries", "1000", "--train", "5000", "--dim", "768"]),
         ("empirical denoiser", empirical.main, ["--queries", "200", "--train", "8000", "--dim", "768"]),
