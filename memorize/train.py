@@ -20,7 +20,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from memorize.cell import CellData, CellPaths, build_denoiser, init_cell, resolve_device
+from memorize.cell import CellPaths, build_denoiser, init_cell, resolve_device
 from memorize.config import CellConfig, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text

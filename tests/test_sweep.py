@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from memorize.cli import main
-from memorize.config import ConfigError
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from memorize.cell import CellPaths, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples

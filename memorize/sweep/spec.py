@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from memorize.config import CellConfig, ConfigError, DataConfig, from_dict, set_dotted, to_dict
+from memorize.config import CellConfig, ConfigError, from_dict, set_dotted, to_dict
 
 
 @dataclass
