@@ -113,19 +113,15 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`")
         if not args.wait:
             return
-    table = _collect(args.out)
+    from memorize.sweep import collect
+
+    table = collect(args.out)
     print(f"{len(table)} finished cells in {Path(args.out) / 'results.csv'}")
     if not args.no_plot and len(table):
         from memorize.sweep.figures import plot_sweep
 
         plot_sweep(args.out)
         print(f"figures in {Path(args.out) / 'figures'}")
-
-
-def _collect(out: str):
-    from memorize.sweep import collect
-
-    return collect(out)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> None:
@@ -147,7 +143,9 @@ def cmd_sweep_collect(args: argparse.Namespace) -> None:
 
         jobs = json.loads((Path(args.dir) / "jobs.json").read_text()) if (Path(args.dir) / "jobs.json").is_file() else {}
         wait_for_slurm(Path(args.dir), list(jobs), args.wait_timeout)
-    table = _collect(args.dir)
+    from memorize.sweep import collect
+
+    table = collect(args.dir)
     print(f"{len(table)} finished cells in {Path(args.dir) / 'results.csv'}")
 
 

@@ -11,8 +11,7 @@ import torch
 
 def _flat_sigma(sigma: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
     """sigma as a (B, 1) column in the dtype/device of ``like``."""
-    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    return sigma.reshape(-1, 1).expand(batch, 1) if sigma.numel() in (1, batch) else sigma.reshape(batch, 1)
+    return torch.as_tensor(sigma, dtype=like.dtype, device=like.device).reshape(-1, 1).expand(batch, 1)
 
 
 class EmpiricalDenoiser:

@@ -67,8 +67,10 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
     settings = {"denoiser": denoiser, **dataclasses.asdict(cfg)}
     del settings["batch_size"]
     if denoiser == "trained":
-        model, state = load_trained_denoiser(paths.root, weights, dev)
-        settings.update(weights=weights, checkpoint_step=state["step"])
+        checkpoint = paths.latest_checkpoint()
+        if checkpoint is None:
+            raise FileNotFoundError(f"{paths.checkpoints} holds no checkpoint: train the cell first")
+        settings.update(weights=weights, checkpoint_step=int(checkpoint.stem.removeprefix("step-")))
     if out.is_file():
         old = read_samples(out)["settings"]
         if old == settings:
@@ -79,7 +81,9 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
                                     f"pass --name to keep both, or --force to replace them")
 
     data = load_cell_data(cell_cfg, paths)
-    if denoiser == "empirical":
+    if denoiser == "trained":  # loaded only when samples are really drawn
+        model, _ = load_trained_denoiser(paths.root, weights, dev, checkpoint)
+    elif denoiser == "empirical":
         model = empirical_denoiser(data.train.to(dev))
     elif denoiser == "gaussian":
         model = gaussian_denoiser(data.train.to(dev))
