@@ -40,24 +40,47 @@ def reset_peak_memory() -> int:
     return _status("VmRSS")
 
 
-def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, int, Any]:
-    """Best wall time over ``repeats`` runs, and the peak RSS above the RSS at the start (bytes)."""
+def measure(fn: Callable[[], Any], repeats: int = 1, device: str = "cpu") -> tuple[float, int, Any]:
+    """Best wall time over ``repeats`` runs, and the peak memory above the memory at the start
+    (bytes): the process's resident set on the CPU, the CUDA allocator's peak on ``cuda``
+    (the device is synchronized before the clock is read)."""
+    cuda = torch.device(device).type == "cuda"
     best, peak, result = float("inf"), 0, None
     for _ in range(repeats):
-        start_rss = reset_peak_memory()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start_mem = torch.cuda.memory_allocated()
+        else:
+            start_mem = reset_peak_memory()
         t0 = time.perf_counter()
         result = fn()
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-        peak = max(peak, _status("VmHWM") - start_rss)
+        end_peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+        peak = max(peak, end_peak - start_mem)
     return best, peak, result
 
 
-def matmul_gflops(m: int, n: int, k: int, repeats: int = 3) -> float:
-    """The machine's float32 matrix-product rate (torch, all cores) for an (m x k) @ (k x n) product."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def matmul_gflops(m: int, n: int, k: int, repeats: int = 3, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matrix-product rate (torch; all cores, or the GPU in full float32, no TF32)
+    for an (m x k) @ (k x n) product of ``dtype``."""
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     a @ b  # warm up
-    t, _, _ = measure(lambda: a @ b, repeats)
+    t, _, _ = measure(lambda: a @ b, repeats, device)
     return 2 * m * n * k / t / 1e9
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the benchmark runs; "
+                        "cuda results go to results/NAME_gpu.csv")
+
+
+def result_name(name: str, device: str) -> str:
+    """``NAME`` for CPU results, ``NAME_gpu`` for CUDA ones (both kept side by side)."""
+    return name if torch.device(device).type == "cpu" else f"{name}_gpu"
 
 
 def write_rows(name: str, rows: list[dict]) -> Path:

@@ -1,9 +1,10 @@
-"""Run every CPU benchmark at default sizes (about 10 minutes on 2 cores) and print each table.
+"""Run every benchmark at default sizes and print each table (CPU: about 10 minutes on 2 cores).
 
-    python -m benchmarks.run [--quick]
+    python -m benchmarks.run [--quick] [--device cuda]
 
 --quick uses small sizes (a smoke test, seconds): its ratios are not the reported ones, and its
 CSVs go to benchmarks/results/quick/ (ignored by git) so they never replace the real results.
+--device cuda runs the GPU versions (results/*_gpu.csv, beside the CPU ones).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from benchmarks import common, empirical, sampling, search, sweep, training
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     start = time.perf_counter()
     quick = args.quick
@@ -33,7 +35,7 @@ def main() -> None:
         if quick and title == "sweep":
             continue
         print(f"\n=== {title} ===")
-        fn(quick_args if quick else [])
+        fn((quick_args if quick else []) + ["--device", args.device])
     print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s")
 
 

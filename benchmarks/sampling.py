@@ -4,6 +4,10 @@ Every sampler gets the same budget of network evaluations (NFE): Heun spends two
 the last, so it gets (NFE + 1) / 2 steps; the others one per step. The denoiser is a U-Net on
 CIFAR-shaped images. A second table shows what per-sample seeding (sample i identical at any batch
 size) costs: the same Euler-Maruyama run with the noise drawn per sample vs in one batched call.
+
+``--device cuda`` runs the network on the GPU (the noise is still drawn on the CPU, per sample, so
+that sample i is the same on every device) and checks that the GPU's Heun samples match the CPU's
+for the same seeds.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import add_device_argument, report, result_name
 from memorize.config import ModelConfig, SampleConfig
 from memorize.diffusion import Denoiser
 from memorize.models import build_network
@@ -32,18 +36,29 @@ class BatchedNoise(SampleNoise):
         return torch.randn((self.n, *self.shape), generator=self.generators[0]).to(self.device, self.dtype)
 
 
-def run(num: int, nfe: int, resolution: int, channels: int) -> list[dict]:
+def run(num: int, nfe: int, resolution: int, channels: int, device: str = "cpu") -> list[dict]:
     torch.manual_seed(0)
     shape = (3, resolution, resolution)
     net = build_network(ModelConfig(channels=channels, channel_mult=(1, 2, 2)), shape)
-    denoiser = Denoiser(net).eval()
+    denoiser = Denoiser(net).eval().to(device)
     seeds = sample_seeds(0, np.arange(num))
     rows = []
+    if device != "cpu":  # same seeds, same samples: the GPU's Heun samples against the CPU's (16 of them)
+        check = build_network(ModelConfig(channels=channels, channel_mult=(1, 2, 2)), shape)
+        with torch.no_grad():  # perturb the zero-initialised output layers: the check needs a non-zero network
+            for p in check.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        cfg = SampleConfig(sampler="heun", steps=(nfe + 1) // 2, num=16, batch_size=16)
+        cpu = generate(Denoiser(check).eval(), shape, seeds[:16], cfg, progress=False)
+        gpu = generate(Denoiser(check).eval().to(device), shape, seeds[:16], cfg, device, progress=False)
+        print(f"# GPU vs CPU Heun samples of a random non-zero U-Net, same seeds (PyTorch's default TF32 "
+              f"convolutions on the GPU): max |diff| {(gpu - cpu).abs().max():.2e}, sample scale "
+              f"{cpu.abs().max():.2f}, different seeds differ by {(cpu[:8] - cpu[8:]).abs().max():.2f}")
     for sampler in ("heun", "ddim", "ddpm", "euler_maruyama"):
         steps = (nfe + 1) // 2 if sampler == "heun" else nfe
         cfg = SampleConfig(sampler=sampler, steps=steps, num=num, batch_size=num)
         start = time.perf_counter()
-        generate(denoiser, shape, seeds, cfg, progress=False)
+        generate(denoiser, shape, seeds, cfg, device, progress=False)
         seconds = time.perf_counter() - start
         rows.append({"sampler": sampler, "steps": steps, "nfe": nfe, "images": num, "seconds": seconds,
                      "images_per_s": num / seconds})
@@ -56,7 +71,7 @@ def run(num: int, nfe: int, resolution: int, channels: int) -> list[dict]:
         sampling.SampleNoise = cls
         try:
             start = time.perf_counter()
-            generate(denoiser, shape, seeds, cfg, progress=False)
+            generate(denoiser, shape, seeds, cfg, device, progress=False)
         finally:
             sampling.SampleNoise = original
         seconds = time.perf_counter() - start
@@ -71,9 +86,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--nfe", type=int, default=35)
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)
+    add_device_argument(parser)
     args = parser.parse_args(argv)
-    rows = run(args.num, args.nfe, args.resolution, args.channels)
-    return report("sampling", rows)
+    rows = run(args.num, args.nfe, args.resolution, args.channels, args.device)
+    return report(result_name("sampling", args.device), rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Q queries x N training vectors x D dims (default 10,000 x 50,000 x 3,072, CIFAR-
 half noisy copies of training vectors (so the criterion has work to do), half fresh points. All
 methods run in the same process on the same arrays; ratios are against bare FAISS (``faiss.knn``,
 k = 4, the kernel behind ``IndexFlatL2.search``). Effective GFLOP/s = 2QND / time.
+
+``--device cuda`` times the GPU path instead (the ``torch-cuda`` search backend; PyPI's faiss-gpu
+does not serve Hopper GPUs): ratios against torch ``cdist`` + ``topk`` on the GPU, with the
+inputs starting in host memory for every method, and bare CPU FAISS on the same machine beside.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import faiss
 import numpy as np
 import torch
 
-from benchmarks.common import matmul_gflops, measure, report
-from memorize.metrics import copy_similarity, nn_ratio
+from benchmarks.common import add_device_argument, matmul_gflops, measure, report, result_name
+from memorize.data.subsets import unique_indices
+from memorize.metrics import copy_similarity, knn, nn_ratio
+from memorize.metrics.search import exact_l2
 
 
 def make_data(q: int, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -26,13 +32,13 @@ def make_data(q: int, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return np.concatenate([copies, fresh]), train
 
 
-def torch_cdist_topk(queries: np.ndarray, train: np.ndarray, k: int = 4, chunk: int = 2048):
-    base = torch.from_numpy(train)
+def torch_cdist_topk(queries: np.ndarray, train: np.ndarray, k: int = 4, chunk: int = 2048, device: str = "cpu"):
+    base = torch.from_numpy(train).to(device)
     out = []
     for s in range(0, len(queries), chunk):
-        dist = torch.cdist(torch.from_numpy(queries[s:s + chunk]), base)
+        dist = torch.cdist(torch.from_numpy(queries[s:s + chunk]).to(device), base)
         out.append(dist.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def sklearn_brute(queries: np.ndarray, train: np.ndarray, k: int = 4):
@@ -51,18 +57,53 @@ def run(q: int, n: int, d: int, baselines: bool = True) -> list[dict]:
     if baselines:
         methods += [("torch cdist+topk, chunks", lambda: torch_cdist_topk(queries, train)),
                     ("sklearn brute NearestNeighbors", lambda: sklearn_brute(queries, train))]
-    rows, base_time = [], None
-    for name, fn in methods:
-        seconds, peak, _ = measure(fn)
-        base_time = base_time or seconds
-        rows.append({"method": name, "Q": q, "N": n, "D": d, "seconds": seconds, "gflops": flops / seconds / 1e9,
-                     "x_bare_faiss": seconds / base_time, "peak_mem_MiB": peak / 2**20,
-                     "matmul_gflops": rate})
+    rows = time_methods(methods, q, n, d, rate, "x_bare_faiss")
     # agreement check: our nearest neighbours are FAISS's (exact search, exact re-ranking)
     ours, bare = nn_ratio(queries, train), faiss.knn(queries, train, 4)[1]
     agree = float(np.mean(ours.nearest == bare[:, 0]))
     print(f"# nearest neighbour agreement nn_ratio vs bare FAISS: {agree:.4f}; "
           f"memorized: {ours.memorized.mean():.3f}; inputs: {(queries.nbytes + train.nbytes) / 2**20:.0f} MiB")
+    return rows
+
+
+def run_gpu(q: int, n: int, d: int, device: str = "cuda") -> list[dict]:
+    """The same shapes on the GPU: torch-cuda backend against torch cdist + topk on the GPU
+    (``device="cpu"`` runs the same code on the CPU, to check it without a GPU)."""
+    queries, train = make_data(q, n, d)
+    backend = f"torch-{device}"
+    rate = matmul_gflops(8192, min(n, 8192), d, device=device)
+    torch_cdist_topk(queries[:64], train[:4096], device=device)  # warm up CUDA, cuBLAS and the allocator
+    methods = [("torch cdist+topk on GPU, chunks (bare)", lambda: torch_cdist_topk(queries, train, device=device)),
+               (f"knn {backend}, search only (ours)", lambda: knn(queries, train, 4, backend=backend)),
+               (f"nn_ratio {backend} (ours)", lambda: nn_ratio(queries, train, backend=backend)),
+               (f"copy_similarity pixel {backend} (ours)", lambda: copy_similarity(queries, train, backend=backend)),
+               ("faiss.knn k=4 on this machine's CPU", lambda: faiss.knn(queries, train, 4))]
+    candidates = knn(queries, train, 4, backend=backend).indices
+    # where nn_ratio's time goes besides the search: both steps run on the CPU
+    methods += [("  nn_ratio step: duplicate check (CPU)", lambda: unique_indices(torch.from_numpy(train))),
+                ("  nn_ratio step: float64 re-rank (CPU)", lambda: exact_l2(queries, train, candidates))]
+    knn(queries[:64], train[:4096], 4, backend=backend)  # warm up the search kernels on a slice
+    rows = time_methods(methods, q, n, d, rate, "x_bare_gpu", device=device, repeats=3)
+    # correctness: the GPU path gives the CPU path's answers (both exact, both re-ranked in float64)
+    gpu, cpu = nn_ratio(queries, train, backend=backend), nn_ratio(queries, train, backend="faiss-cpu")
+    cos_gpu, cos_cpu = (copy_similarity(queries, train, backend=b) for b in (backend, "faiss-cpu"))
+    print(f"# {backend} vs faiss-cpu: nearest agree {np.mean(gpu.nearest == cpu.nearest):.4f}, second agree "
+          f"{np.mean(gpu.second == cpu.second):.4f}, memorized agree {np.mean(gpu.memorized == cpu.memorized):.4f}, "
+          f"max |ratio diff| {np.max(np.abs(gpu.ratio - cpu.ratio)):.2e}; copy_similarity nearest agree "
+          f"{np.mean(cos_gpu.nearest == cos_cpu.nearest):.4f}, max |sim diff| "
+          f"{np.max(np.abs(cos_gpu.similarity - cos_cpu.similarity)):.2e}; memorized: {gpu.memorized.mean():.3f}")
+    return rows
+
+
+def time_methods(methods, q: int, n: int, d: int, rate: float, ratio_name: str, device: str = "cpu",
+                 repeats: int = 1) -> list[dict]:
+    """Time each (name, fn), best of ``repeats``; the first is the baseline of the ratio column."""
+    rows, base_time = [], None
+    for name, fn in methods:
+        seconds, peak, _ = measure(fn, repeats, device=device)
+        base_time = base_time or seconds
+        rows.append({"method": name, "Q": q, "N": n, "D": d, "seconds": seconds, "gflops": 2 * q * n * d / seconds / 1e9,
+                     ratio_name: seconds / base_time, "peak_mem_MiB": peak / 2**20, "matmul_gflops": rate})
     return rows
 
 
@@ -72,7 +113,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=3072)
     parser.add_argument("--no-baselines", action="store_true", help="skip the torch and scikit-learn baselines")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        return report(result_name("search", args.device), run_gpu(args.queries, args.train, args.dim, args.device),
+                      "peak memory: CUDA allocator peak (the CPU-side copies are not counted)")
     return report("search", run(args.queries, args.train, args.dim, not args.no_baselines))
 
 

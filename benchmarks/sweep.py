@@ -3,7 +3,8 @@
 By default it runs a slice of the digits sweep (one training-set size, all three model sizes) in a
 temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
 per-stage timings every cell records in its summary.json. `--sweep-dir DIR` reads a finished sweep
-instead (e.g. the README's main job, runs/digits).
+instead (e.g. the README's main job, runs/digits). ``--device cuda`` runs the slice with
+``train.device: cuda`` (sampling, scoring and comparing follow it: ``auto`` picks the GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import report
+from benchmarks.common import add_device_argument, report, result_name
 from memorize.sweep import load_spec, run_sweep
 from memorize.sweep.cell import read_summary
 
@@ -47,17 +48,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep-dir", type=Path, help="read a finished sweep instead of running a slice")
     parser.add_argument("--n-train", type=int, default=64, help="training-set size of the slice (default 64)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.sweep_dir:
         rows = stage_table(args.sweep_dir)
     else:
         spec = load_spec(SPEC)
         spec = dataclasses.replace(spec, grid={**spec.grid, "data.n_train": [args.n_train]})
+        if args.device != "cpu":
+            spec = dataclasses.replace(spec, base={**spec.base, "train": {**spec.base["train"], "device": args.device}})
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            run_sweep(spec, Path(tmp), "local", progress=False)
+            launched = run_sweep(spec, Path(tmp), "local", progress=False)
+            if launched["failed"]:
+                for error in sorted(Path(tmp).glob("cells/*/error.txt")):
+                    print(f"{error}:\n{error.read_text()}")
+                raise SystemExit(f"{launched['failed']} of the slice's cells failed (errors above)")
             rows = stage_table(Path(tmp), time.perf_counter() - start)
-    return report("sweep", rows, f"seconds per stage; {SPEC.name}")
+    return report(result_name("sweep", args.device), rows, f"seconds per stage; {SPEC.name}")
 
 
 if __name__ == "__main__":

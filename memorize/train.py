@@ -42,13 +42,19 @@ def learning_rate(cfg_lr: float, warmup_steps: int, step: int) -> float:
 
 def ema_update(decay: float):
     """EMA with the usual warm-up: ``ema <- d ema + (1 - d) param``, ``d = min(decay, (1 + n) / (10 + n))``
-    after n updates, so short runs are not dominated by the initial weights."""
+    after n updates, so short runs are not dominated by the initial weights.
 
-    def avg_fn(ema_param: torch.Tensor, param: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        return d * ema_param + (1.0 - d) * param
+    An ``AveragedModel`` ``multi_avg_fn``: the update count (a tensor on the model's device) is read
+    once per step, not once per parameter; on a GPU each read waits for the queued work."""
 
-    return avg_fn
+    @torch.no_grad()
+    def multi_avg_fn(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        for ema_param, param in zip(ema_params, params, strict=True):
+            ema_param.lerp_(param, 1.0 - d)
+
+    return multi_avg_fn
 
 
 @torch.no_grad()
@@ -90,7 +96,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
 
     torch.manual_seed(cfg.seed)
     denoiser = build_denoiser(cfg, shape, data.split.num_classes).to(device)
-    ema = AveragedModel(denoiser, avg_fn=ema_update(cfg.train.ema_decay))
+    ema = AveragedModel(denoiser, multi_avg_fn=ema_update(cfg.train.ema_decay))
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, rows, elapsed = 0, [], 0.0

@@ -7,6 +7,7 @@ import torch
 
 from memorize.metrics import (EmbedderError, copy_similarity, knn, load_embedder, memorization_ratio, nn_ratio,
                               reproducibility_score, wilson_interval)
+from memorize.metrics import search
 
 
 def brute_nn(samples, train):
@@ -54,8 +55,14 @@ def test_two_training_items_single_sample_and_non_finite():
     assert r.nearest.tolist() == [-1, 0, -1] and np.isnan(r.d1[[0, 2]]).all()
 
 
+# Every search backend must give the same answers; torch-cuda runs on a GPU (pytest -m gpu).
+BACKENDS = ["faiss-cpu", "torch-cpu", pytest.param("torch-cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_agrees_with_brute_force_on_thousands_of_cases(dtype):
+def test_agrees_with_brute_force_on_thousands_of_cases(dtype, backend, monkeypatch):
+    monkeypatch.setattr(search, "TORCH_BASE_CHUNK", 64)  # many chunks: exercises the running top-k merge
     rng = np.random.default_rng(0)
     train = rng.uniform(-1, 1, size=(300, 3, 4, 4)).astype(dtype)
     # copies with noise of many sizes, so ratios spread across the 1/3 boundary; plus fresh points
@@ -63,7 +70,8 @@ def test_agrees_with_brute_force_on_thousands_of_cases(dtype):
     scales = np.exp(rng.uniform(np.log(1e-3), np.log(3.0), size=(3000, 1, 1, 1)))
     samples = np.concatenate([train[picks] + scales * rng.standard_normal((3000, 3, 4, 4)),
                               rng.uniform(-1, 1, size=(1000, 3, 4, 4))]).astype(dtype)
-    r = nn_ratio(samples, train, batch_size=512)
+    r = nn_ratio(samples, train, batch_size=512, backend=backend)
+    assert r.backend == backend
     first, second, dist = brute_nn(samples, train)
     assert np.array_equal(r.nearest, first) and np.array_equal(r.second, second)
     np.testing.assert_allclose(r.d1, dist[:, 0], rtol=1e-12)
@@ -86,27 +94,40 @@ def test_exact_reranking_fixes_float32_cancellation_for_near_copies():
     assert nn_ratio(base + 0.9e-3 * e, train).memorized.tolist() == [True]  # 0.9/3.1 = 0.29
 
 
-def test_knn_matches_numpy_for_both_metrics():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_matches_numpy_for_both_metrics(backend, monkeypatch):
+    monkeypatch.setattr(search, "TORCH_BASE_CHUNK", 37)  # chunks of uneven size, last one short
     rng = np.random.default_rng(1)
     base, queries = rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal((70, 24)).astype(np.float32)
-    got = knn(queries, base, 5, "l2", batch_size=16)
+    got = knn(queries, base, 5, "l2", batch_size=16, backend=backend)
     d = ((queries[:, None].astype(np.float64) - base[None]) ** 2).sum(-1)
-    assert np.array_equal(got.indices, np.argsort(d, 1)[:, :5]) and got.backend == "faiss-cpu"
-    got = knn(queries, base, 3, "ip", batch_size=16)
+    assert np.array_equal(got.indices, np.argsort(d, 1)[:, :5]) and got.backend == backend
+    np.testing.assert_allclose(got.distances, np.sort(d, 1)[:, :5], rtol=1e-4)
+    got = knn(queries, base, 3, "ip", batch_size=16, backend=backend)
     assert np.array_equal(got.indices, np.argsort(-(queries.astype(np.float64) @ base.T), 1)[:, :3])
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        knn(queries, base, 3, backend="faiss-tpu")
 
 
-def test_copy_similarity_known_answers():
+def test_default_backend_is_faiss_cpu_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert search.search_backend() == "faiss-cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert search.search_backend() in ("faiss-gpu", "torch-cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_copy_similarity_known_answers(backend):
     train = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
     samples = np.array([[5.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 0.0], [0.0, 0.61, 0.79]])
-    r = copy_similarity(samples, train, threshold=0.6)
-    assert r.nearest.tolist() == [0, 1, -1, 2]
+    r = copy_similarity(samples, train, threshold=0.6, backend=backend)
+    assert r.nearest.tolist() == [0, 1, -1, 2] and r.backend == backend
     np.testing.assert_allclose(r.similarity[[0, 1]], [1.0, 0.8])
     assert r.memorized.tolist() == [True, True, False, True] and r.finite.tolist() == [True, True, False, True]
     assert copy_similarity(np.array([[0.6, 0.8, 0.0]]), train, threshold=0.8).memorized.tolist() == [False]
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((400, 16)), rng.standard_normal((50, 16))
-    r = copy_similarity(a, b, threshold=0.5)
+    r = copy_similarity(a, b, threshold=0.5, backend=backend)
     cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     assert np.array_equal(r.nearest, cos.argmax(1)) and np.allclose(r.similarity, cos.max(1), atol=1e-12)
     with pytest.raises(ValueError, match="1 training descriptors are zero or non-finite \\(first: item 1\\)"):

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+import memorize.sweep.launch as launch_module
 from memorize.cli import main
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
+from memorize.sweep.launch import local_gpu_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +109,29 @@ def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert (out / "figures" / f"{name}.pdf").is_file()
     assert len(list((out / "figures").glob("nn_*.png"))) == 2
+
+
+def test_local_gpu_parameters_keep_the_callers_devices():
+    assert local_gpu_parameters({}, 0) == {}
+    assert local_gpu_parameters({}, 2) == {"gpus_per_node": 2}
+    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": ""}, 4) == {}
+    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": "3,5"}, 2) == {
+        "local_setup": ["export CUDA_VISIBLE_DEVICES=3,5"]}
+    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": "GPU-8a1f, MIG-2"}, 2) == {
+        "local_setup": ["export CUDA_VISIBLE_DEVICES='GPU-8a1f, MIG-2'"]}
+
+
+@pytest.mark.parametrize("caller, device_count, seen", [("3,5", 0, "3,5"), ("GPU-8a1f", 0, "GPU-8a1f"),
+                                                        (None, 2, "0,1"), ("", 2, "")])
+def test_local_cells_see_the_gpus_their_caller_sees(tmp_path, monkeypatch, caller, device_count, seen):
+    """Submitit's local executor hides every GPU unless told otherwise (CUDA_VISIBLE_DEVICES="")."""
+    if caller is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", caller)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: device_count)
+    executor = launch_module._executor("local", tmp_path, load_spec(write_spec(tmp_path / "s.yaml")))
+    assert executor.submit(os.getenv, "CUDA_VISIBLE_DEVICES").result() == seen
 
 
 def test_failed_cell_is_reported_with_its_log_and_others_finish(tmp_path, monkeypatch):

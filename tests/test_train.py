@@ -126,3 +126,21 @@ def test_class_conditional_training(tiny_cfg, tmp_path):
     train(cfg, tmp_path, progress=False)
     den, state = load_trained_denoiser(tmp_path)
     assert state["num_classes"] == 10 and den.net.embed.label.num_embeddings == 10
+
+
+def test_ema_update_follows_the_warm_up_formula():
+    from torch.optim.swa_utils import AveragedModel
+
+    from memorize.train import ema_update
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(0.9))
+    for n, value in enumerate([1.0, 2.0, 4.0, -1.0, 3.0]):
+        model.weight.data.fill_(value)
+        ema.update_parameters(model)
+        if n == 0:
+            expected = value  # the first update copies the weights
+        else:
+            d = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13, 5/14: the warm-up, below 0.9
+            expected = d * expected + (1 - d) * value
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)

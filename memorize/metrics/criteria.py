@@ -42,12 +42,13 @@ class NNRatioScores:
 
 
 def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tensor, ratio: float = 1 / 3,
-             candidates: int = CANDIDATES, batch_size: int = 8192) -> NNRatioScores:
+             candidates: int = CANDIDATES, batch_size: int = 8192, backend: str | None = None) -> NNRatioScores:
     """Nearest-neighbour ratio criterion: ``memorized = d1 / d2 < ratio`` (strict).
 
     ``samples`` (K, ...) and ``train`` (N, ...) are compared as flattened vectors. FAISS
     finds ``candidates`` neighbours per sample; their distances are recomputed exactly
-    (float64, explicit differences) and re-sorted before d1 and d2 are taken.
+    (float64, explicit differences) and re-sorted before d1 and d2 are taken. ``backend``
+    picks the search (``search.BACKENDS``; default: the fastest available).
 
     Ties and duplicates: exact duplicates in ``train`` are collapsed to their first
     occurrence before searching (their count is reported), so an exact copy of a
@@ -71,12 +72,12 @@ def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tenso
     finite = np.isfinite(queries).all(1)
     out = {name: np.full(k, np.nan) for name in ("d1", "d2", "ratio")}
     nearest, second = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
-    backend = "none"
+    used = "none"  # the backend that searched, if any sample was searched
     rows = np.flatnonzero(finite)
     if len(rows):
         found = knn(as_float32_rows(queries if len(rows) == k else queries[rows]), distinct32, max(candidates, 2),
-                    "l2", batch_size)
-        backend = found.backend
+                    "l2", batch_size, backend)
+        used = found.backend
         exact = exact_l2(queries if len(rows) == k else queries[rows], distinct, found.indices)
         order = np.lexsort((found.indices, exact), axis=1)[:, :2]  # by exact distance, then index
         top = np.take_along_axis(found.indices, order, 1)
@@ -87,7 +88,7 @@ def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tenso
     memorized = np.zeros(k, dtype=bool)
     memorized[rows] = out["ratio"][rows] < ratio
     return NNRatioScores(nearest, second, out["d1"], out["d2"], out["ratio"], memorized, finite, ratio,
-                         len(base) - len(keep), backend)
+                         len(base) - len(keep), used)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def _unit_float32(x: np.ndarray, norms: np.ndarray, chunk: int = 8192) -> np.nda
 
 
 def copy_similarity(sample_features: np.ndarray | torch.Tensor, train_features: np.ndarray | torch.Tensor,
-                    threshold: float = 0.6, candidates: int = CANDIDATES, batch_size: int = 8192) -> CopyScores:
+                    threshold: float = 0.6, candidates: int = CANDIDATES, batch_size: int = 8192,
+                    backend: str | None = None) -> CopyScores:
     """Copy-detection criterion: ``s = max_i cos(f(x), f(x_i))``, ``memorized = s > threshold``.
 
     Descriptors are L2-normalized here (one float32 copy of the training descriptors, for
@@ -149,20 +151,20 @@ def copy_similarity(sample_features: np.ndarray | torch.Tensor, train_features: 
     ok = np.isfinite(query_norms) & (query_norms > 0)
     nearest = np.full(len(queries), -1, dtype=np.int64)
     similarity = np.full(len(queries), np.nan)
-    backend = "none"
+    used = "none"
     rows = np.flatnonzero(ok)
     if len(rows):
         usable = queries if len(rows) == len(queries) else queries[rows]
         found = knn(_unit_float32(usable, query_norms[rows]), _unit_float32(base, base_norms), candidates,
-                    "ip", batch_size)
-        backend = found.backend
+                    "ip", batch_size, backend)
+        used = found.backend
         exact = exact_cosine(usable, base, found.indices, query_norms[rows], base_norms)
         order = np.lexsort((found.indices, -exact), axis=1)[:, 0]
         nearest[rows] = found.indices[np.arange(len(rows)), order]
         similarity[rows] = exact[np.arange(len(rows)), order]
     memorized = np.zeros(len(queries), dtype=bool)
     memorized[rows] = similarity[rows] > threshold
-    return CopyScores(nearest, similarity, memorized, ok, threshold, backend)
+    return CopyScores(nearest, similarity, memorized, ok, threshold, used)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -1,10 +1,18 @@
-"""Exact k-nearest-neighbour search on FAISS, in query batches, with exact re-ranking.
+"""Exact k-nearest-neighbour search, in query batches, with exact re-ranking.
 
-FAISS's brute-force ``knn`` (the kernel behind ``IndexFlatL2`` / ``IndexFlatIP``
-search, without copying the database into an index) finds candidates; on a
-machine with a GPU and faiss-gpu, ``knn_gpu`` is used instead. The training set
-is held once, as the caller's float32 array; queries go in batches, so memory
-is bounded by the batch.
+Backends (:func:`search_backend` picks one):
+
+- ``faiss-cpu``: FAISS's brute-force ``knn`` (the kernel behind ``IndexFlatL2`` /
+  ``IndexFlatIP`` search, without copying the database into an index).
+- ``faiss-gpu``: ``faiss.knn_gpu``, where faiss-gpu is installed and sees a GPU.
+- ``torch-cuda``: a float32 matrix product and ``topk`` on the GPU, for GPUs that
+  faiss-gpu does not serve (PyPI's faiss-gpu-cu12 wheels are built for compute
+  capability 7.0-8.9 only: no H100). ``torch-cpu`` is the same code on the CPU,
+  kept for tests and comparisons.
+
+The training set is held once, as the caller's float32 array; queries go in
+batches (and, for torch, the training set goes to the device in chunks), so
+memory is bounded by the batch.
 
 The matrix-product expansion ``|a|^2 - 2ab + |b|^2`` that FAISS uses loses
 digits for near-copies (and the nearest/second-nearest ratio is sensitive to
@@ -36,10 +44,15 @@ def as_float32_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(as_rows(x), dtype=np.float32)
 
 
+BACKENDS = ("faiss-cpu", "faiss-gpu", "torch-cuda", "torch-cpu")
+
+
 def search_backend() -> str:
-    """``"faiss-gpu"`` where faiss-gpu sees a GPU, else ``"faiss-cpu"``."""
-    has_gpu = hasattr(faiss, "knn_gpu") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
-    return "faiss-gpu" if has_gpu else "faiss-cpu"
+    """``"faiss-gpu"`` where faiss-gpu sees a GPU, else ``"torch-cuda"`` where torch sees one,
+    else ``"faiss-cpu"``."""
+    if hasattr(faiss, "knn_gpu") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        return "faiss-gpu"
+    return "torch-cuda" if torch.cuda.is_available() else "faiss-cpu"
 
 
 _GPU_RESOURCES = None
@@ -51,7 +64,59 @@ def _knn_batch(queries: np.ndarray, base: np.ndarray, k: int, metric: int, backe
         if _GPU_RESOURCES is None:
             _GPU_RESOURCES = faiss.StandardGpuResources()
         return faiss.knn_gpu(_GPU_RESOURCES, queries, base, k, metric=metric)
+    if backend.startswith("torch-"):
+        return _knn_torch(queries, base, k, metric == faiss.METRIC_L2, torch.device(backend.removeprefix("torch-")))
     return faiss.knn(queries, base, k, metric=metric)
+
+
+# Training rows sent to the device at a time by the torch backend (at 3,072 dims, 192 MiB of float32).
+TORCH_BASE_CHUNK = 16384
+
+
+class _ieee_float32_matmul:
+    """Within the block, float32 CUDA matrix products run in full float32 (no TF32), whatever
+    the caller's global setting: candidates are chosen on float32 distances."""
+
+    def __enter__(self):
+        self.matmul = torch.backends.cuda.matmul
+        if hasattr(self.matmul, "fp32_precision"):  # torch >= 2.9
+            self.saved, self.matmul.fp32_precision = self.matmul.fp32_precision, "ieee"
+        else:
+            self.saved, self.matmul.allow_tf32 = self.matmul.allow_tf32, False
+
+    def __exit__(self, *exc):
+        if hasattr(self.matmul, "fp32_precision"):
+            self.matmul.fp32_precision = self.saved
+        else:
+            self.matmul.allow_tf32 = self.saved
+
+
+@torch.no_grad()
+def _knn_torch(queries: np.ndarray, base: np.ndarray, k: int, l2: bool,
+               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``base`` for one query batch: squared L2 ``|q|^2 - 2 q.b + |b|^2``
+    (smallest first) or inner products (largest first), in float32 on ``device``.
+
+    The training set goes to the device ``TORCH_BASE_CHUNK`` rows at a time; a running top-k
+    per query is merged with each chunk's own top-k, so memory is O(batch x chunk).
+    """
+    base_chunk = TORCH_BASE_CHUNK
+    q = torch.from_numpy(queries).to(device)
+    q_sq = q.square().sum(1, keepdim=True) if l2 else None
+    best_val = torch.empty((len(q), 0), dtype=torch.float32, device=device)
+    best_idx = torch.empty((len(q), 0), dtype=torch.int64, device=device)
+    with _ieee_float32_matmul():
+        for start in range(0, len(base), base_chunk):
+            b = torch.from_numpy(base[start:start + base_chunk]).to(device)
+            if l2:
+                scores = torch.addmm(b.square().sum(1), q, b.T, alpha=-2).add_(q_sq)
+            else:
+                scores = q @ b.T
+            val, idx = scores.topk(min(k, len(b)), dim=1, largest=not l2)
+            best_val, order = torch.cat([best_val, val], 1).topk(min(k, best_val.shape[1] + len(b)), dim=1,
+                                                                  largest=not l2)
+            best_idx = torch.cat([best_idx, idx + start], 1).gather(1, order)
+    return best_val.cpu().numpy(), best_idx.cpu().numpy()
 
 
 @dataclass
@@ -69,6 +134,7 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch
     """Exact k nearest neighbours of each query row in ``base`` (both float32 (·, D)).
 
     ``metric``: ``l2`` (smallest squared distance first) or ``ip`` (largest inner product first).
+    ``backend``: one of ``BACKENDS``; default :func:`search_backend`.
     """
     if metric not in ("l2", "ip"):
         raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")
@@ -76,6 +142,8 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch
         raise ValueError(f"queries have dimension {queries.shape[1]} but the base has {base.shape[1]}")
     k = min(k, len(base))
     backend = backend or search_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     distances = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import submitit
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -74,8 +79,25 @@ def _executor(kind: str, out: Path, spec: SweepSpec) -> submitit.Executor:
             params["slurm_additional_parameters"] = dict(s.extra)
         executor.update_parameters(**params)
     elif kind == "local":
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN,
+                                   **local_gpu_parameters(os.environ, torch.cuda.device_count()))
     return executor
+
+
+def local_gpu_parameters(environ: Mapping[str, str], device_count: int) -> dict[str, Any]:
+    """Submitit parameters that give a local job the GPUs its caller sees.
+
+    Submitit's local executor sets ``CUDA_VISIBLE_DEVICES`` to ``gpus_per_node`` devices
+    (default none), which would hide the GPU from every cell. A caller's own non-empty
+    ``CUDA_VISIBLE_DEVICES`` (indices, GPU UUIDs or MIG instances) is exported again, as is, by
+    a setup line; without one, the job gets all ``device_count`` GPUs.
+    """
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {"gpus_per_node": device_count} if device_count else {}
+    if not visible.strip():
+        return {}
+    return {"local_setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"]}
 
 
 def describe_submission(kind: str, spec: SweepSpec, n: int) -> str:

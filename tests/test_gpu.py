@@ -1,0 +1,129 @@
+"""The CUDA paths against known answers and against the CPU. Deselected by default (they need a
+GPU); on a GPU machine: ``python -m pytest -m gpu``. The search backends' GPU cases live in
+test_metrics.py (``torch-cuda``), marked the same way."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from memorize.config import ModelConfig, SampleConfig
+from memorize.diffusion import Denoiser
+from memorize.empirical import empirical_denoiser
+from memorize.models import build_network
+from memorize.sampling import generate, sample_seeds
+from memorize.sweep import collect, load_spec, run_sweep
+from memorize.sweep.cell import run_cell
+from memorize.sweep.spec import ScoreConfig
+from memorize.train import train
+from tests.test_empirical import brute_force
+from tests.test_sweep import write_spec
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("test marked gpu run without a CUDA GPU (run `pytest -m gpu` on a GPU machine only)")
+
+
+@pytest.mark.parametrize("sigma", [80.0, 0.5, 0.002])
+def test_empirical_denoiser_on_cuda_matches_float64_brute_force(sigma):
+    gen = torch.Generator().manual_seed(0)
+    train_set = torch.rand(300, 3, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1
+    train_set[10] = train_set[3] + 1e-3 * torch.randn(3, 8, 8, generator=gen, dtype=torch.float64)
+    x = train_set[:16] + sigma * torch.randn(16, 3, 8, 8, generator=gen, dtype=torch.float64)
+    got = empirical_denoiser(train_set.cuda(), chunk_size=64)(x.cuda(), sigma)
+    assert got.is_cuda
+    torch.testing.assert_close(got.cpu(), brute_force(train_set, x, sigma), rtol=1e-5, atol=1e-9)
+
+
+def test_empirical_float32_on_cuda_picks_the_nearest_image_at_small_sigma():
+    gen = torch.Generator().manual_seed(4)
+    train_set = torch.rand(2000, 3, 32, 32, generator=gen) * 2 - 1
+    train_set[1] = train_set[0] + 0.02 * torch.randn(3, 32, 32, generator=gen)  # a near-duplicate pair
+    queries = train_set[:64] + 0.002 * torch.randn(64, 3, 32, 32, generator=gen)
+    out = empirical_denoiser(train_set.cuda(), chunk_size=512, dtype=torch.float32)(queries.cuda(), 0.002).cpu()
+    torch.testing.assert_close(out, train_set[:64], atol=1e-4, rtol=0)
+
+
+@pytest.fixture
+def full_float32_convolutions():
+    """cuDNN convolutions in full float32 (PyTorch's default lets them use TF32) for tight comparisons."""
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else None
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved, conv.fp32_precision = conv.fp32_precision, "ieee"
+        yield
+        conv.fp32_precision = saved
+    else:
+        saved, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+        yield
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def random_unet() -> torch.nn.Module:
+    """A U-Net whose zero-initialised output layers are perturbed, so that it computes something."""
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(channels=16, channel_mult=(1, 2)), (3, 16, 16))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("sampler", ["heun", "ddim", "ddpm", "euler_maruyama"])
+def test_samplers_on_cuda_match_the_cpu_for_the_same_seeds(sampler, full_float32_convolutions):
+    """Same seeds, same samples on either device (noise is drawn on the CPU per sample); the
+    empirical denoiser of one image returns that image."""
+    net = random_unet()
+    cfg = SampleConfig(sampler=sampler, steps=10, num=8, batch_size=8, eta=0.5)
+    seeds = sample_seeds(0, range(8))
+    on_cpu = generate(Denoiser(net).eval(), (3, 16, 16), seeds, cfg, "cpu", progress=False)
+    on_gpu = generate(Denoiser(net).eval().cuda(), (3, 16, 16), seeds, cfg, "cuda", progress=False)
+    x_hat = Denoiser(net).cpu()(torch.zeros(1, 3, 16, 16), torch.tensor(1.0))
+    assert x_hat.abs().max() > 0.01  # the network is not the zero function: the comparison means something
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=0)
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    out = generate(empirical_denoiser(image.cuda()), (3, 16, 16), seeds, cfg, "cuda", progress=False)
+    torch.testing.assert_close(out, image.expand(8, -1, -1, -1), atol=1e-5, rtol=0)
+
+
+def _tiny_cuda_cfg(tiny_cfg, amp: bool):
+    return dataclasses.replace(tiny_cfg, train=dataclasses.replace(
+        tiny_cfg.train, device="cuda", amp=amp, steps=400, checkpoint_every=200, log_every=50, eval_every=200))
+
+
+def test_training_on_cuda_learns_with_and_without_bf16_autocast(tiny_cfg, tmp_path):
+    """bf16 autocast (train.amp) reaches about the float32 run's held-out loss."""
+    final = {}
+    for amp in (False, True):
+        summary = train(_tiny_cuda_cfg(tiny_cfg, amp), tmp_path / f"amp{amp}", progress=False)
+        assert summary["device"].startswith("cuda")
+        log = pd.read_csv(tmp_path / f"amp{amp}" / "loss.csv")
+        losses = log["train_loss"].dropna().to_numpy()
+        assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
+        final[amp] = log["heldout_loss"].dropna().iloc[-1]
+    assert abs(final[True] - final[False]) < 0.15 * final[False], final
+
+
+def test_a_cell_runs_end_to_end_on_cuda(tiny_cfg, tmp_path):
+    """Train, sample, score (torch-cuda search) and compare (empirical denoiser on the GPU)."""
+    summary = run_cell(tmp_path / "cell", _tiny_cuda_cfg(tiny_cfg, True), ScoreConfig(compare=True))
+    assert summary["search_backend"] == "torch-cuda"
+    assert 0.0 <= summary["mem_nn"] <= 1.0 and np.isfinite(summary["train_fixed_loss"])
+
+
+def test_a_local_sweep_trains_on_the_gpu(tmp_path):
+    """Cells launched by the local executor see the GPU (submitit hides it unless told), so
+    ``train.device: auto`` trains there and scoring searches there."""
+    out = tmp_path / "sweep"
+    report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "seed": [0]})), out,
+                       "local", progress=False)
+    assert report["launched"] == 1 and report["failed"] == 0, report
+    (cell,) = (out / "cells").iterdir()
+    assert json.loads((cell / "train.json").read_text())["device"].startswith("cuda")
+    assert collect(out).search_backend.tolist() == ["torch-cuda"]
