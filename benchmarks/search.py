@@ -49,7 +49,6 @@ def sklearn_brute(queries: np.ndarray, train: np.ndarray, k: int = 4):
 
 def run(q: int, n: int, d: int, baselines: bool = True) -> list[dict]:
     queries, train = make_data(q, n, d)
-    flops = 2 * q * n * d
     rate = matmul_gflops(2048, min(n, 8192), d)
     methods = [("faiss.knn k=4 (bare)", lambda: faiss.knn(queries, train, 4)),
                ("nn_ratio (ours)", lambda: nn_ratio(queries, train)),

@@ -11,8 +11,8 @@ Backends (:func:`search_backend` picks one):
   kept for tests and comparisons.
 
 The training set is held once, as the caller's float32 array; queries go in
-batches (and, for torch, the training set goes to the device in chunks), so
-memory is bounded by the batch.
+batches (for torch, the queries go to the device and the training set follows in
+chunks), so memory is bounded by the batch (torch: by the queries).
 
 The matrix-product expansion ``|a|^2 - 2ab + |b|^2`` that FAISS uses loses
 digits for near-copies (and the nearest/second-nearest ratio is sensitive to
@@ -64,8 +64,6 @@ def _knn_batch(queries: np.ndarray, base: np.ndarray, k: int, metric: int, backe
         if _GPU_RESOURCES is None:
             _GPU_RESOURCES = faiss.StandardGpuResources()
         return faiss.knn_gpu(_GPU_RESOURCES, queries, base, k, metric=metric)
-    if backend.startswith("torch-"):
-        return _knn_torch(queries, base, k, metric == faiss.METRIC_L2, torch.device(backend.removeprefix("torch-")))
     return faiss.knn(queries, base, k, metric=metric)
 
 
@@ -92,31 +90,32 @@ class _ieee_float32_matmul:
 
 
 @torch.no_grad()
-def _knn_torch(queries: np.ndarray, base: np.ndarray, k: int, l2: bool,
-               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of ``base`` for one query batch: squared L2 ``|q|^2 - 2 q.b + |b|^2``
+def _knn_torch(queries: np.ndarray, base: np.ndarray, k: int, l2: bool, device: torch.device,
+               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``base`` for every query: squared L2 ``|q|^2 - 2 q.b + |b|^2``
     (smallest first) or inner products (largest first), in float32 on ``device``.
 
-    The training set goes to the device ``TORCH_BASE_CHUNK`` rows at a time; a running top-k
-    per query is merged with each chunk's own top-k, so memory is O(batch x chunk).
+    The queries go to the device once (in batches of ``batch_size``); the training set follows,
+    ``TORCH_BASE_CHUNK`` rows at a time, each chunk sent once and compared with every batch; a
+    running top-k per query is merged with each chunk's own top-k. Device memory: the queries
+    plus O(batch x chunk).
     """
     base_chunk = TORCH_BASE_CHUNK
-    q = torch.from_numpy(queries).to(device)
-    q_sq = q.square().sum(1, keepdim=True) if l2 else None
-    best_val = torch.empty((len(q), 0), dtype=torch.float32, device=device)
-    best_idx = torch.empty((len(q), 0), dtype=torch.int64, device=device)
+    batches = [torch.from_numpy(queries[s:s + batch_size]).to(device) for s in range(0, len(queries), batch_size)]
+    sq_norms = [q.square().sum(1, keepdim=True) for q in batches] if l2 else [None] * len(batches)
+    best = [(torch.empty((len(q), 0), device=device), torch.empty((len(q), 0), dtype=torch.int64, device=device))
+            for q in batches]
     with _ieee_float32_matmul():
         for start in range(0, len(base), base_chunk):
             b = torch.from_numpy(base[start:start + base_chunk]).to(device)
-            if l2:
-                scores = torch.addmm(b.square().sum(1), q, b.T, alpha=-2).add_(q_sq)
-            else:
-                scores = q @ b.T
-            val, idx = scores.topk(min(k, len(b)), dim=1, largest=not l2)
-            best_val, order = torch.cat([best_val, val], 1).topk(min(k, best_val.shape[1] + len(b)), dim=1,
-                                                                  largest=not l2)
-            best_idx = torch.cat([best_idx, idx + start], 1).gather(1, order)
-    return best_val.cpu().numpy(), best_idx.cpu().numpy()
+            b_sq = b.square().sum(1) if l2 else None
+            for i, (q, q_sq) in enumerate(zip(batches, sq_norms)):
+                scores = torch.addmm(b_sq, q, b.T, alpha=-2).add_(q_sq) if l2 else q @ b.T
+                val, idx = scores.topk(min(k, len(b)), dim=1, largest=not l2)
+                vals, order = torch.cat([best[i][0], val], 1).topk(min(k, best[i][0].shape[1] + len(b)), dim=1,
+                                                                   largest=not l2)
+                best[i] = (vals, torch.cat([best[i][1], idx + start], 1).gather(1, order))
+    return (torch.cat([v for v, _ in best]).cpu().numpy(), torch.cat([i for _, i in best]).cpu().numpy())
 
 
 @dataclass
@@ -144,6 +143,9 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch
     backend = backend or search_backend()
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend.startswith("torch-"):
+        device = torch.device(backend.removeprefix("torch-"))
+        return Neighbours(*_knn_torch(queries, base, k, metric == "l2", device, batch_size), backend)
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     distances = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)
