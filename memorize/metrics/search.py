@@ -22,6 +22,8 @@ explicit differences before any criterion is applied.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
@@ -71,22 +73,18 @@ def _knn_batch(queries: np.ndarray, base: np.ndarray, k: int, metric: int, backe
 TORCH_BASE_CHUNK = 16384
 
 
-class _ieee_float32_matmul:
+@contextmanager
+def _ieee_float32_matmul() -> Iterator[None]:
     """Within the block, float32 CUDA matrix products run in full float32 (no TF32), whatever
     the caller's global setting: candidates are chosen on float32 distances."""
-
-    def __enter__(self):
-        self.matmul = torch.backends.cuda.matmul
-        if hasattr(self.matmul, "fp32_precision"):  # torch >= 2.9
-            self.saved, self.matmul.fp32_precision = self.matmul.fp32_precision, "ieee"
-        else:
-            self.saved, self.matmul.allow_tf32 = self.matmul.allow_tf32, False
-
-    def __exit__(self, *exc):
-        if hasattr(self.matmul, "fp32_precision"):
-            self.matmul.fp32_precision = self.saved
-        else:
-            self.matmul.allow_tf32 = self.saved
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    saved = getattr(matmul, name)  # fp32_precision: torch >= 2.9; allow_tf32 before
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, saved)
 
 
 @torch.no_grad()
