@@ -18,7 +18,7 @@ from benchmarks import common, empirical, sampling, search, sweep, training
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    common.add_device_argument(parser)
     args = parser.parse_args()
     start = time.perf_counter()
     quick = args.quick

@@ -44,7 +44,7 @@ def step_rate(model: torch.nn.Module, forward, batch: torch.Tensor, steps: int, 
     return steps * len(batch) / (time.perf_counter() - start), start - t0
 
 
-def diffusers_unet(channels: int, resolution: int, in_ch: int):
+def diffusers_unet(channels: int, resolution: int, in_ch: int = 3):
     from diffusers import UNet2DModel
 
     # DDPM's CIFAR layout at our widths: 2 blocks per level, attention at 16x16, as in our model below.
@@ -68,7 +68,7 @@ def run_gpu(batch_size: int, resolution: int, channels: int, steps: int, device:
                                    ("bf16 autocast + torch.compile", True, True)):
         rates = {}
         for name, build, call in (("memorize UNet", our_unet, lambda m, x, c: m(x, c, None)),
-                                  ("diffusers UNet2DModel", diffusers_unet3, lambda m, x, c: m(x, c * 999).sample)):
+                                  ("diffusers UNet2DModel", diffusers_unet, lambda m, x, c: m(x, c * 999).sample)):
             try:
                 model = build(channels, resolution).to(device)
             except ImportError:
@@ -83,10 +83,6 @@ def run_gpu(batch_size: int, resolution: int, channels: int, steps: int, device:
             rows[-2]["x_diffusers"] = rates["memorize UNet"] / rates["diffusers UNet2DModel"]
             rows[-1]["x_diffusers"] = 1.0
     return rows
-
-
-def diffusers_unet3(channels: int, resolution: int):
-    return diffusers_unet(channels, resolution, 3)
 
 
 def run(batch_size: int, resolution: int, channels: int, steps: int) -> list[dict]:
