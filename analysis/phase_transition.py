@@ -1,19 +1,29 @@
 """Recipe: regenerate a sweep's phase-transition figures and print the numbers behind them.
 
-    python analysis/phase_transition.py runs/digits [--cells ID ...]
+    .venv/bin/python analysis/phase_transition.py runs/digits [--cells ID ...]
 
-Writes the standard figures (memorize plot) into DIR/figures and prints the memorization ratio
-per (model, N) with its Wilson interval, and the critical N per model size. Compare with Gu et
-al. 2023 for CIFAR-10 (about 92/61/35/17/9% at 1k..5k images, 128-channel DDPM++).
+(run it with the Python that has memorize installed, e.g. ``.venv/bin/python``). Writes the
+standard figures (``memorize plot``) into DIR/figures and prints the memorization ratio per
+(model, N) with its Wilson 95% interval (seeds pooled; one table per experiment where the
+sweep varies more than model, N and seed), and the critical N per model with the range of N
+where the interval contains 0.5. Compare with Gu et al. 2023 for CIFAR-10 (about
+92/61/35/17/9% at 1k..5k images, 128-channel DDPM++).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from memorize.plots import critical_n, pooled_ratios
+from memorize.plots import critical_n, experiment_axes, experiment_label, pooled_ratios
 from memorize.sweep import collect
 from memorize.sweep.figures import plot_sweep
+
+
+def ratio_table(pooled):
+    """Models (by size) x N, each entry ``ratio [lo, hi]``."""
+    text = pooled.assign(cell=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in zip(pooled.ratio, pooled.lo, pooled.hi)])
+    order = list(dict.fromkeys(pooled.sort_values("params")["model"]))
+    return text.pivot(index="model", columns="n_train", values="cell").loc[order]
 
 
 def main() -> None:
@@ -23,13 +33,17 @@ def main() -> None:
     args = parser.parse_args()
     results = collect(args.sweep)
     written = plot_sweep(args.sweep, args.cells)
-    for criterion in ("nn", "cos"):
-        table = pooled_ratios(results, criterion)
-        print(f"\nmemorization ratio ({criterion} criterion), Wilson 95% interval:")
-        print(table.assign(interval=table.lo.round(3).astype(str) + "-" + table.hi.round(3).astype(str))
-              .pivot(index="model", columns="n_train", values="ratio").round(3).to_string())
-    print("\ncritical N (ratio crosses 0.5, interpolated on log N):")
-    print(critical_n(pooled_ratios(results, "nn")).to_string(index=False))
+    axes = experiment_axes(results)
+    for criterion, name in (("nn", "nearest-neighbour d1/d2 < ratio"), ("cos", "copy-detection cosine > threshold")):
+        pooled = pooled_ratios(results, criterion, axes)
+        for values, part in (pooled.groupby(axes, dropna=False) if axes else [((), pooled)]):
+            label = experiment_label(dict(zip(axes, values if isinstance(values, tuple) else (values,))))
+            print(f"\nmemorization ratio [Wilson 95% interval], {name}" + (f"; {label}" if label else "") + ":")
+            print(ratio_table(part).to_string())
+    crit = critical_n(pooled_ratios(results, "nn", axes), axes=axes)
+    print("\ncritical N (nearest-neighbour ratio crosses 0.5, interpolated on log N; lo-hi: the N range where "
+          "the Wilson interval contains 0.5):")
+    print(crit.round(1).to_string(index=False))
     print(f"\n{len(written)} files in {args.sweep}/figures")
 
 

@@ -1,27 +1,49 @@
 """A cell directory: its layout, its training data and its trained denoiser.
 
-    DIR/config.yaml          resolved config (the cell's identity)
+A cell is one training run, identified by its *training identity*
+(:func:`memorize.config.training_identity`: data subset, model, diffusion, the training
+fields that change the weights, seed) and by the content of its data. Sampling and scoring
+are artefacts inside the cell, keyed by their own settings.
+
+    DIR/cell.json            layout version, training identity, data fingerprint (written once)
+    DIR/config.yaml          the config last trained with (fields outside the identity may change)
     DIR/subset.npz           indices of the training subset and held-out set
-    DIR/checkpoints/         step-XXXXXXX.pt, written atomically
+    DIR/checkpoints/         step-XXXXXXX.pt, written atomically; keep.json lists the budgets kept
     DIR/loss.csv             training log, rewritten with each checkpoint
-    DIR/train.json           training summary (parameters, losses, time)
+    DIR/train.json           training summary of the last budget trained to
     DIR/samples/NAME.npz     samples (float32, seeds) and NAME.png, a grid
+    DIR/scores/NAME.*        per-sample scores and their summary
+    DIR/evals/KEY.json       a sweep's result at one (budget, sampling, scoring) setting
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from memorize.config import CellConfig, ConfigError, from_dict, save_config, to_dict
+from memorize.config import CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
 from memorize.data import Dataset, Split, load_dataset, load_split, make_split, save_split
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
+from memorize.io import atomic_write_json
 from memorize.models import build_network
 
+# Version of the cell directory layout. 1 (memorize 0.1): the id hashed the whole config and
+# there was no cell.json; such directories are refused with how to migrate (see OLD_LAYOUT).
+LAYOUT = 2
+OLD_LAYOUT = ("was written by memorize 0.1, whose cells were keyed by their whole config; this version keys "
+              "a cell by its training identity and stores samples and scores by their own settings. Re-run "
+              "into a new directory (--out); the old directory stays readable as it is (its results.csv, "
+              "samples and scores are plain files)")
+# Files fingerprinted one by one (size and modification time) to name a changed one; above this count
+# (image folders) the folder is named instead.
+MAX_LISTED_FILES = 100
 
 @dataclass(frozen=True)
 class CellPaths:
@@ -51,12 +73,28 @@ class CellPaths:
     def samples(self) -> Path:
         return self.root / "samples"
 
+    @property
+    def identity(self) -> Path:
+        return self.root / "cell.json"
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "evals"
+
+    @property
+    def kept_budgets(self) -> Path:
+        return self.checkpoints / "keep.json"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.pt"
 
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk, ascending."""
+        return sorted(int(p.stem.removeprefix("step-")) for p in self.checkpoints.glob("step-*.pt"))
+
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoints.glob("step-*.pt"))
-        return found[-1] if found else None
+        steps = self.checkpoint_steps()
+        return self.checkpoint(steps[-1]) if steps else None
 
 
 @dataclass
@@ -100,40 +138,101 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def read_identity(root: Path) -> dict | None:
+    """The cell's ``cell.json`` (None for a directory that is not a cell yet); an old-layout cell is an error."""
+    paths = CellPaths(Path(root))
+    if not paths.identity.is_file():
+        if paths.config.is_file():
+            raise ConfigError(f"{paths.root} {OLD_LAYOUT}")
+        return None
+    record = json.loads(paths.identity.read_text())
+    if record.get("layout") != LAYOUT:
+        raise ConfigError(f"{paths.identity}: cell layout {record.get('layout')!r}, this memorize reads {LAYOUT}")
+    return record
+
+
 def init_cell(cfg: CellConfig, root: Path) -> CellData:
     """Create (or re-open) the cell at ``root`` for ``cfg`` and load its data.
 
-    A directory that already holds a different config is refused, so results of
-    two configs never mix; an identical config re-opens it (resume).
+    A directory that holds a cell of another training identity is refused, so two
+    experiments never mix; the same identity re-opens it (resume, a longer budget, other
+    logging or device), and ``config.yaml`` is updated to ``cfg``. A cell whose data changed
+    on disk since it was made is refused (see :func:`load_cell_data`).
     """
     paths = CellPaths(Path(root))
-    if paths.config.is_file():
-        changed = _differences(to_dict(read_config(paths.root)), to_dict(cfg))
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ConfigError(f"{paths.root} is a file, not a directory: choose another --out")
+    record = read_identity(paths.root)
+    identity = training_identity(cfg)
+    if record is not None:
+        changed = _differences(record["identity"], identity)
         if changed:
-            raise ConfigError(f"{paths.root} already holds a cell with another config ({'; '.join(changed[:5])}); "
-                              f"choose another --out or delete that directory yourself")
+            raise ConfigError(f"{paths.root} already holds a cell with another training identity "
+                              f"({'; '.join(changed[:5])}); choose another --out or delete that directory yourself")
     data = load_cell_data(cfg, paths)
-    if not paths.config.is_file():
-        save_config(cfg, paths.config)
+    if record is None:
+        atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": cell_id(cfg), "identity": identity,
+                                           "data": data_fingerprint(data)})
+    save_config(cfg, paths.config)
     return data
 
 
+def _digest(*tensors: torch.Tensor | None) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        h.update(b"none" if t is None else t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(data: CellData) -> dict:
+    """What the cell's data were when it was made: digests of the training subset (with its labels) and of
+    the held-out set, and the size and modification time of each source file (to name a changed one)."""
+    files = data.dataset.files
+    listed = {str(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files[:MAX_LISTED_FILES + 1]}
+    return {"train": _digest(data.train, data.train_labels), "heldout": _digest(data.heldout),
+            "files": listed if len(files) <= MAX_LISTED_FILES else {},
+            "folder": str(os.path.commonpath([str(p) for p in files])) if files else None}
+
+
+def check_fingerprint(root: Path, recorded: dict, data: CellData) -> None:
+    """Refuse a cell whose training or held-out data are no longer what it was made from."""
+    if recorded["train"] == _digest(data.train, data.train_labels) and recorded["heldout"] == _digest(data.heldout):
+        return
+    def stat(path: str) -> list[int] | None:
+        return [os.stat(path).st_size, os.stat(path).st_mtime_ns] if Path(path).is_file() else None
+
+    changed = [path for path, recorded_stat in recorded.get("files", {}).items() if stat(path) != recorded_stat]
+    where = ", ".join(changed) or recorded.get("folder") or f"dataset {data.dataset.name!r}"
+    raise ConfigError(f"cell {root}: its data changed since the cell was made ({where}): the training subset "
+                      f"or held-out images differ from those it was trained on. Restore the files, or train "
+                      f"into a new directory")
+
+
 def load_cell_data(cfg: CellConfig, paths: CellPaths) -> CellData:
-    """The cell's dataset and subsets; the split is saved on first use and re-read afterwards."""
+    """The cell's dataset and subsets; the split is saved on first use and re-read afterwards, and the
+    data are checked against the fingerprint in ``cell.json`` where there is one."""
     dataset = load_dataset(cfg.data)
     if paths.split.is_file():
         split = load_split(paths.split)
     else:
         split = make_split(dataset, cfg.data)
         save_split(paths.split, split)
+    if max(split.train.max(initial=-1), split.heldout.max(initial=-1)) >= len(dataset.data):
+        raise ConfigError(f"cell {paths.root}: {paths.split} indexes items beyond the {len(dataset.data)} of "
+                          f"dataset {cfg.data.name!r}: its data changed since the cell was made")
     train = dataset.data[torch.from_numpy(split.train)]
     heldout = dataset.data[torch.from_numpy(split.heldout)]
     if split.train_labels is None:
-        return CellData(dataset, split, train, heldout, None, None)
-    heldout_labels, _ = conditioning_labels(dataset, cfg.data, split.heldout)
-    # 'unique' labels name training items; held-out items borrow them cyclically.
-    heldout_labels = torch.from_numpy(heldout_labels % split.num_classes).long()
-    return CellData(dataset, split, train, heldout, torch.from_numpy(split.train_labels).long(), heldout_labels)
+        data = CellData(dataset, split, train, heldout, None, None)
+    else:
+        heldout_labels, _ = conditioning_labels(dataset, cfg.data, split.heldout)
+        # 'unique' labels name training items; held-out items borrow them cyclically.
+        heldout_labels = torch.from_numpy(heldout_labels % split.num_classes).long()
+        data = CellData(dataset, split, train, heldout, torch.from_numpy(split.train_labels).long(), heldout_labels)
+    record = read_identity(paths.root)
+    if record is not None:
+        check_fingerprint(paths.root, record["data"], data)
+    return data
 
 
 def build_denoiser(cfg: CellConfig, shape: tuple[int, ...], num_classes: int) -> Denoiser:
@@ -141,15 +240,36 @@ def build_denoiser(cfg: CellConfig, shape: tuple[int, ...], num_classes: int) ->
     return Denoiser(net, cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state; an empty or truncated file is an error that names it and the way out."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, OSError, ValueError) as err:
+        raise ConfigError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:100]}); delete it "
+                          f"to resume from the one before (or from scratch)") from None
+
+
+def checkpoint_at(root: Path, step: int | None = None) -> Path:
+    """The checkpoint of the cell at ``step`` (None: the latest); an error says which steps exist."""
+    paths = CellPaths(Path(root))
+    steps = paths.checkpoint_steps()
+    if not steps:
+        raise FileNotFoundError(f"{paths.checkpoints} holds no checkpoint: train the cell first")
+    if step is None:
+        return paths.checkpoint(steps[-1])
+    if step not in steps:
+        raise FileNotFoundError(f"{paths.checkpoints} has no checkpoint at step {step} (kept: "
+                                f"{', '.join(map(str, steps))})")
+    return paths.checkpoint(step)
+
+
 def load_trained_denoiser(root: Path, weights: str = "ema", device: torch.device | str = "cpu",
                           checkpoint: Path | None = None) -> tuple[Denoiser, dict]:
-    """The denoiser of a trained cell (EMA weights by default) from its latest checkpoint."""
+    """The denoiser of a trained cell (EMA weights by default) from ``checkpoint`` (default: the latest)."""
     paths = CellPaths(Path(root))
     cfg = read_config(paths.root)
-    checkpoint = checkpoint or paths.latest_checkpoint()
-    if checkpoint is None:
-        raise FileNotFoundError(f"{paths.checkpoints} holds no checkpoint: train the cell first")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    checkpoint = checkpoint or checkpoint_at(paths.root)
+    state = load_checkpoint(checkpoint)
     denoiser = build_denoiser(cfg, tuple(state["shape"]), state["num_classes"])
     if weights == "ema":
         denoiser.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items()

@@ -41,9 +41,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, _parse_set(args.set))
     summary = train(cfg, args.out, progress=not args.quiet)
-    print(f"trained {summary['params']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
-          f"on {summary['device']}: train loss {summary['train_loss']:.4f}, held-out loss "
-          f"{summary['heldout_loss']:.4f}; checkpoint and loss.csv in {args.out}")
+    print(f"trained {summary['params_total']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
+          f"on {summary['device']}: loss on fixed noise {summary['train_loss']:.4f} (training images), "
+          f"{summary['heldout_loss']:.4f} (held-out); checkpoint and loss.csv in {args.out}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -107,8 +107,9 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
                        progress=not args.quiet)
     if args.dry_run:
         return
-    print(f"sweep {spec.name}: {report['cells']} cells; {report['done_before']} already done, "
-          f"{report['running_elsewhere']} running elsewhere, {report['launched']} launched, {report['failed']} failed")
+    print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
+          f"cells already done, {report['running_elsewhere']} running elsewhere, {report['launched']} launched, "
+          f"{report['failed']} failed")
     if args.executor == "slurm":
         print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`")
         if not args.wait:
@@ -116,12 +117,21 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
     from memorize.sweep import collect
 
     table = collect(args.out)
-    print(f"{len(table)} finished cells in {Path(args.out) / 'results.csv'}")
+    print(_collected(table, args.out))
     if not args.no_plot and len(table):
         from memorize.sweep.figures import plot_sweep
 
         plot_sweep(args.out)
         print(f"figures in {Path(args.out) / 'figures'}")
+
+
+def _collected(table, out: str) -> str:
+    pending = table.attrs.get("pending", 0)
+    text = f"{len(table)} finished grid points in {Path(out) / 'results.csv'}"
+    if pending:
+        text += (f"; {pending} not yet finished under the spec's current settings (listed by "
+                 f"`memorize sweep status {out}`; `memorize sweep run` finishes them)")
+    return text
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> None:
@@ -146,7 +156,7 @@ def cmd_sweep_collect(args: argparse.Namespace) -> None:
     from memorize.sweep import collect
 
     table = collect(args.dir)
-    print(f"{len(table)} finished cells in {Path(args.dir) / 'results.csv'}")
+    print(_collected(table, args.dir))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

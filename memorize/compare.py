@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device
+from memorize.cell import CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config, resolve_device
 from memorize.config import SampleConfig
 from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
 from memorize.generate import read_samples, sample_cell
@@ -103,15 +103,20 @@ def gap_figure(table: pd.DataFrame, title: str = ""):
 
 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float = 0.6,
-                 n_eval: int = 256, device: str = "auto", progress: bool = True) -> dict:
-    """Run all comparisons for the cell at ``root`` (module docstring); returns the summary."""
+                 n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
+                 out_dir: str = "compare") -> dict:
+    """Run all comparisons for the cell at ``root`` (module docstring); returns the summary.
+
+    ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``."""
     import matplotlib.pyplot as plt
 
     paths = CellPaths(Path(root))
     cfg = read_config(paths.root)
     dev = resolve_device(device)
     data = load_cell_data(cfg, paths)
-    trained, _ = load_trained_denoiser(paths.root, device=dev)
+    if n_eval < 1:
+        raise ValueError(f"--n-eval: expected a positive number of images, got {n_eval}")
+    trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
     if data.train_labels is not None:
         raise ValueError("compare: class-conditional cells are not supported yet (the closed-form "
                          "references are unconditional)")
@@ -128,7 +133,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     # Same-noise samples: the empirical set is drawn with the trained set's settings and seeds.
     sample_file = paths.samples / f"{samples}.npz"
     if not sample_file.is_file():
-        sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device, progress=progress)
+        sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device, progress=progress, step=step)
     drawn = read_samples(sample_file)
     settings = {k: v for k, v in drawn["settings"].items() if k in {f.name for f in dataclasses.fields(SampleConfig)}}
     sample_cfg = dataclasses.replace(cfg.sample, **settings)
@@ -137,7 +142,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     agreement = same_noise_agreement(drawn["samples"], read_samples(empirical_file)["samples"], data.train.numpy(),
                                      load_embedder(embedder, str(dev)), threshold)
 
-    out = paths.root / "compare"
+    out = paths.root / out_dir
     atomic_write_text(out / "gap.csv", table.to_csv(index=False))
     fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}")
     atomic_save_figure(out / "gap.png", fig, dpi=130, bbox_inches="tight")

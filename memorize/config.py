@@ -133,19 +133,22 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_max: float = 80.0  # largest training sigma of the VP noises (unused by edm noise)
 
     def __post_init__(self) -> None:
         _require(self.sigma_data > 0, "diffusion.sigma_data", "must be > 0")
         _require(self.p_std > 0, "diffusion.p_std", "must be > 0")
-        _require(0 < self.sigma_min < self.sigma_max, "diffusion.sigma_min",
-                 "must satisfy 0 < sigma_min < sigma_max")
+        _require(self.sigma_max > 0, "diffusion.sigma_max", "must be > 0")
 
 
 @dataclass
 class TrainConfig:
-    """Optimizer, EMA, checkpointing and logging of the training loop."""
+    """Optimizer, EMA, checkpointing and logging of the training loop.
+
+    ``steps`` is a budget, not part of what a cell is: the learning rate does not depend on
+    it (linear warm-up, then constant), so a run of S steps is a prefix of any longer run and
+    raising ``steps`` continues the same cell. The checkpoint at each budget trained to is kept.
+    """
 
     steps: int = 2000
     batch_size: int = 64
@@ -192,6 +195,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "num", "batch_size"):
             _require(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
+        _require(0 <= self.seed < 2**32, "sample.seed", "must be in [0, 2^32)")
         _require(0.0 <= self.eta <= 1.0, "sample.eta", "must be in [0, 1]")
         _require(self.churn >= 0, "sample.churn", "must be >= 0")
         _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
@@ -208,6 +212,69 @@ class CellConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+
+
+# ---------------------------------------------------------------------------
+# What a cell is: the fields that determine its trained weights.
+
+# Model fields each architecture reads (the others are ignored by it, so they are not part of a cell).
+ARCH_FIELDS = {
+    "unet": ("arch", "channels", "channel_mult", "blocks_per_level", "attention_resolutions", "dropout"),
+    "dit": ("arch", "patch_size", "width", "depth", "heads", "dropout"),
+    "mlp": ("arch", "width", "depth", "dropout"),
+}
+# Fields that never change the trained weights. ``data.root`` is a location: the data's content is
+# fingerprinted instead (memorize.cell). ``train.steps`` is a budget (see TrainConfig).
+NOT_TRAINING_IDENTITY = ("data.root", "train.steps", "train.checkpoint_every", "train.keep_all_checkpoints",
+                         "train.log_every", "train.eval_every", "train.device", "sample")
+
+
+def training_identity(cfg: CellConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` that determine a cell's trained weights (DESIGN: the training identity).
+
+    Everything in the config except :data:`NOT_TRAINING_IDENTITY`, the model fields the chosen
+    architecture ignores, ``data.gmm`` unless the dataset is ``gmm``, ``diffusion.p_mean``/``p_std``
+    unless the noise is ``edm`` and ``diffusion.sigma_max`` when it is.
+    """
+    d = to_dict(cfg)
+    for dotted in NOT_TRAINING_IDENTITY:
+        *parents, last = dotted.split(".")
+        node = d
+        for part in parents:
+            node = node[part]
+        del node[last]
+    d["model"] = {k: d["model"][k] for k in ARCH_FIELDS[cfg.model.arch]}
+    if cfg.data.name != "gmm":
+        del d["data"]["gmm"]
+    unused = ("sigma_max",) if cfg.diffusion.noise == "edm" else ("p_mean", "p_std")
+    for name in unused:
+        del d["diffusion"][name]
+    return d
+
+
+def settings_key(settings: Any, length: int = 12) -> str:
+    """First ``length`` hex digits of the SHA-256 of the canonical JSON of ``settings``."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def cell_id(cfg: CellConfig) -> str:
+    """A cell's id: the key of its training identity, so configs that train the same weights share it."""
+    return settings_key(training_identity(cfg))
+
+
+def sample_settings(cfg: SampleConfig) -> dict[str, Any]:
+    """What determines a set of samples besides the denoiser: every sampling field but the batch size
+    (sample i has its own noise stream, so batching does not change it)."""
+    settings = dataclasses.asdict(cfg)
+    del settings["batch_size"]
+    return settings
 
 
 # ---------------------------------------------------------------------------

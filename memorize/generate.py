@@ -6,13 +6,13 @@ covariance) and ``gmm`` (the true mixture's posterior mean, for the ``gmm`` data
 
 Samples go to ``DIR/samples/NAME.npz`` (``samples`` float32, ``seeds`` int64,
 ``labels`` where conditional, ``settings`` as JSON) and ``NAME.png`` (a grid,
-image data only). Sample i starts from the noise of seed ``sample_seeds(seed, [i])``
-whatever the denoiser, so sample sets drawn with the same seed are paired.
+image data only). Sample i starts from the noise of seed
+``sample_seeds(run_seed(cell seed, sample.seed), [i])`` whatever the denoiser, so sample sets of
+one cell drawn with the same ``sample.seed`` are paired, and cells of different seeds differ.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from memorize.cell import CellPaths, load_cell_data, load_trained_denoiser, read_config, resolve_device, sample_labels
-from memorize.config import SampleConfig
+from memorize.cell import (CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config, resolve_device,
+                           sample_labels)
+from memorize.config import SampleConfig, sample_settings
 from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
 from memorize.io import atomic_savez, atomic_write
-from memorize.sampling import generate, sample_seeds
+from memorize.sampling import generate, run_seed, sample_seeds
 
 DENOISERS = ("trained", "empirical", "gaussian", "gmm")
 
@@ -50,9 +51,11 @@ def read_samples(path: Path) -> dict:
 
 
 def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
-                name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True) -> Path:
+                name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
+                step: int | None = None) -> Path:
     """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
 
+    ``step``: the checkpoint of the trained denoiser (default: the latest).
     Re-running with identical settings returns the existing file; different
     settings under an existing name raise :class:`SamplesExistError` unless ``force``.
     """
@@ -64,12 +67,9 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
     name = name or denoiser
     out = paths.samples / f"{name}.npz"
     # Everything that determines the samples (batch size does not: sample i has its own noise stream).
-    settings = {"denoiser": denoiser, **dataclasses.asdict(cfg)}
-    del settings["batch_size"]
+    settings = {"denoiser": denoiser, **sample_settings(cfg), "cell_seed": cell_cfg.seed}
     if denoiser == "trained":
-        checkpoint = paths.latest_checkpoint()
-        if checkpoint is None:
-            raise FileNotFoundError(f"{paths.checkpoints} holds no checkpoint: train the cell first")
+        checkpoint = checkpoint_at(paths.root, step)
         settings.update(weights=weights, checkpoint_step=int(checkpoint.stem.removeprefix("step-")))
     if out.is_file():
         old = read_samples(out)["settings"]
@@ -93,7 +93,7 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
             raise ValueError(f"--denoiser gmm: the true density of dataset {cell_cfg.data.name!r} is unknown "
                              f"(only the 'gmm' dataset has one)")
         model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
-    seeds = sample_seeds(cfg.seed, np.arange(cfg.num))
+    seeds = sample_seeds(run_seed(cell_cfg.seed, cfg.seed), np.arange(cfg.num))
     labels = None
     if denoiser == "trained" and data.train_labels is not None:
         labels = sample_labels(data.train_labels, seeds)

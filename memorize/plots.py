@@ -42,132 +42,263 @@ def nearest_neighbour_figure(samples: np.ndarray, train: np.ndarray, nearest: np
                     continue
                 _show(ax, samples[idx[j]] if row == 0 else train[nearest[idx[j]]])
                 if row == 0:
-                    ax.set_title(f"{ratio[idx[j]]:.2f}", fontsize=7)
+                    ax.set_title(f"d1/d2={ratio[idx[j]]:.2f}", fontsize=6)
         axes[0, block * (n + 1)].set_ylabel("sample", fontsize=7)
         axes[1, block * (n + 1)].set_ylabel("nearest\ntraining", fontsize=7)
         axes[0, block * (n + 1) + n // 2].annotate(label, (0.5, 1.45), xycoords="axes fraction", ha="center",
                                                    fontsize=8)
-    fig.suptitle(title or "samples (d1/d2 above each) and their nearest training images", fontsize=8, y=1.0)
+    caption = ("top: generated samples; bottom: their nearest training images; d1/d2: distance to the nearest over "
+               "distance to the second-nearest training image (memorized below 1/3)")
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=7, y=1.02)
     fig.tight_layout()
     return fig
 
 
 # ---------------------------------------------------------------------------
 # Sweep figures: phase transitions from a results table (memorize sweep collect).
+#
+# Only seeds are pooled. Every other column that tells experiments apart (each varying grid axis,
+# named by its dotted field, and the settings below) splits the table into *experiments*, drawn
+# as separate facets or series; nothing else is averaged.
+
+# Result columns that can differ between experiments of one table besides the grid axes.
+SETTING_COLUMNS = ("dataset", "step", "sampler", "sample_steps", "embedder", "ratio", "threshold")
+MODEL_KEYS = ["model", "params"]
+CRITERIA = {"nn": "nearest-neighbour d1/d2", "cos": "copy-detection cosine"}
 
 
-def pooled_ratios(results, criterion: str = "nn"):
-    """Memorization ratio per (model, params, n_train), pooling seeds: memorized counts are summed and the
-    Wilson interval is taken on the pooled count."""
+def experiment_axes(results) -> list[str]:
+    """Columns that split ``results`` into experiments beyond model and N: each grid axis (a dotted column)
+    and each setting column, except ``seed``, that varies between rows of one (model, N) once the axes
+    before it are fixed. Axes that a model or N determine (``model.channels``, ``data.n_train``) drop out."""
+    keys = MODEL_KEYS + ["n_train"]
+    candidates = [c for c in results.columns if "." in c] + [c for c in SETTING_COLUMNS if c in results.columns]
+    axes: list[str] = []
+    for column in candidates:
+        if results.groupby(keys + axes, dropna=False)[column].nunique(dropna=False).gt(1).any():
+            axes.append(column)
+    return axes
+
+
+def experiment_label(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def pooled_ratios(results, criterion: str = "nn", axes: list[str] | None = None):
+    """Memorization ratio per (model, N, experiment axes), pooling seeds only: memorized counts are summed
+    and the Wilson interval is taken on the pooled count; ``seed_sd``, ``seed_min`` and ``seed_max`` give
+    the spread of the per-seed ratios beside it (NaN sd for one seed)."""
     import pandas as pd
 
     from memorize.metrics import wilson_interval
 
+    axes = experiment_axes(results) if axes is None else axes
     df = results.assign(hits=(results[f"mem_{criterion}"] * results["n_samples"]).round().astype(int))
     rows = []
-    for (model, params, n), g in df.groupby(["model", "params", "n_train"]):
+    for key, g in df.groupby(MODEL_KEYS + ["n_train"] + axes, dropna=False, sort=False):
         hits, total = int(g["hits"].sum()), int(g["n_samples"].sum())
         lo, hi = wilson_interval(hits, total)
-        rows.append({"model": model, "params": params, "n_train": n, "ratio": hits / total, "lo": lo, "hi": hi,
-                     "seeds": len(g)})
-    return pd.DataFrame(rows).sort_values(["params", "n_train"])
+        per_seed = g[f"mem_{criterion}"].astype(float)
+        rows.append({**dict(zip(MODEL_KEYS + ["n_train"] + axes, key)), "ratio": hits / total, "lo": lo, "hi": hi,
+                     "seeds": len(g), "seed_sd": per_seed.std(ddof=1) if len(g) > 1 else float("nan"),
+                     "seed_min": per_seed.min(), "seed_max": per_seed.max(), "n_samples": total})
+    return pd.DataFrame(rows).sort_values(axes + ["params", "n_train"]).reset_index(drop=True)
 
 
-def critical_n(pooled, level: float = 0.5):
-    """Per model, the N where the memorization ratio first falls through ``level``: linear interpolation
-    of the ratio on log N between the two grid points around the crossing (NaN if it never crosses)."""
+def _crossing(n: np.ndarray, r: np.ndarray, level: float) -> float:
+    """First N where ``r`` falls through ``level``, by linear interpolation of ``r`` on log N."""
+    for i in range(len(r) - 1):
+        if r[i] >= level > r[i + 1]:
+            return float(np.exp(n[i] + (r[i] - level) / (r[i] - r[i + 1]) * (n[i + 1] - n[i])))
+    return float("nan")
+
+
+def critical_n(pooled, level: float = 0.5, axes: list[str] | None = None):
+    """Per model and experiment, the N where the memorization ratio first falls through ``level``: linear
+    interpolation of the ratio on log N between the two grid points around the crossing (NaN if it never
+    crosses). ``critical_n_lo`` / ``critical_n_hi``: the same crossing of the lower / upper Wilson bound,
+    the range of N where the ratio's 95% interval contains ``level`` (NaN where a bound does not cross)."""
     import pandas as pd
 
+    axes = [c for c in pooled.columns if c not in MODEL_KEYS + ["n_train", "ratio", "lo", "hi", "seeds", "seed_sd",
+                                                                 "seed_min", "seed_max", "n_samples"]] \
+        if axes is None else axes
     rows = []
-    for (model, params), g in pooled.groupby(["model", "params"]):
+    for key, g in pooled.groupby(MODEL_KEYS + axes, dropna=False, sort=False):
         g = g.sort_values("n_train")
-        n, r = np.log(g["n_train"].to_numpy(float)), g["ratio"].to_numpy(float)
-        crit = float("nan")
-        for i in range(len(r) - 1):
-            if r[i] >= level > r[i + 1]:
-                crit = float(np.exp(n[i] + (r[i] - level) / (r[i] - r[i + 1]) * (n[i + 1] - n[i])))
-                break
-        rows.append({"model": model, "params": params, "critical_n": crit})
-    return pd.DataFrame(rows).sort_values("params")
+        n = np.log(g["n_train"].to_numpy(float))
+        rows.append({**dict(zip(MODEL_KEYS + axes, key)),
+                     "critical_n": _crossing(n, g["ratio"].to_numpy(float), level),
+                     "critical_n_lo": _crossing(n, g["lo"].to_numpy(float), level),
+                     "critical_n_hi": _crossing(n, g["hi"].to_numpy(float), level)})
+    return pd.DataFrame(rows).sort_values(axes + ["params"]).reset_index(drop=True)
+
+
+def power_law_fit(params: np.ndarray, crit: np.ndarray, lo: np.ndarray, hi: np.ndarray, draws: int = 2000,
+                  seed: int = 0) -> dict:
+    """Least-squares slope of log critical N on log parameters, with a 95% interval from a parametric
+    bootstrap: each log critical N is redrawn from a normal whose 95% range is its [lo, hi] interval (a
+    missing bound is mirrored from the other), and the slope refitted."""
+    x, y = np.log(params), np.log(crit)
+    slope, intercept = np.polyfit(x, y, 1)
+    lo_gap = np.where(np.isfinite(lo), y - np.log(np.where(np.isfinite(lo), lo, 1.0)), np.nan)
+    hi_gap = np.where(np.isfinite(hi), np.log(np.where(np.isfinite(hi), hi, 1.0)) - y, np.nan)
+    half = np.nanmean(np.stack([lo_gap, hi_gap]), axis=0)
+    half = np.where(np.isfinite(half), half, np.nanmax(half) if np.isfinite(half).any() else 0.0)
+    rng = np.random.default_rng(seed)
+    slopes = [np.polyfit(x, y + rng.normal(0.0, half / 1.96), 1)[0] for _ in range(draws)]
+    return {"slope": float(slope), "intercept": float(intercept), "slope_lo": float(np.percentile(slopes, 2.5)),
+            "slope_hi": float(np.percentile(slopes, 97.5)), "points": len(x)}
+
+
+def _facets(table, axes: list[str]) -> list[tuple[dict, object]]:
+    """(axis values, rows) of each experiment in ``table``; one facet with every row where there are no axes."""
+    if not axes:
+        return [({}, table)]
+    return [(dict(zip(axes, key if isinstance(key, tuple) else (key,))), g)
+            for key, g in table.groupby(axes, dropna=False, sort=True)]
+
+
+def _criterion_title(results, criterion: str) -> str:
+    first = results.iloc[0]
+    if criterion == "nn":
+        return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}"
+    return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}"
+
+
+def _model_palette(results) -> dict:
+    import seaborn as sns
+
+    models = list(dict.fromkeys(results.sort_values("params")["model"]))
+    return dict(zip(models, sns.color_palette("viridis", len(models))))
 
 
 def memorization_vs_n_figure(results) -> plt.Figure:
-    import seaborn as sns
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, criterion, label in zip(axes, ("nn", "cos"), ("nearest-neighbour ratio d1/d2 < 1/3",
-                                                        "copy-detection cosine")):
-        pooled = pooled_ratios(results, criterion)
-        models = list(dict.fromkeys(pooled["model"]))
-        palette = sns.color_palette("viridis", len(models))
-        for color, model in zip(palette, models):
-            g = pooled[pooled.model == model]
-            ax.errorbar(g["n_train"], g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
-                        capsize=3, color=color, label=f"{model} ({int(g['params'].iloc[0]):,} params)")
-        ax.set_xscale("log")
-        ax.set_xlabel("training-set size N")
-        ax.set_title(label, fontsize=9)
-        ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-    axes[0].set_ylabel("memorization ratio (Wilson 95%)")
-    axes[1].legend(fontsize=7, loc="upper right")
+    """Memorization ratio against N, one line per model, a column per criterion and a row per experiment;
+    error bars are pooled Wilson 95% intervals, small dots the single seeds where there are several."""
+    axes = experiment_axes(results)
+    facets = _facets(results, axes)
+    palette = _model_palette(results)
+    fig, grid = plt.subplots(len(facets), 2, figsize=(10, 3.6 * len(facets)), sharey=True, squeeze=False)
+    for row, (values, part) in enumerate(facets):
+        for col, criterion in enumerate(("nn", "cos")):
+            ax = grid[row, col]
+            pooled = pooled_ratios(part, criterion, axes=[])
+            for model, color in palette.items():
+                g = pooled[pooled.model == model]
+                if g.empty:
+                    continue
+                ax.errorbar(g["n_train"], g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
+                            capsize=3, color=color, label=model)
+                seeds = part[part.model == model]
+                if (g["seeds"] > 1).any():
+                    ax.plot(seeds["n_train"], seeds[f"mem_{criterion}"], ".", color=color, alpha=0.5, ms=4)
+            ax.set_xscale("log")
+            ax.set_xlabel("training-set size N")
+            title = _criterion_title(part, criterion)
+            ax.set_title(title + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
+            ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        grid[row, 0].set_ylabel("memorization ratio\n(pooled seeds, Wilson 95%)")
+    grid[0, 1].legend(fontsize=7, loc="upper right", title="model (parameters)", title_fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def phase_diagram_figure(results) -> plt.Figure:
-    import seaborn as sns
-
-    pooled = pooled_ratios(results, "nn")
-    pooled["model (params)"] = pooled["model"] + " (" + pooled["params"].map("{:,}".format) + ")"
-    grid = pooled.pivot_table(index="model (params)", columns="n_train", values="ratio", sort=False)
-    order = pooled.drop_duplicates("model (params)").sort_values("params", ascending=False)["model (params)"]
-    grid = grid.loc[order]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[1], 1.2 + 0.5 * grid.shape[0]))
-    sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="rocket_r", ax=ax,
-                cbar_kws={"label": "memorization ratio"})
-    ax.set_xlabel("training-set size N")
-    ax.set_title("phase diagram (nearest-neighbour criterion)", fontsize=9)
+    """Memorization ratio (nearest-neighbour criterion) on the (N, model) plane: N on a log axis, models by
+    size; each cell is annotated with its ratio, and ``*`` marks those whose Wilson interval contains 0.5."""
+    axes = experiment_axes(results)
+    facets = _facets(results, axes)
+    models = list(dict.fromkeys(results.sort_values("params")["model"]))
+    fig, grid = plt.subplots(1, len(facets), figsize=(6.5 * len(facets), 1.6 + 0.55 * len(models)), squeeze=False)
+    for ax, (values, part) in zip(grid[0], facets):
+        pooled = pooled_ratios(part, "nn", axes=[])
+        ns = np.sort(pooled["n_train"].unique()).astype(float)
+        log_n = np.log(ns)
+        mids = (log_n[1:] + log_n[:-1]) / 2
+        half = (log_n[-1] - log_n[0]) / max(len(ns) - 1, 1) / 2 or 0.5
+        edges = np.exp(np.concatenate([[log_n[0] - half], mids, [log_n[-1] + half]]))
+        z = np.full((len(models), len(ns)), np.nan)
+        for _, r in pooled.iterrows():
+            i, j = models.index(r["model"]), int(np.searchsorted(ns, r["n_train"]))
+            z[i, j] = r["ratio"]
+            straddles = r["lo"] <= 0.5 <= r["hi"]
+            ax.text(np.sqrt(edges[j] * edges[j + 1]), i + 0.5, f"{r['ratio']:.2f}" + ("*" if straddles else ""),
+                    ha="center", va="center", fontsize=8, color="white" if r["ratio"] > 0.55 else "black")
+        mesh = ax.pcolormesh(edges, np.arange(len(models) + 1), z, cmap="rocket_r", vmin=0, vmax=1)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:,.0f}" for n in ns], fontsize=7)
+        ax.minorticks_off()
+        ax.set_yticks(np.arange(len(models)) + 0.5, models, fontsize=7)
+        ax.set_xlabel("training-set size N (log scale)")
+        ax.set_title(f"phase diagram, {_criterion_title(part, 'nn')}" +
+                     (f"\n{experiment_label(values)}" if values else "") +
+                     "\n* Wilson 95% interval contains 0.5", fontsize=8)
+        fig.colorbar(mesh, ax=ax, label="memorization ratio")
     fig.tight_layout()
     return fig
 
 
 def critical_n_figure(crit) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
-    ok = crit.dropna()
-    ax.plot(ok["params"], ok["critical_n"], "o")
-    for _, r in ok.iterrows():
-        ax.annotate(r["model"], (r["params"], r["critical_n"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if len(ok) >= 2:
-        slope, intercept = np.polyfit(np.log(ok["params"]), np.log(ok["critical_n"]), 1)
-        xs = np.geomspace(ok["params"].min(), ok["params"].max(), 50)
-        ax.plot(xs, np.exp(intercept) * xs**slope, "--", color="grey", label=f"N* ~ params^{slope:.2f}")
-        ax.legend(fontsize=8)
-    if len(ok):
+    """Critical N against parameters with its interval (the N range where the Wilson interval contains 0.5),
+    a series per experiment; a power law is fitted to a series with at least 3 finite points, its exponent
+    given with a bootstrap 95% interval (:func:`power_law_fit`)."""
+    axes = [c for c in crit.columns if c not in MODEL_KEYS + ["critical_n", "critical_n_lo", "critical_n_hi"]]
+    fig, ax = plt.subplots(figsize=(5.2, 3.9))
+    facets = _facets(crit, axes)
+    markers = "osD^v<>"
+    plotted = []
+    for k, (values, part) in enumerate(facets):
+        ok = part.dropna(subset=["critical_n"])
+        if ok.empty:
+            continue
+        lo = ok["critical_n_lo"].fillna(ok["critical_n"])
+        hi = ok["critical_n_hi"].fillna(ok["critical_n"])
+        label = experiment_label(values) or "critical N"
+        line = ax.errorbar(ok["params"], ok["critical_n"], yerr=[ok["critical_n"] - lo, hi - ok["critical_n"]],
+                           fmt=markers[k % len(markers)], capsize=3, label=label)
+        plotted.append(ok)
+        if len(ok) >= 3:
+            fit = power_law_fit(ok["params"].to_numpy(float), ok["critical_n"].to_numpy(float),
+                                ok["critical_n_lo"].to_numpy(float), ok["critical_n_hi"].to_numpy(float))
+            xs = np.geomspace(ok["params"].min(), ok["params"].max(), 50)
+            ax.plot(xs, np.exp(fit["intercept"]) * xs ** fit["slope"], "--", color=line[0].get_color(),
+                    label=f"N* ~ params^{fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]")
+    if plotted:
+        import pandas as pd
+
+        every = pd.concat(plotted)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        # ticks at the data: narrow log ranges have no major ticks, and crowded minor labels
-        ax.minorticks_off()
-        ax.set_xticks(ok["params"], [f"{v:,.0f}" for v in ok["params"]], fontsize=7)
-        ax.set_yticks(ok["critical_n"], [f"{v:.0f}" for v in ok["critical_n"]], fontsize=7)
+        ax.minorticks_off()  # ticks at the data: narrow log ranges have no major ticks
+        params = np.unique(every["params"])
+        ax.set_xticks(params, [f"{v:,.0f}" for v in params], fontsize=7)
+        ys = np.unique(np.round(every["critical_n"]))
+        ax.set_yticks(ys, [f"{v:.0f}" for v in ys], fontsize=7)
+        ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no model's ratio crosses 0.5\nwithin the grid", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlabel("parameters")
+    ax.set_xlabel("parameters (without label embedding)")
     ax.set_ylabel("critical N (ratio crosses 0.5)")
     missing = crit[crit["critical_n"].isna()]["model"].tolist()
-    ax.set_title("critical training-set size" + (f"\n(no crossing: {', '.join(missing)})" if missing else ""),
-                 fontsize=8)
+    ax.set_title("critical training-set size; bars: N range where the Wilson 95% interval contains 0.5" +
+                 (f"\n(no crossing: {'; '.join(missing)})" if missing else "") +
+                 ("\n(fewer than 3 models: no power-law fit)" if plotted and max(len(p) for p in plotted) < 3 else ""),
+                 fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def gap_curves_figure(gaps) -> plt.Figure:
-    """``gaps``: the cells' compare/gap.csv tables with model and n_train columns added."""
+    """``gaps``: the cells' compare gap tables with model, n_train and experiment columns added; a row of
+    panels per experiment, seeds averaged (band: 95% interval over seeds)."""
     import seaborn as sns
 
     data = gaps[gaps.split == "heldout"]
-    grid = sns.relplot(data, x="sigma", y="gap_empirical", hue="n_train", col="model", kind="line", marker="o",
-                       palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1,
+    row = "experiment" if data["experiment"].nunique() > 1 else None
+    grid = sns.relplot(data, x="sigma", y="gap_empirical", hue="n_train", col="model", row=row, kind="line",
+                       marker="o", palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1,
                        facet_kws={"sharey": True})
     grid.set(xscale="log", yscale="log")
     grid.set_axis_labels("sigma", "MSE to the empirical denoiser\n(held-out images)")
@@ -177,7 +308,8 @@ def gap_curves_figure(gaps) -> plt.Figure:
 def memorization_over_steps_figure(steps) -> plt.Figure:
     import seaborn as sns
 
-    grid = sns.relplot(steps, x="step", y="mem_nn", hue="n_train", col="model", kind="line", marker="o",
+    row = "experiment" if "experiment" in steps and steps["experiment"].nunique() > 1 else None
+    grid = sns.relplot(steps, x="step", y="mem_nn", hue="n_train", col="model", row=row, kind="line", marker="o",
                        palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1)
     grid.set_axis_labels("training step", "memorization ratio (d1/d2 < 1/3)")
     return grid.figure

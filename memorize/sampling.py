@@ -26,6 +26,13 @@ from memorize.diffusion.schedules import sampling_sigmas
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def run_seed(cell_seed: int, sample_seed: int) -> int:
+    """The run seed of a cell's samples: ``sample_seed + 2^32 * cell_seed`` (``0 <= sample_seed < 2^32``),
+    so cells trained with different seeds draw from different noise, and twins and denoisers of one
+    cell (same seeds) draw from the same noise."""
+    return int(sample_seed) + (int(cell_seed) << 32)
+
+
 def sample_seeds(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """Seed of sample ``i`` for run seed ``seed``: independent streams from ``SeedSequence(seed, spawn_key=(i,))``."""
     return np.asarray([np.random.SeedSequence(seed, spawn_key=(int(i),)).generate_state(1, np.uint64)[0] >> 1

@@ -2,9 +2,15 @@
 
 Determinism: all randomness of a step (minibatch indices, noise levels, noise)
 comes from one ``torch.Generator`` seeded by ``cfg.seed``; dropout uses the
-global generator. Both states go into every checkpoint with the model, EMA,
-optimizer and the log, so a run killed at any point and resumed from its last
-checkpoint ends bit-for-bit where an uninterrupted run ends (on the CPU).
+global generators (CPU and CUDA). All their states go into every checkpoint with
+the model, EMA, optimizer and the log, so a run killed at any point and resumed
+from its last checkpoint ends bit-for-bit where an uninterrupted run ends (on the
+CPU; on a GPU up to non-deterministic kernels).
+
+Budgets: ``train.steps`` is how far to train, not part of the cell. The learning rate
+does not depend on it, so training to S and then to S' > S gives the weights of one run
+to S'; the checkpoint at every budget trained to is kept (``checkpoints/keep.json``),
+periodic ones are rotated unless ``train.keep_all_checkpoints``.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from memorize.cell import CellPaths, build_denoiser, init_cell, resolve_device
-from memorize.config import CellConfig, to_dict
+from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device
+from memorize.config import CellConfig, ConfigError, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from memorize.models import count_parameters
+from memorize.models import count_architecture_parameters, count_parameters
 
-LOG_FIELDS = ("step", "lr", "train_loss", "heldout_loss", "train_fixed_loss", "seconds")
+# running_loss: mean minibatch loss of the raw weights since the previous row (random noise levels).
+# train_loss / heldout_loss: the EMA weights' loss on fixed noise (fixed_noise_loss), on as many training
+# items as there are held-out ones, at evaluation rows: the two are comparable, their gap is a generalization gap.
+LOG_FIELDS = ("step", "lr", "running_loss", "train_loss", "heldout_loss", "seconds")
 # The held-out / fixed-noise evaluation draws its noise from this seed offset, apart from training's stream.
 EVAL_SEED_OFFSET = 1_000_003
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss or gradient; the last good checkpoint is kept."""
 
 
 def learning_rate(cfg_lr: float, warmup_steps: int, step: int) -> float:
@@ -84,15 +93,48 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
-    """Train the cell ``cfg`` in directory ``out``, resuming from its latest checkpoint if any.
+def _resume_point(paths: CellPaths, budget: int) -> int | None:
+    """The checkpoint step to start from for a run to ``budget`` steps: ``budget`` itself when it was
+    reached before, else the latest step below it (None: from scratch). A later checkpoint without one at
+    ``budget`` is an error: the weights at ``budget`` were not kept."""
+    steps = paths.checkpoint_steps()
+    if budget in steps:
+        return budget
+    later = [s for s in steps if s > budget]
+    if later:
+        raise ConfigError(f"{paths.root} is trained to step {later[-1]} and kept no checkpoint at step {budget} "
+                          f"(kept: {', '.join(map(str, steps))}); ask for a kept budget or a longer one, or set "
+                          f"train.keep_all_checkpoints to keep every checkpoint of future runs")
+    earlier = [s for s in steps if s < budget]
+    return earlier[-1] if earlier else None
 
-    Returns the training summary (also written to ``out/train.json``).
+
+def _keep_budget(paths: CellPaths, budget: int) -> set[int]:
+    """Record ``budget`` among the steps whose checkpoints are never rotated away; returns them all."""
+    kept = set(json.loads(paths.kept_budgets.read_text())) if paths.kept_budgets.is_file() else set()
+    if budget not in kept:
+        kept.add(budget)
+        atomic_write_json(paths.kept_budgets, sorted(kept))
+    return kept
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train the cell ``cfg`` in directory ``out`` to ``cfg.train.steps``, resuming from its latest
+    checkpoint below that budget if any; a budget reached before returns at once.
+
+    Returns the training summary at the budget (also written to ``out/train.json``).
     """
     paths = CellPaths(Path(out))
     data = init_cell(cfg, paths.root)
     device = resolve_device(cfg.train.device)
     shape = tuple(data.train.shape[1:])
+    budget = cfg.train.steps
+    kept = _keep_budget(paths, budget)
+    resume = _resume_point(paths, budget)
 
     torch.manual_seed(cfg.seed)
     denoiser = build_denoiser(cfg, shape, data.split.num_classes).to(device)
@@ -102,36 +144,43 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     step, rows, elapsed = 0, [], 0.0
     losses: list[float] = []  # minibatch losses since the last log row (saved with checkpoints)
 
-    latest = paths.latest_checkpoint()
-    if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=False)
+    if resume is not None:
+        state = load_checkpoint(paths.checkpoint(resume))
         denoiser.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, rows, elapsed, losses = state["step"], state["log"], state["seconds"], state["pending_losses"]
 
     def save_checkpoint() -> Path:
+        if not (_all_finite(denoiser) and _all_finite(ema)):  # never write a checkpoint that cannot be resumed
+            raise NonFiniteLossError(f"non-finite weights at step {step}; last good checkpoint kept: "
+                                     f"{paths.latest_checkpoint() or 'none yet'}")
+        newest = paths.checkpoint_steps()[-1:] or [0]
         path = atomic_torch_save(paths.checkpoint(step), {
             "step": step, "model": denoiser.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             "log": rows, "pending_losses": losses, "seconds": elapsed, "shape": shape,
-            "num_classes": data.split.num_classes,
+            "num_classes": data.split.num_classes, "params": params, "params_total": params_total,
             "config": to_dict(cfg)})
-        _write_log(paths.loss_log, rows)
+        if step >= newest[0]:  # a shorter budget trained after a longer one leaves the longer log in place
+            _write_log(paths.loss_log, rows)
         if not cfg.train.keep_all_checkpoints:
-            for old in paths.checkpoints.glob("step-*.pt"):
-                if old != path:
-                    old.unlink()
+            for old in paths.checkpoint_steps():
+                if old not in kept and old != step and old < step:
+                    paths.checkpoint(old).unlink()
         return path
 
+    params, params_total = count_architecture_parameters(denoiser), count_parameters(denoiser)
     use_amp = cfg.train.amp and device.type == "cuda"
-    n_params = count_parameters(denoiser)
     start_time = time.perf_counter() - elapsed
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, desc="training", unit="step")
+    bar = tqdm(total=budget, initial=step, disable=not progress, desc="training", unit="step")
     denoiser.train()
-    while step < cfg.train.steps:
+    while step < budget:
         lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -142,45 +191,47 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
         labels = None if data.train_labels is None else data.train_labels[idx].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
+        last_good = f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
         if not torch.isfinite(loss):
-            last = paths.latest_checkpoint()
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; "
-                                     f"last good checkpoint kept: {last or 'none yet'}. "
+            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good}. "
                                      f"Try a lower train.lr or a train.grad_clip.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip)
+        # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
+        grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip or math.inf)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} with a "
+                                     f"finite loss; {last_good}. Try a lower train.lr or a train.grad_clip.")
         optimizer.step()
         ema.update_parameters(denoiser)
         step += 1
         losses.append(loss.item())
         bar.update(1)
 
-        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-            row = {"step": step, "lr": lr, "train_loss": sum(losses) / len(losses) if losses else math.nan,
-                   "heldout_loss": "", "train_fixed_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
+        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget:
+            row = {"step": step, "lr": lr, "running_loss": sum(losses) / len(losses) if losses else math.nan,
+                   "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
             losses = []
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.eval_every == 0 or step == budget:
                 ema.module.eval()
                 # The same number of training items as held-out ones, so the two losses compare.
                 n_eval = max(len(data.heldout), 1)
                 train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
                 row["heldout_loss"] = fixed_noise_loss(ema.module, data.heldout, data.heldout_labels, cfg, device)
-                row["train_fixed_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels,
-                                                           cfg, device)
+                row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
             rows.append(row)
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            bar.set_postfix(loss=f"{row['running_loss']:.4f}")
+        if step % cfg.train.checkpoint_every == 0 or step == budget:
             elapsed = time.perf_counter() - start_time
             save_checkpoint()
     bar.close()
 
-    last_eval = next((r for r in reversed(rows) if r["heldout_loss"] != ""), {})
-    summary = {"steps": step, "params": n_params, "device": str(device), "seconds": round(elapsed, 2),
-               "train_loss": rows[-1]["train_loss"] if rows else math.nan,
+    at_budget = [r for r in rows if r["step"] <= budget]
+    last_eval = next((r for r in reversed(at_budget) if r["heldout_loss"] != ""), {})
+    summary = {"steps": step, "params": params, "params_total": params_total, "device": str(device), "seconds": round(elapsed, 2),
+               "running_loss": at_budget[-1]["running_loss"] if at_budget else math.nan,
+               "train_loss": last_eval.get("train_loss", math.nan),
                "heldout_loss": last_eval.get("heldout_loss", math.nan),
-               "train_fixed_loss": last_eval.get("train_fixed_loss", math.nan),
                "n_train": len(data.train), "n_duplicates_removed": data.split.n_duplicates}
     atomic_write_json(paths.train_summary, summary)
     return summary

@@ -104,7 +104,7 @@ def test_training_on_cuda_learns_with_and_without_bf16_autocast(tiny_cfg, tmp_pa
         summary = train(_tiny_cuda_cfg(tiny_cfg, amp), tmp_path / f"amp{amp}", progress=False)
         assert summary["device"].startswith("cuda")
         log = pd.read_csv(tmp_path / f"amp{amp}" / "loss.csv")
-        losses = log["train_loss"].dropna().to_numpy()
+        losses = log["running_loss"].dropna().to_numpy()
         assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
         final[amp] = log["heldout_loss"].dropna().iloc[-1]
     assert abs(final[True] - final[False]) < 0.15 * final[False], final
@@ -112,9 +112,28 @@ def test_training_on_cuda_learns_with_and_without_bf16_autocast(tiny_cfg, tmp_pa
 
 def test_a_cell_runs_end_to_end_on_cuda(tiny_cfg, tmp_path):
     """Train, sample, score (torch-cuda search) and compare (empirical denoiser on the GPU)."""
-    summary = run_cell(tmp_path / "cell", _tiny_cuda_cfg(tiny_cfg, True), ScoreConfig(compare=True))
+    (summary,) = run_cell(tmp_path / "cell", [_tiny_cuda_cfg(tiny_cfg, True)], ScoreConfig(compare=True))
     assert summary["search_backend"] == "torch-cuda"
-    assert 0.0 <= summary["mem_nn"] <= 1.0 and np.isfinite(summary["train_fixed_loss"])
+    assert 0.0 <= summary["mem_nn"] <= 1.0 and np.isfinite(summary["train_loss"])
+
+
+def test_cuda_rng_state_is_checkpointed_so_dropout_resumes_exactly(tiny_cfg, tmp_path):
+    """Dropout on the GPU draws from the CUDA generator: a run resumed from a checkpoint ends where an
+    uninterrupted one ends only if that generator's state is saved and restored."""
+    cfg = _tiny_cuda_cfg(tiny_cfg, False)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.3),
+                              train=dataclasses.replace(cfg.train, steps=40, checkpoint_every=20, eval_every=40))
+    torch.backends.cudnn.deterministic = True
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
+    train(short, tmp_path / "resumed", progress=False)
+    torch.cuda.manual_seed_all(12345)  # a resumed process starts from another CUDA generator state
+    train(cfg, tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    a = torch.load(tmp_path / "resumed" / "checkpoints" / "step-0000040.pt", weights_only=False)
+    b = torch.load(tmp_path / "straight" / "checkpoints" / "step-0000040.pt", weights_only=False)
+    assert a["cuda_rng"] is not None
+    for name, tensor in b["model"].items():
+        torch.testing.assert_close(a["model"][name], tensor, rtol=0, atol=1e-6)
 
 
 def test_a_local_sweep_trains_on_the_gpu(tmp_path):

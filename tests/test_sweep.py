@@ -12,6 +12,7 @@ import torch
 import yaml
 
 import memorize.sweep.launch as launch_module
+from memorize.cell import CellPaths
 from memorize.cli import main
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
 from memorize.sweep.launch import local_gpu_parameters
@@ -40,7 +41,7 @@ def write_spec(path, spec=None, **changes):
 
 
 def result_rows(out):
-    table = pd.read_csv(out / "results.csv").drop(columns=["total_seconds"])
+    table = pd.read_csv(out / "results.csv")
     return table.sort_values("cell").reset_index(drop=True)
 
 
@@ -67,30 +68,35 @@ def test_malformed_specs_fail_before_anything_is_launched(tmp_path, capsys, chan
 def test_shipped_specs_are_valid():
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
         cells = expand(load_spec(path))
-        assert len(cells) >= 3 and len({c.id for c in cells}) == len(cells), path
+        assert len(cells) >= 3 and len({(c.cell, c.key) for c in cells}) == len(cells), path
 
 
-def test_cell_ids_follow_the_resolved_config(tmp_path):
+def test_cell_ids_follow_the_training_identity(tmp_path):
     a = expand(load_spec(write_spec(tmp_path / "a.yaml")))
     b = expand(load_spec(write_spec(tmp_path / "b.yaml")))
-    assert [c.id for c in a] == [c.id for c in b]
-    changed = json.loads(json.dumps(TINY_SPEC))
-    changed["base"]["train"]["steps"] = 21
-    assert not {c.id for c in a} & {c.id for c in expand(load_spec(write_spec(tmp_path / "c.yaml", changed)))}
+    assert [(c.cell, c.key) for c in a] == [(c.cell, c.key) for c in b]
+    longer = json.loads(json.dumps(TINY_SPEC))
+    longer["base"]["train"]["steps"] = 21  # a budget: the same cells, other results
+    c = expand(load_spec(write_spec(tmp_path / "c.yaml", longer)))
+    assert [x.cell for x in c] == [x.cell for x in a] and not {x.key for x in a} & {x.key for x in c}
+    wider = json.loads(json.dumps(TINY_SPEC))
+    wider["base"]["model"]["channels"] = 16  # the weights change: other cells
+    assert not {x.cell for x in a} & {x.cell for x in expand(load_spec(write_spec(tmp_path / "d.yaml", wider)))}
 
 
 def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
     out = tmp_path / "sweep"
     spec = load_spec(write_spec(tmp_path / "s.yaml"))
     report = run_sweep(spec, out, "local", progress=False)
-    assert report == {"cells": 2, "done_before": 0, "running_elsewhere": 0, "launched": 2, "failed": 0}
+    assert report == {"cells": 2, "points": 2, "done_before": 0, "running_elsewhere": 0, "launched": 2, "failed": 0}
     table = collect(out)
-    for column in ("dataset", "n_train", "model", "params", "seed", "steps", "train_loss", "heldout_loss", "mem_nn",
-                   "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "agreement_empirical", "cell"):
+    for column in ("dataset", "n_train", "model", "params", "seed", "step", "running_loss", "train_loss",
+                   "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi",
+                   "agreement_empirical", "cell", "eval"):
         assert table[column].notna().all(), column
-    assert sorted(table.n_train) == [16, 32] and (table.steps == 20).all()
+    assert sorted(table.n_train) == [16, 32] and (table.step == 20).all()
     assert ((table.mem_nn_lo <= table.mem_nn) & (table.mem_nn <= table.mem_nn_hi)).all()
-    summaries = sorted((out / "cells").glob("*/summary.json"))
+    summaries = sorted((out / "cells").glob("*/evals/*.json"))
     stamps = [p.stat().st_mtime_ns for p in summaries]
 
     again = run_sweep(spec, out, "local", progress=False)
@@ -139,10 +145,10 @@ def test_failed_cell_is_reported_with_its_log_and_others_finish(tmp_path, monkey
 
     real = cell_module.run_cell
 
-    def failing(root, cfg, score, cell_id="", progress=False):
-        if cfg.data.n_train == 32:
+    def failing(root, configs, score, progress=False):
+        if configs[0].data.n_train == 32:
             raise RuntimeError("simulated divergence")
-        return real(root, cfg, score, cell_id, progress)
+        return real(root, configs, score, progress)
 
     monkeypatch.setattr(cell_module, "run_cell", failing)
     out = tmp_path / "sweep"
@@ -166,9 +172,9 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
     deadline = time.time() + 300
     done_first = None
     while time.time() < deadline and proc.poll() is None:
-        summaries = list((killed / "cells").glob("*/summary.json")) if (killed / "cells").exists() else []
+        summaries = list((killed / "cells").glob("*/evals/*.json")) if (killed / "cells").exists() else []
         started = [p for p in (killed / "cells").glob("*/checkpoints/step-*.pt")] if summaries else []
-        second = [p for p in started if p.parts[-3] != summaries[0].parts[-2]]
+        second = [p for p in started if p.parts[-3] != summaries[0].parts[-3]]
         if summaries and second:
             done_first = summaries[0]
             break
@@ -177,7 +183,7 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
     proc.wait()
     assert done_first is not None, "the sweep must be killed after one cell and during the next"
     stamp = done_first.stat().st_mtime_ns
-    assert len(list((killed / "cells").glob("*/summary.json"))) == 1
+    assert len(list((killed / "cells").glob("*/evals/*.json"))) == 1
 
     assert main(["sweep", "run", str(spec_file), "--out", str(killed), "--quiet", "--no-plot"]) == 0
     assert main(["sweep", "run", str(spec_file), "--out", str(straight), "--quiet", "--no-plot"]) == 0
@@ -203,12 +209,11 @@ def test_intermediate_checkpoints_are_scored(tmp_path):
     spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16}  # = sample.num
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
-    (cell,) = (out / "cells").iterdir()
-    steps = pd.read_csv(cell / "checkpoint_scores.csv")
+    table = collect(out)
+    steps = pd.read_csv(out / "curves.csv")
     assert steps.step.tolist() == [10, 20] and steps.mem_nn.between(0, 1).all()
-    summary = json.loads((cell / "summary.json").read_text())
     # the last checkpoint, same seeds and sampler: exactly the cell's own samples
-    assert steps.mem_nn.iloc[-1] == summary["mem_nn"]
+    assert steps.mem_nn.iloc[-1] == table.mem_nn.iloc[0]
     assert main(["plot", str(out)]) == 0
     assert (out / "figures" / "memorization_over_steps.png").is_file()
 
@@ -222,7 +227,7 @@ def test_vector_data_sweep_compares_with_the_true_mixture(tmp_path):
         "grid": {"data.n_train": [8, 64]}}
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
-    gap = pd.read_csv(next((out / "cells").glob("*/compare/gap.csv")))
+    gap = pd.read_csv(next((out / "cells").glob("*/compare/*/gap.csv")))
     assert {"gap_empirical", "gap_gaussian", "gap_true", "mse_true"} <= set(gap.columns)
     table = collect(out)
     assert len(table) == 2 and table.mem_nn.between(0, 1).all()
@@ -241,7 +246,100 @@ def test_a_cell_job_leaves_the_callers_thread_count_alone(tmp_path, monkeypatch)
     original = torch.get_num_threads()
     torch.set_num_threads(3)  # any count but the job's 1, whatever this machine has
     try:
-        CellJob(str(tmp_path / "cell"), to_dict(cell.config), {"compare": False}, cell.id)()
+        CellJob(str(tmp_path / "cell"), [to_dict(cell.config)], {"compare": False})()
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(original)
+
+
+def _count_training(monkeypatch):
+    """Count the optimizer steps taken in this process (learning_rate is called once per step)."""
+    import memorize.train as train_module
+
+    steps = {"n": 0}
+    real = train_module.learning_rate
+
+    def counting(*args):
+        steps["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "learning_rate", counting)
+    return steps
+
+
+def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, monkeypatch):
+    steps = _count_training(monkeypatch)
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "a.yaml")), out, "debug", progress=False)["failed"] == 0
+    assert steps["n"] == 2 * 20
+    first = collect(out)
+    assert (first.n_samples == 16).all() and (first.sampler == "heun").all()
+
+    changed = json.loads(json.dumps(TINY_SPEC))
+    changed["base"]["sample"].update(num=24, sampler="ddim")
+    changed["score"]["threshold"] = 0.9
+    spec_b = load_spec(write_spec(tmp_path / "b.yaml", changed))
+    launch_module.prepare(spec_b, out)  # the new spec launched, nothing run yet
+    pending = collect(out)
+    assert pending.empty and pending.attrs["pending"] == 2  # old results are never listed as the new ones
+    assert (sweep_status(out).state == "pending").all()
+
+    report = run_sweep(spec_b, out, "debug", progress=False)
+    assert report["launched"] == 2 and report["failed"] == 0
+    assert steps["n"] == 2 * 20  # sampled and scored again, trained nothing
+    second = collect(out)
+    assert len(second) == 2 and (second.n_samples == 24).all() and (second.sampler == "ddim").all()
+    assert (second.threshold == 0.9).all() and sorted(second.cell) == sorted(first.cell)
+
+
+def test_several_budgets_train_each_cell_once(tmp_path, monkeypatch):
+    steps = _count_training(monkeypatch)
+    out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "train.steps": [10, 20]}))
+    report = run_sweep(spec, out, "debug", progress=False)
+    assert report == {"cells": 1, "points": 2, "done_before": 0, "running_elsewhere": 0, "launched": 1, "failed": 0}
+    assert steps["n"] == 20
+    table = collect(out).sort_values("step")
+    assert table.step.tolist() == [10, 20] and table.cell.nunique() == 1
+    assert table["train.steps"].tolist() == [10, 20]
+    (cell,) = (out / "cells").iterdir()
+    assert CellPaths(cell).checkpoint_steps() == [10, 20]
+    # raising the budget of a finished spec continues the same cells
+    more = load_spec(write_spec(tmp_path / "m.yaml", grid={"data.n_train": [16], "train.steps": [10, 20, 30]}))
+    run_sweep(more, out, "debug", progress=False)
+    assert steps["n"] == 30 and len(collect(out)) == 3
+
+
+def test_grid_points_that_are_one_experiment_are_refused(tmp_path):
+    with pytest.raises(Exception, match=r"are the same experiment"):
+        expand(load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "train.log_every": [5, 10]})))
+
+
+def test_an_old_sweep_directory_gets_a_migration_message(tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "cells.csv").write_text("cell,data.n_train\nabc,16\n")
+    assert main(["sweep", "status", str(out)]) == 2
+    assert "memorize 0.1" in capsys.readouterr().err
+    assert main(["sweep", "run", str(write_spec(tmp_path / "s.yaml")), "--out", str(out), "--quiet"]) == 2
+    assert "Re-run into a new directory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["cells.csv"]  # nothing written
+
+
+def test_unique_labels_keep_one_model_and_checkpoints_are_scored_with_labels(tmp_path):
+    """With one class per image the label embedding grows with N; the model (architecture parameters) does
+    not. Checkpoint scoring of a conditional cell goes through the final scoring's code (labels, clamping)."""
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["data"]["labels"] = "unique"
+    spec["base"]["train"]["keep_all_checkpoints"] = True
+    spec["score"] = {"compare": True, "checkpoints": True, "checkpoint_samples": 16}
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    table = collect(out)
+    assert table.model.nunique() == 1 and table.params.nunique() == 1 and table.params_total.nunique() == 2
+    assert (table.params_total - table.params).sort_values().tolist() == [16 * 32, 32 * 32]  # emb_dim 32 per class
+    curves = pd.read_csv(out / "curves.csv")
+    for _, row in table.iterrows():
+        last = curves[(curves.cell == row["cell"]) & (curves.step == row["step"])]
+        assert last.mem_nn.tolist() == [row["mem_nn"]] and last.mem_cos.tolist() == [row["mem_cos"]]
+    assert main(["plot", str(out)]) == 0

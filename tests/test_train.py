@@ -88,8 +88,8 @@ def test_loss_log_checkpoints_and_learning(tiny_cfg, tmp_path):
     rows = list(csv.DictReader(open(paths.loss_log)))
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert rows[1]["heldout_loss"] and not rows[0]["heldout_loss"]
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert [p.name for p in paths.checkpoints.iterdir()] == ["step-0000030.pt"]
+    assert float(rows[-1]["running_loss"]) < float(rows[0]["running_loss"])
+    assert paths.checkpoint_steps() == [30]
     assert summary["params"] == sum(p.numel() for p in load_trained_denoiser(tmp_path)[0].parameters())
     assert summary["n_train"] == 32
 

@@ -43,6 +43,7 @@ class Dataset:
     labels: torch.Tensor | None  # (M,) int64
     num_classes: int
     mixture: GaussianMixture | None = None
+    files: tuple[Path, ...] = ()  # the local files it was read from (none for digits and gmm)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -84,7 +85,7 @@ def load_mnist(root: str | Path) -> Dataset:
             raise _missing(path, "mnist")
     images = read_image_file(str(image_file)).numpy()
     labels = read_label_file(str(label_file)).long()
-    return Dataset("mnist", _from_uint8(images[:, None]), labels, 10)
+    return Dataset("mnist", _from_uint8(images[:, None]), labels, 10, files=(image_file, label_file))
 
 
 def load_cifar10(root: str | Path) -> Dataset:
@@ -106,7 +107,8 @@ def load_cifar10(root: str | Path) -> Dataset:
             labels.extend(batch["labels"])
         except (KeyError, ValueError) as err:
             raise DatasetError(f"cifar10: {path} is not a CIFAR-10 python batch ({err})") from None
-    return Dataset("cifar10", _from_uint8(np.concatenate(images)), torch.tensor(labels).long(), 10)
+    return Dataset("cifar10", _from_uint8(np.concatenate(images)), torch.tensor(labels).long(), 10,
+                   files=tuple(folder / f"data_batch_{i}" for i in range(1, 6)))
 
 
 def load_folder(root: str | Path, size: int | None) -> Dataset:
@@ -139,7 +141,7 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
     labels = None
     if classes:
         labels = torch.tensor([class_index.get(p.relative_to(root).parts[0], 0) for p in files]).long()
-    return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1))
+    return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1), files=tuple(files))
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -175,7 +177,7 @@ def load_npz(path: str | Path) -> Dataset:
                                f"got {labels.dtype} {labels.shape}")
         label_tensor = torch.from_numpy(labels).long()
         num_classes = int(labels.max()) + 1
-    return Dataset("npz", data, label_tensor, num_classes)
+    return Dataset("npz", data, label_tensor, num_classes, files=(path,))
 
 
 def make_gmm(cfg: GMMConfig) -> Dataset:

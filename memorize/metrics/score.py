@@ -35,8 +35,10 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos) -> pd.
 
 
 def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", ratio: float = 1 / 3,
-               threshold: float = 0.6, device: str = "auto", progress: bool = True) -> dict:
-    """Score ``DIR/samples/<samples>.npz`` with both criteria; returns the summary written to JSON."""
+               threshold: float = 0.6, device: str = "auto", progress: bool = True, name: str | None = None) -> dict:
+    """Score ``DIR/samples/<samples>.npz`` with both criteria; returns the summary written to JSON.
+
+    Outputs are named ``name`` (default: ``samples``) under ``DIR/scores/``."""
     paths = CellPaths(Path(root))
     sample_file = paths.samples / f"{samples}.npz"
     if not sample_file.is_file():
@@ -50,8 +52,9 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     cos = copy_similarity(embed(drawn["samples"], progress), embed(train, progress), threshold)
 
     out = paths.root / "scores"
+    name = name or samples
     table = per_sample_table(drawn["seeds"], data.split.train, nn, cos)
-    atomic_write_text(out / f"{samples}.csv", table.to_csv(index=False))
+    atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
     summary = {
         "samples": samples, "n_samples": len(table), "n_train": len(train),
         "sample_settings": drawn["settings"],
@@ -65,9 +68,9 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     if data.dataset.is_image:
         fig = nearest_neighbour_figure(drawn["samples"], train, nn.nearest, nn.ratio,
                                        title=f"{paths.root.name}: {samples} samples, nearest training images")
-        atomic_save_figure(out / f"{samples}_nn.png", fig, dpi=150, bbox_inches="tight")
+        atomic_save_figure(out / f"{name}_nn.png", fig, dpi=150, bbox_inches="tight")
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    atomic_write_json(out / f"{samples}.json", summary)
+    atomic_write_json(out / f"{name}.json", summary)
     return summary

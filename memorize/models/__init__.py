@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from memorize.config import ConfigError, ModelConfig
-from memorize.models.common import count_parameters
+from memorize.models.common import count_architecture_parameters, count_parameters
 from memorize.models.dit import DiT
 from memorize.models.mlp import MLP
 from memorize.models.unet import UNet
@@ -26,4 +26,15 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0
     return DiT(shape[0], shape[1], cfg.patch_size, cfg.width, cfg.depth, cfg.heads, cfg.dropout, num_classes)
 
 
-__all__ = ["DiT", "MLP", "UNet", "build_network", "count_parameters"]
+def model_name(cfg: ModelConfig, params: int) -> str:
+    """A readable name of the architecture with its size, e.g. ``U-Net, 8 ch, 39k``."""
+    size = f"{params / 1e6:.3g}M" if params >= 1e6 else f"{params / 1e3:.3g}k" if params >= 1e3 else str(params)
+    if cfg.arch == "unet":
+        extra = "" if cfg.blocks_per_level == 1 else f", {cfg.blocks_per_level} blocks"
+        return f"U-Net, {cfg.channels} ch{extra}, {size}"
+    if cfg.arch == "dit":
+        return f"DiT, width {cfg.width}, depth {cfg.depth}, patch {cfg.patch_size}, {size}"
+    return f"MLP, width {cfg.width}, depth {cfg.depth}, {size}"
+
+
+__all__ = ["DiT", "MLP", "UNet", "build_network", "count_architecture_parameters", "count_parameters", "model_name"]

@@ -18,6 +18,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def count_architecture_parameters(model: nn.Module) -> int:
+    """Trainable parameters without the class-label embedding, whose size follows the number of classes
+    (with ``data.labels: unique``, the training-set size): what identifies a model across N."""
+    label = sum(p.numel() for m in model.modules() if isinstance(m, ConditionEmbedding) and m.label is not None
+                for p in m.label.parameters() if p.requires_grad)
+    return count_parameters(model) - label
+
+
 class SinusoidalEmbedding(nn.Module):
     """``[cos(f_j c), sin(f_j c)]`` with frequencies ``f_j`` geometric in [1, max_freq]
     (the transformer positional encoding of Vaswani et al. 2017 applied to c_noise)."""

@@ -1,9 +1,10 @@
-"""One sweep cell as a job: train -> sample -> score -> compare -> summary.json.
+"""One sweep cell as a job: for each of its grid points (budgets, sampling settings), train ->
+sample -> score -> compare -> ``evals/<key>.json``.
 
 Every step resumes from or reuses what is on disk (training from its last checkpoint,
 samples and scores when their settings match), so a job killed anywhere and run again
-finishes with the same results and never redoes finished work. ``summary.json`` is written
-last, atomically: its presence (with the current score settings) marks the cell done.
+finishes with the same results and never redoes finished work. ``evals/<key>.json`` is written
+last, atomically: its presence marks that grid point done.
 
 :class:`CellJob` is the Submitit callable. It is ``Checkpointable``, so SLURM timeouts and
 preemptions requeue it; the requeued job holds only the cell's directory and configs and
@@ -26,10 +27,10 @@ from typing import Any, Iterator
 import submitit
 
 from memorize.cell import CellPaths
-from memorize.config import CellConfig, from_dict, to_dict
+from memorize.config import CellConfig, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text
+from memorize.sweep.spec import eval_settings
 
-SUMMARY = "summary.json"
 ERROR = "error.txt"
 LOCK = ".lock"
 
@@ -71,112 +72,129 @@ def is_locked(root: Path) -> bool:
         return False
 
 
-def read_summary(root: Path) -> dict | None:
+def eval_path(root: Path, key: str) -> Path:
+    return CellPaths(Path(root)).evals / f"{key}.json"
+
+
+def read_eval(root: Path, key: str) -> dict | None:
     import json
 
-    path = Path(root) / SUMMARY
+    path = eval_path(root, key)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def is_done(root: Path, score: dict) -> bool:
-    summary = read_summary(root)
-    return summary is not None and summary.get("score_settings") == score
+def is_done(root: Path, key: str) -> bool:
+    """Whether the cell at ``root`` has the result of evaluation ``key``."""
+    return eval_path(root, key).is_file()
 
 
-def model_name(cfg: CellConfig) -> str:
-    m = cfg.model
-    if m.arch == "unet":
-        return f"unet-c{m.channels}-m{'x'.join(map(str, m.channel_mult))}-b{m.blocks_per_level}"
-    if m.arch == "dit":
-        return f"dit-p{m.patch_size}-w{m.width}-d{m.depth}"
-    return f"mlp-w{m.width}-d{m.depth}"
+def training_at(root: Path, step: int) -> dict:
+    """Training figures of the cell at checkpoint ``step``: parameters and the last logged losses."""
+    from memorize.cell import checkpoint_at, load_checkpoint
+
+    state = load_checkpoint(checkpoint_at(root, step))
+    rows = [r for r in state["log"] if r["step"] <= step]
+    last_eval = next((r for r in reversed(rows) if r["heldout_loss"] != ""), {})
+    return {"params": state["params"], "params_total": state["params_total"], "train_seconds": state["seconds"],
+            "running_loss": rows[-1]["running_loss"] if rows else float("nan"),
+            "train_loss": last_eval.get("train_loss", float("nan")),
+            "heldout_loss": last_eval.get("heldout_loss", float("nan")), "loss_step": last_eval.get("step")}
 
 
-def score_checkpoints(root: Path, cfg: CellConfig, score: Any, progress: bool) -> list[dict]:
-    """Memorization ratio (nearest-neighbour criterion) of every kept checkpoint: the training-time view."""
-    import numpy as np
-
-    from memorize.cell import load_cell_data, load_trained_denoiser
-    from memorize.metrics import memorization_ratio, nn_ratio
-    from memorize.sampling import generate, sample_seeds
-
-    paths = CellPaths(root)
-    data = load_cell_data(cfg, paths)
-    sample_cfg = dataclasses.replace(cfg.sample, num=score.checkpoint_samples)
-    seeds = sample_seeds(sample_cfg.seed, np.arange(sample_cfg.num))
-    rows = []
-    for ckpt in sorted(paths.checkpoints.glob("step-*.pt")):
-        denoiser, state = load_trained_denoiser(root, checkpoint=ckpt)
-        samples = generate(denoiser, tuple(data.train.shape[1:]), seeds, sample_cfg, progress=False)
-        r = memorization_ratio(nn_ratio(samples, data.train, score.ratio).memorized)
-        rows.append({"step": state["step"], "mem_nn": r["ratio"], "mem_nn_lo": r["lo"], "mem_nn_hi": r["hi"]})
-    return rows
-
-
-def run_cell(root: str | Path, cfg: CellConfig, score: Any, cell_id: str = "", progress: bool = False) -> dict:
-    """Run (or finish) the cell at ``root``; returns its summary."""
-    import pandas as pd
-
+def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) -> dict:
+    """The result of the trained cell at ``root`` at budget ``cfg.train.steps`` under ``cfg.sample`` and
+    ``score``: sample, score with both criteria, compare with the empirical denoiser, and (with
+    ``score.checkpoints``) the same for every kept checkpoint up to the budget. Every artefact is
+    named by its settings and reused when present; the summary goes to ``evals/<key>.json``."""
     from memorize.compare import compare_cell
     from memorize.generate import sample_cell
     from memorize.metrics.score import score_cell
+    from memorize.models import model_name
+
+    settings = eval_settings(cfg, score)
+    key = settings_key(settings)
+    done = read_eval(root, key)
+    if done is not None:
+        return done
+    step = cfg.train.steps
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[stage] = round(time.perf_counter() - t, 2)
+        return result
+
+    samples = f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
+    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold], 8)}"
+    timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
+          progress=progress, step=step)
+    scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
+                   device=cfg.train.device, progress=progress, name=measure)
+    compared, compare_dir = {}, None
+    if score.compare and cfg.data.labels == "none":  # the closed-form references are unconditional
+        compare_dir = f"compare/{measure}"
+        compared = timed("compare", compare_cell, root, samples, score.embedder, score.threshold,
+                         device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
+    over_steps = []
+    if score.checkpoints:  # the training-time view, through this same function
+        at_checkpoint = dataclasses.replace(score, compare=False, checkpoints=False)
+        for ckpt in CellPaths(root).checkpoint_steps():
+            if ckpt <= step:
+                c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=ckpt),
+                                        sample=dataclasses.replace(cfg.sample, num=score.checkpoint_samples))
+                r = evaluate(root, c, at_checkpoint, progress)
+                over_steps.append({k: r[k] for k in ("step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos",
+                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss")})
+    trained = training_at(root, step)
+    nn, cos = scores["nn"], scores["cos"]
+    summary = {
+        "cell": root.name, "eval": key, "dataset": cfg.data.name, "n_train": cfg.data.n_train,
+        "model": model_name(cfg.model, trained["params"]), "arch": cfg.model.arch, "seed": cfg.seed, "step": step,
+        **trained,
+        "mem_nn": nn["ratio"], "mem_nn_lo": nn["lo"], "mem_nn_hi": nn["hi"],
+        "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
+        "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps,
+        "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
+        "agreement_empirical": compared.get("agreement", float("nan")),
+        "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
+        "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),
+        "search_backend": nn["backend"], "seconds": timings,
+        "files": {"samples": f"samples/{samples}.npz", "scores": f"scores/{measure}.csv", "compare": compare_dir},
+        "over_steps": over_steps, "settings": settings, "config": to_dict(cfg),
+    }
+    atomic_write_json(eval_path(root, key), summary)
+    return summary
+
+
+def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: bool = False) -> list[dict]:
+    """Train the cell at ``root`` to each budget of ``configs`` (shortest first: one run, extended) and
+    evaluate it there; returns the evaluation summaries. Finished evaluations are read, not redone."""
     from memorize.train import train
 
     root = Path(root)
-    score_settings = dataclasses.asdict(score)
-    if is_done(root, score_settings):
-        return read_summary(root)
+    configs = sorted(configs, key=lambda c: c.train.steps)
+    keys = [settings_key(eval_settings(c, score)) for c in configs]
+    if all(is_done(root, k) for k in keys):
+        return [read_eval(root, k) for k in keys]
     with cell_lock(root):
         (root / ERROR).unlink(missing_ok=True)
-        start = time.perf_counter()
-        timings: dict[str, float] = {}
-
-        def timed(stage: str, fn, *args, **kwargs):
-            t = time.perf_counter()
-            result = fn(*args, **kwargs)
-            timings[stage] = time.perf_counter() - t
-            return result
-
-        trained = timed("train", train, cfg, root, progress=progress)
-        timed("sample", sample_cell, root, cfg.sample, "trained", progress=progress)
-        scores = timed("score", score_cell, root, "trained", score.embedder, score.ratio, score.threshold,
-                       progress=progress)
-        compared = {}
-        if score.compare and cfg.data.labels == "none":  # the closed-form references are unconditional
-            compared = timed("compare", compare_cell, root, "trained", score.embedder, score.threshold,
-                             progress=progress)
-        if score.checkpoints:
-            rows = score_checkpoints(root, cfg, score, progress)
-            atomic_write_text(root / "checkpoint_scores.csv", pd.DataFrame(rows).to_csv(index=False))
-        nn, cos = scores["nn"], scores["cos"]
-        summary = {
-            "cell": cell_id, "dataset": cfg.data.name, "n_train": cfg.data.n_train, "model": model_name(cfg),
-            "arch": cfg.model.arch, "params": trained["params"], "seed": cfg.seed, "steps": trained["steps"],
-            "train_loss": trained["train_loss"], "heldout_loss": trained["heldout_loss"],
-            "train_fixed_loss": trained["train_fixed_loss"],
-            "mem_nn": nn["ratio"], "mem_nn_lo": nn["lo"], "mem_nn_hi": nn["hi"],
-            "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
-            "n_samples": scores["n_samples"], "embedder": score.embedder, "ratio": score.ratio,
-            "threshold": score.threshold,
-            "agreement_empirical": compared.get("agreement", float("nan")),
-            "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
-            "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),
-            "search_backend": nn["backend"], "train_seconds": trained["seconds"],
-            "seconds": {k: round(v, 2) for k, v in timings.items()},
-            "total_seconds": round(time.perf_counter() - start, 2),
-            "score_settings": score_settings, "config": to_dict(cfg),
-        }
-        atomic_write_json(root / SUMMARY, summary)
-        return summary
+        results = []
+        for cfg, key in zip(configs, keys):
+            if not is_done(root, key):
+                train(cfg, root, progress=progress)
+            results.append(evaluate(root, cfg, score, progress))
+        return results
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """Submitit callable for one cell; holds only plain data so it pickles small and resumes from disk."""
+    """Submitit callable for one cell (all its grid points); holds only plain data so it pickles small and
+    resumes from disk."""
 
-    def __init__(self, root: str, config: dict, score: dict, cell_id: str):
-        self.root, self.config, self.score, self.cell_id = str(root), config, score, cell_id
+    def __init__(self, root: str, configs: list[dict], score: dict):
+        self.root, self.configs, self.score = str(root), configs, score
 
-    def __call__(self) -> dict:
+    def __call__(self) -> list[dict]:
         import torch
 
         from memorize.sweep.spec import ScoreConfig
@@ -187,7 +205,7 @@ class CellJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(int(threads))
         root = Path(self.root)
         try:
-            return run_cell(root, from_dict(CellConfig, self.config), from_dict(ScoreConfig, self.score), self.cell_id)
+            return run_cell(root, [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score))
         except CellBusy:
             raise
         except Exception:
@@ -198,4 +216,4 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.
-        return submitit.helpers.DelayedSubmission(CellJob(self.root, self.config, self.score, self.cell_id))
+        return submitit.helpers.DelayedSubmission(CellJob(self.root, self.configs, self.score))

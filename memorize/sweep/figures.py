@@ -24,12 +24,17 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _per_cell_tables(sweep: Path, results: pd.DataFrame, relative: str) -> pd.DataFrame | None:
+def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
+    """The cells' denoiser-gap tables, each tagged with its model, N, seed and experiment."""
     tables = []
     for _, row in results.iterrows():
-        path = sweep / "cells" / row["cell"] / relative
+        if not isinstance(row.get("compare_dir"), str):
+            continue
+        path = sweep / "cells" / row["cell"] / row["compare_dir"] / "gap.csv"
         if path.is_file():
-            tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"]))
+            experiment = plots.experiment_label({a: row[a] for a in axes})
+            tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
+                                                   experiment=experiment))
     return pd.concat(tables) if tables else None
 
 
@@ -45,38 +50,44 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None) -> list[Path]:
     if results.empty:
         raise FileNotFoundError(f"{sweep} has no finished cells yet: `memorize sweep status {sweep}` shows progress")
     out = sweep / "figures"
+    axes = plots.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
-    crit = plots.critical_n(plots.pooled_ratios(results, "nn"))
+    crit = plots.critical_n(plots.pooled_ratios(results, "nn", axes), axes=axes)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
     written += _save(plots.critical_n_figure(crit), out, "critical_n")
-    gaps = _per_cell_tables(sweep, results, "compare/gap.csv")
+    gaps = _per_cell_tables(sweep, results, axes)
     if gaps is not None:
         written += _save(plots.gap_curves_figure(gaps), out, "denoiser_gap")
-    steps = _per_cell_tables(sweep, results, "checkpoint_scores.csv")
-    if steps is not None:
+    if (sweep / "curves.csv").is_file():
+        steps = pd.read_csv(sweep / "curves.csv")
+        steps["experiment"] = [plots.experiment_label({a: r[a] for a in axes if a in steps}) for _, r in steps.iterrows()]
         written += _save(plots.memorization_over_steps_figure(steps), out, "memorization_over_steps")
     for cid in cells or default_nn_cells(results):
-        written += nn_grid(sweep, cid, out)
+        written += nn_grid(sweep, cid, out, results)
     return written
 
 
-def nn_grid(sweep: Path, cid: str, out: Path) -> list[Path]:
-    """Nearest-neighbour grid of one cell's trained samples."""
+def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Path]:
+    """Nearest-neighbour grid of one cell's trained samples (its first grid point in ``results``)."""
     from memorize.cell import CellPaths, load_cell_data, read_config
     from memorize.generate import read_samples
     from memorize.metrics import nn_ratio
+    from memorize.sweep.cell import read_eval
 
+    rows = results[results.cell == cid]
+    if rows.empty:
+        raise FileNotFoundError(f"cell {cid}: no finished grid point of {sweep} (see `memorize sweep status`)")
+    row = rows.iloc[0]
     root = sweep / "cells" / cid
-    if not (root / "samples" / "trained.npz").is_file():
-        raise FileNotFoundError(f"cell {cid}: no samples at {root / 'samples' / 'trained.npz'}")
+    summary = read_eval(root, row["eval"])
     cfg = read_config(root)
     data = load_cell_data(cfg, CellPaths(root))
     if not data.dataset.is_image:
         return []
-    samples = read_samples(root / "samples" / "trained.npz")["samples"]
-    scores = nn_ratio(samples, data.train.numpy())
+    samples = read_samples(root / summary["files"]["samples"])["samples"]
+    scores = nn_ratio(samples, data.train.numpy(), float(row["ratio"]))
     fig = plots.nearest_neighbour_figure(samples, data.train.numpy(), scores.nearest, scores.ratio,
-                                         title=f"cell {cid}: N = {cfg.data.n_train}, {cfg.model.arch} "
-                                               f"{cfg.model.channels if cfg.model.arch == 'unet' else cfg.model.width}")
+                                         title=f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}, "
+                                               f"step {row['step']:,} (cell {cid})")
     return _save(fig, out, f"nn_{cid}")

@@ -2,12 +2,14 @@
 
 Sweep directory::
 
+    DIR/sweep.json      layout version of the directory
     DIR/spec.yaml       the spec as last launched
-    DIR/cells.csv       cell id and grid values of every cell of that spec
+    DIR/cells.csv       one row per grid point of that spec: cell id, evaluation key, grid values
     DIR/cells/<id>/     one directory per cell (see memorize.cell and memorize.sweep.cell)
     DIR/jobs.json       SLURM job ids by cell id (status and collect re-attach from it)
     DIR/logs/           Submitit logs (put DIR on a filesystem the compute nodes share)
-    DIR/results.csv     one row per finished cell (memorize sweep collect)
+    DIR/results.csv     one row per finished grid point of the current spec (memorize sweep collect)
+    DIR/curves.csv      memorization over training steps, where the spec scores checkpoints
 
 Executors: ``local`` runs cells in subprocesses on this machine, ``--parallel`` at a time, in
 the foreground; ``debug`` runs them in this process (for a debugger); ``slurm`` submits a job
@@ -31,37 +33,59 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from memorize.config import save_config, to_dict
+from memorize.cell import LAYOUT, OLD_LAYOUT
+from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text
-from memorize.sweep.cell import ERROR, CellJob, is_done, is_locked, read_summary
-from memorize.sweep.spec import Cell, SweepSpec, check_data, expand
+from memorize.sweep.cell import ERROR, CellJob, is_done, is_locked, read_eval
+from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
 TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                          "BOOT_FAIL", "DEADLINE", "ENDED"}
-RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "seed", "steps", "train_loss", "heldout_loss",
-                  "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "agreement_empirical",
-                  "reproducibility_empirical", "mem_nn_empirical", "n_samples", "embedder", "ratio", "threshold",
-                  "train_fixed_loss", "search_backend", "total_seconds", "cell"]
+RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "running_loss",
+                  "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
+                  "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
+                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "search_backend", "cell", "eval"]
+CURVE_COLUMNS = ["step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "train_loss",
+                 "heldout_loss"]
 
 
-def cell_dir(out: Path, cell: Cell) -> Path:
-    return out / "cells" / cell.id
+def cell_dir(out: Path, point: GridPoint | str) -> Path:
+    return out / "cells" / (point if isinstance(point, str) else point.cell)
 
 
-def prepare(spec: SweepSpec, out: Path) -> list[Cell]:
-    """Validate every cell (before anything is launched), then write the spec and the cell index."""
-    cells = expand(spec)
-    check_data(cells)
+def check_layout(out: Path) -> None:
+    """Refuse a sweep directory written by an older layout (its cell ids mean something else)."""
+    marker = out / "sweep.json"
+    if marker.is_file():
+        version = json.loads(marker.read_text()).get("layout")
+        if version != LAYOUT:
+            raise ConfigError(f"{out}: sweep layout {version!r}, this memorize reads {LAYOUT}")
+    elif (out / "cells.csv").is_file():
+        raise ConfigError(f"sweep directory {out} {OLD_LAYOUT}")
+
+
+def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
+    """Validate every grid point (before anything is launched), then write the spec and the grid index."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    check_layout(out)
+    points = expand(spec)
+    check_data(points)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "sweep.json", {"layout": LAYOUT})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
-    index = pd.DataFrame([{"cell": c.id, **dict(c.point)} for c in cells])
+    index = pd.DataFrame([{"cell": p.cell, "eval": p.key, **dict(p.point)} for p in points])
     atomic_write_text(out / "cells.csv", index.to_csv(index=False))
-    for cell in cells:
-        path = cell_dir(out, cell) / "config.yaml"
-        if not path.exists():
-            save_config(cell.config, path)
-    return cells
+    return points
+
+
+def by_cell(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
+    """Grid points grouped by the cell they train (one job per cell)."""
+    groups: dict[str, list[GridPoint]] = {}
+    for p in points:
+        groups.setdefault(p.cell, []).append(p)
+    return groups
 
 
 def _executor(kind: str, out: Path, spec: SweepSpec) -> submitit.Executor:
@@ -113,66 +137,79 @@ def describe_submission(kind: str, spec: SweepSpec, n: int) -> str:
 
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True) -> dict:
-    """Launch the cells of ``spec`` that are not finished; returns counts by what happened."""
+    """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
+
+    One job per cell: it trains the cell once, to each budget its grid points ask for, and
+    evaluates each point. Counts are of cells, ``points`` of grid points."""
     out = Path(out)
-    cells = prepare(spec, out) if not dry_run else expand(spec)
     if dry_run:
-        check_data(cells)
-    score = dataclasses.asdict(spec.score)
-    todo = [c for c in cells if not is_done(cell_dir(out, c), score)]
-    busy = [c for c in todo if is_locked(cell_dir(out, c))]
-    todo = [c for c in todo if c not in busy]
-    report = {"cells": len(cells), "done_before": len(cells) - len(todo) - len(busy), "running_elsewhere": len(busy),
-              "launched": 0, "failed": 0}
+        check_layout(out)
+        points = expand(spec)
+        check_data(points)
+    else:
+        points = prepare(spec, out)
+    cells = by_cell(points)
+    todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
+    busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
+    todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
+    report = {"cells": len(cells), "points": len(points), "done_before": len(cells) - len(todo) - len(busy),
+              "running_elsewhere": len(busy), "launched": 0, "failed": 0}
     if dry_run:
-        for c in cells:
-            state = "done" if c not in todo and c not in busy else ("running" if c in busy else "to run")
-            print(f"{c.id}  {state:8s}  {c.label}")
+        for p in points:
+            state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
+                     "running" if p.cell in busy else "to run")
+            print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
         print(describe_submission(executor, spec, len(todo)))
         return report
     if not todo:
         return report
-    jobs_fn = lambda c: CellJob(str(cell_dir(out, c)), to_dict(c.config), score, c.id)  # noqa: E731
+    score = dataclasses.asdict(spec.score)
+
+    def job(cid: str) -> CellJob:
+        return CellJob(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]], score)
+
     ex = _executor(executor, out, spec)
     if executor == "slurm":
         record_path = out / "jobs.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         size = spec.slurm.max_array_size
-        for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
+        ids = list(todo)
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
             with ex.batch():  # one job array; each task's function is the Checkpointable CellJob itself
-                jobs = [ex.submit(jobs_fn(c)) for c in chunk]
-            record.update({c.id: j.job_id for c, j in zip(chunk, jobs)})
+                jobs = [ex.submit(job(cid)) for cid in chunk]
+            record.update({cid: j.job_id for cid, j in zip(chunk, jobs)})
             atomic_write_json(record_path, record)
-        report["launched"] = len(todo)
+        report["launched"] = len(ids)
         if wait:
-            report.update(wait_for_slurm(out, [c.id for c in todo], wait_timeout))
+            report.update(wait_for_slurm(out, ids, wait_timeout))
         return report
     # local / debug: in the foreground, `parallel` cells at a time
+    labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="cell", disable=not progress)
     pending, running = list(todo), []
     try:
         while pending or running:
             while pending and len(running) < max(1, parallel):
-                cell = pending.pop(0)
-                running.append((cell, ex.submit(jobs_fn(cell))))
+                cid = pending.pop(0)
+                running.append((cid, ex.submit(job(cid))))
                 report["launched"] += 1
                 if executor == "debug":
                     break
-            for cell, job in list(running):
-                if executor == "debug" or job.done():
-                    running.remove((cell, job))
+            for cid, handle in list(running):
+                if executor == "debug" or handle.done():
+                    running.remove((cid, handle))
                     try:
-                        job.result()
+                        handle.result()
                     except Exception as err:  # the cell wrote error.txt; go on with the others
                         report["failed"] += 1
-                        tqdm.write(f"cell {cell.id} ({cell.label}) failed: {str(err).strip().splitlines()[-1]}; "
-                                   f"see {cell_dir(out, cell) / ERROR}")
+                        tqdm.write(f"cell {cid} ({labels[cid]}) failed: {str(err).strip().splitlines()[-1]}; "
+                                   f"see {cell_dir(out, cid) / ERROR}")
                     bar.update(1)
             time.sleep(0.2 if running and executor != "debug" else 0)
     except KeyboardInterrupt:
-        for _, job in running:
-            job.cancel(check=False)
+        for _, handle in running:
+            handle.cancel(check=False)
         raise
     finally:
         bar.close()
@@ -210,10 +247,11 @@ def wait_for_slurm(out: Path, ids: list[str], timeout: float, poll: float = 5.0)
     jobs = _jobs(out)
     deadline = time.time() + timeout
     open_ids = set(ids)
+    keys = _grid(out).groupby("cell")["eval"].apply(list).to_dict() if (out / "cells.csv").is_file() else {}
     while open_ids and time.time() < deadline:
         for cid in list(open_ids):
             root = out / "cells" / cid
-            if read_summary(root) is not None or (root / ERROR).exists():
+            if all(is_done(root, k) for k in keys.get(cid, [])) or (root / ERROR).exists():
                 open_ids.discard(cid)
             elif slurm_state(out, jobs.get(cid, "")).split(" ")[0] in TERMINAL_SLURM_STATES - {"COMPLETED"}:
                 open_ids.discard(cid)
@@ -222,25 +260,30 @@ def wait_for_slurm(out: Path, ids: list[str], timeout: float, poll: float = 5.0)
     return {"unfinished_after_wait": len(open_ids)}
 
 
+def _grid(out: Path) -> pd.DataFrame:
+    """``DIR/cells.csv``: the grid points of the spec last launched into ``out``."""
+    if not (out / "cells.csv").is_file():
+        raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
+    check_layout(out)
+    return pd.read_csv(out / "cells.csv", dtype={"cell": str, "eval": str})
+
+
 def sweep_status(out: str | Path) -> pd.DataFrame:
-    """Per-cell state: done, running, failed (with the log to read), pending (with training progress)."""
+    """Per grid point: done, running, failed (with the log to read), pending (with training progress)."""
     from memorize.cell import CellPaths
 
     out = Path(out)
-    if not (out / "cells.csv").is_file():
-        raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
-    index = pd.read_csv(out / "cells.csv", dtype={"cell": str})
+    index = _grid(out)
     jobs = _jobs(out)
-    spec = yaml.safe_load((out / "spec.yaml").read_text())
-    score = spec.get("score", {})
+    axes = list(index.columns[2:])
     rows = []
     for _, row in index.iterrows():
-        root = out / "cells" / row["cell"]
+        root = cell_dir(out, row["cell"])
         job = jobs.get(row["cell"], "")
         detail = ""
-        if is_done(root, score):
+        if is_done(root, row["eval"]):
             state = "done"
-            detail = f"mem_nn={read_summary(root)['mem_nn']:.3f}"
+            detail = f"mem_nn={read_eval(root, row['eval'])['mem_nn']:.3f}"
         elif is_locked(root):
             state = "running"
         elif (root / ERROR).exists():
@@ -252,32 +295,43 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
             slurm = slurm_state(out, job) if job else ""
             state = "running" if slurm.startswith("RUNNING") else "pending"
             if slurm.split(" ")[0] in TERMINAL_SLURM_STATES:
-                state = "failed"  # the job ended without a summary or an error report
+                state = "failed"  # the job ended without a result or an error report
                 detail = f"job ended ({slurm}) without a result (log: {out / 'logs' / job})"
             ckpt = CellPaths(root).latest_checkpoint()
             detail = detail or (f"slurm {slurm}" if slurm else "")
             if ckpt is not None:
                 detail += f" checkpoint {ckpt.stem}"
-        rows.append({"cell": row["cell"], "state": state, "job": job, **{k: row[k] for k in index.columns[1:]},
-                     "detail": detail.strip()})
+        rows.append({"cell": row["cell"], "eval": row["eval"], "state": state, "job": job,
+                     **{k: row[k] for k in axes}, "detail": detail.strip()})
     return pd.DataFrame(rows)
 
 
 def collect(out: str | Path) -> pd.DataFrame:
-    """``DIR/results.csv``: one row per finished cell of the current spec, grid values as extra columns."""
+    """``DIR/results.csv``: one row per grid point of the current spec that is finished under its current
+    sampling and scoring settings, grid values as extra columns (named by their dotted field). Points not
+    finished under them are left out and counted in ``table.attrs["pending"]``; they are never filled from
+    results of other settings. Curves over training steps, where scored, go to ``DIR/curves.csv``."""
     out = Path(out)
-    if not (out / "cells.csv").is_file():
-        raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
-    index = pd.read_csv(out / "cells.csv", dtype={"cell": str})
-    rows = []
+    index = _grid(out)
+    axes = list(index.columns[2:])
+    rows, curves, pending = [], [], 0
     for _, row in index.iterrows():
-        summary = read_summary(out / "cells" / row["cell"])
+        summary = read_eval(cell_dir(out, row["cell"]), row["eval"])
         if summary is None:
+            pending += 1
             continue
         record = {k: summary.get(k) for k in RESULT_COLUMNS}
-        for axis in index.columns[1:]:
+        record["compare_dir"] = (summary.get("files") or {}).get("compare")
+        for axis in axes:
             record.setdefault(axis, row[axis])
         rows.append(record)
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS + [c for c in index.columns[1:] if c not in RESULT_COLUMNS])
+        for c in summary.get("over_steps", []):
+            curves.append({**{k: record[k] for k in ("model", "params", "n_train", "seed", "cell", "eval")},
+                           **{axis: row[axis] for axis in axes}, **{k: c.get(k) for k in CURVE_COLUMNS}})
+    columns = RESULT_COLUMNS + ["compare_dir"] + [c for c in axes if c not in RESULT_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
+    if curves:
+        atomic_write_text(out / "curves.csv", pd.DataFrame(curves).to_csv(index=False))
+    table.attrs["pending"] = pending
     return table

@@ -13,13 +13,18 @@ A spec (``sweeps/*.yaml``)::
     score: {embedder: pixel, ratio: 0.3333, threshold: 0.6, compare: true}
     slurm: {partition: gpu, gpus_per_cell: 1, time_min: 240}
 
-Every cell is validated before anything is launched (unknown fields, empty axes, n_train
+Every grid point is validated before anything is launched (unknown fields, empty axes, n_train
 larger than the dataset); the error names the field and the grid point.
+
+A grid point is a *cell* (a training run, keyed by its training identity: grid points that
+differ only in ``train.steps``, sampling fields or fields that change nothing share it and
+it is trained once) at one *evaluation*: a training budget, sampling settings and the spec's
+scoring settings, keyed by those (see :func:`eval_settings`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -28,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from memorize.config import CellConfig, ConfigError, from_dict, set_dotted, to_dict
+from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, sample_settings, set_dotted, settings_key,
+                             to_dict)
 
 
 @dataclass
@@ -91,21 +97,22 @@ class SweepSpec:
                 raise ConfigError(f"grid.{axis}: the axis is empty; give at least one value")
 
 
+def eval_settings(config: CellConfig, score: ScoreConfig) -> dict[str, Any]:
+    """What determines a grid point's results besides its cell: the training budget, the sampling
+    settings (not the batch size) and the scoring settings."""
+    return {"steps": config.train.steps, "sample": sample_settings(config.sample), "score": dataclasses.asdict(score)}
+
+
 @dataclass(frozen=True)
-class Cell:
-    id: str  # hash of the resolved config: re-launches find finished cells
-    point: tuple[tuple[str, Any], ...]  # the grid values of this cell
+class GridPoint:
+    cell: str  # the cell's id (its training identity): re-launches find trained cells
+    key: str  # the evaluation key: re-launches find finished results
+    point: tuple[tuple[str, Any], ...]  # the grid values of this point
     config: CellConfig
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.point)
-
-
-def cell_id(config: CellConfig) -> str:
-    """First 12 hex digits of the SHA-256 of the canonical JSON of the resolved config."""
-    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return ", ".join(f"{k}={v}" for k, v in self.point) or "(no grid axes)"
 
 
 def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -124,8 +131,9 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{path}: {err}") from None
 
 
-def expand(spec: SweepSpec) -> list[Cell]:
-    """The product of the grid axes applied to the base config, each cell validated."""
+def expand(spec: SweepSpec) -> list[GridPoint]:
+    """The product of the grid axes applied to the base config, each point validated; two points with
+    the same cell and evaluation are one experiment, an error."""
     axes = list(spec.grid)
     cells = []
     for values in itertools.product(*(spec.grid[a] for a in axes)):
@@ -138,21 +146,23 @@ def expand(spec: SweepSpec) -> list[Cell]:
         except ConfigError as err:
             where = ", ".join(f"{a}={v}" for a, v in point)
             raise ConfigError(f"grid point ({where}): {err}") from None
-        cells.append(Cell(cell_id(config), point, config))
-    seen: dict[str, Cell] = {}
+        cells.append(GridPoint(cell_id(config), settings_key(eval_settings(config, spec.score)), point, config))
+    seen: dict[tuple[str, str], GridPoint] = {}
     for cell in cells:
-        if cell.id in seen:
-            raise ConfigError(f"grid points ({seen[cell.id].label}) and ({cell.label}) give the same cell config")
-        seen[cell.id] = cell
+        if (cell.cell, cell.key) in seen:
+            raise ConfigError(f"grid points ({seen[cell.cell, cell.key].label}) and ({cell.label}) are the same "
+                              f"experiment: they differ only in fields that change neither the trained weights nor "
+                              f"the results (device, logging, checkpoint cadence, batch size of sampling)")
+        seen[cell.cell, cell.key] = cell
     return cells
 
 
-def check_data(cells: list[Cell]) -> None:
+def check_data(cells: list[GridPoint]) -> None:
     """Fail before launching if a subset does not fit its dataset: for each distinct data source,
     the cell asking for the most items is split for real (each dataset is loaded once)."""
     from memorize.data import load_dataset, make_split
 
-    groups: dict[str, list[Cell]] = {}
+    groups: dict[str, list[GridPoint]] = {}
     for cell in cells:
         source = {k: v for k, v in to_dict(cell.config.data).items() if k not in ("n_train", "subset_offset")}
         groups.setdefault(json.dumps(source, sort_keys=True), []).append(cell)

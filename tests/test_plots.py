@@ -1,0 +1,77 @@
+"""Pooling and phase-transition figures: only seeds are pooled, every other axis is an experiment."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memorize import plots
+from memorize.metrics import wilson_interval
+
+
+def _results(rows):
+    base = {"dataset": "digits", "model": "U-Net, 8 ch, 39k", "params": 39_473, "seed": 0, "step": 800,
+            "n_samples": 100, "mem_cos": 0.0, "sampler": "heun", "sample_steps": 18, "embedder": "pixel",
+            "ratio": 1 / 3, "threshold": 0.95}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_a_sampler_axis_gives_two_curves_not_one_pooled_point():
+    results = _results([{"n_train": n, "sample.sampler": s, "sampler": s, "mem_nn": r}
+                        for n in (8, 64) for s, r in (("heun", 1.0), ("euler_maruyama", 0.0))])
+    assert plots.experiment_axes(results) == ["sample.sampler"]  # "sampler" follows from the axis: not twice
+    pooled = plots.pooled_ratios(results, "nn")
+    assert len(pooled) == 4 and (pooled.seeds == 1).all()
+    heun = pooled[pooled["sample.sampler"] == "heun"]
+    assert heun.ratio.tolist() == [1.0, 1.0]
+    assert pooled[pooled["sample.sampler"] == "euler_maruyama"].ratio.tolist() == [0.0, 0.0]
+    crit = plots.critical_n(pooled)
+    assert len(crit) == 2 and crit["sample.sampler"].tolist() == ["euler_maruyama", "heun"]
+    fig = plots.memorization_vs_n_figure(results)
+    assert len(fig.axes) == 4  # a row per sampler, a column per criterion
+    assert "sample.sampler=euler_maruyama" in fig.axes[0].get_title()
+
+
+def test_a_setting_that_differs_without_a_grid_axis_is_not_pooled_either():
+    results = _results([{"n_train": 8, "seed": s, "mem_nn": r, "step": step}
+                        for s, r, step in ((0, 1.0, 800), (1, 0.0, 2000))])
+    assert plots.experiment_axes(results) == ["step"]
+    assert len(plots.pooled_ratios(results, "nn")) == 2
+
+
+def test_seeds_are_pooled_with_their_spread_beside_the_wilson_interval():
+    results = _results([{"n_train": 8, "seed": s, "mem_nn": r} for s, r in ((0, 0.9), (1, 0.7), (2, 0.8))])
+    (row,) = plots.pooled_ratios(results, "nn").to_dict("records")
+    lo, hi = wilson_interval(240, 300)
+    assert row["seeds"] == 3 and row["ratio"] == pytest.approx(0.8) and row["n_samples"] == 300
+    assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
+    assert row["seed_sd"] == pytest.approx(0.1) and (row["seed_min"], row["seed_max"]) == (0.7, 0.9)
+    fig = plots.memorization_vs_n_figure(results)
+    assert len(fig.axes[0].lines) >= 2  # the pooled curve and the single seeds' dots
+
+
+def test_unique_labels_give_one_model_and_a_finite_critical_n():
+    """params (architecture) is constant although the label embedding (params_total) grows with N."""
+    rows = [{"n_train": n, "params_total": 39_473 + 32 * n, "mem_nn": r}
+            for n, r in ((8, 0.9), (64, 0.6), (512, 0.1))]
+    pooled = plots.pooled_ratios(_results(rows), "nn")
+    crit = plots.critical_n(pooled)
+    assert len(crit) == 1
+    expected = np.exp(np.log(64) + (0.6 - 0.5) / (0.6 - 0.1) * (np.log(512) - np.log(64)))
+    assert crit.critical_n.iloc[0] == pytest.approx(expected)
+    assert crit.critical_n_lo.iloc[0] <= expected <= crit.critical_n_hi.iloc[0]
+
+
+def test_power_law_fit_recovers_the_exponent_and_brackets_it():
+    params = np.array([1e4, 1e5, 1e6, 1e7])
+    crit = 3.0 * params ** 0.4
+    fit = plots.power_law_fit(params, crit, crit / 1.2, crit * 1.2)
+    assert fit["slope"] == pytest.approx(0.4) and fit["slope_lo"] < 0.4 < fit["slope_hi"]
+    assert fit["slope_hi"] - fit["slope_lo"] < 0.2
+
+
+def test_phase_diagram_marks_cells_whose_interval_contains_one_half():
+    rows = [{"n_train": n, "mem_nn": r} for n, r in ((8, 1.0), (24, 0.5), (1700, 0.0))]
+    fig = plots.phase_diagram_figure(_results(rows))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["1.00", "0.50*", "0.00"]
+    assert fig.axes[0].get_xscale() == "log"
