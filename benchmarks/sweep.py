@@ -2,7 +2,8 @@
 
 By default it runs a slice of the digits sweep (one training-set size, all three model sizes) in a
 temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
-per-stage timings every cell records in its summary.json. `--sweep-dir DIR` reads a finished sweep
+per-stage timings every grid point records in its ``evals/<key>.json`` (training: the cell's
+training seconds up to that budget). `--sweep-dir DIR` reads a finished sweep
 instead (e.g. the README's main job, runs/digits). ``--device cuda`` runs the slice with
 ``train.device: cuda`` (sampling, scoring and comparing follow it: ``auto`` picks the GPU).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,16 +21,16 @@ import pandas as pd
 
 from benchmarks.common import add_device_argument, report, result_name
 from memorize.sweep import load_spec, run_sweep
-from memorize.sweep.cell import read_summary
 
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
 
 
 def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
     rows = []
-    for path in sorted((sweep_dir / "cells").glob("*/summary.json")):
-        s = read_summary(path.parent)
-        rows.append({"model": s["model"], "n_train": s["n_train"], **s["seconds"], "total": s["total_seconds"]})
+    for path in sorted((sweep_dir / "cells").glob("*/evals/*.json")):
+        s = json.loads(path.read_text())
+        stages = {"train": s["train_seconds"], **s["seconds"]}
+        rows.append({"model": s["model"], "n_train": s["n_train"], **stages, "total": sum(stages.values())})
     table = pd.DataFrame(rows)
     stages = [c for c in ("train", "sample", "score", "compare") if c in table]
     per_model = table.groupby("model")[stages + ["total"]].mean().reset_index()

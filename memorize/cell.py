@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from memorize.config import CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
+from memorize.config import CellConfig, ConfigError, cell_id, from_dict, training_identity
 from memorize.data import Dataset, Split, load_dataset, load_split, make_split, save_split
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
-from memorize.io import atomic_write_json
+from memorize.io import atomic_write_json, check_directory
 from memorize.models import build_network
 
 # Version of the cell directory layout. 1 (memorize 0.1): the id hashed the whole config and
@@ -107,15 +107,16 @@ class CellData:
     heldout_labels: torch.Tensor | None  # conditioning labels of the held-out items
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "--device") -> torch.device:
+    """``auto`` (the GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; errors name ``field``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
+        raise ConfigError(f"{field}: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but no CUDA GPU is available")
+        raise ConfigError(f"{field}: {name!r} requested but no CUDA GPU is available (use auto or cpu)")
     return device
 
 
@@ -124,7 +125,7 @@ def read_config(root: Path) -> CellConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a cell directory: {path} is missing (run `memorize train` first)")
     with open(path) as fh:
-        return from_dict(CellConfig, yaml.safe_load(fh) or {})
+        return from_dict(CellConfig, yaml.safe_load(fh) or {})  # written by us: valid YAML
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -156,12 +157,10 @@ def init_cell(cfg: CellConfig, root: Path) -> CellData:
 
     A directory that holds a cell of another training identity is refused, so two
     experiments never mix; the same identity re-opens it (resume, a longer budget, other
-    logging or device), and ``config.yaml`` is updated to ``cfg``. A cell whose data changed
-    on disk since it was made is refused (see :func:`load_cell_data`).
+    logging or device); the caller writes ``config.yaml`` once its inputs are checked. A cell
+    whose data changed on disk since it was made is refused (see :func:`load_cell_data`).
     """
-    paths = CellPaths(Path(root))
-    if paths.root.exists() and not paths.root.is_dir():
-        raise ConfigError(f"{paths.root} is a file, not a directory: choose another --out")
+    paths = CellPaths(check_directory(root, "--out"))
     record = read_identity(paths.root)
     identity = training_identity(cfg)
     if record is not None:
@@ -173,7 +172,6 @@ def init_cell(cfg: CellConfig, root: Path) -> CellData:
     if record is None:
         atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": cell_id(cfg), "identity": identity,
                                            "data": data_fingerprint(data)})
-    save_config(cfg, paths.config)
     return data
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
 import yaml
 
 from memorize.config import SAMPLERS, ConfigError, SampleConfig, load_config
+from memorize.io import Terminated
 
 EXPECTED_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError)
 
@@ -104,7 +107,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch).items()}
     spec = load_spec(args.spec, overrides)
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
-                       progress=not args.quiet)
+                       progress=not args.quiet, threads=args.threads)
     if args.dry_run:
         return
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
@@ -176,29 +179,85 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memorize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
-    p = sub.add_parser("train", help="train one cell (resumes from its last checkpoint)")
-    p.add_argument("config", nargs="?", help="cell config YAML (default: the embedded digits cell)")
-    p.add_argument("--out", required=True, help="cell directory to write")
+
+def _cosine_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a cosine threshold in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine threshold in [0, 1), got {text}")
+    return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help with the description as written and each argument's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (what is wrong and where to read more), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _sub(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    import textwrap
+
+    text = f"{summary[0].upper()}{summary[1:]}.\n\n" + textwrap.fill(description, 100)
+    return sub.add_parser(name, help=summary, description=text, formatter_class=_Formatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="memorize", formatter_class=_Formatter, description=(
+        "Memorization-vs-generalization experiments on diffusion models: train denoisers on nested training\n"
+        "subsets, sample, score every sample for memorization, compare with the closed-form empirical\n"
+        "denoiser, and run sweeps of such cells with their phase-transition figures.\n\n"
+        "`memorize COMMAND --help` describes each command and its arguments."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(sub, "train", "train one cell (resumes from its last checkpoint)",
+             "Trains the denoiser of one cell in --out. Re-running resumes from the last checkpoint; a larger "
+             "train.steps continues the same run (the learning rate does not depend on it); a directory holding "
+             "a cell of another training identity is refused.")
+    p.add_argument("config", nargs="?", help="cell config YAML (default: the embedded digits cell, N = 32)")
+    p.add_argument("--out", required=True, help="cell directory to write (created if missing)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data.n_train=64 (repeatable)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="draw seeded samples from a cell's denoiser")
+    p = _sub(sub, "sample", "draw seeded samples from a cell's denoiser",
+             "Writes DIR/samples/NAME.npz and NAME.png. Sample i has its own seed (derived from the cell's seed, "
+             "--seed and i), so it does not depend on the batch size. Flags left out take the cell's sample: "
+             "settings.")
     p.add_argument("dir", help="a trained cell directory")
-    p.add_argument("--num", type=int, help="number of samples (default: the cell's sample.num)")
-    p.add_argument("--sampler", choices=SAMPLERS)
-    p.add_argument("--steps", type=int, help="number of noise levels (denoiser evaluations: 2*steps-1 for heun)")
-    p.add_argument("--seed", type=int, help="run seed; sample i uses its own seed derived from it")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--num", type=_positive_int, help="number of samples (default: the cell's sample.num)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="sampler (default: the cell's sample.sampler)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="number of noise levels (denoiser evaluations: 2*steps-1 for heun)")
+    p.add_argument("--seed", type=int, help="sample seed, combined with the cell's seed (default: sample.seed)")
+    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="samples per batch")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
-    p.add_argument("--churn", type=float, help="EDM Heun stochastic churn")
-    p.add_argument("--schedule", choices=("karras", "vp_linear", "vp_cosine"))
+    p.add_argument("--churn", type=float, help="EDM Heun stochastic churn (>= 0)")
+    p.add_argument("--schedule", choices=("karras", "vp_linear", "vp_cosine"), help="noise-level grid")
     p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
                    help="trained network; the closed-form empirical or Gaussian denoiser of the training subset; "
                         "or the true mixture's denoiser (gmm dataset)")
@@ -206,87 +265,134 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--force", action="store_true", help="replace samples of the same name with other settings")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("score", help="score a cell's samples for memorization with both criteria")
+    p = _sub(sub, "score", "score a cell's samples for memorization with both criteria",
+             "Nearest-neighbour criterion: memorized iff d1/d2 < --ratio (exact search, float64 re-ranking). "
+             "Copy-detection criterion: memorized iff the maximal cosine similarity of --embedder descriptors "
+             "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
     p.add_argument("dir", help="a cell directory with samples")
-    p.add_argument("--samples", default="trained", help="sample set name under DIR/samples (default: trained)")
+    p.add_argument("--samples", default="trained", help="sample set name under DIR/samples")
     p.add_argument("--embedder", default="pixel",
                    help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
                         "torchvision:MODEL:WEIGHTS (local files only)")
-    p.add_argument("--ratio", default="1/3", type=_fraction, help="nearest-neighbour ratio threshold (default 1/3)")
-    p.add_argument("--threshold", default=0.6, type=float, help="cosine threshold (default 0.6; 0.5 in Somepalli "
-                                                                "et al. 2023)")
-    p.add_argument("--device", default="auto", help="device for the embedder: auto, cpu or cuda[:N]")
+    p.add_argument("--ratio", default="1/3", type=_fraction, help="nearest-neighbour ratio threshold in (0, 1]")
+    p.add_argument("--threshold", default=0.6, type=_cosine_threshold,
+                   help="cosine threshold in [0, 1) (0.5 in Somepalli et al. 2023, 0.6 in Zhang et al. 2024; "
+                        "calibrated for SSCD, not for raw pixels)")
+    p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("compare", help="hold the trained denoiser against the empirical and Gaussian ones")
+    p = _sub(sub, "compare", "hold the trained denoiser against the empirical and Gaussian ones",
+             "Writes DIR/compare/gap.csv, gap.png and compare.json: the mean squared difference to the closed-form "
+             "denoisers over 12 noise levels, each denoiser's error, the train/held-out loss gap, and the "
+             "same-noise agreement with empirical-denoiser samples.")
     p.add_argument("dir", help="a trained cell directory")
     p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
                                                         "(drawn with the cell's settings if missing)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
-    p.add_argument("--threshold", default=0.6, type=float, help="cosine threshold of the reproducibility score")
-    p.add_argument("--n-eval", dest="n_eval", default=256, type=int,
-                   help="training and held-out images for the gap curves (default 256)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threshold", default=0.6, type=_cosine_threshold,
+                   help="cosine threshold of the reproducibility score, in [0, 1)")
+    p.add_argument("--n-eval", dest="n_eval", default=256, type=_positive_int,
+                   help="training and held-out images for the gap curves")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("consistency", help="reproducibility of two cells trained on disjoint subsets")
-    p.add_argument("dir_a")
-    p.add_argument("dir_b")
-    p.add_argument("--samples", default="trained")
-    p.add_argument("--embedder", default="pixel")
-    p.add_argument("--threshold", default=0.6, type=float)
+    p = _sub(sub, "consistency", "reproducibility of two cells trained on disjoint subsets",
+             "Kadkhodaie et al. 2024: two cells of one size trained on disjoint subsets (data.subset_offset 0 and "
+             "N) draw same-seed samples; the share of pairs whose cosine similarity exceeds --threshold is low "
+             "when each memorizes its own images and high when both generalize.")
+    p.add_argument("dir_a", help="the first cell directory")
+    p.add_argument("dir_b", help="the second cell directory (disjoint subset of the same size)")
+    p.add_argument("--samples", default="trained", help="sample set name in both cells (drawn with one seed)")
+    p.add_argument("--embedder", default="pixel", help="descriptor for the cosine similarity")
+    p.add_argument("--threshold", default=0.6, type=_cosine_threshold, help="cosine threshold in [0, 1)")
     p.set_defaults(func=cmd_consistency)
 
-    sweep = sub.add_parser("sweep", help="run, follow and collect sweeps").add_subparsers(dest="sweep_command",
-                                                                                          required=True)
-    p = sweep.add_parser("run", help="launch the unfinished cells of a sweep spec")
+    sweep = _sub(sub, "sweep", "run, follow and collect sweeps",
+                 "A sweep spec (sweeps/*.yaml) is a base cell config and grid axes; see README.md.")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True, metavar="SWEEP_COMMAND")
+    p = _sub(sweep_sub, "run", "launch the unfinished grid points of a sweep spec",
+             "Cells that are done are skipped, unfinished ones resume from their last checkpoint. Per-cell logs "
+             "go to DIR/logs/<job id>/ (submitit) and failures to DIR/cells/<id>/error.txt.")
     p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
     p.add_argument("--out", required=True, help="sweep directory (on a shared filesystem for SLURM)")
     p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
                    help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
                         "debug: in this process")
-    p.add_argument("--parallel", type=int, default=1, help="local executor: cells at a time (default 1)")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and what would be submitted")
+    p.add_argument("--parallel", type=_positive_int, default=1, help="local executor: cells at a time")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
+                        "cells, at least 1; on SLURM the cell's cpus_per_cell)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid points and what would be submitted")
     p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
-    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most (default 1 day)")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures after a finished run")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     for flag, kind in SLURM_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"SLURM: {flag} (overrides the spec)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch parameter")
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
+                       help=f"SLURM: slurm.{flag} (overrides the spec)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch parameter, e.g. --sbatch mail-type=END (repeatable)")
     p.set_defaults(func=cmd_sweep_run)
 
-    p = sweep.add_parser("status", help="per-cell state: done, running, failed (with log), pending")
-    p.add_argument("dir")
+    p = _sub(sweep_sub, "status", "per grid point: done, running, failed (with its log), pending",
+             "Reads the cells' files and, where the sweep ran on SLURM, the queue (one squeue/sacct call per job).")
+    p.add_argument("dir", help="a sweep directory (memorize sweep run ... --out DIR)")
     p.set_defaults(func=cmd_sweep_status)
 
-    p = sweep.add_parser("collect", help="write DIR/results.csv from the finished cells")
-    p.add_argument("dir")
+    p = _sub(sweep_sub, "collect", "write DIR/results.csv from the finished grid points",
+             "One row per grid point of the spec last launched into DIR, under its current sampling and scoring "
+             "settings; points not finished under them are counted as pending.")
+    p.add_argument("dir", help="a sweep directory")
     p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
-    p.add_argument("--wait-timeout", type=float, default=24 * 3600)
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
     p.set_defaults(func=cmd_sweep_collect)
 
-    p = sub.add_parser("plot", help="regenerate a sweep's figures into DIR/figures")
-    p.add_argument("dir")
+    p = _sub(sub, "plot", "regenerate a sweep's figures into DIR/figures",
+             "Collects first, then draws memorization vs N, the phase diagram, the critical N, denoiser-gap "
+             "curves and nearest-neighbour grids (PNG and PDF).")
+    p.add_argument("dir", help="a sweep directory")
     p.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids (default: the largest model "
                                               "at the smallest and largest N)")
     p.set_defaults(func=cmd_plot)
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected errors print one line and exit 2; Ctrl-C exits 130 and SIGTERM 143, each
+    with one line saying how to resume (results are written atomically, so nothing is half-written)."""
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
+    if getattr(args, "threads", None) and args.command != "sweep":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         args.func(args)
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        hint = getattr(err, "resume_hint", None) or "re-running the same command continues from what is on disk"
+        print(f"memorize {command}: interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}); {hint}", file=sys.stderr)
+        return 143 if terminated else 130
     except EXPECTED_ERRORS as err:
-        command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
         print(f"memorize {command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

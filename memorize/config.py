@@ -372,13 +372,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     """Read a cell config from YAML (``None``: the embedded default) plus dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        with open(path) as fh:
-            loaded = yaml.safe_load(fh)
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level, "
+                              f"got {type(loaded).__name__}")
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
@@ -386,6 +383,25 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         return from_dict(CellConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document in ``path``; a missing, unreadable, binary or malformed file is a one-line
+    :class:`ConfigError` naming the file (and the line for a syntax error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -10,12 +10,30 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs (memorize.cli)."""
+
+
+def check_directory(path: str | Path, flag: str) -> Path:
+    """``path`` as a directory to create or reuse: an error naming ``flag`` if it, or a parent, is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                from memorize.config import ConfigError
+
+                raise ConfigError(f"{flag} {path}: {p} is a file, not a directory")
+            break
+    return path
 
 
 _UMASK = os.umask(0)
@@ -63,3 +81,17 @@ def atomic_savez(path: str | Path, **arrays: np.ndarray) -> Path:
 def atomic_save_figure(path: str | Path, figure: Any, **kwargs: Any) -> Path:
     fmt = Path(path).suffix.lstrip(".")
     return atomic_write(path, lambda p: figure.savefig(p, format=fmt, **kwargs))
+
+
+_LAST_NOTE: dict[Path, float] = {}
+
+
+def progress_note(root: str | Path, stage: str, done: int = 0, total: int = 0, every: float = 1.0) -> None:
+    """Write ``root/progress.json`` (stage, done, total), at most once every ``every`` seconds per directory
+    except at a stage's start and end: what ``memorize sweep run`` shows for a running cell."""
+    key = Path(root)
+    now = time.monotonic()
+    if 0 < done < total and now - _LAST_NOTE.get(key, -every) < every:
+        return
+    _LAST_NOTE[key] = now
+    atomic_write_json(key / "progress.json", {"stage": stage, "done": done, "total": total})

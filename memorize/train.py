@@ -27,9 +27,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device
-from memorize.config import CellConfig, ConfigError, to_dict
+from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
-from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
 from memorize.models import count_architecture_parameters, count_parameters
 
 # running_loss: mean minibatch loss of the raw weights since the previous row (random noise levels).
@@ -130,10 +130,9 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     """
     paths = CellPaths(Path(out))
     data = init_cell(cfg, paths.root)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     shape = tuple(data.train.shape[1:])
     budget = cfg.train.steps
-    kept = _keep_budget(paths, budget)
     resume = _resume_point(paths, budget)
 
     torch.manual_seed(cfg.seed)
@@ -154,6 +153,9 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, rows, elapsed, losses = state["step"], state["log"], state["seconds"], state["pending_losses"]
+    # Written only now that the inputs are known good: a refused run changes nothing on disk.
+    save_config(cfg, paths.config)
+    kept = _keep_budget(paths, budget)
 
     def save_checkpoint() -> Path:
         if not (_all_finite(denoiser) and _all_finite(ema)):  # never write a checkpoint that cannot be resumed
@@ -180,55 +182,65 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     start_time = time.perf_counter() - elapsed
     bar = tqdm(total=budget, initial=step, disable=not progress, desc="training", unit="step")
     denoiser.train()
-    while step < budget:
-        lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
-        sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
-                                      p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
-        noise = torch.randn((cfg.train.batch_size, *shape), generator=gen)
-        labels = None if data.train_labels is None else data.train_labels[idx].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
-        last_good = f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good}. "
-                                     f"Try a lower train.lr or a train.grad_clip.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
-        grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip or math.inf)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} with a "
-                                     f"finite loss; {last_good}. Try a lower train.lr or a train.grad_clip.")
-        optimizer.step()
-        ema.update_parameters(denoiser)
-        step += 1
-        losses.append(loss.item())
-        bar.update(1)
+    try:
+        while step < budget:
+            lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
+            sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
+                                          p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
+            noise = torch.randn((cfg.train.batch_size, *shape), generator=gen)
+            labels = None if data.train_labels is None else data.train_labels[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
+            last_good = f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good}. "
+                                         f"Try a lower train.lr or a train.grad_clip.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
+            grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip or math.inf)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} with a "
+                                         f"finite loss; {last_good}. Try a lower train.lr or a train.grad_clip.")
+            optimizer.step()
+            ema.update_parameters(denoiser)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
 
-        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget:
-            row = {"step": step, "lr": lr, "running_loss": sum(losses) / len(losses) if losses else math.nan,
-                   "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
-            losses = []
-            if step % cfg.train.eval_every == 0 or step == budget:
-                ema.module.eval()
-                # The same number of training items as held-out ones, so the two losses compare.
-                n_eval = max(len(data.heldout), 1)
-                train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
-                row["heldout_loss"] = fixed_noise_loss(ema.module, data.heldout, data.heldout_labels, cfg, device)
-                row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
-            rows.append(row)
-            bar.set_postfix(loss=f"{row['running_loss']:.4f}")
-        if step % cfg.train.checkpoint_every == 0 or step == budget:
-            elapsed = time.perf_counter() - start_time
-            save_checkpoint()
-    bar.close()
+            if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget:
+                row = {"step": step, "lr": lr, "running_loss": sum(losses) / len(losses) if losses else math.nan,
+                       "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
+                losses = []
+                if step % cfg.train.eval_every == 0 or step == budget:
+                    ema.module.eval()
+                    # The same number of training items as held-out ones, so the two losses compare.
+                    n_eval = max(len(data.heldout), 1)
+                    train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
+                    row["heldout_loss"] = fixed_noise_loss(ema.module, data.heldout, data.heldout_labels, cfg, device)
+                    row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
+                rows.append(row)
+                bar.set_postfix(loss=f"{row['running_loss']:.4f}")
+            if step % cfg.train.checkpoint_every == 0 or step == budget:
+                elapsed = time.perf_counter() - start_time
+                save_checkpoint()
+            progress_note(paths.root, "training", step, budget)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes
+        resumes = paths.checkpoint_steps()
+        below = [s for s in resumes if s <= budget]
+        err.resume_hint = (f"training stopped at step {step} of {budget}; re-running the same command resumes "
+                           f"from step {below[-1] if below else 0} (its last checkpoint)")
+        raise
+    finally:
+        bar.close()
 
     at_budget = [r for r in rows if r["step"] <= budget]
     last_eval = next((r for r in reversed(at_budget) if r["heldout_loss"] != ""), {})
-    summary = {"steps": step, "params": params, "params_total": params_total, "device": str(device), "seconds": round(elapsed, 2),
+    summary = {"steps": step, "params": params, "params_total": params_total, "device": str(device),
+               "seconds": round(elapsed, 2),
                "running_loss": at_budget[-1]["running_loss"] if at_budget else math.nan,
                "train_loss": last_eval.get("train_loss", math.nan),
                "heldout_loss": last_eval.get("heldout_loss", math.nan),

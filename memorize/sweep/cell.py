@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import submitit
+import torch
 
 from memorize.cell import CellPaths
 from memorize.config import CellConfig, from_dict, sample_settings, settings_key, to_dict
-from memorize.io import atomic_write_json, atomic_write_text
+from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.sweep.spec import eval_settings
 
 ERROR = "error.txt"
@@ -120,6 +121,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args, **kwargs):
+        progress_note(root, f"{stage} (step {step})")
         t = time.perf_counter()
         result = fn(*args, **kwargs)
         timings[stage] = round(time.perf_counter() - t, 2)
@@ -159,7 +161,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         "agreement_empirical": compared.get("agreement", float("nan")),
         "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
         "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),
-        "search_backend": nn["backend"], "seconds": timings,
+        "search_backend": nn["backend"], "seconds": timings, "threads": torch.get_num_threads(),
         "files": {"samples": f"samples/{samples}.npz", "scores": f"scores/{measure}.csv", "compare": compare_dir},
         "over_steps": over_steps, "settings": settings, "config": to_dict(cfg),
     }
@@ -191,16 +193,15 @@ class CellJob(submitit.helpers.Checkpointable):
     """Submitit callable for one cell (all its grid points); holds only plain data so it pickles small and
     resumes from disk."""
 
-    def __init__(self, root: str, configs: list[dict], score: dict):
-        self.root, self.configs, self.score = str(root), configs, score
+    def __init__(self, root: str, configs: list[dict], score: dict, threads: int | None = None):
+        self.root, self.configs, self.score, self.threads = str(root), configs, score, threads
 
     def __call__(self) -> list[dict]:
-        import torch
-
         from memorize.sweep.spec import ScoreConfig
 
         previous_threads = torch.get_num_threads()
-        threads = os.environ.get("SLURM_CPUS_PER_TASK")  # use the CPUs SLURM gave the task, no more
+        # The threads this cell was allotted: given at launch, else the CPUs SLURM gave the task.
+        threads = self.threads or os.environ.get("SLURM_CPUS_PER_TASK")
         if threads:
             torch.set_num_threads(int(threads))
         root = Path(self.root)
@@ -216,4 +217,4 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.
-        return submitit.helpers.DelayedSubmission(CellJob(self.root, self.configs, self.score))
+        return submitit.helpers.DelayedSubmission(CellJob(self.root, self.configs, self.score, self.threads))

@@ -22,8 +22,10 @@ import dataclasses
 import json
 import os
 import shlex
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from tqdm.auto import tqdm
 
 from memorize.cell import LAYOUT, OLD_LAYOUT
 from memorize.config import ConfigError, to_dict
-from memorize.io import atomic_write_json, atomic_write_text
+from memorize.io import atomic_write_json, atomic_write_text, check_directory
 from memorize.sweep.cell import ERROR, CellJob, is_done, is_locked, read_eval
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 
@@ -45,7 +47,8 @@ TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FA
 RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "running_loss",
                   "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
                   "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
-                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "search_backend", "cell", "eval"]
+                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "search_backend", "threads", "cell",
+                  "eval"]
 CURVE_COLUMNS = ["step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "train_loss",
                  "heldout_loss"]
 
@@ -67,8 +70,7 @@ def check_layout(out: Path) -> None:
 
 def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
     """Validate every grid point (before anything is launched), then write the spec and the grid index."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
+    check_directory(out, "--out")
     check_layout(out)
     points = expand(spec)
     check_data(points)
@@ -135,12 +137,98 @@ def describe_submission(kind: str, spec: SweepSpec, n: int) -> str:
             f"constraint={s.constraint}, extra={s.extra}")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_cell(executor: str, parallel: int, threads: int | None = None) -> int | None:
+    """Torch threads of each cell: ``threads`` if given; on SLURM none here (the job uses the CPUs SLURM
+    gave it); else this machine's cores divided among the ``parallel`` cells, at least 1 each."""
+    if threads:
+        return threads
+    if executor == "slurm":
+        return None
+    return max(1, available_cores() // max(1, parallel))
+
+
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Point this process's stderr (fd 2) at ``path`` while a local job starts: submitit's local controller
+    inherits it and would print its own KeyboardInterrupt traceback to the terminal on Ctrl-C."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (from /proc; empty where there is none)."""
+    found = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in map(int, children):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def stop_local_jobs(jobs: list, grace: float = 10.0) -> None:
+    """Stop local submitit jobs and every process under them: SIGINT first (the controller stops its task),
+    then, after ``grace`` seconds, SIGKILL to whatever is left."""
+    import signal
+
+    processes = [job._process for job in jobs if getattr(job, "_process", None) is not None]
+    tree = {pid for p in processes for pid in _descendants(p.pid)}
+    for job in jobs:
+        job.cancel(check=False)
+    deadline = time.time() + grace
+    for p in processes:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.time()))
+        except Exception:  # still running after the grace period
+            pass
+    for pid in tree | {p.pid for p in processes if p.poll() is None}:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in processes:
+        try:
+            p.wait(timeout=5)
+        except Exception:
+            pass
+
+
+def _running_line(out: Path, cid: str, label: str) -> str:
+    note = cell_dir(out, cid) / "progress.json"
+    try:
+        state = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return f"{cid} ({label}): starting"
+    done = f" {state['done']:,}/{state['total']:,}" if state.get("total") else ""
+    return f"{cid} ({label}): {state['stage']}{done}"
+
+
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
-              wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True) -> dict:
+              wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
+              threads: int | None = None) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
 
     One job per cell: it trains the cell once, to each budget its grid points ask for, and
-    evaluates each point. Counts are of cells, ``points`` of grid points."""
+    evaluates each point, with ``threads_per_cell`` torch threads. Counts are of cells, ``points``
+    of grid points."""
     out = Path(out)
     if dry_run:
         check_layout(out)
@@ -165,8 +253,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return report
     score = dataclasses.asdict(spec.score)
 
+    cell_threads = threads_per_cell(executor, parallel, threads)
+
     def job(cid: str) -> CellJob:
-        return CellJob(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]], score)
+        return CellJob(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]], score, cell_threads)
 
     ex = _executor(executor, out, spec)
     if executor == "slurm":
@@ -184,15 +274,24 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         if wait:
             report.update(wait_for_slurm(out, ids, wait_timeout))
         return report
-    # local / debug: in the foreground, `parallel` cells at a time
+    # local / debug: in the foreground, `parallel` cells at a time, a progress line per running cell
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
-    bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="cell", disable=not progress)
+    slots = 1 if executor == "debug" else max(1, parallel)
+    bar = tqdm(total=len(todo), desc=f"sweep {spec.name} ({cell_threads} threads per cell)", unit="cell",
+               disable=not progress)
+    lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or executor ==
+                  "debug") for i in range(slots)]
     pending, running = list(todo), []
+    refreshed = 0.0
     try:
         while pending or running:
-            while pending and len(running) < max(1, parallel):
+            while pending and len(running) < slots:
                 cid = pending.pop(0)
-                running.append((cid, ex.submit(job(cid))))
+                if executor == "local":
+                    with _stderr_to(out / "logs" / "local-controller.err"):
+                        running.append((cid, ex.submit(job(cid))))
+                else:
+                    running.append((cid, ex.submit(job(cid))))
                 report["launched"] += 1
                 if executor == "debug":
                     break
@@ -206,12 +305,23 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
                         tqdm.write(f"cell {cid} ({labels[cid]}) failed: {str(err).strip().splitlines()[-1]}; "
                                    f"see {cell_dir(out, cid) / ERROR}")
                     bar.update(1)
+            if progress and time.time() - refreshed > 1.0:
+                refreshed = time.time()
+                for i, line in enumerate(lines):
+                    cid = running[i][0] if i < len(running) else None
+                    line.set_description_str(_running_line(out, cid, labels[cid]) if cid else "")
             time.sleep(0.2 if running and executor != "debug" else 0)
-    except KeyboardInterrupt:
-        for _, handle in running:
-            handle.cancel(check=False)
+    except KeyboardInterrupt as err:
+        if executor == "local":
+            stop_local_jobs([handle for _, handle in running])
+        done = len(todo) - len(pending) - len(running)
+        err.resume_hint = (f"{report['done_before'] + done} of {len(cells)} cells are done; the {len(running)} "
+                           f"running were stopped; re-running the same command resumes them from their last "
+                           f"checkpoints (logs: {out / 'logs'})")
         raise
     finally:
+        for line in lines:
+            line.close()
         bar.close()
     return report
 

@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, sample_settings, set_dotted, settings_key,
-                             to_dict)
+from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, read_yaml, sample_settings, set_dotted,
+                             settings_key, to_dict)
 
 
 @dataclass
@@ -51,8 +49,8 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
             raise ConfigError(f"score.ratio: must be in (0, 1], got {self.ratio}")
-        if not -1 <= self.threshold <= 1:
-            raise ConfigError(f"score.threshold: must be a cosine in [-1, 1], got {self.threshold}")
+        if not 0 <= self.threshold < 1:
+            raise ConfigError(f"score.threshold: must be a cosine threshold in [0, 1), got {self.threshold}")
         if self.checkpoint_samples < 1:
             raise ConfigError("score.checkpoint_samples: must be >= 1")
 
@@ -117,9 +115,10 @@ class GridPoint:
 
 def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "sweep spec")
+    if data is None:
+        raise ConfigError(f"{path}: the spec is empty; expected a mapping with keys name, base, grid, score, slurm "
+                          f"(see sweeps/digits.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys name, base, grid, score, slurm")
     data.setdefault("name", path.stem)

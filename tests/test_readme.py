@@ -1,0 +1,56 @@
+"""Every command README.md gives runs as written after its first command: memorize commands parse, scripts
+and modules exist and answer --help, and each runs inside the virtual environment the first command makes."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memorize.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    """Commands of README.md's bash blocks: continuation lines joined, ``&&`` chains split, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                commands += [part.strip() for part in line.split("&&")]
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_has_its_two_commands():
+    assert any(c.startswith(".venv/bin/memorize sweep run sweeps/digits.yaml") for c in COMMANDS)
+    assert ".venv/bin/python -m pytest -q" in COMMANDS
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = next(c for c in COMMANDS if c.startswith(".venv/bin/pip install torch"))
+    assert install.removeprefix(".venv/bin/pip install ") in ci.replace("-q ", "")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_readme_command_runs_as_written(command):
+    argv = shlex.split(command)
+    assert argv[0] in (".venv/bin/memorize", ".venv/bin/python", ".venv/bin/pip", "python3"), \
+        f"{command!r} does not run inside .venv as the first command makes it"
+    if argv[0] == "python3":
+        assert argv[1:] == ["-m", "venv", ".venv"]
+    elif argv[0] == ".venv/bin/memorize":
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit as exit_:
+            pytest.fail(f"{command!r} does not parse (exit {exit_.code})")
+    elif argv[0] == ".venv/bin/python" and argv[1:3] != ["-m", "pytest"]:
+        target = argv[1:3] if argv[1] == "-m" else argv[1:2]
+        done = subprocess.run([sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
