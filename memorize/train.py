@@ -129,8 +129,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
     paths = CellPaths(Path(out))
-    data = init_cell(cfg, paths.root)
     device = resolve_device(cfg.train.device, "train.device")
+    data = init_cell(cfg, paths.root)
     shape = tuple(data.train.shape[1:])
     budget = cfg.train.steps
     resume = _resume_point(paths, budget)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import memorize.train as train_module
 from memorize.cell import CellPaths, load_trained_denoiser
 from memorize.config import CellConfig, ConfigError, cell_id, from_dict, to_dict
 from memorize.diffusion import Denoiser
 from memorize.generate import read_samples, sample_cell
 from memorize.train import NonFiniteLossError, fixed_noise_loss, train
+from tests.test_sweep import count_training
 
 # Fields that change nothing about the trained weights: each leaves the cell id alone.
 NOT_IDENTITY = [("train.device", "cpu"), ("train.log_every", 7), ("train.eval_every", 11),
@@ -51,14 +51,7 @@ def test_fields_that_change_the_weights_change_the_cell_id(tiny_cfg, dotted, val
 def test_training_longer_extends_the_same_run(tiny_cfg, tmp_path, monkeypatch):
     """Training to 20 and then to 40 steps is one run of 40 (bit for bit), trains 40 steps in all,
     keeps the checkpoint at 20, and asking for 20 again trains nothing."""
-    steps = {"n": 0}
-    real_lr = train_module.learning_rate
-
-    def counting_lr(*args):
-        steps["n"] += 1
-        return real_lr(*args)
-
-    monkeypatch.setattr(train_module, "learning_rate", counting_lr)
+    steps = count_training(monkeypatch)
     short = _with(tiny_cfg, "train.steps", 20)
     longer = _with(tiny_cfg, "train.steps", 40)
     train(short, tmp_path / "extended", progress=False)

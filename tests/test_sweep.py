@@ -252,7 +252,7 @@ def test_a_cell_job_leaves_the_callers_thread_count_alone(tmp_path, monkeypatch)
         torch.set_num_threads(original)
 
 
-def _count_training(monkeypatch):
+def count_training(monkeypatch):
     """Count the optimizer steps taken in this process (learning_rate is called once per step)."""
     import memorize.train as train_module
 
@@ -268,7 +268,7 @@ def _count_training(monkeypatch):
 
 
 def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, monkeypatch):
-    steps = _count_training(monkeypatch)
+    steps = count_training(monkeypatch)
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "a.yaml")), out, "debug", progress=False)["failed"] == 0
     assert steps["n"] == 2 * 20
@@ -293,7 +293,7 @@ def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, mon
 
 
 def test_several_budgets_train_each_cell_once(tmp_path, monkeypatch):
-    steps = _count_training(monkeypatch)
+    steps = count_training(monkeypatch)
     out = tmp_path / "sweep"
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "train.steps": [10, 20]}))
     report = run_sweep(spec, out, "debug", progress=False)
