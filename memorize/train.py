@@ -178,6 +178,9 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
         return path
 
     params, params_total = count_architecture_parameters(denoiser), count_parameters(denoiser)
+    def last_good() -> str:
+        return f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
+
     use_amp = cfg.train.amp and device.type == "cuda"
     start_time = time.perf_counter() - elapsed
     bar = tqdm(total=budget, initial=step, disable=not progress, desc="training", unit="step")
@@ -194,9 +197,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
             labels = None if data.train_labels is None else data.train_labels[idx].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
-            last_good = f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good}. "
+                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good()}. "
                                          f"Try a lower train.lr or a train.grad_clip.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,7 +206,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip or math.inf)
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} with a "
-                                         f"finite loss; {last_good}. Try a lower train.lr or a train.grad_clip.")
+                                         f"finite loss; {last_good()}. Try a lower train.lr or a train.grad_clip.")
             optimizer.step()
             ema.update_parameters(denoiser)
             step += 1
