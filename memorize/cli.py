@@ -67,11 +67,13 @@ def cmd_score(args: argparse.Namespace) -> None:
     from memorize.metrics.score import score_cell
 
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, target_fpr=args.target_fpr)
     nn, cos = s["nn"], s["cos"]
     print(f"{s['n_samples']} samples vs {s['n_train']} training images: memorized "
           f"{nn['ratio']:.3f} [{nn['lo']:.3f}, {nn['hi']:.3f}] by d1/d2 < {args.ratio:.4g}, "
-          f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > {cos['threshold']}; "
+          f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
+          f"{cos['threshold']:.4g}{' (auto)' if args.threshold == 'auto' else ''}; false positives on "
+          f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}; "
           f"table, figure and summary in {Path(args.dir) / 'scores'}")
 
 
@@ -197,6 +199,11 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _cosine_threshold = _checked(float, lambda v: 0.0 <= v < 1.0, "a cosine threshold in [0, 1)")
 
 
+def _threshold_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else _checked(float, lambda v: 0.0 <= v < 1.0,
+                                                  "a cosine threshold in [0, 1) or auto")(text)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Help with the description as written and each argument's default, where it has one."""
 
@@ -277,9 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
                         "torchvision:MODEL:WEIGHTS (local files only)")
     p.add_argument("--ratio", default="1/3", type=_fraction, help="nearest-neighbour ratio threshold in (0, 1]")
-    p.add_argument("--threshold", default=0.6, type=_cosine_threshold,
+    p.add_argument("--threshold", default=0.6, type=_threshold_or_auto,
                    help="cosine threshold in [0, 1) (0.5 in Somepalli et al. 2023, 0.6 in Zhang et al. 2024; "
-                        "calibrated for SSCD, not for raw pixels)")
+                        "calibrated for SSCD, not for raw pixels), or auto: the held-out images' quantile that "
+                        "gives --target-fpr")
+    p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=_checked(float, lambda v: 0 < v < 1,
+                                                                                   "a rate in (0, 1)"),
+                   help="false-positive rate on held-out images that --threshold auto aims at")
     p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -343,3 +343,16 @@ def test_unique_labels_keep_one_model_and_checkpoints_are_scored_with_labels(tmp
         last = curves[(curves.cell == row["cell"]) & (curves.step == row["step"])]
         assert last.mem_nn.tolist() == [row["mem_nn"]] and last.mem_cos.tolist() == [row["mem_cos"]]
     assert main(["plot", str(out)]) == 0
+
+
+def test_a_sweep_with_a_calibrated_threshold_reports_false_positive_rates(tmp_path, capsys):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["data"]["n_heldout"] = 128
+    spec["grid"] = {"data.n_train": [16]}
+    spec["score"] = {"threshold": "auto", "target_fpr": 0.01, "compare": True}
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    (row,) = collect(out).to_dict("records")
+    assert row["threshold"] == "auto" and 0 < row["threshold_cos"] < 1 and row["fpr_cos"] <= 0.01
+    assert 0 <= row["fpr_nn"] <= 1 and row["agreement_empirical"] == row["agreement_empirical"]
+    assert main(["plot", str(out)]) == 0

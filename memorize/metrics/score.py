@@ -15,6 +15,7 @@ import pandas as pd
 from memorize.cell import CellPaths, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from memorize.metrics.calibration import calibrated_threshold, min_heldout
 from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio
 from memorize.metrics.embedders import load_embedder
 from memorize.plots import nearest_neighbour_figure
@@ -35,10 +36,15 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos) -> pd.
 
 
 def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", ratio: float = 1 / 3,
-               threshold: float = 0.6, device: str = "auto", progress: bool = True, name: str | None = None) -> dict:
+               threshold: float | str = 0.6, device: str = "auto", progress: bool = True, name: str | None = None,
+               target_fpr: float = 0.01) -> dict:
     """Score ``DIR/samples/<samples>.npz`` with both criteria; returns the summary written to JSON.
 
-    Outputs are named ``name`` (default: ``samples``) under ``DIR/scores/``."""
+    The cell's held-out images are scored the same way against the training subset: the share each
+    criterion flags among them is its false-positive rate (``fpr`` in each criterion's summary).
+    ``threshold="auto"`` sets the cosine threshold from them for ``target_fpr``
+    (:func:`memorize.metrics.calibration.calibrated_threshold`). Outputs are named ``name``
+    (default: ``samples``) under ``DIR/scores/``."""
     paths = CellPaths(Path(root))
     sample_file = paths.samples / f"{samples}.npz"
     if not sample_file.is_file():
@@ -47,9 +53,19 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     drawn = read_samples(sample_file)
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()
+    if threshold == "auto" and len(data.heldout) < min_heldout(target_fpr):  # before any work
+        calibrated_threshold(np.zeros(len(data.heldout)), target_fpr)
     nn = nn_ratio(drawn["samples"], train, ratio)
     embed = load_embedder(embedder, str(resolve_device(device)))
-    cos = copy_similarity(embed(drawn["samples"], progress), embed(train, progress), threshold)
+    train_features = embed(train, progress)
+    heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio) if len(data.heldout) else None
+    heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0) \
+        if len(data.heldout) else None
+    used = calibrated_threshold(heldout_cos.similarity, target_fpr) if threshold == "auto" else float(threshold)
+    cos = copy_similarity(embed(drawn["samples"], progress), train_features, used)
+
+    def fpr(flagged: np.ndarray | None) -> dict:
+        return memorization_ratio(flagged) if flagged is not None else {"ratio": float("nan")}
 
     out = paths.root / "scores"
     name = name or samples
@@ -60,10 +76,13 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
         "sample_settings": drawn["settings"],
         "nn": {"criterion": "d1 / d2 < ratio", "ratio_threshold": ratio, **memorization_ratio(nn.memorized),
                "n_nonfinite": int((~nn.finite).sum()), "n_train_duplicates": nn.n_train_duplicates,
-               "backend": nn.backend},
-        "cos": {"criterion": "max cosine > threshold", "threshold": threshold, "embedder": embedder,
+               "backend": nn.backend, "fpr": fpr(heldout_nn.memorized if heldout_nn else None)},
+        "cos": {"criterion": "max cosine > threshold", "threshold": used, "threshold_setting": threshold,
+                "target_fpr": target_fpr if threshold == "auto" else None, "embedder": embedder,
                 **memorization_ratio(cos.memorized), "n_unusable": int((~cos.finite).sum()),
-                "backend": cos.backend},
+                "backend": cos.backend,
+                "fpr": fpr(heldout_cos.similarity > used if heldout_cos else None)},
+        "n_heldout": len(data.heldout),
     }
     if data.dataset.is_image:
         fig = nearest_neighbour_figure(drawn["samples"], train, nn.nearest, nn.ratio,

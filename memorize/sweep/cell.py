@@ -128,15 +128,15 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         return result
 
     samples = f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
-    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold], 8)}"
+    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold, score.target_fpr], 8)}"
     timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
           progress=progress, step=step)
     scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
-                   device=cfg.train.device, progress=progress, name=measure)
+                   device=cfg.train.device, progress=progress, name=measure, target_fpr=score.target_fpr)
     compared, compare_dir = {}, None
     if score.compare and cfg.data.labels == "none":  # the closed-form references are unconditional
         compare_dir = f"compare/{measure}"
-        compared = timed("compare", compare_cell, root, samples, score.embedder, score.threshold,
+        compared = timed("compare", compare_cell, root, samples, score.embedder, scores["cos"]["threshold"],
                          device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
     over_steps = []
     if score.checkpoints:  # the training-time view, through this same function
@@ -158,6 +158,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
         "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps,
         "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
+        "threshold_cos": cos["threshold"], "fpr_nn": nn["fpr"]["ratio"], "fpr_cos": cos["fpr"]["ratio"],
         "agreement_empirical": compared.get("agreement", float("nan")),
         "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
         "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),

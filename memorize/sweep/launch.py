@@ -47,8 +47,8 @@ TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FA
 RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "running_loss",
                   "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
                   "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
-                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "search_backend", "threads", "cell",
-                  "eval"]
+                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
+                  "search_backend", "threads", "cell", "eval"]
 CURVE_COLUMNS = ["step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "train_loss",
                  "heldout_loss"]
 

@@ -29,7 +29,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, read_yaml, sample_settings, set_dotted,
                              settings_key, to_dict)
@@ -41,7 +41,8 @@ class ScoreConfig:
 
     embedder: str = "pixel"
     ratio: float = 1 / 3
-    threshold: float = 0.6
+    threshold: float | Literal["auto"] = 0.6  # auto: calibrated on held-out images for target_fpr
+    target_fpr: float = 0.01
     compare: bool = True
     checkpoints: bool = False  # also score every kept checkpoint (needs train.keep_all_checkpoints)
     checkpoint_samples: int = 64
@@ -49,8 +50,10 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
             raise ConfigError(f"score.ratio: must be in (0, 1], got {self.ratio}")
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"score.threshold: must be a cosine threshold in [0, 1), got {self.threshold}")
+        if self.threshold != "auto" and not 0 <= self.threshold < 1:
+            raise ConfigError(f"score.threshold: must be a cosine threshold in [0, 1) or auto, got {self.threshold}")
+        if not 0 < self.target_fpr < 1:
+            raise ConfigError(f"score.target_fpr: must be in (0, 1), got {self.target_fpr}")
         if self.checkpoint_samples < 1:
             raise ConfigError("score.checkpoint_samples: must be >= 1")
 

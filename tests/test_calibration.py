@@ -1,0 +1,56 @@
+"""Criteria calibrated on held-out real images: false-positive rates, and the automatic cosine threshold."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from memorize.generate import sample_cell
+from memorize.metrics import calibrated_threshold
+from memorize.metrics.score import score_cell
+from memorize.train import train
+
+
+def test_calibrated_threshold_flags_at_most_the_target_share():
+    sims = np.arange(100) / 100.0  # 0.00 ... 0.99
+    assert calibrated_threshold(sims, 0.01) == pytest.approx(0.98)  # only 0.99 lies above
+    t = calibrated_threshold(np.random.default_rng(0).permutation(sims), 0.05)
+    assert t == pytest.approx(0.94) and (sims > t).sum() == 5
+    with_nan = np.append(sims, np.nan)
+    assert calibrated_threshold(with_nan, 0.01) == pytest.approx(0.98)
+    with pytest.raises(ValueError, match=r"needs at least 100 held-out images; this cell has 50"):
+        calibrated_threshold(sims[:50], 0.01)
+
+
+@pytest.fixture(scope="module")
+def heldout_cell(tmp_path_factory):
+    from memorize.config import CellConfig, from_dict
+    from tests.conftest import TINY_CELL
+
+    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_heldout=200),
+                              train=dataclasses.replace(cfg.train, steps=10))
+    root = tmp_path_factory.mktemp("calibration") / "cell"
+    train(cfg, root, progress=False)
+    sample_cell(root, cfg.sample, progress=False)
+    return root
+
+
+def test_a_fixed_pixel_threshold_flags_real_images_and_auto_does_not(heldout_cell):
+    fixed = score_cell(heldout_cell, threshold=0.6, progress=False, name="fixed")
+    # raw-pixel cosines of digits are high for any pair: most real held-out digits pass 0.6
+    assert fixed["n_heldout"] == 200 and fixed["cos"]["fpr"]["ratio"] > 0.5
+    auto = score_cell(heldout_cell, threshold="auto", target_fpr=0.01, progress=False, name="auto")
+    assert auto["cos"]["fpr"]["ratio"] <= 0.01 and auto["cos"]["threshold"] > 0.6
+    assert auto["cos"]["threshold_setting"] == "auto" and auto["cos"]["target_fpr"] == 0.01
+    # the nearest-neighbour criterion barely flags real images against an N = 32 subset
+    assert auto["nn"]["fpr"]["ratio"] < 0.05
+    saved = json.loads((heldout_cell / "scores" / "auto.json").read_text())
+    assert saved["cos"]["threshold"] == auto["cos"]["threshold"]
+
+
+def test_auto_with_too_few_heldout_images_is_an_error_before_any_output(heldout_cell):
+    with pytest.raises(ValueError, match=r"needs at least 1000 held-out images; this cell has 200"):
+        score_cell(heldout_cell, threshold="auto", target_fpr=0.001, progress=False, name="rare")
+    assert not list((heldout_cell / "scores").glob("rare*"))
