@@ -182,11 +182,20 @@ def _digest(*tensors: torch.Tensor | None) -> str:
     return h.hexdigest()
 
 
+def _file_stat(path: str | Path) -> list[int] | None:
+    """Size and modification time (ns) of a file, None where it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def data_fingerprint(data: CellData) -> dict:
     """What the cell's data were when it was made: digests of the training subset (with its labels) and of
     the held-out set, and the size and modification time of each source file (to name a changed one)."""
     files = data.dataset.files
-    listed = {str(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files[:MAX_LISTED_FILES + 1]}
+    listed = {str(p): _file_stat(p) for p in files[:MAX_LISTED_FILES + 1]}
     return {"train": _digest(data.train, data.train_labels), "heldout": _digest(data.heldout),
             "files": listed if len(files) <= MAX_LISTED_FILES else {},
             "folder": str(os.path.commonpath([str(p) for p in files])) if files else None}
@@ -196,10 +205,7 @@ def check_fingerprint(root: Path, recorded: dict, data: CellData) -> None:
     """Refuse a cell whose training or held-out data are no longer what it was made from."""
     if recorded["train"] == _digest(data.train, data.train_labels) and recorded["heldout"] == _digest(data.heldout):
         return
-    def stat(path: str) -> list[int] | None:
-        return [os.stat(path).st_size, os.stat(path).st_mtime_ns] if Path(path).is_file() else None
-
-    changed = [path for path, recorded_stat in recorded.get("files", {}).items() if stat(path) != recorded_stat]
+    changed = [path for path, recorded_stat in recorded.get("files", {}).items() if _file_stat(path) != recorded_stat]
     where = ", ".join(changed) or recorded.get("folder") or f"dataset {data.dataset.name!r}"
     raise ConfigError(f"cell {root}: its data changed since the cell was made ({where}): the training subset "
                       f"or held-out images differ from those it was trained on. Restore the files, or train "

@@ -164,8 +164,9 @@ def _criterion_title(results, criterion: str) -> str:
     if criterion == "nn":
         return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}"
     if str(first["threshold"]) == "auto":
-        fpr = f", held-out FPR {float(first['fpr_cos']):.2g}" if "fpr_cos" in first and first["fpr_cos"] == \
-            first["fpr_cos"] else ""
+        import pandas as pd
+
+        fpr = f", held-out FPR {float(first['fpr_cos']):.2g}" if pd.notna(first.get("fpr_cos")) else ""
         return f"copy detection: {first['embedder']} cosine > threshold calibrated on held-out images{fpr}"
     return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}"
 

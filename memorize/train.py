@@ -85,6 +85,16 @@ def fixed_noise_loss(denoiser: Denoiser, data: torch.Tensor, labels: torch.Tenso
     return total / len(data)
 
 
+def losses_at(rows: list[dict], step: int) -> dict:
+    """The logged losses of a run at ``step``: the last running loss and the last evaluation (train and
+    held-out loss on fixed noise, and the step it was taken at) up to ``step``."""
+    rows = [r for r in rows if r["step"] <= step]
+    last_eval = next((r for r in reversed(rows) if r["heldout_loss"] != ""), {})
+    return {"running_loss": rows[-1]["running_loss"] if rows else math.nan,
+            "train_loss": last_eval.get("train_loss", math.nan),
+            "heldout_loss": last_eval.get("heldout_loss", math.nan), "loss_step": last_eval.get("step")}
+
+
 def _write_log(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
@@ -239,18 +249,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     finally:
         bar.close()
 
-    at_budget = [r for r in rows if r["step"] <= budget]
-    last_eval = next((r for r in reversed(at_budget) if r["heldout_loss"] != ""), {})
     summary = {"steps": step, "params": params, "params_total": params_total, "device": str(device),
-               "seconds": round(elapsed, 2),
-               "running_loss": at_budget[-1]["running_loss"] if at_budget else math.nan,
-               "train_loss": last_eval.get("train_loss", math.nan),
-               "heldout_loss": last_eval.get("heldout_loss", math.nan),
+               "seconds": round(elapsed, 2), **losses_at(rows, budget),
                "n_train": len(data.train), "n_duplicates_removed": data.split.n_duplicates}
     atomic_write_json(paths.train_summary, summary)
     return summary
-
-
-def read_train_summary(root: Path) -> dict:
-    with open(CellPaths(Path(root)).train_summary) as fh:
-        return json.load(fh)

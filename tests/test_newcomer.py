@@ -190,7 +190,7 @@ def test_local_cells_use_the_threads_they_are_allotted(tmp_path):
     spec = load_spec(write_spec(tmp_path / "s.yaml"))
     assert run_sweep(spec, out, "local", parallel=2, progress=False)["failed"] == 0
     assert collect(out).threads.tolist() == [max(1, available_cores() // 2)] * 2
-    again = load_spec(write_spec(tmp_path / "t.yaml", grid={"data.n_train": [48]}))
-    assert main(["sweep", "run", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "one"), "--threads", "1",
+    one_cell = write_spec(tmp_path / "t.yaml", grid={"data.n_train": [48]})
+    assert main(["sweep", "run", str(one_cell), "--out", str(tmp_path / "one"), "--threads", "1",
                  "--quiet", "--no-plot"]) == 0
-    assert collect(tmp_path / "one").threads.tolist() == [1] and again
+    assert collect(tmp_path / "one").threads.tolist() == [1]

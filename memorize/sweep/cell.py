@@ -92,14 +92,11 @@ def is_done(root: Path, key: str) -> bool:
 def training_at(root: Path, step: int) -> dict:
     """Training figures of the cell at checkpoint ``step``: parameters and the last logged losses."""
     from memorize.cell import checkpoint_at, load_checkpoint
+    from memorize.train import losses_at
 
     state = load_checkpoint(checkpoint_at(root, step))
-    rows = [r for r in state["log"] if r["step"] <= step]
-    last_eval = next((r for r in reversed(rows) if r["heldout_loss"] != ""), {})
     return {"params": state["params"], "params_total": state["params_total"], "train_seconds": state["seconds"],
-            "running_loss": rows[-1]["running_loss"] if rows else float("nan"),
-            "train_loss": last_eval.get("train_loss", float("nan")),
-            "heldout_loss": last_eval.get("heldout_loss", float("nan")), "loss_step": last_eval.get("step")}
+            **losses_at(state["log"], step)}
 
 
 def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) -> dict:
