@@ -85,6 +85,16 @@ class CellPaths:
     def kept_budgets(self) -> Path:
         return self.checkpoints / "keep.json"
 
+    @property
+    def feature_cache(self) -> Path:
+        """Where networks trained for features (``features: classifier``) are cached: a sweep's
+        ``features/`` for its cells (``SWEEP/cells/ID``, with ``SWEEP/sweep.json``), so they share
+        one; else ``DIR/features``."""
+        sweep = self.root.parent.parent
+        if self.root.parent.name == "cells" and (sweep / "sweep.json").is_file():
+            return sweep / "features"
+        return self.root / "features"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.pt"
 

@@ -2,7 +2,7 @@
 
     memorize train [CONFIG.yaml] --out DIR [--set KEY=VALUE ...]
     memorize sample DIR --num K [--sampler heun --steps 18 --seed S ...]
-    memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold 0.6]
+    memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold auto] [--features auto]
     memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold 0.6]
     memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold 0.6]
     memorize sweep run SPEC.yaml --out DIR [--executor local|slurm|debug] [--dry-run] [--wait] [SLURM options]
@@ -67,14 +67,16 @@ def cmd_score(args: argparse.Namespace) -> None:
     from memorize.metrics.score import score_cell
 
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
-                   progress=not args.quiet, target_fpr=args.target_fpr)
-    nn, cos = s["nn"], s["cos"]
+                   progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
+    nn, cos, q = s["nn"], s["cos"], s["quality"]
     print(f"{s['n_samples']} samples vs {s['n_train']} training images: memorized "
           f"{nn['ratio']:.3f} [{nn['lo']:.3f}, {nn['hi']:.3f}] by d1/d2 < {args.ratio:.4g}, "
           f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
-          f"{cos['threshold']:.4g}{' (auto)' if args.threshold == 'auto' else ''}; false positives on "
-          f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}; "
-          f"table, figure and summary in {Path(args.dir) / 'scores'}")
+          f"{cos['threshold']:.4g}{' (auto)' if cos['threshold_setting'] == 'auto' else ''}; false positives on "
+          f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}")
+    print(f"against the held-out images on {q['features']} features: FID {q['fid']:.4g}, KID {q['kid']:.4g}, "
+          f"precision {q['precision']:.3f}, recall {q['recall']:.3f}; table, figure and summary in "
+          f"{Path(args.dir) / 'scores'}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -284,13 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
                         "torchvision:MODEL:WEIGHTS (local files only)")
     p.add_argument("--ratio", default="1/3", type=_fraction, help="nearest-neighbour ratio threshold in (0, 1]")
-    p.add_argument("--threshold", default=0.6, type=_threshold_or_auto,
+    p.add_argument("--threshold", default=None, type=_threshold_or_auto,
                    help="cosine threshold in [0, 1) (0.5 in Somepalli et al. 2023, 0.6 in Zhang et al. 2024; "
                         "calibrated for SSCD, not for raw pixels), or auto: the held-out images' quantile that "
-                        "gives --target-fpr")
+                        "gives --target-fpr (default: auto for the pixel embedder, 0.6 for the others)")
     p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=_checked(float, lambda v: 0 < v < 1,
                                                                                    "a rate in (0, 1)"),
                    help="false-positive rate on held-out images that --threshold auto aims at")
+    p.add_argument("--features", default="auto",
+                   help="features for FID, KID and precision/recall against the held-out images: an embedder "
+                        "spec as for --embedder, classifier (a small classifier trained once on the dataset's "
+                        "labelled images, cached), or auto: classifier for labelled image data, else pixel")
     p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

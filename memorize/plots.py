@@ -62,7 +62,7 @@ def nearest_neighbour_figure(samples: np.ndarray, train: np.ndarray, nearest: np
 # as separate facets or series; nothing else is averaged.
 
 # Result columns that can differ between experiments of one table besides the grid axes.
-SETTING_COLUMNS = ("dataset", "step", "sampler", "sample_steps", "embedder", "ratio", "threshold")
+SETTING_COLUMNS = ("dataset", "step", "sampler", "sample_steps", "embedder", "ratio", "threshold", "features")
 MODEL_KEYS = ["model", "params"]
 CRITERIA = {"nn": "nearest-neighbour d1/d2", "cos": "copy-detection cosine"}
 
@@ -318,3 +318,51 @@ def memorization_over_steps_figure(steps) -> plt.Figure:
                        palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1)
     grid.set_axis_labels("training step", "memorization ratio (d1/d2 < 1/3)")
     return grid.figure
+
+
+def pooled_share(results, column: str, axes: list[str]):
+    """A share measured on a fixed reference set (recall on the held-out images, consistency with the
+    twin) per (model, N, axes): the mean over seeds, and the widest of their Wilson intervals (seeds are
+    not independent draws of one count here, so counts are not summed)."""
+    keys = MODEL_KEYS + ["n_train"] + axes
+    present = results[results[column].notna()] if column in results else results.iloc[:0]
+    if present.empty:
+        return None
+    return (present.groupby(keys, dropna=False, sort=False)
+            .agg(value=(column, "mean"), lo=(f"{column}_lo", "min"), hi=(f"{column}_hi", "max"))
+            .reset_index().sort_values(["params", "n_train"]))
+
+
+def memorization_and_generalization_figure(results) -> plt.Figure:
+    """Both halves per model: the memorization ratio (nearest-neighbour criterion, pooled seeds) and the
+    generalization measures, recall against the held-out images (Kynkaanniemi et al. 2019) and, where
+    twins were trained, the consistency of same-seed samples of disjoint-subset twins (Kadkhodaie et al.
+    2024), against N; all with Wilson 95% intervals. A panel per model, a row per experiment."""
+    axes = experiment_axes(results)
+    facets = _facets(results, axes)
+    models = list(dict.fromkeys(results.sort_values("params")["model"]))
+    fig, grid = plt.subplots(len(facets), len(models), figsize=(3.6 * len(models), 3.3 * len(facets)),
+                             sharey=True, squeeze=False)
+    series = [("memorization (d1/d2 < ratio)", "tab:red", "mem_nn"), ("recall vs held-out", "tab:blue", "recall"),
+              ("twin consistency", "tab:green", "consistency")]
+    for row, (values, part) in enumerate(facets):
+        for col, model in enumerate(models):
+            ax = grid[row, col]
+            own = part[part.model == model]
+            for label, color, column in series:
+                if column == "mem_nn":
+                    g = pooled_ratios(own, "nn", axes=[]).rename(columns={"ratio": "value"})
+                else:
+                    g = pooled_share(own, column, [])
+                if g is None or g.empty:
+                    continue
+                ax.errorbar(g["n_train"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
+                            capsize=3, color=color, label=label)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("training-set size N")
+            ax.set_title(model + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
+        grid[row, 0].set_ylabel("share (Wilson 95%)")
+    grid[0, -1].legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    return fig

@@ -77,7 +77,7 @@ def test_a_budget_whose_checkpoint_was_not_kept_is_an_error(tiny_cfg, tmp_path):
 
 def test_a_changed_dataset_under_a_cell_is_refused(tiny_cfg, tmp_path):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(120, 1, 8, 8), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(160, 1, 8, 8), dtype=np.uint8)
     path = tmp_path / "data.npz"
     np.savez(path, images=images)
     cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, name="npz", root=str(path)))

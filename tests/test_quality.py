@@ -135,3 +135,56 @@ def test_frechet_distance_with_a_singular_covariance_matches_scipy_sqrtm():
             np.linalg.cholesky(c1)
         reference = np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(sqrtm(c1 @ c2)).real
         assert frechet_distance_gaussians(mu1, c1, mu2, c2) == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def memorizing_cell(tmp_path_factory):
+    """A digits cell trained briefly, with 64 samples of its empirical (memorizing) denoiser."""
+    import dataclasses
+    import json
+
+    from memorize.config import CellConfig, from_dict
+    from memorize.generate import sample_cell
+    from memorize.train import train
+    from tests.conftest import TINY_CELL
+
+    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10),
+                              sample=dataclasses.replace(cfg.sample, num=64))
+    root = tmp_path_factory.mktemp("quality") / "cell"
+    train(cfg, root, progress=False)
+    sample_cell(root, cfg.sample, "empirical", progress=False)
+    return root
+
+
+def test_scores_carry_quality_on_a_cached_dataset_classifier(memorizing_cell):
+    from memorize.metrics.score import score_cell
+
+    first = score_cell(memorizing_cell, "empirical", progress=False)
+    q = first["quality"]
+    assert q["features"] == "classifier" and q["features_setting"] == "auto"
+    assert q["n_samples"] == 64 and q["n_heldout"] == 100 and q["k"] == 3
+    # the classifier learnt digits from the pool (every distinct digit not held out) and knows the held-out ones
+    assert q["classifier"]["n_pool"] == 1797 - 100 and q["classifier"]["heldout_accuracy"] > 0.85
+    # copies of 32 training digits: all inside the real manifold, covering less of it (64 samples of 32 digits
+    # leave most k-NN balls wide, so recall is not small here; N = 8 with 128 samples gives 0.10, README)
+    assert q["precision"] > 0.95 and q["recall"] < 0.8 and q["precision_lo"] <= q["precision"] <= q["precision_hi"]
+    assert q["fid"] > 0 and np.isfinite(q["kid"])
+    cached = list((memorizing_cell / "features").glob("classifier-*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = score_cell(memorizing_cell, "empirical", progress=False, name="again")
+    assert again["quality"]["fid"] == q["fid"] and cached[0].stat().st_mtime_ns == stamp  # read, not retrained
+    pixel = score_cell(memorizing_cell, "empirical", progress=False, name="pixel", features="pixel")
+    assert pixel["quality"]["features"] == "pixel" and pixel["quality"]["classifier"] is None
+
+
+def test_the_classifier_needs_labelled_images():
+    from memorize.data.datasets import Dataset
+    from memorize.metrics.classifier import classifier_embedder
+    from memorize.metrics.embedders import EmbedderError
+    import torch
+
+    vectors = Dataset("gmm", torch.zeros(10, 4), torch.zeros(10, dtype=torch.long), 2)
+    with pytest.raises(EmbedderError, match="features 'classifier': dataset 'gmm' has no labelled images"):
+        classifier_embedder(vectors, np.arange(2), None)

@@ -59,7 +59,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=2000, checkpoint_every=50, eval_every=1000, log_every=100)
     spec["grid"] = {"data.n_train": [16]}
-    spec["score"] = {"compare": False}
+    spec["score"] = {"compare": False, "features": "pixel"}
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     out = tmp_path / "requeued"

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +15,7 @@ import yaml
 import memorize.sweep.launch as launch_module
 from memorize.cell import CellPaths
 from memorize.cli import main
+from memorize.config import ConfigError
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
 from memorize.sweep.launch import local_gpu_parameters
 
@@ -22,14 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = {
     "name": "tiny",
     "base": {
-        "data": {"name": "digits", "n_heldout": 64},
+        "data": {"name": "digits", "n_heldout": 100},
         "model": {"channels": 8},
         "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "eval_every": 10, "log_every": 5,
                   "warmup_steps": 5},
         "sample": {"num": 16, "steps": 6, "batch_size": 16},
     },
     "grid": {"data.n_train": [16, 32], "seed": [0]},
-    "score": {"compare": True},
+    "score": {"compare": True, "features": "pixel"},  # the classifier features have tests of their own
 }
 
 
@@ -49,7 +51,7 @@ def result_rows(out):
     ({"grid": {"data.n_trian": [16]}}, r"grid point \(data\.n_trian=16\): data\.n_trian: unknown key"),
     ({"grid": {"data.n_train": []}}, r"grid\.data\.n_train: the axis is empty"),
     ({"grid": {"data.n_train": [16, 5000]}}, r"grid point \(data\.n_train=5000\): data\.n_train: 5000 is more than "
-                                              r"the 1733 distinct items"),
+                                              r"the 1697 distinct items"),
     ({"grdi": {}}, r"grdi: unknown key \(did you mean 'grid'\?\)"),
     ({"score": {"ratio": 3}}, r"score\.ratio: must be in \(0, 1\]"),
 ])
@@ -206,7 +208,7 @@ def test_intermediate_checkpoints_are_scored(tmp_path):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"]["keep_all_checkpoints"] = True
     spec["grid"] = {"data.n_train": [8]}
-    spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16}  # = sample.num
+    spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16, "features": "pixel"}  # = sample.num
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
     table = collect(out)
@@ -220,7 +222,7 @@ def test_intermediate_checkpoints_are_scored(tmp_path):
 
 def test_vector_data_sweep_compares_with_the_true_mixture(tmp_path):
     spec = {"name": "vec", "base": {
-        "data": {"name": "gmm", "n_heldout": 64, "gmm": {"components": 2, "dim": 4, "size": 512}},
+        "data": {"name": "gmm", "n_heldout": 100, "gmm": {"components": 2, "dim": 4, "size": 512}},
         "model": {"arch": "mlp", "width": 16, "depth": 1},
         "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 20, "eval_every": 20, "log_every": 10},
         "sample": {"num": 16, "steps": 6}},
@@ -332,7 +334,7 @@ def test_unique_labels_keep_one_model_and_checkpoints_are_scored_with_labels(tmp
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["data"]["labels"] = "unique"
     spec["base"]["train"]["keep_all_checkpoints"] = True
-    spec["score"] = {"compare": True, "checkpoints": True, "checkpoint_samples": 16}
+    spec["score"] = {"compare": True, "checkpoints": True, "checkpoint_samples": 16, "features": "pixel"}
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
     table = collect(out)
@@ -356,3 +358,38 @@ def test_a_sweep_with_a_calibrated_threshold_reports_false_positive_rates(tmp_pa
     assert row["threshold"] == "auto" and 0 < row["threshold_cos"] < 1 and row["fpr_cos"] <= 0.01
     assert 0 <= row["fpr_nn"] <= 1 and row["agreement_empirical"] == row["agreement_empirical"]
     assert main(["plot", str(out)]) == 0
+
+
+def test_consistency_trains_a_disjoint_twin_per_grid_point(tmp_path):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = {"data.n_train": [8]}
+    spec["score"] = {"compare": False, "features": "pixel", "consistency": True}
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    (row,) = collect(out).to_dict("records")
+    assert 0 <= row["consistency_lo"] <= row["consistency"] <= row["consistency_hi"] <= 1
+    subsets = [np.load(out / "cells" / c / "subset.npz")["train"] for c in (row["cell"], row["twin_cell"])]
+    assert len(subsets[0]) == len(subsets[1]) == 8 and not set(subsets[0]) & set(subsets[1])
+    # the twin is the same experiment on the next 8 images of the pool
+    twin_cfg = yaml.safe_load((out / "cells" / row["twin_cell"] / "config.yaml").read_text())
+    assert twin_cfg["data"]["subset_offset"] == 8 and twin_cfg["data"]["n_train"] == 8
+    assert 0 <= row["recall"] <= 1 and row["features"] == "pixel"
+
+
+def test_a_twin_that_does_not_fit_the_pool_is_refused_before_launch(tmp_path):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = {"data.n_train": [8, 900]}  # 2 x 900 > the 1,697 digits left after holding out 100
+    spec["score"] = {"consistency": True}
+    with pytest.raises(ConfigError, match=r"grid point \(data.n_train=900\) \(score.consistency trains a twin on the "
+                                          r"next 900 images, data.subset_offset=900\): data.n_train"):
+        run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "sweep", "debug", progress=False)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_auto_threshold_with_too_few_heldout_images_is_refused_before_launch(tmp_path):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["data"]["n_heldout"] = 50
+    with pytest.raises(ConfigError, match=r"score.threshold auto at target_fpr 0.01 needs data.n_heldout >= 100, "
+                                          r"got 50"):
+        run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "sweep", "debug", progress=False)
+    assert not (tmp_path / "sweep").exists()

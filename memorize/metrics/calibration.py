@@ -14,6 +14,12 @@ import math
 import numpy as np
 
 
+def default_threshold(embedder: str) -> float | str:
+    """The cosine threshold used when none is given: ``auto`` (calibrated on held-out images) for raw
+    pixels, 0.6 (Zhang et al. 2024, calibrated for SSCD) for network descriptors."""
+    return "auto" if embedder == "pixel" else 0.6
+
+
 def min_heldout(target_fpr: float) -> int:
     """Held-out images needed to resolve a false-positive rate of ``target_fpr``: ``ceil(1 / target_fpr)``."""
     return math.ceil(1.0 / target_fpr - 1e-9)

@@ -1,8 +1,9 @@
 """Scoring a cell's samples against its own training subset with both criteria.
 
 Writes ``DIR/scores/NAME.csv`` (one row per sample), ``NAME.json`` (the memorization ratios
-with Wilson intervals and every setting used) and ``NAME_nn.png`` (nearest-neighbour figure,
-image data only), for the sample set ``DIR/samples/NAME.npz``.
+with Wilson intervals, their false-positive rates on held-out images, the samples' quality and
+coverage against the held-out images, and every setting used) and ``NAME_nn.png``
+(nearest-neighbour figure, image data only), for the sample set ``DIR/samples/NAME.npz``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from memorize.cell import CellPaths, load_cell_data, read_config, resolve_device
+from memorize.cell import CellData, CellPaths, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
-from memorize.metrics.calibration import calibrated_threshold, min_heldout
+from memorize.metrics.calibration import calibrated_threshold, default_threshold, min_heldout
 from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio
-from memorize.metrics.embedders import load_embedder
+from memorize.metrics.embedders import Embedder, load_embedder
+from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
 from memorize.plots import nearest_neighbour_figure
 
 
@@ -35,16 +37,61 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos) -> pd.
     })
 
 
+# Neighbours in the k-NN balls of precision/recall (Kynkaanniemi et al. 2019 use k = 3).
+QUALITY_K = 3
+
+
+def resolve_features(features: str, data: CellData) -> str:
+    """``auto``: ``classifier`` for labelled image datasets, ``pixel`` otherwise; any other spec as given."""
+    if features != "auto":
+        return features
+    return "classifier" if data.dataset.is_image and data.dataset.labels is not None else "pixel"
+
+
+def quality_summary(sample_features: np.ndarray, heldout_features: np.ndarray, device: str, k: int = 3) -> dict:
+    """FID, KID and improved precision/recall of the samples against the held-out images
+    (:mod:`memorize.metrics.quality`), precision and recall with Wilson 95% intervals (shares of
+    samples and of held-out images); NaN where either set has ``k`` rows or fewer."""
+    n, m = len(heldout_features), len(sample_features)
+    out = {"n_samples": m, "n_heldout": n, "k": k}
+    if min(n, m) <= k:
+        nan = float("nan")
+        return {**out, "fid": nan, "kid": nan, "precision": nan, "precision_lo": nan, "precision_hi": nan,
+                "recall": nan, "recall_lo": nan, "recall_hi": nan,
+                "note": f"needs more than {k} samples and held-out images"}
+    pr = precision_recall(heldout_features, sample_features, k, device)
+    precision, recall = memorization_ratio(pr.sample_inside), memorization_ratio(pr.real_inside)
+    return {**out, "fid": frechet_distance(heldout_features, sample_features, device),
+            "kid": kernel_distance(heldout_features, sample_features, device),
+            "precision": precision["ratio"], "precision_lo": precision["lo"], "precision_hi": precision["hi"],
+            "recall": recall["ratio"], "recall_lo": recall["lo"], "recall_hi": recall["hi"]}
+
+
+def feature_embedder(features: str, data: CellData, cache: Path, device: str, progress: bool) -> tuple[Embedder, dict | None]:
+    """The embedder behind a resolved ``features`` spec, and the classifier's record where it is one."""
+    if features == "classifier":
+        from memorize.metrics.classifier import classifier_embedder
+
+        return classifier_embedder(data.dataset, data.split.heldout, cache, device, progress)
+    return load_embedder(features, device), None
+
+
 def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", ratio: float = 1 / 3,
-               threshold: float | str = 0.6, device: str = "auto", progress: bool = True, name: str | None = None,
-               target_fpr: float = 0.01) -> dict:
+               threshold: float | str | None = None, device: str = "auto", progress: bool = True,
+               name: str | None = None, target_fpr: float = 0.01, features: str = "auto",
+               features_cache: str | Path | None = None) -> dict:
     """Score ``DIR/samples/<samples>.npz`` with both criteria; returns the summary written to JSON.
 
     The cell's held-out images are scored the same way against the training subset: the share each
     criterion flags among them is its false-positive rate (``fpr`` in each criterion's summary).
     ``threshold="auto"`` sets the cosine threshold from them for ``target_fpr``
     (:func:`memorize.metrics.calibration.calibrated_threshold`). Outputs are named ``name``
-    (default: ``samples``) under ``DIR/scores/``."""
+    (default: ``samples``) under ``DIR/scores/``. ``threshold=None``: :func:`default_threshold`.
+
+    Quality and coverage (``quality`` in the summary): FID, KID and precision/recall of the finite
+    samples against the held-out images on ``features`` (an embedder spec, ``classifier`` or
+    ``auto``: :func:`resolve_features`); the classifier is cached in ``features_cache`` (default
+    :attr:`CellPaths.feature_cache`)."""
     paths = CellPaths(Path(root))
     sample_file = paths.samples / f"{samples}.npz"
     if not sample_file.is_file():
@@ -53,16 +100,27 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     drawn = read_samples(sample_file)
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()
+    threshold = default_threshold(embedder) if threshold is None else threshold
     if threshold == "auto" and len(data.heldout) < min_heldout(target_fpr):  # before any work
         calibrated_threshold(np.zeros(len(data.heldout)), target_fpr)
     nn = nn_ratio(drawn["samples"], train, ratio)
-    embed = load_embedder(embedder, str(resolve_device(device)))
+    dev = str(resolve_device(device))
+    embed = load_embedder(embedder, dev)
     train_features = embed(train, progress)
     heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio) if len(data.heldout) else None
     heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0) \
         if len(data.heldout) else None
     used = calibrated_threshold(heldout_cos.similarity, target_fpr) if threshold == "auto" else float(threshold)
     cos = copy_similarity(embed(drawn["samples"], progress), train_features, used)
+    resolved = resolve_features(features, data)
+    extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
+                                             dev, progress)
+    finite = drawn["samples"][nn.finite]
+    if min(len(finite), len(data.heldout)) > QUALITY_K:
+        quality = quality_summary(extractor(finite, progress), extractor(data.heldout, progress), dev, QUALITY_K)
+    else:
+        quality = quality_summary(np.zeros((len(finite), 0)), np.zeros((len(data.heldout), 0)), dev, QUALITY_K)
+    quality.update(features=resolved, features_setting=features, classifier=classifier)
 
     def fpr(flagged: np.ndarray | None) -> dict:
         return memorization_ratio(flagged) if flagged is not None else {"ratio": float("nan")}
@@ -82,7 +140,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
                 **memorization_ratio(cos.memorized), "n_unusable": int((~cos.finite).sum()),
                 "backend": cos.backend,
                 "fpr": fpr(heldout_cos.similarity > used if heldout_cos else None)},
-        "n_heldout": len(data.heldout),
+        "n_heldout": len(data.heldout), "quality": quality,
     }
     if data.dataset.is_image:
         fig = nearest_neighbour_figure(drawn["samples"], train, nn.nearest, nn.ratio,

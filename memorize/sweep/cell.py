@@ -28,9 +28,9 @@ import submitit
 import torch
 
 from memorize.cell import CellPaths
-from memorize.config import CellConfig, from_dict, sample_settings, settings_key, to_dict
+from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
-from memorize.sweep.spec import eval_settings
+from memorize.sweep.spec import eval_settings, twin_config
 
 ERROR = "error.txt"
 LOCK = ".lock"
@@ -104,10 +104,11 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
     ``score``: sample, score with both criteria, compare with the empirical denoiser, and (with
     ``score.checkpoints``) the same for every kept checkpoint up to the budget. Every artefact is
     named by its settings and reused when present; the summary goes to ``evals/<key>.json``."""
-    from memorize.compare import compare_cell
+    from memorize.compare import compare_cell, disjoint_consistency
     from memorize.generate import sample_cell
     from memorize.metrics.score import score_cell
     from memorize.models import model_name
+    from memorize.train import train
 
     settings = eval_settings(cfg, score)
     key = settings_key(settings)
@@ -125,11 +126,23 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         return result
 
     samples = f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
-    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold, score.target_fpr], 8)}"
+    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold, score.target_fpr, score.features], 8)}"
     timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
           progress=progress, step=step)
     scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
-                   device=cfg.train.device, progress=progress, name=measure, target_fpr=score.target_fpr)
+                   device=cfg.train.device, progress=progress, name=measure, target_fpr=score.target_fpr,
+                   features=score.features)
+    twin: dict[str, Any] = {}
+    if score.consistency:  # the same experiment on the disjoint subset; same-seed samples compared
+        twin_cfg = twin_config(cfg)
+        twin_root = root.parent / cell_id(twin_cfg)
+        with cell_lock(twin_root):
+            timed("train twin", train, twin_cfg, twin_root, progress=progress)
+            timed("sample twin", sample_cell, twin_root, cfg.sample, "trained", name=samples, device=cfg.train.device,
+                  progress=progress, step=step)
+        twin = timed("consistency", disjoint_consistency, root, twin_root, samples, score.embedder,
+                     scores["cos"]["threshold"])
+        twin["cell"] = twin_root.name
     compared, compare_dir = {}, None
     if score.compare and cfg.data.labels == "none":  # the closed-form references are unconditional
         compare_dir = f"compare/{measure}"
@@ -144,9 +157,10 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
                                         sample=dataclasses.replace(cfg.sample, num=score.checkpoint_samples))
                 r = evaluate(root, c, at_checkpoint, progress)
                 over_steps.append({k: r[k] for k in ("step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos",
-                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss")})
+                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss", "fid", "kid",
+                                                     "precision", "recall")})
     trained = training_at(root, step)
-    nn, cos = scores["nn"], scores["cos"]
+    nn, cos, quality = scores["nn"], scores["cos"], scores["quality"]
     summary = {
         "cell": root.name, "eval": key, "dataset": cfg.data.name, "n_train": cfg.data.n_train,
         "model": model_name(cfg.model, trained["params"]), "arch": cfg.model.arch, "seed": cfg.seed, "step": step,
@@ -156,6 +170,11 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps,
         "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
         "threshold_cos": cos["threshold"], "fpr_nn": nn["fpr"]["ratio"], "fpr_cos": cos["fpr"]["ratio"],
+        "fid": quality["fid"], "kid": quality["kid"], "precision": quality["precision"], "recall": quality["recall"],
+        "features": quality["features"], "precision_lo": quality["precision_lo"],
+        "precision_hi": quality["precision_hi"], "recall_lo": quality["recall_lo"], "recall_hi": quality["recall_hi"],
+        "consistency": twin.get("score", float("nan")), "consistency_lo": twin.get("lo", float("nan")),
+        "consistency_hi": twin.get("hi", float("nan")), "twin_cell": twin.get("cell"),
         "agreement_empirical": compared.get("agreement", float("nan")),
         "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
         "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),

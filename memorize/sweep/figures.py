@@ -1,7 +1,8 @@
 """``memorize plot DIR``: regenerate a sweep's figures (PNG and PDF) into ``DIR/figures/``.
 
 Collects ``DIR/results.csv`` afresh (so the figures show every finished cell) and reads the cells' gap curves and
-checkpoint scores; writes memorization vs N, the (N, parameters) phase diagram, the critical
+checkpoint scores; writes memorization vs N, the (N, parameters) phase diagram, memorization beside
+generalization (recall, twin consistency) per model, the critical
 N per model size (and ``critical_n.csv``), denoiser-gap curves, nearest-neighbour grids for
 chosen cells, and memorization over training steps where recorded.
 """
@@ -53,6 +54,8 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None) -> list[Path]:
     axes = plots.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
+    if "recall" in results and results["recall"].notna().any():
+        written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
     crit = plots.critical_n(plots.pooled_ratios(results, "nn", axes), axes=axes)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
     written += _save(plots.critical_n_figure(crit), out, "critical_n")

@@ -48,9 +48,10 @@ RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total
                   "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
                   "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
                   "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
-                  "search_backend", "threads", "cell", "eval"]
+                  "fid", "kid", "precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi",
+                  "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "cell", "eval"]
 CURVE_COLUMNS = ["step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "train_loss",
-                 "heldout_loss"]
+                 "heldout_loss", "fid", "kid", "precision", "recall"]
 
 
 def cell_dir(out: Path, point: GridPoint | str) -> Path:
@@ -73,7 +74,7 @@ def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
     check_directory(out, "--out")
     check_layout(out)
     points = expand(spec)
-    check_data(points)
+    check_data(points, spec.score.consistency)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"layout": LAYOUT})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
@@ -233,7 +234,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     if dry_run:
         check_layout(out)
         points = expand(spec)
-        check_data(points)
+        check_data(points, spec.score.consistency)
     else:
         points = prepare(spec, out)
     cells = by_cell(points)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, read_yaml, sample_settings, set_dotted,
                              settings_key, to_dict)
+from memorize.metrics.calibration import default_threshold, min_heldout
 
 
 @dataclass
@@ -41,13 +42,18 @@ class ScoreConfig:
 
     embedder: str = "pixel"
     ratio: float = 1 / 3
-    threshold: float | Literal["auto"] = 0.6  # auto: calibrated on held-out images for target_fpr
+    # auto: calibrated on held-out images for target_fpr; unset: auto for pixel, 0.6 for network descriptors
+    threshold: float | Literal["auto"] | None = None
     target_fpr: float = 0.01
+    features: str = "auto"  # quality metrics' features: an embedder spec, classifier, or auto (score.resolve_features)
     compare: bool = True
+    consistency: bool = False  # also train a twin on the disjoint subset of the same size (twin_config)
     checkpoints: bool = False  # also score every kept checkpoint (needs train.keep_all_checkpoints)
     checkpoint_samples: int = 64
 
     def __post_init__(self) -> None:
+        if self.threshold is None:
+            self.threshold = default_threshold(self.embedder)
         if not 0 < self.ratio <= 1:
             raise ConfigError(f"score.ratio: must be in (0, 1], got {self.ratio}")
         if self.threshold != "auto" and not 0 <= self.threshold < 1:
@@ -98,6 +104,13 @@ class SweepSpec:
                 raise ConfigError(f"grid.{axis}: the axis is empty; give at least one value")
 
 
+def twin_config(config: CellConfig) -> CellConfig:
+    """The disjoint-subset twin of a cell (Kadkhodaie et al. 2024): the same config trained on the
+    next ``n_train`` images of the pool (``data.subset_offset`` moved up by ``n_train``)."""
+    data = dataclasses.replace(config.data, subset_offset=config.data.subset_offset + config.data.n_train)
+    return dataclasses.replace(config, data=data)
+
+
 def eval_settings(config: CellConfig, score: ScoreConfig) -> dict[str, Any]:
     """What determines a grid point's results besides its cell: the training budget, the sampling
     settings (not the batch size) and the scoring settings."""
@@ -143,11 +156,15 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
         data = json.loads(json.dumps(spec.base))  # deep copy
         for axis, value in point:
             set_dotted(data, axis, value)
+        where = ", ".join(f"{a}={v}" for a, v in point)
         try:
             config = from_dict(CellConfig, data)
         except ConfigError as err:
-            where = ", ".join(f"{a}={v}" for a, v in point)
             raise ConfigError(f"grid point ({where}): {err}") from None
+        need = min_heldout(spec.score.target_fpr)
+        if spec.score.threshold == "auto" and config.data.n_heldout < need:
+            raise ConfigError(f"grid point ({where}): score.threshold auto at target_fpr {spec.score.target_fpr:g} "
+                              f"needs data.n_heldout >= {need}, got {config.data.n_heldout}")
         cells.append(GridPoint(cell_id(config), settings_key(eval_settings(config, spec.score)), point, config))
     seen: dict[tuple[str, str], GridPoint] = {}
     for cell in cells:
@@ -159,18 +176,22 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
     return cells
 
 
-def check_data(cells: list[GridPoint]) -> None:
-    """Fail before launching if a subset does not fit its dataset: for each distinct data source,
-    the cell asking for the most items is split for real (each dataset is loaded once)."""
+def check_data(cells: list[GridPoint], twins: bool = False) -> None:
+    """Fail before launching if a subset (with ``twins``, also its twin's) does not fit its dataset:
+    for each distinct data source, the cell asking for the most items is split for real (each
+    dataset is loaded once)."""
     from memorize.data import load_dataset, make_split
 
-    groups: dict[str, list[GridPoint]] = {}
+    groups: dict[str, list[tuple[GridPoint, CellConfig]]] = {}
     for cell in cells:
         source = {k: v for k, v in to_dict(cell.config.data).items() if k not in ("n_train", "subset_offset")}
-        groups.setdefault(json.dumps(source, sort_keys=True), []).append(cell)
+        config = twin_config(cell.config) if twins else cell.config
+        groups.setdefault(json.dumps(source, sort_keys=True), []).append((cell, config))
     for group in groups.values():
-        widest = max(group, key=lambda c: c.config.data.n_train + c.config.data.subset_offset)
+        widest, config = max(group, key=lambda c: c[1].data.n_train + c[1].data.subset_offset)
         try:
-            make_split(load_dataset(widest.config.data), widest.config.data)
+            make_split(load_dataset(config.data), config.data)
         except (ConfigError, FileNotFoundError) as err:
-            raise ConfigError(f"grid point ({widest.label}): {err}") from None
+            twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
+                    f"data.subset_offset={config.data.subset_offset})") if twins else ""
+            raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None

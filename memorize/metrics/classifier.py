@@ -1,0 +1,132 @@
+"""Features for quality metrics where no pretrained network fits the data: a small classifier
+trained on the dataset's labelled training pool (``features: classifier``).
+
+FID on 8x8 digits or MNIST through an ImageNet network measures mostly the resizing; the usual
+practice for such data is a classifier trained on the dataset itself, whose penultimate layer gives
+the features. Ours:
+
+- trained on the *pool*: every distinct image of the dataset except the held-out ones (the held-out
+  images are the reference set of the quality metrics, and their labels only measure the
+  classifier's accuracy);
+- deterministic: a fixed recipe (:data:`RECIPE`) and seed, so every cell of a sweep, and every
+  re-run, uses the same network;
+- cached: trained once per dataset and held-out split, in ``CACHE/classifier-<key>.pt`` (a sweep's
+  ``features/`` directory; a single cell's own), where the key digests the recipe, the pool's
+  images and labels; a lock keeps parallel cells from training it twice.
+
+Features: the 64 channels after the last convolution, averaged over space (ReLU, so non-negative).
+On scikit-learn's digits it trains in about 4 s on 2 cores and classifies 96% of 200 held-out
+digits correctly. It is small on purpose: for CIFAR-10 and larger images, prefer a pretrained
+network (``timm:...`` or ``torchvision:...`` specs) if one is on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from memorize.data.datasets import Dataset
+from memorize.data.subsets import unique_indices
+from memorize.io import atomic_torch_save
+from memorize.metrics.embedders import Embedder, EmbedderError
+
+# What the cache key digests besides the data: change any value and the classifier is retrained.
+RECIPE = {"version": 1, "widths": [16, 32, 64], "steps": 600, "batch_size": 128, "lr": 1e-3,
+          "weight_decay": 1e-4, "seed": 0}
+HALF = (0.5, 0.5, 0.5)  # the embedder's normalization: [-1, 1] images stay in [-1, 1], 3 channels
+
+
+class SmallClassifier(nn.Module):
+    """conv3x3(3 -> w0), conv3x3(w0 -> w1), 2x2 max-pool, conv3x3(w1 -> w2), global average pool
+    (the features), linear (the logits); ReLU after each convolution."""
+
+    def __init__(self, num_classes: int, widths: list[int]):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w0, 3, padding=1), nn.ReLU(), nn.Conv2d(w0, w1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w1, w2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(w2, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def training_pool(ds: Dataset, heldout: np.ndarray) -> np.ndarray:
+    """Indices of every distinct labelled item of ``ds`` that is not held out, ascending."""
+    keep = unique_indices(ds.data)
+    return keep[~np.isin(keep, heldout)]
+
+
+def cache_key(ds: Dataset, pool: np.ndarray) -> str:
+    """Digest of the recipe and the pool's images and labels."""
+    h = hashlib.blake2b(json.dumps(RECIPE, sort_keys=True).encode(), digest_size=8)
+    h.update(ds.data[torch.from_numpy(pool)].numpy().tobytes())
+    h.update(ds.labels[torch.from_numpy(pool)].numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: str = "cpu",
+                     progress: bool = False) -> SmallClassifier:
+    """Train :class:`SmallClassifier` on ``images`` (K, C, H, W) in [-1, 1] with ``labels`` (K,): AdamW,
+    cross-entropy, RECIPE's steps of random minibatches drawn by a seeded generator."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(RECIPE["seed"])
+    model = SmallClassifier(num_classes, RECIPE["widths"]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+    prep = Embedder("classifier", mean=HALF, std=HALF).preprocess
+    x, y = prep(images).to(device), labels.to(device)
+    gen = torch.Generator().manual_seed(RECIPE["seed"])
+    for _ in tqdm(range(RECIPE["steps"]), disable=not progress, desc="feature classifier", leave=False):
+        idx = torch.randint(len(x), (min(RECIPE["batch_size"], len(x)),), generator=gen).to(device)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor, device: str = "cpu") -> float:
+    prep = Embedder("classifier", mean=HALF, std=HALF).preprocess
+    predicted = torch.cat([model(prep(images[s:s + 512]).to(device)).argmax(1).cpu() for s in range(0, len(images), 512)])
+    return float((predicted == labels).float().mean()) if len(labels) else float("nan")
+
+
+def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: str = "cpu",
+                        progress: bool = False) -> tuple[Embedder, dict]:
+    """The ``classifier`` embedder of dataset ``ds`` with held-out indices ``heldout``: read from
+    ``cache`` or trained there first. Returns it and its record (key, pool size, held-out accuracy)."""
+    if ds.labels is None or not ds.is_image:
+        raise EmbedderError(f"features 'classifier': dataset {ds.name!r} has no labelled images to train it on; "
+                            f"use features: pixel or an embedder spec")
+    pool = training_pool(ds, heldout)
+    key = cache_key(ds, pool)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"classifier-{key}.pt"
+    with open(cache / f".classifier-{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's network
+        if not path.is_file():
+            pool_t = torch.from_numpy(pool)
+            model = train_classifier(ds.data[pool_t], ds.labels[pool_t], ds.num_classes, device, progress)
+            held = torch.from_numpy(np.asarray(heldout, dtype=np.int64))
+            record = {"key": key, "dataset": ds.name, "n_pool": len(pool), "recipe": RECIPE,
+                      "pool_accuracy": accuracy(model, ds.data[pool_t], ds.labels[pool_t], device),
+                      "heldout_accuracy": accuracy(model, ds.data[held], ds.labels[held], device)}
+            atomic_torch_save(path, {"state_dict": model.cpu().state_dict(), "num_classes": ds.num_classes,
+                                     "record": record})
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = SmallClassifier(state["num_classes"], state["record"]["recipe"]["widths"])
+    model.load_state_dict(state["state_dict"])
+    model = model.to(device).eval()
+    return Embedder("classifier", model.features, None, HALF, HALF, device), state["record"]
