@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import common, empirical, sampling, search, sweep, training
+from benchmarks import common, empirical, quality, sampling, search, sweep, training
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
     parts = [
         ("exact search and scoring", search.main, ["--queries", "1000", "--train", "5000", "--dim", "768"]),
         ("empirical denoiser", empirical.main, ["--queries", "200", "--train", "8000", "--dim", "768"]),
+        ("quality metrics", quality.main, ["--n", "1000", "--m", "1000", "--dim", "64"]),
         ("training step", training.main, ["--steps", "2", "--batch-size", "8"]),
         ("sampling", sampling.main, ["--num", "16", "--nfe", "5"]),
         ("sweep", sweep.main, []),

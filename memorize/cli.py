@@ -3,8 +3,8 @@
     memorize train [CONFIG.yaml] --out DIR [--set KEY=VALUE ...]
     memorize sample DIR --num K [--sampler heun --steps 18 --seed S ...]
     memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold auto] [--features auto]
-    memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold 0.6]
-    memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold 0.6]
+    memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold auto]
+    memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold auto]
     memorize sweep run SPEC.yaml --out DIR [--executor local|slurm|debug] [--dry-run] [--wait] [SLURM options]
     memorize sweep status DIR
     memorize sweep collect DIR [--wait]
@@ -86,7 +86,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
                      progress=not args.quiet)
     repro = s["reproducibility"]
     print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
-          f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f}; "
+          f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f} "
+          f"(cosine > {s['threshold']:.4g}); "
           f"memorized (d1/d2 < 1/3): trained {s['mem_nn_trained']:.3f}, empirical {s['mem_nn_empirical']:.3f}; "
           f"gap curves and figure in {Path(args.dir) / 'compare'}")
 
@@ -96,7 +97,7 @@ def cmd_consistency(args: argparse.Namespace) -> None:
 
     r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold)
     print(f"N = {r['n_train']}: reproducibility of same-noise samples {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
-          f"(cosine > {r['threshold']}), mean cosine {r['mean_cosine']:.3f}")
+          f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
 
 
 SLURM_FLAGS = {"partition": str, "account": str, "qos": str, "gpus_per_cell": int, "cpus_per_cell": int,
@@ -198,7 +199,6 @@ def _checked(kind: type, ok, expected: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_cosine_threshold = _checked(float, lambda v: 0.0 <= v < 1.0, "a cosine threshold in [0, 1)")
 
 
 def _threshold_or_auto(text: str) -> float | str:
@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
                                                         "(drawn with the cell's settings if missing)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
-    p.add_argument("--threshold", default=0.6, type=_cosine_threshold,
-                   help="cosine threshold of the reproducibility score, in [0, 1)")
+    p.add_argument("--threshold", default=None, type=_threshold_or_auto,
+                   help="cosine threshold of the reproducibility score, in [0, 1), or auto: calibrated on the "
+                        "cell's held-out images for a 1%% false-positive rate (default: auto for pixel, else 0.6)")
     p.add_argument("--n-eval", dest="n_eval", default=256, type=_positive_int,
                    help="training and held-out images for the gap curves")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -327,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir_b", help="the second cell directory (disjoint subset of the same size)")
     p.add_argument("--samples", default="trained", help="sample set name in both cells (drawn with one seed)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the cosine similarity")
-    p.add_argument("--threshold", default=0.6, type=_cosine_threshold, help="cosine threshold in [0, 1)")
+    p.add_argument("--threshold", default=None, type=_threshold_or_auto,
+                   help="cosine threshold in [0, 1), or auto: calibrated on DIR_A's held-out images for a 1%% "
+                        "false-positive rate (default: auto for pixel, else 0.6)")
     p.set_defaults(func=cmd_consistency)
 
     sweep = _sub(sub, "sweep", "run, follow and collect sweeps",

@@ -32,6 +32,7 @@ from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaus
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
+from memorize.metrics.score import resolve_threshold
 
 SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
 GAP_SEED = 2024  # fixed noise for the gap curves
@@ -102,12 +103,14 @@ def gap_figure(table: pd.DataFrame, title: str = ""):
     return fig
 
 
-def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float = 0.6,
+def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
                  n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
                  out_dir: str = "compare") -> dict:
     """Run all comparisons for the cell at ``root`` (module docstring); returns the summary.
 
-    ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``."""
+    ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``.
+    ``threshold``: the cosine threshold of the reproducibility score (``None``: ``auto`` for pixels, calibrated
+    on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.metrics.score.resolve_threshold`)."""
     import matplotlib.pyplot as plt
 
     paths = CellPaths(Path(root))
@@ -139,15 +142,18 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     sample_cfg = dataclasses.replace(cfg.sample, **settings)
     empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
                                  progress=progress)
+    embed = load_embedder(embedder, str(dev))
+    setting, threshold = threshold, resolve_threshold(threshold, embedder, embed, data)
     agreement = same_noise_agreement(drawn["samples"], read_samples(empirical_file)["samples"], data.train.numpy(),
-                                     load_embedder(embedder, str(dev)), threshold)
+                                     embed, threshold)
 
     out = paths.root / out_dir
     atomic_write_text(out / "gap.csv", table.to_csv(index=False))
     fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}")
     atomic_save_figure(out / "gap.png", fig, dpi=130, bbox_inches="tight")
     plt.close(fig)
-    summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "n_eval": n_eval,
+    summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "threshold_setting": setting,
+               "n_eval": n_eval,
                "sigmas": list(SIGMA_GRID), **agreement,
                "loss_gap": {f"{s:.4g}": float(v) for s, v in loss_gap.items()},
                "gap_empirical": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_empirical))
@@ -159,10 +165,12 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
 
 
 def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = "trained", embedder: str = "pixel",
-                         threshold: float = 0.6) -> dict:
+                         threshold: float | str | None = None) -> dict:
     """Reproducibility of same-noise samples of two cells trained on disjoint subsets of one size
-    (Kadkhodaie et al. 2024): low when each memorizes its own images, high when both generalize."""
-    splits = [load_cell_data(read_config(Path(r)), CellPaths(Path(r))).split for r in (root_a, root_b)]
+    (Kadkhodaie et al. 2024): low when each memorizes its own images, high when both generalize.
+    ``threshold``: as for :func:`compare_cell`, calibrated (``auto``) on cell A's held-out images."""
+    cells = [load_cell_data(read_config(Path(r)), CellPaths(Path(r))) for r in (root_a, root_b)]
+    splits = [c.split for c in cells]
     if len(splits[0].train) != len(splits[1].train):
         raise ValueError(f"the cells train on {len(splits[0].train)} and {len(splits[1].train)} images: "
                          f"disjoint-split consistency needs equal sizes")
@@ -174,4 +182,6 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     if not np.array_equal(a["seeds"], b["seeds"]):
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
     embed = load_embedder(embedder)
-    return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), threshold)}
+    used = resolve_threshold(threshold, embedder, embed, cells[0])
+    return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), used),
+            "threshold_setting": threshold}

@@ -363,6 +363,8 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
             ax.set_xlabel("training-set size N")
             ax.set_title(model + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
         grid[row, 0].set_ylabel("share (Wilson 95%)")
-    grid[0, -1].legend(fontsize=7, loc="center right")
+    handles, labels = grid[0, 0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=8,
+               frameon=False)
     return fig

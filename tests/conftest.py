@@ -15,6 +15,23 @@ TINY_CELL = {
 }
 
 
+def trained_tiny_cell(root, steps: int = 10, n_heldout: int = 100, num: int = 16, denoiser: str = "trained"):
+    """TINY_CELL trained for ``steps`` at ``root``, with ``num`` samples of ``denoiser`` (named after it)."""
+    import dataclasses
+    import json
+
+    from memorize.generate import sample_cell
+    from memorize.train import train
+
+    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_heldout=n_heldout),
+                              train=dataclasses.replace(cfg.train, steps=steps),
+                              sample=dataclasses.replace(cfg.sample, num=num))
+    train(cfg, root, progress=False)
+    sample_cell(root, cfg.sample, denoiser, progress=False)
+    return root
+
+
 @pytest.fixture
 def tiny_cfg() -> CellConfig:
     return from_dict(CellConfig, TINY_CELL)

@@ -1,15 +1,13 @@
 """Criteria calibrated on held-out real images: false-positive rates, and the automatic cosine threshold."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from memorize.generate import sample_cell
 from memorize.metrics import calibrated_threshold
 from memorize.metrics.score import score_cell
-from memorize.train import train
+from tests.conftest import trained_tiny_cell
 
 
 def test_calibrated_threshold_flags_at_most_the_target_share():
@@ -25,16 +23,7 @@ def test_calibrated_threshold_flags_at_most_the_target_share():
 
 @pytest.fixture(scope="module")
 def heldout_cell(tmp_path_factory):
-    from memorize.config import CellConfig, from_dict
-    from tests.conftest import TINY_CELL
-
-    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_heldout=200),
-                              train=dataclasses.replace(cfg.train, steps=10))
-    root = tmp_path_factory.mktemp("calibration") / "cell"
-    train(cfg, root, progress=False)
-    sample_cell(root, cfg.sample, progress=False)
-    return root
+    return trained_tiny_cell(tmp_path_factory.mktemp("calibration") / "cell", n_heldout=200)
 
 
 def test_a_fixed_pixel_threshold_flags_real_images_and_auto_does_not(heldout_cell):

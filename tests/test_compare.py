@@ -44,6 +44,7 @@ def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys):
     assert large.loc["train", "gap_empirical"] == pytest.approx(large.loc["train", "gap_gaussian"], rel=0.05)
     summary = json.loads((cell / "compare" / "compare.json").read_text())
     assert 0 <= summary["agreement"] <= 1 and summary["reproducibility"]["n"] == 12
+    assert summary["threshold_setting"] is None and 0.9 < summary["threshold"] < 1  # auto for pixels
     assert set(summary["loss_gap"]) == {f"{s:.4g}" for s in gap.sigma.unique()}
     assert (cell / "compare" / "gap.png").stat().st_size > 1000
     a, b = (read_samples(cell / "samples" / f"{n}.npz") for n in ("trained", "trained_empirical"))
@@ -59,5 +60,9 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path):
     memorizing = disjoint_consistency(*cells, samples="empirical", threshold=0.9)
     generalizing = disjoint_consistency(*cells, samples="gaussian", threshold=0.9)
     assert memorizing["score"] < 0.2 < 0.8 < generalizing["score"], (memorizing, generalizing)
+    # by default (pixels) the threshold is calibrated on cell a's held-out digits: far above the papers' 0.6
+    calibrated = disjoint_consistency(*cells, samples="empirical")
+    assert calibrated["threshold_setting"] is None and 0.9 < calibrated["threshold"] < 1
+    assert calibrated["score"] < 0.2
     with pytest.raises(ValueError, match="share 100 images"):
         disjoint_consistency(cells[0], cells[0], samples="empirical")

@@ -75,3 +75,24 @@ def test_phase_diagram_marks_cells_whose_interval_contains_one_half():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["1.00", "0.50*", "0.00"]
     assert fig.axes[0].get_xscale() == "log"
+
+
+def test_memorization_beside_generalization_per_model():
+    rows = []
+    for model, params in (("U-Net, 8 ch, 39k", 39_473), ("U-Net, 16 ch, 155k", 155_000)):
+        for n, mem, recall in ((8, 0.9, 0.1), (64, 0.0, 0.6)):
+            for seed, shift in ((0, 0.0), (1, 0.1)):
+                rows.append({"model": model, "params": params, "n_train": n, "seed": seed, "mem_nn": mem,
+                             "recall": recall + shift, "recall_lo": recall + shift - 0.05,
+                             "recall_hi": recall + shift + 0.05, "consistency": float("nan"),
+                             "consistency_lo": float("nan"), "consistency_hi": float("nan")})
+    results = _results(rows)
+    share = plots.pooled_share(results, "recall", [])
+    first = share[(share.params == 39_473) & (share.n_train == 8)].iloc[0]
+    # the mean over seeds, and the widest of their intervals
+    assert (first.value, first.lo, first.hi) == pytest.approx((0.15, 0.05, 0.25))
+    assert plots.pooled_share(results, "consistency", []) is None  # no twins trained
+    fig = plots.memorization_and_generalization_figure(results)
+    assert len(fig.axes) == 2  # a panel per model
+    labels = [line.get_label() for line in fig.axes[0].containers]
+    assert labels == ["memorization (d1/d2 < ratio)", "recall vs held-out"]

@@ -3,9 +3,11 @@ brute-force references, identical sets, a set and its subset."""
 
 import numpy as np
 import pytest
+import torch
 
 from memorize.metrics.quality import (feature_moments, frechet_distance, frechet_distance_gaussians,
                                       kernel_distance, knn_radii, precision_recall)
+from tests.conftest import trained_tiny_cell
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,21 +142,7 @@ def test_frechet_distance_with_a_singular_covariance_matches_scipy_sqrtm():
 @pytest.fixture(scope="module")
 def memorizing_cell(tmp_path_factory):
     """A digits cell trained briefly, with 64 samples of its empirical (memorizing) denoiser."""
-    import dataclasses
-    import json
-
-    from memorize.config import CellConfig, from_dict
-    from memorize.generate import sample_cell
-    from memorize.train import train
-    from tests.conftest import TINY_CELL
-
-    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10),
-                              sample=dataclasses.replace(cfg.sample, num=64))
-    root = tmp_path_factory.mktemp("quality") / "cell"
-    train(cfg, root, progress=False)
-    sample_cell(root, cfg.sample, "empirical", progress=False)
-    return root
+    return trained_tiny_cell(tmp_path_factory.mktemp("quality") / "cell", num=64, denoiser="empirical")
 
 
 def test_scores_carry_quality_on_a_cached_dataset_classifier(memorizing_cell):
@@ -167,7 +155,7 @@ def test_scores_carry_quality_on_a_cached_dataset_classifier(memorizing_cell):
     # the classifier learnt digits from the pool (every distinct digit not held out) and knows the held-out ones
     assert q["classifier"]["n_pool"] == 1797 - 100 and q["classifier"]["heldout_accuracy"] > 0.85
     # copies of 32 training digits: all inside the real manifold, covering less of it (64 samples of 32 digits
-    # leave most k-NN balls wide, so recall is not small here; N = 8 with 128 samples gives 0.10, README)
+    # leave most k-NN balls wide, so recall is not small here; N = 8 with 128 samples gives 0.00, README)
     assert q["precision"] > 0.95 and q["recall"] < 0.8 and q["precision_lo"] <= q["precision"] <= q["precision_hi"]
     assert q["fid"] > 0 and np.isfinite(q["kid"])
     cached = list((memorizing_cell / "features").glob("classifier-*.pt"))
@@ -183,7 +171,6 @@ def test_the_classifier_needs_labelled_images():
     from memorize.data.datasets import Dataset
     from memorize.metrics.classifier import classifier_embedder
     from memorize.metrics.embedders import EmbedderError
-    import torch
 
     vectors = Dataset("gmm", torch.zeros(10, 4), torch.zeros(10, dtype=torch.long), 2)
     with pytest.raises(EmbedderError, match="features 'classifier': dataset 'gmm' has no labelled images"):

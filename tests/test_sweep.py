@@ -357,6 +357,9 @@ def test_a_sweep_with_a_calibrated_threshold_reports_false_positive_rates(tmp_pa
     (row,) = collect(out).to_dict("records")
     assert row["threshold"] == "auto" and 0 < row["threshold_cos"] < 1 and row["fpr_cos"] <= 0.01
     assert 0 <= row["fpr_nn"] <= 1 and row["agreement_empirical"] == row["agreement_empirical"]
+    # quality on the dataset classifier, trained once for the sweep into its features/ directory
+    assert row["features"] == "classifier" and row["fid"] > 0 and 0 <= row["precision"] <= 1
+    assert len(list((out / "features").glob("classifier-*.pt"))) == 1
     assert main(["plot", str(out)]) == 0
 
 
@@ -374,6 +377,7 @@ def test_consistency_trains_a_disjoint_twin_per_grid_point(tmp_path):
     twin_cfg = yaml.safe_load((out / "cells" / row["twin_cell"] / "config.yaml").read_text())
     assert twin_cfg["data"]["subset_offset"] == 8 and twin_cfg["data"]["n_train"] == 8
     assert 0 <= row["recall"] <= 1 and row["features"] == "pixel"
+    assert main(["plot", str(out)]) == 0 and (out / "figures" / "memorization_and_generalization.png").is_file()
 
 
 def test_a_twin_that_does_not_fit_the_pool_is_refused_before_launch(tmp_path):

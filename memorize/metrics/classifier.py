@@ -8,8 +8,8 @@ the features. Ours:
 - trained on the *pool*: every distinct image of the dataset except the held-out ones (the held-out
   images are the reference set of the quality metrics, and their labels only measure the
   classifier's accuracy);
-- deterministic: a fixed recipe (:data:`RECIPE`) and seed, so every cell of a sweep, and every
-  re-run, uses the same network;
+- deterministic: a fixed recipe (:data:`RECIPE`) and seed, trained on one CPU thread, so every
+  cell of a sweep, every re-run and every core count gives the same network;
 - cached: trained once per dataset and held-out split, in ``CACHE/classifier-<key>.pt`` (a sweep's
   ``features/`` directory; a single cell's own), where the key digests the recipe, the pool's
   images and labels; a lock keeps parallel cells from training it twice.
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from memorize.data.datasets import Dataset
 from memorize.data.subsets import unique_indices
@@ -37,7 +38,7 @@ from memorize.io import atomic_torch_save
 from memorize.metrics.embedders import Embedder, EmbedderError
 
 # What the cache key digests besides the data: change any value and the classifier is retrained.
-RECIPE = {"version": 1, "widths": [16, 32, 64], "steps": 600, "batch_size": 128, "lr": 1e-3,
+RECIPE = {"version": 2, "widths": [16, 32, 64], "steps": 600, "batch_size": 128, "lr": 1e-3,
           "weight_decay": 1e-4, "seed": 0}
 HALF = (0.5, 0.5, 0.5)  # the embedder's normalization: [-1, 1] images stay in [-1, 1], 3 channels
 
@@ -78,9 +79,19 @@ def cache_key(ds: Dataset, pool: np.ndarray) -> str:
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: str = "cpu",
                      progress: bool = False) -> SmallClassifier:
     """Train :class:`SmallClassifier` on ``images`` (K, C, H, W) in [-1, 1] with ``labels`` (K,): AdamW,
-    cross-entropy, RECIPE's steps of random minibatches drawn by a seeded generator."""
-    from tqdm.auto import tqdm
+    cross-entropy, RECIPE's steps of random minibatches drawn by a seeded generator. On the CPU it runs
+    on one thread: reductions split over threads round differently, and the network should not depend
+    on the machine's core count."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _train(images, labels, num_classes, device, progress)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: str, progress: bool) -> SmallClassifier:
     torch.manual_seed(RECIPE["seed"])
     model = SmallClassifier(num_classes, RECIPE["widths"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])

@@ -41,6 +41,20 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos) -> pd.
 QUALITY_K = 3
 
 
+def resolve_threshold(threshold: float | str | None, embedder: str, embed: Embedder, data: CellData,
+                      target_fpr: float = 0.01, progress: bool = False) -> float:
+    """The cosine threshold in force: ``None`` is :func:`default_threshold` of ``embedder``; ``auto``
+    is calibrated on the cell's held-out images against its training subset
+    (:func:`memorize.metrics.calibration.calibrated_threshold`); a number is itself."""
+    threshold = default_threshold(embedder) if threshold is None else threshold
+    if threshold != "auto":
+        return float(threshold)
+    if len(data.heldout) < min_heldout(target_fpr):  # before any embedding
+        calibrated_threshold(np.zeros(len(data.heldout)), target_fpr)
+    similarity = copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress), 1.0)
+    return calibrated_threshold(similarity.similarity, target_fpr)
+
+
 def resolve_features(features: str, data: CellData) -> str:
     """``auto``: ``classifier`` for labelled image datasets, ``pixel`` otherwise; any other spec as given."""
     if features != "auto":

@@ -150,7 +150,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
                          device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
     over_steps = []
     if score.checkpoints:  # the training-time view, through this same function
-        at_checkpoint = dataclasses.replace(score, compare=False, checkpoints=False)
+        at_checkpoint = dataclasses.replace(score, compare=False, checkpoints=False, consistency=False)
         for ckpt in CellPaths(root).checkpoint_steps():
             if ckpt <= step:
                 c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=ckpt),
