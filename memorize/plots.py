@@ -160,15 +160,17 @@ def _facets(table, axes: list[str]) -> list[tuple[dict, object]]:
 
 
 def _criterion_title(results, criterion: str) -> str:
+    """The criterion with its threshold and its false-positive rate on held-out images (the largest
+    over the panel's cells, where recorded)."""
     first = results.iloc[0]
+    column = f"fpr_{criterion}"
+    fpr = results[column].max() if column in results and results[column].notna().any() else None
+    rate = f"; held-out FPR \u2264 {fpr:.2g}" if fpr is not None else ""
     if criterion == "nn":
-        return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}"
+        return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}{rate}"
     if str(first["threshold"]) == "auto":
-        import pandas as pd
-
-        fpr = f", held-out FPR {float(first['fpr_cos']):.2g}" if pd.notna(first.get("fpr_cos")) else ""
-        return f"copy detection: {first['embedder']} cosine > threshold calibrated on held-out images{fpr}"
-    return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}"
+        return f"copy detection: {first['embedder']} cosine > threshold calibrated on held-out images{rate}"
+    return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}{rate}"
 
 
 def _model_palette(results) -> dict:

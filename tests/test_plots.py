@@ -96,3 +96,12 @@ def test_memorization_beside_generalization_per_model():
     assert len(fig.axes) == 2  # a panel per model
     labels = [line.get_label() for line in fig.axes[0].containers]
     assert labels == ["memorization (d1/d2 < ratio)", "recall vs held-out"]
+
+
+def test_criterion_titles_carry_the_largest_heldout_false_positive_rate():
+    results = _results([{"n_train": n, "mem_nn": 0.5, "fpr_nn": f, "fpr_cos": 2 * f}
+                        for n, f in ((8, 0.0), (64, 0.02))])
+    fig = plots.memorization_vs_n_figure(results)
+    titles = [ax.get_title() for ax in fig.axes[:2]]
+    assert titles[0].endswith("held-out FPR \u2264 0.02") and titles[1].endswith("held-out FPR \u2264 0.04")
+    assert "> 0.95" in titles[1]
