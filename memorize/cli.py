@@ -9,12 +9,15 @@
     memorize sweep status DIR
     memorize sweep collect DIR [--wait]
     memorize plot DIR [--cells ID ...]
+    memorize criteria --out DIR [--dataset digits | --cell DIR] [--ratios 1/3 1/2] [--embedders pixel]
+                      [--criterion MODULE:FUNCTION ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import signal
 import sys
 import threading
@@ -172,6 +175,36 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     written = plot_sweep(args.dir, args.cells)
     print(f"{len(written)} files in {Path(args.dir) / 'figures'}")
+
+
+def cmd_criteria(args: argparse.Namespace) -> None:
+    from memorize.testing import build_cases, cosine_criterion, load_criterion, nn_criterion
+    from memorize.testing.bench import run_bench
+
+    if args.cell:
+        from memorize.cell import CellPaths, load_cell_data, read_config
+
+        data = load_cell_data(read_config(Path(args.cell)), CellPaths(Path(args.cell)))
+        train, heldout, source = data.train, data.heldout, f"cell {args.cell}"
+    else:
+        from memorize.config import DataConfig
+        from memorize.data import load_dataset, make_split
+
+        cfg = DataConfig(name=args.dataset, root=args.root, n_train=args.n_train, n_heldout=args.n_heldout)
+        ds = load_dataset(cfg)
+        split = make_split(ds, cfg)
+        train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{args.dataset}, N = {args.n_train}"
+    criteria = {f"nn d1/d2 < {r:.3g}": nn_criterion(r) for r in args.ratios}
+    criteria.update({f"{e} cosine": cosine_criterion(e) for e in args.embedders})
+    criteria.update({spec: load_criterion(spec) for spec in args.criterion})
+    cases = build_cases(train, heldout, args.per_kind, args.seed)
+    table = run_bench(criteria, cases, train.numpy(), args.out, args.target_fpr, progress=not args.quiet)
+    for name, failed in table[table.error != ""].groupby("criterion", sort=False):
+        groups = [f"{r.kind}" + ("" if math.isnan(r.strength) else f" {r.strength:g}") for r in failed.itertuples()]
+        where = "every case group" if len(failed) == len(table[table.criterion == name]) else ", ".join(groups)
+        print(f"{name} failed on {where} (first: {groups[0]}: {failed.error.iloc[0]})")
+    print(f"{len(criteria)} criteria on {len(cases)} cases ({source}, {len(heldout)} held-out); "
+          f"table in {Path(args.out) / 'criteria.csv'}, ROC curves in {Path(args.out) / 'roc.png'}")
 
 
 def _fraction(text: str) -> float:
@@ -372,6 +405,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
     p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
     p.set_defaults(func=cmd_sweep_collect)
+
+    p = _sub(sub, "criteria", "test memorization criteria on cases with ground truth",
+             "Builds cases from a training subset (exact copies, noisy copies at stated PSNRs, flips, shifts, "
+             "crops, brightness and contrast changes, pixel mixtures of two images, empirical-denoiser samples; "
+             "novel: Gaussian-denoiser samples and held-out images) and reports, per criterion and case kind, "
+             "the detection rate, ROC AUC against the novel cases, the true-positive rate at --target-fpr "
+             "false positives on held-out images and whether the right training image is named. Writes "
+             "OUT/criteria.csv and OUT/roc.png.")
+    p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
+    p.add_argument("--dataset", default="digits", help="dataset name, as data.name (default: digits)")
+    p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
+    p.add_argument("--n-train", dest="n_train", type=_positive_int, default=256, help="training subset size")
+    p.add_argument("--n-heldout", dest="n_heldout", type=_positive_int, default=197,
+                   help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate)")
+    p.add_argument("--cell", help="take the training subset and held-out images of this cell instead")
+    p.add_argument("--ratios", nargs="*", type=_fraction, default=[1 / 3, 1 / 2],
+                   help="nearest-neighbour criteria d1/d2 < ratio to test (default: 1/3 1/2)")
+    p.add_argument("--embedders", nargs="*", default=["pixel"],
+                   help="cosine criteria to test, one per embedder spec (default: pixel)")
+    p.add_argument("--criterion", nargs="*", default=[], metavar="MODULE:FUNCTION",
+                   help="your own criteria: function(samples, train) -> score per sample (higher = more "
+                        "memorized), decision, or {'score', 'decision', 'index'}")
+    p.add_argument("--per-kind", dest="per_kind", type=_positive_int, default=64,
+                   help="cases per kind and strength")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cases")
+    p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=_checked(float, lambda v: 0 < v < 1,
+                                                                                   "a rate in (0, 1)"),
+                   help="false-positive rate on held-out images for the calibrated threshold")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's, all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_criteria)
 
     p = _sub(sub, "plot", "regenerate a sweep's figures into DIR/figures",
              "Collects first, then draws memorization vs N, the phase diagram, the critical N, denoiser-gap "
