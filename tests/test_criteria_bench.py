@@ -118,3 +118,18 @@ def test_the_criteria_command_runs_user_criteria_and_refuses_bad_specs(tmp_path,
     assert main(["criteria", "--out", str(tmp_path / "x"), "--criterion", "no_such_module:f"]) == 2
     assert "criterion 'no_such_module:f': cannot import" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_bench_runs_on_a_cells_own_subset(tmp_path, capsys):
+    import pandas as pd
+
+    from memorize.cli import main
+    from tests.conftest import trained_tiny_cell
+
+    cell = trained_tiny_cell(tmp_path / "cell", steps=1)
+    assert main(["criteria", "--out", str(tmp_path / "bench"), "--cell", str(cell), "--per-kind", "8",
+                 "--embedders", "--quiet"]) == 0
+    assert f"(cell {cell}, 100 held-out)" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "bench" / "criteria.csv")
+    exact = table[(table.kind == "exact") & (table.criterion == "nn d1/d2 < 0.333")].iloc[0]
+    assert exact.detection == 1.0 and exact.right_index == 1.0
