@@ -15,8 +15,8 @@ the features. Ours:
   images and labels; a lock keeps parallel cells from training it twice.
 
 Features: the 64 channels after the last convolution, averaged over space (ReLU, so non-negative).
-On scikit-learn's digits it trains in about 4 s on 2 cores and classifies 96% of 200 held-out
-digits correctly. It is small on purpose: for CIFAR-10 and larger images, prefer a pretrained
+On scikit-learn's digits it trains in about 6 s (one thread) and classifies 97.5% of the 197
+held-out digits of the default sweep correctly. It is small on purpose: for CIFAR-10 and larger images, prefer a pretrained
 network (``timm:...`` or ``torchvision:...`` specs) if one is on disk.
 """
 
