@@ -165,11 +165,12 @@ def _criterion_title(results, criterion: str) -> str:
     first = results.iloc[0]
     column = f"fpr_{criterion}"
     fpr = results[column].max() if column in results and results[column].notna().any() else None
-    rate = f"; held-out FPR \u2264 {fpr:.2g}" if fpr is not None else ""
+    rate = ("" if fpr is None else "\nno held-out image flagged" if fpr == 0
+            else f"\nat most {100 * fpr:.2g}% of held-out images flagged")
     if criterion == "nn":
         return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}{rate}"
     if str(first["threshold"]) == "auto":
-        return f"copy detection: {first['embedder']} cosine > threshold calibrated on held-out images{rate}"
+        return f"copy detection: {first['embedder']} cosine > calibrated threshold{rate}"
     return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}{rate}"
 
 

@@ -103,5 +103,8 @@ def test_criterion_titles_carry_the_largest_heldout_false_positive_rate():
                         for n, f in ((8, 0.0), (64, 0.02))])
     fig = plots.memorization_vs_n_figure(results)
     titles = [ax.get_title() for ax in fig.axes[:2]]
-    assert titles[0].endswith("held-out FPR \u2264 0.02") and titles[1].endswith("held-out FPR \u2264 0.04")
+    assert titles[0].endswith("at most 2% of held-out images flagged")
+    assert titles[1].endswith("at most 4% of held-out images flagged")
+    none = plots.memorization_vs_n_figure(results.assign(fpr_nn=0.0))
+    assert none.axes[0].get_title().endswith("no held-out image flagged")
     assert "> 0.95" in titles[1]
