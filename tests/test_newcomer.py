@@ -143,6 +143,12 @@ def _wait_for(predicate, proc, seconds: float = 120) -> None:
         time.sleep(0.05)
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C handled as a terminal would deliver it, even where the test run itself was
+    started with SIGINT ignored (a background job of a shell without job control: ``(pytest &)``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_train_says_where_a_rerun_resumes(tmp_path):
     cfg = json.loads(json.dumps(TINY_CELL))
     cfg["train"].update(steps=5000, checkpoint_every=10)
@@ -150,7 +156,7 @@ def test_ctrl_c_on_train_says_where_a_rerun_resumes(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cell"
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "train", str(config), "--out", str(out),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     _wait_for(lambda: list(out.glob("checkpoints/step-*.pt")), proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
@@ -167,7 +173,7 @@ def test_an_interrupted_local_sweep_stops_cleanly_and_leaves_no_process(tmp_path
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "sweep", "run", str(write_spec(tmp_path / "s.yaml",
                              spec)), "--out", str(out), "--quiet", "--parallel", "2"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     _wait_for(lambda: list(out.glob("cells/*/checkpoints/step-*.pt")), proc)
     if how.startswith("SIGTERM"):
         proc.send_signal(signal.SIGTERM)
