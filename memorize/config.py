@@ -173,14 +173,14 @@ class TrainConfig:
         _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "must be > 0 or null")
 
 
-SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm")
+SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m")
 
 
 @dataclass
 class SampleConfig:
     """Default sampler settings of a cell (``memorize sample`` flags override them)."""
 
-    sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm"] = "heun"
+    sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = "heun"
     steps: int = 18
     num: int = 64
     batch_size: int = 64
