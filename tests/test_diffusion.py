@@ -99,3 +99,17 @@ def test_schedules():
     for fn in (vp_linear_sigma, vp_cosine_sigma):
         assert torch.all(torch.diff(fn(t)) > 0)
     assert vp_cosine_sigma(torch.tensor(0.0)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vp_linear", "vp_cosine"])
+def test_vp_grids_span_the_sigma_range_without_repeating_a_level(kind):
+    from memorize.diffusion.schedules import VP_SIGMA, VP_TIME, vp_sigmas
+
+    for sigma in (0.002, 0.5, 80.0):  # the inverse schedules are inverses
+        assert VP_SIGMA[kind](torch.tensor(VP_TIME[kind](sigma), dtype=torch.float64)).item() == pytest.approx(sigma)
+    for steps in (18, 100):
+        grid = vp_sigmas(kind, steps, 0.002, 80.0)
+        levels = grid[:-1]
+        assert len(levels) == steps and grid[-1] == 0 and (levels[1:] < levels[:-1]).all()
+        assert levels[0].item() == pytest.approx(80.0)  # sigma(1) is above 80 for both: the top is sigma_max
+        assert levels[-1].item() >= 0.002

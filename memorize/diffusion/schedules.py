@@ -37,6 +37,21 @@ def vp_cosine_sigma(t: torch.Tensor) -> torch.Tensor:
 VP_SIGMA = {"vp_linear": vp_linear_sigma, "vp_cosine": vp_cosine_sigma}
 
 
+def vp_linear_time(sigma: float) -> float:
+    """Inverse of :func:`vp_linear_sigma`: the t in (0, 1] solving ``beta_d t^2 / 2 + beta_min t = log(1 + sigma^2)``."""
+    a, b, c = 0.5 * (VP_BETA_MAX - VP_BETA_MIN), VP_BETA_MIN, -math.log1p(sigma**2)
+    return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+
+def vp_cosine_time(sigma: float) -> float:
+    """Inverse of :func:`vp_cosine_sigma`: ``cos^2(pi/2 (t+s)/(1+s)) = cos^2(pi/2 s/(1+s)) / (1 + sigma^2)``."""
+    f0 = math.cos(0.5 * math.pi * COSINE_S / (1 + COSINE_S)) ** 2
+    return (1 + COSINE_S) * (2 / math.pi) * math.acos(math.sqrt(f0 / (1 + sigma**2))) - COSINE_S
+
+
+VP_TIME = {"vp_linear": vp_linear_time, "vp_cosine": vp_cosine_time}
+
+
 def sample_training_sigma(kind: str, n: int, generator: torch.Generator, *, p_mean: float = -1.2,
                           p_std: float = 1.2, sigma_max: float = 80.0) -> torch.Tensor:
     """Draw ``n`` training noise levels.
@@ -66,10 +81,14 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
 
 
 def vp_sigmas(kind: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
-    """VP sampling grid: ``sigma(t)`` at ``steps`` uniformly spaced t from 1 down, clipped to
-    ``[sigma_min, sigma_max]`` (DDPM/DDIM's uniform timestep spacing), then a final 0."""
-    t = torch.linspace(1.0, VP_T_MIN, steps, dtype=torch.float64)
-    sigmas = VP_SIGMA[kind](t).clamp(sigma_min, sigma_max)
+    """VP sampling grid: ``sigma(t)`` at ``steps`` uniformly spaced t (DDPM/DDIM's uniform timestep spacing),
+    then a final 0. The t range is where ``sigma(t)`` lies in ``[sigma_min, sigma_max]`` (within
+    ``[VP_T_MIN, 1]``): from ``min(1, t(sigma_max))`` down to ``max(VP_T_MIN, t(sigma_min))``, so no level
+    repeats (clipping a uniform t grid to ``sigma_max`` would repeat its top level)."""
+    time = VP_TIME[kind]
+    t_top, t_bottom = min(1.0, time(sigma_max)), max(VP_T_MIN, time(sigma_min))
+    t = torch.linspace(t_top, t_bottom, steps, dtype=torch.float64)
+    sigmas = VP_SIGMA[kind](t)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
