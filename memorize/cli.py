@@ -296,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sample seed, combined with the cell's seed (default: sample.seed)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="samples per batch")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
-    p.add_argument("--churn", type=float, help="EDM Heun stochastic churn (>= 0)")
+    p.add_argument("--churn", type=float, help="EDM Heun stochastic churn S_churn (>= 0)")
+    p.add_argument("--churn-sigma-min", dest="churn_sigma_min", type=float,
+                   help="S_tmin: churn only at noise levels >= this (default 0)")
+    p.add_argument("--churn-sigma-max", dest="churn_sigma_max", type=float,
+                   help="S_tmax: churn only at noise levels <= this (default: no bound)")
+    p.add_argument("--churn-noise", dest="churn_noise", type=float, help="S_noise: scale of the churn noise (default 1)")
     p.add_argument("--schedule", choices=("karras", "vp_linear", "vp_cosine"), help="noise-level grid")
     p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
                    help="trained network; the closed-form empirical or Gaussian denoiser of the training subset; "

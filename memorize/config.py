@@ -186,7 +186,10 @@ class SampleConfig:
     batch_size: int = 64
     seed: int = 0
     eta: float = 0.0
-    churn: float = 0.0
+    churn: float = 0.0  # Heun's S_churn; the churn is applied where churn_sigma_min <= sigma <= churn_sigma_max
+    churn_sigma_min: float = 0.0  # S_tmin
+    churn_sigma_max: float | None = None  # S_tmax (None: no upper bound)
+    churn_noise: float = 1.0  # S_noise
     schedule: Literal["karras", "vp_linear", "vp_cosine"] = "karras"
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -198,6 +201,10 @@ class SampleConfig:
         _require(0 <= self.seed < 2**32, "sample.seed", "must be in [0, 2^32)")
         _require(0.0 <= self.eta <= 1.0, "sample.eta", "must be in [0, 1]")
         _require(self.churn >= 0, "sample.churn", "must be >= 0")
+        _require(self.churn_sigma_min >= 0, "sample.churn_sigma_min", "must be >= 0")
+        _require(self.churn_sigma_max is None or self.churn_sigma_max >= self.churn_sigma_min,
+                 "sample.churn_sigma_max", "must be >= churn_sigma_min, or null")
+        _require(self.churn_noise > 0, "sample.churn_noise", "must be > 0")
         _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
                  "must satisfy 0 < sigma_min < sigma_max")
 

@@ -58,20 +58,24 @@ def _level(sigmas: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise | None = None,
-         churn: float = 0.0, progress: bool = False) -> torch.Tensor:
+         churn: float = 0.0, churn_sigma_min: float = 0.0, churn_sigma_max: float | None = None,
+         churn_noise: float = 1.0, progress: bool = False) -> torch.Tensor:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2; deterministic Algorithm 1 at churn = 0).
 
-    With ``gamma = min(churn / n, sqrt(2) - 1)``, ``sigma_hat = sigma_i (1 + gamma)``:
-    ``x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) z``; Euler step ``d = (x_hat - D(x_hat, sigma_hat)) / sigma_hat``,
+    ``gamma_i = min(S_churn / n, sqrt(2) - 1)`` where ``S_tmin <= sigma_i <= S_tmax``, else 0
+    (``churn``, ``churn_sigma_min``, ``churn_sigma_max``); ``sigma_hat = sigma_i (1 + gamma_i)``:
+    ``x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) S_noise z``; Euler step ``d = (x_hat - D(x_hat, sigma_hat)) / sigma_hat``,
     ``x' = x_hat + (sigma_{i+1} - sigma_hat) d``, corrected by the slope at ``x'`` unless ``sigma_{i+1} = 0``.
     """
     n = len(sigmas) - 1
-    gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
+    top = math.inf if churn_sigma_max is None else churn_sigma_max
     for i in tqdm(range(n), disable=not progress, desc="heun", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
+        churned = churn > 0 and churn_sigma_min <= float(sigmas[i]) <= top
+        gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churned else 0.0
         sigma_hat = sigma * (1.0 + gamma)
         if gamma > 0:
-            x = x + torch.sqrt(sigma_hat**2 - sigma**2) * noise()
+            x = x + torch.sqrt(sigma_hat**2 - sigma**2) * churn_noise * noise()
         d = (x - denoiser(x, sigma_hat)) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
         if sigma_next > 0:
@@ -163,7 +167,8 @@ def run_sampler(cfg: SampleConfig, denoiser: DenoiserFn, x: torch.Tensor, sigmas
                 noise: SampleNoise) -> torch.Tensor:
     """Dispatch ``cfg.sampler`` with its own options."""
     if cfg.sampler == "heun":
-        return heun(denoiser, x, sigmas, noise, churn=cfg.churn)
+        return heun(denoiser, x, sigmas, noise, churn=cfg.churn, churn_sigma_min=cfg.churn_sigma_min,
+                    churn_sigma_max=cfg.churn_sigma_max, churn_noise=cfg.churn_noise)
     if cfg.sampler == "euler_maruyama":
         return euler_maruyama(denoiser, x, sigmas, noise)
     if cfg.sampler == "ddim":

@@ -75,3 +75,21 @@ def test_dpm_solver_2m_is_second_order_and_ddim_first_on_the_gaussian_ode():
     assert all(3.5 < a / b < 5.5 for a, b in zip(dpm, dpm[1:])), dpm  # measured 4.7, 4.4
     assert all(1.8 < a / b < 2.2 for a, b in zip(first, first[1:])), first  # measured 1.98, 1.99
     assert dpm[-1] < first[-1] / 10
+
+
+def test_heun_churns_only_inside_its_sigma_window():
+    den = GaussianDenoiser(torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([1.0, 0.5, 0.1],
+                                                                                       dtype=torch.float64)))
+    seeds = sample_seeds(5, range(6))
+
+    def draw(**churn):  # a Gaussian's samples move with every change of noise (an empirical denoiser's snap back)
+        return generate(den, (3,), seeds, SampleConfig(sampler="heun", steps=10, num=6, batch_size=6, **churn),
+                        dtype=torch.float64, progress=False)
+
+    plain = draw()
+    assert torch.equal(draw(churn=5.0, churn_sigma_min=1e6), plain)  # no level inside the window: no churn
+    assert torch.equal(draw(churn=5.0, churn_sigma_max=1e-4), plain)
+    everywhere = draw(churn=5.0)
+    assert not torch.equal(everywhere, plain)
+    assert torch.equal(draw(churn=5.0, churn_sigma_min=0.0, churn_sigma_max=80.0), everywhere)
+    assert not torch.equal(draw(churn=5.0, churn_noise=1.007), everywhere)
