@@ -130,10 +130,12 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
                                              dev, progress)
     finite = drawn["samples"][nn.finite]
-    if min(len(finite), len(data.heldout)) > QUALITY_K:
-        quality = quality_summary(extractor(finite, progress), extractor(data.heldout, progress), dev, QUALITY_K)
-    else:
-        quality = quality_summary(np.zeros((len(finite), 0)), np.zeros((len(data.heldout), 0)), dev, QUALITY_K)
+    enough = min(len(finite), len(data.heldout)) > QUALITY_K  # else quality_summary gives NaN: skip the embedding
+
+    def features_of(x) -> np.ndarray:
+        return extractor(x, progress) if enough else np.empty((len(x), 0))
+
+    quality = quality_summary(features_of(finite), features_of(data.heldout), dev, QUALITY_K)
     quality.update(features=resolved, features_setting=features, classifier=classifier)
 
     def fpr(flagged: np.ndarray | None) -> dict:

@@ -126,7 +126,8 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
         return result
 
     samples = f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
-    measure = f"{samples}-{settings_key([score.embedder, score.ratio, score.threshold, score.target_fpr, score.features], 8)}"
+    scoring = [score.embedder, score.ratio, score.threshold, score.target_fpr, score.features]
+    measure = f"{samples}-{settings_key(scoring, 8)}"
     timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
           progress=progress, step=step)
     scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
@@ -157,8 +158,8 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
                                         sample=dataclasses.replace(cfg.sample, num=score.checkpoint_samples))
                 r = evaluate(root, c, at_checkpoint, progress)
                 over_steps.append({k: r[k] for k in ("step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos",
-                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss", "fid", "kid",
-                                                     "precision", "recall")})
+                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss",
+                                                     "fid", "kid", "precision", "recall")})
     trained = training_at(root, step)
     nn, cos, quality = scores["nn"], scores["cos"], scores["quality"]
     summary = {
