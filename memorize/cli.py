@@ -245,7 +245,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+        if ("%(default)" in text or "(default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -419,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
              "false positives on held-out images and whether the right training image is named. Writes "
              "OUT/criteria.csv and OUT/roc.png.")
     p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
-    p.add_argument("--dataset", default="digits", help="dataset name, as data.name (default: digits)")
+    p.add_argument("--dataset", default="digits", help="dataset name, as data.name")
     p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
     p.add_argument("--n-train", dest="n_train", type=_positive_int, default=256, help="training subset size")
     p.add_argument("--n-heldout", dest="n_heldout", type=_positive_int, default=197,
