@@ -99,11 +99,17 @@ def evaluate_criterion(criterion: Criterion, cases: CaseSet, train: np.ndarray, 
     """One row per (kind, strength): ``truth`` (copy/partial/novel), ``n``, ``detection``, ``auc``,
     ``tpr_at_fpr``, ``right_index``, ``threshold`` (score threshold at ``target_fpr`` on held-out
     images) and ``error`` (module docstring). ``detection`` of a novel kind is its false-positive rate."""
+    outputs, errors = run_criterion(criterion, cases, train)
+    name = name or getattr(criterion, "__name__", repr(criterion))
+    return outcome_table(outputs, errors, cases, target_fpr, name)
+
+
+def outcome_table(outputs: dict, errors: dict, cases: CaseSet, target_fpr: float, name: str) -> pd.DataFrame:
+    """:func:`evaluate_criterion`'s table from the outputs and errors of :func:`run_criterion`."""
     from sklearn.metrics import roc_auc_score
 
     from memorize.metrics.calibration import calibrated_threshold
 
-    outputs, errors = run_criterion(criterion, cases, train)
     novel = [o.score for (kind, _), o in outputs.items() if KIND_CLASS[kind] == NOVEL]
     novel_scores = np.concatenate(novel) if novel else np.zeros(0)
     heldout = [o.score for (kind, _), o in outputs.items() if kind == "heldout"]
@@ -115,7 +121,7 @@ def evaluate_criterion(criterion: Criterion, cases: CaseSet, train: np.ndarray, 
             errors.setdefault(("heldout", None), str(err))
     rows = []
     for kind, strength, idx in _groups(cases):
-        row = {"criterion": name or getattr(criterion, "__name__", repr(criterion)), "kind": kind,
+        row = {"criterion": name, "kind": kind,
                "strength": float("nan") if strength is None else strength, "truth": KIND_CLASS[kind], "n": len(idx), "detection": float("nan"),
                "auc": float("nan"), "tpr_at_fpr": float("nan"), "right_index": float("nan"), "threshold": threshold,
                "error": errors.get((kind, strength), "")}
@@ -226,8 +232,8 @@ def run_bench(criteria: dict[str, Criterion], cases: CaseSet, train: np.ndarray,
     out = Path(out)
     tables, outputs = [], {}
     for name, criterion in tqdm(criteria.items(), disable=not progress, desc="criteria", leave=False):
-        tables.append(evaluate_criterion(criterion, cases, train, target_fpr, name))
-        outputs[name] = run_criterion(criterion, cases, train)[0]
+        outputs[name], errors = run_criterion(criterion, cases, train)  # once: for the table and the figure
+        tables.append(outcome_table(outputs[name], errors, cases, target_fpr, name))
     table = pd.concat(tables, ignore_index=True)
     atomic_write_text(out / "criteria.csv", table.to_csv(index=False))
     fig = roc_figure(outputs)
