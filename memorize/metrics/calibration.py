@@ -25,6 +25,17 @@ def min_heldout(target_fpr: float) -> int:
     return math.ceil(1.0 / target_fpr - 1e-9)
 
 
+def check_heldout(n_heldout: int, target_fpr: float) -> None:
+    """Raise if ``n_heldout`` usable held-out images cannot resolve ``target_fpr`` (:func:`min_heldout`);
+    the error says how many are needed."""
+    if not 0 < target_fpr < 1:
+        raise ValueError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
+    need = min_heldout(target_fpr)
+    if n_heldout < need:
+        raise ValueError(f"threshold auto at a {target_fpr:g} false-positive rate needs at least {need} held-out "
+                         f"images; this cell has {n_heldout} (raise data.n_heldout, or the target rate)")
+
+
 def calibrated_threshold(heldout_similarity: np.ndarray, target_fpr: float = 0.01) -> float:
     """The cosine threshold at which at most ``floor(target_fpr * n)`` of the ``n`` held-out images are
     flagged (memorized iff ``s > threshold``): the ``(k + 1)``-th largest held-out similarity,
@@ -33,12 +44,7 @@ def calibrated_threshold(heldout_similarity: np.ndarray, target_fpr: float = 0.0
     Non-finite similarities (unusable descriptors) are left out. Fewer than
     :func:`min_heldout` usable images is an error that says how many are needed.
     """
-    if not 0 < target_fpr < 1:
-        raise ValueError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
     s = np.sort(np.asarray(heldout_similarity, dtype=np.float64)[np.isfinite(heldout_similarity)])[::-1]
-    need = min_heldout(target_fpr)
-    if len(s) < need:
-        raise ValueError(f"threshold auto at a {target_fpr:g} false-positive rate needs at least {need} held-out "
-                         f"images; this cell has {len(s)} (raise data.n_heldout, or the target rate)")
+    check_heldout(len(s), target_fpr)
     k = math.floor(target_fpr * len(s) + 1e-9)
     return float(s[k])

@@ -16,7 +16,7 @@ import pandas as pd
 from memorize.cell import CellData, CellPaths, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
-from memorize.metrics.calibration import calibrated_threshold, default_threshold, min_heldout
+from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold
 from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio
 from memorize.metrics.embedders import Embedder, load_embedder
 from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
@@ -49,8 +49,7 @@ def resolve_threshold(threshold: float | str | None, embedder: str, embed: Embed
     threshold = default_threshold(embedder) if threshold is None else threshold
     if threshold != "auto":
         return float(threshold)
-    if len(data.heldout) < min_heldout(target_fpr):  # before any embedding
-        calibrated_threshold(np.zeros(len(data.heldout)), target_fpr)
+    check_heldout(len(data.heldout), target_fpr)  # before any embedding
     similarity = copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress), 1.0)
     return calibrated_threshold(similarity.similarity, target_fpr)
 
@@ -115,8 +114,8 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()
     threshold = default_threshold(embedder) if threshold is None else threshold
-    if threshold == "auto" and len(data.heldout) < min_heldout(target_fpr):  # before any work
-        calibrated_threshold(np.zeros(len(data.heldout)), target_fpr)
+    if threshold == "auto":
+        check_heldout(len(data.heldout), target_fpr)  # before any work
     nn = nn_ratio(drawn["samples"], train, ratio)
     dev = str(resolve_device(device))
     embed = load_embedder(embedder, dev)
