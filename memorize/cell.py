@@ -249,9 +249,16 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths) -> CellData:
     return data
 
 
-def build_denoiser(cfg: CellConfig, shape: tuple[int, ...], num_classes: int) -> Denoiser:
+def resolve_sigma_data(cfg: CellConfig, train: torch.Tensor) -> float:
+    """``diffusion.sigma_data``, with ``auto`` = the standard deviation of all values of the training subset."""
+    if cfg.diffusion.sigma_data == "auto":
+        return float(train.to(torch.float64).std())
+    return float(cfg.diffusion.sigma_data)
+
+
+def build_denoiser(cfg: CellConfig, shape: tuple[int, ...], num_classes: int, sigma_data: float) -> Denoiser:
     net = build_network(cfg.model, shape, num_classes)
-    return Denoiser(net, cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
+    return Denoiser(net, cfg.diffusion.parameterization, sigma_data)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -284,7 +291,9 @@ def load_trained_denoiser(root: Path, weights: str = "ema", device: torch.device
     cfg = read_config(paths.root)
     checkpoint = checkpoint or checkpoint_at(paths.root)
     state = load_checkpoint(checkpoint)
-    denoiser = build_denoiser(cfg, tuple(state["shape"]), state["num_classes"])
+    # sigma_data as trained with (checkpoints before sigma_data auto did not record it: the config's number)
+    denoiser = build_denoiser(cfg, tuple(state["shape"]), state["num_classes"],
+                              state.get("sigma_data", cfg.diffusion.sigma_data))
     if weights == "ema":
         denoiser.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items()
                                   if k.startswith("module.")})

@@ -26,18 +26,18 @@ from pathlib import Path
 
 import yaml
 
-from memorize.config import SAMPLERS, ConfigError, SampleConfig, load_config
+from memorize.config import DEFAULT_SAMPLE_STEPS, SAMPLERS, ConfigError, SampleConfig, load_config
 from memorize.io import Terminated
 
 EXPECTED_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError)
 
 
-def _parse_set(items: list[str]) -> dict:
+def _parse_set(items: list[str], example: str = "train.steps=500") -> dict:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=500")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
@@ -62,7 +62,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     cfg = dataclasses.replace(base, **options)
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
                        progress=not args.quiet)
-    print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.steps} steps, seed {cfg.seed}) "
+    print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps, seed {cfg.seed}) "
           f"in {path}")
 
 
@@ -112,8 +112,8 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
 
     overrides = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
     if args.sbatch:
-        overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch).items()}
-    spec = load_spec(args.spec, overrides)
+        overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch, "mail-type=END").items()}
+    spec = load_spec(args.spec, overrides, _parse_set(args.set, "base.train.steps=500"))
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
                        progress=not args.quiet, threads=args.threads)
     if args.dry_run:
@@ -173,8 +173,8 @@ def cmd_sweep_collect(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from memorize.sweep.figures import plot_sweep
 
-    written = plot_sweep(args.dir, args.cells)
-    print(f"{len(written)} files in {Path(args.dir) / 'figures'}")
+    written = plot_sweep(args.dir, args.cells, step=args.step)
+    print(f"{len(written)} files in {Path(args.dir) / 'figures' / (f'step-{args.step}' if args.step else '')}")
 
 
 def cmd_criteria(args: argparse.Namespace) -> None:
@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=_positive_int, help="number of samples (default: the cell's sample.num)")
     p.add_argument("--sampler", choices=SAMPLERS, help="sampler (default: the cell's sample.sampler)")
     p.add_argument("--steps", type=_positive_int,
-                   help="number of noise levels (denoiser evaluations: 2*steps-1 for heun)")
+                   help="number of noise levels (denoiser evaluations: 2*steps-1 for heun; default: the cell's "
+                        "sample.steps, else the sampler's own: " +
+                        ", ".join(f"{k} {v}" for k, v in DEFAULT_SAMPLE_STEPS.items()) + ")")
     p.add_argument("--seed", type=int, help="sample seed, combined with the cell's seed (default: sample.seed)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="samples per batch")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
@@ -387,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
                         "cells, at least 1; on SLURM the cell's cpus_per_cell)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set base.train.stop_when=memorization_converged or "
+                        "--set grid.data.n_train=[8,64] (repeatable; the spec file is left as it is)")
     p.add_argument("--dry-run", action="store_true", help="print the grid points and what would be submitted")
     p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
     p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
@@ -445,10 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "plot", "regenerate a sweep's figures into DIR/figures",
              "Collects first, then draws memorization vs N, the phase diagram, the critical N, denoiser-gap "
-             "curves and nearest-neighbour grids (PNG and PDF).")
+             "curves and nearest-neighbour grids (PNG and PDF); where checkpoints were scored (score.checkpoints), "
+             "memorization over training steps and the timescales tau_mem and tau_gen against N "
+             "(figures/timescales.csv).")
     p.add_argument("dir", help="a sweep directory")
     p.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids (default: the largest model "
                                               "at the smallest and largest N)")
+    p.add_argument("--step", type=_positive_int, help="draw memorization vs N, the phase diagram and the critical N "
+                                                      "at this training step (a budget or a scored checkpoint) "
+                                                      "into DIR/figures/step-STEP/")
     p.set_defaults(func=cmd_plot)
     return parser
 

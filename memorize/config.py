@@ -125,18 +125,20 @@ class DiffusionConfig:
     ``noise``: ``edm`` draws ``ln sigma ~ N(p_mean, p_std^2)`` (Karras et al.
     2022); ``vp_linear`` and ``vp_cosine`` draw ``t ~ U(t_min, 1)`` and use the
     VP schedule's ``sigma(t)``. ``parameterization``: what the network predicts
-    (``edm`` preconditioning, ``eps``, ``x0`` or ``v``).
+    (``edm`` preconditioning, ``eps``, ``x0`` or ``v``). ``sigma_data``: the data's standard deviation in
+    the preconditioning and loss weights; ``auto`` takes the training subset's (over all its values),
+    recorded in every checkpoint and in results.csv (``sigma_data``).
     """
 
     parameterization: Literal["edm", "eps", "x0", "v"] = "edm"
     noise: Literal["edm", "vp_linear", "vp_cosine"] = "edm"
-    sigma_data: float = 0.5
+    sigma_data: float | Literal["auto"] = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_max: float = 80.0  # largest training sigma of the VP noises (unused by edm noise)
 
     def __post_init__(self) -> None:
-        _require(self.sigma_data > 0, "diffusion.sigma_data", "must be > 0")
+        _require(self.sigma_data == "auto" or self.sigma_data > 0, "diffusion.sigma_data", "must be > 0 or auto")
         _require(self.p_std > 0, "diffusion.p_std", "must be > 0")
         _require(self.sigma_max > 0, "diffusion.sigma_max", "must be > 0")
 
@@ -163,8 +165,16 @@ class TrainConfig:
     eval_every: int = 250
     amp: bool = True
     device: str = "auto"
+    # Sweeps with score.checkpoints: end a cell before its budget once memorization has converged
+    # (memorize.timescales.memorization_converged: the ratio at the scored checkpoints has reached 0.5 and moved by
+    # at most stop_tolerance over the last stop_window of them); its results are then at the step it stopped.
+    stop_when: Literal["budget", "memorization_converged"] = "budget"
+    stop_window: int = 3
+    stop_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
+        _require(self.stop_window >= 2, "train.stop_window", "must be >= 2")
+        _require(0 <= self.stop_tolerance < 1, "train.stop_tolerance", "must be in [0, 1)")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "eval_every"):
             _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         _require(self.lr > 0, "train.lr", "must be > 0")
@@ -174,14 +184,19 @@ class TrainConfig:
 
 
 SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m")
+# Each sampler's default number of noise levels: the fewest (of 18, 24, 32, ... on the Karras grid) at which its
+# samples of a 16-d Gaussian with eigenvalues 1e-3 to 1 and its exact denoiser have a variance within 10% of the
+# truth in every direction (measured: tests/test_sampling.py, benchmarks/sampler_bias.py, README "Samplers").
+DEFAULT_SAMPLE_STEPS = {"heun": 32, "dpm_solver_2m": 32, "ddim": 100, "euler_maruyama": 256, "ddpm": 256}
 
 
 @dataclass
 class SampleConfig:
-    """Default sampler settings of a cell (``memorize sample`` flags override them)."""
+    """Default sampler settings of a cell (``memorize sample`` flags override them). ``steps`` unset: the
+    sampler's own default (:data:`DEFAULT_SAMPLE_STEPS`, :attr:`num_steps`)."""
 
     sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = "heun"
-    steps: int = 18
+    steps: int | None = None
     num: int = 64
     batch_size: int = 64
     seed: int = 0
@@ -196,8 +211,9 @@ class SampleConfig:
     rho: float = 7.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "num", "batch_size"):
+        for name in ("num", "batch_size"):
             _require(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
+        _require(self.steps is None or self.steps >= 1, "sample.steps", "must be >= 1, or null for the sampler's default")
         _require(0 <= self.seed < 2**32, "sample.seed", "must be in [0, 2^32)")
         _require(0.0 <= self.eta <= 1.0, "sample.eta", "must be in [0, 1]")
         _require(self.churn >= 0, "sample.churn", "must be >= 0")
@@ -207,6 +223,11 @@ class SampleConfig:
         _require(self.churn_noise > 0, "sample.churn_noise", "must be > 0")
         _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
                  "must satisfy 0 < sigma_min < sigma_max")
+
+    @property
+    def num_steps(self) -> int:
+        """The number of noise levels sampled with: ``steps``, or the sampler's default."""
+        return self.steps if self.steps is not None else DEFAULT_SAMPLE_STEPS[self.sampler]
 
 
 @dataclass
@@ -236,7 +257,8 @@ ARCH_FIELDS = {
 # Fields that never change the trained weights. ``data.root`` is a location: the data's content is
 # fingerprinted instead (memorize.cell). ``train.steps`` is a budget (see TrainConfig).
 NOT_TRAINING_IDENTITY = ("data.root", "train.steps", "train.checkpoint_every", "train.keep_all_checkpoints",
-                         "train.log_every", "train.eval_every", "train.device", "sample")
+                         "train.log_every", "train.eval_every", "train.device", "train.stop_when", "train.stop_window",
+                         "train.stop_tolerance", "sample")
 
 
 def training_identity(cfg: CellConfig) -> dict[str, Any]:
@@ -281,6 +303,7 @@ def sample_settings(cfg: SampleConfig) -> dict[str, Any]:
     (sample i has its own noise stream, so batching does not change it)."""
     settings = dataclasses.asdict(cfg)
     del settings["batch_size"]
+    settings["steps"] = cfg.num_steps  # a default and the same number given explicitly are one setting
     return settings
 
 

@@ -72,7 +72,9 @@ def experiment_axes(results) -> list[str]:
     and each setting column, except ``seed``, that varies between rows of one (model, N) once the axes
     before it are fixed. Axes that a model or N determine (``model.channels``, ``data.n_train``) drop out."""
     keys = MODEL_KEYS + ["n_train"]
-    candidates = [c for c in results.columns if "." in c] + [c for c in SETTING_COLUMNS if c in results.columns]
+    # cells that train.stop_when ended early differ in step, not in experiment: their budget is the setting
+    settings = [("budget" if c == "step" and "budget" in results.columns else c) for c in SETTING_COLUMNS]
+    candidates = [c for c in results.columns if "." in c] + [c for c in settings if c in results.columns]
     axes: list[str] = []
     for column in candidates:
         if results.groupby(keys + axes, dropna=False)[column].nunique(dropna=False).gt(1).any():
@@ -159,14 +161,31 @@ def _facets(table, axes: list[str]) -> list[tuple[dict, object]]:
             for key, g in table.groupby(axes, dropna=False, sort=True)]
 
 
+def budget_label(results) -> str:
+    """The training budget of a table's rows ("after 800 training steps", or the steps cells stopped at under
+    ``train.stop_when``); empty where the budget varies (then it is an experiment axis, labelled as such)."""
+    if "step" not in results:
+        return ""
+    steps = results["step"].dropna().unique()
+    budgets = results["budget"].dropna().unique() if "budget" in results else steps
+    if len(steps) == 1:
+        return f"after {int(steps[0]):,} training steps"
+    if len(budgets) == 1 and "stopped_early" in results and results["stopped_early"].astype(bool).any():
+        return (f"trained until memorization converged (steps {int(steps.min()):,}-{int(steps.max()):,} "
+                f"of a budget of {int(budgets[0]):,})")
+    return ""
+
+
 def _criterion_title(results, criterion: str) -> str:
-    """The criterion with its threshold and its false-positive rate on held-out images (the largest
-    over the panel's cells, where recorded)."""
+    """The criterion with its threshold, its false-positive rate on held-out images (the largest over the
+    panel's cells, where recorded) and the training budget."""
     first = results.iloc[0]
     column = f"fpr_{criterion}"
     fpr = results[column].max() if column in results and results[column].notna().any() else None
     rate = ("" if fpr is None else "\nno held-out image flagged" if fpr == 0
             else f"\nat most {100 * fpr:.2g}% of held-out images flagged")
+    budget = budget_label(results)
+    rate += f", {budget}" if budget and rate else f"\n{budget}" if budget else ""
     if criterion == "nn":
         return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}{rate}"
     if str(first["threshold"]) == "auto":
@@ -247,7 +266,7 @@ def phase_diagram_figure(results) -> plt.Figure:
     return fig
 
 
-def critical_n_figure(crit) -> plt.Figure:
+def critical_n_figure(crit, budget: str = "") -> plt.Figure:
     """Critical N against parameters with its interval (the N range where the Wilson interval contains 0.5),
     a series per experiment; a power law is fitted to a series with at least 3 finite points, its exponent
     given with a bootstrap 95% interval (:func:`power_law_fit`)."""
@@ -291,6 +310,7 @@ def critical_n_figure(crit) -> plt.Figure:
     ax.set_ylabel("critical N (ratio crosses 0.5)")
     missing = crit[crit["critical_n"].isna()]["model"].tolist()
     ax.set_title("critical training-set size; bars: N range where the Wilson 95% interval contains 0.5" +
+                 (f"\n{budget}" if budget else "") +
                  (f"\n(no crossing: {'; '.join(missing)})" if missing else "") +
                  ("\n(fewer than 3 models: no power-law fit)" if plotted and max(len(p) for p in plotted) < 3 else ""),
                  fontsize=7)
@@ -314,13 +334,82 @@ def gap_curves_figure(gaps) -> plt.Figure:
 
 
 def memorization_over_steps_figure(steps) -> plt.Figure:
-    import seaborn as sns
+    """The training-time view (``DIR/curves.csv``): a column per model (and experiment), rows for the
+    memorization ratio under each criterion (Wilson 95% bars) and the held-out loss, against the training
+    step on a log axis, one line per N (seeds pooled by their mean)."""
+    steps = steps.assign(experiment=steps["experiment"].fillna("") if "experiment" in steps else "")
+    panels = list(dict.fromkeys(zip(steps.sort_values("params")["model"], steps.sort_values("params")["experiment"])))
+    rows = [("mem_nn", "memorization ratio\n(d1/d2 < ratio)"), ("mem_cos", "memorization ratio\n(cosine copy)"),
+            ("heldout_loss", "held-out loss\n(fixed noise)")]
+    rows = [r for r in rows if r[0] in steps and steps[r[0]].notna().any()]
+    ns = np.sort(steps["n_train"].unique())
+    colors = dict(zip(ns, plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ns)))))
+    fig, grid = plt.subplots(len(rows), len(panels), figsize=(3.8 * len(panels), 2.7 * len(rows)), squeeze=False,
+                             sharex=True, sharey="row")
+    for col, (model, experiment) in enumerate(panels):
+        own = steps[(steps.model == model) & (steps.experiment == experiment)]
+        for n in ns:
+            g = own[own.n_train == n].groupby("step").mean(numeric_only=True).reset_index()
+            if g.empty:
+                continue
+            for r, (column, _) in enumerate(rows):
+                ax = grid[r, col]
+                if column.startswith("mem_"):
+                    ax.errorbar(g["step"], g[column], yerr=[g[column] - g[f"{column}_lo"], g[f"{column}_hi"] - g[column]],
+                                marker="o", ms=3, capsize=2, color=colors[n], label=f"N = {n:,}")
+                    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+                    ax.set_ylim(-0.03, 1.03)
+                else:
+                    ax.plot(g["step"], g[column], marker="o", ms=3, color=colors[n], label=f"N = {n:,}")
+        grid[0, col].set_title(model + (f"\n{experiment}" if experiment else ""), fontsize=9)
+        grid[-1, col].set_xscale("log")
+        grid[-1, col].set_xlabel("training step (log scale)")
+    for r, (_, label) in enumerate(rows):
+        grid[r, 0].set_ylabel(label, fontsize=8)
+    grid[0, -1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
 
-    row = "experiment" if "experiment" in steps and steps["experiment"].nunique() > 1 else None
-    grid = sns.relplot(steps, x="step", y="mem_nn", hue="n_train", col="model", row=row, kind="line", marker="o",
-                       palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1)
-    grid.set_axis_labels("training step", "memorization ratio (d1/d2 < 1/3)")
-    return grid.figure
+
+def timescales_figure(ts, fits: dict) -> plt.Figure:
+    """tau_mem and tau_gen (:mod:`memorize.timescales`) against N on log-log axes, a panel per model (and
+    experiment): tau_mem with the interval where the Wilson interval contains the level, censored times as
+    triangles at the checkpoint they lie beyond (right-censored, pointing up) or before (left-censored,
+    pointing down), tau_gen with the checkpoints around it; the power-law fits of either where ``fits`` has
+    one (keyed by model, experiment and ``tau_mem`` or ``tau_gen``; the slope and its 95% interval)."""
+    panels = list(dict.fromkeys(zip(ts.sort_values("params")["model"], ts["experiment"])))
+    fig, grid = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (model, experiment) in zip(grid[0], panels):
+        own = ts[(ts.model == model) & (ts.experiment == experiment)]
+        ok = own[own.tau_mem_censored == "none"]
+        lo, hi = ok["tau_mem_lo"].fillna(ok["tau_mem"]), ok["tau_mem_hi"].fillna(ok["tau_mem"])
+        ax.errorbar(ok["n_train"], ok["tau_mem"], yerr=[ok["tau_mem"] - lo, hi - ok["tau_mem"]], fmt="o",
+                    color="tab:red", capsize=3, label=f"tau_mem (ratio reaches {own['level'].iloc[0]:g})")
+        for side, marker, text in (("right", "^", "not reached by then"), ("left", "v", "reached by then")):
+            c = own[own.tau_mem_censored == side]
+            if not c.empty:
+                ax.plot(c["n_train"], c["tau_mem_bound"], marker, color="tab:red", mfc="none", ls="none",
+                        label=f"tau_mem censored ({text})")
+        gen = own.dropna(subset=["tau_gen"])
+        ax.errorbar(gen["n_train"], gen["tau_gen"], yerr=[gen["tau_gen"] - gen["tau_gen_lo"],
+                                                          gen["tau_gen_hi"] - gen["tau_gen"]],
+                    fmt="s", color="tab:blue", mfc="none", capsize=3,
+                    label=f"tau_gen ({own['gen_measure'].iloc[0]} within {own['gen_tolerance'].iloc[0]:g} of its fall "
+                          f"to its best)")
+        for name, points, color in (("tau_mem", ok, "tab:red"), ("tau_gen", gen, "tab:blue")):
+            fit = fits.get((model, experiment, name))
+            if fit is not None:
+                xs = np.geomspace(points["n_train"].min(), points["n_train"].max(), 50)
+                ax.plot(xs, np.exp(fit["intercept"]) * xs ** fit["slope"], "--", color=color,
+                        label=f"{name} ~ N^{fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training-set size N")
+        ax.set_title(model + (f"\n{experiment}" if experiment else ""), fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
+    grid[0, 0].set_ylabel("training step")
+    fig.tight_layout()
+    return fig
 
 
 def pooled_share(results, column: str, axes: list[str]):
@@ -364,7 +453,9 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
             ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
             ax.set_xlabel("training-set size N")
-            ax.set_title(model + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
+            budget = budget_label(own)
+            ax.set_title(model + (f"\n{experiment_label(values)}" if values else "") + (f"\n{budget}" if budget else ""),
+                         fontsize=9)
         grid[row, 0].set_ylabel("share (Wilson 95%)")
     handles, labels = grid[0, 0].get_legend_handles_labels()
     fig.tight_layout()

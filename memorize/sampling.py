@@ -87,12 +87,18 @@ def heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: Sam
 
 def euler_maruyama(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: SampleNoise,
                    progress: bool = False) -> torch.Tensor:
-    """Euler-Maruyama on the reverse SDE of ``dx = sqrt(2 sigma) dw`` (``sigma(t) = t``; Song et al. 2021):
-    ``dx = -2 sigma score dsigma + sqrt(2 sigma) dw``, ``score = (D - x) / sigma^2``, so
+    """The reverse SDE of ``dx = sqrt(2 sigma) dw`` (``sigma(t) = t``; Song et al. 2021),
+    ``dx = 2 (x - D) / sigma dsigma + sqrt(2 sigma) dw`` run from ``sigma_i`` down to ``sigma_{i+1}``, integrated
+    exactly with ``D`` held at ``D(x_i, sigma_i)`` over the step (the exponential Euler-Maruyama step, Lu et al.
+    2022's SDE-DPM-Solver-1): ``x - D`` shrinks by ``(sigma_{i+1} / sigma_i)^2`` and the noise adds the variance
+    ``int 2 s (sigma_{i+1} / s)^4 ds = sigma_{i+1}^2 (1 - sigma_{i+1}^2 / sigma_i^2)``, so
 
-    ``x_{i+1} = x_i + 2 (sigma_i - sigma_{i+1}) / sigma_i (D(x_i) - x_i) + sqrt(2 sigma_i (sigma_i - sigma_{i+1})) z``,
+    ``x_{i+1} = D + (sigma_{i+1} / sigma_i)^2 (x_i - D) + sigma_{i+1} sqrt(1 - sigma_{i+1}^2 / sigma_i^2) z``.
 
-    and the last step (to sigma = 0) returns Tweedie's estimate ``D(x, sigma_{n-1})``.
+    The plain Euler-Maruyama step ``x + 2 (sigma_i - sigma_{i+1}) / sigma_i (D - x) + ...`` moves more than the
+    whole way to ``D`` where ``sigma_{i+1} < sigma_i / 2`` (the last steps of a Karras grid) and inflates the
+    variance; this one is exact for a point mass at any step size. In VE coordinates it is the same step as
+    DDPM's posterior draw (:func:`ddpm`). The last step (to sigma = 0) returns ``D(x, sigma_{n-1})``.
     """
     n = len(sigmas) - 1
     for i in tqdm(range(n), disable=not progress, desc="euler_maruyama", leave=False):
@@ -100,7 +106,8 @@ def euler_maruyama(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, 
         denoised = denoiser(x, sigma)
         if sigma_next == 0:
             return denoised
-        x = x + 2 * (sigma - sigma_next) / sigma * (denoised - x) + torch.sqrt(2 * sigma * (sigma - sigma_next)) * noise()
+        shrink = (sigma_next / sigma) ** 2
+        x = denoised + shrink * (x - denoised) + sigma_next * torch.sqrt(1 - shrink) * noise()
     return x
 
 
@@ -189,7 +196,7 @@ def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seed
     ``labels`` (one per sample) are passed to the denoiser as ``D(x, sigma, labels)`` when given.
     Returns a float32 CPU tensor ``(K, *shape)``.
     """
-    sigmas = sampling_sigmas(cfg.schedule, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    sigmas = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     out = []
     for start in tqdm(range(0, len(seeds), cfg.batch_size), disable=not progress, desc=f"sampling ({cfg.sampler})",
                       unit="batch"):

@@ -26,7 +26,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device
+from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device, resolve_sigma_data
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
@@ -119,11 +119,24 @@ def _resume_point(paths: CellPaths, budget: int) -> int | None:
     return earlier[-1] if earlier else None
 
 
-def _keep_budget(paths: CellPaths, budget: int) -> set[int]:
-    """Record ``budget`` among the steps whose checkpoints are never rotated away; returns them all."""
+def log_spaced_steps(first: int, per_decade: int, budget: int) -> list[int]:
+    """Training steps ``round(first * 10^(i / per_decade))``, i = 0, 1, ..., up to ``budget``, and ``budget``.
+
+    The grid does not depend on the budget (only its end does), so a cell trained further later
+    continues the same grid: 10, 18, 32, 56, 100, 178, 316, 562, 1000, ... for ``first = 10``, 4 per decade."""
+    steps, i = [], 0
+    while (step := round(first * 10 ** (i / per_decade))) < budget:
+        if not steps or step > steps[-1]:
+            steps.append(step)
+        i += 1
+    return steps + [budget]
+
+
+def _keep_steps(paths: CellPaths, steps: set[int]) -> set[int]:
+    """Record ``steps`` among the steps whose checkpoints are never rotated away; returns them all."""
     kept = set(json.loads(paths.kept_budgets.read_text())) if paths.kept_budgets.is_file() else set()
-    if budget not in kept:
-        kept.add(budget)
+    if not steps <= kept:
+        kept |= steps
         atomic_write_json(paths.kept_budgets, sorted(kept))
     return kept
 
@@ -132,9 +145,12 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
 
-def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
+def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: tuple[int, ...] = ()) -> dict:
     """Train the cell ``cfg`` in directory ``out`` to ``cfg.train.steps``, resuming from its latest
     checkpoint below that budget if any; a budget reached before returns at once.
+
+    ``keep_steps``: further steps at which to write a checkpoint that is never rotated away and to
+    evaluate the losses (the training-time view, e.g. :func:`log_spaced_steps`).
 
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
@@ -146,7 +162,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     resume = _resume_point(paths, budget)
 
     torch.manual_seed(cfg.seed)
-    denoiser = build_denoiser(cfg, shape, data.split.num_classes).to(device)
+    sigma_data = resolve_sigma_data(cfg, data.train)
+    denoiser = build_denoiser(cfg, shape, data.split.num_classes, sigma_data).to(device)
     ema = AveragedModel(denoiser, multi_avg_fn=ema_update(cfg.train.ema_decay))
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -165,7 +182,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
         step, rows, elapsed, losses = state["step"], state["log"], state["seconds"], state["pending_losses"]
     # Written only now that the inputs are known good: a refused run changes nothing on disk.
     save_config(cfg, paths.config)
-    kept = _keep_budget(paths, budget)
+    kept = _keep_steps(paths, {budget, *(s for s in keep_steps if s <= budget)})
 
     def save_checkpoint() -> Path:
         if not (_all_finite(denoiser) and _all_finite(ema)):  # never write a checkpoint that cannot be resumed
@@ -178,6 +195,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             "log": rows, "pending_losses": losses, "seconds": elapsed, "shape": shape,
             "num_classes": data.split.num_classes, "params": params, "params_total": params_total,
+            "sigma_data": sigma_data,
             "config": to_dict(cfg)})
         if step >= newest[0]:  # a shorter budget trained after a longer one leaves the longer log in place
             _write_log(paths.loss_log, rows)
@@ -223,11 +241,12 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
             losses.append(loss.item())
             bar.update(1)
 
-            if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget:
+            at_kept = step in kept
+            if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget or at_kept:
                 row = {"step": step, "lr": lr, "running_loss": sum(losses) / len(losses) if losses else math.nan,
                        "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
                 losses = []
-                if step % cfg.train.eval_every == 0 or step == budget:
+                if step % cfg.train.eval_every == 0 or step == budget or at_kept:
                     ema.module.eval()
                     # The same number of training items as held-out ones, so the two losses compare.
                     n_eval = max(len(data.heldout), 1)
@@ -236,7 +255,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
                     row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
                 rows.append(row)
                 bar.set_postfix(loss=f"{row['running_loss']:.4f}")
-            if step % cfg.train.checkpoint_every == 0 or step == budget:
+            if step % cfg.train.checkpoint_every == 0 or step == budget or at_kept:
                 elapsed = time.perf_counter() - start_time
                 save_checkpoint()
             progress_note(paths.root, "training", step, budget)
@@ -249,7 +268,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True) -> dict:
     finally:
         bar.close()
 
-    summary = {"steps": step, "params": params, "params_total": params_total, "device": str(device),
+    summary = {"steps": step, "params": params, "params_total": params_total, "sigma_data": sigma_data,
+               "device": str(device),
                "seconds": round(elapsed, 2), **losses_at(rows, budget),
                "n_train": len(data.train), "n_duplicates_removed": data.split.n_duplicates}
     atomic_write_json(paths.train_summary, summary)

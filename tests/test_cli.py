@@ -20,7 +20,10 @@ def test_train_then_sample_on_digits(tiny_cfg, tmp_path, capsys):
     a, b = read_samples(cell / "samples" / "b4.npz"), read_samples(cell / "samples" / "b16.npz")
     assert a["samples"].shape == (16, 1, 8, 8) and a["samples"].dtype == np.float32
     assert np.abs(a["samples"]).max() <= 1.0
-    assert np.array_equal(a["samples"], b["samples"]) and np.array_equal(a["seeds"], b["seeds"])
+    # the same samples whatever the batch size, up to float rounding (batched convolutions round differently at
+    # some thread counts); different noise would differ by O(1)
+    np.testing.assert_allclose(a["samples"], b["samples"], rtol=0, atol=1e-5)
+    assert np.array_equal(a["seeds"], b["seeds"])
     assert a["settings"]["sampler"] == "heun" and a["settings"]["checkpoint_step"] == 30
     assert (cell / "samples" / "b4.png").is_file()
 

@@ -36,6 +36,11 @@ def test_a_setting_that_differs_without_a_grid_axis_is_not_pooled_either():
                         for s, r, step in ((0, 1.0, 800), (1, 0.0, 2000))])
     assert plots.experiment_axes(results) == ["step"]
     assert len(plots.pooled_ratios(results, "nn")) == 2
+    # under train.stop_when the seeds stop at different steps of one budget: one experiment, pooled
+    stopped = results.assign(budget=4000, stopped_early=True)
+    assert plots.experiment_axes(stopped) == [] and len(plots.pooled_ratios(stopped, "nn")) == 1
+    assert plots.budget_label(stopped) == "trained until memorization converged (steps 800-2,000 of a budget of 4,000)"
+    assert plots.budget_label(results.iloc[:1]) == "after 800 training steps"
 
 
 def test_seeds_are_pooled_with_their_spread_beside_the_wilson_interval():
@@ -103,8 +108,9 @@ def test_criterion_titles_carry_the_largest_heldout_false_positive_rate():
                         for n, f in ((8, 0.0), (64, 0.02))])
     fig = plots.memorization_vs_n_figure(results)
     titles = [ax.get_title() for ax in fig.axes[:2]]
-    assert titles[0].endswith("at most 2% of held-out images flagged")
-    assert titles[1].endswith("at most 4% of held-out images flagged")
+    # ... and the training budget
+    assert titles[0].endswith("at most 2% of held-out images flagged, after 800 training steps")
+    assert titles[1].endswith("at most 4% of held-out images flagged, after 800 training steps")
     none = plots.memorization_vs_n_figure(results.assign(fpr_nn=0.0))
-    assert none.axes[0].get_title().endswith("no held-out image flagged")
+    assert none.axes[0].get_title().endswith("no held-out image flagged, after 800 training steps")
     assert "> 0.95" in titles[1]

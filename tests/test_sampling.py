@@ -93,3 +93,52 @@ def test_heun_churns_only_inside_its_sigma_window():
     assert not torch.equal(everywhere, plain)
     assert torch.equal(draw(churn=5.0, churn_sigma_min=0.0, churn_sigma_max=80.0), everywhere)
     assert not torch.equal(draw(churn=5.0, churn_noise=1.007), everywhere)
+
+
+def _variance_ratio(sampler: str, steps: int | None) -> torch.Tensor:
+    from memorize.testing.samplers import variance_ratio
+
+    return variance_ratio(SampleConfig(sampler=sampler, steps=steps))
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_solver_2m", "ddim", "ddpm", "euler_maruyama"])
+def test_every_sampler_at_its_default_steps_keeps_the_variance_within_10_percent(sampler):
+    ratio = _variance_ratio(sampler, None)
+    assert ((ratio - 1).abs() < 0.10).all(), f"{sampler}: variance ratio {ratio.min():.3f} to {ratio.max():.3f}"
+
+
+def test_the_variance_check_catches_too_few_steps():
+    # 18 steps, the old default: heun inflates (exactly 1.09-1.27), ddim shrinks (0.61-0.74)
+    assert _variance_ratio("heun", 18).max() > 1.2 and _variance_ratio("ddim", 18).min() < 0.65
+
+
+def test_euler_maruyama_leaves_the_grids_noise_on_a_point_mass():
+    """On a point mass the reverse SDE's solution at sigma is x0 + sigma z: the exponential step is exact, so
+    before the last step the noise left is sigma_{n-1} (0.002 on the Karras grid), at any number of steps
+    (the plain Euler-Maruyama step left 0.0197 at 18 steps)."""
+    from memorize.diffusion.schedules import sampling_sigmas
+    from memorize.sampling import euler_maruyama
+
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn(50_000, 4, generator=gen, dtype=torch.float64)  # noqa: E731
+    for steps in (6, 18):
+        sigmas = sampling_sigmas("karras", steps, 0.002, 80.0, 7.0).double()[:-1]  # stop at sigma_{n-1}
+        x = euler_maruyama(lambda x, sigma: x0.expand_as(x), sigmas[0] * noise(), sigmas, noise)
+        assert abs(x.std().item() / sigmas[-1].item() - 1) < 0.01
+
+
+def test_every_sampler_at_its_defaults_memorizes_with_the_empirical_denoiser():
+    """The empirical denoiser of N digits only ever returns training images: every sampler at its defaults
+    reproduces them (d1/d2 < 1/3 for at least 95% of the samples)."""
+    from memorize.config import SAMPLERS, DataConfig
+    from memorize.data import load_dataset, make_split
+    from memorize.metrics import nn_ratio
+
+    train = torch.as_tensor(make_split(load_dataset(DataConfig(name="digits")), DataConfig(n_train=64)).train)
+    for sampler in SAMPLERS:
+        cfg = SampleConfig(sampler=sampler, num=64, batch_size=64)
+        out = generate(empirical_denoiser(train), tuple(train.shape[1:]), sample_seeds(0, range(64)), cfg,
+                       progress=False)
+        share = nn_ratio(out.numpy(), train.numpy(), 1 / 3).memorized.mean()
+        assert share >= 0.95, f"{sampler}: {share:.2f}"

@@ -204,20 +204,83 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_intermediate_checkpoints_are_scored(tmp_path):
+def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml")
+    before = spec.read_text()
+    out = tmp_path / "sweep"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--set", "grid.data.n_train=[8, 16, 24]",
+                 "--set", "base.train.steps=30"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("to run") == 3 and "n_train=24" in text
+    overridden = load_spec(spec, overrides={"base.train.steps": 30, "score.checkpoints": True})
+    assert overridden.base["train"]["steps"] == 30 and overridden.score.checkpoints
+    assert spec.read_text() == before and not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--set", "train.steps=30"]) == 2
+    assert "--set train.steps: expected a key below base, grid, score or slurm" in capsys.readouterr().err
+
+
+def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
     spec = json.loads(json.dumps(TINY_SPEC))
-    spec["base"]["train"]["keep_all_checkpoints"] = True
     spec["grid"] = {"data.n_train": [8]}
-    spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16, "features": "pixel"}  # = sample.num
+    spec["base"]["train"]["steps"] = 40  # checkpoint_every 10, rotated: only the log grid and the budget stay
+    spec["score"] = {"compare": False, "checkpoints": True, "checkpoint_samples": 16, "features": "pixel",
+                     "checkpoints_from": 3, "checkpoints_per_decade": 3}  # 16 = sample.num
     out = tmp_path / "sweep"
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
     table = collect(out)
     steps = pd.read_csv(out / "curves.csv")
-    assert steps.step.tolist() == [10, 20] and steps.mem_nn.between(0, 1).all()
+    assert steps.step.tolist() == [3, 6, 14, 30, 40] and steps.mem_nn.between(0, 1).all()  # 3 * 10^(i/3), rounded
+    # held-out loss evaluated at each checkpoint itself
+    log = pd.read_csv(out / "cells" / table.cell.iloc[0] / "loss.csv")
+    assert set(steps.step) <= set(log.dropna(subset=["heldout_loss"]).step)
+    assert steps.heldout_loss.tolist() == [log.set_index("step").heldout_loss[s] for s in steps.step]
     # the last checkpoint, same seeds and sampler: exactly the cell's own samples
     assert steps.mem_nn.iloc[-1] == table.mem_nn.iloc[0]
     assert main(["plot", str(out)]) == 0
-    assert (out / "figures" / "memorization_over_steps.png").is_file()
+    for name in ("memorization_over_steps.png", "timescales.png", "timescales.csv"):
+        assert (out / "figures" / name).is_file()
+    assert main(["plot", str(out), "--step", "14"]) == 0
+    assert (out / "figures" / "step-14" / "phase_diagram.png").is_file()
+    assert main(["plot", str(out), "--step", "15"]) == 2
+    assert "--step 15: no result or scored checkpoint at that step; recorded steps: 3, 6, 14, 30, 40" in \
+        capsys.readouterr().err
+
+
+def test_memorization_converged_needs_the_level_and_a_still_window():
+    from memorize.timescales import memorization_converged
+
+    assert not memorization_converged([0.0, 0.0, 0.0], 3, 0.05)  # still at zero: waiting, not converged
+    assert not memorization_converged([0.9, 0.95], 3, 0.05)  # too few checkpoints yet
+    assert not memorization_converged([0.2, 0.6, 0.9, 0.97], 3, 0.05)  # still moving
+    assert memorization_converged([0.2, 0.93, 0.97, 0.95], 3, 0.05)
+    assert not memorization_converged([0.45, 0.46, 0.47], 3, 0.05)  # still below 0.5
+
+
+def test_stop_when_ends_a_cell_at_its_converged_checkpoint_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    import memorize.timescales
+    import memorize.train
+
+    monkeypatch.setattr(memorize.timescales, "memorization_converged", lambda ratios, window, tol: len(ratios) >= 3)
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = {"data.n_train": [8]}
+    spec["base"]["train"].update(steps=40, stop_when="memorization_converged")
+    spec["score"] = {"compare": True, "checkpoints": True, "checkpoint_samples": 16, "features": "pixel",
+                     "checkpoints_from": 3, "checkpoints_per_decade": 3}  # grid 3, 6, 14, 30, 40
+    path = write_spec(tmp_path / "s.yaml", spec)
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(path), out, "debug", progress=False)["failed"] == 0
+    (row,) = collect(out).to_dict("records")
+    assert (row["step"], row["budget"], row["stopped_early"]) == (14, 40, True)
+    assert CellPaths(out / "cells" / row["cell"]).checkpoint_steps() == [3, 6, 14]
+    assert pd.read_csv(out / "curves.csv").step.tolist() == [3, 6, 14]
+    assert row["agreement_empirical"] == row["agreement_empirical"]  # compared at the step it stopped
+    steps = []
+    real = memorize.train.train
+    monkeypatch.setattr(memorize.train, "train", lambda cfg, *a, **k: steps.append(cfg.train.steps) or real(cfg, *a, **k))
+    assert run_sweep(load_spec(path), out, "debug", progress=False)["failed"] == 0  # done: nothing runs
+    assert steps == []
+    with pytest.raises(ConfigError, match="train.stop_when memorization_converged reads the memorization ratio"):
+        expand(load_spec(write_spec(tmp_path / "t.yaml", {**spec, "score": {"checkpoints": False}})))
 
 
 def test_vector_data_sweep_compares_with_the_true_mixture(tmp_path):

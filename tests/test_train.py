@@ -144,3 +144,24 @@ def test_ema_update_follows_the_warm_up_formula():
             d = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13, 5/14: the warm-up, below 0.9
             expected = d * expected + (1 - d) * value
     assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_log_spaced_steps_do_not_depend_on_the_budget():
+    from memorize.train import log_spaced_steps
+
+    assert log_spaced_steps(10, 4, 1000) == [10, 18, 32, 56, 100, 178, 316, 562, 1000]
+    assert log_spaced_steps(10, 4, 600) == [10, 18, 32, 56, 100, 178, 316, 562, 600]  # a prefix, then the budget
+    assert log_spaced_steps(1, 10, 4) == [1, 2, 3, 4]  # rounding repeats are dropped
+
+
+def test_sigma_data_auto_is_the_training_subsets_deviation_and_is_recorded(tiny_cfg, tmp_path):
+    from memorize.cell import load_cell_data
+    from memorize.config import cell_id
+
+    cfg = dataclasses.replace(tiny_cfg, diffusion=dataclasses.replace(tiny_cfg.diffusion, sigma_data="auto"))
+    summary = train(cfg, tmp_path, progress=False)
+    expected = load_cell_data(cfg, CellPaths(tmp_path)).train.double().std().item()
+    assert summary["sigma_data"] == pytest.approx(expected) and abs(expected - 0.5) > 0.05
+    denoiser, state = load_trained_denoiser(tmp_path)
+    assert state["sigma_data"] == summary["sigma_data"] and denoiser.sigma_data == summary["sigma_data"]
+    assert cell_id(cfg) != cell_id(tiny_cfg)

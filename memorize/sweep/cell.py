@@ -96,14 +96,16 @@ def training_at(root: Path, step: int) -> dict:
 
     state = load_checkpoint(checkpoint_at(root, step))
     return {"params": state["params"], "params_total": state["params_total"], "train_seconds": state["seconds"],
+            "sigma_data": state.get("sigma_data", state["config"]["diffusion"]["sigma_data"]),
             **losses_at(state["log"], step)}
 
 
-def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) -> dict:
+def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, stopped_at: int | None = None) -> dict:
     """The result of the trained cell at ``root`` at budget ``cfg.train.steps`` under ``cfg.sample`` and
     ``score``: sample, score with both criteria, compare with the empirical denoiser, and (with
     ``score.checkpoints``) the same for every kept checkpoint up to the budget. Every artefact is
-    named by its settings and reused when present; the summary goes to ``evals/<key>.json``."""
+    named by its settings and reused when present; the summary goes to ``evals/<key>.json``.
+    ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead."""
     from memorize.compare import compare_cell, disjoint_consistency
     from memorize.generate import sample_cell
     from memorize.metrics.score import score_cell
@@ -115,7 +117,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
     done = read_eval(root, key)
     if done is not None:
         return done
-    step = cfg.train.steps
+    step = stopped_at or cfg.train.steps
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args, **kwargs):
@@ -151,24 +153,19 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
                          device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
     over_steps = []
     if score.checkpoints:  # the training-time view, through this same function
-        at_checkpoint = dataclasses.replace(score, compare=False, checkpoints=False, consistency=False)
-        for ckpt in CellPaths(root).checkpoint_steps():
-            if ckpt <= step:
-                c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=ckpt),
-                                        sample=dataclasses.replace(cfg.sample, num=score.checkpoint_samples))
-                r = evaluate(root, c, at_checkpoint, progress)
-                over_steps.append({k: r[k] for k in ("step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos",
-                                                     "mem_cos_lo", "mem_cos_hi", "train_loss", "heldout_loss",
-                                                     "fid", "kid", "precision", "recall")})
+        for ckpt in scored_steps(root, step):
+            r = evaluate(root, *at_checkpoint(cfg, score, ckpt), progress)
+            over_steps.append({"step": ckpt, "eval": r["eval"]})
     trained = training_at(root, step)
     nn, cos, quality = scores["nn"], scores["cos"], scores["quality"]
     summary = {
         "cell": root.name, "eval": key, "dataset": cfg.data.name, "n_train": cfg.data.n_train,
         "model": model_name(cfg.model, trained["params"]), "arch": cfg.model.arch, "seed": cfg.seed, "step": step,
+        "budget": cfg.train.steps, "stopped_early": step < cfg.train.steps,
         **trained,
         "mem_nn": nn["ratio"], "mem_nn_lo": nn["lo"], "mem_nn_hi": nn["hi"],
         "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
-        "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps,
+        "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.num_steps,
         "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
         "threshold_cos": cos["threshold"], "fpr_nn": nn["fpr"]["ratio"], "fpr_cos": cos["fpr"]["ratio"],
         "fid": quality["fid"], "kid": quality["kid"], "precision": quality["precision"], "recall": quality["recall"],
@@ -187,6 +184,47 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False) ->
     return summary
 
 
+def checkpoint_grid(score: Any, budget: int) -> list[int]:
+    """The log-spaced steps a cell is checkpointed at for ``score.checkpoints`` (none without it)."""
+    from memorize.train import log_spaced_steps
+
+    return log_spaced_steps(score.checkpoints_from, score.checkpoints_per_decade, budget) if score.checkpoints else []
+
+
+def at_checkpoint(cfg: CellConfig, score: Any, step: int) -> tuple[CellConfig, Any]:
+    """The config and score settings of a checkpoint's evaluation: ``score.checkpoint_samples`` samples scored
+    with both criteria and the quality metrics, no comparisons, no twin."""
+    train = dataclasses.replace(cfg.train, steps=step, stop_when="budget")
+    sample = dataclasses.replace(cfg.sample, num=score.checkpoint_samples)
+    return (dataclasses.replace(cfg, train=train, sample=sample),
+            dataclasses.replace(score, compare=False, checkpoints=False, consistency=False))
+
+
+def stop_step(root: Path, cfg: CellConfig, score: Any, grid: tuple[int, ...], progress: bool = False) -> int | None:
+    """``train.stop_when: memorization_converged``: train the cell from checkpoint to checkpoint of ``grid`` up
+    to the budget, scoring each, and return the step where memorization converged
+    (:func:`memorize.timescales.memorization_converged`), or None (trained to the budget). A re-run finds
+    the checkpoints and their scores on disk and only reads them."""
+    from memorize.timescales import memorization_converged
+    from memorize.train import train
+
+    ratios = []
+    for step in grid:
+        c, s = at_checkpoint(cfg, score, step)
+        train(c, root, progress=progress, keep_steps=grid)
+        ratios.append(evaluate(root, c, s, progress)["mem_nn"])
+        if step < cfg.train.steps and memorization_converged(ratios, cfg.train.stop_window, cfg.train.stop_tolerance):
+            return step
+    return None
+
+
+def scored_steps(root: Path, budget: int) -> list[int]:
+    """The checkpoints scored for the training-time view up to ``budget``: the log-spaced grid and every
+    other kept checkpoint, where on disk (a cell trained before ``score.checkpoints`` was set lacks the
+    grid's earlier steps: they are left out, never retrained)."""
+    return [s for s in CellPaths(root).checkpoint_steps() if s <= budget]
+
+
 def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: bool = False) -> list[dict]:
     """Train the cell at ``root`` to each budget of ``configs`` (shortest first: one run, extended) and
     evaluate it there; returns the evaluation summaries. Finished evaluations are read, not redone."""
@@ -200,10 +238,15 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
     with cell_lock(root):
         (root / ERROR).unlink(missing_ok=True)
         results = []
+        grid = tuple(checkpoint_grid(score, configs[-1].train.steps))
+        stop = None
+        if configs[-1].train.stop_when != "budget":
+            stop = stop_step(root, configs[-1], score, grid, progress)
         for cfg, key in zip(configs, keys):
-            if not is_done(root, key):
-                train(cfg, root, progress=progress)
-            results.append(evaluate(root, cfg, score, progress))
+            stopped = stop if stop is not None and stop < cfg.train.steps else None
+            if not is_done(root, key) and stopped is None:
+                train(cfg, root, progress=progress, keep_steps=grid)
+            results.append(evaluate(root, cfg, score, progress, stopped_at=stopped))
         return results
 
 

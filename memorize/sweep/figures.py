@@ -45,27 +45,73 @@ def default_nn_cells(results: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys([biggest.iloc[0]["cell"], biggest.iloc[-1]["cell"]]))
 
 
-def plot_sweep(sweep: str | Path, cells: list[str] | None = None) -> list[Path]:
+def results_at_step(results: pd.DataFrame, curves: pd.DataFrame | None, step: int) -> pd.DataFrame:
+    """The sweep's table at training step ``step``: the grid points whose budget is ``step`` and, for the
+    other cells, their scored checkpoint at ``step`` (``DIR/curves.csv``; each row carries its own sample
+    count, so the Wilson intervals stay right)."""
+    rows = results[results.step == step]
+    if curves is not None:
+        at = curves[(curves.step == step) & ~curves.cell.isin(rows.cell)].drop_duplicates(["cell", "step_eval"])
+        rows = pd.concat([rows, at.drop(columns=["eval"]).rename(columns={"step_eval": "eval"})], ignore_index=True)
+    rows = rows.assign(budget=step, stopped_early=False)  # the table at one step, whatever the runs' budgets
+    if rows.empty:
+        recorded = sorted(set(results.step) | (set(curves.step) if curves is not None else set()))
+        raise ValueError(f"--step {step}: no result or scored checkpoint at that step; recorded steps: "
+                         f"{', '.join(f'{s:,}' for s in recorded)}")
+    return rows
+
+
+def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
+    """timescales.csv (:mod:`memorize.timescales`, per cell and grid point's experiment) and its figure, with
+    power-law fits of tau_mem and of tau_gen against N per model and experiment where at least 3 N have one
+    (columns ``tau_mem_slope``, ``tau_gen_slope`` and their 95% intervals)."""
+    from memorize.timescales import timescales
+
+    keys = plots.MODEL_KEYS + ["experiment", "n_train", "seed", "cell"]
+    ts = timescales(curves.drop_duplicates(["cell", "step_eval"]), keys)
+    fits = {}
+    for (model, experiment), g in ts.groupby(["model", "experiment"], sort=False):
+        for name, ok in (("tau_mem", g[g.tau_mem_censored == "none"]), ("tau_gen", g.dropna(subset=["tau_gen"]))):
+            if ok["n_train"].nunique() >= 3:
+                fit = plots.power_law_fit(ok["n_train"].to_numpy(float), ok[name].to_numpy(float),
+                                          ok[f"{name}_lo"].to_numpy(float), ok[f"{name}_hi"].to_numpy(float))
+                fits[model, experiment, name] = fit
+                ts.loc[g.index, [f"{name}_slope", f"{name}_slope_lo", f"{name}_slope_hi"]] = (
+                    fit["slope"], fit["slope_lo"], fit["slope_hi"])
+    written = [atomic_write_text(out / "timescales.csv", ts.to_csv(index=False))]
+    return written + _save(plots.timescales_figure(ts, fits), out, "timescales")
+
+
+def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | None = None) -> list[Path]:
+    """Every figure of the sweep into ``DIR/figures/``; with ``step``, the memorization figures (vs N,
+    phase diagram, critical N) at that training step into ``DIR/figures/step-STEP/``."""
     sweep = Path(sweep)
     results = collect(sweep)
     if results.empty:
         raise FileNotFoundError(f"{sweep} has no finished cells yet: `memorize sweep status {sweep}` shows progress")
     out = sweep / "figures"
+    curves = pd.read_csv(sweep / "curves.csv") if (sweep / "curves.csv").is_file() else None
+    if step is not None:
+        results = results_at_step(results, curves, step)
+        out = out / f"step-{step}"
     axes = plots.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
-    if "recall" in results and results["recall"].notna().any():
-        written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
     crit = plots.critical_n(plots.pooled_ratios(results, "nn", axes), axes=axes)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
-    written += _save(plots.critical_n_figure(crit), out, "critical_n")
+    written += _save(plots.critical_n_figure(crit, plots.budget_label(results)), out, "critical_n")
+    if step is not None:
+        return written
+    if "recall" in results and results["recall"].notna().any():
+        written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
     gaps = _per_cell_tables(sweep, results, axes)
     if gaps is not None:
         written += _save(plots.gap_curves_figure(gaps), out, "denoiser_gap")
-    if (sweep / "curves.csv").is_file():
-        steps = pd.read_csv(sweep / "curves.csv")
-        steps["experiment"] = [plots.experiment_label({a: r[a] for a in axes if a in steps}) for _, r in steps.iterrows()]
-        written += _save(plots.memorization_over_steps_figure(steps), out, "memorization_over_steps")
+    if curves is not None:
+        time_axes = [a for a in axes if a != "budget" and a in curves]  # the budget is the time axis here
+        curves["experiment"] = [plots.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]
+        written += _save(plots.memorization_over_steps_figure(curves), out, "memorization_over_steps")
+        written += _timescales(curves, out)
     for cid in cells or default_nn_cells(results):
         written += nn_grid(sweep, cid, out, results)
     return written

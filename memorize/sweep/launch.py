@@ -44,14 +44,17 @@ from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
 TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                          "BOOT_FAIL", "DEADLINE", "ENDED"}
-RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "running_loss",
-                  "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
+RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "budget",
+                  "stopped_early", "sigma_data", "running_loss", "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
                   "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
                   "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
                   "fid", "kid", "precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi",
                   "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "cell", "eval"]
-CURVE_COLUMNS = ["step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "train_loss",
-                 "heldout_loss", "fid", "kid", "precision", "recall"]
+# curves.csv: a result record per scored checkpoint (its own evaluation, ``step_eval``), tagged with the grid
+# point it belongs to (cell, eval, budget) and its grid values; the comparisons run at the budget only.
+CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (
+    "model", "params", "n_train", "seed", "cell", "eval", "budget", "stopped_early", "agreement_empirical", "reproducibility_empirical",
+    "mem_nn_empirical", "consistency", "consistency_lo", "consistency_hi", "twin_cell")]
 
 
 def cell_dir(out: Path, point: GridPoint | str) -> Path:
@@ -432,13 +435,18 @@ def collect(out: str | Path) -> pd.DataFrame:
             pending += 1
             continue
         record = {k: summary.get(k) for k in RESULT_COLUMNS}
+        record["budget"] = summary.get("budget", summary["step"])  # results from before train.stop_when
+        record["stopped_early"] = bool(summary.get("stopped_early", False))
         record["compare_dir"] = (summary.get("files") or {}).get("compare")
         for axis in axes:
             record.setdefault(axis, row[axis])
         rows.append(record)
         for c in summary.get("over_steps", []):
-            curves.append({**{k: record[k] for k in ("model", "params", "n_train", "seed", "cell", "eval")},
-                           **{axis: row[axis] for axis in axes}, **{k: c.get(k) for k in CURVE_COLUMNS}})
+            # one row per scored checkpoint: its own result record (older sweeps stored a few columns inline)
+            at_step = read_eval(cell_dir(out, row["cell"]), c["eval"]) if "eval" in c else c
+            curves.append({**{k: record[k] for k in ("model", "params", "n_train", "seed", "cell")},
+                           **{axis: row[axis] for axis in axes}, "budget": record["budget"], "eval": record["eval"],
+                           **{k: at_step.get(k) for k in CURVE_COLUMNS}, "step_eval": at_step.get("eval")})
     columns = RESULT_COLUMNS + ["compare_dir"] + [c for c in axes if c not in RESULT_COLUMNS]
     table = pd.DataFrame(rows, columns=columns)
     atomic_write_text(out / "results.csv", table.to_csv(index=False))

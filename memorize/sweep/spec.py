@@ -48,8 +48,13 @@ class ScoreConfig:
     features: str = "auto"  # quality metrics' features: an embedder spec, classifier, or auto (score.resolve_features)
     compare: bool = True
     consistency: bool = False  # also train a twin on the disjoint subset of the same size (twin_config)
-    checkpoints: bool = False  # also score every kept checkpoint (needs train.keep_all_checkpoints)
+    # The training-time view: also checkpoint each cell at log-spaced steps (checkpoints_from, then
+    # checkpoints_per_decade per decade: memorize.train.log_spaced_steps) and score them, with every other kept
+    # checkpoint, through the same code as the final scoring (checkpoint_samples samples each).
+    checkpoints: bool = False
     checkpoint_samples: int = 64
+    checkpoints_from: int = 10
+    checkpoints_per_decade: int = 4
 
     def __post_init__(self) -> None:
         if self.threshold is None:
@@ -60,8 +65,9 @@ class ScoreConfig:
             raise ConfigError(f"score.threshold: must be a cosine threshold in [0, 1) or auto, got {self.threshold}")
         if not 0 < self.target_fpr < 1:
             raise ConfigError(f"score.target_fpr: must be in (0, 1), got {self.target_fpr}")
-        if self.checkpoint_samples < 1:
-            raise ConfigError("score.checkpoint_samples: must be >= 1")
+        for name in ("checkpoint_samples", "checkpoints_from", "checkpoints_per_decade"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"score.{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -114,7 +120,13 @@ def twin_config(config: CellConfig) -> CellConfig:
 def eval_settings(config: CellConfig, score: ScoreConfig) -> dict[str, Any]:
     """What determines a grid point's results besides its cell: the training budget, the sampling
     settings (not the batch size) and the scoring settings."""
-    return {"steps": config.train.steps, "sample": sample_settings(config.sample), "score": dataclasses.asdict(score)}
+    scoring = dataclasses.asdict(score)
+    if not score.checkpoints:  # fields that act only with it: left out, so older sweeps keep their keys
+        del scoring["checkpoints_from"], scoring["checkpoints_per_decade"]
+    settings = {"steps": config.train.steps, "sample": sample_settings(config.sample), "score": scoring}
+    if config.train.stop_when != "budget":  # the results may be from before the budget
+        settings["stop"] = [config.train.stop_when, config.train.stop_window, config.train.stop_tolerance]
+    return settings
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,11 @@ class GridPoint:
         return ", ".join(f"{k}={v}" for k, v in self.point) or "(no grid axes)"
 
 
-def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None) -> SweepSpec:
+def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
+              overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """The spec in ``path`` with ``overrides`` (``memorize sweep run --set``): dotted keys into the spec
+    (``base.train.steps``, ``score.checkpoints``) where a ``grid.`` key names a whole axis
+    (``grid.data.n_train: [8, 64]``), and the SLURM flags' ``slurm_overrides``."""
     path = Path(path)
     data = read_yaml(path, "sweep spec")
     if data is None:
@@ -138,6 +154,17 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None) -
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys name, base, grid, score, slurm")
     data.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        section, _, rest = dotted.partition(".")
+        if section not in ("name", "base", "grid", "score", "slurm") or (section != "name" and not rest):
+            raise ConfigError(f"--set {dotted}: expected a key below base, grid, score or slurm "
+                              f"(e.g. base.train.steps, grid.data.n_train, score.checkpoints) or name")
+        if section == "grid":
+            if not isinstance(data.get("grid") or {}, dict):
+                raise ConfigError(f"{path}: grid must be a mapping of axes")
+            data["grid"] = {**(data.get("grid") or {}), rest: value}
+        else:
+            set_dotted(data, dotted, value)
     if slurm_overrides:
         data["slurm"] = {**(data.get("slurm") or {}), **slurm_overrides}
     try:
@@ -161,6 +188,9 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
             config = from_dict(CellConfig, data)
         except ConfigError as err:
             raise ConfigError(f"grid point ({where}): {err}") from None
+        if config.train.stop_when != "budget" and not spec.score.checkpoints:
+            raise ConfigError(f"grid point ({where}): train.stop_when {config.train.stop_when} reads the memorization "
+                              f"ratio at scored checkpoints: set score.checkpoints: true")
         need = min_heldout(spec.score.target_fpr)
         if spec.score.threshold == "auto" and config.data.n_heldout < need:
             raise ConfigError(f"grid point ({where}): score.threshold auto at target_fpr {spec.score.target_fpr:g} "
