@@ -257,7 +257,7 @@ def resolve_sigma_data(cfg: CellConfig, train: torch.Tensor) -> float:
 
 
 def build_denoiser(cfg: CellConfig, shape: tuple[int, ...], num_classes: int, sigma_data: float) -> Denoiser:
-    net = build_network(cfg.model, shape, num_classes)
+    net = build_network(cfg.model, shape, num_classes, null_label=cfg.train.label_dropout > 0)
     return Denoiser(net, cfg.diffusion.parameterization, sigma_data)
 
 

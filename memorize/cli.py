@@ -1,7 +1,7 @@
 """The ``memorize`` command.
 
     memorize train [CONFIG.yaml] --out DIR [--set KEY=VALUE ...]
-    memorize sample DIR --num K [--sampler heun --steps 18 --seed S ...]
+    memorize sample DIR --num K [--sampler heun --steps 18 --seed S --guidance W --label C ...]
     memorize score DIR [--samples NAME] [--embedder pixel] [--ratio 1/3] [--threshold auto] [--features auto]
     memorize compare DIR [--samples NAME] [--embedder pixel] [--threshold auto]
     memorize consistency DIR_A DIR_B [--samples NAME] [--embedder pixel] [--threshold auto]
@@ -62,8 +62,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     cfg = dataclasses.replace(base, **options)
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
                        progress=not args.quiet)
-    print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps, seed {cfg.seed}) "
-          f"in {path}")
+    guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
+    print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
+          f"seed {cfg.seed}) in {path}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -77,6 +78,11 @@ def cmd_score(args: argparse.Namespace) -> None:
           f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
           f"{cos['threshold']:.4g}{' (auto)' if cos['threshold_setting'] == 'auto' else ''}; false positives on "
           f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}")
+    if "nn_class" in s:
+        c = s["nn_class"]
+        print(f"within each sample's requested class: memorized {c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
+              f"by d1/d2 < {args.ratio:.4g} ({c['n_defined']} of {s['n_samples']} samples have a class with at "
+              f"least 2 training images)")
     print(f"against the held-out images on {q['features']} features: FID {q['fid']:.4g}, KID {q['kid']:.4g}, "
           f"precision {q['precision']:.3f}, recall {q['recall']:.3f}; table, figure and summary in "
           f"{Path(args.dir) / 'scores'}")
@@ -306,9 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S_tmax: churn only at noise levels <= this (default: no bound)")
     p.add_argument("--churn-noise", dest="churn_noise", type=float, help="S_noise: scale of the churn noise (default 1)")
     p.add_argument("--schedule", choices=("karras", "vp_linear", "vp_cosine"), help="noise-level grid")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance weight w >= 0 of a class-conditional cell: D(x,c) + w (D(x,c) - "
+                        "D(x,none)); the trained denoiser needs train.label_dropout > 0 (default: sample.guidance, 0)")
+    p.add_argument("--label", type=int,
+                   help="class of every sample of a class-conditional cell (default: sample.label, else each "
+                        "sample's class is a training label drawn with its seed)")
     p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
-                   help="trained network; the closed-form empirical or Gaussian denoiser of the training subset; "
-                        "or the true mixture's denoiser (gmm dataset)")
+                   help="trained network; the closed-form empirical or Gaussian denoiser of the training subset "
+                        "(per class in a class-conditional cell); or the true mixture's denoiser (gmm dataset)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
     p.add_argument("--name", help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

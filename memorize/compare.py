@@ -12,6 +12,10 @@
   noise; the share where both are memorized copies of the same training image (nearest
   index equal), and the reproducibility score of the two sets (Zhang et al. 2024).
 
+In a class-conditional cell the references are the class-conditional empirical and Gaussian denoisers
+(:class:`memorize.empirical.ClassConditionalDenoiser`), every denoiser is asked for each item's own class,
+and the empirical samples are drawn with the trained samples' classes and guidance weight.
+
 It writes ``DIR/compare/gap.csv``, ``gap.png`` and ``compare.json``.
 :func:`disjoint_consistency` compares two cells trained on disjoint subsets of one size
 (Kadkhodaie et al. 2024).
@@ -28,7 +32,8 @@ import torch
 
 from memorize.cell import CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config, resolve_device
 from memorize.config import SampleConfig
-from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
+from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
+                                class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
@@ -40,10 +45,12 @@ GAP_SEED = 2024  # fixed noise for the gap curves
 
 @torch.no_grad()
 def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigmas=SIGMA_GRID,
-                 batch_size: int = 256, device: torch.device | str = "cpu") -> pd.DataFrame:
+                 batch_size: int = 256, device: torch.device | str = "cpu",
+                 labels: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
     """Tidy table with one row per (split, sigma): ``mse_<name>`` = mean ``(D(x) - x0)^2`` of each
     denoiser and ``gap_<ref>`` = mean ``(D_trained(x) - D_ref(x))^2``, with ``x = x0 + sigma eps``
-    and ``eps`` fixed by ``GAP_SEED`` (the same for every denoiser)."""
+    and ``eps`` fixed by ``GAP_SEED`` (the same for every denoiser). ``labels`` (per split): every denoiser
+    is asked for ``D(x, sigma, c)`` with each item's class (class-conditional cells)."""
     rows = []
     for split, x0_all in data.items():
         for sigma in sigmas:
@@ -53,8 +60,9 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
                 x0 = x0_all[start:start + batch_size]
                 x = (x0 + sigma * torch.randn(x0.shape, generator=gen)).to(device)
                 x0 = x0.to(device)
-                outputs = {"trained": trained(x, torch.tensor(sigma, device=device)).double()}
-                outputs.update({name: ref(x, sigma).double() for name, ref in references.items()})
+                extra = () if labels is None else (labels[split][start:start + batch_size].to(device),)
+                outputs = {"trained": trained(x, torch.tensor(sigma, device=device), *extra).double()}
+                outputs.update({name: ref(x, sigma, *extra).double() for name, ref in references.items()})
                 for name, out in outputs.items():
                     sums[f"mse_{name}"] = sums.get(f"mse_{name}", 0.0) + (out - x0).square().sum().item()
                 for name in references:
@@ -120,15 +128,22 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     if n_eval < 1:
         raise ValueError(f"--n-eval: expected a positive number of images, got {n_eval}")
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
-    if data.train_labels is not None:
-        raise ValueError("compare: class-conditional cells are not supported yet (the closed-form "
-                         "references are unconditional)")
-    references = {"empirical": empirical_denoiser(data.train.to(dev)), "gaussian": gaussian_denoiser(data.train.to(dev))}
-    mix = data.dataset.mixture
-    if mix is not None:  # the true data density is known (gmm): its denoiser is the ideal generalizer
-        references["true"] = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
-    table = denoiser_gap(trained, references, {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]},
-                         device=dev)
+    images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
+    labels = None
+    if data.train_labels is None:
+        references = {"empirical": empirical_denoiser(data.train.to(dev)),
+                      "gaussian": gaussian_denoiser(data.train.to(dev))}
+        mix = data.dataset.mixture
+        if mix is not None:  # the true data density is known (gmm): its denoiser is the ideal generalizer
+            references["true"] = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
+    else:  # class-conditional: each item asks every denoiser for its own class (guidance weight 0)
+        references = {"empirical": class_conditional_empirical_denoiser(data.train.to(dev), data.train_labels.to(dev)),
+                      "gaussian": class_conditional_gaussian_denoiser(data.train.to(dev), data.train_labels.to(dev))}
+        # held-out items of a class the subset lacks have no class-conditional reference: left out
+        present = torch.isin(data.heldout_labels, data.train_labels)
+        images["heldout"] = data.heldout[present][:n_eval]
+        labels = {"train": data.train_labels[:n_eval], "heldout": data.heldout_labels[present][:n_eval]}
+    table = denoiser_gap(trained, references, images, device=dev, labels=labels)
     train_err = table[table.split == "train"].set_index("sigma")["mse_trained"]
     heldout_err = table[table.split == "heldout"].set_index("sigma")["mse_trained"]
     loss_gap = (heldout_err - train_err).dropna()

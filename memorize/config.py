@@ -171,10 +171,14 @@ class TrainConfig:
     stop_when: Literal["budget", "memorization_converged"] = "budget"
     stop_window: int = 3
     stop_tolerance: float = 0.05
+    # Classifier-free guidance (Ho & Salimans 2022): each training label is replaced by the null label (a learned
+    # embedding of its own) with this probability, so one network is both D(x, c) and D(x, none).
+    label_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.stop_window >= 2, "train.stop_window", "must be >= 2")
         _require(0 <= self.stop_tolerance < 1, "train.stop_tolerance", "must be in [0, 1)")
+        _require(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "eval_every"):
             _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         _require(self.lr > 0, "train.lr", "must be > 0")
@@ -193,7 +197,11 @@ DEFAULT_SAMPLE_STEPS = {"heun": 32, "dpm_solver_2m": 32, "ddim": 100, "euler_mar
 @dataclass
 class SampleConfig:
     """Default sampler settings of a cell (``memorize sample`` flags override them). ``steps`` unset: the
-    sampler's own default (:data:`DEFAULT_SAMPLE_STEPS`, :attr:`num_steps`)."""
+    sampler's own default (:data:`DEFAULT_SAMPLE_STEPS`, :attr:`num_steps`).
+
+    Class-conditional cells: ``guidance`` is the classifier-free guidance weight w,
+    ``D_w = D(x, c) + w (D(x, c) - D(x, none))`` (0: the conditional denoiser itself); ``label`` fixes the
+    class of every sample (unset: each sample's class is a training label drawn with its own seed)."""
 
     sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = "heun"
     steps: int | None = None
@@ -209,8 +217,12 @@ class SampleConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    guidance: float = 0.0
+    label: int | None = None
 
     def __post_init__(self) -> None:
+        _require(self.guidance >= 0, "sample.guidance", "must be >= 0 (0: no guidance)")
+        _require(self.label is None or self.label >= 0, "sample.label", "must be a class index >= 0, or null")
         for name in ("num", "batch_size"):
             _require(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
         _require(self.steps is None or self.steps >= 1, "sample.steps", "must be >= 1, or null for the sampler's default")
@@ -243,6 +255,18 @@ class CellConfig:
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
+        unconditional = self.data.labels == "none"
+        _require(not (unconditional and self.train.label_dropout > 0), "train.label_dropout",
+                 "drops class labels, but data.labels is none: set data.labels (true, random or unique) or leave it 0")
+        _require(not (unconditional and self.sample.guidance > 0), "sample.guidance",
+                 "needs a class-conditional model: set data.labels (true, random or unique)")
+        _require(self.sample.guidance == 0 or self.train.label_dropout > 0, "sample.guidance",
+                 "needs the unconditional denoiser D(x, none): train with train.label_dropout > 0 (e.g. 0.1)")
+        _require(not (unconditional and self.sample.label is not None), "sample.label",
+                 "names a class, but data.labels is none: set data.labels or leave it null")
+        _require(not (self.data.labels == "unique" and (self.sample.label or 0) >= self.data.n_train), "sample.label",
+                 f"with unique labels the classes are the {self.data.n_train} training items: expected 0 to "
+                 f"{self.data.n_train - 1}")
 
 
 # ---------------------------------------------------------------------------
@@ -281,6 +305,8 @@ def training_identity(cfg: CellConfig) -> dict[str, Any]:
     unused = ("sigma_max",) if cfg.diffusion.noise == "edm" else ("p_mean", "p_std")
     for name in unused:
         del d["diffusion"][name]
+    if cfg.train.label_dropout == 0:  # added later: left out at its default, so older cells keep their ids
+        del d["train"]["label_dropout"]
     return d
 
 
@@ -304,6 +330,9 @@ def sample_settings(cfg: SampleConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(cfg)
     del settings["batch_size"]
     settings["steps"] = cfg.num_steps  # a default and the same number given explicitly are one setting
+    for name in ("guidance", "label"):  # added later: left out at their defaults, so older samples keep their keys
+        if settings[name] == SampleConfig.__dataclass_fields__[name].default:
+            del settings[name]
     return settings
 
 
@@ -335,6 +364,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:  # YAML reads an unquoted `true` as a boolean
+            value = str(value).lower()
         _require(value in args, where, f"expected one of {list(args)}, got {value!r}")
         return value
     if origin is dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from memorize.models.common import NULL_LABEL
+
 
 def _flat_sigma(sigma: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
     """sigma as a (B, 1) column in the dtype/device of ``like``."""
@@ -131,3 +133,50 @@ class GaussianMixtureDenoiser:
         shrunk = torch.einsum("bke,kde->bkd", coords * self.eigvals[None] / total_var, self.bases)
         out = (resp[:, :, None] * (self.means[None] + shrunk)).sum(1)
         return out.reshape(x.shape).to(x.dtype)
+
+
+class ClassConditionalDenoiser:
+    """The closed-form denoiser of each class: ``D(x, sigma, c)`` is the denoiser ``build`` makes of the
+    training items with label ``c``, and ``c = NULL_LABEL`` (or no labels) the one of all of them, the
+    unconditional ``D(x, sigma, none)`` that classifier-free guidance contrasts with.
+
+    With ``build = empirical_denoiser`` this is Ma et al. ch. 3's eq. 3.3.3 restricted to one class,
+    ``D*(x, sigma, c) = sum_{i: y_i = c} w_i x_i`` with the softmax taken over that class only: the exact
+    minimizer of the conditional denoising loss on the training set, so its samples copy training items of
+    the requested class. With ``build = gaussian_denoiser`` it is the class-conditional Gaussian (Wiener
+    filter of each class's mean and covariance). A batch is split by label and each part sent to its class.
+    """
+
+    def __init__(self, build, train: torch.Tensor, labels: torch.Tensor):
+        if len(labels) != len(train):
+            raise ValueError(f"class-conditional denoiser: {len(labels)} labels for {len(train)} training items")
+        self.unconditional = build(train)
+        self.per_class = {int(c): build(train[labels == c]) for c in torch.unique(labels)}
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return self.unconditional(x, sigma)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)  # float64: a float stays exact
+        sigma = sigma.expand(len(x)) if sigma.numel() == 1 else sigma.reshape(len(x))
+        out = torch.empty_like(x)
+        for c in torch.unique(labels).tolist():
+            rows = (labels == c).to(x.device)
+            if c == NULL_LABEL:
+                denoiser = self.unconditional
+            elif c in self.per_class:
+                denoiser = self.per_class[c]
+            else:
+                raise ValueError(f"class {c} has no training items in this subset (classes present: "
+                                 f"{', '.join(map(str, sorted(self.per_class)))})")
+            out[rows] = denoiser(x[rows], sigma[rows])
+        return out
+
+
+def class_conditional_empirical_denoiser(train: torch.Tensor, labels: torch.Tensor) -> ClassConditionalDenoiser:
+    """The empirical denoiser of each class of ``train`` (:class:`ClassConditionalDenoiser`)."""
+    return ClassConditionalDenoiser(empirical_denoiser, train, labels)
+
+
+def class_conditional_gaussian_denoiser(train: torch.Tensor, labels: torch.Tensor) -> ClassConditionalDenoiser:
+    """The Gaussian denoiser of each class of ``train`` (:class:`ClassConditionalDenoiser`)."""
+    return ClassConditionalDenoiser(gaussian_denoiser, train, labels)

@@ -2,7 +2,9 @@
 
 Denoisers: ``trained`` (the cell's network, EMA weights by default), ``empirical`` (closed-form
 memorizing denoiser of the training subset), ``gaussian`` (Wiener filter of the subset's mean and
-covariance) and ``gmm`` (the true mixture's posterior mean, for the ``gmm`` dataset).
+covariance) and ``gmm`` (the true mixture's posterior mean, for the ``gmm`` dataset). In a
+class-conditional cell the closed-form ones are per class (:class:`memorize.empirical.ClassConditionalDenoiser`),
+every sample has a requested class (``labels`` in the file) and ``sample.guidance`` guides any of them.
 
 Samples go to ``DIR/samples/NAME.npz`` (``samples`` float32, ``seeds`` int64,
 ``labels`` where conditional, ``settings`` as JSON) and ``NAME.png`` (a grid,
@@ -21,10 +23,11 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from memorize.cell import (CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config, resolve_device,
-                           sample_labels)
-from memorize.config import SampleConfig, sample_settings
-from memorize.empirical import GaussianMixtureDenoiser, empirical_denoiser, gaussian_denoiser
+from memorize.cell import (CellData, CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config,
+                           resolve_device, sample_labels)
+from memorize.config import CellConfig, ConfigError, SampleConfig, sample_settings
+from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
+                                class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.io import atomic_savez, atomic_write
 from memorize.sampling import generate, run_seed, sample_seeds
 
@@ -48,6 +51,31 @@ def read_samples(path: Path) -> dict:
         out = {k: npz[k] for k in npz.files}
     out["settings"] = json.loads(str(out["settings"]))
     return out
+
+
+def check_conditioning(cfg: SampleConfig, cell_cfg: CellConfig, data: CellData, denoiser: str) -> None:
+    """Refuse guidance or a class the cell cannot give, before any sampling: guidance needs a class-conditional
+    cell (and, for the trained denoiser, one trained with label dropout); a class must be one of the cell's
+    (for the closed-form denoisers, one with training items)."""
+    if data.train_labels is None:
+        if cfg.guidance > 0:
+            raise ConfigError(f"sample.guidance: {cfg.guidance:g} needs a class-conditional cell; this one was trained "
+                              f"with data.labels none")
+        if cfg.label is not None:
+            raise ConfigError(f"sample.label: {cfg.label} names a class, but this cell was trained with data.labels none")
+        return
+    if denoiser == "gmm" and (cfg.guidance > 0 or cfg.label is not None):
+        raise ConfigError("--denoiser gmm: the true mixture's denoiser is unconditional; it takes no class or guidance")
+    if cfg.guidance > 0 and denoiser == "trained" and cell_cfg.train.label_dropout == 0:
+        raise ConfigError("sample.guidance: this cell was trained without train.label_dropout, so its network has no "
+                          "unconditional denoiser D(x, none) to guide with")
+    if cfg.label is not None:
+        num_classes = data.split.num_classes
+        if cfg.label >= num_classes:
+            raise ConfigError(f"sample.label: {cfg.label} is outside the cell's classes 0 to {num_classes - 1}")
+        if denoiser in ("empirical", "gaussian") and not bool((data.train_labels == cfg.label).any()):
+            raise ConfigError(f"sample.label: class {cfg.label} has no training items in this subset, so the "
+                              f"{denoiser} denoiser of that class is undefined")
 
 
 def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
@@ -81,12 +109,16 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
                                     f"pass --name to keep both, or --force to replace them")
 
     data = load_cell_data(cell_cfg, paths)
+    check_conditioning(cfg, cell_cfg, data, denoiser)
+    conditional = data.train_labels is not None
     if denoiser == "trained":  # loaded only when samples are really drawn
         model, _ = load_trained_denoiser(paths.root, weights, dev, checkpoint)
     elif denoiser == "empirical":
-        model = empirical_denoiser(data.train.to(dev))
+        model = (class_conditional_empirical_denoiser(data.train.to(dev), data.train_labels.to(dev)) if conditional
+                 else empirical_denoiser(data.train.to(dev)))
     elif denoiser == "gaussian":
-        model = gaussian_denoiser(data.train.to(dev))
+        model = (class_conditional_gaussian_denoiser(data.train.to(dev), data.train_labels.to(dev)) if conditional
+                 else gaussian_denoiser(data.train.to(dev)))
     elif denoiser == "gmm":
         mix = data.dataset.mixture
         if mix is None:
@@ -95,8 +127,9 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
         model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
     seeds = sample_seeds(run_seed(cell_cfg.seed, cfg.seed), np.arange(cfg.num))
     labels = None
-    if denoiser == "trained" and data.train_labels is not None:
-        labels = sample_labels(data.train_labels, seeds)
+    if conditional and denoiser != "gmm":  # the requested class of each sample (the true mixture has none)
+        labels = (torch.full((len(seeds),), cfg.label, dtype=torch.long) if cfg.label is not None
+                  else sample_labels(data.train_labels, seeds))
     samples = generate(model, tuple(data.train.shape[1:]), seeds, cfg, dev, labels, progress=progress)
     if data.dataset.is_image:
         samples = samples.clamp(-1.0, 1.0)

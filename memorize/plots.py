@@ -193,6 +193,15 @@ def _criterion_title(results, criterion: str) -> str:
     return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}{rate}"
 
 
+def _n_axis(ax: plt.Axes, n_values) -> None:
+    """A log N axis ticked at the measured N, labelled plainly (no 3x10^1 minor labels running together)."""
+    ns = np.sort(np.unique(np.asarray(n_values)))
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [f"{n:,.0f}" for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("training-set size N (log scale)")
+
+
 def _model_palette(results) -> dict:
     import seaborn as sns
 
@@ -220,8 +229,7 @@ def memorization_vs_n_figure(results) -> plt.Figure:
                 seeds = part[part.model == model]
                 if (g["seeds"] > 1).any():
                     ax.plot(seeds["n_train"], seeds[f"mem_{criterion}"], ".", color=color, alpha=0.5, ms=4)
-            ax.set_xscale("log")
-            ax.set_xlabel("training-set size N")
+            _n_axis(ax, part["n_train"])
             title = _criterion_title(part, criterion)
             ax.set_title(title + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
@@ -450,9 +458,8 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
                     continue
                 ax.errorbar(g["n_train"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
                             capsize=3, color=color, label=label)
-            ax.set_xscale("log")
+            _n_axis(ax, own["n_train"] if len(own) else part["n_train"])
             ax.set_ylim(-0.03, 1.03)
-            ax.set_xlabel("training-set size N")
             budget = budget_label(own)
             ax.set_title(model + (f"\n{experiment_label(values)}" if values else "") + (f"\n{budget}" if budget else ""),
                          fontsize=9)
@@ -461,4 +468,87 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
     fig.tight_layout()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=8,
                frameon=False)
+    return fig
+
+
+def multi_n_rows(results):
+    """The rows of experiments (model and experiment axes) measured at 2 or more N: what the figures against N
+    draw. Experiments at a single N (a guidance scan at one N) are drawn against their own axis instead; where
+    no experiment has 2 N, every row."""
+    axes = experiment_axes(results)
+    keys = MODEL_KEYS + axes
+    counts = results.groupby(keys, dropna=False)["n_train"].transform("nunique")
+    return results[counts >= 2] if (counts >= 2).any() else results
+
+
+def memorization_by_experiment_figure(results) -> plt.Figure:
+    """The experiments overlaid: a panel per model, the memorization ratio (nearest-neighbour criterion over the
+    whole subset, pooled seeds, Wilson 95%) against N with a line per experiment; dashed, where the samples have
+    classes with 2 or more training images, the same criterion within each sample's requested class (mean over
+    seeds, widest interval)."""
+    import seaborn as sns
+
+    axes = experiment_axes(results)
+    models = list(dict.fromkeys(results.sort_values("params")["model"]))
+    facets = _facets(results, axes)
+    colors = dict(zip(range(len(facets)), sns.color_palette("colorblind", len(facets))))
+    fig, grid = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), sharey=True, squeeze=False)
+    for ax, model in zip(grid[0], models):
+        for i, (values, part) in enumerate(facets):
+            own = part[part.model == model]
+            if own.empty:
+                continue
+            label = experiment_label(values) or "all"
+            g = pooled_ratios(own, "nn", axes=[])
+            ax.errorbar(g["n_train"], g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
+                        capsize=3, color=colors[i], label=label)
+            within = pooled_share(own, "mem_nn_class", []) if "mem_nn_class" in own else None
+            if within is not None and not within.empty:
+                ax.errorbar(within["n_train"], within["value"], yerr=[within["value"] - within["lo"],
+                                                                        within["hi"] - within["value"]],
+                            marker="s", ms=4, capsize=2, ls="--", color=colors[i], alpha=0.8,
+                            label=f"{label} (within class)")
+        _n_axis(ax, results.loc[results.model == model, "n_train"])
+        ax.set_ylim(-0.03, 1.03)
+        ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        ax.set_title(f"{model}\n{_criterion_title(results[results.model == model], 'nn')}", fontsize=8)
+    grid[0, 0].set_ylabel("memorization ratio (Wilson 95%)")
+    grid[0, -1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def memorization_vs_guidance_figure(results) -> plt.Figure:
+    """Memorization against the classifier-free guidance weight w (``guidance``): a panel per criterion (nearest
+    neighbour over the whole subset and within the requested class, copy detection), a line per model and N,
+    pooled seeds with Wilson 95% intervals (within class: mean over seeds, widest interval)."""
+    import seaborn as sns
+
+    series = list(dict.fromkeys(zip(results.sort_values(["params", "n_train"])["model"],
+                                    results.sort_values(["params", "n_train"])["n_train"])))
+    colors = dict(zip(series, sns.color_palette("viridis", len(series))))
+    panels = [("nn", "nearest neighbour, whole subset"), ("nn_class", "nearest neighbour, within the class"),
+              ("cos", "copy detection")]
+    fig, grid = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True, squeeze=False)
+    for ax, (criterion, title) in zip(grid[0], panels):
+        for (model, n), color in colors.items():
+            own = results[(results.model == model) & (results.n_train == n)]
+            if criterion == "nn_class":
+                g = pooled_share(own, "mem_nn_class", ["guidance"])
+                if g is None:
+                    continue
+                x, y, lo, hi = g["guidance"], g["value"], g["lo"], g["hi"]
+            else:
+                g = pooled_ratios(own, criterion, axes=["guidance"])
+                x, y, lo, hi = g["guidance"], g["ratio"], g["lo"], g["hi"]
+            order = np.argsort(x.to_numpy())
+            x, y, lo, hi = (v.to_numpy()[order] for v in (x, y, lo, hi))
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, color=color, label=f"{model}, N = {n:,}")
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title if criterion == "nn_class" else _criterion_title(results, criterion), fontsize=8)
+    grid[0, 0].set_ylabel("memorization ratio (Wilson 95%)")
+    grid[0, 0].legend(fontsize=7)
+    fig.suptitle("classifier-free guidance: D(x,c) + w (D(x,c) - D(x,none))", fontsize=9)
+    fig.tight_layout()
     return fig

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from memorize.config import SampleConfig
 from memorize.diffusion.schedules import sampling_sigmas
+from memorize.models.common import NULL_LABEL
 
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -187,15 +188,38 @@ def run_sampler(cfg: SampleConfig, denoiser: DenoiserFn, x: torch.Tensor, sigmas
     raise ValueError(f"sample.sampler: unknown sampler {cfg.sampler!r}")
 
 
+def guided(denoiser: Callable[..., torch.Tensor], w: float) -> Callable[..., torch.Tensor]:
+    """Classifier-free guidance (Ho & Salimans 2022) written for the denoiser interface:
+
+    ``D_w(x, sigma, c) = D(x, sigma, c) + w (D(x, sigma, c) - D(x, sigma, none))``.
+
+    ``x0_hat = x - sigma eps_hat`` is affine in ``eps_hat``, so this is their
+    ``eps_w = (1 + w) eps(x, c) - w eps(x, none)``. ``none`` is :data:`NULL_LABEL`; ``w = 0`` returns
+    ``denoiser`` itself (the conditional samples, unchanged)."""
+    if w == 0:
+        return denoiser
+
+    def guided_denoiser(x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor) -> torch.Tensor:
+        conditional = denoiser(x, sigma, labels)
+        unconditional = denoiser(x, sigma, torch.full_like(labels, NULL_LABEL))
+        return conditional + w * (conditional - unconditional)
+
+    return guided_denoiser
+
+
 @torch.no_grad()
 def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seeds: np.ndarray, cfg: SampleConfig,
              device: torch.device | str = "cpu", labels: torch.Tensor | None = None,
              dtype: torch.dtype = torch.float32, progress: bool = True) -> torch.Tensor:
     """Draw ``len(seeds)`` samples of ``shape``, sample i from its own seed, in batches of ``cfg.batch_size``.
 
-    ``labels`` (one per sample) are passed to the denoiser as ``D(x, sigma, labels)`` when given.
-    Returns a float32 CPU tensor ``(K, *shape)``.
+    ``labels`` (one per sample) are passed to the denoiser as ``D(x, sigma, labels)`` when given, guided with
+    weight ``cfg.guidance`` (:func:`guided`). Returns a float32 CPU tensor ``(K, *shape)``.
     """
+    if cfg.guidance > 0 and labels is None:
+        raise ValueError("sample.guidance: classifier-free guidance needs class labels (a class-conditional model)")
+    if labels is not None:
+        denoiser = guided(denoiser, cfg.guidance)
     sigmas = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     out = []
     for start in tqdm(range(0, len(seeds), cfg.batch_size), disable=not progress, desc=f"sampling ({cfg.sampler})",

@@ -30,7 +30,7 @@ from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint,
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
-from memorize.models import count_architecture_parameters, count_parameters
+from memorize.models import NULL_LABEL, count_architecture_parameters, count_parameters
 
 # running_loss: mean minibatch loss of the raw weights since the previous row (random noise levels).
 # train_loss / heldout_loss: the EMA weights' loss on fixed noise (fixed_noise_loss), on as many training
@@ -222,7 +222,10 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
             sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
                                           p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
             noise = torch.randn((cfg.train.batch_size, *shape), generator=gen)
-            labels = None if data.train_labels is None else data.train_labels[idx].to(device)
+            labels = None if data.train_labels is None else data.train_labels[idx]
+            if labels is not None and cfg.train.label_dropout > 0:  # classifier-free guidance: some labels -> null
+                labels = torch.where(torch.rand(len(idx), generator=gen) < cfg.train.label_dropout, NULL_LABEL, labels)
+            labels = labels if labels is None else labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
             if not torch.isfinite(loss):

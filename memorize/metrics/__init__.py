@@ -3,9 +3,10 @@ embedders, memorization ratios with Wilson intervals, reproducibility."""
 
 from memorize.metrics.calibration import calibrated_threshold
 from memorize.metrics.criteria import (CopyScores, NNRatioScores, copy_similarity, memorization_ratio, nn_ratio,
-                                       reproducibility_score, wilson_interval)
+                                       nn_ratio_within_class, reproducibility_score, wilson_interval)
 from memorize.metrics.embedders import Embedder, EmbedderError, load_embedder
 from memorize.metrics.search import knn, search_backend
 
 __all__ = ["CopyScores", "calibrated_threshold", "Embedder", "EmbedderError", "NNRatioScores", "copy_similarity", "knn", "load_embedder",
-           "memorization_ratio", "nn_ratio", "reproducibility_score", "search_backend", "wilson_interval"]
+           "memorization_ratio", "nn_ratio", "nn_ratio_within_class", "reproducibility_score", "search_backend",
+           "wilson_interval"]

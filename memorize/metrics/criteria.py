@@ -91,6 +91,35 @@ def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tenso
                          len(base) - len(keep), used)
 
 
+def nn_ratio_within_class(samples: np.ndarray | torch.Tensor, labels: np.ndarray, train: np.ndarray | torch.Tensor,
+                          train_labels: np.ndarray, ratio: float = 1 / 3, backend: str | None = None) -> NNRatioScores:
+    """:func:`nn_ratio` of each sample against the training items of its own (requested) class only:
+    ``d1`` and ``d2`` are the distances to the nearest and second-nearest item with ``train_labels == labels[k]``
+    (indices into the whole training set). Undefined, so NaN and never memorized (``finite`` False), for a
+    sample whose class has fewer than 2 distinct training items (always, with one class per image)."""
+    samples, train = as_rows(samples), as_rows(train)
+    labels, train_labels = np.asarray(labels), np.asarray(train_labels)
+    if len(labels) != len(samples) or len(train_labels) != len(train):
+        raise ValueError(f"nn_ratio_within_class: {len(labels)} labels for {len(samples)} samples, "
+                         f"{len(train_labels)} for {len(train)} training items")
+    k = len(samples)
+    out = NNRatioScores(np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64), np.full(k, np.nan),
+                        np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=bool), np.zeros(k, dtype=bool),
+                        ratio, 0, "none")
+    for c in np.unique(labels):
+        rows, members = np.flatnonzero(labels == c), np.flatnonzero(train_labels == c)
+        if len(members) < 2 or len(unique_indices(torch.from_numpy(np.ascontiguousarray(train[members])))) < 2:
+            continue
+        part = nn_ratio(samples[rows], train[members], ratio, backend=backend)
+        out.nearest[rows], out.second[rows] = members[part.nearest.clip(0)], members[part.second.clip(0)]
+        out.nearest[rows[~part.finite]] = out.second[rows[~part.finite]] = -1
+        out.d1[rows], out.d2[rows], out.ratio[rows] = part.d1, part.d2, part.ratio
+        out.memorized[rows], out.finite[rows] = part.memorized, part.finite
+        out.n_train_duplicates += part.n_train_duplicates
+        out.backend = part.backend
+    return out
+
+
 @dataclass
 class CopyScores:
     """Per-sample results of :func:`copy_similarity` (index -1 / NaN for unusable samples)."""
@@ -181,6 +210,19 @@ def memorization_ratio(memorized: np.ndarray, confidence: float = 0.95) -> dict[
     hits, n = int(memorized.sum()), len(memorized)
     lo, hi = wilson_interval(hits, n, confidence)
     return {"ratio": hits / n if n else float("nan"), "lo": lo, "hi": hi, "memorized": hits, "n": n}
+
+
+def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """Paired comparison of two memorization verdicts on the same samples (same seeds, same classes: e.g. one
+    model sampled at two guidance weights): ``gained`` samples memorized only after, ``lost`` only before, and
+    the two-sided exact McNemar p-value, a binomial test of ``gained`` out of ``gained + lost`` at 1/2
+    (McNemar 1947); 1.0 where no sample changes."""
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    if before.shape != after.shape:
+        raise ValueError(f"paired_change: {before.shape} and {after.shape} verdicts; pairs need equal lengths")
+    gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+    p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "p_value": float(p)}
 
 
 def reproducibility_score(features_a: np.ndarray | torch.Tensor, features_b: np.ndarray | torch.Tensor,

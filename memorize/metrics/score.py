@@ -17,24 +17,34 @@ from memorize.cell import CellData, CellPaths, load_cell_data, read_config, reso
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold
-from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio
+from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio, nn_ratio_within_class
 from memorize.metrics.embedders import Embedder, load_embedder
 from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
 from memorize.plots import nearest_neighbour_figure
 
 
-def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos) -> pd.DataFrame:
-    """One row per sample; ``*_index`` columns index the training subset, ``*_dataset_index`` the dataset."""
+def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos, labels: np.ndarray | None = None,
+                     nn_class=None) -> pd.DataFrame:
+    """One row per sample; ``*_index`` columns index the training subset, ``*_dataset_index`` the dataset. A
+    class-conditional cell's samples add their requested class (``label``) and the nearest-neighbour criterion
+    within that class (``*_class`` columns, :func:`memorize.metrics.criteria.nn_ratio_within_class`)."""
     def dataset_index(i: np.ndarray) -> np.ndarray:
         return np.where(i >= 0, train_index[np.maximum(i, 0)], -1)
 
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "sample": np.arange(len(seeds)), "seed": seeds, "finite": nn.finite,
         "nn_index": nn.nearest, "nn_dataset_index": dataset_index(nn.nearest), "second_index": nn.second,
         "d1": nn.d1, "d2": nn.d2, "ratio": nn.ratio, "memorized_nn": nn.memorized,
         "cos_index": cos.nearest, "cos_dataset_index": dataset_index(cos.nearest),
         "similarity": cos.similarity, "memorized_cos": cos.memorized,
     })
+    if labels is not None:
+        table.insert(2, "label", labels)
+    if nn_class is not None:
+        table = table.assign(nn_index_class=nn_class.nearest, nn_dataset_index_class=dataset_index(nn_class.nearest),
+                             d1_class=nn_class.d1, d2_class=nn_class.d2, ratio_class=nn_class.ratio,
+                             memorized_nn_class=nn_class.memorized)
+    return table
 
 
 # Neighbours in the k-NN balls of precision/recall (Kynkaanniemi et al. 2019 use k = 3).
@@ -117,6 +127,14 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     if threshold == "auto":
         check_heldout(len(data.heldout), target_fpr)  # before any work
     nn = nn_ratio(drawn["samples"], train, ratio)
+    labels = drawn.get("labels")
+    nn_class = heldout_nn_class = None
+    if labels is not None and data.train_labels is not None:  # the criterion within each sample's requested class
+        train_labels = data.train_labels.numpy()
+        nn_class = nn_ratio_within_class(drawn["samples"], labels, train, train_labels, ratio)
+        if len(data.heldout):
+            heldout_nn_class = nn_ratio_within_class(data.heldout.numpy(), data.heldout_labels.numpy(), train,
+                                                     train_labels, ratio)
     dev = str(resolve_device(device))
     embed = load_embedder(embedder, dev)
     train_features = embed(train, progress)
@@ -142,7 +160,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
 
     out = paths.root / "scores"
     name = name or samples
-    table = per_sample_table(drawn["seeds"], data.split.train, nn, cos)
+    table = per_sample_table(drawn["seeds"], data.split.train, nn, cos, labels, nn_class)
     atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
     summary = {
         "samples": samples, "n_samples": len(table), "n_train": len(train),
@@ -157,6 +175,13 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
                 "fpr": fpr(heldout_cos.similarity > used if heldout_cos else None)},
         "n_heldout": len(data.heldout), "quality": quality,
     }
+    if nn_class is not None:
+        defined = nn_class.finite
+        summary["nn_class"] = {
+            "criterion": "d1 / d2 < ratio among training items of the sample's class", "ratio_threshold": ratio,
+            **memorization_ratio(nn_class.memorized[defined]), "n_defined": int(defined.sum()),
+            "fpr": fpr(heldout_nn_class.memorized[heldout_nn_class.finite]
+                       if heldout_nn_class is not None and heldout_nn_class.finite.any() else None)}
     if data.dataset.is_image:
         fig = nearest_neighbour_figure(drawn["samples"], train, nn.nearest, nn.ratio,
                                        title=f"{paths.root.name}: {samples} samples, nearest training images")

@@ -5,25 +5,27 @@ from __future__ import annotations
 from torch import nn
 
 from memorize.config import ConfigError, ModelConfig
-from memorize.models.common import count_architecture_parameters, count_parameters
+from memorize.models.common import NULL_LABEL, count_architecture_parameters, count_parameters
 from memorize.models.dit import DiT
 from memorize.models.mlp import MLP
 from memorize.models.unet import UNet
 
 
-def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
-    """The network of ``cfg`` for items of ``shape`` ((C, H, W) images or (D,) vectors)."""
+def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0,
+                  null_label: bool = False) -> nn.Module:
+    """The network of ``cfg`` for items of ``shape`` ((C, H, W) images or (D,) vectors); ``num_classes`` > 0 makes it
+    class-conditional, ``null_label`` adds the learned null label of classifier-free guidance (label -1)."""
     if cfg.arch == "mlp":
         if len(shape) != 1:
             raise ConfigError(f"model.arch: 'mlp' takes vector data, but items have shape {shape}; "
                               f"use 'unet' or 'dit' for images")
-        return MLP(shape[0], cfg.width, cfg.depth, cfg.dropout, num_classes)
+        return MLP(shape[0], cfg.width, cfg.depth, cfg.dropout, num_classes, null_label)
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ConfigError(f"model.arch: {cfg.arch!r} takes square (C, H, W) images, but items have shape {shape}")
     if cfg.arch == "unet":
         return UNet(shape[0], shape[1], cfg.channels, cfg.channel_mult, cfg.blocks_per_level,
-                    cfg.attention_resolutions, cfg.dropout, num_classes)
-    return DiT(shape[0], shape[1], cfg.patch_size, cfg.width, cfg.depth, cfg.heads, cfg.dropout, num_classes)
+                    cfg.attention_resolutions, cfg.dropout, num_classes, null_label)
+    return DiT(shape[0], shape[1], cfg.patch_size, cfg.width, cfg.depth, cfg.heads, cfg.dropout, num_classes, null_label)
 
 
 def model_name(cfg: ModelConfig, params: int) -> str:
@@ -37,4 +39,4 @@ def model_name(cfg: ModelConfig, params: int) -> str:
     return f"MLP, width {cfg.width}, depth {cfg.depth}, {size}"
 
 
-__all__ = ["DiT", "MLP", "UNet", "build_network", "count_architecture_parameters", "count_parameters", "model_name"]
+__all__ = ["NULL_LABEL", "DiT", "MLP", "UNet", "build_network", "count_architecture_parameters", "count_parameters", "model_name"]

@@ -40,18 +40,31 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
-class ConditionEmbedding(nn.Module):
-    """Noise level (and optional class label) -> one conditioning vector of size ``dim``."""
+NULL_LABEL = -1  # "no class": the unconditional denoiser D(x, none) of classifier-free guidance
 
-    def __init__(self, dim: int, num_classes: int = 0):
+
+class ConditionEmbedding(nn.Module):
+    """Noise level (and optional class label) -> one conditioning vector of size ``dim``.
+
+    With ``null_label`` the label table has one more row, the learned embedding of :data:`NULL_LABEL`
+    (Ho & Salimans 2022: trained by dropping labels, ``train.label_dropout``)."""
+
+    def __init__(self, dim: int, num_classes: int = 0, null_label: bool = False):
         super().__init__()
         self.noise = nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.label = nn.Embedding(num_classes, dim) if num_classes > 0 else None
+        self.num_classes, self.null_label = num_classes, null_label and num_classes > 0
+        self.label = nn.Embedding(num_classes + int(self.null_label), dim) if num_classes > 0 else None
 
     def forward(self, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.noise(c_noise)
         if self.label is not None:
             if labels is None:
                 raise ValueError("this model is class-conditional: pass labels")
+            null = labels == NULL_LABEL
+            if null.any():
+                if not self.null_label:
+                    raise ValueError("this model was trained without label dropout, so it has no null label: "
+                                     "train with train.label_dropout > 0 for classifier-free guidance")
+                labels = torch.where(null, self.num_classes, labels)
             emb = emb + self.label(labels)
         return emb

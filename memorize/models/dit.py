@@ -19,7 +19,7 @@ from memorize.models.common import ConditionEmbedding
 
 class DiT(nn.Module):
     def __init__(self, in_channels: int, resolution: int, patch_size: int = 2, width: int = 128, depth: int = 4,
-                 heads: int = 4, dropout: float = 0.0, num_classes: int = 0):
+                 heads: int = 4, dropout: float = 0.0, num_classes: int = 0, null_label: bool = False):
         super().__init__()
         if resolution % patch_size:
             raise ValueError(f"model.patch_size: {patch_size} does not divide the image size {resolution}")
@@ -27,7 +27,7 @@ class DiT(nn.Module):
         self.patch = PatchEmbed(resolution, patch_size, in_channels, width)
         self.pos = nn.Parameter(torch.zeros(1, self.grid**2 + 1, width))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.embed = ConditionEmbedding(width, num_classes)
+        self.embed = ConditionEmbedding(width, num_classes, null_label)
         self.blocks = nn.Sequential(*[Block(width, heads, qkv_bias=True, proj_drop=dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, patch_size**2 * in_channels)

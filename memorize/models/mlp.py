@@ -12,9 +12,10 @@ from memorize.models.common import ConditionEmbedding
 class MLP(nn.Module):
     """``depth`` residual blocks ``h + W2 SiLU(W1 LN(h) + emb)`` of ``width`` units."""
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 3, dropout: float = 0.0, num_classes: int = 0):
+    def __init__(self, dim: int, width: int = 256, depth: int = 3, dropout: float = 0.0, num_classes: int = 0,
+                 null_label: bool = False):
         super().__init__()
-        self.embed = ConditionEmbedding(width, num_classes)
+        self.embed = ConditionEmbedding(width, num_classes, null_label)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(
             nn.ModuleDict({"norm": nn.LayerNorm(width), "fc1": nn.Linear(width, width), "emb": nn.Linear(width, width),

@@ -60,13 +60,14 @@ class AttentionBlock(nn.Module):
 class UNet(nn.Module):
     def __init__(self, in_channels: int, resolution: int, channels: int = 32,
                  channel_mult: tuple[int, ...] = (1, 2), blocks_per_level: int = 1,
-                 attention_resolutions: tuple[int, ...] = (), dropout: float = 0.0, num_classes: int = 0):
+                 attention_resolutions: tuple[int, ...] = (), dropout: float = 0.0, num_classes: int = 0,
+                 null_label: bool = False):
         super().__init__()
         if resolution % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"model.channel_mult: {len(channel_mult)} levels halve the resolution "
                              f"{len(channel_mult) - 1} times, which {resolution}x{resolution} images do not allow")
         emb_dim = 4 * channels
-        self.embed = ConditionEmbedding(emb_dim, num_classes)
+        self.embed = ConditionEmbedding(emb_dim, num_classes, null_label)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         self.down = nn.ModuleList()

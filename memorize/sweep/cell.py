@@ -147,7 +147,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
                      scores["cos"]["threshold"])
         twin["cell"] = twin_root.name
     compared, compare_dir = {}, None
-    if score.compare and cfg.data.labels == "none":  # the closed-form references are unconditional
+    if score.compare:
         compare_dir = f"compare/{measure}"
         compared = timed("compare", compare_cell, root, samples, score.embedder, scores["cos"]["threshold"],
                          device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
@@ -165,6 +165,9 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         **trained,
         "mem_nn": nn["ratio"], "mem_nn_lo": nn["lo"], "mem_nn_hi": nn["hi"],
         "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
+        "labels": cfg.data.labels, "guidance": cfg.sample.guidance,
+        **{f"mem_nn_class{end}": scores.get("nn_class", {}).get(k, float("nan"))
+           for end, k in (("", "ratio"), ("_lo", "lo"), ("_hi", "hi"))},
         "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.num_steps,
         "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
         "threshold_cos": cos["threshold"], "fpr_nn": nn["fpr"]["ratio"], "fpr_cos": cos["fpr"]["ratio"],

@@ -4,7 +4,9 @@ Collects ``DIR/results.csv`` afresh (so the figures show every finished cell) an
 checkpoint scores; writes memorization vs N, the (N, parameters) phase diagram, memorization beside
 generalization (recall, twin consistency) per model, the critical
 N per model size (and ``critical_n.csv``), denoiser-gap curves, nearest-neighbour grids for
-chosen cells, and memorization over training steps where recorded.
+chosen cells, and memorization over training steps where recorded. Where a grid axis splits the table into
+experiments, they are also overlaid per model (``memorization_by_experiment``); a scan of the guidance weight is
+drawn against it (``memorization_vs_guidance``), and experiments at a single N are left out of the figures against N.
 """
 
 from __future__ import annotations
@@ -82,6 +84,16 @@ def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
     return written + _save(plots.timescales_figure(ts, fits), out, "timescales")
 
 
+def guidance_scans(results: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of experiments (model, N and every other axis fixed) sampled at 2 or more guidance weights."""
+    if "guidance" not in results or results["guidance"].nunique() < 2:
+        return None
+    others = [a for a in plots.experiment_axes(results) if a not in ("sample.guidance", "guidance")]
+    keys = plots.MODEL_KEYS + ["n_train"] + others
+    counts = results.groupby(keys, dropna=False)["guidance"].transform("nunique")
+    return results[counts >= 2] if (counts >= 2).any() else None
+
+
 def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | None = None) -> list[Path]:
     """Every figure of the sweep into ``DIR/figures/``; with ``step``, the memorization figures (vs N,
     phase diagram, critical N) at that training step into ``DIR/figures/step-STEP/``."""
@@ -94,12 +106,18 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     if step is not None:
         results = results_at_step(results, curves, step)
         out = out / f"step-{step}"
+    scans = guidance_scans(results)
+    results = plots.multi_n_rows(results)  # the figures against N; single-N experiments are drawn on their own axis
     axes = plots.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
     crit = plots.critical_n(plots.pooled_ratios(results, "nn", axes), axes=axes)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
     written += _save(plots.critical_n_figure(crit, plots.budget_label(results)), out, "critical_n")
+    if axes:
+        written += _save(plots.memorization_by_experiment_figure(results), out, "memorization_by_experiment")
+    if scans is not None:
+        written += _save(plots.memorization_vs_guidance_figure(scans), out, "memorization_vs_guidance")
     if step is not None:
         return written
     if "recall" in results and results["recall"].notna().any():

@@ -46,7 +46,7 @@ TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FA
                          "BOOT_FAIL", "DEADLINE", "ENDED"}
 RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "budget",
                   "stopped_early", "sigma_data", "running_loss", "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
-                  "mem_cos_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
+                  "mem_cos_hi", "labels", "guidance", "mem_nn_class", "mem_nn_class_lo", "mem_nn_class_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
                   "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
                   "fid", "kid", "precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi",
                   "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "cell", "eval"]
@@ -437,6 +437,8 @@ def collect(out: str | Path) -> pd.DataFrame:
         record = {k: summary.get(k) for k in RESULT_COLUMNS}
         record["budget"] = summary.get("budget", summary["step"])  # results from before train.stop_when
         record["stopped_early"] = bool(summary.get("stopped_early", False))
+        record["labels"] = summary.get("labels", summary["config"]["data"]["labels"])  # from before conditioning
+        record["guidance"] = summary.get("guidance", 0.0)
         record["compare_dir"] = (summary.get("files") or {}).get("compare")
         for axis in axes:
             record.setdefault(axis, row[axis])

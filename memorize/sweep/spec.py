@@ -10,6 +10,7 @@ A spec (``sweeps/*.yaml``)::
       data.n_train: [16, 64, 256]
       model.channels: [8, 16]
       seed: [0]
+    # or a list of such grids: the union of their products (experiments of different shapes in one sweep)
     score: {embedder: pixel, ratio: 0.3333, threshold: 0.6, compare: true}
     slurm: {partition: gpu, gpus_per_cell: 1, time_min: 240}
 
@@ -98,16 +99,25 @@ class SlurmConfig:
 class SweepSpec:
     name: str
     base: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/ "):
             raise ConfigError(f"name: must be a non-empty word without '/' or spaces, got {self.name!r}")
-        for axis, values in self.grid.items():
-            if not values:
-                raise ConfigError(f"grid.{axis}: the axis is empty; give at least one value")
+        if isinstance(self.grid, list) and not self.grid:
+            raise ConfigError("grid: the list of grids is empty; give at least one mapping of axes")
+        for i, grid in enumerate(self.grids):
+            where = f"grid[{i}]" if isinstance(self.grid, list) else "grid"
+            for axis, values in grid.items():
+                if not values:
+                    raise ConfigError(f"{where}.{axis}: the axis is empty; give at least one value")
+
+    @property
+    def grids(self) -> list[dict[str, list[Any]]]:
+        """The spec's grids: ``grid`` itself, or each mapping of a list of grids."""
+        return self.grid if isinstance(self.grid, list) else [self.grid]
 
 
 def twin_config(config: CellConfig) -> CellConfig:
@@ -160,6 +170,8 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
             raise ConfigError(f"--set {dotted}: expected a key below base, grid, score or slurm "
                               f"(e.g. base.train.steps, grid.data.n_train, score.checkpoints) or name")
         if section == "grid":
+            if isinstance(data.get("grid"), list):
+                raise ConfigError(f"--set {dotted}: the spec's grid is a list of grids; edit it in {path} (or a copy)")
             if not isinstance(data.get("grid") or {}, dict):
                 raise ConfigError(f"{path}: grid must be a mapping of axes")
             data["grid"] = {**(data.get("grid") or {}), rest: value}
@@ -173,12 +185,32 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
         raise ConfigError(f"{path}: {err}") from None
 
 
+def _get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
 def expand(spec: SweepSpec) -> list[GridPoint]:
-    """The product of the grid axes applied to the base config, each point validated; two points with
-    the same cell and evaluation are one experiment, an error."""
-    axes = list(spec.grid)
+    """The product of the grid axes applied to the base config (for a list of grids, the union of their
+    products), each point validated; two points with the same cell and evaluation are one experiment, an
+    error. Every point carries a value for every axis of every grid (its config's, where its grid lacks it)."""
+    every_axis = list(dict.fromkeys(a for grid in spec.grids for a in grid))
+    cells = [point for grid in spec.grids for point in _expand_grid(spec, grid, every_axis)]
+    seen: dict[tuple[str, str], GridPoint] = {}
+    for cell in cells:
+        if (cell.cell, cell.key) in seen:
+            raise ConfigError(f"grid points ({seen[cell.cell, cell.key].label}) and ({cell.label}) are the same "
+                              f"experiment: they differ only in fields that change neither the trained weights nor "
+                              f"the results (device, logging, checkpoint cadence, batch size of sampling)")
+        seen[cell.cell, cell.key] = cell
+    return cells
+
+
+def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[str]) -> list[GridPoint]:
+    axes = list(grid)
     cells = []
-    for values in itertools.product(*(spec.grid[a] for a in axes)):
+    for values in itertools.product(*(grid[a] for a in axes)):
         point = tuple(zip(axes, values))
         data = json.loads(json.dumps(spec.base))  # deep copy
         for axis, value in point:
@@ -195,14 +227,9 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
         if spec.score.threshold == "auto" and config.data.n_heldout < need:
             raise ConfigError(f"grid point ({where}): score.threshold auto at target_fpr {spec.score.target_fpr:g} "
                               f"needs data.n_heldout >= {need}, got {config.data.n_heldout}")
-        cells.append(GridPoint(cell_id(config), settings_key(eval_settings(config, spec.score)), point, config))
-    seen: dict[tuple[str, str], GridPoint] = {}
-    for cell in cells:
-        if (cell.cell, cell.key) in seen:
-            raise ConfigError(f"grid points ({seen[cell.cell, cell.key].label}) and ({cell.label}) are the same "
-                              f"experiment: they differ only in fields that change neither the trained weights nor "
-                              f"the results (device, logging, checkpoint cadence, batch size of sampling)")
-        seen[cell.cell, cell.key] = cell
+        given = dict(point)  # every axis is a config field: each was validated in its own grid
+        full = tuple((a, given[a] if a in given else _get_dotted(to_dict(config), a)) for a in every_axis)
+        cells.append(GridPoint(cell_id(config), settings_key(eval_settings(config, spec.score)), full, config))
     return cells
 
 
@@ -220,8 +247,19 @@ def check_data(cells: list[GridPoint], twins: bool = False) -> None:
     for group in groups.values():
         widest, config = max(group, key=lambda c: c[1].data.n_train + c[1].data.subset_offset)
         try:
-            make_split(load_dataset(config.data), config.data)
+            dataset = load_dataset(config.data)
+            make_split(dataset, config.data)
         except (ConfigError, FileNotFoundError) as err:
             twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
                     f"data.subset_offset={config.data.subset_offset})") if twins else ""
             raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None
+        for cell, _ in group:  # a fixed class must be one of the dataset's, with training items (compare samples it)
+            label = cell.config.sample.label
+            if label is None or cell.config.data.labels == "unique":  # unique: checked by CellConfig
+                continue
+            if label >= dataset.num_classes:
+                raise ConfigError(f"grid point ({cell.label}): sample.label {label} is outside dataset "
+                                  f"{cell.config.data.name!r}'s classes 0 to {dataset.num_classes - 1}")
+            if not (make_split(dataset, cell.config.data).train_labels == label).any():
+                raise ConfigError(f"grid point ({cell.label}): sample.label {label}: the training subset has no "
+                                  f"item of that class")
