@@ -102,8 +102,9 @@ def test_nn_ratio_within_class_against_brute_force():
     assert r.memorized.tolist() == [True, True, False, False]
     assert r.nearest[:3].tolist() == [0, 3, 1] and r.second[:3].tolist() == [1, 2, 0]
     assert not r.finite[3] and np.isnan(r.ratio[3])  # class 2 has one training item: undefined
-    # over the whole set, sample 2 (5.0) is nearest to 1.0 and 10.0 at 4 and 5: the same ratio here by chance
-    assert nn_ratio(samples, train).nearest.tolist()[:2] == [0, 3]
+    # over the whole set classes are ignored: for sample 3 (20.0, class 2) the second is 10.5 (class 1)
+    whole = nn_ratio(samples, train)
+    assert whole.nearest.tolist() == [0, 3, 1, 4] and whole.second[3] == 3
 
 
 @pytest.mark.parametrize("sections, field", [
