@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import common, empirical, quality, sampling, search, sweep, training
+from benchmarks import common, empirical, quality, sampling, search, status, sweep, training
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
         ("training step", training.main, ["--steps", "2", "--batch-size", "8"]),
         ("sampling", sampling.main, ["--num", "16", "--nfe", "5"]),
         ("sweep", sweep.main, []),
+        ("sweep status at scale", status.main, ["--cells", "100"]),
     ]
     for title, fn, quick_args in parts:
         if quick and title == "sweep":

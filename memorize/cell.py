@@ -86,6 +86,12 @@ class CellPaths:
         return self.checkpoints / "keep.json"
 
     @property
+    def interim_checkpoints(self) -> Path:
+        """Steps of checkpoints written off the schedule when asked from outside (a SLURM time-limit signal);
+        each is removed once a scheduled checkpoint after it is written, even with train.keep_all_checkpoints."""
+        return self.checkpoints / "interim.json"
+
+    @property
     def feature_cache(self) -> Path:
         """Where networks trained for features (``features: classifier``) are cached: a sweep's
         ``features/`` for its cells (``SWEEP/cells/ID``, with ``SWEEP/sweep.json``), so they share

@@ -110,7 +110,8 @@ def cmd_consistency(args: argparse.Namespace) -> None:
 
 
 SLURM_FLAGS = {"partition": str, "account": str, "qos": str, "gpus_per_cell": int, "cpus_per_cell": int,
-               "mem_gb": int, "time_min": int, "constraint": str, "array_parallelism": int, "max_array_size": int}
+               "mem_gb": int, "time_min": int, "signal_delay_s": int, "max_requeues": int, "constraint": str,
+               "array_parallelism": int, "max_array_size": int}
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> None:
@@ -121,14 +122,22 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch, "mail-type=END").items()}
     spec = load_spec(args.spec, overrides, _parse_set(args.set, "base.train.steps=500"))
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
-                       progress=not args.quiet, threads=args.threads)
+                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot)
     if args.dry_run:
         return
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
           f"cells already done, {report['running_elsewhere']} running elsewhere, {report['launched']} launched, "
           f"{report['failed']} failed")
     if args.executor == "slurm":
-        print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`")
+        code = report.get("code")
+        if code:
+            commit = f"commit {code['commit'][:12]}{' with uncommitted changes' if code['dirty'] else ''}" \
+                if code["commit"] else "not a git checkout"
+            print(f"jobs run the code as launched: {code['pythonpath']} (source hash {code['hash']}, {commit})")
+        elif report["launched"]:
+            print("jobs run the code on disk when they start (--no-snapshot)")
+        print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`, "
+              f"stop with `memorize sweep cancel {args.out}`")
         if not args.wait:
             return
     from memorize.sweep import collect
@@ -160,6 +169,20 @@ def cmd_sweep_status(args: argparse.Namespace) -> None:
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 160, "display.width", 200):
         print(table.to_string(index=False))
     print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> None:
+    from memorize.sweep import cancel_sweep
+
+    r = cancel_sweep(args.dir, args.wait_timeout)
+    print(f"{r['cancelled']} jobs cancelled ({r['running']} running, {r['pending']} pending); "
+          f"{r['cells'] - r['unfinished']} of {r['cells']} cells done and left alone")
+    if r["still_queued"]:
+        print(f"{r['still_queued']} cancelled jobs are still leaving the queue: their cells stay locked until they "
+              f"have; check with `memorize sweep status {args.dir}`")
+    if r["unfinished"]:
+        print(f"`memorize sweep run SPEC --out {args.dir}` resumes the {r['unfinished']} unfinished cells from their "
+              f"last checkpoints (SPEC: {Path(args.dir) / 'spec.yaml'} or your own)")
 
 
 def cmd_sweep_collect(args: argparse.Namespace) -> None:
@@ -414,12 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"SLURM: slurm.{flag} (overrides the spec)")
     p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                    help="extra sbatch parameter, e.g. --sbatch mail-type=END (repeatable)")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="slurm: jobs import the memorize code on disk when they start, not a copy taken at launch "
+                        "(DIR/code/HASH)")
     p.set_defaults(func=cmd_sweep_run)
 
     p = _sub(sweep_sub, "status", "per grid point: done, running, failed (with its log), pending",
-             "Reads the cells' files and, where the sweep ran on SLURM, the queue (one squeue/sacct call per job).")
+             "Reads the cells' files and, where the sweep ran on SLURM, the queue: one squeue call for all its "
+             "jobs, and one sacct call for those that left it.")
     p.add_argument("dir", help="a sweep directory (memorize sweep run ... --out DIR)")
     p.set_defaults(func=cmd_sweep_status)
+
+    p = _sub(sweep_sub, "cancel", "cancel the sweep's pending and running SLURM jobs",
+             "Cancels, with one scancel, the jobs recorded in DIR/jobs.json of cells not yet done; finished "
+             "cells are left alone. Waits until the jobs have left the queue; `memorize sweep run` then resumes "
+             "the cancelled cells from their last checkpoints.")
+    p.add_argument("dir", help="a sweep directory launched with --executor slurm")
+    p.add_argument("--wait-timeout", type=float, default=120.0,
+                   help="seconds to wait at most for the cancelled jobs to leave the queue")
+    p.set_defaults(func=cmd_sweep_cancel)
 
     p = _sub(sweep_sub, "collect", "write DIR/results.csv from the finished grid points",
              "One row per grid point of the spec last launched into DIR, under its current sampling and scoring "

@@ -11,6 +11,11 @@ Budgets: ``train.steps`` is how far to train, not part of the cell. The learning
 does not depend on it, so training to S and then to S' > S gives the weights of one run
 to S'; the checkpoint at every budget trained to is kept (``checkpoints/keep.json``),
 periodic ones are rotated unless ``train.keep_all_checkpoints``.
+
+Checkpoints asked for from outside (:func:`request_checkpoint`, e.g. from the handler of
+SLURM's time-limit signal) are written at the next step boundary, where the state is whole,
+and training then raises :class:`CheckpointRequested`; a run resumed from there ends where an
+uninterrupted run ends, as from any checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import io
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +48,29 @@ EVAL_SEED_OFFSET = 1_000_003
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient; the last good checkpoint is kept."""
+
+
+class CheckpointRequested(Exception):
+    """Training stopped at a step boundary, its checkpoint at ``step`` written, as :func:`request_checkpoint`
+    asked."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training stopped at step {step} with a checkpoint, as asked")
+        self.step = step
+
+
+_checkpoint_request = threading.Event()
+_loops_running = 0
+
+
+def request_checkpoint() -> bool:
+    """Ask the training loop running in this process to write a checkpoint at its next step boundary and
+    raise :class:`CheckpointRequested`. Safe to call from a signal handler. Returns False, asking nothing,
+    where no training loop is running (the caller then acts at once)."""
+    if _loops_running == 0:
+        return False
+    _checkpoint_request.set()
+    return True
 
 
 def learning_rate(cfg_lr: float, warmup_steps: int, step: int) -> float:
@@ -154,6 +183,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
 
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
+    global _loops_running
     paths = CellPaths(Path(out))
     device = resolve_device(cfg.train.device, "train.device")
     data = init_cell(cfg, paths.root)
@@ -184,7 +214,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     save_config(cfg, paths.config)
     kept = _keep_steps(paths, {budget, *(s for s in keep_steps if s <= budget)})
 
-    def save_checkpoint() -> Path:
+    def save_checkpoint(interim: bool = False) -> Path:
         if not (_all_finite(denoiser) and _all_finite(ema)):  # never write a checkpoint that cannot be resumed
             raise NonFiniteLossError(f"non-finite weights at step {step}; last good checkpoint kept: "
                                      f"{paths.latest_checkpoint() or 'none yet'}")
@@ -203,6 +233,14 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
             for old in paths.checkpoint_steps():
                 if old not in kept and old != step and old < step:
                     paths.checkpoint(old).unlink()
+        interims = json.loads(paths.interim_checkpoints.read_text()) if paths.interim_checkpoints.is_file() else []
+        if interim:
+            atomic_write_json(paths.interim_checkpoints, sorted({*interims, step}))
+        elif interims:  # superseded by this scheduled checkpoint
+            for old in interims:
+                if old < step and old not in kept:
+                    paths.checkpoint(old).unlink(missing_ok=True)
+            atomic_write_json(paths.interim_checkpoints, [s for s in interims if s > step])
         return path
 
     params, params_total = count_architecture_parameters(denoiser), count_parameters(denoiser)
@@ -213,6 +251,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     start_time = time.perf_counter() - elapsed
     bar = tqdm(total=budget, initial=step, disable=not progress, desc="training", unit="step")
     denoiser.train()
+    _checkpoint_request.clear()
+    _loops_running += 1
     try:
         while step < budget:
             lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
@@ -258,10 +298,15 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
                     row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
                 rows.append(row)
                 bar.set_postfix(loss=f"{row['running_loss']:.4f}")
-            if step % cfg.train.checkpoint_every == 0 or step == budget or at_kept:
+            scheduled = step % cfg.train.checkpoint_every == 0 or step == budget or at_kept
+            asked = _checkpoint_request.is_set()  # read once: a request arriving later is honoured next step
+            if scheduled or asked:
                 elapsed = time.perf_counter() - start_time
-                save_checkpoint()
+                save_checkpoint(interim=not scheduled)
             progress_note(paths.root, "training", step, budget)
+            if asked:
+                _checkpoint_request.clear()
+                raise CheckpointRequested(step)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes
         resumes = paths.checkpoint_steps()
         below = [s for s in resumes if s <= budget]
@@ -269,7 +314,11 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
                            f"from step {below[-1] if below else 0} (its last checkpoint)")
         raise
     finally:
+        _loops_running -= 1
         bar.close()
+    if _checkpoint_request.is_set():  # asked for as the loop ended: the budget's checkpoint is written
+        _checkpoint_request.clear()
+        raise CheckpointRequested(step)
 
     summary = {"steps": step, "params": params, "params_total": params_total, "sigma_data": sigma_data,
                "device": str(device),

@@ -2,14 +2,19 @@
 Where no SLURM controller answers, the test is skipped and says why."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 import yaml
 
 from memorize.cli import main
+from memorize.sweep import sweep_status
+from memorize.sweep.snapshot import package_dir, source_hash
 from tests.test_sweep import TINY_SPEC
 
 
@@ -57,7 +62,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     import time
 
     spec = json.loads(json.dumps(TINY_SPEC))
-    spec["base"]["train"].update(steps=2000, checkpoint_every=50, eval_every=1000, log_every=100)
+    spec["base"]["train"].update(steps=800, checkpoint_every=50, eval_every=400, log_every=100)
     spec["grid"] = {"data.n_train": [16]}
     spec["score"] = {"compare": False, "features": "pixel"}
     spec_file = tmp_path / "s.yaml"
@@ -87,7 +92,145 @@ def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     assert main(["sweep", "run", str(spec_file), "--out", str(straight), "--executor", "debug", "--threads", "1",
                  "--quiet", "--no-plot"]) == 0
     a, b = (pd.read_csv(d / "results.csv") for d in (out, straight))
-    pd.testing.assert_frame_equal(a, b)
+    assert list(a.requeues) == [1] and list(b.requeues) == [0]
+    pd.testing.assert_frame_equal(a.drop(columns="requeues"), b.drop(columns="requeues"))
     (cell,) = (out / "cells").iterdir()
     log_a, log_b = (pd.read_csv(d / "cells" / cell.name / "loss.csv").drop(columns=["seconds"]) for d in (out, straight))
     pd.testing.assert_frame_equal(log_a, log_b)
+
+
+def _squeue(job: str) -> list[str]:
+    """``STATE|REASON`` of each task of ``job`` in the queue."""
+    return subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True,
+                          timeout=30).stdout.split()
+
+
+def _single_cell_spec(tmp_path, **train):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["train"].update(train)
+    spec["grid"] = {"data.n_train": [16]}
+    spec["score"] = {"compare": False, "features": "pixel"}
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    return spec_file
+
+
+SLURM_ARGS = ["--executor", "slurm", "--gpus-per-cell", "0", "--cpus-per-cell", "1", "--mem-gb", "2", "--quiet",
+              "--no-plot"]
+
+
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
+def test_queued_job_runs_the_code_as_launched(tmp_path):
+    """Launched from a copy of the package, the job held for two minutes; the copy is then edited so that
+    importing it fails. The released job runs the launch-time snapshot and records its hash; the same
+    launch with --no-snapshot, beside it, runs the edited code and fails (the control)."""
+    src = tmp_path / "src"
+    shutil.copytree(package_dir(), src / "memorize", ignore=shutil.ignore_patterns("__pycache__"))
+    launched = source_hash(src / "memorize")
+    spec_file = _single_cell_spec(tmp_path)
+    out, live = tmp_path / "frozen", tmp_path / "live"
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONSAFEPATH": "1"}
+    for where, extra in ((out, []), (live, ["--no-snapshot"])):
+        subprocess.run([sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec_file), "--out", str(where),
+                        *SLURM_ARGS, "--time-min", "10", "--sbatch", "begin=now+120", *extra], env=env, check=True,
+                       cwd=tmp_path, timeout=120)
+    assert not (live / "code").exists()
+    record = json.loads((out / "code.json").read_text())
+    assert record["hash"] == launched and record["source"] == str(src / "memorize")
+    (job,) = json.loads((out / "jobs.json").read_text()).values()
+    (live_job,) = json.loads((live / "jobs.json").read_text()).values()
+    for j in (job, live_job):
+        assert _squeue(j) and _squeue(j)[0].startswith("PENDING"), "the job must not have started before the edit"
+
+    with open(src / "memorize" / "__init__.py", "a") as fh:
+        fh.write("\nraise RuntimeError('the code edited after launch ran')\n")
+    assert source_hash(src / "memorize") != launched
+    for j in (job, live_job):
+        subprocess.run(["scontrol", "update", f"jobid={j}", "StartTime=now"], check=True, timeout=30)
+    assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "300"]) == 0
+    assert main(["sweep", "collect", str(live), "--wait", "--wait-timeout", "300"]) == 0
+    assert not list(live.glob("cells/*/evals/*.json"))
+    assert "the code edited after launch ran" in "".join(p.read_text() for p in (live / "logs").rglob("*_log.err"))
+    (evaluation,) = (out / "cells").glob("*/evals/*.json")
+    summary = json.loads(evaluation.read_text())
+    assert summary["code"] == launched and summary["code_version"]["snapshot"]
+    assert summary["code_version"]["path"] == str((out / "code" / launched / "memorize").resolve())
+    assert list(pd.read_csv(out / "results.csv").code) == [launched]
+
+
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
+def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
+    """A one-minute time limit, signalled 30 s ahead, for training that takes longer: the cell checkpoints
+    on the signal (no periodic checkpoint before the budget), is requeued, resumes, and ends where an
+    uninterrupted run ends. The uninterrupted reference runs beside it, on the node's other CPU."""
+    spec_file = _single_cell_spec(tmp_path, steps=3000, checkpoint_every=10000, eval_every=1500, log_every=250)
+    out, straight = tmp_path / "timed", tmp_path / "straight"
+    assert main(["sweep", "run", str(spec_file), "--out", str(out), *SLURM_ARGS, "--time-min", "1",
+                 "--signal-delay-s", "30", "--max-requeues", "6"]) == 0
+    assert main(["sweep", "run", str(spec_file), "--out", str(straight), *SLURM_ARGS, "--time-min", "20"]) == 0
+    (job,) = json.loads((out / "jobs.json").read_text()).values()
+    deadline = time.time() + 480
+    while time.time() < deadline:
+        if list(out.glob("cells/*/evals/*.json")) or not _squeue(job):
+            break
+        if any(line.endswith("|BeginTime") for line in _squeue(job)):  # lift SLURM's hold on requeued jobs
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], timeout=30)
+        time.sleep(0.5)
+    assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "60"]) == 0
+    assert main(["sweep", "collect", str(straight), "--wait", "--wait-timeout", "300"]) == 0
+    a, b = (pd.read_csv(d / "results.csv") for d in (out, straight))
+    assert len(a) == 1, f"the cell did not finish; see {out / 'logs'}"
+    restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                              timeout=30).stdout.split("Restarts=")[1].split()[0]
+    assert 1 <= a.requeues[0] == int(restarts) <= 6 and b.requeues[0] == 0
+    (cell,) = (out / "cells").iterdir()
+    assert (cell / "checkpoints" / "interim.json").is_file(), "no checkpoint was written on the signal"
+    logs = "".join(p.read_text() for p in (out / "logs").rglob("*_log.*"))
+    assert "signalled by SLURM; checkpoint written at step" in logs and "Requeued job" in logs
+    pd.testing.assert_frame_equal(a.drop(columns="requeues"), b.drop(columns="requeues"))
+    log_a, log_b = (pd.read_csv(d / "cells" / cell.name / "loss.csv").drop(columns=["seconds"])
+                    for d in (out, straight))
+    pd.testing.assert_frame_equal(log_a, log_b)
+
+
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
+def test_cancel_stops_the_queue_keeps_finished_cells_and_run_resumes(tmp_path, capsys):
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=400, log_every=100)
+    spec["grid"] = {"data.n_train": [16, 32, 48]}
+    spec["score"] = {"compare": False, "features": "pixel"}
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    args = ["sweep", "run", str(spec_file), "--out", str(out), *SLURM_ARGS, "--time-min", "10",
+            "--array-parallelism", "1"]
+    assert main(args) == 0
+    jobs = json.loads((out / "jobs.json").read_text())
+    deadline = time.time() + 300  # one cell done, the next training with a checkpoint, the third waiting
+    while time.time() < deadline:
+        done = list(out.glob("cells/*/evals/*.json"))
+        training = [p for p in out.glob("cells/*/checkpoints/step-*.pt") if p.parents[1] != done[0].parents[1]] \
+            if done else []
+        if done and training:
+            break
+        time.sleep(0.2)
+    assert done and training, "no cell finished with another one training within 300 s"
+    (finished,) = done
+    stamp = finished.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["sweep", "cancel", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "2 jobs cancelled (1 running, 1 pending); 1 of 3 cells done and left alone" in said
+    assert not any(_squeue(j) for j in jobs.values())
+    assert finished.stat().st_mtime_ns == stamp
+    status = {r["cell"]: r["state"] for r in sweep_status(out).to_dict("records")}
+    assert sorted(status.values()) == ["cancelled", "cancelled", "done"]
+    interrupted = training[0].parents[1]
+    assert list(interrupted.glob("checkpoints/step-*.pt")), "the cancelled cell keeps its checkpoint"
+
+    assert main(args) == 0  # resumes the two cancelled cells, not the finished one
+    relaunched = json.loads((out / "jobs.json").read_text())
+    assert relaunched[finished.parents[1].name] == jobs[finished.parents[1].name]
+    assert sum(relaunched[c] != jobs[c] for c in jobs) == 2
+    assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "300"]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 3 and finished.stat().st_mtime_ns == stamp

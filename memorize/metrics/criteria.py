@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from memorize.data.subsets import unique_indices
 from memorize.metrics.search import as_float32_rows, as_rows, exact_cosine, exact_l2, knn
@@ -200,6 +199,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     """Wilson score interval for a binomial proportion (Wilson 1927), via SciPy."""
     if trials == 0:
         return (float("nan"), float("nan"))
+    from scipy.stats import binomtest  # imported here: scipy.stats takes most of a second to import
+
     ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -221,6 +222,8 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
     if before.shape != after.shape:
         raise ValueError(f"paired_change: {before.shape} and {after.shape} verdicts; pairs need equal lengths")
     gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+    from scipy.stats import binomtest
+
     p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
     return {"gained": gained, "lost": lost, "p_value": float(p)}
 

@@ -10,8 +10,6 @@ linear head maps each patch token back to pixels.
 from __future__ import annotations
 
 import torch
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from memorize.models.common import ConditionEmbedding
@@ -24,6 +22,10 @@ class DiT(nn.Module):
         if resolution % patch_size:
             raise ValueError(f"model.patch_size: {patch_size} does not divide the image size {resolution}")
         self.in_channels, self.patch_size, self.grid = in_channels, patch_size, resolution // patch_size
+        # imported here: timm (and torchvision under it) take seconds to import, which every command would pay
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import Block
+
         self.patch = PatchEmbed(resolution, patch_size, in_channels, width)
         self.pos = nn.Parameter(torch.zeros(1, self.grid**2 + 1, width))
         nn.init.trunc_normal_(self.pos, std=0.02)

@@ -8,8 +8,12 @@ last, atomically: its presence marks that grid point done.
 
 :class:`CellJob` is the Submitit callable. It is ``Checkpointable``, so SLURM timeouts and
 preemptions requeue it; the requeued job holds only the cell's directory and configs and
-resumes from the files (DESIGN.md: never from state in the pickled object). A file lock
-in the cell directory keeps two processes from working on one cell.
+resumes from the files, never from state in the pickled object. When SLURM signals the
+time limit (``slurm.signal_delay_s`` ahead) during training, the cell first writes a
+checkpoint at the next step boundary (:func:`memorize.train.request_checkpoint`), then
+Submitit requeues it, at most ``slurm.max_requeues`` times for time limits; a signal in any
+other stage requeues at once and the stage starts again. A file lock in the cell directory
+keeps two processes from working on one cell.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import signal
 import socket
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -30,6 +36,8 @@ import torch
 from memorize.cell import CellPaths
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
+from memorize.train import CheckpointRequested, request_checkpoint
+from memorize.sweep.snapshot import code_version
 from memorize.sweep.spec import eval_settings, twin_config
 
 ERROR = "error.txt"
@@ -157,6 +165,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
             r = evaluate(root, *at_checkpoint(cfg, score, ckpt), progress)
             over_steps.append({"step": ckpt, "eval": r["eval"]})
     trained = training_at(root, step)
+    code = code_version()
     nn, cos, quality = scores["nn"], scores["cos"], scores["quality"]
     summary = {
         "cell": root.name, "eval": key, "dataset": cfg.data.name, "n_train": cfg.data.n_train,
@@ -180,11 +189,18 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
         "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),
         "search_backend": nn["backend"], "seconds": timings, "threads": torch.get_num_threads(),
+        "code": code["hash"], "code_version": code, **slurm_job(),
         "files": {"samples": f"samples/{samples}.npz", "scores": f"scores/{measure}.csv", "compare": compare_dir},
         "over_steps": over_steps, "settings": settings, "config": to_dict(cfg),
     }
     atomic_write_json(eval_path(root, key), summary)
     return summary
+
+
+def slurm_job() -> dict:
+    """The SLURM job this process runs in (None outside SLURM) and how often SLURM requeued it
+    (``SLURM_RESTART_COUNT``: after time limits, preemptions or ``scontrol requeue``)."""
+    return {"slurm_job": os.environ.get("SLURM_JOB_ID"), "requeues": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
 
 
 def checkpoint_grid(score: Any, budget: int) -> list[int]:
@@ -253,6 +269,27 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
         return results
 
 
+def _preemption_signal() -> tuple[int, Any]:
+    """The signal SLURM sends ahead of a time limit or a preemption (submitit's, USR2 by default) and the
+    handler submitit installed for it in this process (None where there is none: the debug executor)."""
+    from submitit.core.job_environment import SignalHandler
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    signum = getattr(signal, f"SIG{SlurmJobEnvironment.USR_SIG}", signal.SIGUSR2)
+    handler = signal.getsignal(signum)
+    return signum, handler if isinstance(getattr(handler, "__self__", None), SignalHandler) else None
+
+
+def _checkpoint_first(submitit_handler: Any) -> Any:
+    """A handler for the preemption signal: a running training loop writes a checkpoint at its next step
+    and raises :class:`CheckpointRequested` (``CellJob`` then hands over to submitit); outside training,
+    submitit's own handler requeues the job at once."""
+    def handler(signum: int, frame: Any) -> None:
+        if not request_checkpoint():
+            submitit_handler(signum, frame)
+    return handler
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """Submitit callable for one cell (all its grid points); holds only plain data so it pickles small and
     resumes from disk."""
@@ -269,8 +306,24 @@ class CellJob(submitit.helpers.Checkpointable):
         if threads:
             torch.set_num_threads(int(threads))
         root = Path(self.root)
+        signum, submitit_handler = _preemption_signal()
+        if submitit_handler is not None:
+            signal.signal(signum, _checkpoint_first(submitit_handler))
         try:
             return run_cell(root, [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score))
+        except CheckpointRequested as stop:  # signalled in training: checkpoint written, now let submitit requeue
+            if submitit_handler is None:
+                raise
+            print(f"memorize: {root.name}: signalled by SLURM; checkpoint written at step {stop.step}, "
+                  f"requeueing (SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})", file=sys.stderr,
+                  flush=True)
+            try:
+                submitit_handler(signum, None)  # requeues and exits, or raises where requeues are used up
+            except Exception as err:
+                atomic_write_text(root / ERROR, f"{err} (training saved at step {stop.step}; `memorize sweep run` "
+                                                f"again resumes it)\n{traceback.format_exc()}")
+                raise
+            raise
         except CellBusy:
             raise
         except Exception:
@@ -278,6 +331,8 @@ class CellJob(submitit.helpers.Checkpointable):
             raise
         finally:  # the debug executor runs cells in the caller's process: leave its thread count as it was
             torch.set_num_threads(previous_threads)
+            if submitit_handler is not None:
+                signal.signal(signum, submitit_handler)
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.

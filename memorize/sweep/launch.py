@@ -6,14 +6,17 @@ Sweep directory::
     DIR/spec.yaml       the spec as last launched
     DIR/cells.csv       one row per grid point of that spec: cell id, evaluation key, grid values
     DIR/cells/<id>/     one directory per cell (see memorize.cell and memorize.sweep.cell)
-    DIR/jobs.json       SLURM job ids by cell id (status and collect re-attach from it)
+    DIR/jobs.json       SLURM job ids by cell id (status, collect and cancel re-attach from it)
+    DIR/code/<hash>/    the memorize package as launched (SLURM; memorize.sweep.snapshot), DIR/code.json the latest
     DIR/logs/           Submitit logs (put DIR on a filesystem the compute nodes share)
     DIR/results.csv     one row per finished grid point of the current spec (memorize sweep collect)
     DIR/curves.csv      memorization over training steps, where the spec scores checkpoints
 
 Executors: ``local`` runs cells in subprocesses on this machine, ``--parallel`` at a time, in
 the foreground; ``debug`` runs them in this process (for a debugger); ``slurm`` submits a job
-array (chunked below SLURM's MaxArraySize), records the job ids and returns unless ``wait``.
+array (chunked below SLURM's MaxArraySize) that runs a snapshot of the code taken at launch,
+records the job ids and returns unless ``wait``. Status, waiting and cancelling ask SLURM once
+per refresh for all the sweep's jobs (one ``squeue``, one ``sacct`` for jobs that left the queue).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from memorize.cell import LAYOUT, OLD_LAYOUT
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
 from memorize.sweep.cell import ERROR, CellJob, is_done, is_locked, read_eval
+from memorize.sweep.snapshot import setup_lines, take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
@@ -49,7 +53,7 @@ RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total
                   "mem_cos_hi", "labels", "guidance", "mem_nn_class", "mem_nn_class_lo", "mem_nn_class_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
                   "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
                   "fid", "kid", "precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi",
-                  "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "cell", "eval"]
+                  "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "code", "requeues", "cell", "eval"]
 # curves.csv: a result record per scored checkpoint (its own evaluation, ``step_eval``), tagged with the grid
 # point it belongs to (cell, eval, budget) and its grid values; the comparisons run at the budget only.
 CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (
@@ -94,12 +98,17 @@ def by_cell(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
     return groups
 
 
-def _executor(kind: str, out: Path, spec: SweepSpec) -> submitit.Executor:
-    executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=kind)
+def _executor(kind: str, out: Path, spec: SweepSpec, code: dict | None = None) -> submitit.Executor:
+    """A submitit executor for ``kind``; on SLURM with the spec's resources and, with ``code`` (a
+    :func:`memorize.sweep.snapshot.take_snapshot` record), jobs that import that snapshot."""
     if kind == "slurm":
         s = spec.slurm
+        executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=kind, slurm_max_num_timeout=s.max_requeues)
         params = {"timeout_min": s.time_min, "slurm_array_parallelism": s.array_parallelism,
-                  "cpus_per_task": s.cpus_per_cell, "mem_gb": s.mem_gb, "name": f"memorize-{spec.name}"}
+                  "cpus_per_task": s.cpus_per_cell, "mem_gb": s.mem_gb, "name": f"memorize-{spec.name}",
+                  "slurm_signal_delay_s": s.signal_delay_s}
+        if code is not None:
+            params["slurm_setup"] = setup_lines(code["pythonpath"])
         if s.gpus_per_cell:
             params["gpus_per_node"] = s.gpus_per_cell
         for key in ("partition", "account", "qos", "constraint"):
@@ -108,7 +117,9 @@ def _executor(kind: str, out: Path, spec: SweepSpec) -> submitit.Executor:
         if s.extra:
             params["slurm_additional_parameters"] = dict(s.extra)
         executor.update_parameters(**params)
-    elif kind == "local":
+        return executor
+    executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=kind)
+    if kind == "local":
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN,
                                    **local_gpu_parameters(os.environ, torch.cuda.device_count()))
     return executor
@@ -227,12 +238,14 @@ def _running_line(out: Path, cid: str, label: str) -> str:
 
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, snapshot: bool = True) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
 
     One job per cell: it trains the cell once, to each budget its grid points ask for, and
     evaluates each point, with ``threads_per_cell`` torch threads. Counts are of cells, ``points``
-    of grid points."""
+    of grid points. ``snapshot`` (SLURM): the jobs run a copy of the package taken now
+    (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
+    they start."""
     out = Path(out)
     if dry_run:
         check_layout(out)
@@ -262,8 +275,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     def job(cid: str) -> CellJob:
         return CellJob(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]], score, cell_threads)
 
-    ex = _executor(executor, out, spec)
     if executor == "slurm":
+        code = take_snapshot(out) if snapshot else None
+        report["code"] = code
+        ex = _executor(executor, out, spec, code)
         record_path = out / "jobs.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         size = spec.slurm.max_array_size
@@ -278,6 +293,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         if wait:
             report.update(wait_for_slurm(out, ids, wait_timeout))
         return report
+    ex = _executor(executor, out, spec)
     # local / debug: in the foreground, `parallel` cells at a time, a progress line per running cell
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     slots = 1 if executor == "debug" else max(1, parallel)
@@ -335,43 +351,122 @@ def _jobs(out: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def slurm_state(out: Path, job_id: str) -> str:
-    """State of a recorded SLURM job: from ``squeue`` while it is queued or running; after that from
-    ``sacct`` (through submitit) where accounting is on, else ``ENDED`` (left the queue, outcome
-    unknown). ``UNKNOWN`` where no SLURM answers. Every call is bounded by a timeout."""
+def _cancelled(out: Path) -> list[str]:
+    """Job ids ``memorize sweep cancel`` cancelled (``DIR/cancelled.json``; SLURM without accounting forgets them)."""
+    path = out / "cancelled.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _run(command: list[str]) -> str | None:
+    """stdout of a SLURM command, or None where it fails or does not answer within 60 s. ``squeue -j``
+    naming only jobs SLURM has forgotten fails with "Invalid job id": that is an empty answer."""
     import subprocess
 
     try:
-        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                                timeout=30)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return "UNKNOWN"
-    if queued.returncode == 0 and queued.stdout.strip():
-        return queued.stdout.split()[0]
-    try:
-        state = submitit.SlurmJob(folder=out / "logs" / "%j", job_id=job_id).state
-    except Exception:  # accounting off, or the job is forgotten
-        state = "UNKNOWN"
-    return state if state not in ("UNKNOWN", "PENDING", "READY") else "ENDED"
+        return None
+    if done.returncode != 0:
+        return "" if "Invalid job id" in done.stderr else None
+    return done.stdout
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM state of each recorded job id (array tasks as ``JOB_TASK``), with one ``squeue`` call for
+    the jobs in the queue and, for the others, one ``sacct`` call where accounting is on; ``ENDED``
+    (left the queue, outcome unknown) where it is off, ``UNKNOWN`` where no SLURM answers."""
+    job_ids = [j for j in dict.fromkeys(job_ids) if j]
+    if not job_ids:
+        return {}
+    parents = ",".join(dict.fromkeys(j.split("_")[0] for j in job_ids))
+    queued = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", parents])
+    if queued is None:
+        return dict.fromkeys(job_ids, "UNKNOWN")
+    states = dict(line.split("|", 1) for line in queued.split() if "|" in line)
+    gone = [j for j in job_ids if j not in states]
+    ended = {}
+    if gone:
+        accounted = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j",
+                          ",".join(dict.fromkeys(j.split("_")[0] for j in gone))]) or ""
+        # sacct states may carry a reason: "CANCELLED by 0"
+        ended = {job: state.split(" ")[0] for job, state in
+                 (line.split("|", 1) for line in accounted.splitlines() if "|" in line)}
+    return {j: states.get(j) or ended.get(j) or "ENDED" for j in job_ids}
+
+
+def _unfinished(out: Path) -> dict[str, list[str]]:
+    """The cells of the current grid with a grid point not done: their evaluation keys."""
+    keys = _grid(out).groupby("cell")["eval"].apply(list).to_dict()
+    return {cid: ks for cid, ks in keys.items() if not all(is_done(cell_dir(out, cid), k) for k in ks)}
 
 
 def wait_for_slurm(out: Path, ids: list[str], timeout: float, poll: float = 5.0) -> dict:
     """Wait until every cell is done or its job ended, at most ``timeout`` seconds (never forever: a job that
-    dies without a result is seen through its SLURM state)."""
+    dies without a result is seen through its SLURM state). One status query per ``poll`` seconds."""
     jobs = _jobs(out)
     deadline = time.time() + timeout
     open_ids = set(ids)
     keys = _grid(out).groupby("cell")["eval"].apply(list).to_dict() if (out / "cells.csv").is_file() else {}
     while open_ids and time.time() < deadline:
+        states = slurm_states([jobs.get(cid, "") for cid in open_ids])
         for cid in list(open_ids):
             root = out / "cells" / cid
             if all(is_done(root, k) for k in keys.get(cid, [])) or (root / ERROR).exists():
                 open_ids.discard(cid)
-            elif slurm_state(out, jobs.get(cid, "")).split(" ")[0] in TERMINAL_SLURM_STATES - {"COMPLETED"}:
+            elif states.get(jobs.get(cid, ""), "UNKNOWN") in TERMINAL_SLURM_STATES - {"COMPLETED"}:
                 open_ids.discard(cid)
         if open_ids:
             time.sleep(poll)
     return {"unfinished_after_wait": len(open_ids)}
+
+
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                       "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+
+def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0) -> dict:
+    """Cancel the SLURM jobs (ids from ``DIR/jobs.json``) of the sweep's unfinished cells that are still in
+    the queue, with one ``scancel``; finished cells and their files are left alone. Waits, at most
+    ``wait_timeout`` seconds, until the cancelled jobs have left the queue, so that a following
+    ``memorize sweep run`` finds their cells unlocked and resumes them from their last checkpoints."""
+    out = Path(out)
+    jobs = _jobs(out)
+    if not jobs:
+        raise FileNotFoundError(f"{out / 'jobs.json'}: no SLURM jobs recorded for this sweep "
+                                f"(it was not launched with --executor slurm)")
+    unfinished = _unfinished(out)
+    mine = {cid: jobs[cid] for cid in unfinished if cid in jobs}
+    states = slurm_states(list(mine.values()))
+    if states and set(states.values()) == {"UNKNOWN"}:
+        raise RuntimeError("no SLURM answers (squeue failed): nothing was cancelled")
+    active = {cid: job for cid, job in mine.items() if states.get(job) in ACTIVE_SLURM_STATES}
+    report = {"cells": len(_grid(out)["cell"].unique()), "unfinished": len(unfinished), "running": 0, "pending": 0,
+              "cancelled": 0, "still_queued": 0}
+    for job in active.values():
+        kind = "running" if states[job] == "RUNNING" else "pending"
+        report[kind] += 1
+    if not active:
+        return report
+    import subprocess
+
+    ids = list(active.values())
+    for start in range(0, len(ids), 1000):  # bounded command lines
+        try:
+            subprocess.run(["scancel", *ids[start:start + 1000]], check=True, capture_output=True, text=True,
+                           timeout=120)
+        except (OSError, subprocess.SubprocessError) as err:
+            detail = getattr(err, "stderr", None) or err
+            raise RuntimeError(f"scancel failed: {str(detail).strip()}") from None
+    report["cancelled"] = len(ids)
+    atomic_write_json(out / "cancelled.json", sorted({*_cancelled(out), *ids}))
+    deadline = time.time() + wait_timeout
+    while True:
+        left = [j for j, state in slurm_states(ids).items() if state in ACTIVE_SLURM_STATES]
+        if not left or time.time() >= deadline:
+            break
+        time.sleep(poll)
+    report["still_queued"] = len(left)
+    return report
 
 
 def _grid(out: Path) -> pd.DataFrame:
@@ -390,8 +485,11 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
     index = _grid(out)
     jobs = _jobs(out)
     axes = list(index.columns[2:])
+    unfinished = _unfinished(out)
+    states = slurm_states([jobs[cid] for cid in unfinished if cid in jobs])
+    cancelled = set(_cancelled(out))
     rows = []
-    for _, row in index.iterrows():
+    for row in index.to_dict("records"):
         root = cell_dir(out, row["cell"])
         job = jobs.get(row["cell"], "")
         detail = ""
@@ -406,9 +504,12 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
             log = out / "logs" / job / f"{job}_0_log.err" if job else root / ERROR
             detail = f"{last[0][:120]} (log: {log})"
         else:
-            slurm = slurm_state(out, job) if job else ""
-            state = "running" if slurm.startswith("RUNNING") else "pending"
-            if slurm.split(" ")[0] in TERMINAL_SLURM_STATES:
+            slurm = states.get(job, "") if job else ""
+            state = "running" if slurm == "RUNNING" else "pending"
+            if slurm == "CANCELLED" or (job in cancelled and slurm not in ACTIVE_SLURM_STATES):
+                state = "cancelled"
+                detail = "job cancelled; `memorize sweep run` resumes the cell"
+            elif slurm in TERMINAL_SLURM_STATES:
                 state = "failed"  # the job ended without a result or an error report
                 detail = f"job ended ({slurm}) without a result (log: {out / 'logs' / job})"
             ckpt = CellPaths(root).latest_checkpoint()
@@ -429,7 +530,7 @@ def collect(out: str | Path) -> pd.DataFrame:
     index = _grid(out)
     axes = list(index.columns[2:])
     rows, curves, pending = [], [], 0
-    for _, row in index.iterrows():
+    for row in index.to_dict("records"):
         summary = read_eval(cell_dir(out, row["cell"]), row["eval"])
         if summary is None:
             pending += 1

@@ -82,6 +82,9 @@ class SlurmConfig:
     cpus_per_cell: int = 8
     mem_gb: int = 32
     time_min: int = 240
+    # SLURM signals a job this many seconds before its time limit: the cell checkpoints and is requeued.
+    signal_delay_s: int = 90
+    max_requeues: int = 3  # requeues after a time limit (submitit's max_num_timeout); preemptions do not count
     constraint: str | None = None
     array_parallelism: int = 64
     max_array_size: int = 1000  # submitit does not split arrays above SLURM's MaxArraySize (default 1001)
@@ -93,6 +96,11 @@ class SlurmConfig:
                 raise ConfigError(f"slurm.{name}: must be >= 1")
         if self.gpus_per_cell < 0 or self.mem_gb <= 0:
             raise ConfigError("slurm.gpus_per_cell must be >= 0 and slurm.mem_gb > 0")
+        if not 0 < self.signal_delay_s < 60 * self.time_min:
+            raise ConfigError(f"slurm.signal_delay_s: must be in (0, {60 * self.time_min}) seconds (below "
+                              f"slurm.time_min = {self.time_min} min), got {self.signal_delay_s}")
+        if self.max_requeues < 0:
+            raise ConfigError(f"slurm.max_requeues: must be >= 0, got {self.max_requeues}")
 
 
 @dataclass

@@ -1,0 +1,281 @@
+"""Cluster operations without a cluster: the code snapshot, the checkpoint on SLURM's time-limit signal,
+batched queue queries and the cancel command's refusals. tests/test_slurm.py runs the same against a
+real SLURM."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from submitit.core.job_environment import SignalHandler
+
+import memorize.train as train_module
+from memorize.cell import LAYOUT, CellPaths
+from memorize.cli import main
+from memorize.config import ConfigError, to_dict
+from memorize.sweep import load_spec
+from memorize.sweep.cell import ERROR, CellJob, _checkpoint_first
+from memorize.sweep.launch import _executor, slurm_states, sweep_status
+from memorize.sweep.snapshot import code_version, package_dir, setup_lines, source_hash, take_snapshot
+from memorize.sweep.spec import ScoreConfig
+from memorize.train import CheckpointRequested, train
+from tests.test_sweep import TINY_SPEC
+
+
+def _log_rows(path):
+    return pd.read_csv(path).drop(columns=["seconds"])
+
+
+# --- frozen code ----------------------------------------------------------------------------------
+
+
+def test_snapshot_copies_the_package_once_per_content(tmp_path):
+    record = take_snapshot(tmp_path)
+    copy = tmp_path / "code" / record["hash"] / "memorize"
+    assert record["hash"] == source_hash(package_dir()) == source_hash(copy)
+    assert (copy / "sweep" / "snapshot.py").read_bytes() == (package_dir() / "sweep" / "snapshot.py").read_bytes()
+    assert not list(copy.rglob("__pycache__"))
+    assert json.loads((tmp_path / "code.json").read_text()) == record
+    before = (copy / "__init__.py").stat().st_mtime_ns
+    assert take_snapshot(tmp_path) == record  # same content: the copy is reused, not redone
+    assert (copy / "__init__.py").stat().st_mtime_ns == before
+    assert len(list((tmp_path / "code").iterdir())) == 1
+
+
+def test_source_hash_follows_the_source_and_ignores_caches(tmp_path):
+    src = tmp_path / "memorize"
+    shutil.copytree(package_dir(), src, ignore=shutil.ignore_patterns("__pycache__"))
+    original = source_hash(src)
+    (src / "__pycache__").mkdir(exist_ok=True)
+    (src / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
+    assert source_hash(src) == original
+    with open(src / "train.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    assert source_hash(src) != original
+
+
+def test_job_setup_imports_the_snapshot_even_from_a_checkout(tmp_path):
+    """A job starts in the submission directory; where that holds a ``memorize/`` checkout, ``python -m``
+    would import it first. The setup lines make the snapshot win; without them the checkout does
+    (the control, so the test can fail)."""
+    record = take_snapshot(tmp_path / "sweep")
+    checkout = tmp_path / "checkout"
+    (checkout / "memorize").mkdir(parents=True)
+    (checkout / "memorize" / "__init__.py").write_text("")
+    probe = f"{sys.executable} -c 'import memorize; print(memorize.__file__)'"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    frozen = subprocess.run(["bash", "-c", "\n".join([*setup_lines(record["pythonpath"]), probe])], cwd=checkout,
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    live = subprocess.run(["bash", "-c", probe], cwd=checkout, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert frozen == str(tmp_path / "sweep" / "code" / record["hash"] / "memorize" / "__init__.py")
+    assert live == str(checkout / "memorize" / "__init__.py")
+
+
+def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
+    spec = load_spec(spec_file, {"time_min": 5, "signal_delay_s": 45, "max_requeues": 2})
+    code = {"pythonpath": "/shared/sweep/code/abc"}
+    ex = _executor("slurm", tmp_path, spec, code)._executor
+    assert ex.max_num_timeout == 2
+    assert ex.parameters["signal_delay_s"] == 45 and ex.parameters["time"] == 5
+    assert ex.parameters["setup"] == setup_lines("/shared/sweep/code/abc")
+    assert "setup" not in _executor("slurm", tmp_path, spec, None)._executor.parameters  # --no-snapshot
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"time_min": 1, "signal_delay_s": 60}, "slurm.signal_delay_s: must be in (0, 60) seconds"),
+    ({"signal_delay_s": 0}, "slurm.signal_delay_s"),
+    ({"max_requeues": -1}, "slurm.max_requeues: must be >= 0"),
+])
+def test_bad_signal_settings_are_refused(tmp_path, override, message):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(spec_file, override)
+
+
+# --- checkpoint on the time-limit signal ----------------------------------------------------------
+
+
+def _signal_at(monkeypatch, at_step: int, signum=signal.SIGUSR2):
+    """Send ``signum`` to this process when the loop starts the step after ``at_step``."""
+    real_lr = train_module.learning_rate
+
+    def lr(base, warmup, step):
+        if step == at_step:
+            os.kill(os.getpid(), signum)
+        return real_lr(base, warmup, step)
+
+    monkeypatch.setattr(train_module, "learning_rate", lr)
+
+
+@pytest.fixture
+def usr2():
+    """Restore SIGUSR2's handler after the test."""
+    previous = signal.getsignal(signal.SIGUSR2)
+    yield
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def test_signalled_training_checkpoints_at_the_next_step_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch, usr2):
+    """Signalled during step 28 (checkpoints every 10): the checkpoint is written at step 28, training stops,
+    a resumed run ends bit for bit where an uninterrupted one ends, and the off-schedule checkpoint goes
+    once a scheduled one follows, even where every checkpoint is kept."""
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=40, checkpoint_every=10,
+                                                                  log_every=15, eval_every=20,
+                                                                  keep_all_checkpoints=True))
+    signal.signal(signal.SIGUSR2, lambda *_: train_module.request_checkpoint())
+    _signal_at(monkeypatch, 27)
+    cut = CellPaths(tmp_path / "cut")
+    with pytest.raises(CheckpointRequested) as stop:
+        train(cfg, cut.root, progress=False)
+    assert stop.value.step == 28
+    assert cut.checkpoint_steps() == [10, 20, 28]
+    assert json.loads(cut.interim_checkpoints.read_text()) == [28]
+
+    monkeypatch.undo()
+    train(cfg, cut.root, progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    straight = CellPaths(tmp_path / "straight")
+    assert cut.checkpoint_steps() == straight.checkpoint_steps() == [10, 20, 30, 40]
+    assert json.loads(cut.interim_checkpoints.read_text()) == []
+    a, b = (torch.load(p.checkpoint(40), weights_only=False) for p in (cut, straight))
+    for key in ("model", "ema", "optimizer"):
+        assert repr(a[key]) == repr(b[key]) if key == "optimizer" else all(
+            torch.equal(a[key][n], t) for n, t in b[key].items()), f"{key} differs after the signal"
+    pd.testing.assert_frame_equal(_log_rows(cut.loss_log), _log_rows(straight.loss_log))
+
+
+def test_request_outside_training_asks_nothing():
+    assert train_module.request_checkpoint() is False
+    assert not train_module._checkpoint_request.is_set()
+
+
+class FakeSubmitit(SignalHandler):
+    """Stands in for submitit's handler of the time-limit signal: records the call, then exits as submitit
+    does after requeueing (or raises where requeues are used up)."""
+
+    def __init__(self, used_up: bool = False):
+        self.calls, self.used_up = [], used_up
+
+    def checkpoint_and_try_requeue(self, signum, frame=None):
+        self.calls.append(signum)
+        if self.used_up:
+            from submitit.core.utils import UncompletedJobError
+
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+        raise SystemExit(-1)
+
+
+def _cell_job(tiny_cfg, root, steps=40):
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=steps, checkpoint_every=10))
+    score = dataclasses.asdict(ScoreConfig(compare=False, features="pixel"))
+    return CellJob(str(root), [to_dict(cfg)], score, threads=1)
+
+
+def test_cell_job_checkpoints_then_hands_over_to_submitit(tiny_cfg, tmp_path, monkeypatch, usr2):
+    fake = FakeSubmitit()
+    signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
+    _signal_at(monkeypatch, 14)
+    root = tmp_path / "cell"
+    with pytest.raises(SystemExit):
+        _cell_job(tiny_cfg, root)()
+    assert fake.calls == [signal.SIGUSR2]  # once, after the checkpoint
+    assert CellPaths(root).checkpoint_steps() == [15] and not (root / ERROR).exists()
+    assert signal.getsignal(signal.SIGUSR2) == fake.checkpoint_and_try_requeue  # submitit's handler is back
+
+    monkeypatch.undo()  # the requeued job: resumes from step 15 and finishes
+    (summary,) = _cell_job(tiny_cfg, root)()
+    (straight,) = _cell_job(tiny_cfg, tmp_path / "straight")()
+    for key in ("mem_nn", "mem_cos", "train_loss", "heldout_loss", "code"):
+        assert summary[key] == straight[key], key
+    assert summary["code"] == code_version()["hash"] and summary["requeues"] == 0
+
+
+def test_requeues_used_up_leave_a_clear_error(tiny_cfg, tmp_path, monkeypatch, usr2):
+    fake = FakeSubmitit(used_up=True)
+    signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
+    _signal_at(monkeypatch, 14)
+    root = tmp_path / "cell"
+    with pytest.raises(Exception, match="timed-out too many times"):
+        _cell_job(tiny_cfg, root)()
+    first = (root / ERROR).read_text().splitlines()[0]
+    assert "timed-out too many times" in first and "training saved at step 15" in first
+
+
+def test_signal_outside_training_goes_to_submitit_at_once():
+    fake = FakeSubmitit()
+    with pytest.raises(SystemExit):
+        _checkpoint_first(fake.checkpoint_and_try_requeue)(signal.SIGUSR2, None)
+    assert fake.calls == [signal.SIGUSR2]
+
+
+# --- queue queries at scale -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """squeue, sacct and scancel stand-ins on PATH that log each call to calls.log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    scripts = {
+        "squeue": 'printf "100_0|RUNNING\\n100_1|PENDING\\n"',
+        "sacct": 'printf "100_2|COMPLETED\\n100_3|CANCELLED by 0\\n"',
+        "scancel": "true",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> {log}\n{body}\n')
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+def test_slurm_states_ask_once_for_all_jobs(fake_slurm):
+    states = slurm_states(["100_0", "100_1", "100_2", "100_3", "100_4"])
+    assert states == {"100_0": "RUNNING", "100_1": "PENDING", "100_2": "COMPLETED", "100_3": "CANCELLED",
+                      "100_4": "ENDED"}
+    calls = fake_slurm.read_text().splitlines()
+    assert calls == ["squeue -h -r -o %i|%T -j 100", "sacct -n -X -P -o JobID,State -j 100"]
+
+
+def test_jobs_slurm_has_forgotten_have_ended_and_no_slurm_is_unknown(fake_slurm, monkeypatch):
+    squeue = fake_slurm.parent / "bin" / "squeue"
+    squeue.write_text('#!/bin/bash\necho "slurm_load_jobs error: Invalid job id specified" >&2\nexit 1\n')
+    assert slurm_states(["7_0", "7_1"]) == {"7_0": "ENDED", "7_1": "ENDED"}
+    squeue.write_text('#!/bin/bash\necho "slurm_load_jobs error: Unable to contact slurm controller" >&2\nexit 1\n')
+    assert slurm_states(["7_0"]) == {"7_0": "UNKNOWN"}
+
+
+def test_status_of_many_cells_asks_slurm_once(tmp_path, fake_slurm):
+    """60 cells, five of them with jobs in various states: one squeue and one sacct in all."""
+    out = tmp_path / "sweep"
+    (out / "cells").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps({"layout": LAYOUT}))
+    cells = [f"c{i:03d}" for i in range(60)]
+    pd.DataFrame({"cell": cells, "eval": ["e"] * 60, "data.n_train": range(60)}).to_csv(out / "cells.csv",
+                                                                                       index=False)
+    (out / "jobs.json").write_text(json.dumps({f"c{i:03d}": f"100_{i}" for i in range(5)}))
+    (out / "cancelled.json").write_text(json.dumps(["100_4"]))
+    table = sweep_status(out).set_index("cell")
+    assert list(table.loc[["c000", "c001", "c002", "c003", "c004", "c005"], "state"]) == [
+        "running", "pending", "failed", "cancelled", "cancelled", "pending"]
+    assert len(fake_slurm.read_text().splitlines()) == 2
+
+
+def test_cancel_without_slurm_jobs_is_refused(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    out = tmp_path / "sweep"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run"]) == 0
+    assert main(["sweep", "cancel", str(out)]) == 2
+    assert "no SLURM jobs recorded" in capsys.readouterr().err
