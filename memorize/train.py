@@ -26,6 +26,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -174,6 +175,173 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
 
+@dataclass
+class Batch:
+    """One training step's draw for one cell: images, noise levels, noise and labels (on the device)."""
+
+    x0: torch.Tensor
+    sigma: torch.Tensor
+    noise: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class CellTraining:
+    """One cell's training state, built and resumed as :func:`train` runs it: the denoiser, its EMA,
+    AdamW, the cell's own generator (minibatches, noise levels, noise, label dropout), the loss log
+    and the checkpoint files. A step is :meth:`draw`, then the loss and its backward pass (by
+    :func:`train`, or for several cells at once by :mod:`memorize.pack`), then :meth:`finish_step`."""
+
+    def __init__(self, cfg: CellConfig, out: str | Path, keep_steps: tuple[int, ...] = ()):
+        self.cfg = cfg
+        self.paths = paths = CellPaths(Path(out))
+        self.device = resolve_device(cfg.train.device, "train.device")
+        self.data = data = init_cell(cfg, paths.root)
+        self.shape = tuple(data.train.shape[1:])
+        self.budget = cfg.train.steps
+        resume = _resume_point(paths, self.budget)
+
+        torch.manual_seed(cfg.seed)
+        self.sigma_data = resolve_sigma_data(cfg, data.train)
+        self.denoiser = build_denoiser(cfg, self.shape, data.split.num_classes, self.sigma_data).to(self.device)
+        self.ema = AveragedModel(self.denoiser, multi_avg_fn=ema_update(cfg.train.ema_decay))
+        self.optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step, self.rows, self.elapsed = 0, [], 0.0
+        self.losses: list[float] = []  # minibatch losses since the last log row (saved with checkpoints)
+        self.torch_rng = torch.get_rng_state()  # the global stream (dropout) as of this cell's start
+        if resume is not None:
+            state = load_checkpoint(paths.checkpoint(resume))
+            self.denoiser.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.gen.set_state(state["generator"])
+            self.torch_rng = state["torch_rng"]
+            torch.set_rng_state(self.torch_rng)
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.step, self.rows, self.elapsed = state["step"], state["log"], state["seconds"]
+            self.losses = state["pending_losses"]
+        # Written only now that the inputs are known good: a refused run changes nothing on disk.
+        save_config(cfg, paths.config)
+        self.kept = _keep_steps(paths, {self.budget, *(s for s in keep_steps if s <= self.budget)})
+        self.params = count_architecture_parameters(self.denoiser)
+        self.params_total = count_parameters(self.denoiser)
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.start_time = time.perf_counter() - self.elapsed
+        self.lr = cfg.train.lr
+        self.denoiser.train()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.budget
+
+    def last_good(self) -> str:
+        return f"last good checkpoint kept: {self.paths.latest_checkpoint() or 'none yet'}"
+
+    def draw(self) -> Batch:
+        """Set this step's learning rate and draw its minibatch, noise levels, noise and labels from the
+        cell's generator, in a fixed order (the stream a resumed run continues)."""
+        cfg, data, gen = self.cfg, self.data, self.gen
+        self.lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
+        sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
+                                      p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
+        noise = torch.randn((cfg.train.batch_size, *self.shape), generator=gen)
+        labels = None if data.train_labels is None else data.train_labels[idx]
+        if labels is not None and cfg.train.label_dropout > 0:  # classifier-free guidance: some labels -> null
+            labels = torch.where(torch.rand(len(idx), generator=gen) < cfg.train.label_dropout, NULL_LABEL, labels)
+        return Batch(data.train[idx].to(self.device), sigma.to(self.device), noise.to(self.device),
+                     labels if labels is None else labels.to(self.device))
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {self.step + 1}; "
+                                     f"{self.last_good()}. Try a lower train.lr or a train.grad_clip.")
+
+    def finish_step(self, loss: float, asked: bool = False) -> bool:
+        """With the gradients of this step's loss in place: clip, update the weights and the EMA, log,
+        evaluate and checkpoint on schedule (and, where ``asked``, off it). Returns whether a checkpoint
+        was written."""
+        cfg, data = self.cfg, self.data
+        # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), cfg.train.grad_clip or math.inf)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {self.step + 1} with a "
+                                     f"finite loss; {self.last_good()}. Try a lower train.lr or a train.grad_clip.")
+        self.optimizer.step()
+        self.ema.update_parameters(self.denoiser)
+        self.step += 1
+        step = self.step
+        self.losses.append(loss)
+        at_kept = step in self.kept
+        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == self.budget or at_kept:
+            row = {"step": step, "lr": self.lr,
+                   "running_loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
+                   "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - self.start_time, 3)}
+            self.losses = []
+            if step % cfg.train.eval_every == 0 or step == self.budget or at_kept:
+                ema = self.ema.module
+                ema.eval()
+                # The same number of training items as held-out ones, so the two losses compare.
+                n_eval = max(len(data.heldout), 1)
+                train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
+                row["heldout_loss"] = fixed_noise_loss(ema, data.heldout, data.heldout_labels, cfg, self.device)
+                row["train_loss"] = fixed_noise_loss(ema, data.train[:n_eval], train_eval_labels, cfg, self.device)
+            self.rows.append(row)
+        scheduled = step % cfg.train.checkpoint_every == 0 or step == self.budget or at_kept
+        if scheduled or asked:
+            self.elapsed = time.perf_counter() - self.start_time
+            self.save_checkpoint(interim=not scheduled)
+        progress_note(self.paths.root, "training", step, self.budget)
+        return scheduled or asked
+
+    def save_checkpoint(self, interim: bool = False) -> Path:
+        paths, step = self.paths, self.step
+        if not (_all_finite(self.denoiser) and _all_finite(self.ema)):  # never write one that cannot be resumed
+            raise NonFiniteLossError(f"non-finite weights at step {step}; {self.last_good()}")
+        newest = paths.checkpoint_steps()[-1:] or [0]
+        rng = torch.get_rng_state() if self.cfg.model.dropout > 0 else self.torch_rng
+        path = atomic_torch_save(paths.checkpoint(step), {
+            "step": step, "model": self.denoiser.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(), "torch_rng": rng,
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "log": self.rows, "pending_losses": self.losses, "seconds": self.elapsed, "shape": self.shape,
+            "num_classes": self.data.split.num_classes, "params": self.params, "params_total": self.params_total,
+            "sigma_data": self.sigma_data, "config": to_dict(self.cfg)})
+        if step >= newest[0]:  # a shorter budget trained after a longer one leaves the longer log in place
+            _write_log(paths.loss_log, self.rows)
+        if not self.cfg.train.keep_all_checkpoints:
+            for old in paths.checkpoint_steps():
+                if old not in self.kept and old != step and old < step:
+                    paths.checkpoint(old).unlink()
+        interims = json.loads(paths.interim_checkpoints.read_text()) if paths.interim_checkpoints.is_file() else []
+        if interim:
+            atomic_write_json(paths.interim_checkpoints, sorted({*interims, step}))
+        elif interims:  # superseded by this scheduled checkpoint
+            for old in interims:
+                if old < step and old not in self.kept:
+                    paths.checkpoint(old).unlink(missing_ok=True)
+            atomic_write_json(paths.interim_checkpoints, [s for s in interims if s > step])
+        return path
+
+    def resume_hint(self) -> str:
+        below = [s for s in self.paths.checkpoint_steps() if s <= self.budget]
+        return (f"training stopped at step {self.step} of {self.budget}; re-running the same command resumes "
+                f"from step {below[-1] if below else 0} (its last checkpoint)")
+
+    def summary(self) -> dict:
+        """The training summary at the budget, also written to ``train.json``."""
+        summary = {"steps": self.step, "params": self.params, "params_total": self.params_total,
+                   "sigma_data": self.sigma_data, "device": str(self.device), "seconds": round(self.elapsed, 2),
+                   **losses_at(self.rows, self.budget), "n_train": len(self.data.train),
+                   "n_duplicates_removed": self.data.split.n_duplicates}
+        atomic_write_json(self.paths.train_summary, summary)
+        return summary
+
+
 def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: tuple[int, ...] = ()) -> dict:
     """Train the cell ``cfg`` in directory ``out`` to ``cfg.train.steps``, resuming from its latest
     checkpoint below that budget if any; a budget reached before returns at once.
@@ -184,145 +352,33 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
     global _loops_running
-    paths = CellPaths(Path(out))
-    device = resolve_device(cfg.train.device, "train.device")
-    data = init_cell(cfg, paths.root)
-    shape = tuple(data.train.shape[1:])
-    budget = cfg.train.steps
-    resume = _resume_point(paths, budget)
-
-    torch.manual_seed(cfg.seed)
-    sigma_data = resolve_sigma_data(cfg, data.train)
-    denoiser = build_denoiser(cfg, shape, data.split.num_classes, sigma_data).to(device)
-    ema = AveragedModel(denoiser, multi_avg_fn=ema_update(cfg.train.ema_decay))
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, rows, elapsed = 0, [], 0.0
-    losses: list[float] = []  # minibatch losses since the last log row (saved with checkpoints)
-
-    if resume is not None:
-        state = load_checkpoint(paths.checkpoint(resume))
-        denoiser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        step, rows, elapsed, losses = state["step"], state["log"], state["seconds"], state["pending_losses"]
-    # Written only now that the inputs are known good: a refused run changes nothing on disk.
-    save_config(cfg, paths.config)
-    kept = _keep_steps(paths, {budget, *(s for s in keep_steps if s <= budget)})
-
-    def save_checkpoint(interim: bool = False) -> Path:
-        if not (_all_finite(denoiser) and _all_finite(ema)):  # never write a checkpoint that cannot be resumed
-            raise NonFiniteLossError(f"non-finite weights at step {step}; last good checkpoint kept: "
-                                     f"{paths.latest_checkpoint() or 'none yet'}")
-        newest = paths.checkpoint_steps()[-1:] or [0]
-        path = atomic_torch_save(paths.checkpoint(step), {
-            "step": step, "model": denoiser.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            "log": rows, "pending_losses": losses, "seconds": elapsed, "shape": shape,
-            "num_classes": data.split.num_classes, "params": params, "params_total": params_total,
-            "sigma_data": sigma_data,
-            "config": to_dict(cfg)})
-        if step >= newest[0]:  # a shorter budget trained after a longer one leaves the longer log in place
-            _write_log(paths.loss_log, rows)
-        if not cfg.train.keep_all_checkpoints:
-            for old in paths.checkpoint_steps():
-                if old not in kept and old != step and old < step:
-                    paths.checkpoint(old).unlink()
-        interims = json.loads(paths.interim_checkpoints.read_text()) if paths.interim_checkpoints.is_file() else []
-        if interim:
-            atomic_write_json(paths.interim_checkpoints, sorted({*interims, step}))
-        elif interims:  # superseded by this scheduled checkpoint
-            for old in interims:
-                if old < step and old not in kept:
-                    paths.checkpoint(old).unlink(missing_ok=True)
-            atomic_write_json(paths.interim_checkpoints, [s for s in interims if s > step])
-        return path
-
-    params, params_total = count_architecture_parameters(denoiser), count_parameters(denoiser)
-    def last_good() -> str:
-        return f"last good checkpoint kept: {paths.latest_checkpoint() or 'none yet'}"
-
-    use_amp = cfg.train.amp and device.type == "cuda"
-    start_time = time.perf_counter() - elapsed
-    bar = tqdm(total=budget, initial=step, disable=not progress, desc="training", unit="step")
-    denoiser.train()
+    cell = CellTraining(cfg, out, keep_steps)
+    bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress, desc="training", unit="step")
     _checkpoint_request.clear()
     _loops_running += 1
     try:
-        while step < budget:
-            lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
-            sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
-                                          p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
-            noise = torch.randn((cfg.train.batch_size, *shape), generator=gen)
-            labels = None if data.train_labels is None else data.train_labels[idx]
-            if labels is not None and cfg.train.label_dropout > 0:  # classifier-free guidance: some labels -> null
-                labels = torch.where(torch.rand(len(idx), generator=gen) < cfg.train.label_dropout, NULL_LABEL, labels)
-            labels = labels if labels is None else labels.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = denoiser.loss(data.train[idx].to(device), sigma.to(device), noise.to(device), labels).mean()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {step + 1}; {last_good()}. "
-                                         f"Try a lower train.lr or a train.grad_clip.")
-            optimizer.zero_grad(set_to_none=True)
+        while not cell.done:
+            batch = cell.draw()
+            with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
+                loss = cell.denoiser.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
+            cell.check_loss(loss)
+            cell.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
-            grad_norm = torch.nn.utils.clip_grad_norm_(denoiser.parameters(), cfg.train.grad_clip or math.inf)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {step + 1} with a "
-                                         f"finite loss; {last_good()}. Try a lower train.lr or a train.grad_clip.")
-            optimizer.step()
-            ema.update_parameters(denoiser)
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-
-            at_kept = step in kept
-            if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == budget or at_kept:
-                row = {"step": step, "lr": lr, "running_loss": sum(losses) / len(losses) if losses else math.nan,
-                       "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - start_time, 3)}
-                losses = []
-                if step % cfg.train.eval_every == 0 or step == budget or at_kept:
-                    ema.module.eval()
-                    # The same number of training items as held-out ones, so the two losses compare.
-                    n_eval = max(len(data.heldout), 1)
-                    train_eval_labels = None if data.train_labels is None else data.train_labels[:n_eval]
-                    row["heldout_loss"] = fixed_noise_loss(ema.module, data.heldout, data.heldout_labels, cfg, device)
-                    row["train_loss"] = fixed_noise_loss(ema.module, data.train[:n_eval], train_eval_labels, cfg, device)
-                rows.append(row)
-                bar.set_postfix(loss=f"{row['running_loss']:.4f}")
-            scheduled = step % cfg.train.checkpoint_every == 0 or step == budget or at_kept
             asked = _checkpoint_request.is_set()  # read once: a request arriving later is honoured next step
-            if scheduled or asked:
-                elapsed = time.perf_counter() - start_time
-                save_checkpoint(interim=not scheduled)
-            progress_note(paths.root, "training", step, budget)
+            cell.finish_step(loss.item(), asked)
+            bar.update(1)
+            if cell.rows and cell.rows[-1]["step"] == cell.step:
+                bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
             if asked:
                 _checkpoint_request.clear()
-                raise CheckpointRequested(step)
+                raise CheckpointRequested(cell.step)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes
-        resumes = paths.checkpoint_steps()
-        below = [s for s in resumes if s <= budget]
-        err.resume_hint = (f"training stopped at step {step} of {budget}; re-running the same command resumes "
-                           f"from step {below[-1] if below else 0} (its last checkpoint)")
+        err.resume_hint = cell.resume_hint()
         raise
     finally:
         _loops_running -= 1
         bar.close()
     if _checkpoint_request.is_set():  # asked for as the loop ended: the budget's checkpoint is written
         _checkpoint_request.clear()
-        raise CheckpointRequested(step)
-
-    summary = {"steps": step, "params": params, "params_total": params_total, "sigma_data": sigma_data,
-               "device": str(device),
-               "seconds": round(elapsed, 2), **losses_at(rows, budget),
-               "n_train": len(data.train), "n_duplicates_removed": data.split.n_duplicates}
-    atomic_write_json(paths.train_summary, summary)
-    return summary
+        raise CheckpointRequested(cell.step)
+    return cell.summary()
