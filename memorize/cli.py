@@ -122,7 +122,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         overrides["extra"] = {k: str(v) for k, v in _parse_set(args.sbatch, "mail-type=END").items()}
     spec = load_spec(args.spec, overrides, _parse_set(args.set, "base.train.steps=500"))
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
-                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot)
+                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack)
     if args.dry_run:
         return
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
@@ -420,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
                    help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
                         "debug: in this process")
-    p.add_argument("--parallel", type=_positive_int, default=1, help="local executor: cells at a time")
+    p.add_argument("--parallel", type=_positive_int, default=1, help="local executor: cells (or packs) at a time")
+    p.add_argument("--pack", type=_positive_int, default=1,
+                   help="train up to K cells of one architecture together, as one batched computation, in one "
+                        "job (default 1: each cell alone); cells with model.dropout > 0 or train.stop_when "
+                        "always train alone")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
                         "cells, at least 1; on SLURM the cell's cpus_per_cell)")

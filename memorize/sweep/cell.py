@@ -18,6 +18,7 @@ keeps two processes from working on one cell.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -337,3 +338,70 @@ class CellJob(submitit.helpers.Checkpointable):
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.
         return submitit.helpers.DelayedSubmission(CellJob(self.root, self.configs, self.score, self.threads))
+
+
+class PackJob(submitit.helpers.Checkpointable):
+    """Submitit callable for cells trained together (:mod:`memorize.pack`): trains every cell to its largest
+    budget in one batched computation, then evaluates each cell as :class:`CellJob` would. Returns, per
+    cell directory, None or the error that stopped that cell (written to its ``error.txt``); one cell
+    failing does not stop the others."""
+
+    def __init__(self, cells: list[tuple[str, list[dict]]], score: dict, threads: int | None = None):
+        self.cells, self.score, self.threads = cells, score, threads
+
+    def __call__(self) -> dict[str, str | None]:
+        from memorize.pack import train_packed
+        from memorize.sweep.spec import ScoreConfig
+
+        previous_threads = torch.get_num_threads()
+        threads = self.threads or os.environ.get("SLURM_CPUS_PER_TASK")
+        if threads:
+            torch.set_num_threads(int(threads))
+        score = from_dict(ScoreConfig, self.score)
+        cells = {Path(root): sorted((from_dict(CellConfig, c) for c in configs), key=lambda c: c.train.steps)
+                 for root, configs in self.cells}
+        outcome: dict[str, str | None] = {}
+        signum, submitit_handler = _preemption_signal()
+        if submitit_handler is not None:
+            signal.signal(signum, _checkpoint_first(submitit_handler))
+        try:
+            todo = {root: cfgs for root, cfgs in cells.items()
+                    if not all(is_done(root, settings_key(eval_settings(c, score))) for c in cfgs) and not is_locked(root)}
+            if todo:
+                keep = [tuple(sorted({*checkpoint_grid(score, cfgs[-1].train.steps), *(c.train.steps for c in cfgs)}))
+                        for cfgs in todo.values()]
+                with contextlib.ExitStack() as locks:
+                    for root in todo:
+                        locks.enter_context(cell_lock(root))
+                        (root / ERROR).unlink(missing_ok=True)
+                    trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
+                for root, result in zip(todo, trained):
+                    if isinstance(result, BaseException):
+                        atomic_write_text(root / ERROR, "".join(traceback.format_exception(result)))
+                        outcome[str(root)] = f"{type(result).__name__}: {result}"
+            for root, cfgs in cells.items():  # evaluations (training is done: run_cell finds the budgets reached)
+                if str(root) in outcome:
+                    continue
+                try:
+                    run_cell(root, cfgs, score)
+                    outcome[str(root)] = None
+                except CellBusy as err:
+                    outcome[str(root)] = str(err)
+                except Exception as err:
+                    atomic_write_text(root / ERROR, traceback.format_exc())
+                    outcome[str(root)] = f"{type(err).__name__}: {err}"
+            return outcome
+        except CheckpointRequested:
+            if submitit_handler is None:
+                raise
+            print(f"memorize: pack of {len(cells)} cells signalled by SLURM; checkpoints written, requeueing",
+                  file=sys.stderr, flush=True)
+            submitit_handler(signum, None)
+            raise
+        finally:
+            torch.set_num_threads(previous_threads)
+            if submitit_handler is not None:
+                signal.signal(signum, submitit_handler)
+
+    def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(PackJob(self.cells, self.score, self.threads))

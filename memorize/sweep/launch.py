@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from memorize.cell import LAYOUT, OLD_LAYOUT
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
-from memorize.sweep.cell import ERROR, CellJob, is_done, is_locked, read_eval
+from memorize.sweep.cell import ERROR, CellJob, PackJob, is_done, is_locked, read_eval
 from memorize.sweep.snapshot import setup_lines, take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 
@@ -238,14 +238,15 @@ def _running_line(out: Path, cid: str, label: str) -> str:
 
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
-              threads: int | None = None, snapshot: bool = True) -> dict:
+              threads: int | None = None, snapshot: bool = True, pack: int = 1) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
 
     One job per cell: it trains the cell once, to each budget its grid points ask for, and
     evaluates each point, with ``threads_per_cell`` torch threads. Counts are of cells, ``points``
     of grid points. ``snapshot`` (SLURM): the jobs run a copy of the package taken now
     (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
-    they start."""
+    they start. ``pack`` > 1: up to that many cells of one architecture train together in one job
+    (:mod:`memorize.pack`, :func:`pack_units`)."""
     out = Path(out)
     if dry_run:
         check_layout(out)
@@ -272,8 +273,13 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
 
     cell_threads = threads_per_cell(executor, parallel, threads)
 
-    def job(cid: str) -> CellJob:
-        return CellJob(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]], score, cell_threads)
+    def job(unit: list[str]) -> CellJob | PackJob:
+        if len(unit) == 1:
+            return CellJob(str(cell_dir(out, unit[0])), [to_dict(p.config) for p in todo[unit[0]]], score, cell_threads)
+        return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
+                       cell_threads)
+
+    units = pack_units(todo, pack)
 
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
@@ -283,11 +289,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         size = spec.slurm.max_array_size
         ids = list(todo)
-        for start in range(0, len(ids), size):
-            chunk = ids[start:start + size]
-            with ex.batch():  # one job array; each task's function is the Checkpointable CellJob itself
-                jobs = [ex.submit(job(cid)) for cid in chunk]
-            record.update({cid: j.job_id for cid, j in zip(chunk, jobs)})
+        for start in range(0, len(units), size):
+            chunk = units[start:start + size]
+            with ex.batch():  # one job array; each task's function is the Checkpointable CellJob (or PackJob) itself
+                jobs = [ex.submit(job(unit)) for unit in chunk]
+            record.update({cid: j.job_id for unit, j in zip(chunk, jobs) for cid in unit})
             atomic_write_json(record_path, record)
         report["launched"] = len(ids)
         if wait:
@@ -297,44 +303,55 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     # local / debug: in the foreground, `parallel` cells at a time, a progress line per running cell
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     slots = 1 if executor == "debug" else max(1, parallel)
-    bar = tqdm(total=len(todo), desc=f"sweep {spec.name} ({cell_threads} threads per cell)", unit="cell",
-               disable=not progress)
+    per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}"
+    bar = tqdm(total=len(todo), desc=f"sweep {spec.name} ({per})", unit="cell", disable=not progress)
     lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or executor ==
                   "debug") for i in range(slots)]
-    pending, running = list(todo), []
+    pending, running = list(units), []
     refreshed = 0.0
+
+    def failed(cid: str, why: str) -> None:
+        report["failed"] += 1
+        tqdm.write(f"cell {cid} ({labels[cid]}) failed: {why.strip().splitlines()[-1] if why.strip() else why}; "
+                   f"see {cell_dir(out, cid) / ERROR}")
+
     try:
         while pending or running:
             while pending and len(running) < slots:
-                cid = pending.pop(0)
+                unit = pending.pop(0)
                 if executor == "local":
                     with _stderr_to(out / "logs" / "local-controller.err"):
-                        running.append((cid, ex.submit(job(cid))))
+                        running.append((unit, ex.submit(job(unit))))
                 else:
-                    running.append((cid, ex.submit(job(cid))))
-                report["launched"] += 1
+                    running.append((unit, ex.submit(job(unit))))
+                report["launched"] += len(unit)
                 if executor == "debug":
                     break
-            for cid, handle in list(running):
+            for unit, handle in list(running):
                 if executor == "debug" or handle.done():
-                    running.remove((cid, handle))
+                    running.remove((unit, handle))
                     try:
-                        handle.result()
-                    except Exception as err:  # the cell wrote error.txt; go on with the others
-                        report["failed"] += 1
-                        tqdm.write(f"cell {cid} ({labels[cid]}) failed: {str(err).strip().splitlines()[-1]}; "
-                                   f"see {cell_dir(out, cid) / ERROR}")
-                    bar.update(1)
+                        outcome = handle.result()
+                    except Exception as err:  # the cells wrote error.txt; go on with the others
+                        for cid in unit:
+                            failed(cid, str(err))
+                    else:
+                        if len(unit) > 1:  # a pack: per cell, None or its error
+                            for cid in unit:
+                                if outcome.get(str(cell_dir(out, cid))):
+                                    failed(cid, outcome[str(cell_dir(out, cid))])
+                    bar.update(len(unit))
             if progress and time.time() - refreshed > 1.0:
                 refreshed = time.time()
                 for i, line in enumerate(lines):
-                    cid = running[i][0] if i < len(running) else None
-                    line.set_description_str(_running_line(out, cid, labels[cid]) if cid else "")
+                    unit = running[i][0] if i < len(running) else None
+                    more = f" (+{len(unit) - 1} packed)" if unit and len(unit) > 1 else ""
+                    line.set_description_str(_running_line(out, unit[0], labels[unit[0]]) + more if unit else "")
             time.sleep(0.2 if running and executor != "debug" else 0)
     except KeyboardInterrupt as err:
         if executor == "local":
             stop_local_jobs([handle for _, handle in running])
-        done = len(todo) - len(pending) - len(running)
+        done = len(todo) - sum(map(len, pending)) - sum(len(unit) for unit, _ in running)
         err.resume_hint = (f"{report['done_before'] + done} of {len(cells)} cells are done; the {len(running)} "
                            f"running were stopped; re-running the same command resumes them from their last "
                            f"checkpoints (logs: {out / 'logs'})")
@@ -344,6 +361,30 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             line.close()
         bar.close()
     return report
+
+
+def pack_units(todo: dict[str, list[GridPoint]], pack: int) -> list[list[str]]:
+    """The jobs of a launch: with ``pack`` > 1, cells that can train together (equal
+    :func:`memorize.pack.pack_key` of their longest-budget config) in groups of at most ``pack``, in
+    grid order; every other cell alone."""
+    if pack <= 1:
+        return [[cid] for cid in todo]
+    from memorize.pack import pack_key
+
+    groups: dict[str, list[str]] = {}
+    units: list[list[str]] = []
+    for cid, points in todo.items():
+        key = pack_key(max((p.config for p in points), key=lambda c: c.train.steps))
+        if key is None:
+            units.append([cid])
+            continue
+        group = groups.setdefault(key, [])
+        if not group:
+            units.append(group)
+        group.append(cid)
+        if len(group) == pack:
+            groups[key] = []
+    return units
 
 
 def _jobs(out: Path) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""Cells trained together (memorize.pack) against the same cells trained alone."""
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import memorize.pack as pack_module
+from memorize.cell import CellPaths
+from memorize.pack import pack_key, train_packed
+from memorize.train import NonFiniteLossError, train
+
+
+def _variants(tiny_cfg):
+    """Three cells of one architecture: different N, seed, budget, learning rate and sigma_data."""
+    t = tiny_cfg.train
+    return [
+        dataclasses.replace(tiny_cfg, train=dataclasses.replace(t, steps=30)),
+        dataclasses.replace(tiny_cfg, seed=3, data=dataclasses.replace(tiny_cfg.data, n_train=16),
+                            train=dataclasses.replace(t, steps=20, lr=5e-4)),
+        dataclasses.replace(tiny_cfg, seed=1, data=dataclasses.replace(tiny_cfg.data, n_train=24),
+                            diffusion=dataclasses.replace(tiny_cfg.diffusion, sigma_data="auto"),
+                            train=dataclasses.replace(t, steps=25, checkpoint_every=7)),
+    ]
+
+
+def _same_weights(a: dict, b: dict, atol: float) -> None:
+    for key in ("model", "ema"):
+        for name, tensor in b[key].items():
+            if tensor.is_floating_point():
+                torch.testing.assert_close(a[key][name], tensor, atol=atol, rtol=0, msg=f"{key}.{name}")
+            else:
+                assert torch.equal(a[key][name], tensor), f"{key}.{name}"
+
+
+def test_packed_cells_end_where_separate_runs_end(tiny_cfg, tmp_path):
+    cfgs = _variants(tiny_cfg)
+    assert len({pack_key(c) for c in cfgs}) == 1
+    packed = train_packed(cfgs, [tmp_path / f"packed{i}" for i in range(3)])
+    alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(cfgs)]
+    for i, (p, a) in enumerate(zip(packed, alone)):
+        assert p["steps"] == a["steps"] == cfgs[i].train.steps and p["sigma_data"] == a["sigma_data"]
+        cp, ca = CellPaths(tmp_path / f"packed{i}"), CellPaths(tmp_path / f"alone{i}")
+        assert cp.checkpoint_steps() == ca.checkpoint_steps()
+        _same_weights(*(torch.load(c.latest_checkpoint(), weights_only=False) for c in (cp, ca)), atol=1e-5)
+        la, lb = (pd.read_csv(c.loss_log).drop(columns="seconds") for c in (cp, ca))
+        pd.testing.assert_frame_equal(la, lb, atol=1e-5, rtol=1e-4)
+
+
+def test_a_packed_cell_resumes_alone(tiny_cfg, tmp_path):
+    """Packed to 20 steps, then continued alone to 30: the same as 30 steps alone."""
+    cfg = _variants(tiny_cfg)[0]
+    short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
+    other = _variants(tiny_cfg)[1]
+    train_packed([short, other], [tmp_path / "resumed", tmp_path / "other"])
+    train(cfg, tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "alone", progress=False)
+    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+                    for d in ("resumed", "alone")), atol=1e-5)
+
+
+def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path, monkeypatch):
+    cfgs = _variants(tiny_cfg)[:2]
+    real = pack_module.packed_losses
+
+    def poisoned(cells, batches, base):  # the first cell's loss turns NaN at its step 12
+        losses, params = real(cells, batches, base)
+        if cells[0].paths.root.name == "bad" and cells[0].step == 11:
+            losses = losses * torch.tensor([float("nan")] + [1.0] * (len(cells) - 1))
+        return losses, params
+
+    monkeypatch.setattr(pack_module, "packed_losses", poisoned)
+    bad, good = train_packed(cfgs, [tmp_path / "bad", tmp_path / "good"])
+    assert isinstance(bad, NonFiniteLossError) and "at step 12" in str(bad)
+    assert good["steps"] == 20 and CellPaths(tmp_path / "bad").checkpoint_steps() == [10]
+    monkeypatch.undo()
+    train(cfgs[1], tmp_path / "alone", progress=False)
+    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(20), weights_only=False)
+                    for d in ("good", "alone")), atol=1e-5)
+
+
+def test_what_cannot_be_packed(tiny_cfg):
+    cfg = tiny_cfg
+    assert pack_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.1))) is None
+    assert pack_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=16))) != pack_key(cfg)
+    assert json.loads(pack_key(cfg))["batch"] == cfg.train.batch_size
+    with pytest.raises(ValueError, match="pack_key"):
+        train_packed([cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=16))], ["a", "b"])
+
+
+def test_a_cell_trained_alone_resumes_in_a_pack(tiny_cfg, tmp_path):
+    cfg, other = _variants(tiny_cfg)[:2]
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10)), tmp_path / "resumed",
+          progress=False)
+    train_packed([cfg, other], [tmp_path / "resumed", tmp_path / "other"])
+    train(cfg, tmp_path / "alone", progress=False)
+    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+                    for d in ("resumed", "alone")), atol=1e-5)
+
+
+def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch):
+    """Four cells (two N, two seeds), packed three and one; one cell ends later (two budgets)."""
+    from memorize.cli import main
+    from tests.test_sweep import TINY_SPEC, write_spec
+
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = [{"data.n_train": [16, 32], "seed": [0, 1]}, {"data.n_train": [16], "seed": [0],
+                                                                 "train.steps": [30]}]
+    spec["score"] = {"compare": False, "features": "pixel"}
+    spec_file = write_spec(tmp_path / "s.yaml", spec)
+    packs = []
+    real = pack_module.train_packed
+    monkeypatch.setattr(pack_module, "train_packed", lambda cfgs, *a: packs.append(len(cfgs)) or real(cfgs, *a))
+    runs = {}
+    for name, extra in (("packed", ["--pack", "3"]), ("alone", [])):
+        out = tmp_path / name
+        assert main(["sweep", "run", str(spec_file), "--out", str(out), "--executor", "debug", "--threads", "1",
+                     "--quiet", "--no-plot", *extra]) == 0
+        runs[name] = pd.read_csv(out / "results.csv").sort_values(["cell", "step"]).reset_index(drop=True)
+    said = capsys.readouterr().out
+    assert "5 grid points in 4 cells; 0 cells already done, 0 running elsewhere, 4 launched, 0 failed" in said
+    a, b = runs["packed"], runs["alone"]
+    assert packs == [3]  # the packed run only: three cells together; the fourth trains alone
+    assert sorted(a.step) == [20, 20, 20, 20, 30]
+    for column in ("train_loss", "heldout_loss", "running_loss"):
+        pd.testing.assert_series_equal(a[column], b[column], atol=1e-4, rtol=1e-4)
+    for column in ("cell", "eval", "step", "n_train", "seed", "mem_nn", "mem_cos"):
+        pd.testing.assert_series_equal(a[column], b[column])
