@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import common, empirical, quality, sampling, search, status, sweep, training
+from benchmarks import common, empirical, pack, quality, sampling, search, status, sweep, training
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
         ("sampling", sampling.main, ["--num", "16", "--nfe", "5"]),
         ("sweep", sweep.main, []),
         ("sweep status at scale", status.main, ["--cells", "100"]),
+        ("cells trained together", pack.main, ["--cells", "2", "--steps", "5", "--channels", "8"]),
     ]
     for title, fn, quick_args in parts:
         if quick and title == "sweep":

@@ -1,0 +1,98 @@
+"""Cells trained together (memorize.pack) against the same cells trained one after another.
+
+The digits sweep's cells (8x8 digits, batch 64, U-Nets of 8 / 16 / 32 channels, the digits.yaml
+training settings) at ``--cells`` different (N, seed) pairs, each trained ``--steps`` steps with
+its checkpoints, log and evaluation rows: once with ``memorize.train.train`` per cell, once with
+``memorize.pack.train_packed`` for all of them. Reports training throughput in cell-steps per
+second and the ratio (training only: sampling, scoring and comparing are not packed).
+
+``--sweep`` instead runs a slice of ``sweeps/digits.yaml`` as ``memorize sweep run`` does, with the
+local executor and this machine's threads, twice in the same run: each cell alone, then with
+``--pack`` (one model size, ``--channels``, every N of the spec, seeds 0 and 1): cells per hour,
+wall clock, everything included (process start-up, sampling, scoring, comparing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import report
+from memorize.config import CellConfig, from_dict
+from memorize.pack import train_packed
+from memorize.sweep import load_spec, run_sweep
+from memorize.train import train
+
+SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
+
+BASE = {"data": {"name": "digits", "n_heldout": 197},
+        "model": {"arch": "unet", "channel_mult": [1, 2], "blocks_per_level": 1},
+        "train": {"batch_size": 64, "lr": 0.001, "warmup_steps": 100, "checkpoint_every": 400, "eval_every": 400,
+                  "log_every": 100}}
+
+
+def cells(channels: int, n: int, steps: int) -> list[CellConfig]:
+    sizes = [8, 24, 64, 192, 1600]
+    base = from_dict(CellConfig, {**BASE, "model": {**BASE["model"], "channels": channels}})
+    return [dataclasses.replace(base, seed=i // len(sizes),
+                                data=dataclasses.replace(base.data, n_train=sizes[i % len(sizes)]),
+                                train=dataclasses.replace(base.train, steps=steps)) for i in range(n)]
+
+
+def sweep_slice(channels: int, pack: int) -> list[dict]:
+    spec = load_spec(SPEC)
+    spec = dataclasses.replace(spec, grid={**spec.grid, "model.channels": [channels], "seed": [0, 1]})
+    rows = []
+    for k in (1, pack):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            done = run_sweep(spec, Path(tmp), "local", progress=False, pack=k)
+            wall = time.perf_counter() - start
+        if done["failed"]:
+            raise SystemExit(f"{done['failed']} cells failed")
+        rows.append({"channels": channels, "cells": done["launched"], "pack": k, "seconds": wall,
+                     "cells per hour": 3600 * done["launched"] / wall})
+    for r in rows:
+        r["x alone"] = rows[0]["seconds"] / r["seconds"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--channels", type=int, nargs="*", default=[8, 16, 32])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu only for now")
+    parser.add_argument("--sweep", action="store_true", help="the digits sweep slice, alone vs packed")
+    parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
+    args = parser.parse_args(argv)
+    if args.sweep:
+        return report("pack_sweep", sweep_slice(args.channels[0], args.pack),
+                      f"{SPEC.name}, local executor, {args.pack} cells per pack")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for channels in args.channels:
+        cfgs = cells(channels, args.cells, args.steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            for i, cfg in enumerate(cfgs):
+                train(cfg, Path(tmp) / f"alone{i}", progress=False)
+            alone = time.perf_counter() - t
+            t = time.perf_counter()
+            train_packed(cfgs, [Path(tmp) / f"packed{i}" for i in range(len(cfgs))])
+            packed = time.perf_counter() - t
+        steps = args.cells * args.steps
+        rows.append({"channels": channels, "cells": args.cells, "steps per cell": args.steps,
+                     "alone cell-steps/s": steps / alone, "packed cell-steps/s": steps / packed,
+                     "x alone": alone / packed})
+    return report("pack", rows, f"{args.threads} threads; training only, data loading and set-up included")
+
+
+if __name__ == "__main__":
+    main()
