@@ -31,10 +31,9 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from memorize import train as training
 from memorize.config import CellConfig, to_dict
 from memorize.diffusion.precond import coefficients, network_target
-from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError
+from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
 
 
 def pack_key(cfg: CellConfig) -> str | None:
@@ -99,9 +98,7 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
     if not cells:
         return results
     base = copy.deepcopy(next(iter(cells.values())).denoiser.net)  # the structure; its weights are not used
-    training._checkpoint_request.clear()
-    training._loops_running += 1
-    try:
+    with training_loop():
         active = [i for i, c in cells.items() if not c.done]
         while active:
             batches = {i: cells[i].draw() for i in active}
@@ -120,7 +117,7 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
             if not active:
                 break
             losses.sum().backward()
-            asked = training._checkpoint_request.is_set()
+            asked = checkpoint_requested()
             values = losses.detach().tolist()
             for k, i in enumerate(list(active)):
                 cell = cells[i]
@@ -133,11 +130,10 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
                     results[i] = err
                     active.remove(i)
             if asked:
-                training._checkpoint_request.clear()
                 raise CheckpointRequested(min(cells[i].step for i in active) if active else 0)
             active = [i for i in active if not cells[i].done]
-    finally:
-        training._loops_running -= 1
+    if checkpoint_requested():  # asked for as the loop ended: every cell's budget checkpoint is written
+        raise CheckpointRequested(max(c.step for c in cells.values()))
     for i, cell in cells.items():
         if results[i] is None:
             results[i] = cell.summary()

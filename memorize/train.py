@@ -26,6 +26,8 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,27 @@ class CheckpointRequested(Exception):
 
 _checkpoint_request = threading.Event()
 _loops_running = 0
+
+
+@contextmanager
+def training_loop() -> Iterator[None]:
+    """Marks a training loop as running in this process (:func:`request_checkpoint` asks it), with no
+    request left over from before."""
+    global _loops_running
+    _checkpoint_request.clear()
+    _loops_running += 1
+    try:
+        yield
+    finally:
+        _loops_running -= 1
+
+
+def checkpoint_requested() -> bool:
+    """Whether a checkpoint was asked for since the last call (the request is taken: read once per step)."""
+    if not _checkpoint_request.is_set():
+        return False
+    _checkpoint_request.clear()
+    return True
 
 
 def request_checkpoint() -> bool:
@@ -351,34 +374,29 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
 
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
-    global _loops_running
     cell = CellTraining(cfg, out, keep_steps)
     bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress, desc="training", unit="step")
-    _checkpoint_request.clear()
-    _loops_running += 1
     try:
-        while not cell.done:
-            batch = cell.draw()
-            with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
-                loss = cell.denoiser.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
-            cell.check_loss(loss)
-            cell.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            asked = _checkpoint_request.is_set()  # read once: a request arriving later is honoured next step
-            cell.finish_step(loss.item(), asked)
-            bar.update(1)
-            if cell.rows and cell.rows[-1]["step"] == cell.step:
-                bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
-            if asked:
-                _checkpoint_request.clear()
-                raise CheckpointRequested(cell.step)
+        with training_loop():
+            while not cell.done:
+                batch = cell.draw()
+                with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
+                    loss = cell.denoiser.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
+                cell.check_loss(loss)
+                cell.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                asked = checkpoint_requested()  # read once: a request arriving later is honoured next step
+                cell.finish_step(loss.item(), asked)
+                bar.update(1)
+                if cell.rows and cell.rows[-1]["step"] == cell.step:
+                    bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
+                if asked:
+                    raise CheckpointRequested(cell.step)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes
         err.resume_hint = cell.resume_hint()
         raise
     finally:
-        _loops_running -= 1
         bar.close()
-    if _checkpoint_request.is_set():  # asked for as the loop ended: the budget's checkpoint is written
-        _checkpoint_request.clear()
+    if checkpoint_requested():  # asked for as the loop ended: the budget's checkpoint is written
         raise CheckpointRequested(cell.step)
     return cell.summary()

@@ -40,3 +40,13 @@ def tiny_cfg() -> CellConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def usr2():
+    """Restore SIGUSR2's handler (SLURM's time-limit signal under submitit) after the test."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGUSR2)
+    yield
+    signal.signal(signal.SIGUSR2, previous)

@@ -118,14 +118,6 @@ def _signal_at(monkeypatch, at_step: int, signum=signal.SIGUSR2):
     monkeypatch.setattr(train_module, "learning_rate", lr)
 
 
-@pytest.fixture
-def usr2():
-    """Restore SIGUSR2's handler after the test."""
-    previous = signal.getsignal(signal.SIGUSR2)
-    yield
-    signal.signal(signal.SIGUSR2, previous)
-
-
 def test_signalled_training_checkpoints_at_the_next_step_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch, usr2):
     """Signalled during step 28 (checkpoints every 10): the checkpoint is written at step 28, training stops,
     a resumed run ends bit for bit where an uninterrupted one ends, and the off-schedule checkpoint goes

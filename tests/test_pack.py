@@ -128,3 +128,31 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
         pd.testing.assert_series_equal(a[column], b[column], atol=1e-4, rtol=1e-4)
     for column in ("cell", "eval", "step", "n_train", "seed", "mem_nn", "mem_cos"):
         pd.testing.assert_series_equal(a[column], b[column])
+
+
+def test_a_signalled_pack_checkpoints_every_cell_then_hands_over(tiny_cfg, tmp_path, monkeypatch, usr2):
+    """SLURM's time-limit signal during packed training: every cell writes its checkpoint at the next step,
+    submitit's handler is called once; the requeued pack ends where separate runs end."""
+    import signal
+
+    from memorize.sweep.cell import PackJob
+    from memorize.sweep.spec import ScoreConfig
+    from memorize.config import to_dict
+    from tests.test_cluster import FakeSubmitit, _signal_at
+
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=30, checkpoint_every=10))
+            for c in _variants(tiny_cfg)[:2]]
+    score = dataclasses.asdict(ScoreConfig(compare=False, features="pixel"))
+    job = PackJob([(str(tmp_path / f"c{i}"), [to_dict(c)]) for i, c in enumerate(cfgs)], score, threads=1)
+    fake = FakeSubmitit()
+    signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
+    _signal_at(monkeypatch, 14)
+    with pytest.raises(SystemExit):
+        job()
+    assert fake.calls == [signal.SIGUSR2]
+    assert [CellPaths(tmp_path / f"c{i}").checkpoint_steps() for i in range(2)] == [[15], [15]]
+    monkeypatch.undo()
+    assert job() == {str(tmp_path / "c0"): None, str(tmp_path / "c1"): None}
+    train(cfgs[1], tmp_path / "alone", progress=False)
+    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+                    for d in ("c1", "alone")), atol=1e-5)

@@ -18,7 +18,6 @@ keeps two processes from working on one cell.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import os
@@ -27,7 +26,7 @@ import socket
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -291,6 +290,43 @@ def _checkpoint_first(submitit_handler: Any) -> Any:
     return handler
 
 
+@contextmanager
+def job_environment(threads: int | None, what: str) -> Iterator[None]:
+    """What a cell job (``CellJob``, ``PackJob``) runs inside: the torch threads it was allotted (given at
+    launch, else the CPUs SLURM gave the task), and, under SLURM, the time-limit signal turned into a
+    checkpoint at the next training step before submitit requeues the job (a ``CheckpointRequested``
+    from training is handed over to submitit here). Restores both on the way out: the debug executor
+    runs jobs in the caller's process."""
+    previous_threads = torch.get_num_threads()
+    threads = threads or os.environ.get("SLURM_CPUS_PER_TASK")
+    if threads:
+        torch.set_num_threads(int(threads))
+    signum, submitit_handler = _preemption_signal()
+    if submitit_handler is not None:
+        signal.signal(signum, _checkpoint_first(submitit_handler))
+    try:
+        yield
+    except CheckpointRequested as stop:  # signalled in training: checkpoints written, now let submitit requeue
+        if submitit_handler is None:
+            raise
+        print(f"memorize: {what}: signalled by SLURM; checkpoint written at step {stop.step}, requeueing "
+              f"(SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})", file=sys.stderr, flush=True)
+        try:
+            submitit_handler(signum, None)  # requeues and exits, or raises where requeues are used up
+        except Exception as err:
+            raise RequeuesUsedUp(f"{err} (training saved at step {stop.step}; `memorize sweep run` again "
+                                 f"resumes it)") from err
+        raise
+    finally:
+        torch.set_num_threads(previous_threads)
+        if submitit_handler is not None:
+            signal.signal(signum, submitit_handler)
+
+
+class RequeuesUsedUp(RuntimeError):
+    """SLURM's time limit came again after ``slurm.max_requeues`` requeues: the job ends; a later run resumes."""
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """Submitit callable for one cell (all its grid points); holds only plain data so it pickles small and
     resumes from disk."""
@@ -301,39 +337,17 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self) -> list[dict]:
         from memorize.sweep.spec import ScoreConfig
 
-        previous_threads = torch.get_num_threads()
-        # The threads this cell was allotted: given at launch, else the CPUs SLURM gave the task.
-        threads = self.threads or os.environ.get("SLURM_CPUS_PER_TASK")
-        if threads:
-            torch.set_num_threads(int(threads))
         root = Path(self.root)
-        signum, submitit_handler = _preemption_signal()
-        if submitit_handler is not None:
-            signal.signal(signum, _checkpoint_first(submitit_handler))
         try:
-            return run_cell(root, [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score))
-        except CheckpointRequested as stop:  # signalled in training: checkpoint written, now let submitit requeue
-            if submitit_handler is None:
-                raise
-            print(f"memorize: {root.name}: signalled by SLURM; checkpoint written at step {stop.step}, "
-                  f"requeueing (SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})", file=sys.stderr,
-                  flush=True)
-            try:
-                submitit_handler(signum, None)  # requeues and exits, or raises where requeues are used up
-            except Exception as err:
-                atomic_write_text(root / ERROR, f"{err} (training saved at step {stop.step}; `memorize sweep run` "
-                                                f"again resumes it)\n{traceback.format_exc()}")
-                raise
-            raise
+            with job_environment(self.threads, root.name):
+                return run_cell(root, [from_dict(CellConfig, c) for c in self.configs],
+                                from_dict(ScoreConfig, self.score))
         except CellBusy:
             raise
-        except Exception:
-            atomic_write_text(root / ERROR, traceback.format_exc())
+        except Exception as err:  # the message first where it says what to do
+            head = f"{err}\n" if isinstance(err, RequeuesUsedUp) else ""
+            atomic_write_text(root / ERROR, head + traceback.format_exc())
             raise
-        finally:  # the debug executor runs cells in the caller's process: leave its thread count as it was
-            torch.set_num_threads(previous_threads)
-            if submitit_handler is not None:
-                signal.signal(signum, submitit_handler)
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Requeue a fresh job over the same directory: all progress lives in the cell's files.
@@ -353,24 +367,17 @@ class PackJob(submitit.helpers.Checkpointable):
         from memorize.pack import train_packed
         from memorize.sweep.spec import ScoreConfig
 
-        previous_threads = torch.get_num_threads()
-        threads = self.threads or os.environ.get("SLURM_CPUS_PER_TASK")
-        if threads:
-            torch.set_num_threads(int(threads))
         score = from_dict(ScoreConfig, self.score)
         cells = {Path(root): sorted((from_dict(CellConfig, c) for c in configs), key=lambda c: c.train.steps)
                  for root, configs in self.cells}
         outcome: dict[str, str | None] = {}
-        signum, submitit_handler = _preemption_signal()
-        if submitit_handler is not None:
-            signal.signal(signum, _checkpoint_first(submitit_handler))
-        try:
-            todo = {root: cfgs for root, cfgs in cells.items()
-                    if not all(is_done(root, settings_key(eval_settings(c, score))) for c in cfgs) and not is_locked(root)}
+        with job_environment(self.threads, f"pack of {len(cells)} cells"):
+            todo = {root: cfgs for root, cfgs in cells.items() if not is_locked(root) and
+                    not all(is_done(root, settings_key(eval_settings(c, score))) for c in cfgs)}
             if todo:
                 keep = [tuple(sorted({*checkpoint_grid(score, cfgs[-1].train.steps), *(c.train.steps for c in cfgs)}))
                         for cfgs in todo.values()]
-                with contextlib.ExitStack() as locks:
+                with ExitStack() as locks:
                     for root in todo:
                         locks.enter_context(cell_lock(root))
                         (root / ERROR).unlink(missing_ok=True)
@@ -390,18 +397,7 @@ class PackJob(submitit.helpers.Checkpointable):
                 except Exception as err:
                     atomic_write_text(root / ERROR, traceback.format_exc())
                     outcome[str(root)] = f"{type(err).__name__}: {err}"
-            return outcome
-        except CheckpointRequested:
-            if submitit_handler is None:
-                raise
-            print(f"memorize: pack of {len(cells)} cells signalled by SLURM; checkpoints written, requeueing",
-                  file=sys.stderr, flush=True)
-            submitit_handler(signum, None)
-            raise
-        finally:
-            torch.set_num_threads(previous_threads)
-            if submitit_handler is not None:
-                signal.signal(signum, submitit_handler)
+        return outcome
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(PackJob(self.cells, self.score, self.threads))
