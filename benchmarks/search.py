@@ -7,7 +7,11 @@ k = 4, the kernel behind ``IndexFlatL2.search``). Effective GFLOP/s = 2QND / tim
 
 ``--device cuda`` times the GPU path instead (the ``torch-cuda`` search backend; PyPI's faiss-gpu
 does not serve Hopper GPUs): ratios against torch ``cdist`` + ``topk`` on the GPU, with the
-inputs starting in host memory for every method, and bare CPU FAISS on the same machine beside.
+inputs starting in host memory for every method (and once more with them already on the GPU),
+bare CPU FAISS on the same machine beside (``--no-baselines`` skips it), and the criteria's own
+steps (duplicate check, float64 re-ranking) timed apart. ``--device cpu --torch`` runs the same
+code with the ``torch-cpu`` backend, to check it without a GPU. The issue's target shape:
+``--queries 50000 --train 50000 --dim 3072``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from benchmarks.common import add_device_argument, matmul_gflops, measure, report, result_name
 from memorize.data.subsets import unique_indices
-from memorize.metrics import copy_similarity, knn, nn_ratio
+from memorize.metrics import copy_similarity, device_search, knn, nn_ratio
 from memorize.metrics.search import exact_l2
 
 
@@ -65,25 +69,34 @@ def run(q: int, n: int, d: int, baselines: bool = True) -> list[dict]:
     return rows
 
 
-def run_gpu(q: int, n: int, d: int, device: str = "cuda") -> list[dict]:
-    """The same shapes on the GPU: torch-cuda backend against torch cdist + topk on the GPU
-    (``device="cpu"`` runs the same code on the CPU, to check it without a GPU)."""
+def run_gpu(q: int, n: int, d: int, device: str = "cuda", baselines: bool = True) -> list[dict]:
+    """The same shapes on a torch device: the torch backend (duplicate check, search and float64 re-ranking
+    all on the device) against torch cdist + topk there."""
     queries, train = make_data(q, n, d)
     backend = f"torch-{device}"
+    dev = torch.device(device)
     rate = matmul_gflops(8192, min(n, 8192), d, device=device)
     torch_cdist_topk(queries[:64], train[:4096], device=device)  # warm up CUDA, cuBLAS and the allocator
-    methods = [("torch cdist+topk on GPU, chunks (bare)", lambda: torch_cdist_topk(queries, train, device=device)),
+    both = lambda a, b: (nn_ratio(a, b, backend=backend), copy_similarity(a, b, backend=backend))  # noqa: E731
+    queries_dev, train_dev = torch.from_numpy(queries).to(dev), torch.from_numpy(train).to(dev)
+    candidates = knn(queries, train, 4, backend=backend).indices
+    candidates_dev = torch.from_numpy(candidates).to(dev)
+    methods = [(f"torch cdist+topk on {device}, chunks (bare)", lambda: torch_cdist_topk(queries, train, device=device)),
                (f"knn {backend}, search only (ours)", lambda: knn(queries, train, 4, backend=backend)),
                (f"nn_ratio {backend} (ours)", lambda: nn_ratio(queries, train, backend=backend)),
                (f"copy_similarity pixel {backend} (ours)", lambda: copy_similarity(queries, train, backend=backend)),
-               ("faiss.knn k=4 on this machine's CPU", lambda: faiss.knn(queries, train, 4))]
-    candidates = knn(queries, train, 4, backend=backend).indices
-    # where nn_ratio's time goes besides the search: both steps run on the CPU
-    methods += [("  nn_ratio step: duplicate check (CPU)", lambda: unique_indices(torch.from_numpy(train))),
-                ("  nn_ratio step: float64 re-rank (CPU)", lambda: exact_l2(queries, train, candidates))]
+               (f"both criteria {backend} (ours)", lambda: both(queries, train)),
+               (f"both criteria {backend}, inputs already on {device} (ours)", lambda: both(queries_dev, train_dev)),
+               (f"  step: duplicate check on {device}", lambda: device_search.distinct_rows(train_dev, dev)),
+               (f"  step: float64 re-rank of 4 candidates on {device}",
+                lambda: device_search.exact_l2(queries_dev, train_dev, candidates_dev, dev)),
+               ("  host path's duplicate check (CPU)", lambda: unique_indices(torch.from_numpy(train))),
+               ("  host path's float64 re-rank (CPU)", lambda: exact_l2(queries, train, candidates))]
+    if baselines:
+        methods.append(("faiss.knn k=4 on this machine's CPU", lambda: faiss.knn(queries, train, 4)))
     knn(queries[:64], train[:4096], 4, backend=backend)  # warm up the search kernels on a slice
     rows = time_methods(methods, q, n, d, rate, "x_bare_gpu", device=device, repeats=3)
-    # correctness: the GPU path gives the CPU path's answers (both exact, both re-ranked in float64)
+    # correctness: the device path gives the host path's answers (both exact, both re-ranked in float64)
     gpu, cpu = nn_ratio(queries, train, backend=backend), nn_ratio(queries, train, backend="faiss-cpu")
     cos_gpu, cos_cpu = (copy_similarity(queries, train, backend=b) for b in (backend, "faiss-cpu"))
     print(f"# {backend} vs faiss-cpu: nearest agree {np.mean(gpu.nearest == cpu.nearest):.4f}, second agree "
@@ -111,11 +124,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=3072)
-    parser.add_argument("--no-baselines", action="store_true", help="skip the torch and scikit-learn baselines")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="skip the torch and scikit-learn baselines (on a GPU: CPU FAISS)")
+    parser.add_argument("--torch", action="store_true", help="with --device cpu: time the torch-cpu backend's "
+                        "device path as the GPU run would (a check of the code, not a GPU figure)")
     add_device_argument(parser)
     args = parser.parse_args(argv)
-    if args.device != "cpu":
-        return report(result_name("search", args.device), run_gpu(args.queries, args.train, args.dim, args.device),
+    if args.device != "cpu" or args.torch:
+        return report(result_name("search", args.device) if args.device != "cpu" else "search_torch_cpu",
+                      run_gpu(args.queries, args.train, args.dim, args.device, not args.no_baselines),
                       "peak memory: CUDA allocator peak (the CPU-side copies are not counted)")
     return report("search", run(args.queries, args.train, args.dim, not args.no_baselines))
 

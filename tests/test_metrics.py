@@ -7,7 +7,12 @@ import torch
 
 from memorize.metrics import (EmbedderError, copy_similarity, knn, load_embedder, memorization_ratio, nn_ratio,
                               reproducibility_score, wilson_interval)
-from memorize.metrics import search
+from memorize.metrics import device_search, search
+
+
+# Every search backend must give the same answers (the torch ones duplicate-check, search and re-rank on
+# their device); torch-cuda runs on a GPU (pytest -m gpu).
+BACKENDS = ["faiss-cpu", "torch-cpu", pytest.param("torch-cuda", marks=pytest.mark.gpu)]
 
 
 def brute_nn(samples, train):
@@ -18,10 +23,11 @@ def brute_nn(samples, train):
     return order[:, 0], order[:, 1], np.take_along_axis(d, order[:, :2], 1)
 
 
-def test_hand_built_cases():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hand_built_cases(backend):
     train = np.array([[0.0], [4.0], [10.0]])
     samples = np.array([[0.0], [1.0], [0.99], [100.0], [2.0]])
-    r = nn_ratio(samples, train)
+    r = nn_ratio(samples, train, backend=backend)
     assert r.memorized.tolist() == [True, False, True, False, False]
     assert r.d1.tolist()[:2] == [0.0, 1.0] and r.d2.tolist()[:2] == [4.0, 3.0]
     assert r.ratio[1] == 1 / 3  # exactly on the boundary: not memorized (strict <)
@@ -29,40 +35,71 @@ def test_hand_built_cases():
     assert r.ratio[4] == 1.0 and r.n_train_duplicates == 0
 
 
-def test_exact_duplicates_in_training_do_not_hide_a_copy():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_duplicates_in_training_do_not_hide_a_copy(backend):
     a, b = np.ones((1, 2, 2)), np.zeros((1, 2, 2))
     train = np.stack([b, a, a, a])  # image a three times
-    r = nn_ratio(a[None], train)
+    r = nn_ratio(a[None], train, backend=backend)
     assert r.memorized.tolist() == [True] and r.nearest.tolist() == [1] and r.second.tolist() == [0]
     assert r.d1[0] == 0 and r.d2[0] == 2.0 and r.n_train_duplicates == 2
 
 
-def test_n_below_two_and_shape_mismatch_are_errors():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_n_below_two_and_shape_mismatch_are_errors(backend):
     with pytest.raises(ValueError, match="at least 2 distinct training items, got 1"):
-        nn_ratio(np.zeros((1, 3)), np.ones((1, 3)))
+        nn_ratio(np.zeros((1, 3)), np.ones((1, 3)), backend=backend)
     with pytest.raises(ValueError, match="at least 2 distinct training items, got 1 \\(of N = 2\\)"):
-        nn_ratio(np.zeros((1, 3)), np.ones((2, 3)))
+        nn_ratio(np.zeros((1, 3)), np.ones((2, 3)), backend=backend)
     with pytest.raises(ValueError, match="samples have 4 values each but training items have 3"):
-        nn_ratio(np.zeros((1, 4)), np.ones((2, 3)))
+        nn_ratio(np.zeros((1, 4)), np.ones((2, 3)), backend=backend)
 
 
-def test_two_training_items_single_sample_and_non_finite():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_training_items_single_sample_and_non_finite(backend):
     train = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
-    r = nn_ratio(torch.tensor([[0.1, 0.0]]), train)
+    r = nn_ratio(torch.tensor([[0.1, 0.0]]), train, backend=backend)
     assert r.memorized.tolist() == [True] and r.d2[0] == pytest.approx(np.hypot(2.9, 4.0))
-    r = nn_ratio(np.array([[np.nan, 0.0], [0.0, 0.0], [np.inf, 1.0]]), train)
+    r = nn_ratio(np.array([[np.nan, 0.0], [0.0, 0.0], [np.inf, 1.0]]), train, backend=backend)
     assert r.finite.tolist() == [False, True, False] and r.memorized.tolist() == [False, True, False]
     assert r.nearest.tolist() == [-1, 0, -1] and np.isnan(r.d1[[0, 2]]).all()
 
 
-# Every search backend must give the same answers; torch-cuda runs on a GPU (pytest -m gpu).
-BACKENDS = ["faiss-cpu", "torch-cpu", pytest.param("torch-cuda", marks=pytest.mark.gpu)]
+def test_device_duplicate_check_matches_the_hosts_hashing(monkeypatch):
+    """distinct_rows (fingerprints on the device) keeps exactly what unique_indices (hashing on the host) keeps:
+    bit equality, so -0.0 differs from 0.0 and a repeated NaN row is a duplicate; across chunks; in every float width."""
+    from memorize.data.subsets import unique_indices
+
+    monkeypatch.setattr(device_search, "TORCH_BASE_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((40, 5))
+    rows[[3, 17, 39]] = rows[11]
+    rows[20] = 0.0
+    rows[21] = -0.0
+    rows[[30, 31]] = np.nan
+    for dtype in (np.float64, np.float32, np.float16):
+        data = torch.from_numpy(rows.astype(dtype))
+        kept = device_search.distinct_rows(data, torch.device("cpu")).numpy()
+        assert kept.tolist() == unique_indices(data).tolist()
+        assert 3 in kept and not {11, 17, 39, 31} & set(kept) and {20, 21, 30} <= set(kept)
+
+
+def test_a_fingerprint_collision_is_settled_exactly(monkeypatch):
+    """With every multiplier 1 the fingerprint is the sum of the bit patterns, so rows (a, b) and (b, a) collide;
+    the bit-for-bit check must notice and fall back to exact hashing instead of merging them."""
+    real = torch.randint
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, generator=None: torch.zeros(size, dtype=torch.int64))
+    rows = torch.tensor([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [3.0, 0.5]])
+    assert device_search.distinct_rows(rows, torch.device("cpu")).tolist() == [0, 1, 3]
+    monkeypatch.setattr(torch, "randint", real)
+    r = nn_ratio(rows[[1]], rows, backend="torch-cpu")
+    assert r.nearest.tolist() == [1] and r.n_train_duplicates == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_agrees_with_brute_force_on_thousands_of_cases(dtype, backend, monkeypatch):
-    monkeypatch.setattr(search, "TORCH_BASE_CHUNK", 64)  # many chunks: exercises the running top-k merge
+    monkeypatch.setattr(device_search, "TORCH_BASE_CHUNK", 64)  # many chunks: exercises the running top-k merge
+    monkeypatch.setattr(device_search, "DEVICE_RERANK_ELEMENTS", 48 * 50)  # the device re-ranks 50 pairs a step
     rng = np.random.default_rng(0)
     train = rng.uniform(-1, 1, size=(300, 3, 4, 4)).astype(dtype)
     # copies with noise of many sizes, so ratios spread across the 1/3 boundary; plus fresh points
@@ -80,23 +117,24 @@ def test_agrees_with_brute_force_on_thousands_of_cases(dtype, backend, monkeypat
     assert 0.2 < r.memorized.mean() < 0.8  # the cases really straddle the boundary
 
 
-def test_exact_reranking_fixes_float32_cancellation_for_near_copies():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_reranking_fixes_float32_cancellation_for_near_copies(backend):
     """Large-norm near-copies: the |a|^2 - 2ab + |b|^2 expansion in float32 cannot separate them."""
     base = np.full((1, 512), 50.0)
     e = np.zeros((1, 512))
     e[0, 0] = 1.0
     train = np.concatenate([base, base + 4e-3 * e, -base])
     sample = base + 1.1e-3 * e  # d1 = 1.1e-3 (item 0), d2 = 2.9e-3 (item 1): ratio 0.379, not memorized
-    r = nn_ratio(sample, train)
+    r = nn_ratio(sample, train, backend=backend)
     assert r.nearest.tolist() == [0] and r.second.tolist() == [1]
     assert r.d1[0] == pytest.approx(1.1e-3, rel=1e-9) and r.d2[0] == pytest.approx(2.9e-3, rel=1e-9)
     assert r.memorized.tolist() == [False]
-    assert nn_ratio(base + 0.9e-3 * e, train).memorized.tolist() == [True]  # 0.9/3.1 = 0.29
+    assert nn_ratio(base + 0.9e-3 * e, train, backend=backend).memorized.tolist() == [True]  # 0.9/3.1 = 0.29
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_knn_matches_numpy_for_both_metrics(backend, monkeypatch):
-    monkeypatch.setattr(search, "TORCH_BASE_CHUNK", 37)  # chunks of uneven size, last one short
+    monkeypatch.setattr(device_search, "TORCH_BASE_CHUNK", 37)  # chunks of uneven size, last one short
     rng = np.random.default_rng(1)
     base, queries = rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal((70, 24)).astype(np.float32)
     got = knn(queries, base, 5, "l2", batch_size=16, backend=backend)
@@ -131,7 +169,7 @@ def test_copy_similarity_known_answers(backend):
     cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     assert np.array_equal(r.nearest, cos.argmax(1)) and np.allclose(r.similarity, cos.max(1), atol=1e-12)
     with pytest.raises(ValueError, match="1 training descriptors are zero or non-finite \\(first: item 1\\)"):
-        copy_similarity(a, np.array([[1.0] * 16, [0.0] * 16]))
+        copy_similarity(a, np.array([[1.0] * 16, [0.0] * 16]), backend=backend)
 
 
 def test_wilson_interval_and_ratio():

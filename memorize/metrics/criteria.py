@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from memorize.data.subsets import unique_indices
-from memorize.metrics.search import as_float32_rows, as_rows, exact_cosine, exact_l2, knn
+from memorize.metrics import device_search
+from memorize.metrics.search import as_float32_rows, as_rows, exact_cosine, exact_l2, knn, search_backend
 
 # FAISS candidates re-ranked exactly in float64 (DESIGN.md: k >= 4).
 CANDIDATES = 4
@@ -40,14 +41,30 @@ class NNRatioScores:
     backend: str
 
 
+@dataclass
+class _NearestTwo:
+    """What either search path hands :func:`nn_ratio`: per-sample indices (into the training set as given)
+    and exact distances of the nearest and second-nearest distinct training items."""
+
+    nearest: np.ndarray
+    second: np.ndarray
+    d1: np.ndarray
+    d2: np.ndarray
+    finite: np.ndarray
+    n_train_duplicates: int
+    backend: str
+
+
 def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tensor, ratio: float = 1 / 3,
              candidates: int = CANDIDATES, batch_size: int = 8192, backend: str | None = None) -> NNRatioScores:
     """Nearest-neighbour ratio criterion: ``memorized = d1 / d2 < ratio`` (strict).
 
-    ``samples`` (K, ...) and ``train`` (N, ...) are compared as flattened vectors. FAISS
+    ``samples`` (K, ...) and ``train`` (N, ...) are compared as flattened vectors. The search
     finds ``candidates`` neighbours per sample; their distances are recomputed exactly
     (float64, explicit differences) and re-sorted before d1 and d2 are taken. ``backend``
-    picks the search (``search.BACKENDS``; default: the fastest available).
+    picks the search (``search.BACKENDS``; default: the fastest available); with ``torch-cuda``
+    (``torch-cpu``) the duplicate check, search and re-ranking all run on that device
+    (:mod:`memorize.metrics.device_search`), with FAISS on the host.
 
     Ties and duplicates: exact duplicates in ``train`` are collapsed to their first
     occurrence before searching (their count is reported), so an exact copy of a
@@ -58,36 +75,76 @@ def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tenso
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio: expected a number in (0, 1], got {ratio}")
-    queries, base = as_rows(samples), as_rows(train)  # own precision, for exact distances
-    if queries.shape[1] != base.shape[1]:
-        raise ValueError(f"samples have {queries.shape[1]} values each but training items have {base.shape[1]}")
-    keep = unique_indices(torch.from_numpy(np.ascontiguousarray(base)))
-    if len(keep) < 2:
-        raise ValueError(f"nn_ratio needs at least 2 distinct training items, got {len(keep)} (of N = {len(base)})")
-    distinct = base if len(keep) == len(base) else base[keep]
-    distinct32 = as_float32_rows(distinct)  # what FAISS searches (no copy for float32 input)
+    backend = backend or search_backend()
+    search = _nearest_two_on_device if backend.startswith("torch-") else _nearest_two_on_host
+    found = search(samples, train, max(candidates, 2), batch_size, backend)
+    ratios = found.d1 / found.d2  # NaN where not searched
+    memorized = np.zeros(len(ratios), dtype=bool)
+    memorized[found.finite] = ratios[found.finite] < ratio
+    return NNRatioScores(found.nearest, found.second, found.d1, found.d2, ratios, memorized, found.finite, ratio,
+                         found.n_train_duplicates, found.backend)
 
+
+def _check_dims(samples_dim: int, train_dim: int) -> None:
+    if samples_dim != train_dim:
+        raise ValueError(f"samples have {samples_dim} values each but training items have {train_dim}")
+
+
+def _check_distinct(distinct: int, n: int) -> None:
+    if distinct < 2:
+        raise ValueError(f"nn_ratio needs at least 2 distinct training items, got {distinct} (of N = {n})")
+
+
+def _nearest_two_on_host(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
+    """Duplicate check (hashing) and float64 re-ranking on the CPU around a FAISS search."""
+    queries, base = as_rows(samples), as_rows(train)  # own precision, for exact distances
+    _check_dims(queries.shape[1], base.shape[1])
+    keep = unique_indices(torch.from_numpy(np.ascontiguousarray(base)))
+    _check_distinct(len(keep), len(base))
+    distinct = base if len(keep) == len(base) else base[keep]
     k = len(queries)
     finite = np.isfinite(queries).all(1)
-    out = {name: np.full(k, np.nan) for name in ("d1", "d2", "ratio")}
+    d1, d2 = np.full(k, np.nan), np.full(k, np.nan)
     nearest, second = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
     used = "none"  # the backend that searched, if any sample was searched
     rows = np.flatnonzero(finite)
     if len(rows):
-        found = knn(as_float32_rows(queries if len(rows) == k else queries[rows]), distinct32, max(candidates, 2),
-                    "l2", batch_size, backend)
+        usable = queries if len(rows) == k else queries[rows]
+        found = knn(as_float32_rows(usable), as_float32_rows(distinct), candidates, "l2", batch_size, backend)
         used = found.backend
-        exact = exact_l2(queries if len(rows) == k else queries[rows], distinct, found.indices)
+        exact = exact_l2(usable, distinct, found.indices)
         order = np.lexsort((found.indices, exact), axis=1)[:, :2]  # by exact distance, then index
         top = np.take_along_axis(found.indices, order, 1)
         dist = np.take_along_axis(exact, order, 1)
         nearest[rows], second[rows] = keep[top[:, 0]], keep[top[:, 1]]
-        out["d1"][rows], out["d2"][rows] = dist[:, 0], dist[:, 1]
-        out["ratio"][rows] = dist[:, 0] / dist[:, 1]
-    memorized = np.zeros(k, dtype=bool)
-    memorized[rows] = out["ratio"][rows] < ratio
-    return NNRatioScores(nearest, second, out["d1"], out["d2"], out["ratio"], memorized, finite, ratio,
-                         len(base) - len(keep), used)
+        d1[rows], d2[rows] = dist[:, 0], dist[:, 1]
+    return _NearestTwo(nearest, second, d1, d2, finite, len(base) - len(keep), used)
+
+
+def _nearest_two_on_device(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
+    """Duplicate check, search and float64 re-ranking on the backend's torch device."""
+    device = torch.device(backend.removeprefix("torch-"))
+    queries, base = device_search.as_tensor_rows(samples).to(device), device_search.as_tensor_rows(train)
+    _check_dims(queries.shape[1], base.shape[1])
+    keep = device_search.distinct_rows(base, device)
+    _check_distinct(len(keep), len(base))
+    distinct = base if len(keep) == len(base) else base[keep.to(base.device)]
+    k = len(queries)
+    finite = torch.isfinite(queries).all(1)
+    nearest = torch.full((k, 2), -1, dtype=torch.int64, device=device)
+    dist = torch.full((k, 2), float("nan"), dtype=torch.float64, device=device)
+    used = "none"
+    rows = finite.nonzero().squeeze(1)
+    if len(rows):
+        usable = queries if len(rows) == k else queries[rows]
+        _, found = device_search.knn_on_device(usable.float(), distinct, candidates, True, device, batch_size)
+        used = backend
+        exact = device_search.exact_l2(usable, distinct, found, device)
+        top, dist[rows] = device_search.best_by_exact(found, exact, 2)
+        nearest[rows] = keep[top]
+    nearest, dist = nearest.cpu().numpy(), dist.cpu().numpy()
+    return _NearestTwo(nearest[:, 0].copy(), nearest[:, 1].copy(), dist[:, 0].copy(), dist[:, 1].copy(),
+                       finite.cpu().numpy(), len(base) - len(keep), used)
 
 
 def nn_ratio_within_class(samples: np.ndarray | torch.Tensor, labels: np.ndarray, train: np.ndarray | torch.Tensor,
@@ -163,18 +220,33 @@ def copy_similarity(sample_features: np.ndarray | torch.Tensor, train_features: 
     """Copy-detection criterion: ``s = max_i cos(f(x), f(x_i))``, ``memorized = s > threshold``.
 
     Descriptors are L2-normalized here (one float32 copy of the training descriptors, for
-    FAISS inner-product search); the candidates' cosines are recomputed in float64 from the
-    descriptors as given. Samples whose descriptor is non-finite or zero get NaN, index -1 and
-    ``memorized = False``; such training descriptors are an error.
+    FAISS inner-product search; on a torch backend, a chunk at a time on the device); the
+    candidates' cosines are recomputed in float64 from the descriptors as given. Samples whose
+    descriptor is non-finite or zero get NaN, index -1 and ``memorized = False``; such training
+    descriptors are an error.
     """
+    backend = backend or search_backend()
+    search = _most_similar_on_device if backend.startswith("torch-") else _most_similar_on_host
+    nearest, similarity, ok, used = search(sample_features, train_features, candidates, batch_size, backend)
+    memorized = np.zeros(len(similarity), dtype=bool)
+    memorized[ok] = similarity[ok] > threshold
+    return CopyScores(nearest, similarity, memorized, ok, threshold, used)
+
+
+def _check_descriptors(sample_dim: int, train_dim: int, bad_train: np.ndarray | None = None) -> None:
+    if sample_dim != train_dim:
+        raise ValueError(f"sample descriptors have dimension {sample_dim}, training ones {train_dim}")
+    if bad_train is not None and bad_train.any():
+        raise ValueError(f"{int(bad_train.sum())} training descriptors are zero or non-finite "
+                         f"(first: item {int(np.flatnonzero(bad_train)[0])})")
+
+
+def _most_similar_on_host(sample_features, train_features, candidates: int, batch_size: int, backend: str):
+    """(nearest, similarity, usable, backend): normalization and float64 re-ranking on the CPU around FAISS."""
     queries, base = as_rows(sample_features), as_rows(train_features)
-    if queries.shape[1] != base.shape[1]:
-        raise ValueError(f"sample descriptors have dimension {queries.shape[1]}, training ones {base.shape[1]}")
+    _check_descriptors(queries.shape[1], base.shape[1])
     base_norms = _row_norms(base)
-    base_ok = np.isfinite(base_norms) & (base_norms > 0)
-    if not base_ok.all():
-        raise ValueError(f"{int((~base_ok).sum())} training descriptors are zero or non-finite "
-                         f"(first: item {int(np.flatnonzero(~base_ok)[0])})")
+    _check_descriptors(queries.shape[1], base.shape[1], ~(np.isfinite(base_norms) & (base_norms > 0)))
     query_norms = _row_norms(queries)
     ok = np.isfinite(query_norms) & (query_norms > 0)
     nearest = np.full(len(queries), -1, dtype=np.int64)
@@ -190,9 +262,32 @@ def copy_similarity(sample_features: np.ndarray | torch.Tensor, train_features: 
         order = np.lexsort((found.indices, -exact), axis=1)[:, 0]
         nearest[rows] = found.indices[np.arange(len(rows)), order]
         similarity[rows] = exact[np.arange(len(rows)), order]
-    memorized = np.zeros(len(queries), dtype=bool)
-    memorized[rows] = similarity[rows] > threshold
-    return CopyScores(nearest, similarity, memorized, ok, threshold, used)
+    return nearest, similarity, ok, used
+
+
+def _most_similar_on_device(sample_features, train_features, candidates: int, batch_size: int, backend: str):
+    """(nearest, similarity, usable, backend): norms, cosine search and float64 re-ranking on the device."""
+    device = torch.device(backend.removeprefix("torch-"))
+    queries, base = device_search.as_tensor_rows(sample_features).to(device), \
+        device_search.as_tensor_rows(train_features)
+    _check_descriptors(queries.shape[1], base.shape[1])
+    base_norms = device_search.row_norms(base, device)
+    _check_descriptors(queries.shape[1], base.shape[1], (~(base_norms.isfinite() & (base_norms > 0))).cpu().numpy())
+    query_norms = device_search.row_norms(queries, device)
+    ok = query_norms.isfinite() & (query_norms > 0)
+    nearest = torch.full((len(queries),), -1, dtype=torch.int64, device=device)
+    similarity = torch.full((len(queries),), float("nan"), dtype=torch.float64, device=device)
+    used = "none"
+    rows = ok.nonzero().squeeze(1)
+    if len(rows):
+        usable, norms = (queries, query_norms) if len(rows) == len(queries) else (queries[rows], query_norms[rows])
+        unit = (usable.double() / norms[:, None]).float()
+        _, found = device_search.knn_on_device(unit, base, candidates, False, device, batch_size, base_norms)
+        used = backend
+        exact = device_search.exact_cosine(usable, base, found, norms, base_norms, device)
+        top, best = device_search.best_by_exact(found, exact, 1, descending=True)
+        nearest[rows], similarity[rows] = top[:, 0], best[:, 0]
+    return nearest.cpu().numpy(), similarity.cpu().numpy(), ok.cpu().numpy(), used
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

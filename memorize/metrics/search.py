@@ -8,7 +8,8 @@ Backends (:func:`search_backend` picks one):
 - ``torch-cuda``: a float32 matrix product and ``topk`` on the GPU, for GPUs that
   faiss-gpu does not serve (PyPI's faiss-gpu-cu12 wheels are built for compute
   capability 7.0-8.9 only: no H100). ``torch-cpu`` is the same code on the CPU,
-  kept for tests and comparisons.
+  kept for tests and comparisons. With these two, the criteria run end to end on
+  the device (:mod:`memorize.metrics.device_search`).
 
 The training set is held once, as the caller's float32 array; queries go in
 batches (for torch, the queries go to the device and the training set follows in
@@ -22,13 +23,13 @@ explicit differences before any criterion is applied.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
+
+from memorize.metrics.device_search import knn_on_device
 
 
 def as_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -69,53 +70,6 @@ def _knn_batch(queries: np.ndarray, base: np.ndarray, k: int, metric: int, backe
     return faiss.knn(queries, base, k, metric=metric)
 
 
-# Training rows sent to the device at a time by the torch backend (at 3,072 dims, 192 MiB of float32).
-TORCH_BASE_CHUNK = 16384
-
-
-@contextmanager
-def _ieee_float32_matmul() -> Iterator[None]:
-    """Within the block, float32 CUDA matrix products run in full float32 (no TF32), whatever
-    the caller's global setting: candidates are chosen on float32 distances."""
-    matmul = torch.backends.cuda.matmul
-    name, value = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
-    saved = getattr(matmul, name)  # fp32_precision: torch >= 2.9; allow_tf32 before
-    setattr(matmul, name, value)
-    try:
-        yield
-    finally:
-        setattr(matmul, name, saved)
-
-
-@torch.no_grad()
-def _knn_torch(queries: np.ndarray, base: np.ndarray, k: int, l2: bool, device: torch.device,
-               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of ``base`` for every query: squared L2 ``|q|^2 - 2 q.b + |b|^2``
-    (smallest first) or inner products (largest first), in float32 on ``device``.
-
-    The queries go to the device once (in batches of ``batch_size``); the training set follows,
-    ``TORCH_BASE_CHUNK`` rows at a time, each chunk sent once and compared with every batch; a
-    running top-k per query is merged with each chunk's own top-k. Device memory: the queries
-    plus O(batch x chunk).
-    """
-    base_chunk = TORCH_BASE_CHUNK
-    batches = [torch.from_numpy(queries[s:s + batch_size]).to(device) for s in range(0, len(queries), batch_size)]
-    sq_norms = [q.square().sum(1, keepdim=True) for q in batches] if l2 else [None] * len(batches)
-    best = [(torch.empty((len(q), 0), device=device), torch.empty((len(q), 0), dtype=torch.int64, device=device))
-            for q in batches]
-    with _ieee_float32_matmul():
-        for start in range(0, len(base), base_chunk):
-            b = torch.from_numpy(base[start:start + base_chunk]).to(device)
-            b_sq = b.square().sum(1) if l2 else None
-            for i, (q, q_sq) in enumerate(zip(batches, sq_norms)):
-                scores = torch.addmm(b_sq, q, b.T, alpha=-2).add_(q_sq) if l2 else q @ b.T
-                val, idx = scores.topk(min(k, len(b)), dim=1, largest=not l2)
-                vals, order = torch.cat([best[i][0], val], 1).topk(min(k, best[i][0].shape[1] + len(b)), dim=1,
-                                                                   largest=not l2)
-                best[i] = (vals, torch.cat([best[i][1], idx + start], 1).gather(1, order))
-    return (torch.cat([v for v, _ in best]).cpu().numpy(), torch.cat([i for _, i in best]).cpu().numpy())
-
-
 @dataclass
 class Neighbours:
     """``distances`` (Q, k): squared L2 (``l2``) or inner products (``ip``) as FAISS returns them;
@@ -143,7 +97,9 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend.startswith("torch-"):
         device = torch.device(backend.removeprefix("torch-"))
-        return Neighbours(*_knn_torch(queries, base, k, metric == "l2", device, batch_size), backend)
+        values, indices = knn_on_device(torch.from_numpy(queries).to(device), torch.from_numpy(base), k,
+                                        metric == "l2", device, batch_size)
+        return Neighbours(values.cpu().numpy(), indices.cpu().numpy(), backend)
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     distances = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)
