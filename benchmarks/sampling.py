@@ -3,16 +3,18 @@
 Every sampler gets the same budget of network evaluations (NFE): Heun spends two per step but one on
 the last, so it gets (NFE + 1) / 2 steps; the others one per step. The denoiser is a U-Net on
 CIFAR-shaped images. A second table shows what per-sample seeding (sample i identical at any batch
-size) costs: the same Euler-Maruyama run with the noise drawn per sample vs in one batched call.
+size) costs: the same Euler-Maruyama run with the noise drawn per sample from CPU generators (the
+default, ``sample.noise: generator``), from counter-based streams computed on the device
+(``sample.noise: counter``), and in one batched call of one generator on the device (the baseline).
 
-``--device cuda`` runs the network on the GPU (the noise is still drawn on the CPU, per sample, so
-that sample i is the same on every device) and checks that the GPU's Heun samples match the CPU's
+``--device cuda`` runs the network on the GPU and checks that the GPU's Heun samples match the CPU's
 for the same seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -25,15 +27,20 @@ from memorize.models import build_network
 from memorize.sampling import SampleNoise, generate, sample_seeds
 
 
-class BatchedNoise(SampleNoise):
-    """One generator for the whole batch: faster, but sample i then depends on the batch."""
+class BatchedNoise:
+    """One generator on the device for the whole batch: the fastest draw, but sample i then depends on the batch."""
 
     def __init__(self, seeds, shape, device="cpu", dtype=torch.float32):
-        super().__init__(seeds[:1], shape, device, dtype)
-        self.n = len(seeds)
+        self.generator = torch.Generator(device).manual_seed(int(seeds[0]))
+        self.shape, self.n, self.device, self.dtype = tuple(shape), len(seeds), device, dtype
 
     def __call__(self) -> torch.Tensor:
-        return torch.randn((self.n, *self.shape), generator=self.generators[0]).to(self.device, self.dtype)
+        return torch.randn((self.n, *self.shape), generator=self.generator, device=self.device, dtype=self.dtype)
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def run(num: int, nfe: int, resolution: int, channels: int, device: str = "cpu") -> list[dict]:
@@ -65,18 +72,27 @@ def run(num: int, nfe: int, resolution: int, channels: int, device: str = "cpu")
     # the cost of per-sample noise streams, on the most noise-hungry sampler
     import memorize.sampling as sampling
 
-    cfg = SampleConfig(sampler="euler_maruyama", steps=nfe, num=num, batch_size=num)
-    for label, cls in (("per-sample noise (default)", SampleNoise), ("one batched generator", BatchedNoise)):
+    for label, cls, kind in (("one batched generator on the device (baseline)", BatchedNoise, "generator"),
+                             ("per-sample CPU generators (noise: generator)", SampleNoise, "generator"),
+                             ("per-sample counter streams on the device (noise: counter)", None, "counter")):
+        cfg = SampleConfig(sampler="euler_maruyama", steps=nfe, num=num, batch_size=num, noise=kind)
         original = sampling.SampleNoise
-        sampling.SampleNoise = cls
+        sampling.SampleNoise = cls or original
         try:
+            generate(denoiser, shape, seeds[:2], dataclasses.replace(cfg, num=2, batch_size=2), device,
+                     progress=False)  # warm-up
+            _synchronize(device)
             start = time.perf_counter()
             generate(denoiser, shape, seeds, cfg, device, progress=False)
+            _synchronize(device)
         finally:
             sampling.SampleNoise = original
         seconds = time.perf_counter() - start
         rows.append({"sampler": f"euler_maruyama, {label}", "steps": nfe, "nfe": nfe, "images": num,
                      "seconds": seconds, "images_per_s": num / seconds})
+    baseline = rows[-3]["images_per_s"]
+    print(f"# per-sample noise, speed against one batched generator on {device}: CPU generators "
+          f"{rows[-2]['images_per_s'] / baseline:.2f}x, counter streams {rows[-1]['images_per_s'] / baseline:.2f}x")
     return rows
 
 

@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int,
                    help="class of every sample of a class-conditional cell (default: sample.label, else each "
                         "sample's class is a training label drawn with its seed)")
+    p.add_argument("--noise", choices=("generator", "counter"),
+                   help="per-sample noise streams: a CPU generator per sample, or counter-based streams computed "
+                        "on the device (faster stochastic sampling on a GPU; other samples; default: sample.noise, "
+                        "generator)")
     p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
                    help="trained network; the closed-form empirical or Gaussian denoiser of the training subset "
                         "(per class in a class-conditional cell); or the true mixture's denoiser (gmm dataset)")

@@ -201,7 +201,12 @@ class SampleConfig:
 
     Class-conditional cells: ``guidance`` is the classifier-free guidance weight w,
     ``D_w = D(x, c) + w (D(x, c) - D(x, none))`` (0: the conditional denoiser itself); ``label`` fixes the
-    class of every sample (unset: each sample's class is a training label drawn with its own seed)."""
+    class of every sample (unset: each sample's class is a training label drawn with its own seed).
+
+    ``noise``: where each sample's noise stream is drawn. ``generator``: its own ``torch.Generator`` on the
+    CPU (the same samples on every device). ``counter``: a counter-based stream computed on the sampling
+    device (:class:`memorize.sampling.CounterNoise`; other samples than ``generator``, the same on every
+    device up to float64 rounding), for stochastic samplers on a GPU, where drawing on the CPU holds them up."""
 
     sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = "heun"
     steps: int | None = None
@@ -219,6 +224,7 @@ class SampleConfig:
     rho: float = 7.0
     guidance: float = 0.0
     label: int | None = None
+    noise: Literal["generator", "counter"] = "generator"
 
     def __post_init__(self) -> None:
         _require(self.guidance >= 0, "sample.guidance", "must be >= 0 (0: no guidance)")
@@ -330,7 +336,7 @@ def sample_settings(cfg: SampleConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(cfg)
     del settings["batch_size"]
     settings["steps"] = cfg.num_steps  # a default and the same number given explicitly are one setting
-    for name in ("guidance", "label"):  # added later: left out at their defaults, so older samples keep their keys
+    for name in ("guidance", "label", "noise"):  # added later: left out at their defaults, so older samples keep their keys
         if settings[name] == SampleConfig.__dataclass_fields__[name].default:
             del settings[name]
     return settings

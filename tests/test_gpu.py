@@ -75,12 +75,13 @@ def random_unet() -> torch.nn.Module:
     return net
 
 
+@pytest.mark.parametrize("noise", ["generator", "counter"])
 @pytest.mark.parametrize("sampler", ["heun", "ddim", "ddpm", "euler_maruyama"])
-def test_samplers_on_cuda_match_the_cpu_for_the_same_seeds(sampler, full_float32_convolutions):
-    """Same seeds, same samples on either device (noise is drawn on the CPU per sample); the
-    empirical denoiser of one image returns that image."""
+def test_samplers_on_cuda_match_the_cpu_for_the_same_seeds(sampler, noise, full_float32_convolutions):
+    """Same seeds, same samples on either device (generator: noise drawn on the CPU per sample; counter: the
+    same integer streams computed on each device); the empirical denoiser of one image returns that image."""
     net = random_unet()
-    cfg = SampleConfig(sampler=sampler, steps=10, num=8, batch_size=8, eta=0.5)
+    cfg = SampleConfig(sampler=sampler, steps=10, num=8, batch_size=8, eta=0.5, churn=1.0, noise=noise)
     seeds = sample_seeds(0, range(8))
     on_cpu = generate(Denoiser(net).eval(), (3, 16, 16), seeds, cfg, "cpu", progress=False)
     on_gpu = generate(Denoiser(net).eval().cuda(), (3, 16, 16), seeds, cfg, "cuda", progress=False)
@@ -90,6 +91,15 @@ def test_samplers_on_cuda_match_the_cpu_for_the_same_seeds(sampler, full_float32
     image = torch.rand(1, 3, 16, 16) * 2 - 1
     out = generate(empirical_denoiser(image.cuda()), (3, 16, 16), seeds, cfg, "cuda", progress=False)
     torch.testing.assert_close(out, image.expand(8, -1, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_counter_noise_on_cuda_is_the_cpus_to_float64_rounding():
+    from memorize.sampling import CounterNoise
+
+    seeds = sample_seeds(3, range(64))
+    on_cpu, on_gpu = (CounterNoise(seeds, (3, 32, 32), device, torch.float64) for device in ("cpu", "cuda"))
+    for _ in range(3):
+        torch.testing.assert_close(on_gpu().cpu(), on_cpu(), atol=1e-12, rtol=0)
 
 
 def _tiny_cuda_cfg(tiny_cfg, amp: bool):

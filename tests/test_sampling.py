@@ -22,13 +22,14 @@ def test_empirical_denoiser_of_one_image_returns_that_image(sampler, steps):
 @pytest.mark.parametrize("sampler, steps, eta", [("heun", 100, 0.0), ("ddim", 200, 0.0), ("ddim", 200, 0.5),
                                                  ("ddpm", 400, 0.0), ("euler_maruyama", 400, 0.0),
                                                  ("dpm_solver_2m", 100, 0.0)])
-def test_gaussian_denoiser_samples_have_the_gaussian_moments(sampler, steps, eta):
+@pytest.mark.parametrize("noise", ["generator", "counter"])
+def test_gaussian_denoiser_samples_have_the_gaussian_moments(sampler, steps, eta, noise):
     gen = torch.Generator().manual_seed(0)
     mean = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
     basis = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64)).Q
     cov = basis @ torch.diag(torch.tensor([0.5, 0.2, 0.05], dtype=torch.float64)) @ basis.T
     k = 3000
-    cfg = SampleConfig(sampler=sampler, steps=steps, num=k, batch_size=k, eta=eta)
+    cfg = SampleConfig(sampler=sampler, steps=steps, num=k, batch_size=k, eta=eta, noise=noise)
     out = generate(GaussianDenoiser(mean, cov), (3,), sample_seeds(1, range(k)), cfg, dtype=torch.float64,
                    progress=False).double()
     # standard errors: mean ~ sqrt(0.5/3000) = 0.013, covariance entries ~ 0.5*sqrt(2/3000) = 0.013
@@ -41,11 +42,10 @@ def test_sample_i_does_not_depend_on_batch_size():
     den = empirical_denoiser(train)
     seeds = sample_seeds(3, range(12))
     for sampler in ("heun", "ddpm", "euler_maruyama"):
-        a = generate(den, (1, 4, 4), seeds, SampleConfig(sampler=sampler, steps=8, batch_size=5, churn=2.0),
-                     progress=False)
-        b = generate(den, (1, 4, 4), seeds, SampleConfig(sampler=sampler, steps=8, batch_size=12, churn=2.0),
-                     progress=False)
-        assert torch.equal(a, b)
+        for noise in ("generator", "counter"):
+            a, b = (generate(den, (1, 4, 4), seeds, SampleConfig(sampler=sampler, steps=8, batch_size=size, churn=2.0,
+                                                                 noise=noise), progress=False) for size in (5, 12))
+            assert torch.equal(a, b)
 
 
 def test_seeds_are_distinct_and_reproducible():
@@ -54,6 +54,51 @@ def test_seeds_are_distinct_and_reproducible():
     assert not np.array_equal(seeds[:10], sample_seeds(1, range(10)))
     noise = SampleNoise(seeds[:3], (2,))
     assert torch.equal(noise()[1], SampleNoise(seeds[1:2], (2,))()[0])
+
+
+def test_splitmix64_gives_the_reference_sequence():
+    """SplitMix64 of seed 1234567 (the reference implementation's first five outputs), and against Python's
+    unbounded integers on random states (wrapping int64 arithmetic must equal arithmetic mod 2^64)."""
+    from memorize.sampling import _GOLDEN, splitmix64
+
+    mask = (1 << 64) - 1
+    outputs = splitmix64(torch.tensor(1234567) + torch.arange(1, 6) * _GOLDEN)
+    assert [int(v) & mask for v in outputs] == [6457827717110365317, 3203168211198807973, 9817491932198370423,
+                                                4593380528125082431, 16408922859458223821]
+
+    def reference(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    states = torch.randint(-2**63, 2**63 - 1, (500,), generator=torch.Generator().manual_seed(0))
+    assert [int(v) & mask for v in splitmix64(states)] == [reference(int(s) & mask) for s in states]
+
+
+def test_counter_noise_is_standard_normal_per_sample_and_per_draw():
+    from scipy.stats import kstest
+
+    from memorize.sampling import CounterNoise
+
+    seeds = sample_seeds(7, range(400))
+    noise = CounterNoise(seeds, (2, 8, 8))
+    draws = torch.stack([noise() for _ in range(4)]).double()  # (draw, sample, 2, 8, 8)
+    values = draws.flatten()
+    assert abs(values.mean()) < 5 * (1 / len(values)) ** 0.5 and abs(values.var() - 1) < 0.01
+    assert kstest(values.numpy(), "norm").pvalue > 1e-3
+    flat = draws.reshape(4, 400, -1)
+    for a, b in ((flat[0], flat[1]), (flat[0, :-1], flat[0, 1:]), (flat[..., :-1], flat[..., 1:])):
+        assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < 0.01  # draws, samples, pixels
+    again = CounterNoise(seeds[[5, 3]], (2, 8, 8))  # sample i is its seed's, at any batch
+    assert torch.equal(torch.stack([again(), again()]), draws[:2, [5, 3]].float())
+    assert not torch.equal(CounterNoise(sample_seeds(8, [5]), (2, 8, 8))(), again()[:1])
+
+
+def test_noise_kind_is_part_of_the_sample_settings_only_when_counter():
+    from memorize.config import sample_settings
+
+    assert "noise" not in sample_settings(SampleConfig())
+    assert sample_settings(SampleConfig(noise="counter"))["noise"] == "counter"
 
 
 def test_dpm_solver_2m_is_second_order_and_ddim_first_on_the_gaussian_ode():
