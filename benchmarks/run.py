@@ -1,4 +1,4 @@
-"""Run every benchmark at default sizes and print each table (CPU: about 10 minutes on 2 cores).
+"""Run every benchmark at default sizes and print each table (CPU: about 15 minutes on 2 cores, train.compile included).
 
     python -m benchmarks.run [--quick] [--device cuda]
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import common, empirical, pack, quality, sampling, search, status, sweep, training
+from benchmarks import common, compile, empirical, pack, quality, sampling, search, status, sweep, training
 
 
 def main() -> None:
@@ -33,12 +33,13 @@ def main() -> None:
         ("sweep", sweep.main, []),
         ("sweep status at scale", status.main, ["--cells", "100"]),
         ("cells trained together", pack.main, ["--cells", "2", "--steps", "5", "--channels", "8"]),
+        ("train.compile", compile.main, None),  # a cold compilation takes about a minute: not in --quick
     ]
     for title, fn, quick_args in parts:
-        if quick and title == "sweep":
+        if quick and (title == "sweep" or quick_args is None):
             continue
         print(f"\n=== {title} ===")
-        fn((quick_args if quick else []) + ["--device", args.device])
+        fn(((quick_args or []) if quick else []) + ["--device", args.device])
     print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s")
 
 

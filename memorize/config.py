@@ -174,6 +174,9 @@ class TrainConfig:
     # Classifier-free guidance (Ho & Salimans 2022): each training label is replaced by the null label (a learned
     # embedding of its own) with this probability, so one network is both D(x, c) and D(x, none).
     label_dropout: float = 0.0
+    # torch.compile the training loss (forward and backward); not part of the training identity (the weights
+    # match the eager run's up to float rounding). Pays only once compilation is amortized (benchmarks/compile.py).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _require(self.stop_window >= 2, "train.stop_window", "must be >= 2")
@@ -288,7 +291,7 @@ ARCH_FIELDS = {
 # fingerprinted instead (memorize.cell). ``train.steps`` is a budget (see TrainConfig).
 NOT_TRAINING_IDENTITY = ("data.root", "train.steps", "train.checkpoint_every", "train.keep_all_checkpoints",
                          "train.log_every", "train.eval_every", "train.device", "train.stop_when", "train.stop_window",
-                         "train.stop_tolerance", "sample")
+                         "train.stop_tolerance", "train.compile", "sample")
 
 
 def training_identity(cfg: CellConfig) -> dict[str, Any]:

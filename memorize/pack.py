@@ -12,8 +12,12 @@ overhead (Python, dispatch, kernel launches). Cells whose networks have the same
    (EDM eq. 2 and 8, as :meth:`memorize.diffusion.Denoiser.loss`);
 3. one backward pass of the summed losses gives each cell its own gradient (no parameter is
    shared, so d(sum)/d(theta_k) = d(loss_k)/d(theta_k));
-4. each cell clips, steps its own AdamW, updates its own EMA, logs and checkpoints exactly as
-   alone (:meth:`memorize.train.CellTraining.finish_step`).
+4. every cell's gradient is clipped to its own norm, and its AdamW step and EMA update are taken,
+   on the stacked tensors (:class:`StackedCells`: one operation per parameter tensor for all cells,
+   each with its own learning rate, weight decay, clip and EMA decay, by the formulas of
+   ``clip_grad_norm_``, ``torch.optim.AdamW`` and :func:`memorize.train.ema_update`);
+5. each cell logs, evaluates and checkpoints exactly as alone (:meth:`memorize.train.CellTraining.record`),
+   its slices of the stacks copied into its own modules and optimizer first where it reads them.
 
 The cell directories are those of separate runs: any cell resumes alone or in another pack, and
 its weights equal a separate run's to float tolerance (the batched kernels add in another
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -39,8 +44,9 @@ from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError
 def pack_key(cfg: CellConfig) -> str | None:
     """Cells with equal keys can train together (None: this cell trains alone). The key holds what fixes
     the network's shape and the loss's form: the model, the dataset (image shape, classes), the label
-    mode, the batch size, the parameterization, the device and mixed precision."""
-    if cfg.model.dropout > 0 or cfg.train.stop_when != "budget":
+    mode, the batch size, the parameterization, the device and mixed precision. Cells with dropout, a
+    convergence stop or ``train.compile`` train alone."""
+    if cfg.model.dropout > 0 or cfg.train.stop_when != "budget" or cfg.train.compile:
         return None
     return json.dumps({"model": to_dict(cfg.model), "dataset": [cfg.data.name, cfg.data.root, cfg.data.labels],
                        "batch": cfg.train.batch_size, "null_label": cfg.train.label_dropout > 0,
@@ -62,20 +68,103 @@ def _cell_loss(net: torch.nn.Module, parameterization: str):
     return loss
 
 
-def packed_losses(cells: list[CellTraining], batches: list, base: torch.nn.Module) -> tuple[torch.Tensor, dict]:
-    """Every cell's loss on its batch from one vmapped call over ``base`` (a network of the cells' shape
-    whose own weights are not used); returns the losses (K,) and the stacked parameters (leaves: after
-    backward their ``.grad`` holds each cell's gradient, stacked)."""
-    params, buffers = stack_module_state([c.denoiser.net for c in cells])
-    params = {k: v.detach().requires_grad_() for k, v in params.items()}
-    sigma_data = torch.tensor([c.sigma_data for c in cells], dtype=torch.float32, device=cells[0].device)
-    x0, sigma, noise = (torch.stack([getattr(b, f) for b in batches]) for f in ("x0", "sigma", "noise"))
-    labels = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
-    fn = vmap(_cell_loss(base, cells[0].denoiser.parameterization),
-              in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))
-    with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp):
-        losses = fn(params, buffers, sigma_data, x0, sigma, noise, labels)
-    return losses, params
+class StackedCells:
+    """The trainable state of K cells held stacked along a new first dimension, updated for all at once.
+
+    ``params``, ``ema``, ``exp_avg`` and ``exp_avg_sq`` map each parameter name of the network to a
+    (K, ...) tensor; ``adam_steps`` and ``ema_counts`` are (K,) float64. Each step, one vmapped loss
+    (:meth:`losses`) and one backward pass give the stacked gradients; :meth:`update` clips each cell's
+    gradient to its own norm, takes each cell's AdamW step and EMA update with its own learning rate,
+    weight decay, clip and decay, every formula as ``torch.nn.utils.clip_grad_norm_``,
+    ``torch.optim.AdamW`` and :func:`memorize.train.ema_update` compute it, in one operation per
+    parameter tensor for all cells. :meth:`write_back` copies cell k's slices into its own modules and
+    optimizer state, where they are read (evaluation, checkpoints); a stack is built afresh from the
+    cells whenever the set of cells changes.
+    """
+
+    def __init__(self, cells: list[CellTraining]):
+        self.cells = cells
+        nets, emas = [c.denoiser.net for c in cells], [c.ema.module.net for c in cells]
+        self.names = [n for n, _ in nets[0].named_parameters()]
+        params, self.buffers = stack_module_state(nets)
+        self.params = {n: params[n].detach().requires_grad_() for n in self.names}
+        self.ema = {n: torch.stack([dict(e.named_parameters())[n].detach() for e in emas]) for n in self.names}
+        states = [[c.optimizer.state[p] for p in c.denoiser.net.parameters()] for c in cells]
+        self.exp_avg, self.exp_avg_sq = ({n: torch.stack([st[j][key] if st[j] else torch.zeros_like(self.params[n][0])
+                                                          for st in states]).detach()
+                                          for j, n in enumerate(self.names)} for key in ("exp_avg", "exp_avg_sq"))
+        self.adam_steps = torch.tensor([float(st[0]["step"]) if st[0] else 0.0 for st in states], dtype=torch.float64)
+        self.ema_counts = torch.tensor([float(c.ema.n_averaged) for c in cells], dtype=torch.float64)
+        group = cells[0].optimizer.param_groups[0]
+        self.beta1, self.beta2 = group["betas"]
+        self.eps = group["eps"]
+        device = cells[0].device
+        self.weight_decay = torch.tensor([c.optimizer.param_groups[0]["weight_decay"] for c in cells],
+                                         dtype=torch.float64)
+        self.max_norm = torch.tensor([c.cfg.train.grad_clip or math.inf for c in cells], dtype=torch.float32,
+                                     device=device)
+        self.decay = torch.tensor([c.cfg.train.ema_decay for c in cells], dtype=torch.float64)
+        self.sigma_data = torch.tensor([c.sigma_data for c in cells], dtype=torch.float32, device=device)
+
+    def _per_cell(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(K,) values as a tensor that broadcasts over ``like``'s (K, ...) slices, in its dtype and device."""
+        return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def losses(self, batches: list, base: torch.nn.Module) -> torch.Tensor:
+        """Every cell's loss on its batch from one vmapped call over ``base`` (a network of the cells'
+        shape whose own weights are not used), (K,)."""
+        cells = self.cells
+        x0, sigma, noise = (torch.stack([getattr(b, f) for b in batches]) for f in ("x0", "sigma", "noise"))
+        labels = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
+        fn = vmap(_cell_loss(base, cells[0].denoiser.parameterization),
+                  in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))
+        with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp):
+            return fn(self.params, self.buffers, self.sigma_data, x0, sigma, noise, labels)
+
+    @torch.no_grad()
+    def update(self) -> list[float]:
+        """With the stacked gradients in place: clip, AdamW and EMA for every cell (at its ``lr`` of this
+        step). Returns each cell's total gradient norm before clipping (a non-finite one: that cell's
+        slices are garbage from here on and it must leave)."""
+        grads = {n: self.params[n].grad for n in self.names if self.params[n].grad is not None}
+        # clip_grad_norm_: the norm of the per-tensor norms; every gradient times min(1, max / (norm + 1e-6))
+        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()]).norm(dim=0)
+        clip = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
+        lr = torch.tensor([c.lr for c in self.cells], dtype=torch.float64)
+        self.adam_steps += 1
+        # AdamW (Loshchilov & Hutter 2019) as torch computes it: decoupled decay, then the moments, then
+        # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        shrink = 1 - lr * self.weight_decay
+        step_size = lr / (1 - self.beta1 ** self.adam_steps)
+        root_correction = (1 - self.beta2 ** self.adam_steps).sqrt()
+        # the EMA's decay after n updates, min(decay, (1 + n) / (10 + n)); its first update copies
+        n = self.ema_counts
+        ema_weight = torch.where(n == 0, 1.0, 1 - torch.minimum(self.decay, (1 + n) / (10 + n)))
+        self.ema_counts += 1
+        for name, g in grads.items():
+            p, m, v = self.params[name], self.exp_avg[name], self.exp_avg_sq[name]
+            g.mul_(self._per_cell(clip, g))
+            p.mul_(self._per_cell(shrink, p))
+            m.lerp_(g, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            denom = (v.sqrt() / self._per_cell(root_correction, v)).add_(self.eps)
+            p.sub_(self._per_cell(step_size, p) * m / denom)
+            self.ema[name].lerp_(p, self._per_cell(ema_weight, p))
+            p.grad = None
+        return norms.tolist()
+
+    @torch.no_grad()
+    def write_back(self, k: int) -> None:
+        """Cell k's weights, EMA, EMA count and AdamW state into its own modules and optimizer."""
+        cell = self.cells[k]
+        ema_params = dict(cell.ema.module.net.named_parameters())
+        for name, p in cell.denoiser.net.named_parameters():
+            p.copy_(self.params[name][k])
+            ema_params[name].copy_(self.ema[name][k])
+            cell.optimizer.state[p] = {"step": torch.tensor(float(self.adam_steps[k])),
+                                       "exp_avg": self.exp_avg[name][k].clone(),
+                                       "exp_avg_sq": self.exp_avg_sq[name][k].clone()}
+        cell.ema.n_averaged.fill_(int(self.ema_counts[k]))
 
 
 def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
@@ -98,12 +187,21 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
     if not cells:
         return results
     base = copy.deepcopy(next(iter(cells.values())).denoiser.net)  # the structure; its weights are not used
+    active = [i for i, c in cells.items() if not c.done]
+    stack = StackedCells([cells[i] for i in active]) if active else None
+
+    def regroup(keep: list[int]) -> StackedCells | None:
+        """Every remaining cell's state back into its modules, and a new stack of the cells in ``keep``."""
+        for k, i in enumerate(active):
+            if i in keep:
+                stack.write_back(k)
+        return StackedCells([cells[i] for i in keep]) if keep else None
+
     with training_loop():
-        active = [i for i, c in cells.items() if not c.done]
         while active:
             batches = {i: cells[i].draw() for i in active}
             while active:  # a cell with a non-finite loss leaves; the rest are computed again on their batches
-                losses, params = packed_losses([cells[i] for i in active], [batches[i] for i in active], base)
+                losses = stack.losses([batches[i] for i in active], base)
                 bad = [i for i, loss in zip(active, losses) if not torch.isfinite(loss)]
                 for i, loss in zip(active, losses):
                     if i in bad:
@@ -111,27 +209,33 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
                             cells[i].check_loss(loss)
                         except NonFiniteLossError as err:
                             results[i] = err
-                active = [i for i in active if i not in bad]
                 if not bad:
                     break
+                stack = regroup([i for i in active if i not in bad])
+                active = [i for i in active if i not in bad]
             if not active:
                 break
             losses.sum().backward()
             asked = checkpoint_requested()
             values = losses.detach().tolist()
-            for k, i in enumerate(list(active)):
+            norms = stack.update()
+            leaving = []
+            for k, i in enumerate(active):
                 cell = cells[i]
-                for name, p in cell.denoiser.net.named_parameters():
-                    grad = params[name].grad
-                    p.grad = None if grad is None else grad[k]
                 try:
-                    cell.finish_step(values[k], asked)
+                    cell.check_grad_norm(norms[k])
+                    if cell.reads_state(asked):
+                        stack.write_back(k)
+                    cell.record(values[k], asked)
                 except NonFiniteLossError as err:
                     results[i] = err
-                    active.remove(i)
+                    leaving.append(i)
             if asked:
-                raise CheckpointRequested(min(cells[i].step for i in active) if active else 0)
-            active = [i for i in active if not cells[i].done]
+                raise CheckpointRequested(min((cells[i].step for i in active if i not in leaving), default=0))
+            keep = [i for i in active if i not in leaving and not cells[i].done]
+            if keep != active:
+                stack = regroup(keep)
+                active = keep
     if checkpoint_requested():  # asked for as the loop ended: every cell's budget checkpoint is written
         raise CheckpointRequested(max(c.step for c in cells.values()))
     for i, cell in cells.items():

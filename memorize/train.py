@@ -113,8 +113,7 @@ def ema_update(decay: float):
     def multi_avg_fn(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
-        for ema_param, param in zip(ema_params, params, strict=True):
-            ema_param.lerp_(param, 1.0 - d)
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)  # each ema_param.lerp_(param, 1 - d), in one call
 
     return multi_avg_fn
 
@@ -251,6 +250,8 @@ class CellTraining:
         self.params = count_architecture_parameters(self.denoiser)
         self.params_total = count_parameters(self.denoiser)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        # The minibatch loss, compiled where train.compile asks (the module and its state dict stay the eager ones).
+        self.loss = torch.compile(self.denoiser.loss) if cfg.train.compile else self.denoiser.loss
         self.start_time = time.perf_counter() - self.elapsed
         self.lr = cfg.train.lr
         self.denoiser.train()
@@ -285,17 +286,31 @@ class CellTraining:
                                      f"{self.last_good()}. Try a lower train.lr or a train.grad_clip.")
 
     def finish_step(self, loss: float, asked: bool = False) -> bool:
-        """With the gradients of this step's loss in place: clip, update the weights and the EMA, log,
-        evaluate and checkpoint on schedule (and, where ``asked``, off it). Returns whether a checkpoint
-        was written."""
-        cfg, data = self.cfg, self.data
+        """With the gradients of this step's loss in place: clip, update the weights and the EMA, then
+        :meth:`record` the step. Returns whether a checkpoint was written."""
         # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), cfg.train.grad_clip or math.inf)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm.item()}) at step {self.step + 1} with a "
-                                     f"finite loss; {self.last_good()}. Try a lower train.lr or a train.grad_clip.")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.cfg.train.grad_clip or math.inf)
+        self.check_grad_norm(float(grad_norm))
         self.optimizer.step()
         self.ema.update_parameters(self.denoiser)
+        return self.record(loss, asked)
+
+    def check_grad_norm(self, grad_norm: float) -> None:
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1} with a "
+                                     f"finite loss; {self.last_good()}. Try a lower train.lr or a train.grad_clip.")
+
+    def reads_state(self, asked: bool = False) -> bool:
+        """Whether :meth:`record` of the coming step evaluates or checkpoints, so reads the weights, the EMA
+        and the optimizer state."""
+        step, cfg = self.step + 1, self.cfg.train
+        return (asked or step % cfg.eval_every == 0 or step % cfg.checkpoint_every == 0 or step == self.budget
+                or step in self.kept)
+
+    def record(self, loss: float, asked: bool = False) -> bool:
+        """The step is taken: count it, log, evaluate and checkpoint on schedule (and, where ``asked``, off
+        it). Returns whether a checkpoint was written."""
+        cfg, data = self.cfg, self.data
         self.step += 1
         step = self.step
         self.losses.append(loss)
@@ -381,7 +396,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
             while not cell.done:
                 batch = cell.draw()
                 with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
-                    loss = cell.denoiser.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
+                    loss = cell.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
                 cell.check_loss(loss)
                 cell.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

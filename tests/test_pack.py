@@ -14,15 +14,16 @@ from memorize.train import NonFiniteLossError, train
 
 
 def _variants(tiny_cfg):
-    """Three cells of one architecture: different N, seed, budget, learning rate and sigma_data."""
+    """Three cells of one architecture: different N, seed, budget, learning rate, weight decay, gradient clip,
+    EMA decay and sigma_data."""
     t = tiny_cfg.train
     return [
         dataclasses.replace(tiny_cfg, train=dataclasses.replace(t, steps=30)),
         dataclasses.replace(tiny_cfg, seed=3, data=dataclasses.replace(tiny_cfg.data, n_train=16),
-                            train=dataclasses.replace(t, steps=20, lr=5e-4)),
+                            train=dataclasses.replace(t, steps=20, lr=5e-4, weight_decay=0.05, grad_clip=0.05)),
         dataclasses.replace(tiny_cfg, seed=1, data=dataclasses.replace(tiny_cfg.data, n_train=24),
                             diffusion=dataclasses.replace(tiny_cfg.diffusion, sigma_data="auto"),
-                            train=dataclasses.replace(t, steps=25, checkpoint_every=7)),
+                            train=dataclasses.replace(t, steps=25, checkpoint_every=7, grad_clip=None, ema_decay=0.9)),
     ]
 
 
@@ -33,6 +34,11 @@ def _same_weights(a: dict, b: dict, atol: float) -> None:
                 torch.testing.assert_close(a[key][name], tensor, atol=atol, rtol=0, msg=f"{key}.{name}")
             else:
                 assert torch.equal(a[key][name], tensor), f"{key}.{name}"
+    for index, state in b["optimizer"]["state"].items():  # AdamW's moments and step count, parameter by parameter
+        assert float(a["optimizer"]["state"][index]["step"]) == float(state["step"])
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a["optimizer"]["state"][index][moment], state[moment], atol=atol, rtol=0,
+                                       msg=f"optimizer {index} {moment}")
 
 
 def test_packed_cells_end_where_separate_runs_end(tiny_cfg, tmp_path):
@@ -63,15 +69,15 @@ def test_a_packed_cell_resumes_alone(tiny_cfg, tmp_path):
 
 def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path, monkeypatch):
     cfgs = _variants(tiny_cfg)[:2]
-    real = pack_module.packed_losses
+    real = pack_module.StackedCells.losses
 
-    def poisoned(cells, batches, base):  # the first cell's loss turns NaN at its step 12
-        losses, params = real(cells, batches, base)
-        if cells[0].paths.root.name == "bad" and cells[0].step == 11:
-            losses = losses * torch.tensor([float("nan")] + [1.0] * (len(cells) - 1))
-        return losses, params
+    def poisoned(self, batches, base):  # the first cell's loss turns NaN at its step 12
+        losses = real(self, batches, base)
+        if self.cells[0].paths.root.name == "bad" and self.cells[0].step == 11:
+            losses = losses * torch.tensor([float("nan")] + [1.0] * (len(self.cells) - 1))
+        return losses
 
-    monkeypatch.setattr(pack_module, "packed_losses", poisoned)
+    monkeypatch.setattr(pack_module.StackedCells, "losses", poisoned)
     bad, good = train_packed(cfgs, [tmp_path / "bad", tmp_path / "good"])
     assert isinstance(bad, NonFiniteLossError) and "at step 12" in str(bad)
     assert good["steps"] == 20 and CellPaths(tmp_path / "bad").checkpoint_steps() == [10]
@@ -84,6 +90,7 @@ def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path
 def test_what_cannot_be_packed(tiny_cfg):
     cfg = tiny_cfg
     assert pack_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.1))) is None
+    assert pack_key(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True))) is None
     assert pack_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=16))) != pack_key(cfg)
     assert json.loads(pack_key(cfg))["batch"] == cfg.train.batch_size
     with pytest.raises(ValueError, match="pack_key"):
