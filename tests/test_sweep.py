@@ -202,6 +202,10 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
     assert text.count("to run") == 2 and "1 job array(s)" in text and "partition=gpu" in text and "60 min" in text
     assert "'mail-type': 'END'" in text
     assert not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--pack", "2",
+                 "--set", "grid.data.n_train=[8, 16, 24]"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("pack of 2: ") == 1 and "3 cells would run in 2 jobs" in text and not out.exists()
 
 
 def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):

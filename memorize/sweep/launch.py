@@ -141,12 +141,15 @@ def local_gpu_parameters(environ: Mapping[str, str], device_count: int) -> dict[
     return {"local_setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"]}
 
 
-def describe_submission(kind: str, spec: SweepSpec, n: int) -> str:
+def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None) -> str:
+    """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does."""
+    jobs = n if jobs is None else jobs
+    packed = f" in {jobs} jobs (cells trained together: --pack)" if jobs != n else ""
     if kind != "slurm":
-        return f"{n} cells would run with the {kind} executor"
+        return f"{n} cells would run{packed} with the {kind} executor"
     s = spec.slurm
-    arrays = -(-n // s.max_array_size) if n else 0
-    return (f"{n} cells would go to SLURM as {arrays} job array(s) of at most {s.max_array_size} tasks, "
+    arrays = -(-jobs // s.max_array_size) if jobs else 0
+    return (f"{n} cells would go to SLURM{packed} as {arrays} job array(s) of at most {s.max_array_size} tasks, "
             f"{s.array_parallelism} at a time; each task: {s.gpus_per_cell} GPU, {s.cpus_per_cell} CPUs, "
             f"{s.mem_gb:g} GB, {s.time_min} min, partition={s.partition}, account={s.account}, qos={s.qos}, "
             f"constraint={s.constraint}, extra={s.extra}")
@@ -265,7 +268,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
                      "running" if p.cell in busy else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
-        print(describe_submission(executor, spec, len(todo)))
+        units = pack_units(todo, pack)
+        for unit in units:
+            if len(unit) > 1:
+                print(f"pack of {len(unit)}: {' '.join(unit)}")
+        print(describe_submission(executor, spec, len(todo), len(units)))
         return report
     if not todo:
         return report
