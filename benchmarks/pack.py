@@ -10,6 +10,10 @@ second and the ratio (training only: sampling, scoring and comparing are not pac
 local executor and this machine's threads, twice in the same run: each cell alone, then with
 ``--pack`` (one model size, ``--channels``, every N of the spec, seeds 0 and 1): cells per hour,
 wall clock, everything included (process start-up, sampling, scoring, comparing).
+
+``--step`` times only the forward and backward pass of one training step per cell, alone (each
+cell's own network) against vmapped over the stacked weights: what packing gains on the
+arithmetic itself.
 """
 
 from __future__ import annotations
@@ -62,6 +66,37 @@ def sweep_slice(channels: int, pack: int) -> list[dict]:
     return rows
 
 
+def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
+    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped (best of 2)."""
+    import copy
+
+    from memorize.pack import StackedCells
+    from memorize.train import CellTraining
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainings = [CellTraining(cfg, Path(tmp) / str(i)) for i, cfg in enumerate(cells(channels, n, 10))]
+        batches = [c.draw() for c in trainings]
+        stack, base = StackedCells(trainings), copy.deepcopy(trainings[0].denoiser.net)
+
+        def alone() -> None:
+            for c, b in zip(trainings, batches):
+                c.denoiser.loss(b.x0, b.sigma, b.noise, b.labels).mean().backward()
+
+        def packed() -> None:
+            stack.losses(batches, base).sum().backward()
+
+        times = {}
+        for name, fn in (("alone", alone), ("packed", packed)) * 2:
+            fn()  # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            ms = 1000 * (time.perf_counter() - start) / repeats / n
+            times[name] = min(times.get(name, ms), ms)
+    return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "packed ms/cell": times["packed"],
+             "x alone": times["alone"] / times["packed"]}]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=8)
@@ -71,7 +106,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu", help="cpu only for now")
     parser.add_argument("--sweep", action="store_true", help="the digits sweep slice, alone vs packed")
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
+    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped")
     args = parser.parse_args(argv)
+    if args.step:
+        torch.set_num_threads(args.threads)
+        return report("pack_step", [r for c in args.channels for r in forward_backward(c, args.cells)],
+                      f"{args.threads} threads; one forward + backward pass per cell, batch of the sweep")
     if args.sweep:
         return report("pack_sweep", sweep_slice(args.channels[0], args.pack),
                       f"{SPEC.name}, local executor, {args.pack} cells per pack")
