@@ -63,6 +63,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
                        progress=not args.quiet)
     guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
+    guidance += ", counter-based noise" if cfg.noise == "counter" else ""
     print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
           f"seed {cfg.seed}) in {path}")
 
