@@ -156,3 +156,19 @@ def test_a_local_sweep_trains_on_the_gpu(tmp_path):
     (cell,) = (out / "cells").iterdir()
     assert json.loads((cell / "train.json").read_text())["device"].startswith("cuda")
     assert collect(out).search_backend.tolist() == ["torch-cuda"]
+
+
+def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, full_float32_convolutions):
+    """The stacked clip, AdamW and EMA on the GPU: three cells (different N, seed, budget, lr, weight decay,
+    clip, EMA decay, sigma_data) trained together equal their separate runs on the GPU."""
+    from memorize.cell import CellPaths
+    from memorize.pack import train_packed
+    from tests.test_pack import _same_weights, _variants
+
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, device="cuda", amp=False))
+            for c in _variants(tiny_cfg)]
+    train_packed(cfgs, [tmp_path / f"packed{i}" for i in range(3)])
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{i}", progress=False)
+        _same_weights(*(torch.load(CellPaths(tmp_path / f"{kind}{i}").latest_checkpoint(), weights_only=False,
+                                   map_location="cpu") for kind in ("packed", "alone")), atol=1e-4)
