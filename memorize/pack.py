@@ -88,7 +88,8 @@ class StackedCells:
         self.names = [n for n, _ in nets[0].named_parameters()]
         params, self.buffers = stack_module_state(nets)
         self.params = {n: params[n].detach().requires_grad_() for n in self.names}
-        self.ema = {n: torch.stack([dict(e.named_parameters())[n].detach() for e in emas]) for n in self.names}
+        ema_params = [dict(e.named_parameters()) for e in emas]
+        self.ema = {n: torch.stack([p[n].detach() for p in ema_params]) for n in self.names}
         states = [[c.optimizer.state[p] for p in c.denoiser.net.parameters()] for c in cells]
         self.exp_avg, self.exp_avg_sq = ({n: torch.stack([st[j][key] if st[j] else torch.zeros_like(self.params[n][0])
                                                           for st in states]).detach()
