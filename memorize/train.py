@@ -300,12 +300,16 @@ class CellTraining:
             raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1} with a "
                                      f"finite loss; {self.last_good()}. Try a lower train.lr or a train.grad_clip.")
 
+    def _evaluates_at(self, step: int) -> bool:
+        return step % self.cfg.train.eval_every == 0 or step == self.budget or step in self.kept
+
+    def _checkpoints_at(self, step: int) -> bool:
+        return step % self.cfg.train.checkpoint_every == 0 or step == self.budget or step in self.kept
+
     def reads_state(self, asked: bool = False) -> bool:
         """Whether :meth:`record` of the coming step evaluates or checkpoints, so reads the weights, the EMA
         and the optimizer state."""
-        step, cfg = self.step + 1, self.cfg.train
-        return (asked or step % cfg.eval_every == 0 or step % cfg.checkpoint_every == 0 or step == self.budget
-                or step in self.kept)
+        return asked or self._evaluates_at(self.step + 1) or self._checkpoints_at(self.step + 1)
 
     def record(self, loss: float, asked: bool = False) -> bool:
         """The step is taken: count it, log, evaluate and checkpoint on schedule (and, where ``asked``, off
@@ -314,13 +318,13 @@ class CellTraining:
         self.step += 1
         step = self.step
         self.losses.append(loss)
-        at_kept = step in self.kept
-        if step % cfg.train.log_every == 0 or step % cfg.train.eval_every == 0 or step == self.budget or at_kept:
+        evaluates = self._evaluates_at(step)
+        if step % cfg.train.log_every == 0 or evaluates:
             row = {"step": step, "lr": self.lr,
                    "running_loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
                    "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - self.start_time, 3)}
             self.losses = []
-            if step % cfg.train.eval_every == 0 or step == self.budget or at_kept:
+            if evaluates:
                 ema = self.ema.module
                 ema.eval()
                 # The same number of training items as held-out ones, so the two losses compare.
@@ -329,7 +333,7 @@ class CellTraining:
                 row["heldout_loss"] = fixed_noise_loss(ema, data.heldout, data.heldout_labels, cfg, self.device)
                 row["train_loss"] = fixed_noise_loss(ema, data.train[:n_eval], train_eval_labels, cfg, self.device)
             self.rows.append(row)
-        scheduled = step % cfg.train.checkpoint_every == 0 or step == self.budget or at_kept
+        scheduled = self._checkpoints_at(step)
         if scheduled or asked:
             self.elapsed = time.perf_counter() - self.start_time
             self.save_checkpoint(interim=not scheduled)

@@ -124,7 +124,8 @@ def _nearest_two_on_host(samples, train, candidates: int, batch_size: int, backe
 def _nearest_two_on_device(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
     """Duplicate check, search and float64 re-ranking on the backend's torch device."""
     device = torch.device(backend.removeprefix("torch-"))
-    queries, base = device_search.as_tensor_rows(samples).to(device), device_search.as_tensor_rows(train)
+    queries = device_search.as_tensor_rows(samples).to(device)
+    base = device_search.resident(device_search.as_tensor_rows(train), device)
     _check_dims(queries.shape[1], base.shape[1])
     keep = device_search.distinct_rows(base, device)
     _check_distinct(len(keep), len(base))
@@ -268,8 +269,8 @@ def _most_similar_on_host(sample_features, train_features, candidates: int, batc
 def _most_similar_on_device(sample_features, train_features, candidates: int, batch_size: int, backend: str):
     """(nearest, similarity, usable, backend): norms, cosine search and float64 re-ranking on the device."""
     device = torch.device(backend.removeprefix("torch-"))
-    queries, base = device_search.as_tensor_rows(sample_features).to(device), \
-        device_search.as_tensor_rows(train_features)
+    queries = device_search.as_tensor_rows(sample_features).to(device)
+    base = device_search.resident(device_search.as_tensor_rows(train_features), device)
     _check_descriptors(queries.shape[1], base.shape[1])
     base_norms = device_search.row_norms(base, device)
     _check_descriptors(queries.shape[1], base.shape[1], (~(base_norms.isfinite() & (base_norms > 0))).cpu().numpy())

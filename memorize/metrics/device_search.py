@@ -14,8 +14,11 @@ all three run on ``device``, the training set streamed to it ``TORCH_BASE_CHUNK`
 - :func:`exact_l2` / :func:`exact_cosine`: the candidates' distances (cosines) in float64 from the
   rows as given, one training chunk at a time: every candidate that falls in the chunk, then the next.
 
-Device memory: the queries (own precision plus a float32 copy), one training chunk, the search's
-O(batch x chunk) scores and the re-ranking's ``DEVICE_RERANK_ELEMENTS`` float64 values.
+A training set in host memory of at most ``DEVICE_RESIDENT_BYTES`` is sent to the device once
+(:func:`resident`) and the three passes slice it there; a larger one is sent chunk by chunk in each
+pass. Device memory: the queries (own precision plus a float32 copy), that resident copy or one
+training chunk, the search's O(batch x chunk) scores and the re-ranking's ``DEVICE_RERANK_ELEMENTS``
+float64 values.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import torch
 TORCH_BASE_CHUNK = 16384
 # Float64 values per re-ranking step on the device (256 MiB).
 DEVICE_RERANK_ELEMENTS = 1 << 25
+# Training sets up to this size go to the device once; larger ones are streamed in every pass.
+DEVICE_RESIDENT_BYTES = 4 << 30
 # Seed of the fingerprint multipliers (fixed: a fingerprint is a pure function of the row).
 FINGERPRINT_SEED = 20261124
 
@@ -41,6 +46,14 @@ def as_tensor_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     if not t.is_floating_point():
         t = t.double()
     return t.reshape(len(t), -1)
+
+
+def resident(base: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``base`` on ``device`` if it is there already or fits ``DEVICE_RESIDENT_BYTES`` (one copy, which
+    every pass then slices), else as it is (each pass streams it in chunks)."""
+    if base.numel() * base.element_size() <= DEVICE_RESIDENT_BYTES:
+        return base.to(device)
+    return base
 
 
 def base_chunks(base: torch.Tensor, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
