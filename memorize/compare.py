@@ -89,25 +89,27 @@ def gap_figure(table: pd.DataFrame, title: str = ""):
     """Left: the trained denoiser's gap to the empirical and Gaussian denoisers over sigma; right: the
     denoising error of each denoiser; solid lines training images, dashed held-out."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    gaps = table.melt(id_vars=["split", "sigma"], value_vars=[c for c in table if c.startswith("gap_")],
-                      var_name="reference", value_name="mean squared difference")
-    gaps["reference"] = gaps["reference"].str.removeprefix("gap_")
-    errors = table.melt(id_vars=["split", "sigma"], value_vars=[c for c in table if c.startswith("mse_")],
-                        var_name="denoiser", value_name="denoising MSE")
-    errors["denoiser"] = errors["denoiser"].str.removeprefix("mse_")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"train": "-", "heldout": "--"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    sns.lineplot(gaps, x="sigma", y="mean squared difference", hue="reference", style="split", marker="o",
-                 ax=axes[0])
-    sns.lineplot(errors, x="sigma", y="denoising MSE", hue="denoiser", style="split", marker="o", ax=axes[1])
-    axes[0].set_title("trained denoiser vs closed-form references", fontsize=9)
-    axes[1].set_title("denoising error", fontsize=9)
-    for ax in axes:
+    panels = [(axes[0], "gap_", "mean squared difference", "reference", "trained denoiser vs closed-form references"),
+              (axes[1], "mse_", "denoising MSE", "denoiser", "denoising error")]
+    for ax, prefix, ylabel, legend_title, panel_title in panels:
+        names = [c.removeprefix(prefix) for c in table if c.startswith(prefix)]
+        for k, name in enumerate(names):
+            for split, rows in table.groupby("split", sort=False):
+                rows = rows.sort_values("sigma")
+                ax.plot(rows["sigma"], rows[prefix + name], styles.get(split, ":"), marker="o", ms=4,
+                        color=colors[k % len(colors)], label=f"{name}, {split}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlabel("sigma")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=9)
+        ax.legend(fontsize=7, title=f"{legend_title}, images", title_fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.86, wspace=0.25)  # tight_layout: 0.3 s more
     return fig
 
 
@@ -165,7 +167,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     out = paths.root / out_dir
     atomic_write_text(out / "gap.csv", table.to_csv(index=False))
     fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}")
-    atomic_save_figure(out / "gap.png", fig, dpi=130, bbox_inches="tight")
+    atomic_save_figure(out / "gap.png", fig, dpi=130)
     plt.close(fig)
     summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "threshold_setting": setting,
                "n_eval": n_eval,

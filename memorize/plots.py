@@ -9,15 +9,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _show(ax: plt.Axes, image: np.ndarray) -> None:
-    """Draw one (C, H, W) image in [-1, 1]."""
+def _to_display(image: np.ndarray) -> np.ndarray:
+    """One (C, H, W) image in [-1, 1] as (H, W) grey or (H, W, 3) colour in [0, 1]."""
     img = (np.clip(image, -1, 1) + 1) / 2
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def image_mosaic(rows: list[list[np.ndarray]], pad: int = 1, background: float = 1.0) -> np.ndarray:
+    """Images laid out in rows and columns with ``pad`` pixels of ``background`` around each: one array
+    for a single ``imshow`` (many small axes, one per image, cost matplotlib a second per figure)."""
+    first = _to_display(rows[0][0])
+    h, w = first.shape[:2]
+    width = max(len(r) for r in rows)
+    mosaic = np.full((pad + len(rows) * (h + pad), pad + width * (w + pad), *first.shape[2:]), background)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            mosaic[top:top + h, left:left + w] = _to_display(image)
+    return mosaic
 
 
 def nearest_neighbour_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarray, ratio: np.ndarray,
@@ -28,29 +37,26 @@ def nearest_neighbour_figure(samples: np.ndarray, train: np.ndarray, nearest: np
     ranked = valid[np.argsort(ratio[valid], kind="stable")]
     n = max(1, min(n, len(ranked) // 2 or 1))
     groups = [("most memorized", ranked[:n]), ("least memorized", ranked[::-1][:n])]
-    fig, axes = plt.subplots(2, 2 * n + 1, figsize=(1.1 * (2 * n + 1), 2.6), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * n + [0.3] + [1] * n})
-    for ax in axes[:, n]:
-        ax.axis("off")
-    for block, (label, idx) in enumerate(groups):
-        for j in range(n):
-            col = j + block * (n + 1)
-            for row in range(2):
-                ax = axes[row, col]
-                if j >= len(idx):
-                    ax.axis("off")
-                    continue
-                _show(ax, samples[idx[j]] if row == 0 else train[nearest[idx[j]]])
-                if row == 0:
-                    ax.set_title(f"d1/d2={ratio[idx[j]]:.2f}", fontsize=6)
-        axes[0, block * (n + 1)].set_ylabel("sample", fontsize=7)
-        axes[1, block * (n + 1)].set_ylabel("nearest\ntraining", fontsize=7)
-        axes[0, block * (n + 1) + n // 2].annotate(label, (0.5, 1.45), xycoords="axes fraction", ha="center",
-                                                   fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(1.75 * n + 1.4, 2.6), squeeze=False)
+    h, w = samples.shape[-2:]
+    for ax, (label, idx) in zip(axes[0], groups):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+        if not len(idx):
+            continue
+        mosaic = image_mosaic([[samples[i] for i in idx], [train[nearest[i]] for i in idx]], pad=max(1, h // 8))
+        ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  extent=(0, len(idx), 2, 0))  # one unit per image: column j spans [j, j + 1]
+        for j, i in enumerate(idx):
+            ax.text(j + 0.5, -0.02, f"d1/d2={ratio[i]:.2f}", ha="center", va="bottom", fontsize=6)
+        ax.set_yticks([0.5, 1.5], ["sample", "nearest\ntraining"], fontsize=7)
+        ax.tick_params(length=0)
+        ax.set_title(label, fontsize=8, pad=12)
     caption = ("top: generated samples; bottom: their nearest training images; d1/d2: distance to the nearest over "
                "distance to the second-nearest training image (memorized below 1/3)")
-    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=7, y=1.02)
-    fig.tight_layout()
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=7)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.02, top=0.72, wspace=0.12)
     return fig
 
 

@@ -114,3 +114,32 @@ def test_criterion_titles_carry_the_largest_heldout_false_positive_rate():
     none = plots.memorization_vs_n_figure(results.assign(fpr_nn=0.0))
     assert none.axes[0].get_title().endswith("no held-out image flagged, after 800 training steps")
     assert "> 0.95" in titles[1]
+
+
+def test_image_mosaic_puts_each_image_at_its_row_and_column_with_padding():
+    grey = [np.full((1, 2, 3), v) for v in (-1.0, 0.0, 1.0)]  # (C, H, W) in [-1, 1]
+    mosaic = plots.image_mosaic([grey[:2], grey[2:]], pad=1, background=0.25)
+    assert mosaic.shape == (1 + 2 * 3, 1 + 2 * 4)  # two rows of height 2, two columns of width 3, 1-pixel gaps
+    assert (mosaic[1:3, 1:4] == 0.0).all() and (mosaic[1:3, 5:8] == 0.5).all() and (mosaic[4:6, 1:4] == 1.0).all()
+    assert (mosaic[4:6, 5:8] == 0.25).all()  # a short row leaves background
+    assert (mosaic[0] == 0.25).all() and (mosaic[:, 4] == 0.25).all()
+    rgb = np.stack([np.full((2, 2), -1.0), np.zeros((2, 2)), np.ones((2, 2))])
+    colour = plots.image_mosaic([[rgb]], pad=0)
+    assert colour.shape == (2, 2, 3) and colour[0, 0].tolist() == [0.0, 0.5, 1.0]  # channels last
+
+
+@pytest.mark.parametrize("channels,n_samples", [(1, 1), (3, 7)])
+def test_nearest_neighbour_figure_draws_one_image_per_block(channels, n_samples):
+    rng = np.random.default_rng(0)
+    samples = rng.uniform(-1, 1, (n_samples, channels, 4, 4))
+    train = rng.uniform(-1, 1, (5, channels, 4, 4))
+    ratio = rng.uniform(0, 1, n_samples)
+    fig = plots.nearest_neighbour_figure(samples, train, rng.integers(0, 5, n_samples), ratio, n=3)
+    blocks = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in fig.axes] == ["most memorized", "least memorized"]
+    shown = min(3, max(1, n_samples // 2))
+    for ax in blocks:
+        (image,) = ax.images
+        assert image.get_array().shape[:2] == (1 + 2 * 5, 1 + shown * 5)  # pad = max(1, 4 // 8) = 1
+        assert len(ax.texts) == shown
+    assert len(blocks) == 2
