@@ -12,7 +12,8 @@ local executor and this machine's threads, twice in the same run: each cell alon
 wall clock, everything included (process start-up, sampling, scoring, comparing).
 
 ``--step`` times only the forward and backward pass of one training step per cell, alone (each
-cell's own network) against vmapped over the stacked weights: what packing gains on the
+cell's own network) against vmapped over the stacked weights and against the wide network whose
+layers are grouped by cell (memorize.models.wide, what packs use): what packing gains on the
 arithmetic itself.
 """
 
@@ -67,7 +68,7 @@ def sweep_slice(channels: int, pack: int) -> list[dict]:
 
 
 def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
-    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped (best of 2)."""
+    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 2)."""
     import copy
 
     from memorize.pack import StackedCells
@@ -76,25 +77,30 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         trainings = [CellTraining(cfg, Path(tmp) / str(i)) for i, cfg in enumerate(cells(channels, n, 10))]
         batches = [c.draw() for c in trainings]
-        stack, base = StackedCells(trainings), copy.deepcopy(trainings[0].denoiser.net)
+        vmapped, wide, base = StackedCells(trainings), StackedCells(trainings), copy.deepcopy(trainings[0].denoiser.net)
+        vmapped.wide = False  # no wide network: vmap over functional_call
 
         def alone() -> None:
             for c, b in zip(trainings, batches):
                 c.denoiser.loss(b.x0, b.sigma, b.noise, b.labels).mean().backward()
+                c.denoiser.net.zero_grad(set_to_none=True)
 
-        def packed() -> None:
+        def packed(stack: StackedCells) -> None:
             stack.losses(batches, base).sum().backward()
+            for p in stack.params.values():
+                p.grad = None
 
         times = {}
-        for name, fn in (("alone", alone), ("packed", packed)) * 2:
+        for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 2:
             fn()  # warm-up
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()
             ms = 1000 * (time.perf_counter() - start) / repeats / n
             times[name] = min(times.get(name, ms), ms)
-    return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "packed ms/cell": times["packed"],
-             "x alone": times["alone"] / times["packed"]}]
+    return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "vmapped ms/cell": times["vmapped"],
+             "wide ms/cell": times["wide"], "x alone": times["alone"] / times["wide"],
+             "x vmapped": times["vmapped"] / times["wide"]}]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu", help="cpu only for now")
     parser.add_argument("--sweep", action="store_true", help="the digits sweep slice, alone vs packed")
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
-    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped")
+    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped vs wide")
     args = parser.parse_args(argv)
     if args.step:
         torch.set_num_threads(args.threads)

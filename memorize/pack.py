@@ -7,15 +7,16 @@ overhead (Python, dispatch, kernel launches). Cells whose networks have the same
 
 1. every cell draws its own minibatch, noise levels and noise from its own generator
    (:meth:`memorize.train.CellTraining.draw`, the stream it draws alone);
-2. the cells' parameters are stacked (``torch.func.stack_module_state``) and one ``vmap`` over
-   ``functional_call`` gives every cell's loss, ``lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2``
-   (EDM eq. 2 and 8, as :meth:`memorize.diffusion.Denoiser.loss`);
+2. the cells' parameters are stacked (``torch.func.stack_module_state``) and one call gives every
+   cell's loss, ``lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2`` (EDM eq. 2 and 8, as
+   :meth:`memorize.diffusion.Denoiser.loss`): of the wide network whose layers are grouped by cell
+   (:mod:`memorize.models.wide`: U-Nets and MLPs), or else of ``vmap`` over ``functional_call``;
 3. one backward pass of the summed losses gives each cell its own gradient (no parameter is
    shared, so d(sum)/d(theta_k) = d(loss_k)/d(theta_k));
 4. every cell's gradient is clipped to its own norm, and its AdamW step and EMA update are taken,
-   on the stacked tensors (:class:`StackedCells`: one operation per parameter tensor for all cells,
-   each with its own learning rate, weight decay, clip and EMA decay, by the formulas of
-   ``clip_grad_norm_``, ``torch.optim.AdamW`` and :func:`memorize.train.ema_update`);
+   on the stacked state (:class:`StackedCells`: a dozen operations on (K, P) buffers for all cells
+   and parameters, each cell with its own learning rate, weight decay, clip and EMA decay, by the
+   formulas of ``clip_grad_norm_``, ``torch.optim.AdamW`` and :func:`memorize.train.ema_update`);
 5. each cell logs, evaluates and checkpoints exactly as alone (:meth:`memorize.train.CellTraining.record`),
    its slices of the stacks copied into its own modules and optimizer first where it reads them.
 
@@ -38,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from memorize.config import CellConfig, to_dict
 from memorize.diffusion.precond import coefficients, network_target
+from memorize.models.wide import wide_parameters, widen
 from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
 
 
@@ -68,16 +70,34 @@ def _cell_loss(net: torch.nn.Module, parameterization: str):
     return loss
 
 
+def _wide_losses(wide: torch.nn.Module, params: dict, parameterization: str, sigma_data: torch.Tensor,
+                 x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """K cells' mean losses, (K,), from one pass of their wide network (:func:`memorize.models.wide.widen`):
+    ``x0`` and ``noise`` (K, B, C, ...), ``sigma`` and ``labels`` (K, B), ``params`` stacked (K, ...); the
+    formula of :func:`_cell_loss`, each cell's images side by side along the channels."""
+    k = x0.shape[0]
+    s = sigma.reshape(*sigma.shape, *([1] * (x0.ndim - 2)))
+    sd = sigma_data.reshape(k, *([1] * (x0.ndim - 1)))
+    x = x0 + s * noise
+    c = coefficients(parameterization, s, sd)
+    x_in = (c.c_in * x).transpose(0, 1).flatten(1, 2)  # (B, K * C, ...)
+    output = functional_call(wide, wide_parameters(params),
+                             (x_in, c.c_noise.reshape(k, -1).T, None if labels is None else labels.T))
+    output = output.unflatten(1, (k, -1)).transpose(0, 1).to(x.dtype)
+    return (output - network_target(parameterization, x0, x, s, sd)).square().flatten(2).mean(2).mean(1)
+
+
 class StackedCells:
     """The trainable state of K cells held stacked along a new first dimension, updated for all at once.
 
     ``params``, ``ema``, ``exp_avg`` and ``exp_avg_sq`` map each parameter name of the network to a
-    (K, ...) tensor; ``adam_steps`` and ``ema_counts`` are (K,) float64. Each step, one vmapped loss
-    (:meth:`losses`) and one backward pass give the stacked gradients; :meth:`update` clips each cell's
-    gradient to its own norm, takes each cell's AdamW step and EMA update with its own learning rate,
-    weight decay, clip and decay, every formula as ``torch.nn.utils.clip_grad_norm_``,
-    ``torch.optim.AdamW`` and :func:`memorize.train.ema_update` compute it, in one operation per
-    parameter tensor for all cells. :meth:`write_back` copies cell k's slices into its own modules and
+    (K, ...) tensor, a view of one (K, P) buffer (``flat``: all P parameters of each cell in a row);
+    ``adam_steps`` and ``ema_counts`` are (K,) float64. Each step, one batched loss (:meth:`losses`)
+    and one backward pass give the stacked gradients; :meth:`update` clips each cell's gradient to its
+    own norm, takes each cell's AdamW step and EMA update with its own learning rate, weight decay,
+    clip and decay, every formula as ``torch.nn.utils.clip_grad_norm_``, ``torch.optim.AdamW`` and
+    :func:`memorize.train.ema_update` compute it, in a dozen operations on the (K, P) buffers for all
+    cells and tensors at once. :meth:`write_back` copies cell k's slices into its own modules and
     optimizer state, where they are read (evaluation, checkpoints); a stack is built afresh from the
     cells whenever the set of cells changes.
     """
@@ -87,13 +107,18 @@ class StackedCells:
         nets, emas = [c.denoiser.net for c in cells], [c.ema.module.net for c in cells]
         self.names = [n for n, _ in nets[0].named_parameters()]
         params, self.buffers = stack_module_state(nets)
-        self.params = {n: params[n].detach().requires_grad_() for n in self.names}
         ema_params = [dict(e.named_parameters()) for e in emas]
-        self.ema = {n: torch.stack([p[n].detach() for p in ema_params]) for n in self.names}
         states = [[c.optimizer.state[p] for p in c.denoiser.net.parameters()] for c in cells]
-        self.exp_avg, self.exp_avg_sq = ({n: torch.stack([st[j][key] if st[j] else torch.zeros_like(self.params[n][0])
-                                                          for st in states]).detach()
-                                          for j, n in enumerate(self.names)} for key in ("exp_avg", "exp_avg_sq"))
+        moments = {key: {n: torch.stack([st[j][key] if st[j] else torch.zeros_like(params[n][0]) for st in states])
+                         for j, n in enumerate(self.names)} for key in ("exp_avg", "exp_avg_sq")}
+        self.flat = {"params": self._flatten(params), "ema": self._flatten(
+                     {n: torch.stack([p[n] for p in ema_params]) for n in self.names}),
+                     "exp_avg": self._flatten(moments["exp_avg"]), "exp_avg_sq": self._flatten(moments["exp_avg_sq"])}
+        shapes = {n: params[n].shape for n in self.names}
+        self.params, self.ema, self.exp_avg, self.exp_avg_sq = (self._views(self.flat[key], shapes)
+                                                                for key in ("params", "ema", "exp_avg", "exp_avg_sq"))
+        for p in self.params.values():
+            p.requires_grad_()  # each a leaf: its gradient lands in p.grad, (K, ...)
         self.adam_steps = torch.tensor([float(st[0]["step"]) if st[0] else 0.0 for st in states], dtype=torch.float64)
         self.ema_counts = torch.tensor([float(c.ema.n_averaged) for c in cells], dtype=torch.float64)
         group = cells[0].optimizer.param_groups[0]
@@ -106,20 +131,39 @@ class StackedCells:
                                      device=device)
         self.decay = torch.tensor([c.cfg.train.ema_decay for c in cells], dtype=torch.float64)
         self.sigma_data = torch.tensor([c.sigma_data for c in cells], dtype=torch.float32, device=device)
+        self.wide: torch.nn.Module | None | bool = None  # the cells' wide network, built at the first step (False: none)
+
+    def _flatten(self, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(K, ...) tensors, in parameter order, side by side as one (K, P) buffer."""
+        return torch.cat([stacked[n].detach().flatten(1) for n in self.names], dim=1)
+
+    def _views(self, flat: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+        """The (K, ...) tensors of a (K, P) buffer as views of it, by parameter name."""
+        views, start = {}, 0
+        for n in self.names:
+            size = math.prod(shapes[n][1:])
+            views[n] = flat[:, start:start + size].view(shapes[n])
+            start += size
+        return views
 
     def _per_cell(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """(K,) values as a tensor that broadcasts over ``like``'s (K, ...) slices, in its dtype and device."""
         return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def losses(self, batches: list, base: torch.nn.Module) -> torch.Tensor:
-        """Every cell's loss on its batch from one vmapped call over ``base`` (a network of the cells'
-        shape whose own weights are not used), (K,)."""
+        """Every cell's loss on its batch, (K,), from one pass of the wide network built from ``base`` (a
+        network of the cells' shape whose own weights are not used), or one vmapped call over ``base``."""
         cells = self.cells
         x0, sigma, noise = (torch.stack([getattr(b, f) for b in batches]) for f in ("x0", "sigma", "noise"))
         labels = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
-        fn = vmap(_cell_loss(base, cells[0].denoiser.parameterization),
-                  in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))
+        parameterization = cells[0].denoiser.parameterization
+        if self.wide is None:
+            self.wide = widen(base, len(cells)) or False
         with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp):
+            if self.wide:
+                return _wide_losses(self.wide, self.params, parameterization, self.sigma_data, x0, sigma, noise,
+                                    labels)
+            fn = vmap(_cell_loss(base, parameterization), in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))
             return fn(self.params, self.buffers, self.sigma_data, x0, sigma, noise, labels)
 
     @torch.no_grad()
@@ -127,9 +171,15 @@ class StackedCells:
         """With the stacked gradients in place: clip, AdamW and EMA for every cell (at its ``lr`` of this
         step). Returns each cell's total gradient norm before clipping (a non-finite one: that cell's
         slices are garbage from here on and it must leave)."""
-        grads = {n: self.params[n].grad for n in self.names if self.params[n].grad is not None}
-        # clip_grad_norm_: the norm of the per-tensor norms; every gradient times min(1, max / (norm + 1e-6))
-        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()]).norm(dim=0)
+        params = [self.params[n] for n in self.names]
+        # torch's AdamW leaves a parameter without a gradient untouched (no decay, no moment update)
+        unused = {n: (self.params[n].clone(), self.exp_avg[n].clone(), self.exp_avg_sq[n].clone())
+                  for n in self.names if self.params[n].grad is None}
+        g = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten(1) for p in params], dim=1)
+        for p in params:
+            p.grad = None
+        # clip_grad_norm_: every gradient times min(1, max / (norm + 1e-6)), the norm over all the cell's tensors
+        norms = g.norm(dim=1)
         clip = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
         lr = torch.tensor([c.lr for c in self.cells], dtype=torch.float64)
         self.adam_steps += 1
@@ -138,20 +188,21 @@ class StackedCells:
         shrink = 1 - lr * self.weight_decay
         step_size = lr / (1 - self.beta1 ** self.adam_steps)
         root_correction = (1 - self.beta2 ** self.adam_steps).sqrt()
+        p, m, v, ema = (self.flat[key] for key in ("params", "exp_avg", "exp_avg_sq", "ema"))
+        g.mul_(self._per_cell(clip, g))
+        p.mul_(self._per_cell(shrink, p))
+        m.lerp_(g, 1 - self.beta1)
+        v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+        denom = (v.sqrt() / self._per_cell(root_correction, v)).add_(self.eps)
+        p.sub_(self._per_cell(step_size, p) * m / denom)
+        for name, (p_old, m_old, v_old) in unused.items():
+            self.params[name].copy_(p_old)
+            self.exp_avg[name].copy_(m_old)
+            self.exp_avg_sq[name].copy_(v_old)
         # the EMA's decay after n updates, min(decay, (1 + n) / (10 + n)); its first update copies
         n = self.ema_counts
-        ema_weight = torch.where(n == 0, 1.0, 1 - torch.minimum(self.decay, (1 + n) / (10 + n)))
+        ema.lerp_(p, self._per_cell(torch.where(n == 0, 1.0, 1 - torch.minimum(self.decay, (1 + n) / (10 + n))), p))
         self.ema_counts += 1
-        for name, g in grads.items():
-            p, m, v = self.params[name], self.exp_avg[name], self.exp_avg_sq[name]
-            g.mul_(self._per_cell(clip, g))
-            p.mul_(self._per_cell(shrink, p))
-            m.lerp_(g, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v.sqrt() / self._per_cell(root_correction, v)).add_(self.eps)
-            p.sub_(self._per_cell(step_size, p) * m / denom)
-            self.ema[name].lerp_(p, self._per_cell(ema_weight, p))
-            p.grad = None
         return norms.tolist()
 
     @torch.no_grad()

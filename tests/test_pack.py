@@ -10,7 +10,7 @@ import torch
 import memorize.pack as pack_module
 from memorize.cell import CellPaths
 from memorize.pack import pack_key, train_packed
-from memorize.train import NonFiniteLossError, train
+from memorize.train import CellTraining, NonFiniteLossError, train
 
 
 def _variants(tiny_cfg):
@@ -85,6 +85,21 @@ def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path
     train(cfgs[1], tmp_path / "alone", progress=False)
     _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(20), weights_only=False)
                     for d in ("good", "alone")), atol=1e-5)
+
+
+def test_a_parameter_without_a_gradient_keeps_its_weights_and_moments_as_torch_adamw_does(tiny_cfg, tmp_path):
+    cells = [CellTraining(c, tmp_path / str(i)) for i, c in enumerate(_variants(tiny_cfg)[:2])]
+    stack = pack_module.StackedCells(cells)
+    for _ in range(2):  # two steps: nonzero moments to keep
+        stack.losses([c.draw() for c in cells], cells[0].denoiser.net).sum().backward()
+        if _ == 1:
+            stack.params["conv_in.weight"].grad = None  # as if conv_in took no part in this step
+        before = {key: {n: t.clone() for n, t in getattr(stack, key).items()}
+                  for key in ("params", "exp_avg", "exp_avg_sq")}
+        stack.update()
+    for key in ("params", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(getattr(stack, key)["conv_in.weight"], before[key]["conv_in.weight"]), key
+        assert not torch.equal(getattr(stack, key)["conv_in.bias"], before[key]["conv_in.bias"]), key
 
 
 def test_what_cannot_be_packed(tiny_cfg):

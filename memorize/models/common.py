@@ -28,7 +28,8 @@ def count_architecture_parameters(model: nn.Module) -> int:
 
 class SinusoidalEmbedding(nn.Module):
     """``[cos(f_j c), sin(f_j c)]`` with frequencies ``f_j`` geometric in [1, max_freq]
-    (the transformer positional encoding of Vaswani et al. 2017 applied to c_noise)."""
+    (the transformer positional encoding of Vaswani et al. 2017 applied to c_noise). ``c`` of shape (B,) gives
+    (B, dim); (B, K), K networks' noise levels (memorize.models.wide), gives (B, K * dim)."""
 
     def __init__(self, dim: int, max_freq: float = 1000.0):
         super().__init__()
@@ -36,8 +37,8 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(max_freq), half)), persistent=False)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        angles = c.float()[:, None] * self.freqs[None]
-        return torch.cat([angles.cos(), angles.sin()], dim=1)
+        angles = c.float()[..., None] * self.freqs
+        return torch.cat([angles.cos(), angles.sin()], dim=-1).flatten(1)
 
 
 NULL_LABEL = -1  # "no class": the unconditional denoiser D(x, none) of classifier-free guidance

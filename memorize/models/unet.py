@@ -41,6 +41,8 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H*W positions, residual."""
 
+    cells = 1  # K networks' channels side by side (memorize.models.wide): attention within each network's own
+
     def __init__(self, channels: int, heads: int = 1):
         super().__init__()
         self.heads = heads
@@ -52,12 +54,15 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        qkv = self.qkv(self.norm(x)).reshape(b, self.cells, 3, self.heads, c // (self.cells * self.heads), h * w)
+        q, k, v = qkv.unbind(2)
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
 class UNet(nn.Module):
+    cells = 1  # K networks' channels side by side (memorize.models.wide): skips joined within each network
+
     def __init__(self, in_channels: int, resolution: int, channels: int = 32,
                  channel_mult: tuple[int, ...] = (1, 2), blocks_per_level: int = 1,
                  attention_resolutions: tuple[int, ...] = (), dropout: float = 0.0, num_classes: int = 0,
@@ -111,6 +116,12 @@ class UNet(nn.Module):
         h = stage[0](h, emb)
         return stage[1](h) if len(stage) > 1 else h
 
+    def _join(self, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The decoder's input and its skip connection along the channels (each network's own, side by side)."""
+        if self.cells == 1:
+            return torch.cat([h, skip], dim=1)
+        return torch.cat([h.unflatten(1, (self.cells, -1)), skip.unflatten(1, (self.cells, -1))], dim=2).flatten(1, 2)
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(c_noise, labels)
         h = self.conv_in(x)
@@ -123,5 +134,5 @@ class UNet(nn.Module):
             if isinstance(layer, nn.Upsample):
                 h = layer(h)
             else:
-                h = self._run_stage(layer, torch.cat([h, skips.pop()], dim=1), emb)
+                h = self._run_stage(layer, self._join(h, skips.pop()), emb)
         return self.out(h)
