@@ -68,7 +68,7 @@ def sweep_slice(channels: int, pack: int) -> list[dict]:
 
 
 def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
-    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 2)."""
+    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3)."""
     import copy
 
     from memorize.pack import StackedCells
@@ -91,7 +91,7 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
                 p.grad = None
 
         times = {}
-        for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 2:
+        for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 3:
             fn()  # warm-up
             start = time.perf_counter()
             for _ in range(repeats):
