@@ -158,9 +158,10 @@ class StackedCells:
         labels = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
         parameterization = cells[0].denoiser.parameterization
         if self.wide is None:
-            self.wide = widen(base, len(cells)) or False
+            wide = widen(base, len(cells))
+            self.wide = False if wide is None else wide
         with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp):
-            if self.wide:
+            if self.wide is not False:
                 return _wide_losses(self.wide, self.params, parameterization, self.sigma_data, x0, sigma, noise,
                                     labels)
             fn = vmap(_cell_loss(base, parameterization), in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))

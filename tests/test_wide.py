@@ -68,7 +68,7 @@ def test_wide_and_vmapped_losses_and_gradients_agree(tiny_cfg, tmp_path):
         loss = stack.losses(batches, cells[0].denoiser.net)
         loss.sum().backward()
         results.append((loss.detach(), {n: p.grad for n, p in stack.params.items()}))
-        assert bool(stack.wide) == (wide is None)
+        assert (stack.wide is not False) == (wide is None)
     (wide_loss, wide_grads), (vmap_loss, vmap_grads) = results
     torch.testing.assert_close(wide_loss, vmap_loss, atol=1e-6, rtol=1e-5)
     assert not torch.equal(wide_loss[0], wide_loss[1])
