@@ -149,3 +149,14 @@ def test_gmm_matches_its_mixture():
         assert torch.allclose(torch.cov(pts.T), ds.mixture.covs[k], atol=0.01)
     # the same seed gives the same data
     assert torch.equal(load_dataset(DataConfig(name="gmm", gmm=cfg)).data, ds.data)
+
+
+def test_digits_parsed_once_still_give_each_caller_its_own_tensors():
+    from memorize.data.datasets import load_digits
+
+    first = load_digits()
+    first.data.add_(5.0)
+    first.labels.add_(1)
+    again = load_digits()
+    assert again.data.min() == -1.0 and again.data.max() == 1.0  # values 0..16 scaled to [-1, 1]
+    assert again.labels[:5].tolist() == [0, 1, 2, 3, 4]
