@@ -56,16 +56,28 @@ def pack_key(cfg: CellConfig) -> str | None:
                        "amp": cfg.train.amp}, sort_keys=True)
 
 
+def _squared_error(parameterization: str, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor,
+                   sigma_data: torch.Tensor, network) -> torch.Tensor:
+    """``(F(c_in x, c_noise) - target)^2`` elementwise at ``x = x0 + s n``: the loss of
+    :meth:`memorize.diffusion.Denoiser.loss` before its mean, in the network's output space
+    (``lambda(sigma) = 1 / c_out^2``, EDM eq. 8); ``network(x_in, c_noise)`` gives F."""
+    x = x0 + s * noise
+    c = coefficients(parameterization, s, sigma_data)
+    output = network(c.c_in * x, c.c_noise).to(x.dtype)
+    return (output - network_target(parameterization, x0, x, s, sigma_data)).square()
+
+
 def _cell_loss(net: torch.nn.Module, parameterization: str):
     """One cell's mean loss as a function of its parameters, buffers, ``sigma_data`` and batch (for vmap)."""
 
     def loss(params: dict, buffers: dict, sigma_data: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
              noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-        x = x0 + s * noise
-        c = coefficients(parameterization, s, sigma_data)
-        output = functional_call(net, (params, buffers), (c.c_in * x, c.c_noise.reshape(-1), labels)).to(x.dtype)
-        return (output - network_target(parameterization, x0, x, s, sigma_data)).square().flatten(1).mean(1).mean()
+
+        def network(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return functional_call(net, (params, buffers), (x_in, c_noise.reshape(-1), labels))
+
+        return _squared_error(parameterization, x0, s, noise, sigma_data, network).flatten(1).mean(1).mean()
 
     return loss
 
@@ -74,17 +86,16 @@ def _wide_losses(wide: torch.nn.Module, params: dict, parameterization: str, sig
                  x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """K cells' mean losses, (K,), from one pass of their wide network (:func:`memorize.models.wide.widen`):
     ``x0`` and ``noise`` (K, B, C, ...), ``sigma`` and ``labels`` (K, B), ``params`` stacked (K, ...); the
-    formula of :func:`_cell_loss`, each cell's images side by side along the channels."""
+    loss of :func:`_cell_loss`, each cell's images side by side along the channels."""
     k = x0.shape[0]
+
+    def network(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:  # (K, B, C, ...) in and out
+        wide_in = (x_in.transpose(0, 1).flatten(1, 2), c_noise.reshape(k, -1).T, None if labels is None else labels.T)
+        return functional_call(wide, wide_parameters(params), wide_in).unflatten(1, (k, -1)).transpose(0, 1)
+
     s = sigma.reshape(*sigma.shape, *([1] * (x0.ndim - 2)))
     sd = sigma_data.reshape(k, *([1] * (x0.ndim - 1)))
-    x = x0 + s * noise
-    c = coefficients(parameterization, s, sd)
-    x_in = (c.c_in * x).transpose(0, 1).flatten(1, 2)  # (B, K * C, ...)
-    output = functional_call(wide, wide_parameters(params),
-                             (x_in, c.c_noise.reshape(k, -1).T, None if labels is None else labels.T))
-    output = output.unflatten(1, (k, -1)).transpose(0, 1).to(x.dtype)
-    return (output - network_target(parameterization, x0, x, s, sd)).square().flatten(2).mean(2).mean(1)
+    return _squared_error(parameterization, x0, s, noise, sd, network).flatten(2).mean(2).mean(1)
 
 
 class StackedCells:

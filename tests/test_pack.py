@@ -90,9 +90,9 @@ def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path
 def test_a_parameter_without_a_gradient_keeps_its_weights_and_moments_as_torch_adamw_does(tiny_cfg, tmp_path):
     cells = [CellTraining(c, tmp_path / str(i)) for i, c in enumerate(_variants(tiny_cfg)[:2])]
     stack = pack_module.StackedCells(cells)
-    for _ in range(2):  # two steps: nonzero moments to keep
+    for step in range(2):  # two steps: nonzero moments to keep
         stack.losses([c.draw() for c in cells], cells[0].denoiser.net).sum().backward()
-        if _ == 1:
+        if step == 1:
             stack.params["conv_in.weight"].grad = None  # as if conv_in took no part in this step
         before = {key: {n: t.clone() for n, t in getattr(stack, key).items()}
                   for key in ("params", "exp_avg", "exp_avg_sq")}

@@ -12,8 +12,8 @@ every other operation (group norms, embeddings, attention, the skip concatenatio
 network's pass is the faster of the two (``python -m benchmarks.pack --step``).
 
 Inputs and outputs are wide too: images ``(B, K * C, H, W)``, noise levels and labels ``(B, K)``.
-:func:`widen` builds the wide network from one of the K (its weights are not used: pass the
-stacked weights to ``torch.func.functional_call``); networks whose forward pass mixes channels
+:func:`widen` builds the wide network from one of the K (its grouped layers hold no weights, only
+shapes on the meta device: pass the stacked weights to ``torch.func.functional_call``); networks whose forward pass mixes channels
 across positions in ways the grouping does not see (a DiT's token reshapes) are not widened.
 """
 
@@ -109,17 +109,16 @@ def widen(net: nn.Module, cells: int) -> nn.Module | None:
             if hasattr(module, "cells"):
                 module.cells = cells
             continue
-        layer = _wide_layer(module, cells)
+        with torch.device("meta"):  # shapes only: the stacked parameters replace the layer's own
+            layer = _wide_layer(module, cells)
         if layer is None:
             return None
-        weight = next(module.parameters(), None)
-        if weight is not None:  # on the network's device (the stacked parameters replace its own)
-            layer.to(weight.device)
         parent, _, attr = name.rpartition(".")
         setattr(wide.get_submodule(parent), attr, layer)
     return wide
 
 
 def wide_parameters(stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """K networks' parameters stacked as ``(K, d0, ...)`` as the wide network's ``(K * d0, ...)`` (views)."""
+    """K networks' parameters stacked as ``(K, d0, ...)`` as the wide network's ``(K * d0, ...)`` (a view of
+    each where its K slices lie back to back, else a copy that gradients flow through)."""
     return {name: p.flatten(0, 1) for name, p in stacked.items()}
