@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,24 +79,34 @@ def check_conditioning(cfg: SampleConfig, cell_cfg: CellConfig, data: CellData, 
                               f"{denoiser} denoiser of that class is undefined")
 
 
-def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
-                name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
-                step: int | None = None) -> Path:
-    """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
+@dataclass
+class SamplePlan:
+    """What :func:`sample_cell` is about to draw for one cell: the file, the settings it will record, the
+    cell's config and data, each sample's seed and (conditional cells) requested class, and the checkpoint
+    of the trained denoiser."""
+    root: Path
+    out: Path
+    settings: dict
+    cell_cfg: CellConfig
+    data: CellData
+    seeds: np.ndarray
+    labels: torch.Tensor | None
+    checkpoint: Path | None
 
-    ``step``: the checkpoint of the trained denoiser (default: the latest).
-    Re-running with identical settings returns the existing file; different
-    settings under an existing name raise :class:`SamplesExistError` unless ``force``.
-    """
+
+def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
+                 name: str | None = None, force: bool = False, step: int | None = None) -> SamplePlan | Path:
+    """The samples :func:`sample_cell` would draw, or the path of the file that already holds them
+    (identical settings). Different settings under an existing name raise :class:`SamplesExistError`
+    unless ``force``; a class or guidance the cell cannot give raises ``ConfigError``."""
     if denoiser not in DENOISERS:
         raise ValueError(f"--denoiser: expected one of {DENOISERS}, got {denoiser!r}")
     paths = CellPaths(Path(root))
     cell_cfg = read_config(paths.root)
-    dev = resolve_device(device)
-    name = name or denoiser
-    out = paths.samples / f"{name}.npz"
+    out = paths.samples / f"{name or denoiser}.npz"
     # Everything that determines the samples (batch size does not: sample i has its own noise stream).
     settings = {"denoiser": denoiser, **sample_settings(cfg), "cell_seed": cell_cfg.seed}
+    checkpoint = None
     if denoiser == "trained":
         checkpoint = checkpoint_at(paths.root, step)
         settings.update(weights=weights, checkpoint_step=int(checkpoint.stem.removeprefix("step-")))
@@ -107,36 +118,58 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise SamplesExistError(f"{out} holds samples with other settings ({', '.join(changed)}); "
                                     f"pass --name to keep both, or --force to replace them")
-
     data = load_cell_data(cell_cfg, paths)
     check_conditioning(cfg, cell_cfg, data, denoiser)
-    conditional = data.train_labels is not None
+    seeds = sample_seeds(run_seed(cell_cfg.seed, cfg.seed), np.arange(cfg.num))
+    labels = None
+    if data.train_labels is not None and denoiser != "gmm":  # the requested class of each sample (the mixture has none)
+        labels = (torch.full((len(seeds),), cfg.label, dtype=torch.long) if cfg.label is not None
+                  else sample_labels(data.train_labels, seeds))
+    return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint)
+
+
+def save_samples(plan: SamplePlan, samples: torch.Tensor) -> Path:
+    """Write the drawn ``samples`` of ``plan`` (image data clamped to [-1, 1]) with their seeds, classes and
+    settings, and a PNG grid of image data; returns the ``.npz`` path."""
+    if plan.data.dataset.is_image:
+        samples = samples.clamp(-1.0, 1.0)
+    arrays = {"samples": samples.numpy().astype(np.float32), "seeds": plan.seeds,
+              "settings": np.asarray(json.dumps(plan.settings))}
+    if plan.labels is not None:
+        arrays["labels"] = plan.labels.numpy()
+    atomic_savez(plan.out, **arrays)
+    if plan.data.dataset.is_image:
+        save_grid(plan.out.with_suffix(".png"), samples)
+    return plan.out
+
+
+def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
+                name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
+                step: int | None = None) -> Path:
+    """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
+
+    ``step``: the checkpoint of the trained denoiser (default: the latest).
+    Re-running with identical settings returns the existing file; different
+    settings under an existing name raise :class:`SamplesExistError` unless ``force``.
+    """
+    plan = plan_samples(root, cfg, denoiser, weights, name, force, step)
+    if isinstance(plan, Path):
+        return plan
+    dev = resolve_device(device)
+    data, conditional = plan.data, plan.data.train_labels is not None
     if denoiser == "trained":  # loaded only when samples are really drawn
-        model, _ = load_trained_denoiser(paths.root, weights, dev, checkpoint)
+        model, _ = load_trained_denoiser(plan.root, weights, dev, plan.checkpoint)
     elif denoiser == "empirical":
         model = (class_conditional_empirical_denoiser(data.train.to(dev), data.train_labels.to(dev)) if conditional
                  else empirical_denoiser(data.train.to(dev)))
     elif denoiser == "gaussian":
         model = (class_conditional_gaussian_denoiser(data.train.to(dev), data.train_labels.to(dev)) if conditional
                  else gaussian_denoiser(data.train.to(dev)))
-    elif denoiser == "gmm":
+    else:
         mix = data.dataset.mixture
         if mix is None:
-            raise ValueError(f"--denoiser gmm: the true density of dataset {cell_cfg.data.name!r} is unknown "
+            raise ValueError(f"--denoiser gmm: the true density of dataset {plan.cell_cfg.data.name!r} is unknown "
                              f"(only the 'gmm' dataset has one)")
         model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
-    seeds = sample_seeds(run_seed(cell_cfg.seed, cfg.seed), np.arange(cfg.num))
-    labels = None
-    if conditional and denoiser != "gmm":  # the requested class of each sample (the true mixture has none)
-        labels = (torch.full((len(seeds),), cfg.label, dtype=torch.long) if cfg.label is not None
-                  else sample_labels(data.train_labels, seeds))
-    samples = generate(model, tuple(data.train.shape[1:]), seeds, cfg, dev, labels, progress=progress)
-    if data.dataset.is_image:
-        samples = samples.clamp(-1.0, 1.0)
-    arrays = {"samples": samples.numpy().astype(np.float32), "seeds": seeds, "settings": np.asarray(json.dumps(settings))}
-    if labels is not None:
-        arrays["labels"] = labels.numpy()
-    atomic_savez(out, **arrays)
-    if data.dataset.is_image:
-        save_grid(out.with_suffix(".png"), samples)
-    return out
+    samples = generate(model, tuple(data.train.shape[1:]), plan.seeds, cfg, dev, plan.labels, progress=progress)
+    return save_samples(plan, samples)

@@ -20,6 +20,12 @@ overhead (Python, dispatch, kernel launches). Cells whose networks have the same
 5. each cell logs, evaluates and checkpoints exactly as alone (:meth:`memorize.train.CellTraining.record`),
    its slices of the stacks copied into its own modules and optimizer first where it reads them.
 
+Trained, the cells of a pack are also sampled together (:func:`sample_packed`, called by
+:func:`memorize.sweep.cell.sample_together` before each cell's evaluation): their EMA denoisers
+become one :class:`WideDenoiser` and one sampling run draws every cell's samples, each sample from
+its own noise stream, so each cell's file equals the one it would draw alone to float tolerance.
+Scoring and comparing then run cell by cell.
+
 The cell directories are those of separate runs: any cell resumes alone or in another pack, and
 its weights equal a separate run's to float tolerance (the batched kernels add in another
 order). A cell whose loss or gradient turns non-finite leaves the pack with its error; the others
@@ -30,14 +36,16 @@ generator, which separate runs each have to themselves).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from memorize.config import CellConfig, to_dict
+from memorize.config import CellConfig, SampleConfig, to_dict
 from memorize.diffusion.precond import coefficients, network_target
 from memorize.models.wide import wide_parameters, widen
 from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
@@ -305,4 +313,91 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
     for i, cell in cells.items():
         if results[i] is None:
             results[i] = cell.summary()
+    return results
+
+
+class WideDenoiser:
+    """K trained denoisers of one architecture (:func:`pack_key`) as one denoiser over K batches side by side:
+    ``D(x, sigma, labels)`` with ``x`` ``(K * b, ...)`` holding cell k's b items at rows ``[k b, (k + 1) b)``,
+    each cell's items denoised by its own weights, ``sigma_data`` and preconditioning (EDM eq. 7, as
+    :class:`memorize.diffusion.Denoiser`) in one pass of the wide network (:mod:`memorize.models.wide`).
+    :func:`widen_denoisers` builds one, or returns None where the network cannot be widened."""
+
+    def __init__(self, wide: torch.nn.Module, params: dict[str, torch.Tensor], parameterization: str,
+                 sigma_data: torch.Tensor):
+        self.wide, self.params, self.parameterization, self.sigma_data = wide, params, parameterization, sigma_data
+        self.cells = len(sigma_data)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        k = self.cells
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        xk = x.unflatten(0, (k, -1))  # (K, b, C, ...)
+        s = s.reshape(k, -1, *([1] * (x.ndim - 1)))
+        c = coefficients(self.parameterization, s, self.sigma_data.to(x).reshape(k, *([1] * x.ndim)))
+        wide_in = ((c.c_in * xk).transpose(0, 1).flatten(1, 2), c.c_noise.reshape(k, -1).T,
+                   None if labels is None else labels.reshape(k, -1).T)
+        output = functional_call(self.wide, self.params, wide_in).unflatten(1, (k, -1)).transpose(0, 1).to(x.dtype)
+        return (c.c_skip * xk + c.c_out * output).flatten(0, 1)
+
+
+def widen_denoisers(denoisers: list) -> WideDenoiser | None:
+    """The :class:`WideDenoiser` of ``denoisers`` (:class:`memorize.diffusion.Denoiser` of one architecture and
+    parameterization, on one device), or None where their network is not widened (a DiT)."""
+    wide = widen(denoisers[0].net, len(denoisers))
+    if wide is None:
+        return None
+    stacked, _ = stack_module_state([d.net for d in denoisers])
+    params = wide_parameters({name: p.detach() for name, p in stacked.items()})
+    sigma_data = torch.tensor([float(d.sigma_data) for d in denoisers], dtype=torch.float32)
+    return WideDenoiser(wide.eval(), params, denoisers[0].parameterization, sigma_data)
+
+
+def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None = None, name: str | None = None,
+                  device: str = "auto") -> list[Path | BaseException | None]:
+    """Draw the trained samples ``cfg`` of several cells that trained together (equal :func:`pack_key`) in
+    one sampling run of their :class:`WideDenoiser`, each written as :func:`memorize.generate.sample_cell`
+    writes it (same file, settings and seeds: sample i of a cell has its own noise stream whatever the
+    batch, so it equals the one drawn alone to float tolerance). Each batch holds ``cfg.batch_size`` items
+    of every cell, so it takes K times the memory of one cell's batch. Returns, per cell, the samples'
+    path (drawn now or found on disk), the error that keeps the cell from being sampled (it is left to
+    be sampled alone, where the error is raised again), or None where its network is not widened."""
+    from memorize.cell import load_trained_denoiser, resolve_device
+    from memorize.generate import SamplePlan, generate, plan_samples, save_samples
+
+    results: list[Path | BaseException | None] = [None] * len(roots)
+    plans: dict[int, SamplePlan] = {}
+    for i, root in enumerate(roots):
+        try:
+            plan = plan_samples(root, cfg, "trained", "ema", name, step=step)
+        except Exception as err:
+            results[i] = err
+            continue
+        if isinstance(plan, Path):
+            results[i] = plan
+        else:
+            plans[i] = plan
+    if not plans:
+        return results
+    dev = resolve_device(device)
+    denoisers = {i: load_trained_denoiser(p.root, "ema", dev, p.checkpoint)[0] for i, p in plans.items()}
+    keys = {pack_key(p.cell_cfg) for p in plans.values()}
+    if len(keys) != 1 or None in keys:
+        raise ValueError("sample_packed: the cells differ in what a pack must share (memorize.pack.pack_key)")
+    wide = widen_denoisers(list(denoisers.values()))
+    if wide is None:
+        return results
+    wide.sigma_data = wide.sigma_data.to(dev)
+    order = list(plans)
+    k, b = len(order), cfg.batch_size
+    # batch after batch, b items of every cell side by side (cell-major), as WideDenoiser takes them
+    index = [(i, j) for start in range(0, cfg.num, b) for i in order for j in range(start, min(start + b, cfg.num))]
+    seeds = np.asarray([plans[i].seeds[j] for i, j in index], dtype=np.int64)
+    conditional = plans[order[0]].labels is not None
+    labels = torch.stack([plans[i].labels[j] for i, j in index]) if conditional else None
+    shape = tuple(plans[order[0]].data.train.shape[1:])
+    drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False)
+    position = {pair: row for row, pair in enumerate(index)}
+    for i in order:
+        rows = torch.as_tensor([position[(i, j)] for j in range(cfg.num)])
+        results[i] = save_samples(plans[i], drawn[rows])
     return results

@@ -135,6 +135,9 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     packs = []
     real = pack_module.train_packed
     monkeypatch.setattr(pack_module, "train_packed", lambda cfgs, *a: packs.append(len(cfgs)) or real(cfgs, *a))
+    sampled, real_sample = [], pack_module.sample_packed
+    monkeypatch.setattr(pack_module, "sample_packed",
+                        lambda roots, *a: sampled.append(len(roots)) or real_sample(roots, *a))
     runs = {}
     for name, extra in (("packed", ["--pack", "3"]), ("alone", [])):
         out = tmp_path / name
@@ -145,6 +148,7 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     assert "5 grid points in 4 cells; 0 cells already done, 0 running elsewhere, 4 launched, 0 failed" in said
     a, b = runs["packed"], runs["alone"]
     assert packs == [3]  # the packed run only: three cells together; the fourth trains alone
+    assert sampled == [3]  # and their samples are drawn together
     assert sorted(a.step) == [20, 20, 20, 20, 30]
     for column in ("train_loss", "heldout_loss", "running_loss"):
         pd.testing.assert_series_equal(a[column], b[column], atol=1e-4, rtol=1e-4)
@@ -178,3 +182,40 @@ def test_a_signalled_pack_checkpoints_every_cell_then_hands_over(tiny_cfg, tmp_p
     train(cfgs[1], tmp_path / "alone", progress=False)
     _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
                     for d in ("c1", "alone")), atol=1e-5)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path, conditional):
+    """Three packed cells (different seeds, N and sigma_data) sampled in one run of their wide denoiser, with
+    a batch that does not divide the number of samples: every cell's file holds the samples, seeds, classes
+    and settings that sampling it alone gives. Conditional: classes drawn per sample and guidance, through
+    the null label."""
+    import shutil
+
+    import numpy as np
+
+    from memorize.generate import read_samples, sample_cell
+    from memorize.pack import sample_packed
+
+    cfgs = _variants(tiny_cfg)
+    if conditional:
+        cfgs = [dataclasses.replace(c, data=dataclasses.replace(c.data, labels="true"),
+                                    train=dataclasses.replace(c.train, label_dropout=0.2)) for c in cfgs]
+    sample = dataclasses.replace(cfgs[0].sample, num=11, batch_size=4, guidance=1.5 if conditional else 0.0)
+    roots = [tmp_path / f"c{i}" for i in range(3)]
+    train_packed(cfgs, roots)
+    for i, root in enumerate(roots):
+        shutil.copytree(root, tmp_path / f"alone{i}")
+    paths = sample_packed(roots, sample, name="s")
+    assert paths == [root / "samples" / "s.npz" for root in roots]
+    for i, root in enumerate(roots):
+        packed = read_samples(paths[i])
+        alone = read_samples(sample_cell(tmp_path / f"alone{i}", sample, name="s", progress=False))
+        assert packed["settings"] == alone["settings"]
+        assert np.array_equal(packed["seeds"], alone["seeds"])
+        if conditional:
+            assert np.array_equal(packed["labels"], alone["labels"]) and len(set(alone["labels"])) > 1
+        np.testing.assert_allclose(packed["samples"], alone["samples"], atol=1e-4, rtol=0)
+        assert np.abs(alone["samples"]).max() > 0.1  # real images, not a degenerate output
+    assert not np.allclose(read_samples(paths[0])["samples"], read_samples(paths[1])["samples"], atol=0.1)
+    assert sample_packed(roots, sample, name="s") == paths  # found on disk: nothing drawn again

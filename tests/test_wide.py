@@ -74,3 +74,23 @@ def test_wide_and_vmapped_losses_and_gradients_agree(tiny_cfg, tmp_path):
     assert not torch.equal(wide_loss[0], wide_loss[1])
     for name, grad in vmap_grads.items():
         torch.testing.assert_close(wide_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("parameterization", ["edm", "v"])
+def test_the_wide_denoiser_is_each_cells_denoiser_on_its_own_rows(parameterization):
+    """WideDenoiser against the K Denoisers, with sigma and the class varying item by item and each cell's
+    own sigma_data."""
+    from memorize.diffusion import Denoiser
+    from memorize.pack import widen_denoisers
+
+    nets = _networks(ModelConfig(arch="unet", channels=8, channel_mult=(1, 2)), (1, 8, 8), 4)
+    denoisers = [Denoiser(net, parameterization, sigma_data=sd) for net, sd in zip(nets, (0.5, 0.3, 0.8))]
+    wide = widen_denoisers(denoisers)
+    x = torch.randn(K * B, 1, 8, 8)
+    sigma = torch.rand(K * B) * 3 + 0.01
+    labels = torch.randint(0, 4, (K * B,))
+    labels[B] = NULL_LABEL
+    out = wide(x, sigma, labels)
+    for k, denoiser in enumerate(denoisers):
+        rows = slice(k * B, (k + 1) * B)
+        torch.testing.assert_close(out[rows], denoiser(x[rows], sigma[rows], labels[rows]), atol=1e-5, rtol=1e-5)

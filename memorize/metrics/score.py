@@ -185,7 +185,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     if data.dataset.is_image:
         fig = nearest_neighbour_figure(drawn["samples"], train, nn.nearest, nn.ratio,
                                        title=f"{paths.root.name}: {samples} samples, nearest training images")
-        atomic_save_figure(out / f"{name}_nn.png", fig, dpi=150, bbox_inches="tight")
+        atomic_save_figure(out / f"{name}_nn.png", fig, dpi=150)  # laid out by the figure: no second pass
         import matplotlib.pyplot as plt
 
         plt.close(fig)

@@ -108,6 +108,11 @@ def training_at(root: Path, step: int) -> dict:
             **losses_at(state["log"], step)}
 
 
+def samples_name(cfg: CellConfig, step: int) -> str:
+    """The name of the trained samples an evaluation of ``cfg`` at checkpoint ``step`` draws and scores."""
+    return f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
+
+
 def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, stopped_at: int | None = None) -> dict:
     """The result of the trained cell at ``root`` at budget ``cfg.train.steps`` under ``cfg.sample`` and
     ``score``: sample, score with both criteria, compare with the empirical denoiser, and (with
@@ -135,7 +140,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         timings[stage] = round(time.perf_counter() - t, 2)
         return result
 
-    samples = f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
+    samples = samples_name(cfg, step)
     scoring = [score.embedder, score.ratio, score.threshold, score.target_fpr, score.features]
     measure = f"{samples}-{settings_key(scoring, 8)}"
     timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
@@ -263,8 +268,8 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
             stop = stop_step(root, configs[-1], score, grid, progress)
         for cfg, key in zip(configs, keys):
             stopped = stop if stop is not None and stop < cfg.train.steps else None
-            if not is_done(root, key) and stopped is None:
-                train(cfg, root, progress=progress, keep_steps=grid)
+            if not is_done(root, key) and stopped is None and not CellPaths(root).checkpoint(cfg.train.steps).is_file():
+                train(cfg, root, progress=progress, keep_steps=grid)  # (its budget's checkpoint: trained before)
             results.append(evaluate(root, cfg, score, progress, stopped_at=stopped))
         return results
 
@@ -386,6 +391,7 @@ class PackJob(submitit.helpers.Checkpointable):
                     if isinstance(result, BaseException):
                         atomic_write_text(root / ERROR, "".join(traceback.format_exception(result)))
                         outcome[str(root)] = f"{type(result).__name__}: {result}"
+            sample_together({root: cfgs for root, cfgs in cells.items() if str(root) not in outcome}, score)
             for root, cfgs in cells.items():  # evaluations (training is done: run_cell finds the budgets reached)
                 if str(root) in outcome:
                     continue
@@ -401,3 +407,38 @@ class PackJob(submitit.helpers.Checkpointable):
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(PackJob(self.cells, self.score, self.threads))
+
+
+def sample_together(cells: dict[Path, list[CellConfig]], score: Any) -> None:
+    """Draw the trained samples that the evaluations of a pack's cells will score (each budget of ``cells``,
+    and each scored checkpoint with ``score.checkpoints``) with :func:`memorize.pack.sample_packed`: one
+    sampling run per sample setting and step for all the cells that need it, each file as the cell's own
+    evaluation writes it, which then finds it on disk. Cells whose evaluation is done, locked elsewhere or
+    ends early are left out; where the run fails, the evaluations sample cell by cell (and report any
+    error there)."""
+    from memorize.pack import sample_packed
+
+    groups: dict[tuple, list[Path]] = {}
+    configs: dict[tuple, tuple[CellConfig, int]] = {}
+    for root, cfgs in cells.items():
+        if is_locked(root):
+            continue
+        for cfg in cfgs:
+            if is_done(root, settings_key(eval_settings(cfg, score))):
+                continue
+            points = [(cfg, cfg.train.steps)]
+            if score.checkpoints:
+                points += [(at_checkpoint(cfg, score, step)[0], step) for step in scored_steps(root, cfg.train.steps)]
+            for c, step in points:
+                key = (settings_key(sample_settings(c.sample)), step, c.train.device)
+                groups.setdefault(key, []).append(root)
+                configs[key] = (c, step)
+    for key, roots in groups.items():
+        if len(roots) < 2:
+            continue
+        cfg, step = configs[key]
+        try:
+            sample_packed(roots, cfg.sample, step, samples_name(cfg, step), cfg.train.device)
+        except Exception as err:  # e.g. out of memory with K batches at once: each cell samples alone
+            print(f"memorize: sampling {len(roots)} cells together failed ({type(err).__name__}: {err}); "
+                  f"sampling them one by one", file=sys.stderr, flush=True)
