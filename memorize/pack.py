@@ -386,7 +386,6 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
     wide = widen_denoisers(list(denoisers.values()))
     if wide is None:
         return results
-    wide.sigma_data = wide.sigma_data.to(dev)
     order = list(plans)
     k, b = len(order), cfg.batch_size
     # batch after batch, b items of every cell side by side (cell-major), as WideDenoiser takes them

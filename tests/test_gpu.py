@@ -160,15 +160,24 @@ def test_a_local_sweep_trains_on_the_gpu(tmp_path):
 
 def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, full_float32_convolutions):
     """The stacked clip, AdamW and EMA on the GPU: three cells (different N, seed, budget, lr, weight decay,
-    clip, EMA decay, sigma_data) trained together equal their separate runs on the GPU."""
+    clip, EMA decay, sigma_data) trained together equal their separate runs on the GPU; sampled together
+    there, each cell's samples equal the ones it draws alone."""
     from memorize.cell import CellPaths
-    from memorize.pack import train_packed
+    from memorize.generate import read_samples, sample_cell
+    from memorize.pack import sample_packed, train_packed
     from tests.test_pack import _same_weights, _variants
 
     cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, device="cuda", amp=False))
             for c in _variants(tiny_cfg)]
-    train_packed(cfgs, [tmp_path / f"packed{i}" for i in range(3)])
+    roots = [tmp_path / f"packed{i}" for i in range(3)]
+    train_packed(cfgs, roots)
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"alone{i}", progress=False)
         _same_weights(*(torch.load(CellPaths(tmp_path / f"{kind}{i}").latest_checkpoint(), weights_only=False,
                                    map_location="cpu") for kind in ("packed", "alone")), atol=1e-4)
+    sample = dataclasses.replace(cfgs[0].sample, num=9, batch_size=4)
+    packed = sample_packed(roots, sample, name="together", device="cuda")
+    for i, root in enumerate(roots):
+        alone = sample_cell(root, sample, name="alone", device="cuda", progress=False)
+        np.testing.assert_allclose(read_samples(packed[i])["samples"], read_samples(alone)["samples"], atol=1e-4,
+                                   rtol=0)
