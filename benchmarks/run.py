@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import common, compile, empirical, pack, quality, sampling, search, status, sweep, training
+from benchmarks import (common, compile, descriptors, empirical, pack, quality, sampling, search, status, sweep,
+                        training)
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
         ("sweep", sweep.main, []),
         ("sweep status at scale", status.main, ["--cells", "100"]),
         ("cells trained together", pack.main, ["--cells", "2", "--steps", "5", "--channels", "8"]),
+        ("descriptors computed once per process", descriptors.main, ["--n-train", "16", "--steps", "20"]),
         ("train.compile", compile.main, None),  # a cold compilation takes about a minute: not in --quick
     ]
     for title, fn, quick_args in parts:

@@ -214,6 +214,43 @@ def test_sscd_torchscript_embedder_follows_the_sscd_recipe(tmp_path):
         load_embedder("sscd")
 
 
+def test_a_network_embedder_computes_the_descriptors_of_equal_images_once_per_process(monkeypatch):
+    """Scoring, threshold calibration and every scored checkpoint embed a cell's training images again: the
+    second call on equal images (another array) is served from memory, equal to the first; other images, another
+    embedder or its input size are computed; mutating a result does not reach the next; beyond the byte
+    budget the least recently used set is dropped."""
+    import memorize.metrics.embedders as embedders
+
+    monkeypatch.setattr(embedders, "_DESCRIPTORS", embedders.OrderedDict())
+    seen = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return x.mean(dim=(2, 3))
+
+    embed = embedders.Embedder("sscd:probe", network, (4, 4))
+    images = np.random.default_rng(0).uniform(-1, 1, (5, 3, 8, 8)).astype(np.float32)
+    first = embed(images)
+    again = embed(images.copy())
+    assert seen == [5] and np.array_equal(first, again)
+    again[:] = 0
+    assert np.array_equal(embed(torch.from_numpy(images)), first) and seen == [5]
+    changed = images.copy()
+    changed[4, 0, 0, 0] += 0.5
+    embed(changed)
+    embedders.Embedder("sscd:other", network, (4, 4))(images)
+    embedders.Embedder("sscd:probe", network, (6, 6))(images)
+    assert seen == [5, 5, 5, 5]
+    embed(images)  # now the most recently used of the four
+    monkeypatch.setattr(embedders, "DESCRIPTOR_CACHE_BYTES", 3 * first.nbytes)  # room for three full sets
+    embed(images[:2])  # a fifth, smaller set: the two least recently used go (changed, sscd:other)
+    assert len(embedders._DESCRIPTORS) == 3
+    embed(images)
+    assert seen == [5, 5, 5, 5, 2]
+    embedders.Embedder("sscd:other", network, (4, 4))(images)  # dropped: computed again
+    assert seen == [5, 5, 5, 5, 2, 5]
+
+
 def test_timm_embedder_from_a_local_weights_file(tmp_path):
     import timm
 

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,37 @@ class Embedder:
             return data.reshape(len(data), -1).float().numpy()
         if data.ndim != 4:
             raise EmbedderError(f"embedder {self.spec!r} takes images (K, C, H, W), got shape {tuple(data.shape)}")
+        key = (self.spec, str(self.device), self.size, self.mean, self.std, _fingerprint(data))
+        if key in _DESCRIPTORS:
+            _DESCRIPTORS.move_to_end(key)
+            return _DESCRIPTORS[key].copy()
         out = []
         for start in tqdm(range(0, len(data), self.batch_size), disable=not progress, desc="embedding", leave=False):
             batch = self.preprocess(data[start:start + self.batch_size].to(self.device))
             out.append(self.network(batch).reshape(len(batch), -1).float().cpu())
-        return torch.cat(out).numpy()
+        features = torch.cat(out).numpy()
+        _remember(key, features)
+        return features.copy()
+
+
+# Descriptors of a network embedder, kept in this process by (embedder, device, input, content of the images):
+# an evaluation embeds a cell's training and held-out images in scoring, in calibrating the comparison's
+# threshold and at every scored checkpoint; a network (SSCD at 320x320) computes them once per process.
+_DESCRIPTORS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+DESCRIPTOR_CACHE_BYTES = 1 << 30  # the most recently used sets up to 1 GiB in all
+
+
+def _fingerprint(data: torch.Tensor) -> tuple:
+    """Shape, dtype and a BLAKE2b digest of the images' bytes (equal arrays, equal keys)."""
+    array = np.ascontiguousarray(data.detach().cpu().numpy())
+    return array.shape, str(array.dtype), hashlib.blake2b(array.data, digest_size=16).hexdigest()
+
+
+def _remember(key: tuple, features: np.ndarray) -> None:
+    """Keep ``features`` under ``key``, dropping the least recently used sets beyond ``DESCRIPTOR_CACHE_BYTES``."""
+    _DESCRIPTORS[key] = features
+    while len(_DESCRIPTORS) > 1 and sum(f.nbytes for f in _DESCRIPTORS.values()) > DESCRIPTOR_CACHE_BYTES:
+        _DESCRIPTORS.popitem(last=False)
 
 
 def _weights_file(path: str, spec: str) -> Path:
