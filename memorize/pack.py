@@ -330,7 +330,8 @@ class WideDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
         k = self.cells
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        s = s.reshape(-1).expand(x.shape[0]) if s.numel() == 1 else s.reshape(x.shape[0])  # one per item
         xk = x.unflatten(0, (k, -1))  # (K, b, C, ...)
         s = s.reshape(k, -1, *([1] * (x.ndim - 1)))
         c = coefficients(self.parameterization, s, self.sigma_data.to(x).reshape(k, *([1] * x.ndim)))

@@ -219,3 +219,19 @@ def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path,
         assert np.abs(alone["samples"]).max() > 0.1  # real images, not a degenerate output
     assert not np.allclose(read_samples(paths[0])["samples"], read_samples(paths[1])["samples"], atol=0.1)
     assert sample_packed(roots, sample, name="s") == paths  # found on disk: nothing drawn again
+
+
+def test_sampling_a_pack_together_leaves_out_a_cell_another_process_holds(tiny_cfg, tmp_path):
+    """sample_together holds each cell's lock while it samples: a locked cell is not touched (its evaluation
+    samples it later), the others are sampled together, and every lock is free afterwards."""
+    from memorize.sweep.cell import cell_lock, is_locked, sample_together, samples_name
+    from memorize.sweep.spec import ScoreConfig
+
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=20)) for c in _variants(tiny_cfg)]
+    roots = [tmp_path / f"c{i}" for i in range(3)]
+    train_packed(cfgs, roots)
+    with cell_lock(roots[1]):
+        sample_together(dict(zip(roots, ([c] for c in cfgs))), ScoreConfig(compare=False, features="pixel"))
+    drawn = [(root / "samples" / f"{samples_name(c, c.train.steps)}.npz").is_file() for root, c in zip(roots, cfgs)]
+    assert drawn == [True, False, True]
+    assert not any(is_locked(root) for root in roots)

@@ -91,6 +91,7 @@ def test_the_wide_denoiser_is_each_cells_denoiser_on_its_own_rows(parameterizati
     labels = torch.randint(0, 4, (K * B,))
     labels[B] = NULL_LABEL
     out = wide(x, sigma, labels)
+    torch.testing.assert_close(wide(x, sigma.reshape(-1, 1, 1, 1), labels), out)  # sigma shaped like x: the same
     for k, denoiser in enumerate(denoisers):
         rows = slice(k * B, (k + 1) * B)
         torch.testing.assert_close(out[rows], denoiser(x[rows], sigma[rows], labels[rows]), atol=1e-5, rtol=1e-5)

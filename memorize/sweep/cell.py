@@ -413,32 +413,35 @@ def sample_together(cells: dict[Path, list[CellConfig]], score: Any) -> None:
     """Draw the trained samples that the evaluations of a pack's cells will score (each budget of ``cells``,
     and each scored checkpoint with ``score.checkpoints``) with :func:`memorize.pack.sample_packed`: one
     sampling run per sample setting and step for all the cells that need it, each file as the cell's own
-    evaluation writes it, which then finds it on disk. Cells whose evaluation is done, locked elsewhere or
-    ends early are left out; where the run fails, the evaluations sample cell by cell (and report any
-    error there)."""
+    evaluation writes it, which then finds it on disk. Each cell's lock is held meanwhile; cells whose
+    evaluation is done or that another process holds are left out; where the run fails, the
+    evaluations sample cell by cell (and report any error there)."""
     from memorize.pack import sample_packed
 
     groups: dict[tuple, list[Path]] = {}
     configs: dict[tuple, tuple[CellConfig, int]] = {}
-    for root, cfgs in cells.items():
-        if is_locked(root):
-            continue
-        for cfg in cfgs:
-            if is_done(root, settings_key(eval_settings(cfg, score))):
+    with ExitStack() as locks:
+        for root, cfgs in cells.items():
+            try:
+                locks.enter_context(cell_lock(root))
+            except CellBusy:
                 continue
-            points = [(cfg, cfg.train.steps)]
-            if score.checkpoints:
-                points += [(at_checkpoint(cfg, score, step)[0], step) for step in scored_steps(root, cfg.train.steps)]
-            for c, step in points:
-                key = (settings_key(sample_settings(c.sample)), step, c.train.device)
-                groups.setdefault(key, []).append(root)
-                configs[key] = (c, step)
-    for key, roots in groups.items():
-        if len(roots) < 2:
-            continue
-        cfg, step = configs[key]
-        try:
-            sample_packed(roots, cfg.sample, step, samples_name(cfg, step), cfg.train.device)
-        except Exception as err:  # e.g. out of memory with K batches at once: each cell samples alone
-            print(f"memorize: sampling {len(roots)} cells together failed ({type(err).__name__}: {err}); "
-                  f"sampling them one by one", file=sys.stderr, flush=True)
+            for cfg in cfgs:
+                if is_done(root, settings_key(eval_settings(cfg, score))):
+                    continue
+                points = [(cfg, cfg.train.steps)]
+                if score.checkpoints:
+                    points += [(at_checkpoint(cfg, score, s)[0], s) for s in scored_steps(root, cfg.train.steps)]
+                for c, step in points:
+                    key = (settings_key(sample_settings(c.sample)), step, c.train.device)
+                    groups.setdefault(key, []).append(root)
+                    configs[key] = (c, step)
+        for key, roots in groups.items():
+            if len(roots) < 2:
+                continue
+            cfg, step = configs[key]
+            try:
+                sample_packed(roots, cfg.sample, step, samples_name(cfg, step), cfg.train.device)
+            except Exception as err:  # e.g. out of memory with K batches at once: each cell samples alone
+                print(f"memorize: sampling {len(roots)} cells together failed ({type(err).__name__}: {err}); "
+                      f"sampling them one by one", file=sys.stderr, flush=True)
