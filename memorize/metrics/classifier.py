@@ -140,4 +140,5 @@ def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: s
     model = SmallClassifier(state["num_classes"], state["record"]["recipe"]["widths"])
     model.load_state_dict(state["state_dict"])
     model = model.to(device).eval()
-    return Embedder("classifier", model.features, None, HALF, HALF, device), state["record"]
+    # named by its file: descriptors are kept in the process by embedder name (memorize.metrics.embedders)
+    return Embedder(f"classifier:{path}", model.features, None, HALF, HALF, device), state["record"]

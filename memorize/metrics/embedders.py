@@ -79,7 +79,8 @@ class Embedder:
         return features.copy()
 
 
-# Descriptors of a network embedder, kept in this process by (embedder, device, input, content of the images):
+# Descriptors of a network embedder, kept in this process by (embedder, device, input, content of the images;
+# the embedder by its spec, which names its weights file):
 # an evaluation embeds a cell's training and held-out images in scoring, in calibrating the comparison's
 # threshold and at every scored checkpoint; a network (SSCD at 320x320) computes them once per process.
 _DESCRIPTORS: OrderedDict[tuple, np.ndarray] = OrderedDict()
