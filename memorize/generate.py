@@ -7,7 +7,7 @@ class-conditional cell the closed-form ones are per class (:class:`memorize.empi
 every sample has a requested class (``labels`` in the file) and ``sample.guidance`` guides any of them.
 
 Samples go to ``DIR/samples/NAME.npz`` (``samples`` float32, ``seeds`` int64,
-``labels`` where conditional, ``settings`` as JSON) and ``NAME.png`` (a grid,
+``labels`` where conditional, ``settings`` as JSON, ``seconds`` the drawing took) and ``NAME.png`` (a grid,
 image data only). Sample i starts from the noise of seed
 ``sample_seeds(run_seed(cell seed, sample.seed), [i])`` whatever the denoiser, so sample sets of
 one cell drawn with the same ``sample.seed`` are paired, and cells of different seeds differ.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,13 +129,14 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint)
 
 
-def save_samples(plan: SamplePlan, samples: torch.Tensor) -> Path:
-    """Write the drawn ``samples`` of ``plan`` (image data clamped to [-1, 1]) with their seeds, classes and
-    settings, and a PNG grid of image data; returns the ``.npz`` path."""
+def save_samples(plan: SamplePlan, samples: torch.Tensor, seconds: float) -> Path:
+    """Write the drawn ``samples`` of ``plan`` (image data clamped to [-1, 1]) with their seeds, classes,
+    settings and the ``seconds`` drawing them took (a pack's share where drawn together), and a PNG grid of
+    image data; returns the ``.npz`` path."""
     if plan.data.dataset.is_image:
         samples = samples.clamp(-1.0, 1.0)
     arrays = {"samples": samples.numpy().astype(np.float32), "seeds": plan.seeds,
-              "settings": np.asarray(json.dumps(plan.settings))}
+              "settings": np.asarray(json.dumps(plan.settings)), "seconds": np.float64(seconds)}
     if plan.labels is not None:
         arrays["labels"] = plan.labels.numpy()
     atomic_savez(plan.out, **arrays)
@@ -155,6 +157,7 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
     plan = plan_samples(root, cfg, denoiser, weights, name, force, step)
     if isinstance(plan, Path):
         return plan
+    start = time.perf_counter()
     dev = resolve_device(device)
     data, conditional = plan.data, plan.data.train_labels is not None
     if denoiser == "trained":  # loaded only when samples are really drawn
@@ -172,4 +175,4 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
                              f"(only the 'gmm' dataset has one)")
         model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
     samples = generate(model, tuple(data.train.shape[1:]), plan.seeds, cfg, dev, plan.labels, progress=progress)
-    return save_samples(plan, samples)
+    return save_samples(plan, samples, time.perf_counter() - start)

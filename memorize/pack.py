@@ -39,6 +39,7 @@ import copy
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -379,6 +380,7 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
             plans[i] = plan
     if not plans:
         return results
+    start = time.perf_counter()
     dev = resolve_device(device)
     denoisers = {i: load_trained_denoiser(p.root, "ema", dev, p.checkpoint)[0] for i, p in plans.items()}
     keys = {pack_key(p.cell_cfg) for p in plans.values()}
@@ -397,7 +399,8 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
     shape = tuple(plans[order[0]].data.train.shape[1:])
     drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False)
     position = {pair: row for row, pair in enumerate(index)}
+    share = (time.perf_counter() - start) / k
     for i in order:
         rows = torch.as_tensor([position[(i, j)] for j in range(cfg.num)])
-        results[i] = save_samples(plans[i], drawn[rows])
+        results[i] = save_samples(plans[i], drawn[rows], share)
     return results

@@ -148,7 +148,9 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     assert "5 grid points in 4 cells; 0 cells already done, 0 running elsewhere, 4 launched, 0 failed" in said
     a, b = runs["packed"], runs["alone"]
     assert packs == [3]  # the packed run only: three cells together; the fourth trains alone
-    assert sampled == [3]  # and their samples are drawn together
+    assert sampled == [3]  # and their samples are drawn together, their time recorded in each evaluation
+    evals = [json.loads(p.read_text()) for p in (tmp_path / "packed" / "cells").glob("*/evals/*.json")]
+    assert len(evals) == 5 and all(e["seconds"]["sample"] > 0 for e in evals)
     assert sorted(a.step) == [20, 20, 20, 20, 30]
     for column in ("train_loss", "heldout_loss", "running_loss"):
         pd.testing.assert_series_equal(a[column], b[column], atol=1e-4, rtol=1e-4)
@@ -212,6 +214,7 @@ def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path,
         packed = read_samples(paths[i])
         alone = read_samples(sample_cell(tmp_path / f"alone{i}", sample, name="s", progress=False))
         assert packed["settings"] == alone["settings"]
+        assert 0 < packed["seconds"] and 0 < alone["seconds"]  # the pack's share, the cell's own time
         assert np.array_equal(packed["seeds"], alone["seeds"])
         if conditional:
             assert np.array_equal(packed["labels"], alone["labels"]) and len(set(alone["labels"])) > 1

@@ -120,7 +120,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     named by its settings and reused when present; the summary goes to ``evals/<key>.json``.
     ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead."""
     from memorize.compare import compare_cell, disjoint_consistency
-    from memorize.generate import sample_cell
+    from memorize.generate import read_samples, sample_cell
     from memorize.metrics.score import score_cell
     from memorize.models import model_name
     from memorize.train import train
@@ -143,8 +143,10 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     samples = samples_name(cfg, step)
     scoring = [score.embedder, score.ratio, score.threshold, score.target_fpr, score.features]
     measure = f"{samples}-{settings_key(scoring, 8)}"
-    timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
-          progress=progress, step=step)
+    drawn = timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
+                  progress=progress, step=step)
+    if "seconds" in (stored := read_samples(drawn)):  # the drawing's own time (a pack's share: drawn before)
+        timings["sample"] = round(float(stored["seconds"]), 2)
     scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
                    device=cfg.train.device, progress=progress, name=measure, target_fpr=score.target_fpr,
                    features=score.features)
