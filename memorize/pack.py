@@ -275,7 +275,8 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
             batches = {i: cells[i].draw() for i in active}
             while active:  # a cell with a non-finite loss leaves; the rest are computed again on their batches
                 losses = stack.losses([batches[i] for i in active], base)
-                bad = [i for i, loss in zip(active, losses) if not torch.isfinite(loss)]
+                values = losses.detach().tolist()  # one transfer for every cell (a GPU waits once a step here)
+                bad = [i for i, value in zip(active, values) if not math.isfinite(value)]
                 for i, loss in zip(active, losses):
                     if i in bad:
                         try:
@@ -290,7 +291,6 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
                 break
             losses.sum().backward()
             asked = checkpoint_requested()
-            values = losses.detach().tolist()
             norms = stack.update()
             leaving = []
             for k, i in enumerate(active):
