@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from memorize.cell import (CellData, CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config,
                            resolve_device, sample_labels)
@@ -42,6 +41,8 @@ class SamplesExistError(FileExistsError):
 
 def save_grid(path: Path, samples: torch.Tensor, min_size: int = 32) -> None:
     """A square-ish PNG grid of images in [-1, 1], small images enlarged (nearest) to ``min_size`` pixels."""
+    from torchvision.utils import save_image  # imported here: torchvision pulls in torch._dynamo (~2 s)
+
     scale = max(1, math.ceil(min_size / samples.shape[-1]))
     images = torch.nn.functional.interpolate((samples + 1) / 2, scale_factor=scale, mode="nearest")
     nrow = max(1, math.ceil(math.sqrt(len(samples))))
