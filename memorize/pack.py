@@ -47,7 +47,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from memorize.config import CellConfig, SampleConfig, to_dict
-from memorize.diffusion.precond import coefficients, network_target
+from memorize.diffusion.precond import coefficients, denoised_from_output, network_target
 from memorize.models.wide import wide_parameters, widen
 from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
 
@@ -335,11 +335,12 @@ class WideDenoiser:
         s = s.reshape(-1).expand(x.shape[0]) if s.numel() == 1 else s.reshape(x.shape[0])  # one per item
         xk = x.unflatten(0, (k, -1))  # (K, b, C, ...)
         s = s.reshape(k, -1, *([1] * (x.ndim - 1)))
-        c = coefficients(self.parameterization, s, self.sigma_data.to(x).reshape(k, *([1] * x.ndim)))
+        sigma_data = self.sigma_data.to(x).reshape(k, *([1] * x.ndim))
+        c = coefficients(self.parameterization, s, sigma_data)
         wide_in = ((c.c_in * xk).transpose(0, 1).flatten(1, 2), c.c_noise.reshape(k, -1).T,
                    None if labels is None else labels.reshape(k, -1).T)
         output = functional_call(self.wide, self.params, wide_in).unflatten(1, (k, -1)).transpose(0, 1).to(x.dtype)
-        return (c.c_skip * xk + c.c_out * output).flatten(0, 1)
+        return denoised_from_output(self.parameterization, output, xk, s, sigma_data).flatten(0, 1)
 
 
 def widen_denoisers(denoisers: list) -> WideDenoiser | None:
@@ -380,12 +381,12 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
             plans[i] = plan
     if not plans:
         return results
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    denoisers = {i: load_trained_denoiser(p.root, "ema", dev, p.checkpoint)[0] for i, p in plans.items()}
     keys = {pack_key(p.cell_cfg) for p in plans.values()}
     if len(keys) != 1 or None in keys:
         raise ValueError("sample_packed: the cells differ in what a pack must share (memorize.pack.pack_key)")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    denoisers = {i: load_trained_denoiser(p.root, "ema", dev, p.checkpoint)[0] for i, p in plans.items()}
     wide = widen_denoisers(list(denoisers.values()))
     if wide is None:
         return results
