@@ -56,6 +56,13 @@ def read_samples(path: Path) -> dict:
     return out
 
 
+def drawing_seconds(path: Path) -> float | None:
+    """The seconds drawing the samples at ``path`` took (None for files written before they were recorded),
+    read without loading the samples."""
+    with np.load(path) as npz:
+        return float(npz["seconds"]) if "seconds" in npz.files else None
+
+
 def check_conditioning(cfg: SampleConfig, cell_cfg: CellConfig, data: CellData, denoiser: str) -> None:
     """Refuse guidance or a class the cell cannot give, before any sampling: guidance needs a class-conditional
     cell (and, for the trained denoiser, one trained with label dropout); a class must be one of the cell's

@@ -399,9 +399,7 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
     labels = torch.stack([plans[i].labels[j] for i, j in index]) if conditional else None
     shape = tuple(plans[order[0]].data.train.shape[1:])
     drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False)
-    position = {pair: row for row, pair in enumerate(index)}
     share = (time.perf_counter() - start) / k
-    for i in order:
-        rows = torch.as_tensor([position[(i, j)] for j in range(cfg.num)])
-        results[i] = save_samples(plans[i], drawn[rows], share)
+    for i in order:  # cell i's rows, in the order of its samples
+        results[i] = save_samples(plans[i], drawn[[row for row, (cell, _) in enumerate(index) if cell == i]], share)
     return results

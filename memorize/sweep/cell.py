@@ -120,7 +120,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     named by its settings and reused when present; the summary goes to ``evals/<key>.json``.
     ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead."""
     from memorize.compare import compare_cell, disjoint_consistency
-    from memorize.generate import read_samples, sample_cell
+    from memorize.generate import drawing_seconds, sample_cell
     from memorize.metrics.score import score_cell
     from memorize.models import model_name
     from memorize.train import train
@@ -145,8 +145,8 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     measure = f"{samples}-{settings_key(scoring, 8)}"
     drawn = timed("sample", sample_cell, root, cfg.sample, "trained", name=samples, device=cfg.train.device,
                   progress=progress, step=step)
-    if "seconds" in (stored := read_samples(drawn)):  # the drawing's own time (a pack's share: drawn before)
-        timings["sample"] = round(float(stored["seconds"]), 2)
+    if (seconds := drawing_seconds(drawn)) is not None:  # the drawing's own time (a pack's share: drawn before)
+        timings["sample"] = round(seconds, 2)
     scores = timed("score", score_cell, root, samples, score.embedder, score.ratio, score.threshold,
                    device=cfg.train.device, progress=progress, name=measure, target_fpr=score.target_fpr,
                    features=score.features)
@@ -420,8 +420,8 @@ def sample_together(cells: dict[Path, list[CellConfig]], score: Any) -> None:
     evaluations sample cell by cell (and report any error there)."""
     from memorize.pack import sample_packed
 
-    groups: dict[tuple, list[Path]] = {}
-    configs: dict[tuple, tuple[CellConfig, int]] = {}
+    groups: dict[tuple, list[Path]] = {}  # (sample settings, step, device) -> the cells to sample there
+    sample_configs: dict[tuple, CellConfig] = {}
     with ExitStack() as locks:
         for root, cfgs in cells.items():
             try:
@@ -437,11 +437,11 @@ def sample_together(cells: dict[Path, list[CellConfig]], score: Any) -> None:
                 for c, step in points:
                     key = (settings_key(sample_settings(c.sample)), step, c.train.device)
                     groups.setdefault(key, []).append(root)
-                    configs[key] = (c, step)
+                    sample_configs[key] = c
         for key, roots in groups.items():
             if len(roots) < 2:
                 continue
-            cfg, step = configs[key]
+            cfg, step = sample_configs[key], key[1]
             try:
                 sample_packed(roots, cfg.sample, step, samples_name(cfg, step), cfg.train.device)
             except Exception as err:  # e.g. out of memory with K batches at once: each cell samples alone
