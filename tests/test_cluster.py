@@ -79,7 +79,12 @@ def test_job_setup_imports_the_snapshot_even_from_a_checkout(tmp_path):
     assert live == str(checkout / "memorize" / "__init__.py")
 
 
-def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path):
+def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path, monkeypatch):
+    from submitit.slurm.slurm import SlurmExecutor
+
+    # Submitit refuses to build its SLURM executor where no `srun` is on PATH; this test reads the
+    # parameters we give it, which needs no cluster
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump(TINY_SPEC))
     spec = load_spec(spec_file, {"time_min": 5, "signal_delay_s": 45, "max_requeues": 2})

@@ -17,6 +17,7 @@ from memorize.cell import CellPaths
 from memorize.cli import main
 from memorize.config import ConfigError
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
+from memorize.sweep.cell import is_locked
 from memorize.sweep.launch import local_gpu_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,10 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cell subprocess, as a node failure would
     proc.wait()
+    # the killed cell job lets go of its lock as it dies, a moment after the driver: until then it is
+    # rightly "running elsewhere"
+    while any(is_locked(d) for d in (killed / "cells").glob("*")) and time.time() < deadline:
+        time.sleep(0.05)
     assert done_first is not None, "the sweep must be killed after one cell and during the next"
     stamp = done_first.stat().st_mtime_ns
     assert len(list((killed / "cells").glob("*/evals/*.json"))) == 1
