@@ -112,6 +112,36 @@ def test_what_cannot_be_packed(tiny_cfg):
         train_packed([cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=16))], ["a", "b"])
 
 
+def test_packs_are_balanced_and_fill_the_parallel_slots(tmp_path):
+    """Twelve cells of one architecture (N x seed) and two of another (dropout: alone), in grid order."""
+    from memorize.sweep import expand, load_spec
+    from memorize.sweep.launch import by_cell, pack_units
+    from tests.test_sweep import TINY_SPEC, write_spec
+
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = [{"data.n_train": [8, 16, 24, 32, 40, 48], "seed": [0, 1]},
+                    {"data.n_train": [8], "seed": [0, 1], "model.dropout": [0.1]}]
+    cells = by_cell(expand(load_spec(write_spec(tmp_path / "s.yaml", spec))))
+    ids = list(cells)
+    packed, alone = ids[:12], ids[12:]
+
+    def units(pack, slots=1):
+        got = pack_units(cells, pack, slots)
+        assert sorted(sum(got, [])) == sorted(ids)  # every cell in exactly one job
+        return got
+
+    assert units(1) == [[cid] for cid in ids]
+    assert units(10) == [packed[:6], packed[6:], [alone[0]], [alone[1]]]  # not 10 + 2
+    assert units(12) == [packed, [alone[0]], [alone[1]]]
+    assert units(5) == [packed[:4], packed[4:8], packed[8:], [alone[0]], [alone[1]]]
+    assert units(12, slots=3) == units(12)  # three jobs already
+    assert units(12, slots=4) == [packed[:6], packed[6:], [alone[0]], [alone[1]]]  # the one pack halved
+    assert units(12, slots=6) == [packed[:3], packed[3:6], packed[6:9], packed[9:], [alone[0]], [alone[1]]]
+    assert len(units(12, slots=20)) == 14  # split down to single cells, no further
+    only = {cid: cells[cid] for cid in packed[:5]}
+    assert pack_units(only, 10, slots=2) == [packed[:3], packed[3:5]]
+
+
 def test_a_cell_trained_alone_resumes_in_a_pack(tiny_cfg, tmp_path):
     cfg, other = _variants(tiny_cfg)[:2]
     train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10)), tmp_path / "resumed",
@@ -147,8 +177,8 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     said = capsys.readouterr().out
     assert "5 grid points in 4 cells; 0 cells already done, 0 running elsewhere, 4 launched, 0 failed" in said
     a, b = runs["packed"], runs["alone"]
-    assert packs == [3]  # the packed run only: three cells together; the fourth trains alone
-    assert sampled == [3]  # and their samples are drawn together, their time recorded in each evaluation
+    assert packs == [2, 2]  # the packed run only: four cells at --pack 3 as two packs of two
+    assert sampled == [2, 2]  # and their samples are drawn together, their time recorded in each evaluation
     evals = [json.loads(p.read_text()) for p in (tmp_path / "packed" / "cells").glob("*/evals/*.json")]
     assert len(evals) == 5 and all(e["seconds"]["sample"] > 0 for e in evals)
     assert sorted(a.step) == [20, 20, 20, 20, 30]

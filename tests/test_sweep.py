@@ -211,6 +211,13 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
                  "--set", "grid.data.n_train=[8, 16, 24]"]) == 0
     text = capsys.readouterr().out
     assert text.count("pack of 2: ") == 1 and "3 cells would run in 2 jobs" in text and not out.exists()
+    four = ["--dry-run", "--pack", "10", "--parallel", "2", "--set", "grid.data.n_train=[8, 16, 24, 32]"]
+    assert main(["sweep", "run", str(spec), "--out", str(out), *four]) == 0  # two slots: the pack of 4 halved
+    text = capsys.readouterr().out
+    assert text.count("pack of 2: ") == 2 and "4 cells would run in 2 jobs" in text
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", *four]) == 0  # no slots
+    text = capsys.readouterr().out
+    assert text.count("pack of 4: ") == 1 and "4 cells would go to SLURM in 1 job (" in text and not out.exists()
 
 
 def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):

@@ -144,7 +144,7 @@ def local_gpu_parameters(environ: Mapping[str, str], device_count: int) -> dict[
 def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None) -> str:
     """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does."""
     jobs = n if jobs is None else jobs
-    packed = f" in {jobs} jobs (cells trained together: --pack)" if jobs != n else ""
+    packed = f" in {jobs} job{'' if jobs == 1 else 's'} (cells trained together: --pack)" if jobs != n else ""
     if kind != "slurm":
         return f"{n} cells would run{packed} with the {kind} executor"
     s = spec.slurm
@@ -268,7 +268,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
                      "running" if p.cell in busy else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
-        units = pack_units(todo, pack)
+        units = pack_units(todo, pack, 1 if executor != "local" else max(1, parallel))
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
@@ -286,7 +286,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
                        cell_threads)
 
-    units = pack_units(todo, pack)
+    units = pack_units(todo, pack, 1 if executor != "local" else max(1, parallel))
 
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
@@ -370,28 +370,33 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     return report
 
 
-def pack_units(todo: dict[str, list[GridPoint]], pack: int) -> list[list[str]]:
+def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> list[list[str]]:
     """The jobs of a launch: with ``pack`` > 1, cells that can train together (equal
-    :func:`memorize.pack.pack_key` of their longest-budget config) in groups of at most ``pack``, in
-    grid order; every other cell alone."""
+    :func:`memorize.pack.pack_key` of their longest-budget config) in as few packs of at most ``pack``
+    as they fit, of sizes differing by at most one (12 cells at ``pack`` 10: two packs of 6), each pack
+    consecutive cells in grid order; every other cell alone. ``slots``: jobs that run at once (local
+    ``--parallel``); while there are fewer jobs than that, the largest pack is halved, so no slot
+    waits idle at the start (two packs of 5 on two 1-thread slots train ten 8-channel digits cells
+    faster than one pack of 10 with both threads: ``benchmarks/README.md``)."""
     if pack <= 1:
         return [[cid] for cid in todo]
     from memorize.pack import pack_key
 
     groups: dict[str, list[str]] = {}
-    units: list[list[str]] = []
     for cid, points in todo.items():
         key = pack_key(max((p.config for p in points), key=lambda c: c.train.steps))
-        if key is None:
-            units.append([cid])
-            continue
-        group = groups.setdefault(key, [])
-        if not group:
-            units.append(group)
-        group.append(cid)
-        if len(group) == pack:
-            groups[key] = []
-    return units
+        groups.setdefault(key if key is not None else f"alone {cid}", []).append(cid)
+    units: list[list[str]] = []
+    for group in groups.values():
+        count = -(-len(group) // pack)
+        bounds = [round(i * len(group) / count) for i in range(count + 1)]
+        units.extend(group[a:b] for a, b in zip(bounds, bounds[1:]))
+    while len(units) < slots and max(map(len, units), default=1) > 1:
+        largest = max(range(len(units)), key=lambda i: len(units[i]))
+        unit = units[largest]
+        units[largest:largest + 1] = [unit[:(len(unit) + 1) // 2], unit[(len(unit) + 1) // 2:]]
+    order = {cid: i for i, cid in enumerate(todo)}
+    return sorted(units, key=lambda unit: order[unit[0]])
 
 
 def _jobs(out: Path) -> dict[str, str]:
