@@ -7,9 +7,11 @@ its checkpoints, log and evaluation rows: once with ``memorize.train.train`` per
 second and the ratio (training only: sampling, scoring and comparing are not packed).
 
 ``--sweep`` instead runs a slice of ``sweeps/digits.yaml`` as ``memorize sweep run`` does, with the
-local executor and this machine's threads, twice in the same run: each cell alone, then with
-``--pack`` (one model size, ``--channels``, every N of the spec, seeds 0 and 1): cells per hour,
-wall clock, everything included (process start-up, sampling, scoring, comparing).
+local executor and this machine's threads, four times in the same run: each cell alone and with
+``--pack`` (one model size, ``--channels``, every N of the spec, seeds 0 and 1), each one job at a
+time with all threads (``--parallel 1``, the sweep's default) and ``--parallel`` jobs at a time with
+the threads divided: cells per hour, wall clock, everything included (process start-up, sampling,
+scoring, comparing).
 
 ``--step`` times only the forward and backward pass of one training step per cell, alone (each
 cell's own network) against vmapped over the stacked weights and against the wide network whose
@@ -31,6 +33,7 @@ from benchmarks.common import report
 from memorize.config import CellConfig, from_dict
 from memorize.pack import train_packed
 from memorize.sweep import load_spec, run_sweep
+from memorize.sweep.launch import available_cores, threads_per_cell
 from memorize.train import train
 
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
@@ -49,26 +52,35 @@ def cells(channels: int, n: int, steps: int) -> list[CellConfig]:
                                 train=dataclasses.replace(base.train, steps=steps)) for i in range(n)]
 
 
-def sweep_slice(channels: int, pack: int) -> list[dict]:
+def sweep_slice(channels: int, pack: int, parallel: int) -> list[dict]:
+    """The slice run four ways, one after another: alone and packed, each one job at a time with all the
+    threads, and ``parallel`` jobs at a time with the threads divided (packed: the packs balanced to fill
+    the slots, memorize.sweep.launch.pack_units). Ratios against the first (the sweep's defaults) and
+    against the faster of the two unpacked runs."""
     spec = load_spec(SPEC)
     spec = dataclasses.replace(spec, grid={**spec.grid, "model.channels": [channels], "seed": [0, 1]})
     rows = []
-    for k in (1, pack):
+    for k, jobs in ((1, 1), (1, parallel), (pack, 1), (pack, parallel)):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            done = run_sweep(spec, Path(tmp), "local", progress=False, pack=k)
+            done = run_sweep(spec, Path(tmp), "local", parallel=jobs, progress=False, pack=k)
             wall = time.perf_counter() - start
         if done["failed"]:
             raise SystemExit(f"{done['failed']} cells failed")
-        rows.append({"channels": channels, "cells": done["launched"], "pack": k, "seconds": wall,
+        rows.append({"channels": channels, "cells": done["launched"], "pack": k, "parallel": jobs,
+                     "threads per job": threads_per_cell("local", jobs), "seconds": wall,
                      "cells per hour": 3600 * done["launched"] / wall})
+    best_alone = min(r["seconds"] for r in rows if r["pack"] == 1)
     for r in rows:
         r["x alone"] = rows[0]["seconds"] / r["seconds"]
+        r["x best alone"] = best_alone / r["seconds"]
     return rows
 
 
 def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
-    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3)."""
+    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3);
+    the pass's floating-point operations (torch's flop counter: matrix products and convolutions) and the
+    rate the wide network reaches."""
     import copy
 
     from memorize.pack import StackedCells
@@ -90,6 +102,12 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
             for p in stack.params.values():
                 p.grad = None
 
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:  # one cell's forward and backward pass
+            b = batches[0]
+            trainings[0].denoiser.loss(b.x0, b.sigma, b.noise, b.labels).mean().backward()
+        trainings[0].denoiser.net.zero_grad(set_to_none=True)
         times = {}
         for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 3:
             fn()  # warm-up
@@ -100,7 +118,8 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
             times[name] = min(times.get(name, ms), ms)
     return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "vmapped ms/cell": times["vmapped"],
              "wide ms/cell": times["wide"], "x alone": times["alone"] / times["wide"],
-             "x vmapped": times["vmapped"] / times["wide"]}]
+             "x vmapped": times["vmapped"] / times["wide"], "GFLOP/cell": counter.get_total_flops() / 1e9,
+             "wide GFLOP/s": counter.get_total_flops() / 1e6 / times["wide"]}]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -112,6 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu", help="cpu only for now")
     parser.add_argument("--sweep", action="store_true", help="the digits sweep slice, alone vs packed")
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
+    parser.add_argument("--parallel", type=int, default=available_cores(),
+                        help="--sweep: jobs at a time in the runs that divide the threads (default: this machine's cores)")
     parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped vs wide")
     args = parser.parse_args(argv)
     if args.step:
@@ -119,8 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return report("pack_step", [r for c in args.channels for r in forward_backward(c, args.cells)],
                       f"{args.threads} threads; one forward + backward pass per cell, batch of the sweep")
     if args.sweep:
-        return report("pack_sweep", sweep_slice(args.channels[0], args.pack),
-                      f"{SPEC.name}, local executor, {args.pack} cells per pack")
+        return report("pack_sweep", sweep_slice(args.channels[0], args.pack, args.parallel),
+                      f"{SPEC.name}, local executor, at most {args.pack} cells per pack")
     torch.set_num_threads(args.threads)
     rows = []
     for channels in args.channels:
