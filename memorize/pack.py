@@ -400,6 +400,9 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
     shape = tuple(plans[order[0]].data.train.shape[1:])
     drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False)
     share = (time.perf_counter() - start) / k
-    for i in order:  # cell i's rows, in the order of its samples
-        results[i] = save_samples(plans[i], drawn[[row for row, (cell, _) in enumerate(index) if cell == i]], share)
+    rows: dict[int, list[int]] = {i: [] for i in order}  # cell i's rows, in the order of its samples
+    for row, (cell, _) in enumerate(index):
+        rows[cell].append(row)
+    for i in order:
+        results[i] = save_samples(plans[i], drawn[rows[i]], share)
     return results
