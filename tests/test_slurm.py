@@ -196,8 +196,11 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
 @pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_cancel_stops_the_queue_keeps_finished_cells_and_run_resumes(tmp_path, capsys):
     spec = json.loads(json.dumps(TINY_SPEC))
-    spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=400, log_every=100)
-    spec["grid"] = {"data.n_train": [16, 32, 48]}
+    spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=2000, log_every=500)
+    # the first cell finishes quickly; the second, cancelled while training, has about 2,000 steps to go (10 s
+    # or more), so it cannot finish within SLURM's KillWait (5 s here): Submitit's jobs ignore scancel's
+    # SIGTERM until the SIGKILL; the third waits in the queue (array parallelism 1)
+    spec["grid"] = [{"data.n_train": [16]}, {"data.n_train": [32], "train.steps": [2000]}, {"data.n_train": [48]}]
     spec["score"] = {"compare": False, "features": "pixel"}
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump(spec))

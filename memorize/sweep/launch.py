@@ -258,6 +258,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     else:
         points = prepare(spec, out)
     cells = by_cell(points)
+    slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local): packs are split to fill them
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
     todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
@@ -268,7 +269,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
                      "running" if p.cell in busy else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
-        units = pack_units(todo, pack, 1 if executor != "local" else max(1, parallel))
+        units = pack_units(todo, pack, slots)
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
@@ -286,7 +287,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
                        cell_threads)
 
-    units = pack_units(todo, pack, 1 if executor != "local" else max(1, parallel))
+    units = pack_units(todo, pack, slots)
 
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
@@ -309,7 +310,6 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     ex = _executor(executor, out, spec)
     # local / debug: in the foreground, `parallel` cells at a time, a progress line per running cell
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
-    slots = 1 if executor == "debug" else max(1, parallel)
     per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}"
     bar = tqdm(total=len(todo), desc=f"sweep {spec.name} ({per})", unit="cell", disable=not progress)
     lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or executor ==
