@@ -198,7 +198,7 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
     pd.testing.assert_frame_equal(result_rows(killed), result_rows(straight))
 
 
-def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
+def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "sweep"
     assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--executor", "slurm",
@@ -218,6 +218,10 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys):
     assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", *four]) == 0  # no slots
     text = capsys.readouterr().out
     assert text.count("pack of 4: ") == 1 and "4 cells would go to SLURM in 1 job (" in text and not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU the pack stays whole
+    assert main(["sweep", "run", str(spec), "--out", str(out), *four]) == 0
+    text = capsys.readouterr().out
+    assert text.count("pack of 4: ") == 1 and "4 cells would run in 1 job (" in text and not out.exists()
 
 
 def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):

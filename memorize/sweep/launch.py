@@ -258,7 +258,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     else:
         points = prepare(spec, out)
     cells = by_cell(points)
-    slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local): packs are split to fill them
+    slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local)
+    # packs are split to fill the slots where they train on this machine's CPU cores; on a GPU, packing is
+    # what saves the launches, and splitting it to share the GPU is unmeasured
+    pack_slots = slots if not torch.cuda.is_available() else 1
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
     todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
@@ -269,7 +272,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
                      "running" if p.cell in busy else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
-        units = pack_units(todo, pack, slots)
+        units = pack_units(todo, pack, pack_slots)
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
@@ -287,7 +290,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
                        cell_threads)
 
-    units = pack_units(todo, pack, slots)
+    units = pack_units(todo, pack, pack_slots)
 
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
@@ -375,8 +378,8 @@ def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> l
     :func:`memorize.pack.pack_key` of their longest-budget config) in as few packs of at most ``pack``
     as they fit, of sizes differing by at most one (12 cells at ``pack`` 10: two packs of 6), each pack
     consecutive cells in grid order; every other cell alone. ``slots``: jobs that run at once (local
-    ``--parallel``); while there are fewer jobs than that, the largest pack is halved, so no slot
-    waits idle at the start (two packs of 5 on two 1-thread slots train ten 8-channel digits cells
+    ``--parallel`` on a machine without a GPU); while there are fewer jobs than that, the largest pack
+    is halved, so no slot waits idle at the start (two packs of 5 on two 1-thread slots train ten 8-channel digits cells
     faster than one pack of 10 with both threads: ``benchmarks/README.md``)."""
     if pack <= 1:
         return [[cid] for cid in todo]
