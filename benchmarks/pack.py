@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import add_device_argument, report, result_name
 from memorize.config import CellConfig, from_dict
 from memorize.pack import train_packed
 from memorize.sweep import load_spec, run_sweep
@@ -44,20 +44,21 @@ BASE = {"data": {"name": "digits", "n_heldout": 197},
                   "log_every": 100}}
 
 
-def cells(channels: int, n: int, steps: int) -> list[CellConfig]:
+def cells(channels: int, n: int, steps: int, device: str = "cpu") -> list[CellConfig]:
     sizes = [8, 24, 64, 192, 1600]
-    base = from_dict(CellConfig, {**BASE, "model": {**BASE["model"], "channels": channels}})
+    base = from_dict(CellConfig, {**BASE, "model": {**BASE["model"], "channels": channels},
+                                  "train": {**BASE["train"], "device": device}})
     return [dataclasses.replace(base, seed=i // len(sizes),
                                 data=dataclasses.replace(base.data, n_train=sizes[i % len(sizes)]),
                                 train=dataclasses.replace(base.train, steps=steps)) for i in range(n)]
 
 
-def sweep_slice(channels: int, pack: int, parallel: int) -> list[dict]:
+def sweep_slice(channels: int, pack: int, parallel: int, device: str = "cpu") -> list[dict]:
     """The slice run four ways, one after another: alone and packed, each one job at a time with all the
     threads, and ``parallel`` jobs at a time with the threads divided (packed: the packs balanced to fill
     the slots, memorize.sweep.launch.pack_units). Ratios against the first (the sweep's defaults) and
     against the faster of the two unpacked runs."""
-    spec = load_spec(SPEC)
+    spec = load_spec(SPEC, overrides={"base.train.device": device})  # every stage of a cell runs there
     spec = dataclasses.replace(spec, grid={**spec.grid, "model.channels": [channels], "seed": [0, 1]})
     rows = []
     for k, jobs in ((1, 1), (1, parallel), (pack, 1), (pack, parallel)):
@@ -77,7 +78,7 @@ def sweep_slice(channels: int, pack: int, parallel: int) -> list[dict]:
     return rows
 
 
-def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
+def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cpu") -> list[dict]:
     """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3);
     the pass's floating-point operations (torch's flop counter: matrix products and convolutions) and the
     rate the wide network reaches."""
@@ -87,7 +88,7 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
     from memorize.train import CellTraining
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainings = [CellTraining(cfg, Path(tmp) / str(i)) for i, cfg in enumerate(cells(channels, n, 10))]
+        trainings = [CellTraining(cfg, Path(tmp) / str(i)) for i, cfg in enumerate(cells(channels, n, 10, device))]
         batches = [c.draw() for c in trainings]
         vmapped, wide, base = StackedCells(trainings), StackedCells(trainings), copy.deepcopy(trainings[0].denoiser.net)
         vmapped.wide = False  # no wide network: vmap over functional_call
@@ -108,12 +109,18 @@ def forward_backward(channels: int, n: int, repeats: int = 10) -> list[dict]:
             b = batches[0]
             trainings[0].denoiser.loss(b.x0, b.sigma, b.noise, b.labels).mean().backward()
         trainings[0].denoiser.net.zero_grad(set_to_none=True)
+        def sync() -> None:  # a GPU's queued work finished before the clock is read
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+
         times = {}
         for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 3:
             fn()  # warm-up
+            sync()
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()
+            sync()
             ms = 1000 * (time.perf_counter() - start) / repeats / n
             times[name] = min(times.get(name, ms), ms)
     return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "vmapped ms/cell": times["vmapped"],
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--channels", type=int, nargs="*", default=[8, 16, 32])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu only for now")
+    add_device_argument(parser)
     parser.add_argument("--sweep", action="store_true", help="the digits sweep slice, alone vs packed")
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
     parser.add_argument("--parallel", type=int, default=available_cores(),
@@ -137,15 +144,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.step:
         torch.set_num_threads(args.threads)
-        return report("pack_step", [r for c in args.channels for r in forward_backward(c, args.cells)],
+        return report(result_name("pack_step", args.device),
+                      [r for c in args.channels for r in forward_backward(c, args.cells, device=args.device)],
                       f"{args.threads} threads; one forward + backward pass per cell, batch of the sweep")
     if args.sweep:
-        return report("pack_sweep", sweep_slice(args.channels[0], args.pack, args.parallel),
+        return report(result_name("pack_sweep", args.device),
+                      sweep_slice(args.channels[0], args.pack, args.parallel, args.device),
                       f"{SPEC.name}, local executor, at most {args.pack} cells per pack")
     torch.set_num_threads(args.threads)
     rows = []
     for channels in args.channels:
-        cfgs = cells(channels, args.cells, args.steps)
+        cfgs = cells(channels, args.cells, args.steps, args.device)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             for i, cfg in enumerate(cfgs):
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"channels": channels, "cells": args.cells, "steps per cell": args.steps,
                      "alone cell-steps/s": steps / alone, "packed cell-steps/s": steps / packed,
                      "x alone": alone / packed})
-    return report("pack", rows, f"{args.threads} threads; training only, data loading and set-up included")
+    return report(result_name("pack", args.device), rows, f"{args.threads} threads; training only, data loading and set-up included")
 
 
 if __name__ == "__main__":
