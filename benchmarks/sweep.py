@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         spec = load_spec(SPEC)
         spec = dataclasses.replace(spec, grid={**spec.grid, "data.n_train": [args.n_train]})
-        if args.device != "cpu":
-            spec = dataclasses.replace(spec, base={**spec.base, "train": {**spec.base["train"], "device": args.device}})
+        # always set: the spec's auto would put the CPU run on a GPU where there is one
+        spec = dataclasses.replace(spec, base={**spec.base, "train": {**spec.base["train"], "device": args.device}})
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             launched = run_sweep(spec, Path(tmp), "local", progress=False)
