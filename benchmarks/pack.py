@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import add_device_argument, report, result_name
 from memorize.config import CellConfig, from_dict
@@ -55,8 +56,8 @@ def cells(channels: int, n: int, steps: int, device: str = "cpu") -> list[CellCo
 
 def sweep_slice(channels: int, pack: int, parallel: int, device: str = "cpu") -> list[dict]:
     """The slice run four ways, one after another: alone and packed, each one job at a time with all the
-    threads, and ``parallel`` jobs at a time with the threads divided (packed: the packs balanced to fill
-    the slots, memorize.sweep.launch.pack_units). Ratios against the first (the sweep's defaults) and
+    threads, and ``parallel`` jobs at a time with the threads divided (packed, without a GPU: the packs
+    balanced to fill the slots, memorize.sweep.launch.pack_units). Ratios against the first (the sweep's defaults) and
     against the faster of the two unpacked runs."""
     spec = load_spec(SPEC, overrides={"base.train.device": device})  # every stage of a cell runs there
     spec = dataclasses.replace(spec, grid={**spec.grid, "model.channels": [channels], "seed": [0, 1]})
@@ -103,12 +104,11 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
             for p in stack.params.values():
                 p.grad = None
 
-        from torch.utils.flop_counter import FlopCounterMode
-
         with FlopCounterMode(display=False) as counter:  # one cell's forward and backward pass
             b = batches[0]
             trainings[0].denoiser.loss(b.x0, b.sigma, b.noise, b.labels).mean().backward()
         trainings[0].denoiser.net.zero_grad(set_to_none=True)
+
         def sync() -> None:  # a GPU's queued work finished before the clock is read
             if torch.device(device).type == "cuda":
                 torch.cuda.synchronize()
