@@ -57,8 +57,8 @@ def cells(channels: int, n: int, steps: int, device: str = "cpu") -> list[CellCo
 def sweep_slice(channels: int, pack: int, parallel: int, device: str = "cpu") -> list[dict]:
     """The slice run four ways, one after another: alone and packed, each one job at a time with all the
     threads, and ``parallel`` jobs at a time with the threads divided (packed, without a GPU: the packs
-    balanced to fill the slots, memorize.sweep.launch.pack_units). Ratios against the first (the sweep's defaults) and
-    against the faster of the two unpacked runs."""
+    balanced to fill the slots, memorize.sweep.launch.pack_units). Ratios against the first (the
+    sweep's defaults) and against the faster of the two unpacked runs."""
     spec = load_spec(SPEC, overrides={"base.train.device": device})  # every stage of a cell runs there
     spec = dataclasses.replace(spec, grid={**spec.grid, "model.channels": [channels], "seed": [0, 1]})
     rows = []
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"channels": channels, "cells": args.cells, "steps per cell": args.steps,
                      "alone cell-steps/s": steps / alone, "packed cell-steps/s": steps / packed,
                      "x alone": alone / packed})
-    return report(result_name("pack", args.device), rows, f"{args.threads} threads; training only, data loading and set-up included")
+    return report(result_name("pack", args.device), rows,
+                  f"{args.threads} threads; training only, data loading and set-up included")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ instead (e.g. the README's main job, runs/digits). ``--device cuda`` runs the sl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -55,10 +54,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.sweep_dir:
         rows = stage_table(args.sweep_dir)
     else:
-        spec = load_spec(SPEC)
-        spec = dataclasses.replace(spec, grid={**spec.grid, "data.n_train": [args.n_train]})
-        # always set: the spec's auto would put the CPU run on a GPU where there is one
-        spec = dataclasses.replace(spec, base={**spec.base, "train": {**spec.base["train"], "device": args.device}})
+        # the device always set: the spec's auto would put the CPU run on a GPU where there is one
+        spec = load_spec(SPEC, overrides={"base.train.device": args.device, "grid.data.n_train": [args.n_train]})
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             launched = run_sweep(spec, Path(tmp), "local", progress=False)

@@ -197,9 +197,9 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
 def test_cancel_stops_the_queue_keeps_finished_cells_and_run_resumes(tmp_path, capsys):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=2000, log_every=500)
-    # the first cell finishes quickly; the second, cancelled while training, has about 2,000 steps to go (10 s
-    # or more), so it cannot finish within SLURM's KillWait (5 s here): Submitit's jobs ignore scancel's
-    # SIGTERM until the SIGKILL; the third waits in the queue (array parallelism 1)
+    # the first cell finishes quickly; the second, cancelled while training, has about 1,950 steps to go after
+    # its first checkpoint (with 350 it once finished within SLURM's KillWait, 5 s here: Submitit's jobs
+    # ignore scancel's SIGTERM until the SIGKILL); the third waits in the queue (array parallelism 1)
     spec["grid"] = [{"data.n_train": [16]}, {"data.n_train": [32], "train.steps": [2000]}, {"data.n_train": [48]}]
     spec["score"] = {"compare": False, "features": "pixel"}
     spec_file = tmp_path / "s.yaml"
