@@ -222,6 +222,9 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "run", str(spec), "--out", str(out), *four]) == 0
     text = capsys.readouterr().out
     assert text.count("pack of 4: ") == 1 and "4 cells would run in 1 job (" in text and not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), *four, "--set", "base.train.device=cpu"]) == 0
+    text = capsys.readouterr().out  # cells held to the CPU on a GPU machine: halved to fill the slots
+    assert text.count("pack of 2: ") == 2 and "4 cells would run in 2 jobs" in text and not out.exists()
 
 
 def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):

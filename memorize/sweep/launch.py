@@ -39,7 +39,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from memorize.cell import LAYOUT, OLD_LAYOUT
-from memorize.config import ConfigError, to_dict
+from memorize.config import CellConfig, ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
 from memorize.sweep.cell import ERROR, CellJob, PackJob, is_done, is_locked, read_eval
 from memorize.sweep.snapshot import setup_lines, take_snapshot
@@ -259,9 +259,6 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         points = prepare(spec, out)
     cells = by_cell(points)
     slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local)
-    # packs are split to fill the slots where they train on this machine's CPU cores; on a GPU, packing is
-    # what saves the launches, and splitting it to share the GPU is unmeasured
-    pack_slots = slots if not torch.cuda.is_available() else 1
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
     todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
@@ -272,7 +269,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
                      "running" if p.cell in busy else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
-        units = pack_units(todo, pack, pack_slots)
+        units = pack_units(todo, pack, slots)
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
@@ -290,7 +287,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
                        cell_threads)
 
-    units = pack_units(todo, pack, pack_slots)
+    units = pack_units(todo, pack, slots)
 
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
@@ -373,6 +370,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     return report
 
 
+def trains_on_cpu(cfg: CellConfig) -> bool:
+    """Whether a cell's training runs on this machine's CPU (``train.device`` cpu, or auto without a GPU)."""
+    return cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+
+
 def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> list[list[str]]:
     """The jobs of a launch: with ``pack`` > 1, cells that can train together (equal
     :func:`memorize.pack.pack_key` of their longest-budget config) in as few packs of at most ``pack``
@@ -380,7 +382,9 @@ def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> l
     consecutive cells in grid order; every other cell alone. ``slots``: jobs that run at once (local
     ``--parallel`` on a machine without a GPU); while there are fewer jobs than that, the largest pack
     is halved, so no slot waits idle at the start (two packs of 5 on two 1-thread slots train ten
-    8-channel digits cells faster than one pack of 10 with both threads: ``benchmarks/README.md``)."""
+    8-channel digits cells faster than one pack of 10 with both threads: ``benchmarks/README.md``). Only
+    packs that train on the CPU are halved (:func:`trains_on_cpu`): on a GPU, packing is what saves the
+    launches, and splitting a pack to share the GPU is unmeasured."""
     if pack <= 1:
         return [[cid] for cid in todo]
     from memorize.pack import pack_key
@@ -394,8 +398,12 @@ def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> l
         count = -(-len(group) // pack)
         bounds = [round(i * len(group) / count) for i in range(count + 1)]
         units.extend(group[a:b] for a, b in zip(bounds, bounds[1:]))
-    while len(units) < slots and max(map(len, units), default=1) > 1:
-        largest = max(range(len(units)), key=lambda i: len(units[i]))
+    on_cpu = {cid for cid, points in todo.items() if trains_on_cpu(points[0].config)}
+    while len(units) < slots:
+        splittable = [i for i, unit in enumerate(units) if len(unit) > 1 and unit[0] in on_cpu]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda i: len(units[i]))
         unit = units[largest]
         units[largest:largest + 1] = [unit[:(len(unit) + 1) // 2], unit[(len(unit) + 1) // 2:]]
     order = {cid: i for i, cid in enumerate(todo)}
