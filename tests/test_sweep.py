@@ -16,8 +16,9 @@ import memorize.sweep.launch as launch_module
 from memorize.cell import CellPaths
 from memorize.cli import main
 from memorize.config import ConfigError
+from memorize.io import progress_note
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
-from memorize.sweep.cell import is_locked
+from memorize.sweep.cell import cell_lock, is_locked
 from memorize.sweep.launch import local_gpu_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,6 +372,13 @@ def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, mon
     pending = collect(out)
     assert pending.empty and pending.attrs["pending"] == 2  # old results are never listed as the new ones
     assert (sweep_status(out).state == "pending").all()
+    root = out / "cells" / first.cell[0]
+    with cell_lock(root):  # a process at work on the cell: status says what it is doing
+        progress_note(root, "training", 1200, 2000, every=0)
+        status = sweep_status(out).set_index("cell")
+    assert status.loc[first.cell[0], "state"] == "running"
+    assert status.loc[first.cell[0], "detail"] == "training 1,200/2,000"
+    assert status.loc[first.cell[1], "state"] == "pending"
 
     report = run_sweep(spec_b, out, "debug", progress=False)
     assert report["launched"] == 2 and report["failed"] == 0

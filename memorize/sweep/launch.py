@@ -229,14 +229,18 @@ def stop_local_jobs(jobs: list, grace: float = 10.0) -> None:
             pass
 
 
-def _running_line(out: Path, cid: str, label: str) -> str:
-    note = cell_dir(out, cid) / "progress.json"
+def _progress(root: Path) -> str:
+    """What a running cell is doing, from its ``progress.json`` (``training 3,400/8,000``), or ``starting``."""
     try:
-        state = json.loads(note.read_text())
+        state = json.loads((root / "progress.json").read_text())
     except (OSError, ValueError):
-        return f"{cid} ({label}): starting"
+        return "starting"
     done = f" {state['done']:,}/{state['total']:,}" if state.get("total") else ""
-    return f"{cid} ({label}): {state['stage']}{done}"
+    return f"{state['stage']}{done}"
+
+
+def _running_line(out: Path, cid: str, label: str) -> str:
+    return f"{cid} ({label}): {_progress(cell_dir(out, cid))}"
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
@@ -542,7 +546,8 @@ def _grid(out: Path) -> pd.DataFrame:
 
 
 def sweep_status(out: str | Path) -> pd.DataFrame:
-    """Per grid point: done, running, failed (with the log to read), pending (with training progress)."""
+    """Per grid point: done, running (with its stage and progress), failed (with the log to read), pending
+    (with its last checkpoint)."""
     from memorize.cell import CellPaths
 
     out = Path(out)
@@ -562,6 +567,7 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
             detail = f"mem_nn={read_eval(root, row['eval'])['mem_nn']:.3f}"
         elif is_locked(root):
             state = "running"
+            detail = _progress(root)
         elif (root / ERROR).exists():
             state = "failed"
             last = (root / ERROR).read_text().strip().splitlines()[-1:] or [""]
