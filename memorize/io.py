@@ -86,12 +86,23 @@ def atomic_save_figure(path: str | Path, figure: Any, **kwargs: Any) -> Path:
 _LAST_NOTE: dict[Path, float] = {}
 
 
+def slurm_job() -> dict:
+    """The SLURM job this process runs in (None outside SLURM) and how often SLURM requeued it
+    (``SLURM_RESTART_COUNT``: after time limits, preemptions or ``scontrol requeue``)."""
+    return {"slurm_job": os.environ.get("SLURM_JOB_ID"), "requeues": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+
+
 def progress_note(root: str | Path, stage: str, done: int = 0, total: int = 0, every: float = 1.0) -> None:
-    """Write ``root/progress.json`` (stage, done, total), at most once every ``every`` seconds per directory
-    except at a stage's start and end: what ``memorize sweep run`` shows for a running cell."""
+    """Write ``root/progress.json`` (stage, done, total; under SLURM, how often the job was requeued) at most
+    once every ``every`` seconds per directory except at a stage's start and end: what ``memorize sweep run``
+    and ``memorize sweep status`` show for a running cell."""
     key = Path(root)
     now = time.monotonic()
     if 0 < done < total and now - _LAST_NOTE.get(key, -every) < every:
         return
     _LAST_NOTE[key] = now
-    atomic_write_json(key / "progress.json", {"stage": stage, "done": done, "total": total})
+    note = {"stage": stage, "done": done, "total": total}
+    requeues = slurm_job()["requeues"]
+    if requeues:
+        note["requeues"] = requeues
+    atomic_write_json(key / "progress.json", note)

@@ -378,6 +378,10 @@ def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, mon
         status = sweep_status(out).set_index("cell")
     assert status.loc[first.cell[0], "state"] == "running"
     assert status.loc[first.cell[0], "detail"] == "training 1,200/2,000"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # a SLURM job requeued twice
+    with cell_lock(root):
+        progress_note(root, "sampling (step 20)", every=0)
+        assert sweep_status(out).set_index("cell").loc[first.cell[0], "detail"] == "sampling (step 20), requeued 2 times"
     assert status.loc[first.cell[1], "state"] == "pending"
 
     report = run_sweep(spec_b, out, "debug", progress=False)

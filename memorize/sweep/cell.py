@@ -35,7 +35,7 @@ import torch
 
 from memorize.cell import CellPaths
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
-from memorize.io import atomic_write_json, atomic_write_text, progress_note
+from memorize.io import atomic_write_json, atomic_write_text, progress_note, slurm_job
 from memorize.train import CheckpointRequested, request_checkpoint
 from memorize.sweep.snapshot import code_version
 from memorize.sweep.spec import eval_settings, twin_config
@@ -202,12 +202,6 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     }
     atomic_write_json(eval_path(root, key), summary)
     return summary
-
-
-def slurm_job() -> dict:
-    """The SLURM job this process runs in (None outside SLURM) and how often SLURM requeued it
-    (``SLURM_RESTART_COUNT``: after time limits, preemptions or ``scontrol requeue``)."""
-    return {"slurm_job": os.environ.get("SLURM_JOB_ID"), "requeues": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
 
 
 def checkpoint_grid(score: Any, budget: int) -> list[int]:

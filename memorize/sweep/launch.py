@@ -230,13 +230,16 @@ def stop_local_jobs(jobs: list, grace: float = 10.0) -> None:
 
 
 def _progress(root: Path) -> str:
-    """What a running cell is doing, from its ``progress.json`` (``training 3,400/8,000``), or ``starting``."""
+    """What a running cell is doing, from its ``progress.json`` (``training 3,400/8,000``, and ``, requeued 2
+    times`` for a SLURM job requeued), or ``starting``."""
     try:
         state = json.loads((root / "progress.json").read_text())
     except (OSError, ValueError):
         return "starting"
     done = f" {state['done']:,}/{state['total']:,}" if state.get("total") else ""
-    return f"{state['stage']}{done}"
+    requeues = state.get("requeues", 0)
+    again = f", requeued {requeues} time{'s' if requeues > 1 else ''}" if requeues else ""
+    return f"{state['stage']}{done}{again}"
 
 
 def _running_line(out: Path, cid: str, label: str) -> str:
