@@ -56,7 +56,7 @@ def cells(channels: int, n: int, steps: int, device: str = "cpu") -> list[CellCo
 
 def sweep_slice(channels: int, pack: int, parallel: int, device: str = "cpu") -> list[dict]:
     """The slice run four ways, one after another: alone and packed, each one job at a time with all the
-    threads, and ``parallel`` jobs at a time with the threads divided (packed, without a GPU: the packs
+    threads, and ``parallel`` jobs at a time with the threads divided (packed on the CPU: the packs
     balanced to fill the slots, memorize.sweep.launch.pack_units). Ratios against the first (the
     sweep's defaults) and against the faster of the two unpacked runs."""
     spec = load_spec(SPEC, overrides={"base.train.device": device})  # every stage of a cell runs there

@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=_positive_int, default=1,
                    help="train up to K cells of one architecture together, as one batched computation, in one "
                         "job, then sample them together (default 1: each cell alone); packs are balanced and, "
-                        "without a GPU, halved while fewer than --parallel; cells with model.dropout > 0, "
+                        "where they train on the CPU, halved while fewer than --parallel; cells with model.dropout > 0, "
                         "train.stop_when or train.compile always train alone")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
