@@ -19,7 +19,7 @@ import pandas as pd
 
 from memorize.metrics.criteria import paired_change
 from memorize.sweep import collect
-from memorize.sweep.cell import read_eval
+from memorize.sweep.layout import read_eval
 from memorize.sweep.figures import guidance_scans
 
 

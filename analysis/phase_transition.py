@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from memorize.plots import critical_n, experiment_axes, experiment_label, pooled_ratios
+from memorize.analysis import critical_n, experiment_axes, experiment_label, pooled_ratios
 from memorize.sweep import collect
 from memorize.sweep.figures import plot_sweep
 

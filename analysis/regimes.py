@@ -27,7 +27,7 @@ from memorize.config import from_dict
 from memorize.config import SampleConfig
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_write_text
-from memorize.metrics.score import QUALITY_K, feature_embedder, quality_summary, resolve_features
+from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve_features
 from memorize.sweep import collect
 
 

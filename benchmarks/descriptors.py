@@ -23,7 +23,7 @@ import torch
 import memorize.metrics.embedders as embedders
 from benchmarks.common import add_device_argument, report, result_name
 from memorize.config import CellConfig, from_dict
-from memorize.sweep.cell import checkpoint_grid, run_cell
+from memorize.sweep.job import checkpoint_grid, run_cell
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import train
 

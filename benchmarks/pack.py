@@ -34,7 +34,7 @@ from benchmarks.common import add_device_argument, report, result_name
 from memorize.config import CellConfig, from_dict
 from memorize.pack import train_packed
 from memorize.sweep import load_spec, run_sweep
-from memorize.sweep.launch import available_cores, threads_per_cell
+from memorize.sweep.local import available_cores, threads_per_cell
 from memorize.train import train
 
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"

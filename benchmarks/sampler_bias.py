@@ -1,6 +1,6 @@
 """Sampler discretization bias: each sampler on the exact denoiser of a known Gaussian, against steps.
 
-The 16-d Gaussian of :mod:`memorize.testing.samplers` (eigenvalues log-spaced from 1e-3 to 1): for each
+The 16-d Gaussian of :mod:`memorize.sampler_bias` (eigenvalues log-spaced from 1e-3 to 1): for each
 sampler and number of steps (Karras grid, sigma 0.002 to 80), the sample variance along each eigenvector
 over the true eigenvalue, min and max over the 16 directions (exact for heun, ddim and dpm_solver_2m;
 from 20,000 samples for ddpm and euler_maruyama, standard error of one ratio 1%), and the denoiser
@@ -16,7 +16,7 @@ import argparse
 
 from benchmarks.common import report
 from memorize.config import DEFAULT_SAMPLE_STEPS, SAMPLERS, SampleConfig
-from memorize.testing.samplers import variance_ratio
+from memorize.sampler_bias import variance_ratio
 
 # Denoiser evaluations for n steps (the last step of heun is Euler: no correction to sigma = 0).
 EVALUATIONS = {"heun": lambda n: 2 * n - 1}

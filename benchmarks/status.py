@@ -25,8 +25,9 @@ import pandas as pd
 
 from benchmarks.common import report
 from memorize.cell import LAYOUT
-from memorize.sweep import launch
-from memorize.sweep.launch import RESULT_COLUMNS, collect, slurm_states, sweep_status
+from memorize.sweep import results
+from memorize.sweep.results import RESULT_COLUMNS, collect, sweep_status
+from memorize.sweep.slurm import slurm_states
 
 SUMMARY = {k: 0.5 for k in RESULT_COLUMNS} | {
     "dataset": "digits", "model": "unet-c8", "arch": "unet", "sampler": "heun", "embedder": "pixel",
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "sacct calls": log.count("sacct"), "rows": len(result)})
 
         timed("sweep status (ours: one query per refresh)", lambda: sweep_status(out))
-        with mock.patch.object(launch, "slurm_states", per_job_states):
+        with mock.patch.object(results, "slurm_states", per_job_states):
             timed("sweep status, per-job queries (before)", lambda: sweep_status(out))
         timed("collect", lambda: collect(out))
         for command in ("status", "collect"):  # the commands as typed, Python's and torch's start-up included

@@ -69,7 +69,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from memorize.metrics.score import score_cell
+    from memorize.score import score_cell
 
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
                    progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
@@ -188,12 +188,10 @@ def cmd_sweep_cancel(args: argparse.Namespace) -> None:
 
 def cmd_sweep_collect(args: argparse.Namespace) -> None:
     if args.wait:
-        import json
+        from memorize.sweep.layout import read_jobs
+        from memorize.sweep.slurm import wait_for_slurm
 
-        from memorize.sweep.launch import wait_for_slurm
-
-        jobs = json.loads((Path(args.dir) / "jobs.json").read_text()) if (Path(args.dir) / "jobs.json").is_file() else {}
-        wait_for_slurm(Path(args.dir), list(jobs), args.wait_timeout)
+        wait_for_slurm(Path(args.dir), list(read_jobs(Path(args.dir))), args.wait_timeout)
     from memorize.sweep import collect
 
     table = collect(args.dir)
@@ -208,8 +206,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_criteria(args: argparse.Namespace) -> None:
-    from memorize.testing import build_cases, cosine_criterion, load_criterion, nn_criterion
-    from memorize.testing.bench import run_bench
+    from memorize.criteria_bench import build_cases, cosine_criterion, load_criterion, nn_criterion
+    from memorize.criteria_bench.evaluate import run_bench
 
     if args.cell:
         from memorize.cell import CellPaths, load_cell_data, read_config

@@ -37,7 +37,7 @@ from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empir
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
-from memorize.metrics.score import resolve_threshold
+from memorize.score import heldout_similarity, resolve_threshold
 
 SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
 GAP_SEED = 2024  # fixed noise for the gap curves
@@ -123,7 +123,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
 
     ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``.
     ``threshold``: the cosine threshold of the reproducibility score (``None``: ``auto`` for pixels, calibrated
-    on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.metrics.score.resolve_threshold`)."""
+    on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.score.resolve_threshold`)."""
     import matplotlib.pyplot as plt
 
     paths = CellPaths(Path(root))
@@ -163,7 +163,8 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
                                  progress=progress)
     embed = load_embedder(embedder, str(dev))
-    setting, threshold = threshold, resolve_threshold(threshold, embedder, embed, data)
+    setting = threshold  # as given: compare.json records the setting the caller passed
+    _, threshold = resolve_threshold(threshold, embedder, heldout_similarity(embed, data, progress))
     agreement = same_noise_agreement(drawn["samples"], read_samples(empirical_file)["samples"], data.train.numpy(),
                                      embed, threshold)
 
@@ -202,6 +203,6 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     if not np.array_equal(a["seeds"], b["seeds"]):
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
     embed = load_embedder(embedder)
-    used = resolve_threshold(threshold, embedder, embed, cells[0])
+    _, used = resolve_threshold(threshold, embedder, heldout_similarity(embed, cells[0]))
     return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), used),
             "threshold_setting": threshold}

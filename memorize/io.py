@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from memorize.errors import ConfigError
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs (memorize.cli)."""
@@ -29,8 +31,6 @@ def check_directory(path: str | Path, flag: str) -> Path:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                from memorize.config import ConfigError
-
                 raise ConfigError(f"{flag} {path}: {p} is a file, not a directory")
             break
     return path

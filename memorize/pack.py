@@ -21,7 +21,7 @@ overhead (Python, dispatch, kernel launches). Cells whose networks have the same
    its slices of the stacks copied into its own modules and optimizer first where it reads them.
 
 Trained, the cells of a pack are also sampled together (:func:`sample_packed`, called by
-:func:`memorize.sweep.cell.sample_together` before each cell's evaluation): their EMA denoisers
+:func:`memorize.sweep.job.sample_together` before each cell's evaluation): their EMA denoisers
 become one :class:`WideDenoiser` and one sampling run draws every cell's samples, each sample from
 its own noise stream, so each cell's file equals the one it would draw alone to float tolerance.
 Scoring and comparing then run cell by cell.

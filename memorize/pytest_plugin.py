@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # the plugin loads with every pytest run in the environment: 
     import numpy as np
     import pandas as pd
 
-    from memorize.testing.bench import Criterion
-    from memorize.testing.cases import CaseSet
+    from memorize.criteria_bench.evaluate import Criterion
+    from memorize.criteria_bench.cases import CaseSet
 
 
 @dataclass
@@ -33,7 +33,7 @@ class MemorizationBench:
     train: np.ndarray
 
     def evaluate(self, criterion: Criterion, target_fpr: float = 0.01) -> pd.DataFrame:
-        from memorize.testing.bench import evaluate_criterion
+        from memorize.criteria_bench.evaluate import evaluate_criterion
 
         return evaluate_criterion(criterion, self.cases, self.train, target_fpr)
 
@@ -41,7 +41,7 @@ class MemorizationBench:
 def digits_bench(n_train: int = 256, n_heldout: int = 197, per_kind: int = 32, seed: int = 0) -> MemorizationBench:
     from memorize.config import DataConfig
     from memorize.data import load_dataset, make_split
-    from memorize.testing.cases import build_cases
+    from memorize.criteria_bench.cases import build_cases
 
     cfg = DataConfig(name="digits", n_train=n_train, n_heldout=n_heldout)
     ds = load_dataset(cfg)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memorize.metrics import calibrated_threshold
-from memorize.metrics.score import score_cell
+from memorize.score import score_cell
 from tests.conftest import trained_tiny_cell
 
 

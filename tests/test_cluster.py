@@ -21,8 +21,11 @@ from memorize.cell import LAYOUT, CellPaths
 from memorize.cli import main
 from memorize.config import ConfigError, to_dict
 from memorize.sweep import load_spec
-from memorize.sweep.cell import ERROR, CellJob, _checkpoint_first
-from memorize.sweep.launch import _executor, slurm_states, sweep_status
+from memorize.sweep.job import CellJob, _checkpoint_first
+from memorize.sweep.layout import ERROR
+from memorize.sweep.launch import _executor
+from memorize.sweep.results import sweep_status
+from memorize.sweep.slurm import slurm_states
 from memorize.sweep.snapshot import code_version, package_dir, setup_lines, source_hash, take_snapshot
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import CheckpointRequested, train

@@ -131,7 +131,7 @@ def test_a_conditional_cell_trains_with_dropout_samples_with_guidance_scores_and
 
     from memorize.compare import compare_cell
     from memorize.generate import read_samples, sample_cell
-    from memorize.metrics.score import score_cell
+    from memorize.score import score_cell
     from memorize.train import train
 
     cfg = _cfg(data={"labels": "true"}, train={"label_dropout": 0.2, "steps": 10})
@@ -190,7 +190,7 @@ def test_a_fixed_class_outside_the_dataset_stops_the_sweep_before_launch(tmp_pat
 
 
 def test_guidance_scans_are_drawn_against_w_and_single_n_experiments_not_against_n():
-    from memorize import plots
+    from memorize import analysis, plots
     from memorize.sweep.figures import guidance_scans
 
     base = {"dataset": "digits", "model": "U-Net, 16 ch, 155k", "params": 155_489, "seed": 0, "step": 800,
@@ -206,9 +206,9 @@ def test_guidance_scans_are_drawn_against_w_and_single_n_experiments_not_against
     results = pd.DataFrame([{**base, **r} for r in by_n + scan])
     scans = guidance_scans(results)
     assert sorted(scans["guidance"]) == [0.0, 1.0, 4.0] and (scans["train.label_dropout"] == 0.1).all()
-    against_n = plots.multi_n_rows(results)
+    against_n = analysis.multi_n_rows(results)
     assert len(against_n) == 4 and (against_n["train.label_dropout"] == 0.0).all()
-    assert plots.experiment_axes(against_n) == ["data.labels"]
+    assert analysis.experiment_axes(against_n) == ["data.labels"]
     fig = plots.memorization_vs_guidance_figure(scans)
     (line,) = [c for c in fig.axes[0].containers]  # one (model, N) series in the nearest-neighbour panel
     assert line.lines[0].get_ydata().tolist() == [0.5, 0.7, 0.9]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from memorize.testing import (CriterionError, as_output, build_cases, cosine_criterion, evaluate_criterion,
+from memorize.criteria_bench import (CriterionError, as_output, build_cases, cosine_criterion, evaluate_criterion,
                               nn_criterion)
-from memorize.testing.cases import add_noise_at_psnr, crop_resize, shift
+from memorize.criteria_bench.cases import add_noise_at_psnr, crop_resize, shift
 
 
 def row(table, kind, strength=None):

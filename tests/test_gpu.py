@@ -16,7 +16,7 @@ from memorize.empirical import empirical_denoiser
 from memorize.models import build_network
 from memorize.sampling import generate, sample_seeds
 from memorize.sweep import collect, load_spec, run_sweep
-from memorize.sweep.cell import run_cell
+from memorize.sweep.job import run_cell
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import train
 from tests.test_empirical import brute_force

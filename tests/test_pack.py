@@ -193,7 +193,7 @@ def test_a_signalled_pack_checkpoints_every_cell_then_hands_over(tiny_cfg, tmp_p
     submitit's handler is called once; the requeued pack ends where separate runs end."""
     import signal
 
-    from memorize.sweep.cell import PackJob
+    from memorize.sweep.job import PackJob
     from memorize.sweep.spec import ScoreConfig
     from memorize.config import to_dict
     from tests.test_cluster import FakeSubmitit, _signal_at
@@ -257,7 +257,8 @@ def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path,
 def test_sampling_a_pack_together_leaves_out_a_cell_another_process_holds(tiny_cfg, tmp_path):
     """sample_together holds each cell's lock while it samples: a locked cell is not touched (its evaluation
     samples it later), the others are sampled together, and every lock is free afterwards."""
-    from memorize.sweep.cell import cell_lock, is_locked, sample_together, samples_name
+    from memorize.sweep.job import sample_together, samples_name
+    from memorize.sweep.layout import cell_lock, is_locked
     from memorize.sweep.spec import ScoreConfig
 
     cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=20)) for c in _variants(tiny_cfg)]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memorize import plots
+from memorize import analysis, plots
 from memorize.metrics import wilson_interval
 
 
@@ -18,13 +18,13 @@ def _results(rows):
 def test_a_sampler_axis_gives_two_curves_not_one_pooled_point():
     results = _results([{"n_train": n, "sample.sampler": s, "sampler": s, "mem_nn": r}
                         for n in (8, 64) for s, r in (("heun", 1.0), ("euler_maruyama", 0.0))])
-    assert plots.experiment_axes(results) == ["sample.sampler"]  # "sampler" follows from the axis: not twice
-    pooled = plots.pooled_ratios(results, "nn")
+    assert analysis.experiment_axes(results) == ["sample.sampler"]  # "sampler" follows from the axis: not twice
+    pooled = analysis.pooled_ratios(results, "nn")
     assert len(pooled) == 4 and (pooled.seeds == 1).all()
     heun = pooled[pooled["sample.sampler"] == "heun"]
     assert heun.ratio.tolist() == [1.0, 1.0]
     assert pooled[pooled["sample.sampler"] == "euler_maruyama"].ratio.tolist() == [0.0, 0.0]
-    crit = plots.critical_n(pooled)
+    crit = analysis.critical_n(pooled)
     assert len(crit) == 2 and crit["sample.sampler"].tolist() == ["euler_maruyama", "heun"]
     fig = plots.memorization_vs_n_figure(results)
     assert len(fig.axes) == 4  # a row per sampler, a column per criterion
@@ -34,18 +34,18 @@ def test_a_sampler_axis_gives_two_curves_not_one_pooled_point():
 def test_a_setting_that_differs_without_a_grid_axis_is_not_pooled_either():
     results = _results([{"n_train": 8, "seed": s, "mem_nn": r, "step": step}
                         for s, r, step in ((0, 1.0, 800), (1, 0.0, 2000))])
-    assert plots.experiment_axes(results) == ["step"]
-    assert len(plots.pooled_ratios(results, "nn")) == 2
+    assert analysis.experiment_axes(results) == ["step"]
+    assert len(analysis.pooled_ratios(results, "nn")) == 2
     # under train.stop_when the seeds stop at different steps of one budget: one experiment, pooled
     stopped = results.assign(budget=4000, stopped_early=True)
-    assert plots.experiment_axes(stopped) == [] and len(plots.pooled_ratios(stopped, "nn")) == 1
-    assert plots.budget_label(stopped) == "trained until memorization converged (steps 800-2,000 of a budget of 4,000)"
-    assert plots.budget_label(results.iloc[:1]) == "after 800 training steps"
+    assert analysis.experiment_axes(stopped) == [] and len(analysis.pooled_ratios(stopped, "nn")) == 1
+    assert analysis.budget_label(stopped) == "trained until memorization converged (steps 800-2,000 of a budget of 4,000)"
+    assert analysis.budget_label(results.iloc[:1]) == "after 800 training steps"
 
 
 def test_seeds_are_pooled_with_their_spread_beside_the_wilson_interval():
     results = _results([{"n_train": 8, "seed": s, "mem_nn": r} for s, r in ((0, 0.9), (1, 0.7), (2, 0.8))])
-    (row,) = plots.pooled_ratios(results, "nn").to_dict("records")
+    (row,) = analysis.pooled_ratios(results, "nn").to_dict("records")
     lo, hi = wilson_interval(240, 300)
     assert row["seeds"] == 3 and row["ratio"] == pytest.approx(0.8) and row["n_samples"] == 300
     assert (row["lo"], row["hi"]) == pytest.approx((lo, hi))
@@ -58,8 +58,8 @@ def test_unique_labels_give_one_model_and_a_finite_critical_n():
     """params (architecture) is constant although the label embedding (params_total) grows with N."""
     rows = [{"n_train": n, "params_total": 39_473 + 32 * n, "mem_nn": r}
             for n, r in ((8, 0.9), (64, 0.6), (512, 0.1))]
-    pooled = plots.pooled_ratios(_results(rows), "nn")
-    crit = plots.critical_n(pooled)
+    pooled = analysis.pooled_ratios(_results(rows), "nn")
+    crit = analysis.critical_n(pooled)
     assert len(crit) == 1
     expected = np.exp(np.log(64) + (0.6 - 0.5) / (0.6 - 0.1) * (np.log(512) - np.log(64)))
     assert crit.critical_n.iloc[0] == pytest.approx(expected)
@@ -69,7 +69,7 @@ def test_unique_labels_give_one_model_and_a_finite_critical_n():
 def test_power_law_fit_recovers_the_exponent_and_brackets_it():
     params = np.array([1e4, 1e5, 1e6, 1e7])
     crit = 3.0 * params ** 0.4
-    fit = plots.power_law_fit(params, crit, crit / 1.2, crit * 1.2)
+    fit = analysis.power_law_fit(params, crit, crit / 1.2, crit * 1.2)
     assert fit["slope"] == pytest.approx(0.4) and fit["slope_lo"] < 0.4 < fit["slope_hi"]
     assert fit["slope_hi"] - fit["slope_lo"] < 0.2
 
@@ -92,11 +92,11 @@ def test_memorization_beside_generalization_per_model():
                              "recall_hi": recall + shift + 0.05, "consistency": float("nan"),
                              "consistency_lo": float("nan"), "consistency_hi": float("nan")})
     results = _results(rows)
-    share = plots.pooled_share(results, "recall", [])
+    share = analysis.pooled_share(results, "recall", [])
     first = share[(share.params == 39_473) & (share.n_train == 8)].iloc[0]
     # the mean over seeds, and the widest of their intervals
     assert (first.value, first.lo, first.hi) == pytest.approx((0.15, 0.05, 0.25))
-    assert plots.pooled_share(results, "consistency", []) is None  # no twins trained
+    assert analysis.pooled_share(results, "consistency", []) is None  # no twins trained
     fig = plots.memorization_and_generalization_figure(results)
     assert len(fig.axes) == 2  # a panel per model
     labels = [line.get_label() for line in fig.axes[0].containers]

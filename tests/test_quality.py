@@ -146,7 +146,7 @@ def memorizing_cell(tmp_path_factory):
 
 
 def test_scores_carry_quality_on_a_cached_dataset_classifier(memorizing_cell):
-    from memorize.metrics.score import score_cell
+    from memorize.score import score_cell
 
     first = score_cell(memorizing_cell, "empirical", progress=False)
     q = first["quality"]

@@ -1,5 +1,6 @@
-"""Every command README.md gives runs as written after its first command: memorize commands parse, scripts
-and modules exist and answer --help, and each runs inside the virtual environment the first command makes."""
+"""Every command README.md and the docs give runs as written after README's first command: memorize
+commands parse, scripts and modules exist and answer --help, and each runs inside the virtual environment
+the first command makes."""
 
 import re
 import shlex
@@ -14,9 +15,9 @@ from memorize.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_commands() -> list[str]:
-    """Commands of README.md's bash blocks: continuation lines joined, ``&&`` chains split, comments dropped."""
-    text = (ROOT / "README.md").read_text()
+def shell_commands(page: Path) -> list[str]:
+    """Commands of a page's bash blocks: continuation lines joined, ``&&`` chains split, comments dropped."""
+    text = page.read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -26,7 +27,9 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = shell_commands(ROOT / "README.md")
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+DOC_COMMANDS = sorted({c for page in PAGES for c in shell_commands(page)} - set(COMMANDS))
 
 
 def test_the_readme_has_its_two_commands():
@@ -37,8 +40,12 @@ def test_the_readme_has_its_two_commands():
     assert install.removeprefix(".venv/bin/pip install ") in ci.replace("-q ", "")
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_each_readme_command_runs_as_written(command):
+def test_the_docs_give_commands():
+    assert len(DOC_COMMANDS) >= 15 and any("analysis/phase_transition.py" in c for c in DOC_COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS + DOC_COMMANDS)
+def test_each_command_runs_as_written(command):
     argv = shlex.split(command)
     assert argv[0] in (".venv/bin/memorize", ".venv/bin/python", ".venv/bin/pip", "python3"), \
         f"{command!r} does not run inside .venv as the first command makes it"
@@ -54,3 +61,10 @@ def test_each_readme_command_runs_as_written(command):
         done = subprocess.run([sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr
+
+
+def test_readme_links_point_at_files():
+    """README.md is not part of the docs site, whose strict build checks the pages' links: its own are checked here."""
+    links = re.findall(r"\]\(([^)#]+)[^)]*\)", (ROOT / "README.md").read_text())
+    assert "docs/results.md" in links
+    assert [link for link in links if not (ROOT / link).exists()] == []

@@ -141,7 +141,7 @@ def test_heun_churns_only_inside_its_sigma_window():
 
 
 def _variance_ratio(sampler: str, steps: int | None) -> torch.Tensor:
-    from memorize.testing.samplers import variance_ratio
+    from memorize.sampler_bias import variance_ratio
 
     return variance_ratio(SampleConfig(sampler=sampler, steps=steps))
 

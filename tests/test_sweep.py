@@ -18,8 +18,8 @@ from memorize.cli import main
 from memorize.config import ConfigError
 from memorize.io import progress_note
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
-from memorize.sweep.cell import cell_lock, is_locked
-from memorize.sweep.launch import local_gpu_parameters
+from memorize.sweep.layout import cell_lock, is_locked
+from memorize.sweep.local import local_gpu_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_local_cells_see_the_gpus_their_caller_sees(tmp_path, monkeypatch, calle
 
 
 def test_failed_cell_is_reported_with_its_log_and_others_finish(tmp_path, monkeypatch):
-    import memorize.sweep.cell as cell_module
+    import memorize.sweep.job as cell_module
 
     real = cell_module.run_cell
 
@@ -328,7 +328,7 @@ def test_a_cell_job_leaves_the_callers_thread_count_alone(tmp_path, monkeypatch)
     import torch
 
     from memorize.config import to_dict
-    from memorize.sweep.cell import CellJob
+    from memorize.sweep.job import CellJob
 
     (cell,) = expand(load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8]})))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memorize.plots import power_law_fit
+from memorize.analysis import power_law_fit
 from memorize.timescales import first_crossing, generalization_time, memorization_time, timescales
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from memorize import plots
+from memorize import analysis, plots
 from memorize.io import atomic_save_figure, atomic_write_text
-from memorize.sweep.launch import collect
+from memorize.sweep.results import collect
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -35,7 +35,7 @@ def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str]) -> pd.
             continue
         path = sweep / "cells" / row["cell"] / row["compare_dir"] / "gap.csv"
         if path.is_file():
-            experiment = plots.experiment_label({a: row[a] for a in axes})
+            experiment = analysis.experiment_label({a: row[a] for a in axes})
             tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
                                                    experiment=experiment))
     return pd.concat(tables) if tables else None
@@ -69,13 +69,13 @@ def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
     (columns ``tau_mem_slope``, ``tau_gen_slope`` and their 95% intervals)."""
     from memorize.timescales import timescales
 
-    keys = plots.MODEL_KEYS + ["experiment", "n_train", "seed", "cell"]
+    keys = analysis.MODEL_KEYS + ["experiment", "n_train", "seed", "cell"]
     ts = timescales(curves.drop_duplicates(["cell", "step_eval"]), keys)
     fits = {}
     for (model, experiment), g in ts.groupby(["model", "experiment"], sort=False):
         for name, ok in (("tau_mem", g[g.tau_mem_censored == "none"]), ("tau_gen", g.dropna(subset=["tau_gen"]))):
             if ok["n_train"].nunique() >= 3:
-                fit = plots.power_law_fit(ok["n_train"].to_numpy(float), ok[name].to_numpy(float),
+                fit = analysis.power_law_fit(ok["n_train"].to_numpy(float), ok[name].to_numpy(float),
                                           ok[f"{name}_lo"].to_numpy(float), ok[f"{name}_hi"].to_numpy(float))
                 fits[model, experiment, name] = fit
                 ts.loc[g.index, [f"{name}_slope", f"{name}_slope_lo", f"{name}_slope_hi"]] = (
@@ -88,8 +88,8 @@ def guidance_scans(results: pd.DataFrame) -> pd.DataFrame | None:
     """The rows of experiments (model, N and every other axis fixed) sampled at 2 or more guidance weights."""
     if "guidance" not in results or results["guidance"].nunique() < 2:
         return None
-    others = [a for a in plots.experiment_axes(results) if a not in ("sample.guidance", "guidance")]
-    keys = plots.MODEL_KEYS + ["n_train"] + others
+    others = [a for a in analysis.experiment_axes(results) if a not in ("sample.guidance", "guidance")]
+    keys = analysis.MODEL_KEYS + ["n_train"] + others
     counts = results.groupby(keys, dropna=False)["guidance"].transform("nunique")
     return results[counts >= 2] if (counts >= 2).any() else None
 
@@ -107,13 +107,13 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         results = results_at_step(results, curves, step)
         out = out / f"step-{step}"
     scans = guidance_scans(results)
-    results = plots.multi_n_rows(results)  # the figures against N; single-N experiments are drawn on their own axis
-    axes = plots.experiment_axes(results)
+    results = analysis.multi_n_rows(results)  # the figures against N; single-N experiments are drawn on their own axis
+    axes = analysis.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
-    crit = plots.critical_n(plots.pooled_ratios(results, "nn", axes), axes=axes)
+    crit = analysis.critical_n(analysis.pooled_ratios(results, "nn", axes), axes=axes)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
-    written += _save(plots.critical_n_figure(crit, plots.budget_label(results)), out, "critical_n")
+    written += _save(plots.critical_n_figure(crit, analysis.budget_label(results)), out, "critical_n")
     if axes:
         written += _save(plots.memorization_by_experiment_figure(results), out, "memorization_by_experiment")
     if scans is not None:
@@ -127,7 +127,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         written += _save(plots.gap_curves_figure(gaps), out, "denoiser_gap")
     if curves is not None:
         time_axes = [a for a in axes if a != "budget" and a in curves]  # the budget is the time axis here
-        curves["experiment"] = [plots.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]
+        curves["experiment"] = [analysis.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]
         written += _save(plots.memorization_over_steps_figure(curves), out, "memorization_over_steps")
         written += _timescales(curves, out)
     for cid in cells or default_nn_cells(results):
@@ -140,7 +140,7 @@ def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Pat
     from memorize.cell import CellPaths, load_cell_data, read_config
     from memorize.generate import read_samples
     from memorize.metrics import nn_ratio
-    from memorize.sweep.cell import read_eval
+    from memorize.sweep.layout import read_eval
 
     rows = results[results.cell == cid]
     if rows.empty:

@@ -8,6 +8,7 @@ coverage against the held-out images, and every setting used) and ``NAME_nn.png`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +52,30 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos, labels
 QUALITY_K = 3
 
 
-def resolve_threshold(threshold: float | str | None, embedder: str, embed: Embedder, data: CellData,
-                      target_fpr: float = 0.01, progress: bool = False) -> float:
-    """The cosine threshold in force: ``None`` is :func:`default_threshold` of ``embedder``; ``auto``
-    is calibrated on the cell's held-out images against its training subset
-    (:func:`memorize.metrics.calibration.calibrated_threshold`); a number is itself."""
-    threshold = default_threshold(embedder) if threshold is None else threshold
-    if threshold != "auto":
-        return float(threshold)
-    check_heldout(len(data.heldout), target_fpr)  # before any embedding
-    similarity = copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress), 1.0)
-    return calibrated_threshold(similarity.similarity, target_fpr)
+def resolve_threshold(threshold: float | str | None, embedder: str,
+                      heldout_similarity: Callable[[], np.ndarray], target_fpr: float = 0.01) -> tuple[float | str, float]:
+    """The cosine threshold's setting and the value in force, decided here and nowhere else.
+
+    ``None`` is :func:`~memorize.metrics.calibration.default_threshold` of ``embedder``; ``auto`` is
+    calibrated on ``heldout_similarity()`` (each held-out image's largest cosine to the training
+    subset, computed only when needed) for ``target_fpr``
+    (:func:`~memorize.metrics.calibration.calibrated_threshold`); a number is itself."""
+    setting = default_threshold(embedder) if threshold is None else threshold
+    if setting != "auto":
+        return setting, float(setting)
+    return setting, calibrated_threshold(heldout_similarity(), target_fpr)
+
+
+def heldout_similarity(embed: Embedder, data: CellData, progress: bool = False,
+                       target_fpr: float = 0.01) -> Callable[[], np.ndarray]:
+    """Each held-out image's largest cosine to the cell's training subset on ``embed``'s descriptors, as
+    a function for :func:`resolve_threshold`; it checks that the held-out images can resolve
+    ``target_fpr`` before embedding anything."""
+    def similarity() -> np.ndarray:
+        check_heldout(len(data.heldout), target_fpr)
+        return copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress),
+                               1.0).similarity
+    return similarity
 
 
 def resolve_features(features: str, data: CellData) -> str:
@@ -123,8 +137,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     drawn = read_samples(sample_file)
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()
-    threshold = default_threshold(embedder) if threshold is None else threshold
-    if threshold == "auto":
+    if (default_threshold(embedder) if threshold is None else threshold) == "auto":
         check_heldout(len(data.heldout), target_fpr)  # before any work
     nn = nn_ratio(drawn["samples"], train, ratio)
     labels = drawn.get("labels")
@@ -141,7 +154,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio) if len(data.heldout) else None
     heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0) \
         if len(data.heldout) else None
-    used = calibrated_threshold(heldout_cos.similarity, target_fpr) if threshold == "auto" else float(threshold)
+    threshold, used = resolve_threshold(threshold, embedder, lambda: heldout_cos.similarity, target_fpr)
     cos = copy_similarity(embed(drawn["samples"], progress), train_features, used)
     resolved = resolve_features(features, data)
     extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),

@@ -1,4 +1,4 @@
-"""Evaluating a memorization criterion on cases with ground truth (:mod:`memorize.testing.cases`).
+"""Evaluating a memorization criterion on cases with ground truth (:mod:`memorize.criteria_bench.cases`).
 
 A *criterion* is any callable ``criterion(samples, train)`` over arrays ``(K, ...)`` and ``(N, ...)``
 that returns, per sample, one of:
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memorize.testing.cases import COPY, KIND_CLASS, NOVEL, CaseSet
+from memorize.criteria_bench.cases import COPY, KIND_CLASS, NOVEL, CaseSet
 
 Criterion = Callable[[np.ndarray, np.ndarray], object]
 

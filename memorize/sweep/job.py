@@ -19,10 +19,8 @@ keeps two processes from working on one cell.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -34,67 +32,12 @@ import submitit
 import torch
 
 from memorize.cell import CellPaths
-from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
-from memorize.io import atomic_write_json, atomic_write_text, progress_note, slurm_job
+from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key
+from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.snapshot import code_version
+from memorize.sweep.layout import ERROR, CellBusy, cell_lock, eval_path, is_done, is_locked, read_eval
+from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
-
-ERROR = "error.txt"
-LOCK = ".lock"
-
-
-class CellBusy(RuntimeError):
-    """Another process holds the cell's lock."""
-
-
-@contextmanager
-def cell_lock(root: Path) -> Iterator[None]:
-    """Exclusive, non-blocking ``flock`` on ``root/.lock``; released when the process ends, however it ends."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CellBusy(f"{root} is being worked on by another process") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{socket.gethostname()} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def is_locked(root: Path) -> bool:
-    """Whether a live process holds the cell's lock."""
-    lock = root / LOCK
-    if not lock.exists():
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
-
-
-def eval_path(root: Path, key: str) -> Path:
-    return CellPaths(Path(root)).evals / f"{key}.json"
-
-
-def read_eval(root: Path, key: str) -> dict | None:
-    import json
-
-    path = eval_path(root, key)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def is_done(root: Path, key: str) -> bool:
-    """Whether the cell at ``root`` has the result of evaluation ``key``."""
-    return eval_path(root, key).is_file()
 
 
 def training_at(root: Path, step: int) -> dict:
@@ -121,8 +64,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead."""
     from memorize.compare import compare_cell, disjoint_consistency
     from memorize.generate import drawing_seconds, sample_cell
-    from memorize.metrics.score import score_cell
-    from memorize.models import model_name
+    from memorize.score import score_cell
     from memorize.train import train
 
     settings = eval_settings(cfg, score)
@@ -171,35 +113,10 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         for ckpt in scored_steps(root, step):
             r = evaluate(root, *at_checkpoint(cfg, score, ckpt), progress)
             over_steps.append({"step": ckpt, "eval": r["eval"]})
-    trained = training_at(root, step)
-    code = code_version()
-    nn, cos, quality = scores["nn"], scores["cos"], scores["quality"]
-    summary = {
-        "cell": root.name, "eval": key, "dataset": cfg.data.name, "n_train": cfg.data.n_train,
-        "model": model_name(cfg.model, trained["params"]), "arch": cfg.model.arch, "seed": cfg.seed, "step": step,
-        "budget": cfg.train.steps, "stopped_early": step < cfg.train.steps,
-        **trained,
-        "mem_nn": nn["ratio"], "mem_nn_lo": nn["lo"], "mem_nn_hi": nn["hi"],
-        "mem_cos": cos["ratio"], "mem_cos_lo": cos["lo"], "mem_cos_hi": cos["hi"],
-        "labels": cfg.data.labels, "guidance": cfg.sample.guidance,
-        **{f"mem_nn_class{end}": scores.get("nn_class", {}).get(k, float("nan"))
-           for end, k in (("", "ratio"), ("_lo", "lo"), ("_hi", "hi"))},
-        "n_samples": scores["n_samples"], "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.num_steps,
-        "embedder": score.embedder, "ratio": score.ratio, "threshold": score.threshold,
-        "threshold_cos": cos["threshold"], "fpr_nn": nn["fpr"]["ratio"], "fpr_cos": cos["fpr"]["ratio"],
-        "fid": quality["fid"], "kid": quality["kid"], "precision": quality["precision"], "recall": quality["recall"],
-        "features": quality["features"], "precision_lo": quality["precision_lo"],
-        "precision_hi": quality["precision_hi"], "recall_lo": quality["recall_lo"], "recall_hi": quality["recall_hi"],
-        "consistency": twin.get("score", float("nan")), "consistency_lo": twin.get("lo", float("nan")),
-        "consistency_hi": twin.get("hi", float("nan")), "twin_cell": twin.get("cell"),
-        "agreement_empirical": compared.get("agreement", float("nan")),
-        "reproducibility_empirical": compared.get("reproducibility", {}).get("score", float("nan")),
-        "mem_nn_empirical": compared.get("mem_nn_empirical", float("nan")),
-        "search_backend": nn["backend"], "seconds": timings, "threads": torch.get_num_threads(),
-        "code": code["hash"], "code_version": code, **slurm_job(),
-        "files": {"samples": f"samples/{samples}.npz", "scores": f"scores/{measure}.csv", "compare": compare_dir},
-        "over_steps": over_steps, "settings": settings, "config": to_dict(cfg),
-    }
+    summary = result_record(root, cfg, score, key, step, training_at(root, step), scores, compared, twin, timings,
+                            files={"samples": f"samples/{samples}.npz", "scores": f"scores/{measure}.csv",
+                                   "compare": compare_dir},
+                            over_steps=over_steps, settings=settings)
     atomic_write_json(eval_path(root, key), summary)
     return summary
 

@@ -1,0 +1,41 @@
+"""The layers of the package, bottom to top: a module imports only from its own layer or those below.
+
+    errors, io                       bottom: the error users see, atomic writes
+    config                           the schema, identity keys, the YAML mapping
+    data, diffusion                  datasets and subsets; noise, preconditioning, loss
+    models                           denoiser networks
+    sampling, empirical, sampler_bias  samplers over the denoiser interface; closed-form denoisers
+    metrics                          functions on arrays: search, both criteria, calibration, quality
+    analysis, timescales, plots      functions on results tables, and the figures drawn from them
+    cell, train, pack, generate,     one cell directory: its data and checkpoints, training,
+      score, compare                   sampling, scoring and comparing it
+    criteria_bench                   the test bench for memorization criteria
+    sweep                            specs, launching, results, sweep figures
+    cli, pytest_plugin               the `memorize` command, the pytest fixture
+
+Figures sit below the cell because scoring a cell draws its nearest-neighbour figure; they import
+nothing that knows about cells. ``tests/test_layers.py`` walks every import and holds this order.
+"""
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "io", "layers"),
+    ("config",),
+    ("data", "diffusion"),
+    ("models",),
+    ("sampling", "empirical", "sampler_bias"),
+    ("metrics",),
+    ("analysis", "timescales", "plots"),
+    ("cell", "train", "pack", "generate", "score", "compare"),
+    ("criteria_bench",),
+    ("sweep",),
+    ("cli", "pytest_plugin"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer index of ``memorize.<name>[.…]``; a module no layer names is an error."""
+    top = module.split(".")[1] if module.startswith("memorize.") else module
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise KeyError(f"{module}: in no layer of memorize.layers.LAYERS")
