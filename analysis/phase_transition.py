@@ -26,6 +26,12 @@ def ratio_table(pooled):
     return text.pivot(index="model", columns="n_train", values="cell").loc[order]
 
 
+def uncrossed_notes(crit) -> list[str]:
+    """A line for each model whose critical N is NaN: no ratio in its grid crosses 0.5 from above."""
+    return [f"{row.model}: critical N is NaN, no memorization ratio in this grid falls through 0.5 "
+            f"(extend data.n_train to smaller or larger N)" for row in crit.itertuples() if row.critical_n != row.critical_n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
@@ -44,6 +50,8 @@ def main() -> None:
     print("\ncritical N (nearest-neighbour ratio crosses 0.5, interpolated on log N; lo-hi: the N range where "
           "the Wilson interval contains 0.5):")
     print(crit.round(1).to_string(index=False))
+    for note in uncrossed_notes(crit):
+        print(note)
     print(f"\n{len(written)} files in {args.sweep}/figures")
 
 

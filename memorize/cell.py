@@ -141,8 +141,8 @@ def read_config(root: Path) -> CellConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a cell directory: {path} is missing (run `memorize train` first)")
     with open(path) as fh:
-        # written by us: valid YAML, read with libyaml's loader where PyYAML has it (7x faster; evaluations
-        # read the config at every stage)
+        # written by us: valid YAML, read with libyaml's loader where PyYAML has it (evaluations read the
+        # config at every stage)
         return from_dict(CellConfig, yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
 
 

@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_consistency)
 
     sweep = _sub(sub, "sweep", "run, follow and collect sweeps",
-                 "A sweep spec (sweeps/*.yaml) is a base cell config and grid axes; see README.md.")
+                 "A sweep spec (sweeps/*.yaml) is a base cell config and grid axes; see docs/guide.md.")
     sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True, metavar="SWEEP_COMMAND")
     p = _sub(sweep_sub, "run", "launch the unfinished grid points of a sweep spec",
              "Cells that are done are skipped, unfinished ones resume from their last checkpoint. Per-cell logs "

@@ -107,6 +107,12 @@ def _model_palette(results) -> dict:
     return dict(zip(models, sns.color_palette("viridis", len(models))))
 
 
+def _dodge(i: int, count: int, spread: float = 0.06) -> float:
+    """Factor that shifts series ``i`` of ``count`` sideways on a log N axis, so that equal values at one N
+    (every model memorizing all its samples) stay visible side by side."""
+    return float(np.exp(spread * (i - (count - 1) / 2)))
+
+
 def memorization_vs_n_figure(results) -> plt.Figure:
     """Memorization ratio against N, one line per model, a column per criterion and a row per experiment;
     error bars are pooled Wilson 95% intervals, small dots the single seeds where there are several."""
@@ -118,11 +124,11 @@ def memorization_vs_n_figure(results) -> plt.Figure:
         for col, criterion in enumerate(("nn", "cos")):
             ax = grid[row, col]
             pooled = pooled_ratios(part, criterion, axes=[])
-            for model, color in palette.items():
+            for i, (model, color) in enumerate(palette.items()):
                 g = pooled[pooled.model == model]
                 if g.empty:
                     continue
-                ax.errorbar(g["n_train"], g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
+                ax.errorbar(g["n_train"] * _dodge(i, len(palette)), g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
                             capsize=3, color=color, label=model)
                 seeds = part[part.model == model]
                 if (g["seeds"] > 1).any():
@@ -131,15 +137,17 @@ def memorization_vs_n_figure(results) -> plt.Figure:
             title = _criterion_title(part, criterion)
             ax.set_title(title + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-        grid[row, 0].set_ylabel("memorization ratio\n(pooled seeds, Wilson 95%)")
+        seeds = results["seed"].nunique() if "seed" in results else 1
+        pooled_note = f"{seeds} seeds pooled, " if seeds > 1 else ""
+        grid[row, 0].set_ylabel(f"memorization ratio\n({pooled_note}Wilson 95%)")
     grid[0, 1].legend(fontsize=7, loc="upper right", title="model (parameters)", title_fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def phase_diagram_figure(results) -> plt.Figure:
-    """Memorization ratio (nearest-neighbour criterion) on the (N, model) plane: N on a log axis, models by
-    size; each cell is annotated with its ratio, and ``*`` marks those whose Wilson interval contains 0.5."""
+    """Memorization ratio (nearest-neighbour criterion) on the (N, model) plane: a column per grid N in
+    order, a row per model by size; each cell is annotated with its ratio, and ``*`` marks those whose Wilson interval contains 0.5."""
     axes = experiment_axes(results)
     facets = _facets(results, axes)
     models = list(dict.fromkeys(results.sort_values("params")["model"]))
@@ -147,23 +155,18 @@ def phase_diagram_figure(results) -> plt.Figure:
     for ax, (values, part) in zip(grid[0], facets):
         pooled = pooled_ratios(part, "nn", axes=[])
         ns = np.sort(pooled["n_train"].unique()).astype(float)
-        log_n = np.log(ns)
-        mids = (log_n[1:] + log_n[:-1]) / 2
-        half = (log_n[-1] - log_n[0]) / max(len(ns) - 1, 1) / 2 or 0.5
-        edges = np.exp(np.concatenate([[log_n[0] - half], mids, [log_n[-1] + half]]))
         z = np.full((len(models), len(ns)), np.nan)
         for _, r in pooled.iterrows():
             i, j = models.index(r["model"]), int(np.searchsorted(ns, r["n_train"]))
             z[i, j] = r["ratio"]
             straddles = r["lo"] <= 0.5 <= r["hi"]
-            ax.text(np.sqrt(edges[j] * edges[j + 1]), i + 0.5, f"{r['ratio']:.2f}" + ("*" if straddles else ""),
+            ax.text(j + 0.5, i + 0.5, f"{r['ratio']:.2f}" + ("*" if straddles else ""),
                     ha="center", va="center", fontsize=8, color="white" if r["ratio"] > 0.55 else "black")
-        mesh = ax.pcolormesh(edges, np.arange(len(models) + 1), z, cmap="rocket_r", vmin=0, vmax=1)
-        ax.set_xscale("log")
-        ax.set_xticks(ns, [f"{n:,.0f}" for n in ns], fontsize=7)
-        ax.minorticks_off()
+        mesh = ax.pcolormesh(np.arange(len(ns) + 1), np.arange(len(models) + 1), z, cmap="rocket_r", vmin=0, vmax=1)
+        ax.set_xticks(np.arange(len(ns)) + 0.5, [f"{n:,.0f}" for n in ns], fontsize=7)
         ax.set_yticks(np.arange(len(models)) + 0.5, models, fontsize=7)
-        ax.set_xlabel("training-set size N (log scale)")
+        ax.set_xlabel("training-set size N (one column per grid value)")
+        ax.set_ylabel("model (parameters)")
         ax.set_title(f"phase diagram, {_criterion_title(part, 'nn')}" +
                      (f"\n{experiment_label(values)}" if values else "") +
                      "\n* Wilson 95% interval contains 0.5", fontsize=8)
@@ -212,10 +215,11 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
     else:
         ax.text(0.5, 0.5, "no model's ratio crosses 0.5\nwithin the grid", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlabel("parameters (without label embedding)")
-    ax.set_ylabel("critical N (ratio crosses 0.5)")
+    ax.set_xlabel("parameters, without label embedding (log scale)")
+    ax.set_ylabel("critical N (log scale)")
     missing = crit[crit["critical_n"].isna()]["model"].tolist()
-    ax.set_title("critical training-set size; bars: N range where the Wilson 95% interval contains 0.5" +
+    ax.set_title("critical N: where the nearest-neighbour memorization ratio crosses 0.5;\n"
+                 "bars: the N range where its Wilson 95% interval contains 0.5" +
                  (f"\n{budget}" if budget else "") +
                  (f"\n(no crossing: {'; '.join(missing)})" if missing else "") +
                  ("\n(fewer than 3 models: no power-law fit)" if plotted and max(len(p) for p in plotted) < 3 else ""),
@@ -224,18 +228,25 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
     return fig
 
 
-def gap_curves_figure(gaps) -> plt.Figure:
+def gap_curves_figure(gaps, budget: str = "") -> plt.Figure:
     """``gaps``: the cells' compare gap tables with model, n_train and experiment columns added; a row of
-    panels per experiment, seeds averaged (band: 95% interval over seeds)."""
+    panels per experiment, a panel per model, a line per N (seeds averaged; band: 95% interval over seeds).
+    ``budget``: the training budget, stated in every panel's title."""
     import seaborn as sns
 
-    data = gaps[gaps.split == "heldout"]
+    data = gaps[gaps.split == "heldout"].rename(columns={"n_train": "N"})
     row = "experiment" if data["experiment"].nunique() > 1 else None
-    grid = sns.relplot(data, x="sigma", y="gap_empirical", hue="n_train", col="model", row=row, kind="line",
-                       marker="o", palette="viridis", hue_norm=matplotlib.colors.LogNorm(), height=3, aspect=1.1,
-                       facet_kws={"sharey": True})
+    palette = sns.color_palette("mako_r", as_cmap=True)  # dark at large N: no line fades into the white
+    grid = sns.relplot(data, x="sigma", y="gap_empirical", hue="N", col="model", row=row, kind="line",
+                       marker="o", palette=palette, hue_norm=matplotlib.colors.LogNorm(vmin=data["N"].min() / 3,
+                                                                                       vmax=data["N"].max()),
+                       height=3, aspect=1.1, facet_kws={"sharey": True})
     grid.set(xscale="log", yscale="log")
-    grid.set_axis_labels("sigma", "MSE to the empirical denoiser\n(held-out images)")
+    grid.set_titles(("{row_name}\n" if row else "") + "{col_name}" + (f"\n{budget}" if budget else ""))
+    grid.set_axis_labels("noise level sigma (log scale)", "MSE to the empirical denoiser\n(held-out images, log scale)")
+    grid.figure.text(0.01, -0.02, "At small sigma the network is close to the identity, so there the curves measure how far "
+                     "held-out images lie from their nearest training image more than the network.",
+                     fontsize=7, ha="left", va="top")
     return grid.figure
 
 
@@ -328,7 +339,11 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
     models = list(dict.fromkeys(results.sort_values("params")["model"]))
     fig, grid = plt.subplots(len(facets), len(models), figsize=(3.6 * len(models), 3.3 * len(facets)),
                              sharey=True, squeeze=False)
-    series = [("memorization (d1/d2 < ratio)", "tab:red", "mem_nn"), ("recall vs held-out", "tab:blue", "recall"),
+    ratio = float(results["ratio"].iloc[0]) if "ratio" in results else 1 / 3
+    features = str(results["features"].iloc[0]) if "features" in results and results["features"].notna().any() \
+        else "?"
+    series = [(f"memorization (d1/d2 < {ratio:.3g})", "tab:red", "mem_nn"),
+              (f"recall vs held-out ({features} features)", "tab:blue", "recall"),
               ("twin consistency", "tab:green", "consistency")]
     for row, (values, part) in enumerate(facets):
         for col, model in enumerate(models):

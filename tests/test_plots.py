@@ -79,7 +79,11 @@ def test_phase_diagram_marks_cells_whose_interval_contains_one_half():
     fig = plots.phase_diagram_figure(_results(rows))
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["1.00", "0.50*", "0.00"]
-    assert fig.axes[0].get_xscale() == "log"
+    ax = fig.axes[0]
+    # a column of equal width per grid N, in order, labelled with N; models named on the y axis
+    assert [t.get_position()[0] for t in ax.texts] == [0.5, 1.5, 2.5]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["8", "24", "1,700"]
+    assert ax.get_ylabel() == "model (parameters)"
 
 
 def test_memorization_beside_generalization_per_model():
@@ -91,7 +95,7 @@ def test_memorization_beside_generalization_per_model():
                              "recall": recall + shift, "recall_lo": recall + shift - 0.05,
                              "recall_hi": recall + shift + 0.05, "consistency": float("nan"),
                              "consistency_lo": float("nan"), "consistency_hi": float("nan")})
-    results = _results(rows)
+    results = _results(rows).assign(features="classifier")
     share = analysis.pooled_share(results, "recall", [])
     first = share[(share.params == 39_473) & (share.n_train == 8)].iloc[0]
     # the mean over seeds, and the widest of their intervals
@@ -100,7 +104,7 @@ def test_memorization_beside_generalization_per_model():
     fig = plots.memorization_and_generalization_figure(results)
     assert len(fig.axes) == 2  # a panel per model
     labels = [line.get_label() for line in fig.axes[0].containers]
-    assert labels == ["memorization (d1/d2 < ratio)", "recall vs held-out"]
+    assert labels == ["memorization (d1/d2 < 0.333)", "recall vs held-out (classifier features)"]
 
 
 def test_criterion_titles_carry_the_largest_heldout_false_positive_rate():
@@ -143,3 +147,26 @@ def test_nearest_neighbour_figure_draws_one_image_per_block(channels, n_samples)
         assert image.get_array().shape[:2] == (1 + 2 * 5, 1 + shown * 5)  # pad = max(1, 4 // 8) = 1
         assert len(ax.texts) == shown
     assert len(blocks) == 2
+
+
+def test_equal_ratios_of_two_models_stay_visible_and_one_seed_is_not_called_pooled():
+    rows = [{"model": m, "params": p, "n_train": n, "mem_nn": 1.0}
+            for m, p in (("U-Net, 8 ch, 39k", 39_473), ("U-Net, 16 ch, 155k", 155_000)) for n in (8, 64)]
+    fig = plots.memorization_vs_n_figure(_results(rows))
+    ax = fig.axes[0]
+    xs = [tuple(c.lines[0].get_xdata()) for c in ax.containers]
+    assert len(xs) == 2 and xs[0][0] < 8 < xs[1][0]  # side by side around N = 8, not on top of each other
+    assert "pooled" not in ax.get_ylabel()
+    two_seeds = _results([{**r, "seed": s} for r in rows for s in (0, 1)])
+    assert "2 seeds pooled" in plots.memorization_vs_n_figure(two_seeds).axes[0].get_ylabel()
+
+
+def test_gap_figure_titles_say_the_model_and_budget_and_the_legend_says_n():
+    gaps = pd.DataFrame([{"split": "heldout", "sigma": s, "gap_empirical": g * s, "model": m, "n_train": n,
+                          "experiment": ""} for m in ("U-Net, 8 ch, 39k", "U-Net, 16 ch, 155k")
+                         for n, g in ((8, 1.0), (64, 0.5)) for s in (0.01, 1.0, 10.0)])
+    fig = plots.gap_curves_figure(gaps, "after 800 training steps")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["U-Net, 8 ch, 39k\nafter 800 training steps", "U-Net, 16 ch, 155k\nafter 800 training steps"]
+    assert fig.legends[0].get_title().get_text() == "N"
+    assert fig.axes[0].get_xlabel() == "noise level sigma (log scale)"

@@ -182,7 +182,7 @@ class TrainConfig:
 SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m")
 # Each sampler's default number of noise levels: the fewest (of 18, 24, 32, ... on the Karras grid) at which its
 # samples of a 16-d Gaussian with eigenvalues 1e-3 to 1 and its exact denoiser have a variance within 10% of the
-# truth in every direction (measured: tests/test_sampling.py, benchmarks/sampler_bias.py, README "Samplers").
+# truth in every direction (held by tests/test_sampling.py; benchmarks/sampler_bias.py prints the variances).
 DEFAULT_SAMPLE_STEPS = {"heun": 32, "dpm_solver_2m": 32, "ddim": 100, "euler_maruyama": 256, "ddpm": 256}
 
 

@@ -68,8 +68,7 @@ def _missing(path: Path, what: str) -> DatasetError:
 
 @functools.lru_cache(maxsize=1)
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The digits' pixels and labels as scikit-learn ships them, parsed once per process (about 40 ms a
-    time: every stage of a cell loads its data, and a pack runs many cells in one process)."""
+    """The digits' pixels and labels as scikit-learn ships them, parsed once per process (every stage of a cell loads its data, and a pack runs many cells in one process)."""
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()

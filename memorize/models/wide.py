@@ -9,10 +9,9 @@ weights stacked along its first dimension (``stacked.flatten(0, 1)``), and one f
 backward pass computes all K at once in large kernels. ``torch.func.vmap`` over the stacked
 weights turns convolutions into the same grouped ones, but pays for its batching rules around
 every other operation (group norms, embeddings, attention, the skip concatenations): the wide
-network's pass is the faster of the two (``python -m benchmarks.pack --step``). (On the CPU, oneDNN runs
-these grouped convolutions up to 3.6x faster in channels-last layout, but the group norms run about 3x slower
-in it and converting around each convolution costs what it saves: tried on 8-channel digits U-Nets,
-2026-11-25, no net gain; the standard layout stays.)
+network's pass is the faster of the two (``python -m benchmarks.pack --step``). The standard
+memory layout is kept: in channels-last the grouped convolutions gain what the group norms and the
+conversions lose (docs/results.md, "The packed network's memory layout").
 
 Inputs and outputs are wide too: images ``(B, K * C, H, W)``, noise levels and labels ``(B, K)``.
 :func:`widen` builds the wide network from one of the K (its grouped layers hold no weights, only

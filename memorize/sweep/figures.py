@@ -124,7 +124,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
     gaps = _per_cell_tables(sweep, results, axes)
     if gaps is not None:
-        written += _save(plots.gap_curves_figure(gaps), out, "denoiser_gap")
+        written += _save(plots.gap_curves_figure(gaps, analysis.budget_label(results)), out, "denoiser_gap")
     if curves is not None:
         time_axes = [a for a in axes if a != "budget" and a in curves]  # the budget is the time axis here
         curves["experiment"] = [analysis.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]

@@ -136,10 +136,8 @@ def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> l
     as they fit, of sizes differing by at most one (12 cells at ``pack`` 10: two packs of 6), each pack
     consecutive cells in grid order; every other cell alone. ``slots``: jobs that run at once (a local
     sweep's ``--parallel``); while there are fewer jobs than that, the largest pack
-    is halved, so no slot waits idle at the start (two packs of 5 on two 1-thread slots train ten
-    8-channel digits cells faster than one pack of 10 with both threads: ``benchmarks/README.md``). Only
-    packs that train on the CPU are halved (:func:`trains_on_cpu`): on a GPU, packing is what saves the
-    launches, and splitting a pack to share the GPU is unmeasured."""
+    is halved, so no slot waits idle at the start. Only packs that train on the CPU are halved
+    (:func:`trains_on_cpu`): on a GPU, packing is what saves the launches, so a pack stays whole."""
     if pack <= 1:
         return [[cid] for cid in todo]
     from memorize.pack import pack_key
