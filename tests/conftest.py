@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import signal
+
 import pytest
 import torch
+import yaml
+from submitit.core.job_environment import SignalHandler
+
+import memorize.train as train_module
 
 from memorize.config import CellConfig, from_dict
 
@@ -32,6 +41,44 @@ def trained_tiny_cell(root, steps: int = 10, n_heldout: int = 100, num: int = 16
     return root
 
 
+# A sweep of two tiny cells (N = 16, 32) that runs end to end in seconds.
+TINY_SPEC = {
+    "name": "tiny",
+    "base": {
+        "data": {"name": "digits", "n_heldout": 100},
+        "model": {"channels": 8},
+        "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "eval_every": 10, "log_every": 5,
+                  "warmup_steps": 5},
+        "sample": {"num": 16, "steps": 6, "batch_size": 16},
+    },
+    "grid": {"data.n_train": [16, 32], "seed": [0]},
+    "score": {"compare": True, "features": "pixel"},  # the classifier features have tests of their own
+}
+
+
+def write_spec(path, spec=None, **changes):
+    """``spec`` (default :data:`TINY_SPEC`) with top-level ``changes``, as YAML at ``path``."""
+    spec = json.loads(json.dumps(spec or TINY_SPEC))
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def count_training(monkeypatch):
+    """Count the optimizer steps taken in this process (learning_rate is called once per step)."""
+    import memorize.train as train_module
+
+    steps = {"n": 0}
+    real = train_module.learning_rate
+
+    def counting(*args):
+        steps["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "learning_rate", counting)
+    return steps
+
+
 @pytest.fixture
 def tiny_cfg() -> CellConfig:
     return from_dict(CellConfig, TINY_CELL)
@@ -50,3 +97,67 @@ def usr2():
     previous = signal.getsignal(signal.SIGUSR2)
     yield
     signal.signal(signal.SIGUSR2, previous)
+
+
+def signal_at(monkeypatch, at_step: int, signum=signal.SIGUSR2):
+    """Send ``signum`` to this process when the loop starts the step after ``at_step``."""
+    real_lr = train_module.learning_rate
+
+    def lr(base, warmup, step):
+        if step == at_step:
+            os.kill(os.getpid(), signum)
+        return real_lr(base, warmup, step)
+
+    monkeypatch.setattr(train_module, "learning_rate", lr)
+
+
+class FakeSubmitit(SignalHandler):
+    """Stands in for submitit's handler of the time-limit signal: records the call, then exits as submitit
+    does after requeueing (or raises where requeues are used up)."""
+
+    def __init__(self, used_up: bool = False):
+        self.calls, self.used_up = [], used_up
+
+    def checkpoint_and_try_requeue(self, signum, frame=None):
+        self.calls.append(signum)
+        if self.used_up:
+            from submitit.core.utils import UncompletedJobError
+
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+        raise SystemExit(-1)
+
+
+def brute_force(train: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Direct float64 formula: softmax over explicit squared distances."""
+    t, q = train.reshape(len(train), -1).double(), x.reshape(len(x), -1).double()
+    d2 = ((q[:, None, :] - t[None, :, :]) ** 2).sum(-1)
+    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
+    return (w @ t).reshape(x.shape)
+
+
+def pack_variants(tiny_cfg):
+    """Three cells of one architecture: different N, seed, budget, learning rate, weight decay, gradient clip,
+    EMA decay and sigma_data."""
+    t = tiny_cfg.train
+    return [
+        dataclasses.replace(tiny_cfg, train=dataclasses.replace(t, steps=30)),
+        dataclasses.replace(tiny_cfg, seed=3, data=dataclasses.replace(tiny_cfg.data, n_train=16),
+                            train=dataclasses.replace(t, steps=20, lr=5e-4, weight_decay=0.05, grad_clip=0.05)),
+        dataclasses.replace(tiny_cfg, seed=1, data=dataclasses.replace(tiny_cfg.data, n_train=24),
+                            diffusion=dataclasses.replace(tiny_cfg.diffusion, sigma_data="auto"),
+                            train=dataclasses.replace(t, steps=25, checkpoint_every=7, grad_clip=None, ema_decay=0.9)),
+    ]
+
+
+def same_weights(a: dict, b: dict, atol: float) -> None:
+    for key in ("model", "ema"):
+        for name, tensor in b[key].items():
+            if tensor.is_floating_point():
+                torch.testing.assert_close(a[key][name], tensor, atol=atol, rtol=0, msg=f"{key}.{name}")
+            else:
+                assert torch.equal(a[key][name], tensor), f"{key}.{name}"
+    for index, state in b["optimizer"]["state"].items():  # AdamW's moments and step count, parameter by parameter
+        assert float(a["optimizer"]["state"][index]["step"]) == float(state["step"])
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a["optimizer"]["state"][index][moment], state[moment], atol=atol, rtol=0,
+                                       msg=f"optimizer {index} {moment}")

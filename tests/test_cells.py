@@ -13,7 +13,7 @@ from memorize.config import CellConfig, ConfigError, cell_id, from_dict, to_dict
 from memorize.diffusion import Denoiser
 from memorize.generate import read_samples, sample_cell
 from memorize.train import NonFiniteLossError, fixed_noise_loss, train
-from tests.test_sweep import count_training
+from tests.conftest import count_training
 
 # Fields that change nothing about the trained weights: each leaves the cell id alone.
 NOT_IDENTITY = [("train.device", "cpu"), ("train.log_every", 7), ("train.eval_every", 11),

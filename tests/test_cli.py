@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import yaml
@@ -76,6 +77,6 @@ def test_score_writes_table_figure_and_summary(tmp_path, capsys):
     assert summary["nn"]["ratio"] == 1.0 and summary["nn"]["ratio_threshold"] == 1 / 3
     assert summary["cos"]["threshold"] == 0.5 and summary["cos"]["embedder"] == "pixel"
     assert summary["nn"]["lo"] == pytest.approx(0.7575, abs=1e-3)  # Wilson lower bound for 12/12
-    assert (cell / "scores" / "empirical_nn.png").stat().st_size > 1000
+    assert plt.imread(cell / "scores" / "empirical_nn.png").shape[0] > 100  # sample rows over their neighbours
     assert main(["score", str(cell), "--samples", "nothing", "--quiet"]) == 2
     assert "run `memorize sample" in capsys.readouterr().err

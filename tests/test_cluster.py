@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from submitit.core.job_environment import SignalHandler
 
 import memorize.train as train_module
 from memorize.cell import LAYOUT, CellPaths
@@ -29,7 +28,8 @@ from memorize.sweep.slurm import slurm_states
 from memorize.sweep.snapshot import code_version, package_dir, setup_lines, source_hash, take_snapshot
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import CheckpointRequested, train
-from tests.test_sweep import TINY_SPEC
+from tests.conftest import TINY_SPEC
+from tests.conftest import FakeSubmitit, signal_at
 
 
 def _log_rows(path):
@@ -114,18 +114,6 @@ def test_bad_signal_settings_are_refused(tmp_path, override, message):
 # --- checkpoint on the time-limit signal ----------------------------------------------------------
 
 
-def _signal_at(monkeypatch, at_step: int, signum=signal.SIGUSR2):
-    """Send ``signum`` to this process when the loop starts the step after ``at_step``."""
-    real_lr = train_module.learning_rate
-
-    def lr(base, warmup, step):
-        if step == at_step:
-            os.kill(os.getpid(), signum)
-        return real_lr(base, warmup, step)
-
-    monkeypatch.setattr(train_module, "learning_rate", lr)
-
-
 def test_signalled_training_checkpoints_at_the_next_step_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch, usr2):
     """Signalled during step 28 (checkpoints every 10): the checkpoint is written at step 28, training stops,
     a resumed run ends bit for bit where an uninterrupted one ends, and the off-schedule checkpoint goes
@@ -134,7 +122,7 @@ def test_signalled_training_checkpoints_at_the_next_step_and_resumes_exactly(tin
                                                                   log_every=15, eval_every=20,
                                                                   keep_all_checkpoints=True))
     signal.signal(signal.SIGUSR2, lambda *_: train_module.request_checkpoint())
-    _signal_at(monkeypatch, 27)
+    signal_at(monkeypatch, 27)
     cut = CellPaths(tmp_path / "cut")
     with pytest.raises(CheckpointRequested) as stop:
         train(cfg, cut.root, progress=False)
@@ -160,22 +148,6 @@ def test_request_outside_training_asks_nothing():
     assert not train_module._checkpoint_request.is_set()
 
 
-class FakeSubmitit(SignalHandler):
-    """Stands in for submitit's handler of the time-limit signal: records the call, then exits as submitit
-    does after requeueing (or raises where requeues are used up)."""
-
-    def __init__(self, used_up: bool = False):
-        self.calls, self.used_up = [], used_up
-
-    def checkpoint_and_try_requeue(self, signum, frame=None):
-        self.calls.append(signum)
-        if self.used_up:
-            from submitit.core.utils import UncompletedJobError
-
-            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
-        raise SystemExit(-1)
-
-
 def _cell_job(tiny_cfg, root, steps=40):
     cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=steps, checkpoint_every=10))
     score = dataclasses.asdict(ScoreConfig(compare=False, features="pixel"))
@@ -185,7 +157,7 @@ def _cell_job(tiny_cfg, root, steps=40):
 def test_cell_job_checkpoints_then_hands_over_to_submitit(tiny_cfg, tmp_path, monkeypatch, usr2):
     fake = FakeSubmitit()
     signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
-    _signal_at(monkeypatch, 14)
+    signal_at(monkeypatch, 14)
     root = tmp_path / "cell"
     with pytest.raises(SystemExit):
         _cell_job(tiny_cfg, root)()
@@ -204,7 +176,7 @@ def test_cell_job_checkpoints_then_hands_over_to_submitit(tiny_cfg, tmp_path, mo
 def test_requeues_used_up_leave_a_clear_error(tiny_cfg, tmp_path, monkeypatch, usr2):
     fake = FakeSubmitit(used_up=True)
     signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
-    _signal_at(monkeypatch, 14)
+    signal_at(monkeypatch, 14)
     root = tmp_path / "cell"
     with pytest.raises(Exception, match="timed-out too many times"):
         _cell_job(tiny_cfg, root)()

@@ -2,14 +2,7 @@ import pytest
 import torch
 
 from memorize.empirical import empirical_denoiser, gaussian_denoiser
-
-
-def brute_force(train: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Direct float64 formula: softmax over explicit squared distances."""
-    t, q = train.reshape(len(train), -1).double(), x.reshape(len(x), -1).double()
-    d2 = ((q[:, None, :] - t[None, :, :]) ** 2).sum(-1)
-    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
-    return (w @ t).reshape(x.shape)
+from tests.conftest import brute_force
 
 
 @pytest.mark.parametrize("sigma", [80.0, 5.0, 0.5, 0.05, 0.01, 0.002])

@@ -19,8 +19,8 @@ from memorize.sweep import collect, load_spec, run_sweep
 from memorize.sweep.job import run_cell
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import train
-from tests.test_empirical import brute_force
-from tests.test_sweep import write_spec
+from tests.conftest import brute_force
+from tests.conftest import write_spec
 
 pytestmark = pytest.mark.gpu
 
@@ -165,15 +165,15 @@ def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, fu
     from memorize.cell import CellPaths
     from memorize.generate import read_samples, sample_cell
     from memorize.pack import sample_packed, train_packed
-    from tests.test_pack import _same_weights, _variants
+    from tests.conftest import pack_variants, same_weights
 
     cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, device="cuda", amp=False))
-            for c in _variants(tiny_cfg)]
+            for c in pack_variants(tiny_cfg)]
     roots = [tmp_path / f"packed{i}" for i in range(3)]
     train_packed(cfgs, roots)
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"alone{i}", progress=False)
-        _same_weights(*(torch.load(CellPaths(tmp_path / f"{kind}{i}").latest_checkpoint(), weights_only=False,
+        same_weights(*(torch.load(CellPaths(tmp_path / f"{kind}{i}").latest_checkpoint(), weights_only=False,
                                    map_location="cpu") for kind in ("packed", "alone")), atol=1e-4)
     sample = dataclasses.replace(cfgs[0].sample, num=9, batch_size=4)
     packed = sample_packed(roots, sample, name="together", device="cuda")

@@ -27,7 +27,9 @@ def test_shapes_and_per_sample_independence(cfg, shape):
 def test_parameter_count_grows_with_the_size_knobs():
     counts = [count_parameters(build_network(ModelConfig(channels=c), (1, 8, 8))) for c in (8, 16, 32)]
     assert counts[0] < counts[1] < counts[2]
-    assert count_parameters(torch.nn.Linear(3, 2)) == 8
+    frozen = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 5))
+    frozen[0].weight.requires_grad_(False)
+    assert count_parameters(frozen) == 2 + (2 * 5 + 5)  # trainable only: the first bias and the second layer
 
 
 def test_denoiser_zero_network_gives_c_skip_x():

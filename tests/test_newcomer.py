@@ -18,7 +18,7 @@ from memorize.cli import build_parser, main
 from memorize.sweep import collect, load_spec, run_sweep
 from memorize.sweep.local import available_cores
 from tests.conftest import TINY_CELL
-from tests.test_sweep import TINY_SPEC, write_spec
+from tests.conftest import TINY_SPEC, write_spec
 
 
 @pytest.fixture(scope="module")

@@ -11,38 +11,11 @@ import memorize.pack as pack_module
 from memorize.cell import CellPaths
 from memorize.pack import pack_key, train_packed
 from memorize.train import CellTraining, NonFiniteLossError, train
-
-
-def _variants(tiny_cfg):
-    """Three cells of one architecture: different N, seed, budget, learning rate, weight decay, gradient clip,
-    EMA decay and sigma_data."""
-    t = tiny_cfg.train
-    return [
-        dataclasses.replace(tiny_cfg, train=dataclasses.replace(t, steps=30)),
-        dataclasses.replace(tiny_cfg, seed=3, data=dataclasses.replace(tiny_cfg.data, n_train=16),
-                            train=dataclasses.replace(t, steps=20, lr=5e-4, weight_decay=0.05, grad_clip=0.05)),
-        dataclasses.replace(tiny_cfg, seed=1, data=dataclasses.replace(tiny_cfg.data, n_train=24),
-                            diffusion=dataclasses.replace(tiny_cfg.diffusion, sigma_data="auto"),
-                            train=dataclasses.replace(t, steps=25, checkpoint_every=7, grad_clip=None, ema_decay=0.9)),
-    ]
-
-
-def _same_weights(a: dict, b: dict, atol: float) -> None:
-    for key in ("model", "ema"):
-        for name, tensor in b[key].items():
-            if tensor.is_floating_point():
-                torch.testing.assert_close(a[key][name], tensor, atol=atol, rtol=0, msg=f"{key}.{name}")
-            else:
-                assert torch.equal(a[key][name], tensor), f"{key}.{name}"
-    for index, state in b["optimizer"]["state"].items():  # AdamW's moments and step count, parameter by parameter
-        assert float(a["optimizer"]["state"][index]["step"]) == float(state["step"])
-        for moment in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(a["optimizer"]["state"][index][moment], state[moment], atol=atol, rtol=0,
-                                       msg=f"optimizer {index} {moment}")
+from tests.conftest import pack_variants, same_weights
 
 
 def test_packed_cells_end_where_separate_runs_end(tiny_cfg, tmp_path):
-    cfgs = _variants(tiny_cfg)
+    cfgs = pack_variants(tiny_cfg)
     assert len({pack_key(c) for c in cfgs}) == 1
     packed = train_packed(cfgs, [tmp_path / f"packed{i}" for i in range(3)])
     alone = [train(c, tmp_path / f"alone{i}", progress=False) for i, c in enumerate(cfgs)]
@@ -50,25 +23,25 @@ def test_packed_cells_end_where_separate_runs_end(tiny_cfg, tmp_path):
         assert p["steps"] == a["steps"] == cfgs[i].train.steps and p["sigma_data"] == a["sigma_data"]
         cp, ca = CellPaths(tmp_path / f"packed{i}"), CellPaths(tmp_path / f"alone{i}")
         assert cp.checkpoint_steps() == ca.checkpoint_steps()
-        _same_weights(*(torch.load(c.latest_checkpoint(), weights_only=False) for c in (cp, ca)), atol=1e-5)
+        same_weights(*(torch.load(c.latest_checkpoint(), weights_only=False) for c in (cp, ca)), atol=1e-5)
         la, lb = (pd.read_csv(c.loss_log).drop(columns="seconds") for c in (cp, ca))
         pd.testing.assert_frame_equal(la, lb, atol=1e-5, rtol=1e-4)
 
 
 def test_a_packed_cell_resumes_alone(tiny_cfg, tmp_path):
     """Packed to 20 steps, then continued alone to 30: the same as 30 steps alone."""
-    cfg = _variants(tiny_cfg)[0]
+    cfg = pack_variants(tiny_cfg)[0]
     short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
-    other = _variants(tiny_cfg)[1]
+    other = pack_variants(tiny_cfg)[1]
     train_packed([short, other], [tmp_path / "resumed", tmp_path / "other"])
     train(cfg, tmp_path / "resumed", progress=False)
     train(cfg, tmp_path / "alone", progress=False)
-    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
                     for d in ("resumed", "alone")), atol=1e-5)
 
 
 def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path, monkeypatch):
-    cfgs = _variants(tiny_cfg)[:2]
+    cfgs = pack_variants(tiny_cfg)[:2]
     real = pack_module.StackedCells.losses
 
     def poisoned(self, batches, base):  # the first cell's loss turns NaN at its step 12
@@ -83,12 +56,12 @@ def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path
     assert good["steps"] == 20 and CellPaths(tmp_path / "bad").checkpoint_steps() == [10]
     monkeypatch.undo()
     train(cfgs[1], tmp_path / "alone", progress=False)
-    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(20), weights_only=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(20), weights_only=False)
                     for d in ("good", "alone")), atol=1e-5)
 
 
 def test_a_parameter_without_a_gradient_keeps_its_weights_and_moments_as_torch_adamw_does(tiny_cfg, tmp_path):
-    cells = [CellTraining(c, tmp_path / str(i)) for i, c in enumerate(_variants(tiny_cfg)[:2])]
+    cells = [CellTraining(c, tmp_path / str(i)) for i, c in enumerate(pack_variants(tiny_cfg)[:2])]
     stack = pack_module.StackedCells(cells)
     for step in range(2):  # two steps: nonzero moments to keep
         stack.losses([c.draw() for c in cells], cells[0].denoiser.net).sum().backward()
@@ -116,7 +89,7 @@ def test_packs_are_balanced_and_fill_the_parallel_slots(tmp_path):
     """Twelve cells of one architecture (N x seed) and two of another (dropout: alone), in grid order."""
     from memorize.sweep import expand, load_spec
     from memorize.sweep.launch import by_cell, pack_units
-    from tests.test_sweep import TINY_SPEC, write_spec
+    from tests.conftest import TINY_SPEC, write_spec
 
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["grid"] = [{"data.n_train": [8, 16, 24, 32, 40, 48], "seed": [0, 1]},
@@ -143,19 +116,19 @@ def test_packs_are_balanced_and_fill_the_parallel_slots(tmp_path):
 
 
 def test_a_cell_trained_alone_resumes_in_a_pack(tiny_cfg, tmp_path):
-    cfg, other = _variants(tiny_cfg)[:2]
+    cfg, other = pack_variants(tiny_cfg)[:2]
     train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10)), tmp_path / "resumed",
           progress=False)
     train_packed([cfg, other], [tmp_path / "resumed", tmp_path / "other"])
     train(cfg, tmp_path / "alone", progress=False)
-    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
                     for d in ("resumed", "alone")), atol=1e-5)
 
 
 def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch):
     """Four cells (two N, two seeds), packed three and one; one cell ends later (two budgets)."""
     from memorize.cli import main
-    from tests.test_sweep import TINY_SPEC, write_spec
+    from tests.conftest import TINY_SPEC, write_spec
 
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["grid"] = [{"data.n_train": [16, 32], "seed": [0, 1]}, {"data.n_train": [16], "seed": [0],
@@ -196,15 +169,15 @@ def test_a_signalled_pack_checkpoints_every_cell_then_hands_over(tiny_cfg, tmp_p
     from memorize.sweep.job import PackJob
     from memorize.sweep.spec import ScoreConfig
     from memorize.config import to_dict
-    from tests.test_cluster import FakeSubmitit, _signal_at
+    from tests.conftest import FakeSubmitit, signal_at
 
     cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=30, checkpoint_every=10))
-            for c in _variants(tiny_cfg)[:2]]
+            for c in pack_variants(tiny_cfg)[:2]]
     score = dataclasses.asdict(ScoreConfig(compare=False, features="pixel"))
     job = PackJob([(str(tmp_path / f"c{i}"), [to_dict(c)]) for i, c in enumerate(cfgs)], score, threads=1)
     fake = FakeSubmitit()
     signal.signal(signal.SIGUSR2, fake.checkpoint_and_try_requeue)
-    _signal_at(monkeypatch, 14)
+    signal_at(monkeypatch, 14)
     with pytest.raises(SystemExit):
         job()
     assert fake.calls == [signal.SIGUSR2]
@@ -212,7 +185,7 @@ def test_a_signalled_pack_checkpoints_every_cell_then_hands_over(tiny_cfg, tmp_p
     monkeypatch.undo()
     assert job() == {str(tmp_path / "c0"): None, str(tmp_path / "c1"): None}
     train(cfgs[1], tmp_path / "alone", progress=False)
-    _same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(30), weights_only=False)
                     for d in ("c1", "alone")), atol=1e-5)
 
 
@@ -229,7 +202,7 @@ def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path,
     from memorize.generate import read_samples, sample_cell
     from memorize.pack import sample_packed
 
-    cfgs = _variants(tiny_cfg)
+    cfgs = pack_variants(tiny_cfg)
     if conditional:
         cfgs = [dataclasses.replace(c, data=dataclasses.replace(c.data, labels="true"),
                                     train=dataclasses.replace(c.train, label_dropout=0.2)) for c in cfgs]
@@ -261,7 +234,7 @@ def test_sampling_a_pack_together_leaves_out_a_cell_another_process_holds(tiny_c
     from memorize.sweep.layout import cell_lock, is_locked
     from memorize.sweep.spec import ScoreConfig
 
-    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=20)) for c in _variants(tiny_cfg)]
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=20)) for c in pack_variants(tiny_cfg)]
     roots = [tmp_path / f"c{i}" for i in range(3)]
     train_packed(cfgs, roots)
     with cell_lock(roots[1]):

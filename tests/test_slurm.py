@@ -15,7 +15,7 @@ import yaml
 from memorize.cli import main
 from memorize.sweep import sweep_status
 from memorize.sweep.snapshot import package_dir, source_hash
-from tests.test_sweep import TINY_SPEC
+from tests.conftest import TINY_SPEC
 
 
 def _slurm_reason() -> str | None:

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,28 +21,9 @@ from memorize.io import progress_note
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
 from memorize.sweep.layout import cell_lock, is_locked
 from memorize.sweep.local import local_gpu_parameters
+from tests.conftest import TINY_SPEC, count_training, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_SPEC = {
-    "name": "tiny",
-    "base": {
-        "data": {"name": "digits", "n_heldout": 100},
-        "model": {"channels": 8},
-        "train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "eval_every": 10, "log_every": 5,
-                  "warmup_steps": 5},
-        "sample": {"num": 16, "steps": 6, "batch_size": 16},
-    },
-    "grid": {"data.n_train": [16, 32], "seed": [0]},
-    "score": {"compare": True, "features": "pixel"},  # the classifier features have tests of their own
-}
-
-
-def write_spec(path, spec=None, **changes):
-    spec = json.loads(json.dumps(spec or TINY_SPEC))
-    spec.update(changes)
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def result_rows(out):
@@ -116,8 +98,8 @@ def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
 
     assert main(["plot", str(out)]) == 0
     for name in ("memorization_vs_n", "phase_diagram", "critical_n", "denoiser_gap"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
-        assert (out / "figures" / f"{name}.pdf").is_file()
+        assert plt.imread(out / "figures" / f"{name}.png").shape[:2] > (100, 100)  # a whole image was drawn
+        assert (out / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     assert len(list((out / "figures").glob("nn_*.png"))) == 2
 
 
@@ -341,21 +323,6 @@ def test_a_cell_job_leaves_the_callers_thread_count_alone(tmp_path, monkeypatch)
         torch.set_num_threads(original)
 
 
-def count_training(monkeypatch):
-    """Count the optimizer steps taken in this process (learning_rate is called once per step)."""
-    import memorize.train as train_module
-
-    steps = {"n": 0}
-    real = train_module.learning_rate
-
-    def counting(*args):
-        steps["n"] += 1
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "learning_rate", counting)
-    return steps
-
-
 def test_new_sampling_or_scoring_settings_rescore_without_training(tmp_path, monkeypatch):
     steps = count_training(monkeypatch)
     out = tmp_path / "sweep"
@@ -454,7 +421,8 @@ def test_a_sweep_with_a_calibrated_threshold_reports_false_positive_rates(tmp_pa
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
     (row,) = collect(out).to_dict("records")
     assert row["threshold"] == "auto" and 0 < row["threshold_cos"] < 1 and row["fpr_cos"] <= 0.01
-    assert 0 <= row["fpr_nn"] <= 1 and row["agreement_empirical"] == row["agreement_empirical"]
+    assert row["fpr_nn"] * 128 == pytest.approx(round(row["fpr_nn"] * 128))  # a count of the 128 held-out digits
+    assert 0 <= row["agreement_empirical"] <= 1
     # quality on the dataset classifier, trained once for the sweep into its features/ directory
     assert row["features"] == "classifier" and row["fid"] > 0 and 0 <= row["precision"] <= 1
     assert len(list((out / "features").glob("classifier-*.pt"))) == 1
