@@ -20,13 +20,14 @@ from memorize.sweep.snapshot import code_version
 
 
 RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total", "seed", "step", "budget",
-                  "stopped_early", "sigma_data", "running_loss", "train_loss", "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
-                  "mem_cos_hi", "labels", "guidance", "mem_nn_class", "mem_nn_class_lo", "mem_nn_class_hi", "agreement_empirical", "reproducibility_empirical", "mem_nn_empirical", "n_samples",
-                  "sampler", "sample_steps", "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos",
-                  "fid", "kid", "precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi",
-                  "features", "consistency", "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "code", "requeues", "cell", "eval"]
-
-
+                  "stopped_early", "sigma_data", "running_loss", "train_loss", "heldout_loss", "mem_nn",
+                  "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "labels", "guidance",
+                  "mem_nn_class", "mem_nn_class_lo", "mem_nn_class_hi", "agreement_empirical",
+                  "reproducibility_empirical", "mem_nn_empirical", "n_samples", "sampler", "sample_steps",
+                  "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos", "fid", "kid", "precision",
+                  "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi", "features", "consistency",
+                  "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "code", "requeues",
+                  "cell", "eval"]
 # curves.csv: a result record per scored checkpoint (its own evaluation, ``step_eval``), tagged with the grid
 # point it belongs to (cell, eval, budget) and its grid values; the comparisons run at the budget only.
 CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (

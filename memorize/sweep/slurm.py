@@ -15,16 +15,13 @@ from typing import Any
 
 import submitit
 
-from memorize.sweep.layout import (ERROR, is_done, read_grid, read_jobs, record_cancelled, record_jobs,
+from memorize.sweep.layout import (ERROR, cell_dir, is_done, read_grid, read_jobs, record_cancelled, record_jobs,
                                    unfinished_cells)
 from memorize.sweep.snapshot import setup_lines
 from memorize.sweep.spec import SweepSpec
 
-
 TERMINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                          "BOOT_FAIL", "DEADLINE", "ENDED"}
-
-
 ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                        "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 
@@ -74,7 +71,7 @@ def wait_for_slurm(out: Path, ids: list[str], timeout: float, poll: float = 5.0)
     while open_ids and time.time() < deadline:
         states = slurm_states([jobs.get(cid, "") for cid in open_ids])
         for cid in list(open_ids):
-            root = out / "cells" / cid
+            root = cell_dir(out, cid)
             if all(is_done(root, k) for k in keys.get(cid, [])) or (root / ERROR).exists():
                 open_ids.discard(cid)
             elif states.get(jobs.get(cid, ""), "UNKNOWN") in TERMINAL_SLURM_STATES - {"COMPLETED"}:
