@@ -52,18 +52,22 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos, labels
 QUALITY_K = 3
 
 
-def resolve_threshold(threshold: float | str | None, embedder: str,
-                      heldout_similarity: Callable[[], np.ndarray], target_fpr: float = 0.01) -> tuple[float | str, float]:
-    """The cosine threshold's setting and the value in force, decided here and nowhere else.
+def threshold_setting(threshold: float | str | None, embedder: str) -> float | str:
+    """The cosine threshold asked for: ``None`` is :func:`~memorize.metrics.calibration.default_threshold`
+    of ``embedder``; ``auto`` or a number as given."""
+    return default_threshold(embedder) if threshold is None else threshold
 
-    ``None`` is :func:`~memorize.metrics.calibration.default_threshold` of ``embedder``; ``auto`` is
-    calibrated on ``heldout_similarity()`` (each held-out image's largest cosine to the training
-    subset, computed only when needed) for ``target_fpr``
-    (:func:`~memorize.metrics.calibration.calibrated_threshold`); a number is itself."""
-    setting = default_threshold(embedder) if threshold is None else threshold
+
+def resolve_threshold(threshold: float | str | None, embedder: str, heldout: Callable[[], np.ndarray],
+                      target_fpr: float = 0.01) -> tuple[float | str, float]:
+    """The cosine threshold's setting (:func:`threshold_setting`) and the value in force: ``auto`` is
+    calibrated on ``heldout()`` (each held-out image's largest cosine to the training subset, computed
+    only when needed) for ``target_fpr`` (:func:`~memorize.metrics.calibration.calibrated_threshold`);
+    a number is itself."""
+    setting = threshold_setting(threshold, embedder)
     if setting != "auto":
         return setting, float(setting)
-    return setting, calibrated_threshold(heldout_similarity(), target_fpr)
+    return setting, calibrated_threshold(heldout(), target_fpr)
 
 
 def heldout_similarity(embed: Embedder, data: CellData, progress: bool = False,
@@ -137,7 +141,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     drawn = read_samples(sample_file)
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()
-    if (default_threshold(embedder) if threshold is None else threshold) == "auto":
+    if threshold_setting(threshold, embedder) == "auto":
         check_heldout(len(data.heldout), target_fpr)  # before any work
     nn = nn_ratio(drawn["samples"], train, ratio)
     labels = drawn.get("labels")
