@@ -82,6 +82,13 @@ BAD_INPUTS = [
      ["train", str(_config(t)), "--out", str(t / "f" / "cell")], r"--out .*f/cell: .*f is a file, not a directory"),
     ("sweep out below a file", lambda t, c: (t / "f").write_text("x") and
      ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "f" / "sweep")], r"f is a file, not a directory"),
+    ("sample num 0", lambda t, c: ["sample", str(c), "--num", "0"], r"sample\.num: must be >= 1"),
+    ("sample eta 2", lambda t, c: ["sample", str(c), "--eta", "2", "--sampler", "ddim"], r"sample\.eta: must be in \[0, 1\]"),
+    ("sample steps not a number", lambda t, c: ["sample", str(c), "--steps", "many"],
+     r"--steps: invalid int value: 'many'"),
+    ("sample sampler unknown", lambda t, c: ["sample", str(c), "--sampler", "rk4"], r"--sampler: invalid choice: 'rk4'"),
+    ("slurm time 0", lambda t, c: ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "sweep"),
+                                   "--executor", "slurm", "--time-min", "0"], r"slurm\.time_min: must be >= 1"),
     ("sample on a missing GPU", lambda t, c: ["sample", str(c), "--device", "cuda", "--name", "gpu"],
      r"--device: 'cuda' requested but no CUDA GPU"),
 ]

@@ -70,10 +70,29 @@ def test_cell_ids_follow_the_training_identity(tmp_path):
     assert not {x.cell for x in a} & {x.cell for x in expand(load_spec(write_spec(tmp_path / "d.yaml", wider)))}
 
 
-def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A two-cell local sweep run to the end, with the report of its launch; tests copy it to change it."""
+    root = tmp_path_factory.mktemp("finished")
+    spec = load_spec(write_spec(root / "s.yaml"))
+    report = run_sweep(spec, root / "sweep", "local", progress=False)
+    return root / "sweep", spec, report
+
+
+def _copy(finished, tmp_path) -> Path:
+    import shutil
+
     out = tmp_path / "sweep"
-    spec = load_spec(write_spec(tmp_path / "s.yaml"))
-    report = run_sweep(spec, out, "local", progress=False)
+    shutil.copytree(finished, out)
+    return out
+
+
+def _stamps(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted((out / "cells").glob("*/evals/*.json"))}
+
+
+def test_a_local_sweep_runs_every_cell_and_collects_one_full_row_each(finished_sweep):
+    out, _, report = finished_sweep
     assert report == {"cells": 2, "points": 2, "done_before": 0, "running_elsewhere": 0, "launched": 2, "failed": 0}
     table = collect(out)
     for column in ("dataset", "n_train", "model", "params", "seed", "step", "running_loss", "train_loss",
@@ -82,20 +101,29 @@ def test_local_sweep_runs_collects_and_skips_finished_cells(tmp_path):
         assert table[column].notna().all(), column
     assert sorted(table.n_train) == [16, 32] and (table.step == 20).all()
     assert ((table.mem_nn_lo <= table.mem_nn) & (table.mem_nn <= table.mem_nn_hi)).all()
-    summaries = sorted((out / "cells").glob("*/evals/*.json"))
-    stamps = [p.stat().st_mtime_ns for p in summaries]
 
-    again = run_sweep(spec, out, "local", progress=False)
+
+def test_a_rerun_launches_nothing_and_rewrites_nothing(finished_sweep, tmp_path):
+    out = _copy(finished_sweep[0], tmp_path)
+    stamps = _stamps(out)
+    again = run_sweep(finished_sweep[1], out, "local", progress=False)
     assert again["launched"] == 0 and again["done_before"] == 2
-    assert [p.stat().st_mtime_ns for p in summaries] == stamps
+    assert _stamps(out) == stamps and len(stamps) == 2
 
+
+def test_a_wider_grid_launches_only_its_new_cell(finished_sweep, tmp_path):
+    out = _copy(finished_sweep[0], tmp_path)
+    stamps = _stamps(out)
     wider = load_spec(write_spec(tmp_path / "w.yaml", grid={"data.n_train": [16, 32, 48], "seed": [0]}))
     report = run_sweep(wider, out, "debug", progress=False)
     assert report["launched"] == 1 and report["done_before"] == 2
-    assert [p.stat().st_mtime_ns for p in summaries] == stamps
-    status = sweep_status(out)
-    assert status.state.tolist() == ["done"] * 3
+    after = _stamps(out)
+    assert len(after) == 3 and {p: after[p] for p in stamps} == stamps
+    assert sweep_status(out).state.tolist() == ["done"] * 3
 
+
+def test_plot_draws_every_sweep_figure(finished_sweep, tmp_path):
+    out = _copy(finished_sweep[0], tmp_path)
     assert main(["plot", str(out)]) == 0
     for name in ("memorization_vs_n", "phase_diagram", "critical_n", "denoiser_gap"):
         assert plt.imread(out / "figures" / f"{name}.png").shape[:2] > (100, 100)  # a whole image was drawn

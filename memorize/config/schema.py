@@ -8,9 +8,15 @@ settings). Each dataclass checks its own values in ``__post_init__``; an out-of-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from memorize.errors import ConfigError
+
+
+def described(default: Any, help: str) -> Any:
+    """A dataclass field with its description, the one text that the ``memorize`` flag generated from the
+    field shows (``memorize.cli.flags``)."""
+    return field(default=default, metadata={"help": help})
 
 
 def _require(ok: bool, where: str, message: str) -> None:
@@ -200,30 +206,40 @@ class SampleConfig:
     device (:class:`memorize.sampling.CounterNoise`; other samples than ``generator``, the same on every
     device up to float64 rounding), for stochastic samplers on a GPU, where drawing on the CPU holds them up."""
 
-    sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = "heun"
-    steps: int | None = None
-    num: int = 64
-    batch_size: int = 64
-    seed: int = 0
-    eta: float = 0.0
-    churn: float = 0.0  # Heun's S_churn; the churn is applied where churn_sigma_min <= sigma <= churn_sigma_max
-    churn_sigma_min: float = 0.0  # S_tmin
-    churn_sigma_max: float | None = None  # S_tmax (None: no upper bound)
-    churn_noise: float = 1.0  # S_noise
-    schedule: Literal["karras", "vp_linear", "vp_cosine"] = "karras"
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    guidance: float = 0.0
-    label: int | None = None
-    noise: Literal["generator", "counter"] = "generator"
+    sampler: Literal["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"] = described(
+        "heun", "sampler")
+    steps: int | None = described(
+        None, "number of noise levels (denoiser evaluations: 2*steps-1 for heun); unset: the sampler's own, " +
+        ", ".join(f"{k} {v}" for k, v in DEFAULT_SAMPLE_STEPS.items()))
+    num: int = described(64, "number of samples")
+    batch_size: int = described(64, "samples per batch (the samples do not depend on it)")
+    seed: int = described(0, "sample seed in [0, 2^32), combined with the cell's seed")
+    eta: float = described(0.0, "DDIM stochasticity in [0, 1]")
+    churn: float = described(0.0, "EDM Heun stochastic churn S_churn (>= 0)")
+    churn_sigma_min: float = described(0.0, "S_tmin: churn only at noise levels >= this")
+    churn_sigma_max: float | None = described(None, "S_tmax: churn only at noise levels <= this (unset: no bound)")
+    churn_noise: float = described(1.0, "S_noise: scale of the churn noise (> 0)")
+    schedule: Literal["karras", "vp_linear", "vp_cosine"] = described("karras", "noise-level grid")
+    sigma_min: float = described(0.002, "smallest noise level of the grid")
+    sigma_max: float = described(80.0, "largest noise level of the grid")
+    rho: float = described(7.0, "Karras grid exponent rho")
+    guidance: float = described(
+        0.0, "classifier-free guidance weight w >= 0 of a class-conditional cell: D(x,c) + w (D(x,c) - D(x,none)); "
+             "the trained denoiser needs train.label_dropout > 0")
+    label: int | None = described(
+        None, "class of every sample of a class-conditional cell (unset: each sample's class is a training label "
+              "drawn with its seed)")
+    noise: Literal["generator", "counter"] = described(
+        "generator", "per-sample noise streams: a CPU generator per sample, or counter-based streams computed on "
+                     "the device (faster stochastic sampling on a GPU; other samples)")
 
     def __post_init__(self) -> None:
         _require(self.guidance >= 0, "sample.guidance", "must be >= 0 (0: no guidance)")
         _require(self.label is None or self.label >= 0, "sample.label", "must be a class index >= 0, or null")
         for name in ("num", "batch_size"):
             _require(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
-        _require(self.steps is None or self.steps >= 1, "sample.steps", "must be >= 1, or null for the sampler's default")
+        _require(self.steps is None or self.steps >= 1, "sample.steps",
+                 "must be >= 1, or null for the sampler's default")
         _require(0 <= self.seed < 2**32, "sample.seed", "must be in [0, 2^32)")
         _require(0.0 <= self.eta <= 1.0, "sample.eta", "must be in [0, 1]")
         _require(self.churn >= 0, "sample.churn", "must be >= 0")

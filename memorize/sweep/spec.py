@@ -3,7 +3,7 @@
 A spec (``sweeps/*.yaml``)::
 
     name: digits
-    base:                  # any CellConfig fields (memorize/config.py)
+    base:                  # any CellConfig fields (memorize/config/schema.py)
       data: {name: digits}
       train: {steps: 1000}
     grid:                  # dotted CellConfig fields -> non-empty lists; the cells are their product
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from memorize.config import (CellConfig, ConfigError, cell_id, from_dict, read_yaml, sample_settings, set_dotted,
-                             settings_key, to_dict)
+from memorize.config import (CellConfig, ConfigError, cell_id, described, from_dict, read_yaml, sample_settings,
+                             set_dotted, settings_key, to_dict)
 from memorize.metrics.calibration import default_threshold, min_heldout
 
 
@@ -75,19 +75,22 @@ class ScoreConfig:
 class SlurmConfig:
     """SLURM resources of one cell (each cell is one array task) and array limits."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_cell: int = 1
-    cpus_per_cell: int = 8
-    mem_gb: int = 32
-    time_min: int = 240
-    # SLURM signals a job this many seconds before its time limit: the cell checkpoints and is requeued.
-    signal_delay_s: int = 90
-    max_requeues: int = 3  # requeues after a time limit (submitit's max_num_timeout); preemptions do not count
-    constraint: str | None = None
-    array_parallelism: int = 64
-    max_array_size: int = 1000  # submitit does not split arrays above SLURM's MaxArraySize (default 1001)
+    partition: str | None = described(None, "partition (sbatch --partition)")
+    account: str | None = described(None, "account to charge (sbatch --account)")
+    qos: str | None = described(None, "quality of service (sbatch --qos)")
+    gpus_per_cell: int = described(1, "GPUs of each cell's job (0: CPU jobs)")
+    cpus_per_cell: int = described(8, "CPU cores of each cell's job; also its torch threads")
+    mem_gb: int = described(32, "memory of each cell's job, in GB")
+    time_min: int = described(240, "time limit of each cell's job, in minutes")
+    signal_delay_s: int = described(
+        90, "seconds before the time limit at which SLURM signals the job: the cell checkpoints and is requeued")
+    max_requeues: int = described(
+        3, "requeues after a time limit (submitit's max_num_timeout); preemptions do not count")
+    constraint: str | None = described(None, "node features (sbatch --constraint)")
+    array_parallelism: int = described(64, "array tasks running at once")
+    max_array_size: int = described(
+        1000, "largest job array submitted at once (submitit does not split arrays above SLURM's MaxArraySize, "
+              "1001 by default)")
     extra: dict[str, str] = field(default_factory=dict)  # further sbatch parameters, e.g. {mail-type: END}
 
     def __post_init__(self) -> None:

@@ -1,0 +1,201 @@
+"""What each ``memorize`` command does with its parsed arguments: call the library, print one summary."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+from memorize.cli.flags import parse_set
+from memorize.config import SampleConfig, load_config
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from memorize.train import train
+
+    cfg = load_config(args.config, parse_set(args.set))
+    summary = train(cfg, args.out, progress=not args.quiet)
+    print(f"trained {summary['params_total']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
+          f"on {summary['device']}: loss on fixed noise {summary['train_loss']:.4f} (training images), "
+          f"{summary['heldout_loss']:.4f} (held-out); checkpoint and loss.csv in {args.out}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from memorize.cell import read_config
+    from memorize.generate import sample_cell
+
+    base = read_config(Path(args.dir)).sample
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)
+               if getattr(args, f.name, None) is not None}
+    cfg = dataclasses.replace(base, **options)
+    path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
+                       progress=not args.quiet)
+    guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
+    guidance += ", counter-based noise" if cfg.noise == "counter" else ""
+    print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
+          f"seed {cfg.seed}) in {path}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from memorize.score import score_cell
+
+    s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
+                   progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
+    nn, cos, q = s["nn"], s["cos"], s["quality"]
+    print(f"{s['n_samples']} samples vs {s['n_train']} training images: memorized "
+          f"{nn['ratio']:.3f} [{nn['lo']:.3f}, {nn['hi']:.3f}] by d1/d2 < {args.ratio:.4g}, "
+          f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
+          f"{cos['threshold']:.4g}{' (auto)' if cos['threshold_setting'] == 'auto' else ''}; false positives on "
+          f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}")
+    if "nn_class" in s:
+        c = s["nn_class"]
+        print(f"within each sample's requested class: memorized {c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
+              f"by d1/d2 < {args.ratio:.4g} ({c['n_defined']} of {s['n_samples']} samples have a class with at "
+              f"least 2 training images)")
+    print(f"against the held-out images on {q['features']} features: FID {q['fid']:.4g}, KID {q['kid']:.4g}, "
+          f"precision {q['precision']:.3f}, recall {q['recall']:.3f}; table, figure and summary in "
+          f"{Path(args.dir) / 'scores'}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from memorize.compare import compare_cell
+
+    s = compare_cell(args.dir, args.samples, args.embedder, args.threshold, args.n_eval, args.device,
+                     progress=not args.quiet)
+    repro = s["reproducibility"]
+    print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
+          f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f} "
+          f"(cosine > {s['threshold']:.4g}); "
+          f"memorized (d1/d2 < 1/3): trained {s['mem_nn_trained']:.3f}, empirical {s['mem_nn_empirical']:.3f}; "
+          f"gap curves and figure in {Path(args.dir) / 'compare'}")
+
+
+def cmd_consistency(args: argparse.Namespace) -> None:
+    from memorize.compare import disjoint_consistency
+
+    r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold)
+    print(f"N = {r['n_train']}: reproducibility of same-noise samples {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
+          f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> None:
+    from memorize.sweep import load_spec, run_sweep
+    from memorize.sweep.spec import SlurmConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmConfig)
+                 if getattr(args, f.name, None) is not None}
+    if args.sbatch:
+        overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END").items()}
+    spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
+    report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
+                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack)
+    if args.dry_run:
+        return
+    print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
+          f"cells already done, {report['running_elsewhere']} running elsewhere, {report['launched']} launched, "
+          f"{report['failed']} failed")
+    if args.executor == "slurm":
+        code = report.get("code")
+        if code:
+            commit = f"commit {code['commit'][:12]}{' with uncommitted changes' if code['dirty'] else ''}" \
+                if code["commit"] else "not a git checkout"
+            print(f"jobs run the code as launched: {code['pythonpath']} (source hash {code['hash']}, {commit})")
+        elif report["launched"]:
+            print("jobs run the code on disk when they start (--no-snapshot)")
+        print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`, "
+              f"stop with `memorize sweep cancel {args.out}`")
+        if not args.wait:
+            return
+    from memorize.sweep import collect
+
+    table = collect(args.out)
+    print(_collected(table, args.out))
+    if not args.no_plot and len(table):
+        from memorize.sweep.figures import plot_sweep
+
+        plot_sweep(args.out)
+        print(f"figures in {Path(args.out) / 'figures'}")
+
+
+def _collected(table, out: str) -> str:
+    pending = table.attrs.get("pending", 0)
+    text = f"{len(table)} finished grid points in {Path(out) / 'results.csv'}"
+    if pending:
+        text += (f"; {pending} not yet finished under the spec's current settings (listed by "
+                 f"`memorize sweep status {out}`; `memorize sweep run` finishes them)")
+    return text
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from memorize.sweep import sweep_status
+
+    table = sweep_status(args.dir)
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 160, "display.width", 200):
+        print(table.to_string(index=False))
+    print(", ".join(f"{n} {state}" for state, n in table["state"].value_counts().items()))
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> None:
+    from memorize.sweep import cancel_sweep
+
+    r = cancel_sweep(args.dir, args.wait_timeout)
+    print(f"{r['cancelled']} jobs cancelled ({r['running']} running, {r['pending']} pending); "
+          f"{r['cells'] - r['unfinished']} of {r['cells']} cells done and left alone")
+    if r["still_queued"]:
+        print(f"{r['still_queued']} cancelled jobs are still leaving the queue: their cells stay locked until they "
+              f"have; check with `memorize sweep status {args.dir}`")
+    if r["unfinished"]:
+        print(f"`memorize sweep run SPEC --out {args.dir}` resumes the {r['unfinished']} unfinished cells from their "
+              f"last checkpoints (SPEC: {Path(args.dir) / 'spec.yaml'} or your own)")
+
+
+def cmd_sweep_collect(args: argparse.Namespace) -> None:
+    if args.wait:
+        from memorize.sweep.layout import read_jobs
+        from memorize.sweep.slurm import wait_for_slurm
+
+        wait_for_slurm(Path(args.dir), list(read_jobs(Path(args.dir))), args.wait_timeout)
+    from memorize.sweep import collect
+
+    table = collect(args.dir)
+    print(_collected(table, args.dir))
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from memorize.sweep.figures import plot_sweep
+
+    written = plot_sweep(args.dir, args.cells, step=args.step)
+    print(f"{len(written)} files in {Path(args.dir) / 'figures' / (f'step-{args.step}' if args.step else '')}")
+
+
+def cmd_criteria(args: argparse.Namespace) -> None:
+    from memorize.criteria_bench import build_cases, cosine_criterion, load_criterion, nn_criterion
+    from memorize.criteria_bench.evaluate import run_bench
+
+    if args.cell:
+        from memorize.cell import CellPaths, load_cell_data, read_config
+
+        data = load_cell_data(read_config(Path(args.cell)), CellPaths(Path(args.cell)))
+        train, heldout, source = data.train, data.heldout, f"cell {args.cell}"
+    else:
+        from memorize.config import DataConfig
+        from memorize.data import load_dataset, make_split
+
+        cfg = DataConfig(name=args.dataset, root=args.root, n_train=args.n_train, n_heldout=args.n_heldout)
+        ds = load_dataset(cfg)
+        split = make_split(ds, cfg)
+        train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{args.dataset}, N = {args.n_train}"
+    criteria = {f"nn d1/d2 < {r:.3g}": nn_criterion(r) for r in args.ratios}
+    criteria.update({f"{e} cosine": cosine_criterion(e) for e in args.embedders})
+    criteria.update({spec: load_criterion(spec) for spec in args.criterion})
+    cases = build_cases(train, heldout, args.per_kind, args.seed)
+    table = run_bench(criteria, cases, train.numpy(), args.out, args.target_fpr, progress=not args.quiet)
+    for name, failed in table[table.error != ""].groupby("criterion", sort=False):
+        groups = [f"{r.kind}" + ("" if math.isnan(r.strength) else f" {r.strength:g}") for r in failed.itertuples()]
+        where = "every case group" if len(failed) == len(table[table.criterion == name]) else ", ".join(groups)
+        print(f"{name} failed on {where} (first: {groups[0]}: {failed.error.iloc[0]})")
+    print(f"{len(criteria)} criteria on {len(cases)} cases ({source}, {len(heldout)} held-out); "
+          f"table in {Path(args.out) / 'criteria.csv'}, ROC curves in {Path(args.out) / 'roc.png'}")

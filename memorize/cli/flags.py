@@ -1,0 +1,125 @@
+"""Argument parsing pieces of the ``memorize`` command: value types, the help format, and flags generated
+from a config dataclass (each field's type, choices and description come from the dataclass itself)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from fractions import Fraction
+from types import NoneType, UnionType
+from typing import Any, Literal
+
+import yaml
+
+from memorize.config import ConfigError
+
+
+def config_flags(parser: argparse.ArgumentParser, cls: type, section: str, unset: str,
+                 rename: dict[str, str] | None = None) -> list[str]:
+    """Add one ``--flag`` per described field of the dataclass ``cls`` and return the fields' names.
+
+    A flag's type and choices come from the field's annotation (``int``, ``float``, ``str``, a ``Literal``,
+    each optionally ``| None``), its help from the field's description (:func:`memorize.config.described`);
+    it defaults to ``None``, meaning "not given": the caller keeps ``unset``'s value of ``section.FIELD``
+    (for example "the cell's"). Values are validated where they are used, by the dataclass."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind, choices = _flag_type(hints[f.name], f"{cls.__name__}.{f.name}")
+        default = "unset" if f.default is None else f.default
+        flag = (rename or {}).get(f.name, f.name).replace("_", "-")
+        parser.add_argument(f"--{flag}", dest=f.name, type=kind, choices=choices, metavar=None if choices else
+                            f.name.upper(), help=f"{f.metadata['help']} (default: {unset} {section}.{f.name}, "
+                                                f"else {default})".replace("%", "%%"))
+        names.append(f.name)
+    return names
+
+
+def _flag_type(annotation: Any, where: str) -> tuple[type, tuple | None]:
+    """The argparse type and choices of a field annotated ``annotation``: ``X`` or ``X | None``."""
+    args = [a for a in typing.get_args(annotation) if a is not NoneType] \
+        if isinstance(annotation, UnionType) or typing.get_origin(annotation) is typing.Union else [annotation]
+    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        choices = typing.get_args(args[0])
+        return type(choices[0]), choices
+    if len(args) == 1 and args[0] in (int, float, str):
+        return args[0], None
+    raise TypeError(f"{where}: no command-line flag for a field of type {annotation}")
+
+
+def parse_set(items: list[str], example: str = "train.steps=500") -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or fraction such as 1/3, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def checked(kind: type, ok, expected: str):
+    """An argparse type: ``kind(text)`` that must satisfy ``ok``, else an error saying ``expected``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+rate = checked(float, lambda v: 0 < v < 1, "a rate in (0, 1)")
+
+
+def threshold_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else checked(float, lambda v: 0.0 <= v < 1.0,
+                                                  "a cosine threshold in [0, 1) or auto")(text)
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help with the description as written and each argument's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "(default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (what is wrong and where to read more), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def subcommand(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    import textwrap
+
+    text = f"{summary[0].upper()}{summary[1:]}.\n\n" + textwrap.fill(description, 100)
+    return sub.add_parser(name, help=summary, description=text, formatter_class=Formatter)
+
+
+def threads_and_quiet(parser: argparse.ArgumentParser) -> None:
+    """The two flags of every command that computes: torch's CPU threads and the progress bar."""
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's, all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,203 @@
+"""The ``memorize`` argument parser: every command, its flags and its help."""
+
+from __future__ import annotations
+
+import argparse
+
+from memorize.cli import commands
+from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, positive_int, rate, subcommand,
+                                threshold_or_auto, threads_and_quiet)
+from memorize.config import SampleConfig
+from memorize.sweep.spec import SlurmConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="memorize", formatter_class=Formatter, description=(
+        "Memorization-vs-generalization experiments on diffusion models: train denoisers on nested training\n"
+        "subsets, sample, score every sample for memorization, compare with the closed-form empirical\n"
+        "denoiser, and run sweeps of such cells with their phase-transition figures.\n\n"
+        "`memorize COMMAND --help` describes each command and its arguments."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = subcommand(sub, "train", "train one cell (resumes from its last checkpoint)",
+                   "Trains the denoiser of one cell in --out. Re-running resumes from the last checkpoint; a larger "
+                   "train.steps continues the same run (the learning rate does not depend on it); a directory holding "
+                   "a cell of another training identity is refused.")
+    p.add_argument("config", nargs="?", help="cell config YAML (default: the embedded digits cell, N = 32)")
+    p.add_argument("--out", required=True, help="cell directory to write (created if missing)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set data.n_train=64 (repeatable)")
+    threads_and_quiet(p)
+    p.set_defaults(func=commands.cmd_train)
+
+    p = subcommand(sub, "sample", "draw seeded samples from a cell's denoiser",
+                   "Writes DIR/samples/NAME.npz and NAME.png. Sample i has its own seed (derived from the cell's seed, "
+                   "--seed and i), so it does not depend on the batch size. Flags left out take the cell's sample: "
+                   "settings.")
+    p.add_argument("dir", help="a trained cell directory")
+    config_flags(p, SampleConfig, "sample", "the cell's")
+    p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
+                   help="trained network; the closed-form empirical or Gaussian denoiser of the training subset "
+                        "(per class in a class-conditional cell); or the true mixture's denoiser (gmm dataset)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
+    p.add_argument("--name", help="sample set name (default: the denoiser's name)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--force", action="store_true", help="replace samples of the same name with other settings")
+    threads_and_quiet(p)
+    p.set_defaults(func=commands.cmd_sample)
+
+    p = subcommand(sub, "score", "score a cell's samples for memorization with both criteria",
+                   "Nearest-neighbour criterion: memorized iff d1/d2 < --ratio (exact search, float64 re-ranking). "
+                   "Copy-detection criterion: memorized iff the maximal cosine similarity of --embedder descriptors "
+                   "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
+    p.add_argument("dir", help="a cell directory with samples")
+    p.add_argument("--samples", default="trained", help="sample set name under DIR/samples")
+    p.add_argument("--embedder", default="pixel",
+                   help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
+                        "torchvision:MODEL:WEIGHTS (local files only)")
+    p.add_argument("--ratio", default="1/3", type=fraction, help="nearest-neighbour ratio threshold in (0, 1]")
+    p.add_argument("--threshold", default=None, type=threshold_or_auto,
+                   help="cosine threshold in [0, 1) (0.5 in Somepalli et al. 2023, 0.6 in Zhang et al. 2024; "
+                        "calibrated for SSCD, not for raw pixels), or auto: the held-out images' quantile that "
+                        "gives --target-fpr (default: auto for the pixel embedder, 0.6 for the others)")
+    p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=rate,
+                   help="false-positive rate on held-out images that --threshold auto aims at")
+    p.add_argument("--features", default="auto",
+                   help="features for FID, KID and precision/recall against the held-out images: an embedder "
+                        "spec as for --embedder, classifier (a small classifier trained once on the dataset's "
+                        "labelled images, cached), or auto: classifier for labelled image data, else pixel")
+    p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
+    threads_and_quiet(p)
+    p.set_defaults(func=commands.cmd_score)
+
+    p = subcommand(sub, "compare", "hold the trained denoiser against the empirical and Gaussian ones",
+                   "Writes DIR/compare/gap.csv, gap.png and compare.json: the mean squared difference to the "
+                   "closed-form denoisers over 12 noise levels, each denoiser's error, the train/held-out loss gap, "
+                   "and the same-noise agreement with empirical-denoiser samples.")
+    p.add_argument("dir", help="a trained cell directory")
+    p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
+                                                        "(drawn with the cell's settings if missing)")
+    p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
+    p.add_argument("--threshold", default=None, type=threshold_or_auto,
+                   help="cosine threshold of the reproducibility score, in [0, 1), or auto: calibrated on the "
+                        "cell's held-out images for a 1%% false-positive rate (default: auto for pixel, else 0.6)")
+    p.add_argument("--n-eval", dest="n_eval", default=256, type=positive_int,
+                   help="training and held-out images for the gap curves")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    threads_and_quiet(p)
+    p.set_defaults(func=commands.cmd_compare)
+
+    p = subcommand(sub, "consistency", "reproducibility of two cells trained on disjoint subsets",
+                   "Kadkhodaie et al. 2024: two cells of one size trained on disjoint subsets (data.subset_offset 0 "
+                   "and N) draw same-seed samples; the share of pairs whose cosine similarity exceeds --threshold is "
+                   "low when each memorizes its own images and high when both generalize.")
+    p.add_argument("dir_a", help="the first cell directory")
+    p.add_argument("dir_b", help="the second cell directory (disjoint subset of the same size)")
+    p.add_argument("--samples", default="trained", help="sample set name in both cells (drawn with one seed)")
+    p.add_argument("--embedder", default="pixel", help="descriptor for the cosine similarity")
+    p.add_argument("--threshold", default=None, type=threshold_or_auto,
+                   help="cosine threshold in [0, 1), or auto: calibrated on DIR_A's held-out images for a 1%% "
+                        "false-positive rate (default: auto for pixel, else 0.6)")
+    p.set_defaults(func=commands.cmd_consistency)
+
+    sweep = subcommand(sub, "sweep", "run, follow and collect sweeps",
+                 "A sweep spec (sweeps/*.yaml) is a base cell config and grid axes; see docs/guide.md.")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True, metavar="SWEEP_COMMAND")
+    p = subcommand(sweep_sub, "run", "launch the unfinished grid points of a sweep spec",
+                   "Cells that are done are skipped, unfinished ones resume from their last checkpoint. Per-cell logs "
+                   "go to DIR/logs/<job id>/ (submitit) and failures to DIR/cells/<id>/error.txt.")
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    p.add_argument("--out", required=True, help="sweep directory (on a shared filesystem for SLURM)")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
+                   help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
+                        "debug: in this process")
+    p.add_argument("--parallel", type=positive_int, default=1, help="local executor: cells (or packs) at a time")
+    p.add_argument("--pack", type=positive_int, default=1,
+                   help="train up to K cells of one architecture together, as one batched computation, in one "
+                        "job, then sample them together (default 1: each cell alone); packs are balanced and, "
+                        "where they train on the CPU, halved while fewer than --parallel; cells with "
+                        "model.dropout > 0, train.stop_when or train.compile always train alone")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
+                        "cells, at least 1; on SLURM the cell's cpus_per_cell)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set base.train.stop_when=memorization_converged or "
+                        "--set grid.data.n_train=[8,64] (repeatable; the spec file is left as it is)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid points and what would be submitted")
+    p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the figures after a finished run")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    config_flags(p, SlurmConfig, "slurm", "the spec's")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch parameter, e.g. --sbatch mail-type=END (repeatable)")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="slurm: jobs import the memorize code on disk when they start, not a copy taken at launch "
+                        "(DIR/code/HASH)")
+    p.set_defaults(func=commands.cmd_sweep_run)
+
+    p = subcommand(sweep_sub, "status", "per grid point: done, running, failed (with its log), pending",
+                   "Reads the cells' files and, where the sweep ran on SLURM, the queue: one squeue call for all its "
+                   "jobs, and one sacct call for those that left it.")
+    p.add_argument("dir", help="a sweep directory (memorize sweep run ... --out DIR)")
+    p.set_defaults(func=commands.cmd_sweep_status)
+
+    p = subcommand(sweep_sub, "cancel", "cancel the sweep's pending and running SLURM jobs",
+                   "Cancels, with one scancel, the jobs recorded in DIR/jobs.json of cells not yet done; finished "
+                   "cells are left alone. Waits until the jobs have left the queue; `memorize sweep run` then resumes "
+                   "the cancelled cells from their last checkpoints.")
+    p.add_argument("dir", help="a sweep directory launched with --executor slurm")
+    p.add_argument("--wait-timeout", type=float, default=120.0,
+                   help="seconds to wait at most for the cancelled jobs to leave the queue")
+    p.set_defaults(func=commands.cmd_sweep_cancel)
+
+    p = subcommand(sweep_sub, "collect", "write DIR/results.csv from the finished grid points",
+                   "One row per grid point of the spec last launched into DIR, under its current sampling and scoring "
+                   "settings; points not finished under them are counted as pending.")
+    p.add_argument("dir", help="a sweep directory")
+    p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
+    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
+    p.set_defaults(func=commands.cmd_sweep_collect)
+
+    p = subcommand(sub, "criteria", "test memorization criteria on cases with ground truth",
+                   "Builds cases from a training subset (exact copies, noisy copies at stated PSNRs, flips, shifts, "
+                   "crops, brightness and contrast changes, pixel mixtures of two images, empirical-denoiser samples; "
+                   "novel: Gaussian-denoiser samples and held-out images) and reports, per criterion and case kind, "
+                   "the detection rate, ROC AUC against the novel cases, the true-positive rate at --target-fpr "
+                   "false positives on held-out images and whether the right training image is named. Writes "
+                   "OUT/criteria.csv and OUT/roc.png.")
+    p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
+    p.add_argument("--dataset", default="digits", help="dataset name, as data.name")
+    p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
+    p.add_argument("--n-train", dest="n_train", type=positive_int, default=256, help="training subset size")
+    p.add_argument("--n-heldout", dest="n_heldout", type=positive_int, default=197,
+                   help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate)")
+    p.add_argument("--cell", help="take the training subset and held-out images of this cell instead")
+    p.add_argument("--ratios", nargs="*", type=fraction, default=[1 / 3, 1 / 2],
+                   help="nearest-neighbour criteria d1/d2 < ratio to test (default: 1/3 1/2)")
+    p.add_argument("--embedders", nargs="*", default=["pixel"],
+                   help="cosine criteria to test, one per embedder spec (default: pixel)")
+    p.add_argument("--criterion", nargs="*", default=[], metavar="MODULE:FUNCTION",
+                   help="your own criteria: function(samples, train) -> score per sample (higher = more "
+                        "memorized), decision, or {'score', 'decision', 'index'}")
+    p.add_argument("--per-kind", dest="per_kind", type=positive_int, default=64,
+                   help="cases per kind and strength")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cases")
+    p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=rate,
+                   help="false-positive rate on held-out images for the calibrated threshold")
+    threads_and_quiet(p)
+    p.set_defaults(func=commands.cmd_criteria)
+
+    p = subcommand(sub, "plot", "regenerate a sweep's figures into DIR/figures",
+                   "Collects first, then draws memorization vs N, the phase diagram, the critical N, denoiser-gap "
+                   "curves and nearest-neighbour grids (PNG and PDF); where checkpoints were scored "
+                   "(score.checkpoints), memorization over training steps and the timescales tau_mem and tau_gen "
+                   "against N (figures/timescales.csv).")
+    p.add_argument("dir", help="a sweep directory")
+    p.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids (default: the largest model "
+                                              "at the smallest and largest N)")
+    p.add_argument("--step", type=positive_int, help="draw memorization vs N, the phase diagram and the critical N "
+                                                      "at this training step (a budget or a scored checkpoint) "
+                                                      "into DIR/figures/step-STEP/")
+    p.set_defaults(func=commands.cmd_plot)
+    return parser

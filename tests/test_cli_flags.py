@@ -1,0 +1,59 @@
+"""Flags generated from config dataclasses: types, choices, help and "not given" from the dataclass."""
+
+import argparse
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from memorize.cli.flags import config_flags
+from memorize.config import SampleConfig, described
+from memorize.sweep.spec import SlurmConfig
+
+
+@dataclasses.dataclass
+class Toy:
+    count: int = described(3, "how many")
+    rate: float | None = described(None, "a rate")
+    mode: Literal["a", "b"] = described("a", "which mode")
+    name: str = described("x", "a name")
+    hidden: int = 7  # no description: no flag
+
+
+def _parser(cls, **kw):
+    p = argparse.ArgumentParser(exit_on_error=False)
+    names = config_flags(p, cls, "toy", "the cell's", **kw)
+    return p, names
+
+
+def test_flag_types_choices_and_unset_come_from_the_dataclass():
+    p, names = _parser(Toy)
+    assert names == ["count", "rate", "mode", "name"]
+    args = p.parse_args(["--count", "5", "--rate", "0.25", "--mode", "b"])
+    assert (args.count, args.rate, args.mode, args.name) == (5, 0.25, "b", None)
+    assert not hasattr(args, "hidden")
+    with pytest.raises(argparse.ArgumentError, match="invalid choice: 'c'"):
+        p.parse_args(["--mode", "c"])
+    with pytest.raises(argparse.ArgumentError, match="invalid int value"):
+        p.parse_args(["--count", "1.5"])
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["count"] == "how many (default: the cell's toy.count, else 3)"
+    assert helps["rate"].endswith("else unset)")
+
+
+def test_renamed_flag_and_unsupported_type():
+    p, _ = _parser(Toy, rename={"count": "num"})
+    assert p.parse_args(["--num", "2"]).count == 2
+
+    @dataclasses.dataclass
+    class Bad:
+        table: dict = described(None, "a mapping")
+
+    with pytest.raises(TypeError, match="Bad.table: no command-line flag"):
+        _parser(Bad)
+
+
+@pytest.mark.parametrize("cls, exempt", [(SampleConfig, set()), (SlurmConfig, {"extra"})])
+def test_every_field_of_the_exposed_configs_is_a_flag(cls, exempt):
+    _, names = _parser(cls)
+    assert set(names) == {f.name for f in dataclasses.fields(cls)} - exempt
