@@ -78,6 +78,11 @@ class CellPaths:
         return self.root / "cell.json"
 
     @property
+    def patch_schedules(self) -> Path:
+        """The LS and ELS machines' patch sizes calibrated on this cell's network (``memorize compare --local``)."""
+        return self.root / "compare" / "patch_schedule.json"
+
+    @property
     def evals(self) -> Path:
         return self.root / "evals"
 

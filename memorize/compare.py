@@ -12,11 +12,20 @@
   noise; the share where both are memorized copies of the same training image (nearest
   index equal), and the reproducibility score of the two sets (Zhang et al. 2024).
 
+Always, per sample, the r^2 of the empirical denoiser's same-noise sample against the trained one
+(:func:`memorize.local_score.r_squared`), and the *trajectory gap*: along the trained network's own
+sampling path, at each noise level the sampler visits, the mean squared difference between its output
+and each reference's on the same input. With ``local``, also the local (LS) and equivariant local (ELS)
+score machines (:mod:`memorize.local_score`): their patch sizes calibrated per noise level on this
+network (or given), their same-noise samples drawn, scored and held against the trained ones by r^2, and
+their gaps along the trajectory.
+
 In a class-conditional cell the references are the class-conditional empirical and Gaussian denoisers
 (:class:`memorize.empirical.ClassConditionalDenoiser`), every denoiser is asked for each item's own class,
 and the empirical samples are drawn with the trained samples' classes and guidance weight.
 
-It writes ``DIR/compare/gap.csv``, ``gap.png`` and ``compare.json``.
+It writes ``DIR/compare/gap.csv``, ``trajectory.csv``, ``r2.csv``, ``gap.png`` and ``compare.json``; with
+``local`` also ``patch_schedule.json``, ``calibration.csv`` and ``local_samples.png``.
 :func:`disjoint_consistency` compares two cells trained on disjoint subsets of one size
 (Kadkhodaie et al. 2024).
 """
@@ -35,6 +44,9 @@ from memorize.config import SampleConfig
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.generate import read_samples, sample_cell
+from memorize.local_score import (MACHINES, PatchSchedule, calibrate_patch_schedule, local_machine, odd_sizes,
+                                  r_squared)
+from memorize.sampling import generate
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
 from memorize.score import heldout_similarity, resolve_threshold
@@ -73,6 +85,40 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def trajectory_gap(trained, references: dict, shape: tuple[int, ...], seeds: np.ndarray, cfg: SampleConfig,
+                   device: torch.device | str = "cpu", labels: torch.Tensor | None = None) -> pd.DataFrame:
+    """Along the trained denoiser's own sampling path (``cfg``, from ``seeds``): at every noise level the
+    sampler visits, ``gap_<ref>`` = mean ``(D_trained(x) - D_ref(x))^2`` on the inputs ``x`` it visits there.
+    Unlike :func:`denoiser_gap`, whose inputs are noisy data items, these are the states that decide where
+    samples go. One row per noise level."""
+    rows = []
+
+    def recording(x, sigma, *extra):
+        out = trained(x, sigma, *extra)
+        level = float(torch.as_tensor(sigma).reshape(-1)[0])
+        row = {"sigma": level, "n": len(x)}
+        for name, ref in references.items():
+            row[f"gap_{name}"] = float((out.double() - ref(x, sigma, *extra).double()).square().mean())
+        rows.append(row)
+        return out
+
+    generate(recording, shape, seeds, cfg, device, labels, progress=False)
+    table = pd.DataFrame(rows)
+    gaps = [c for c in table if c.startswith("gap_")]
+    weighted = table[gaps].mul(table["n"], axis=0).groupby(table["sigma"]).sum()
+    return weighted.div(table.groupby("sigma")["n"].sum(), axis=0).reset_index().sort_values("sigma", ascending=False)
+
+
+def quartiles(values: np.ndarray) -> dict:
+    """Median and quartiles of the finite values."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan")}
+    q1, median, q3 = np.quantile(finite, [0.25, 0.5, 0.75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3)}
+
+
 def same_noise_agreement(trained_samples: np.ndarray, empirical_samples: np.ndarray, train: np.ndarray,
                          embedder, threshold: float) -> dict:
     """Share of seeds where the trained and empirical samples are memorized copies of the same
@@ -85,43 +131,79 @@ def same_noise_agreement(trained_samples: np.ndarray, empirical_samples: np.ndar
             "reproducibility": reproducibility_score(embedder(trained_samples), embedder(empirical_samples), threshold)}
 
 
-def gap_figure(table: pd.DataFrame, title: str = ""):
-    """Left: the trained denoiser's gap to the empirical and Gaussian denoisers over sigma; right: the
-    denoising error of each denoiser; solid lines training images, dashed held-out."""
+def gap_figure(table: pd.DataFrame, title: str = "", trajectory: pd.DataFrame | None = None):
+    """Left: the trained denoiser's gap to each closed-form reference on noisy training (solid) and
+    held-out (dashed) images over sigma; middle: each denoiser's denoising error there; right (with
+    ``trajectory``): the gaps along the trained network's own sampling path, the inputs that decide its
+    samples (:func:`trajectory_gap`)."""
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"train": "-", "heldout": "--"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    panels = [(axes[0], "gap_", "mean squared difference", "reference", "trained denoiser vs closed-form references"),
-              (axes[1], "mse_", "denoising MSE", "denoiser", "denoising error")]
+    fig, axes = plt.subplots(1, 3 if trajectory is not None else 2, figsize=(15 if trajectory is not None else 10, 3.8))
+    panels = [(axes[0], "gap_", "mean squared difference", "reference", "on noisy data: trained vs references"),
+              (axes[1], "mse_", "denoising MSE", "denoiser", "denoising error on noisy data")]
+    names = {}  # one colour per denoiser across the panels
     for ax, prefix, ylabel, legend_title, panel_title in panels:
-        names = [c.removeprefix(prefix) for c in table if c.startswith(prefix)]
-        for k, name in enumerate(names):
+        for name in (c.removeprefix(prefix) for c in table if c.startswith(prefix)):
+            color = colors[names.setdefault(name, len(names)) % len(colors)]
             for split, rows in table.groupby("split", sort=False):
                 rows = rows.sort_values("sigma")
                 ax.plot(rows["sigma"], rows[prefix + name], styles.get(split, ":"), marker="o", ms=4,
-                        color=colors[k % len(colors)], label=f"{name}, {split}")
+                        color=color, label=f"{name}, {split}")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=9)
+        ax.legend(fontsize=7, title=f"{legend_title}, images", title_fontsize=7)
+    if trajectory is not None:
+        ax = axes[2]
+        for name in (c.removeprefix("gap_") for c in trajectory if c.startswith("gap_")):
+            ax.plot(trajectory["sigma"], trajectory[f"gap_{name}"], "-", marker="o", ms=3,
+                    color=colors[names.setdefault(name, len(names)) % len(colors)], label=name)
+        ax.set_ylabel("mean squared difference")
+        ax.set_title("along the trained network's sampling path", fontsize=9)
+        ax.legend(fontsize=7, title="reference", title_fontsize=7)
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):  # decades only: a log axis's minor ticks double the figure's cost
             axis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("sigma")
-        ax.set_ylabel(ylabel)
-        ax.set_title(panel_title, fontsize=9)
-        ax.legend(fontsize=7, title=f"{legend_title}, images", title_fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.86, wspace=0.25)  # tight_layout: 0.3 s more
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.86, wspace=0.25)  # tight_layout: 0.3 s more
+    return fig
+
+
+def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: int = 8):
+    """A few same-noise samples: one row per denoiser (trained, empirical, the machines) and, under the
+    ELS row, each ELS sample's nearest training image."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.9, len(rows) * 0.95 + 0.4), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                img = np.clip((images[c] + 1) / 2, 0, 1)
+                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=8)
+    fig.subplots_adjust(left=0.2, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.08)
     return fig
 
 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
                  n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
-                 out_dir: str = "compare") -> dict:
+                 out_dir: str = "compare", local: bool = False, patch: dict[str, PatchSchedule] | None = None,
+                 n_calibrate: int = 16, n_trajectory: int = 16) -> dict:
     """Run all comparisons for the cell at ``root`` (module docstring); returns the summary.
 
     ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``.
+    ``local``: also the LS and ELS machines, with the patch schedules ``patch`` (by machine) or, where not
+    given, calibrated on ``n_calibrate`` noisy held-out images at the gap curves' noise levels.
+    ``n_trajectory``: the first samples' seeds whose sampling path the trajectory gaps follow.
     ``threshold``: the cosine threshold of the reproducibility score (``None``: ``auto`` for pixels, calibrated
     on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.score.resolve_threshold`)."""
     import matplotlib.pyplot as plt
@@ -165,17 +247,73 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     embed = load_embedder(embedder, str(dev))
     setting = threshold  # as given: compare.json records the setting the caller passed
     _, threshold = resolve_threshold(threshold, embedder, heldout_similarity(embed, data, progress))
-    agreement = same_noise_agreement(drawn["samples"], read_samples(empirical_file)["samples"], data.train.numpy(),
-                                     embed, threshold)
-
+    empirical_samples = read_samples(empirical_file)["samples"]
+    agreement = same_noise_agreement(drawn["samples"], empirical_samples, data.train.numpy(), embed, threshold)
+    trained_samples = torch.from_numpy(drawn["samples"])
+    r2 = {"seed": drawn["seeds"], "empirical": r_squared(trained_samples, torch.from_numpy(empirical_samples)).numpy()}
     out = paths.root / out_dir
+
+    local_summary, machine_samples = {}, {}
+    if local:
+        if not data.dataset.is_image:
+            raise ValueError(f"--local: the local machines need image data; dataset {cfg.data.name!r} holds vectors")
+        schedules, calibration = dict(patch or {}), []
+        for machine in MACHINES:
+            if machine in schedules:
+                continue
+            cal_images = images["heldout"][:n_calibrate].to(dev)
+            cal_labels = None if labels is None else labels["heldout"][:n_calibrate].to(dev)
+            schedules[machine], rows = calibrate_patch_schedule(
+                trained, data.train.to(dev), cal_images, machine, SIGMA_GRID, odd_sizes(*data.train.shape[-2:]),
+                seed=GAP_SEED, labels=cal_labels,
+                train_labels=None if labels is None else data.train_labels.to(dev))
+            calibration += rows
+        atomic_write_json(out / "patch_schedule.json", {m: schedules[m].to_dict() for m in MACHINES})
+        if calibration:
+            atomic_write_text(out / "calibration.csv", pd.DataFrame(calibration).to_csv(index=False))
+        from memorize.score import score_cell
+
+        for machine in MACHINES:
+            name = f"{samples}_{machine}"
+            machine_file = sample_cell(paths.root, sample_cfg, machine, name=name, device=device, progress=progress,
+                                       patch=schedules[machine])
+            machine_samples[machine] = read_samples(machine_file)["samples"]
+            r2[machine] = r_squared(trained_samples, torch.from_numpy(machine_samples[machine])).numpy()
+            scored = score_cell(paths.root, name, embedder, threshold=threshold, device=device, progress=progress)
+            local_summary[machine] = {
+                "patch_schedule": schedules[machine].to_dict(), "mem_nn": scored["nn"]["ratio"],
+                "fid": scored["quality"]["fid"], "precision": scored["quality"]["precision"],
+                "recall": scored["quality"]["recall"], "features": scored["quality"]["features"]}
+            references[machine] = local_machine(machine, data.train.to(dev), schedules[machine],
+                                                None if labels is None else data.train_labels.to(dev))
+
+    seeds, traj_labels = drawn["seeds"][:n_trajectory], drawn.get("labels")
+    trajectory = trajectory_gap(trained, references, tuple(data.train.shape[1:]), seeds,
+                                dataclasses.replace(sample_cfg, num=len(seeds)), dev,
+                                None if traj_labels is None else torch.as_tensor(traj_labels))
+    r2_table = pd.DataFrame(r2)
+
     atomic_write_text(out / "gap.csv", table.to_csv(index=False))
-    fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}")
+    atomic_write_text(out / "trajectory.csv", trajectory.to_csv(index=False))
+    atomic_write_text(out / "r2.csv", r2_table.to_csv(index=False))
+    fig = gap_figure(table, f"{paths.root.name}: N = {len(data.train)}", trajectory)
     atomic_save_figure(out / "gap.png", fig, dpi=130)
     plt.close(fig)
+    if machine_samples:
+        nearest = nn_ratio(machine_samples["els"][:8], data.train.numpy()).nearest
+        fig = local_samples_figure({"trained": drawn["samples"][:8], "empirical": empirical_samples[:8],
+                                    **{m: machine_samples[m][:8] for m in MACHINES},
+                                    "nearest training\nimage to ELS": data.train.numpy()[nearest]},
+                                   f"{paths.root.name}: N = {len(data.train)}; same noise in each column")
+        atomic_save_figure(out / "local_samples.png", fig, dpi=130)
+        plt.close(fig)
     summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "threshold_setting": setting,
                "n_eval": n_eval,
                "sigmas": list(SIGMA_GRID), **agreement,
+               "r2": {name: quartiles(r2_table[name].to_numpy()) for name in r2_table if name != "seed"},
+               "local": local_summary,
+               "trajectory_gap": {c.removeprefix("gap_"): dict(zip((f"{s:.4g}" for s in trajectory.sigma), trajectory[c]))
+                                  for c in trajectory if c.startswith("gap_")},
                "loss_gap": {f"{s:.4g}": float(v) for s, v in loss_gap.items()},
                "gap_empirical": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_empirical))
                                  for split, g in table.groupby("split")},

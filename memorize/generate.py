@@ -2,7 +2,9 @@
 
 Denoisers: ``trained`` (the cell's network, EMA weights by default), ``empirical`` (closed-form
 memorizing denoiser of the training subset), ``gaussian`` (Wiener filter of the subset's mean and
-covariance) and ``gmm`` (the true mixture's posterior mean, for the ``gmm`` dataset). In a
+covariance), ``gmm`` (the true mixture's posterior mean, for the ``gmm`` dataset), and ``ls`` / ``els``
+(the local and equivariant local score machines of the subset, :mod:`memorize.local_score`, with a patch
+schedule calibrated on the cell's network by ``memorize compare --local`` or given). In a
 class-conditional cell the closed-form ones are per class (:class:`memorize.empirical.ClassConditionalDenoiser`),
 every sample has a requested class (``labels`` in the file) and ``sample.guidance`` guides any of them.
 
@@ -30,9 +32,10 @@ from memorize.config import CellConfig, ConfigError, SampleConfig, sample_settin
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.io import atomic_savez, atomic_write
+from memorize.local_score import MACHINES, PatchSchedule, local_machine, read_patch_schedules
 from memorize.sampling import generate, run_seed, sample_seeds
 
-DENOISERS = ("trained", "empirical", "gaussian", "gmm")
+DENOISERS = ("trained", "empirical", "gaussian", "gmm", *MACHINES)
 
 
 class SamplesExistError(FileExistsError):
@@ -83,7 +86,7 @@ def check_conditioning(cfg: SampleConfig, cell_cfg: CellConfig, data: CellData, 
         num_classes = data.split.num_classes
         if cfg.label >= num_classes:
             raise ConfigError(f"sample.label: {cfg.label} is outside the cell's classes 0 to {num_classes - 1}")
-        if denoiser in ("empirical", "gaussian") and not bool((data.train_labels == cfg.label).any()):
+        if denoiser in ("empirical", "gaussian", *MACHINES) and not bool((data.train_labels == cfg.label).any()):
             raise ConfigError(f"sample.label: class {cfg.label} has no training items in this subset, so the "
                               f"{denoiser} denoiser of that class is undefined")
 
@@ -101,13 +104,16 @@ class SamplePlan:
     seeds: np.ndarray
     labels: torch.Tensor | None
     checkpoint: Path | None
+    patch: PatchSchedule | None = None
 
 
 def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
-                 name: str | None = None, force: bool = False, step: int | None = None) -> SamplePlan | Path:
+                 name: str | None = None, force: bool = False, step: int | None = None,
+                 patch: PatchSchedule | None = None) -> SamplePlan | Path:
     """The samples :func:`sample_cell` would draw, or the path of the file that already holds them
     (identical settings). Different settings under an existing name raise :class:`SamplesExistError`
-    unless ``force``; a class or guidance the cell cannot give raises ``ConfigError``."""
+    unless ``force``; a class or guidance the cell cannot give raises ``ConfigError``. ``patch``: the
+    patch schedule of ``ls`` / ``els`` (default: the one calibrated on the cell, ``CellPaths.patch_schedules``)."""
     if denoiser not in DENOISERS:
         raise ValueError(f"--denoiser: expected one of {DENOISERS}, got {denoiser!r}")
     paths = CellPaths(Path(root))
@@ -119,6 +125,14 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     if denoiser == "trained":
         checkpoint = checkpoint_at(paths.root, step)
         settings.update(weights=weights, checkpoint_step=int(checkpoint.stem.removeprefix("step-")))
+    if denoiser in MACHINES:
+        if patch is None:
+            if not paths.patch_schedules.is_file():
+                raise ConfigError(f"--denoiser {denoiser}: no patch schedule calibrated on this cell "
+                                  f"({paths.patch_schedules}); run `memorize compare {paths.root} --local` or pass "
+                                  f"--patch-schedule (a size or a file)")
+            patch = read_patch_schedules(paths.patch_schedules)[denoiser]
+        settings["patch_schedule"] = patch.to_dict()
     if out.is_file():
         old = read_samples(out)["settings"]
         if old == settings:
@@ -134,7 +148,10 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     if data.train_labels is not None and denoiser != "gmm":  # the requested class of each sample (the mixture has none)
         labels = (torch.full((len(seeds),), cfg.label, dtype=torch.long) if cfg.label is not None
                   else sample_labels(data.train_labels, seeds))
-    return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint)
+    if denoiser in MACHINES and not data.dataset.is_image:
+        raise ConfigError(f"--denoiser {denoiser}: the local machines need image data; dataset "
+                          f"{cell_cfg.data.name!r} holds vectors")
+    return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint, patch)
 
 
 def save_samples(plan: SamplePlan, samples: torch.Tensor, seconds: float) -> Path:
@@ -155,14 +172,14 @@ def save_samples(plan: SamplePlan, samples: torch.Tensor, seconds: float) -> Pat
 
 def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
                 name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
-                step: int | None = None) -> Path:
+                step: int | None = None, patch: PatchSchedule | None = None) -> Path:
     """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
 
-    ``step``: the checkpoint of the trained denoiser (default: the latest).
-    Re-running with identical settings returns the existing file; different
+    ``step``: the checkpoint of the trained denoiser (default: the latest); ``patch``: the patch schedule of
+    ``ls`` / ``els`` (default: the cell's calibrated one). Re-running with identical settings returns the existing file; different
     settings under an existing name raise :class:`SamplesExistError` unless ``force``.
     """
-    plan = plan_samples(root, cfg, denoiser, weights, name, force, step)
+    plan = plan_samples(root, cfg, denoiser, weights, name, force, step, patch)
     if isinstance(plan, Path):
         return plan
     start = time.perf_counter()
@@ -176,6 +193,9 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
     elif denoiser == "gaussian":
         model = (class_conditional_gaussian_denoiser(data.train.to(dev), data.train_labels.to(dev)) if conditional
                  else gaussian_denoiser(data.train.to(dev)))
+    elif denoiser in MACHINES:
+        model = local_machine(denoiser, data.train.to(dev), plan.patch,
+                              data.train_labels.to(dev) if conditional else None)
     else:
         mix = data.dataset.mixture
         if mix is None:

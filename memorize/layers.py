@@ -4,9 +4,11 @@
     config                           the schema, identity keys, the YAML mapping
     data, diffusion                  datasets and subsets; noise, preconditioning, loss
     models                           denoiser networks
-    sampling, empirical, sampler_bias  samplers over the denoiser interface; closed-form denoisers
+    sampling, empirical,             samplers over the denoiser interface; closed-form denoisers
+      local_score, sampler_bias        (memorizing and local), a sampler's bias where it is known
     metrics                          functions on arrays: search, both criteria, calibration, quality
-    analysis, timescales, plots      functions on results tables, and the figures drawn from them
+    analysis, timescales, plots,     functions on results tables, and the figures drawn from them
+      reference_figures                (reference_figures: trained denoisers against the closed-form ones)
     cell, train, pack, generate,     one cell directory: its data and checkpoints, training,
       score, compare                   sampling, scoring and comparing it
     criteria_bench                   the test bench for memorization criteria
@@ -22,9 +24,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("data", "diffusion"),
     ("models",),
-    ("sampling", "empirical", "sampler_bias"),
+    ("sampling", "empirical", "local_score", "sampler_bias"),
     ("metrics",),
-    ("analysis", "timescales", "plots"),
+    ("analysis", "timescales", "plots", "reference_figures"),
     ("cell", "train", "pack", "generate", "score", "compare"),
     ("criteria_bench",),
     ("sweep",),

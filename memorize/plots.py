@@ -228,28 +228,6 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
     return fig
 
 
-def gap_curves_figure(gaps, budget: str = "") -> plt.Figure:
-    """``gaps``: the cells' compare gap tables with model, n_train and experiment columns added; a row of
-    panels per experiment, a panel per model, a line per N (seeds averaged; band: 95% interval over seeds).
-    ``budget``: the training budget, stated in every panel's title."""
-    import seaborn as sns
-
-    data = gaps[gaps.split == "heldout"].rename(columns={"n_train": "N"})
-    row = "experiment" if data["experiment"].nunique() > 1 else None
-    palette = sns.color_palette("mako_r", as_cmap=True)  # dark at large N: no line fades into the white
-    grid = sns.relplot(data, x="sigma", y="gap_empirical", hue="N", col="model", row=row, kind="line",
-                       marker="o", palette=palette, hue_norm=matplotlib.colors.LogNorm(vmin=data["N"].min() / 3,
-                                                                                       vmax=data["N"].max()),
-                       height=3, aspect=1.1, facet_kws={"sharey": True})
-    grid.set(xscale="log", yscale="log")
-    grid.set_titles(("{row_name}\n" if row else "") + "{col_name}" + (f"\n{budget}" if budget else ""))
-    grid.set_axis_labels("noise level sigma (log scale)", "MSE to the empirical denoiser\n(held-out images, log scale)")
-    grid.figure.text(0.01, -0.02, "At small sigma the network is close to the identity, so there the curves measure how far "
-                     "held-out images lie from their nearest training image more than the network.",
-                     fontsize=7, ha="left", va="top")
-    return grid.figure
-
-
 def memorization_over_steps_figure(steps) -> plt.Figure:
     """The training-time view (``DIR/curves.csv``): a column per model (and experiment), rows for the
     memorization ratio under each criterion (Wilson 95% bars) and the held-out loss, against the training

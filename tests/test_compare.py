@@ -66,3 +66,38 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path):
     assert calibrated["score"] < 0.2
     with pytest.raises(ValueError, match="share 100 images"):
         disjoint_consistency(cells[0], cells[0], samples="empirical")
+
+
+def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path, capsys):
+    from memorize.local_score import read_patch_schedules
+
+    cell = tmp_path / "cell"
+    _train(cell, "data.n_train=16", "sample.num=6", "sample.steps=4")
+    assert main(["sample", str(cell), "--denoiser", "els", "--quiet"]) == 2  # no calibration yet: refused
+    assert "run `memorize compare" in capsys.readouterr().err
+    assert main(["compare", str(cell), "--n-eval", "8", "--local", "--n-calibrate", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "els machine samples: memorized" in out and "per-sample r^2" in out
+    schedules = read_patch_schedules(cell / "compare" / "patch_schedule.json")
+    assert set(schedules) == {"ls", "els"} and len(schedules["els"].sizes) == 12
+    calibration = pd.read_csv(cell / "compare" / "calibration.csv")
+    assert len(calibration) == 2 * 12 * 5 and set(calibration.patch_size) == {1, 3, 5, 7, 9}
+    chosen = calibration.loc[calibration.groupby(["machine", "sigma"]).r2.idxmax()]
+    assert chosen[chosen.machine == "els"].patch_size.tolist() == list(schedules["els"].sizes)
+    r2 = pd.read_csv(cell / "compare" / "r2.csv")
+    assert list(r2.columns) == ["seed", "empirical", "ls", "els"] and len(r2) == 6 and (r2[["ls", "els"]] <= 1).all().all()
+    summary = json.loads((cell / "compare" / "compare.json").read_text())
+    assert summary["r2"]["els"]["median"] == pytest.approx(r2.els.median())
+    trajectory = pd.read_csv(cell / "compare" / "trajectory.csv")
+    assert {"gap_empirical", "gap_gaussian", "gap_ls", "gap_els"} <= set(trajectory.columns)
+    assert len(trajectory) == 4  # Heun at 4 levels visits each level of the grid (the last with sigma > 0)
+    els = read_samples(cell / "samples" / "trained_els.npz")
+    assert els["settings"]["patch_schedule"] == schedules["els"].to_dict()
+    assert (cell / "scores" / "trained_els.json").is_file() and (cell / "compare" / "local_samples.png").is_file()
+    # sampling the machine by hand takes the cell's calibration, or a size given
+    assert main(["sample", str(cell), "--denoiser", "els", "--name", "again", "--quiet"]) == 0
+    assert np.array_equal(read_samples(cell / "samples" / "again.npz")["samples"], els["samples"])
+    assert main(["sample", str(cell), "--denoiser", "ls", "--patch-schedule", "3", "--name", "ls3", "--quiet"]) == 0
+    assert read_samples(cell / "samples" / "ls3.npz")["settings"]["patch_schedule"] == {"sigmas": [1.0], "sizes": [3]}
+    assert main(["sample", str(cell), "--denoiser", "ls", "--patch-schedule", "4", "--name", "bad", "--quiet"]) == 2
+    assert "patch sizes must be odd" in capsys.readouterr().err

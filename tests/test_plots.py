@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memorize import analysis, plots
+from memorize import analysis, plots, reference_figures
 from memorize.metrics import wilson_interval
 
 
@@ -165,8 +165,42 @@ def test_gap_figure_titles_say_the_model_and_budget_and_the_legend_says_n():
     gaps = pd.DataFrame([{"split": "heldout", "sigma": s, "gap_empirical": g * s, "model": m, "n_train": n,
                           "experiment": ""} for m in ("U-Net, 8 ch, 39k", "U-Net, 16 ch, 155k")
                          for n, g in ((8, 1.0), (64, 0.5)) for s in (0.01, 1.0, 10.0)])
-    fig = plots.gap_curves_figure(gaps, "after 800 training steps")
+    fig = reference_figures.gap_curves_figure(gaps, "after 800 training steps")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["U-Net, 8 ch, 39k\nafter 800 training steps", "U-Net, 16 ch, 155k\nafter 800 training steps"]
     assert fig.legends[0].get_title().get_text() == "N"
     assert fig.axes[0].get_xlabel() == "noise level sigma (log scale)"
+
+
+def test_crossover_n_interpolates_where_the_els_r2_overtakes_the_empirical_one():
+    rows = [{"model": "m", "params": 10, "n_train": n, "r2_empirical": e, "r2_els": l}
+            for n, e, l in ((8, 0.9, 0.5), (32, 0.7, 0.6), (128, 0.4, 0.8))]
+    rows += [{"model": "never", "params": 20, "n_train": n, "r2_empirical": 0.9, "r2_els": 0.1} for n in (8, 32)]
+    crossing = analysis.crossover_n(pd.DataFrame(rows)).set_index("model")["crossover_n"]
+    # the difference 0.1 at N = 32 and -0.4 at N = 128 reaches 0 a fifth of the way in log N
+    assert crossing["m"] == pytest.approx(np.exp(np.log(32) + 0.2 * (np.log(128) - np.log(32))))
+    assert np.isnan(crossing["never"])
+
+
+def test_r2_crossover_figure_draws_both_references_the_crossover_and_the_critical_n():
+    rows = [{"model": "m", "params": 10, "n_train": n, "r2_empirical": e, "r2_empirical_q1": e - 0.1,
+             "r2_empirical_q3": e + 0.05, "r2_els": l, "r2_els_q1": l - 0.1, "r2_els_q3": l + 0.05,
+             "r2_ls": np.nan} for n, e, l in ((8, 0.9, 0.5), (32, 0.7, 0.6), (128, 0.4, 0.8))]
+    results = pd.DataFrame(rows)
+    crossing = analysis.crossover_n(results).assign(critical_n=30.0)
+    ax = reference_figures.r2_crossover_figure(results, crossing, "after 800 training steps").axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["empirical (memorizes)"].get_ydata()) == [0.9, 0.7, 0.4]
+    assert list(lines["ELS machine"].get_ydata()) == [0.5, 0.6, 0.8]
+    assert "LS machine" not in lines  # not measured: not drawn
+    assert lines["critical N (ratio 0.5): 30"].get_xdata()[0] == 30.0
+    assert [k for k in lines if k.startswith("r^2 crossover")] == [f"r^2 crossover: {crossing.crossover_n[0]:.0f}"]
+    assert len(ax.collections) == 2  # the two quartile bands
+
+
+def test_trajectory_gap_figure_has_a_row_per_reference_and_a_panel_per_model():
+    table = pd.DataFrame([{"sigma": s, "gap_empirical": 0.1 * s, "gap_els": 0.2, "model": m, "n_train": n}
+                          for m in ("a", "b") for n in (8, 64) for s in (0.01, 1.0, 80.0)])
+    fig = reference_figures.trajectory_gap_figure(table)
+    assert [ax.get_title() for ax in fig.axes] == ["a, vs empirical", "b, vs empirical", "a, vs els", "b, vs els"]
+    assert all(len(ax.lines) >= 2 for ax in fig.axes)  # a line per N

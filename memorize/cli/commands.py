@@ -30,7 +30,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                if getattr(args, f.name, None) is not None}
     cfg = dataclasses.replace(base, **options)
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
-                       progress=not args.quiet)
+                       progress=not args.quiet, patch=patch_schedule(args.patch_schedule, args.denoiser))
     guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
     guidance += ", counter-based noise" if cfg.noise == "counter" else ""
     print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
@@ -58,17 +58,45 @@ def cmd_score(args: argparse.Namespace) -> None:
           f"{Path(args.dir) / 'scores'}")
 
 
+def patch_schedule(text: str | None, machine: str):
+    """``--patch-schedule``: nothing (the cell's calibration), one odd size, or a calibration file's schedule
+    for ``machine``."""
+    from memorize.local_score import MACHINES, PatchSchedule, read_patch_schedules
+
+    if text is None:
+        return None
+    if machine not in MACHINES:
+        raise ValueError(f"--patch-schedule: only for the local machines ({', '.join(MACHINES)}), not {machine}")
+    if text.isdigit():
+        return PatchSchedule.constant(int(text))
+    schedules = read_patch_schedules(Path(text))
+    if machine not in schedules:
+        raise ValueError(f"--patch-schedule {text}: holds no schedule for {machine}")
+    return schedules[machine]
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from memorize.compare import compare_cell
 
+    patch = None
+    if args.patch_schedule is not None:
+        from memorize.local_score import MACHINES
+
+        patch = {m: patch_schedule(args.patch_schedule, m) for m in MACHINES}
     s = compare_cell(args.dir, args.samples, args.embedder, args.threshold, args.n_eval, args.device,
-                     progress=not args.quiet)
+                     progress=not args.quiet, local=args.local, patch=patch, n_calibrate=args.n_calibrate)
     repro = s["reproducibility"]
     print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
           f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f} "
           f"(cosine > {s['threshold']:.4g}); "
           f"memorized (d1/d2 < 1/3): trained {s['mem_nn_trained']:.3f}, empirical {s['mem_nn_empirical']:.3f}; "
           f"gap curves and figure in {Path(args.dir) / 'compare'}")
+    r2 = s["r2"]
+    print("per-sample r^2 of same-noise samples to the trained ones (median [quartiles]): " + ", ".join(
+        f"{name} {q['median']:.3f} [{q['q1']:.3f}, {q['q3']:.3f}]" for name, q in r2.items()))
+    for machine, m in s["local"].items():
+        print(f"{machine} machine samples: memorized {m['mem_nn']:.3f} (d1/d2 < 1/3), FID {m['fid']:.4g}, recall "
+              f"{m['recall']:.3f} on {m['features']} features; patch sizes {m['patch_schedule']['sizes']}")
 
 
 def cmd_consistency(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ from memorize.cli import commands
 from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, positive_int, rate, subcommand,
                                 threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
+from memorize.generate import DENOISERS
 from memorize.sweep.spec import SlurmConfig
 
 
@@ -36,9 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings.")
     p.add_argument("dir", help="a trained cell directory")
     config_flags(p, SampleConfig, "sample", "the cell's")
-    p.add_argument("--denoiser", choices=("trained", "empirical", "gaussian", "gmm"), default="trained",
+    p.add_argument("--denoiser", choices=DENOISERS, default="trained",
                    help="trained network; the closed-form empirical or Gaussian denoiser of the training subset "
-                        "(per class in a class-conditional cell); or the true mixture's denoiser (gmm dataset)")
+                        "(per class in a class-conditional cell); the true mixture's denoiser (gmm dataset); or the "
+                        "local (ls) or equivariant local (els) score machine of the training subset")
+    p.add_argument("--patch-schedule", dest="patch_schedule", metavar="SIZE|FILE",
+                   help="ls, els: one odd patch size, or a patch_schedule.json calibrated on a cell (default: this "
+                        "cell's, DIR/compare/patch_schedule.json, written by `memorize compare DIR --local`)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
     p.add_argument("--name", help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -81,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default=None, type=threshold_or_auto,
                    help="cosine threshold of the reproducibility score, in [0, 1), or auto: calibrated on the "
                         "cell's held-out images for a 1%% false-positive rate (default: auto for pixel, else 0.6)")
+    p.add_argument("--local", action="store_true",
+                   help="also the local (ls) and equivariant local (els) score machines: patch sizes calibrated per "
+                        "noise level on this network (compare/patch_schedule.json, calibration.csv), same-noise "
+                        "samples drawn and scored, r^2 per sample against the trained ones")
+    p.add_argument("--patch-schedule", dest="patch_schedule", metavar="SIZE|FILE",
+                   help="--local: use this patch size, or the schedules of this patch_schedule.json (from another "
+                        "cell of the same architecture), instead of calibrating")
+    p.add_argument("--n-calibrate", dest="n_calibrate", default=16, type=positive_int,
+                   help="--local: noisy held-out images per noise level for the calibration")
     p.add_argument("--n-eval", dest="n_eval", default=256, type=positive_int,
                    help="training and held-out images for the gap curves")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from memorize import analysis, plots
+from memorize import analysis, plots, reference_figures
 from memorize.io import atomic_save_figure, atomic_write_text
 from memorize.sweep.results import collect
 
@@ -27,13 +27,15 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
-    """The cells' denoiser-gap tables, each tagged with its model, N, seed and experiment."""
+def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str], name: str = "gap.csv"
+                     ) -> pd.DataFrame | None:
+    """The cells' comparison tables ``name`` (the denoiser gaps; the trajectory gaps), each tagged with
+    its model, N, seed and experiment."""
     tables = []
     for _, row in results.iterrows():
         if not isinstance(row.get("compare_dir"), str):
             continue
-        path = sweep / "cells" / row["cell"] / row["compare_dir"] / "gap.csv"
+        path = sweep / "cells" / row["cell"] / row["compare_dir"] / name
         if path.is_file():
             experiment = analysis.experiment_label({a: row[a] for a in axes})
             tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
@@ -124,7 +126,17 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
     gaps = _per_cell_tables(sweep, results, axes)
     if gaps is not None:
-        written += _save(plots.gap_curves_figure(gaps, analysis.budget_label(results)), out, "denoiser_gap")
+        written += _save(reference_figures.gap_curves_figure(gaps, analysis.budget_label(results)), out,
+                         "denoiser_gap")
+    trajectories = _per_cell_tables(sweep, results, axes, "trajectory.csv")
+    if trajectories is not None:
+        written += _save(reference_figures.trajectory_gap_figure(trajectories, analysis.budget_label(results)), out,
+                         "trajectory_gap")
+    if "r2_els" in results and results["r2_els"].notna().any():
+        crossing = analysis.crossover_n(results, axes).merge(crit, how="left")
+        written.append(atomic_write_text(out / "crossover_n.csv", crossing.to_csv(index=False)))
+        written += _save(reference_figures.r2_crossover_figure(results, crossing, analysis.budget_label(results)),
+                         out, "r2_crossover")
     if curves is not None:
         time_axes = [a for a in axes if a != "budget" and a in curves]  # the budget is the time axis here
         curves["experiment"] = [analysis.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]

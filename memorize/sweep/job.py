@@ -107,7 +107,8 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     if score.compare:
         compare_dir = f"compare/{measure}"
         compared = timed("compare", compare_cell, root, samples, score.embedder, scores["cos"]["threshold"],
-                         device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir)
+                         device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir,
+                         local=score.local)
     over_steps = []
     if score.checkpoints:  # the training-time view, through this same function
         for ckpt in scored_steps(root, step):

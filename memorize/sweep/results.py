@@ -23,7 +23,9 @@ RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total
                   "stopped_early", "sigma_data", "running_loss", "train_loss", "heldout_loss", "mem_nn",
                   "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi", "labels", "guidance",
                   "mem_nn_class", "mem_nn_class_lo", "mem_nn_class_hi", "agreement_empirical",
-                  "reproducibility_empirical", "mem_nn_empirical", "n_samples", "sampler", "sample_steps",
+                  "reproducibility_empirical", "mem_nn_empirical", "r2_empirical", "r2_empirical_q1",
+                  "r2_empirical_q3", "r2_ls", "r2_ls_q1", "r2_ls_q3", "r2_els", "r2_els_q1", "r2_els_q3", "mem_nn_ls",
+                  "mem_nn_els", "n_samples", "sampler", "sample_steps",
                   "embedder", "ratio", "threshold", "threshold_cos", "fpr_nn", "fpr_cos", "fid", "kid", "precision",
                   "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi", "features", "consistency",
                   "consistency_lo", "consistency_hi", "twin_cell", "search_backend", "threads", "code", "requeues",
@@ -32,7 +34,8 @@ RESULT_COLUMNS = ["dataset", "n_train", "model", "arch", "params", "params_total
 # point it belongs to (cell, eval, budget) and its grid values; the comparisons run at the budget only.
 CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (
     "model", "params", "n_train", "seed", "cell", "eval", "budget", "stopped_early", "agreement_empirical", "reproducibility_empirical",
-    "mem_nn_empirical", "consistency", "consistency_lo", "consistency_hi", "twin_cell")]
+    "mem_nn_empirical", "consistency", "consistency_lo", "consistency_hi", "twin_cell")
+    and not c.startswith("r2_") and c not in ("mem_nn_ls", "mem_nn_els")]
 
 
 def sweep_status(out: str | Path) -> pd.DataFrame:
@@ -148,6 +151,9 @@ def result_record(root: Path, cfg: CellConfig, score: Any, key: str, step: int, 
         "agreement_empirical": compared.get("agreement", nan),
         "reproducibility_empirical": compared.get("reproducibility", {}).get("score", nan),
         "mem_nn_empirical": compared.get("mem_nn_empirical", nan),
+        **{f"r2_{name}{end}": compared.get("r2", {}).get(name, {}).get(k, nan)
+           for name in ("empirical", "ls", "els") for end, k in (("", "median"), ("_q1", "q1"), ("_q3", "q3"))},
+        **{f"mem_nn_{m}": compared.get("local", {}).get(m, {}).get("mem_nn", nan) for m in ("ls", "els")},
         "search_backend": nn["backend"], "seconds": timings, "threads": torch.get_num_threads(),
         "code": code["hash"], "code_version": code, **slurm_job(),
         "files": files, "over_steps": over_steps, "settings": settings, "config": to_dict(cfg),

@@ -54,6 +54,9 @@ class ScoreConfig:
     # checkpoint, through the same code as the final scoring (checkpoint_samples samples each).
     checkpoints: bool = False
     checkpoint_samples: int = 64
+    # Also hold each network against the local and equivariant local score machines (memorize.local_score):
+    # patch sizes calibrated on it, same-noise samples drawn and scored, r^2 per sample (compare_cell's local).
+    local: bool = False
     checkpoints_from: int = 10
     checkpoints_per_decade: int = 4
 
@@ -144,6 +147,8 @@ def eval_settings(config: CellConfig, score: ScoreConfig) -> dict[str, Any]:
     scoring = dataclasses.asdict(score)
     if not score.checkpoints:  # fields that act only with it: left out, so older sweeps keep their keys
         del scoring["checkpoints_from"], scoring["checkpoints_per_decade"]
+    if not score.local:  # off: left out, so the keys of sweeps that never set it stay as they are
+        del scoring["local"]
     settings = {"steps": config.train.steps, "sample": sample_settings(config.sample), "score": scoring}
     if config.train.stop_when != "budget":  # the results may be from before the budget
         settings["stop"] = [config.train.stop_when, config.train.stop_window, config.train.stop_tolerance]
