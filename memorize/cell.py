@@ -304,6 +304,10 @@ def load_trained_denoiser(root: Path, weights: str = "ema", device: torch.device
     cfg = read_config(paths.root)
     checkpoint = checkpoint or checkpoint_at(paths.root)
     state = load_checkpoint(checkpoint)
+    if "external" in state:  # a denoiser trained elsewhere (memorize.external_cell): its own weights only
+        from memorize.models.external import LOADERS
+
+        return LOADERS[state["external"]["kind"]](str(paths.root / state["external"]["path"]), device), state
     # sigma_data as trained with (checkpoints before sigma_data auto did not record it: the config's number)
     denoiser = build_denoiser(cfg, tuple(state["shape"]), state["num_classes"],
                               state.get("sigma_data", cfg.diffusion.sigma_data))

@@ -10,7 +10,7 @@
     analysis, timescales, plots,     functions on results tables, and the figures drawn from them
       reference_figures                (reference_figures: trained denoisers against the closed-form ones)
     cell, train, pack, generate,     one cell directory: its data and checkpoints, training,
-      score, compare                   sampling, scoring and comparing it
+      score, compare, external_cell    sampling, scoring and comparing it; a model trained elsewhere as a cell
     criteria_bench                   the test bench for memorization criteria
     sweep                            specs, launching, results, sweep figures
     cli, pytest_plugin               the `memorize` command, the pytest fixture
@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sampling", "empirical", "local_score", "sampler_bias"),
     ("metrics",),
     ("analysis", "timescales", "plots", "reference_figures"),
-    ("cell", "train", "pack", "generate", "score", "compare"),
+    ("cell", "train", "pack", "generate", "score", "compare", "external_cell"),
     ("criteria_bench",),
     ("sweep",),
     ("cli", "pytest_plugin"),

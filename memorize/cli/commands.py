@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from memorize.cli.flags import parse_set
-from memorize.config import SampleConfig, load_config
+from memorize.config import ConfigError, SampleConfig, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -19,6 +19,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {summary['params_total']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
           f"on {summary['device']}: loss on fixed noise {summary['train_loss']:.4f} (training images), "
           f"{summary['heldout_loss']:.4f} (held-out); checkpoint and loss.csv in {args.out}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from memorize.external_cell import import_model
+
+    overrides = parse_set(args.set, "data.n_train=50000")
+    foreign = sorted(k for k in overrides if k.split(".")[0] not in ("data", "sample"))
+    if foreign:
+        raise ConfigError(f"--set {foreign[0]}: an imported cell takes data.* and sample.* fields only")
+    cfg = load_config(None, overrides)
+    root = import_model(args.model, args.out, cfg, args.kind)
+    print(f"{args.model} imported as a cell in {root} ({cfg.data.name}, N = {cfg.data.n_train}, "
+          f"{cfg.data.n_heldout} held out); next: `memorize sample {root}`, `memorize score {root}`, "
+          f"`memorize compare {root}`")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -40,6 +54,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from memorize.score import score_cell
 
+    if not (Path(args.dir) / "config.yaml").is_file():  # samples made elsewhere: first into a cell of their own
+        from memorize.external_cell import import_samples
+
+        if args.out is None:
+            raise ConfigError(f"{args.dir} is not a cell directory: to score samples made elsewhere, give --out DIR "
+                              f"and their training set with --set data.*")
+        overrides = parse_set(args.set, "data.n_train=50000")
+        foreign = sorted(k for k in overrides if not k.startswith("data."))
+        if foreign:
+            raise ConfigError(f"--set {foreign[0]}: samples made elsewhere take data.* fields only")
+        root, used = import_samples(args.dir, args.out, load_config(None, overrides), args.samples, args.value_range)
+        print(f"{args.dir}: samples read with value range {used}, stored in {root / 'samples'}")
+        args.dir = str(root)
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
                    progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
     nn, cos, q = s["nn"], s["cos"], s["quality"]

@@ -31,6 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     threads_and_quiet(p)
     p.set_defaults(func=commands.cmd_train)
 
+    p = subcommand(sub, "import", "import a denoiser trained elsewhere as a cell",
+                   "Makes DIR a cell whose trained denoiser is MODEL: a diffusers pipeline directory (unet/ and "
+                   "scheduler/: a UNet2DModel on a discrete DDPM schedule, epsilon, sample or v prediction) or a "
+                   "TorchScript file whose forward(x, sigma) returns x0_hat. Its training set is named with "
+                   "--set data.* as for `memorize train` (the subset it was trained on); held-out images come "
+                   "from the rest. Then `memorize sample`, `score` and `compare` work on DIR. The model is copied "
+                   "into DIR/model/ and run once on two training images before anything is written.")
+    p.add_argument("model", help="a diffusers pipeline directory or a TorchScript file")
+    p.add_argument("--out", required=True, help="cell directory to create")
+    p.add_argument("--kind", choices=("diffusers", "torchscript"), help="default: from MODEL (directory: "
+                                                                         "diffusers, file: torchscript)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the training set and sampling defaults: data.* and sample.* fields, e.g. --set "
+                        "data.name=cifar10 --set data.root=PATH --set data.n_train=50000 (repeatable)")
+    p.set_defaults(func=commands.cmd_import)
+
     p = subcommand(sub, "sample", "draw seeded samples from a cell's denoiser",
                    "Writes DIR/samples/NAME.npz and NAME.png. Sample i has its own seed (derived from the cell's seed, "
                    "--seed and i), so it does not depend on the batch size. Flags left out take the cell's sample: "
@@ -55,8 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "Nearest-neighbour criterion: memorized iff d1/d2 < --ratio (exact search, float64 re-ranking). "
                    "Copy-detection criterion: memorized iff the maximal cosine similarity of --embedder descriptors "
                    "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
-    p.add_argument("dir", help="a cell directory with samples")
+    p.add_argument("dir", help="a cell directory with samples; or samples made elsewhere (an image folder, .npz, "
+                               ".npy or .pt) scored against the training set that --set data.* names, into --out")
     p.add_argument("--samples", default="trained", help="sample set name under DIR/samples")
+    p.add_argument("--out", help="samples made elsewhere: the directory for their scores (a cell without a "
+                                 "denoiser: DIR/samples/NAME.npz, DIR/scores/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="samples made elsewhere: their training set, as data.* fields (e.g. --set data.name=cifar10 "
+                        "--set data.root=PATH --set data.n_train=50000); the held-out images come from the rest")
+    p.add_argument("--range", dest="value_range", default="auto", choices=("auto", "0-255", "0-1", "-1-1"),
+                   help="samples made elsewhere: their value range (auto: uint8 is 0-255, floats in [0, 1] are 0-1, "
+                        "floats in [-1, 1] with negatives are -1-1)")
     p.add_argument("--embedder", default="pixel",
                    help="descriptor for the cosine criterion: pixel, sscd:PATH, timm:MODEL:WEIGHTS or "
                         "torchvision:MODEL:WEIGHTS (local files only)")

@@ -1,0 +1,155 @@
+"""A denoiser trained elsewhere, or samples drawn elsewhere, imported as a cell: afterwards
+``memorize sample``, ``score`` and ``compare`` work on the denoiser, and ``score`` on the samples, as on
+a cell ``memorize train`` made.
+
+The cell directory holds the model's copy (``model/``), its training set as a ``data:`` section (the
+subset it was trained on: dataset, N, offset, split seed) with held-out images from the rest of the
+pool, and in place of a training checkpoint a record ``checkpoints/step-0000000.pt`` that names the
+copy and its kind (:data:`memorize.models.external.LOADERS`), so every command that loads "the
+trained denoiser" loads it. The cell's identity is its data and the digest of the model's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, read_identity
+from memorize.config import CellConfig, ConfigError, save_config, to_dict
+from memorize.data.sample_files import read_samples_file
+from memorize.io import atomic_savez, atomic_write_json, check_directory
+from memorize.models.external import LOADERS
+
+KINDS = tuple(LOADERS)
+
+
+@contextmanager
+def _removed_on_error(out: Path):
+    """A directory this import creates is removed again if the import fails: a refused import leaves
+    nothing behind."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def detect_kind(model: Path) -> str:
+    """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``), ``torchscript`` for a file."""
+    if model.is_dir():
+        if (model / "unet").is_dir() and (model / "scheduler").is_dir():
+            return "diffusers"
+        raise ConfigError(f"{model}: a directory, but not a diffusers pipeline (expected unet/ and scheduler/ in it)")
+    if model.is_file():
+        return "torchscript"
+    raise FileNotFoundError(f"{model}: no such model file or directory")
+
+
+def model_digest(model: Path) -> str:
+    """A digest of the model's bytes (every file of a directory, in path order)."""
+    h = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
+    for path in files:
+        h.update(str(path.relative_to(model) if model.is_dir() else path.name).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def import_model(model: str | Path, out: str | Path, cfg: CellConfig, kind: str | None = None) -> Path:
+    """Import the denoiser at ``model`` as a cell at ``out`` whose training subset and held-out images are
+    ``cfg.data``'s (``cfg.sample``: the cell's default sampling settings; the model, diffusion and
+    training sections do not apply). The model is loaded and run once on two training images first: a
+    model that does not load, or does not return an image of its input's shape, is refused before
+    anything is written. Re-importing the same model with the same data is a no-op."""
+    model, kind = Path(model), kind or detect_kind(Path(model))
+    if kind not in KINDS:
+        raise ConfigError(f"--kind: expected one of {KINDS}, got {kind!r}")
+    with _removed_on_error(Path(out)):
+        return _import_model(model, Path(out), cfg, kind)
+
+
+def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
+    paths = CellPaths(check_directory(out, "--out"))
+    identity = {"external": {"kind": kind, "digest": model_digest(model)}, "data": to_dict(cfg)["data"]}
+    record = read_identity(paths.root)
+    if record is not None:
+        if record["identity"] == identity:
+            return paths.root
+        raise ConfigError(f"{paths.root} already holds another cell; choose another --out")
+    if cfg.data.labels != "none":
+        raise ConfigError("data.labels: an imported denoiser is unconditional; leave data.labels none")
+    data = load_cell_data(cfg, paths)  # writes the split; checks the data exist and the subset fits
+    probe = data.train[:2].float()
+    try:
+        denoiser = LOADERS[kind](str(model))
+        with torch.no_grad():
+            output = denoiser(probe, torch.ones(len(probe)))
+    except ImportError:
+        raise
+    except Exception as err:  # whatever the foreign model raises: one line naming it
+        first = (str(err).splitlines() or [""])[0][:160]
+        raise ConfigError(f"{model}: could not be run as a {kind} denoiser on training images of shape "
+                          f"{tuple(probe.shape[1:])} ({type(err).__name__}: {first})") from None
+    if tuple(output.shape) != tuple(probe.shape) or not torch.isfinite(output).all():
+        raise ConfigError(f"{model}: on training images of shape {tuple(probe.shape[1:])} the denoiser returned "
+                          f"{tuple(output.shape[1:])}{' with non-finite values' if output.shape == probe.shape else ''}; "
+                          f"expected x0_hat of the input's shape")
+    copy = paths.root / "model" / model.name
+    if not copy.exists():
+        staging = paths.root / "model" / f".{model.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if model.is_dir() else shutil.copy2)(model, staging)
+        staging.rename(copy)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    tmp = paths.checkpoint(0).with_suffix(".partial")
+    torch.save({"external": {"kind": kind, "path": str(copy.relative_to(paths.root))}, "step": 0,
+                "shape": list(data.train.shape[1:]), "num_classes": 0}, tmp)
+    tmp.replace(paths.checkpoint(0))
+    save_config(cfg, paths.config)
+    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"external-{identity['external']['digest'][:12]}",
+                                       "identity": identity, "data": data_fingerprint(data)})
+    return paths.root
+
+
+def import_samples(samples: str | Path, out: str | Path, cfg: CellConfig, name: str = "samples",
+                   value_range: str = "auto") -> tuple[Path, str]:
+    """Make ``out`` a cell without a denoiser that holds the samples at ``samples`` (a folder of images,
+    ``.npz``, ``.npy`` or ``.pt``; :func:`memorize.data.sample_files.read_samples_file`) as
+    ``samples/NAME.npz``, against the training subset and held-out images of ``cfg.data``, so that
+    ``memorize score`` scores them with the same code as a trained cell's. Samples whose shape is not the
+    training images' are refused before anything is written. Returns the cell and the value range used."""
+    images, used = read_samples_file(samples, value_range)
+    with _removed_on_error(Path(out)):
+        return _import_samples(images, used, Path(samples), Path(out), cfg, name)
+
+
+def _import_samples(images: np.ndarray, used: str, samples: Path, out: Path, cfg: CellConfig,
+                    name: str) -> tuple[Path, str]:
+    paths = CellPaths(check_directory(out, "--out"))
+    digest = hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=16).hexdigest()
+    identity = {"samples": {"digest": digest}, "data": to_dict(cfg)["data"]}
+    record = read_identity(paths.root)
+    if record is not None and record["identity"] != identity:
+        raise ConfigError(f"{paths.root} already holds another cell or other samples; choose another --out")
+    data = load_cell_data(cfg, paths)
+    if tuple(images.shape[1:]) != tuple(data.train.shape[1:]):
+        raise ConfigError(f"{samples}: samples of shape {tuple(images.shape[1:])}, but the training images of "
+                          f"{cfg.data.name} are {tuple(data.train.shape[1:])}")
+    atomic_savez(paths.samples / f"{name}.npz", samples=images.astype(np.float32), seeds=np.arange(len(images)),
+                 settings=np.asarray(json.dumps({"denoiser": "imported", "source": str(Path(samples).resolve()),
+                                                 "range": used})), seconds=np.float64(0.0))
+    save_config(cfg, paths.config)
+    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"samples-{digest[:12]}", "identity": identity,
+                                       "data": data_fingerprint(data)})
+    return paths.root, used

@@ -1,0 +1,97 @@
+"""Denoisers trained elsewhere, wrapped into the one interface ``D(x, sigma) -> x0_hat``.
+
+- A **TorchScript** module whose ``forward(x, sigma)`` already is such a denoiser (``sigma`` a (B,) tensor).
+- A **diffusers** ``UNet2DModel`` trained on a discrete DDPM schedule ``alphas_cumprod`` (``abar_t``, t =
+  0..T-1) with prediction type ``epsilon``, ``sample`` or ``v_prediction``. Its noisy input is the VP
+  ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, i.e. our ``x = x0 + sigma eps`` scaled by
+  ``alpha = 1 / sqrt(1 + sigma^2)`` at ``sigma_t = sqrt((1 - abar_t) / abar_t)``; the output becomes
+  ``x0_hat`` by the eps / x0 / v rows of :mod:`memorize.diffusion.precond` (``c_skip x + c_out F``).
+  Between the schedule's discrete sigmas the timestep is fractional, linear in log sigma between the
+  two neighbouring grid points (the network's sinusoidal time embedding takes any real t); outside the
+  grid it is clamped to 0 or T-1. At a grid point ``sigma_t`` this is the model's own x0 prediction
+  (diffusers' ``DDPMScheduler.step(...).pred_original_sample`` without clipping; a test holds it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from memorize.diffusion.precond import _per_sample, denoised_from_output
+
+PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def discrete_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The VE noise level of each DDPM timestep: ``sigma_t = sqrt((1 - abar_t) / abar_t)``."""
+    abar = alphas_cumprod.double()
+    return ((1 - abar) / abar).sqrt()
+
+
+def sigma_to_timestep(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep of each ``sigma``: linear interpolation of t in log sigma between the two
+    neighbouring grid points of the increasing ``log_sigmas`` (t = 0..T-1), clamped to the grid's ends."""
+    log_sigma = sigma.double().log().clamp(log_sigmas[0], log_sigmas[-1])
+    upper = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo, hi = log_sigmas[upper - 1], log_sigmas[upper]
+    return (upper - 1).double() + (log_sigma - lo) / (hi - lo)
+
+
+class DiscreteVPDenoiser(nn.Module):
+    """A network ``F(x_t, t)`` trained on a discrete VP schedule, as ``D(x, sigma)`` (module docstring).
+    ``network(x_t, t)`` returns the prediction as a tensor."""
+
+    def __init__(self, network, alphas_cumprod: torch.Tensor, prediction: str):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction type: expected one of {tuple(PREDICTIONS)}, got {prediction!r}")
+        self.network, self.parameterization = network, PREDICTIONS[prediction]
+        self.register_buffer("log_sigmas", discrete_sigmas(alphas_cumprod).log())
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
+        sigma_b = _per_sample(sigma, x)
+        t = sigma_to_timestep(sigma_b.reshape(-1), self.log_sigmas.to(x.device))
+        alpha = 1.0 / torch.sqrt(1.0 + sigma_b**2)  # c_in of the eps, x0 and v rows
+        output = self.network(alpha * x, t.to(x.dtype)).to(x.dtype)
+        return denoised_from_output(self.parameterization, output, x, sigma_b)
+
+
+class ScriptedDenoiser(nn.Module):
+    """A TorchScript module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,)."""
+
+    def __init__(self, module: torch.jit.ScriptModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
+        return self.module(x, _per_sample(sigma, x).reshape(-1))
+
+
+def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
+    """A diffusers pipeline directory (``unet/`` and ``scheduler/``, as ``DDPMPipeline.save_pretrained``
+    writes it) as a denoiser. Needs the ``diffusers`` extra."""
+    try:
+        from diffusers import DDPMScheduler, UNet2DModel
+    except ImportError:
+        raise ImportError("importing a diffusers model needs the diffusers package: pip install "
+                          "'memorize[diffusers]'") from None
+    unet = UNet2DModel.from_pretrained(path, subfolder="unet").to(device).eval()
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    return DiscreteVPDenoiser(lambda x_t, t: unet(x_t, t).sample, scheduler.alphas_cumprod,
+                              scheduler.config.prediction_type).to(device)
+
+
+def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedDenoiser:
+    """A TorchScript file (``torch.jit.save``) whose module is ``D(x, sigma)``."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch deprecates TorchScript; the files people have are still this
+        warnings.simplefilter("ignore", FutureWarning)
+        return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
+
+
+LOADERS = {"diffusers": load_diffusers, "torchscript": load_torchscript}

@@ -1,0 +1,117 @@
+"""Denoisers trained elsewhere: the diffusers and TorchScript wrappers against the libraries' own
+predictions, and an imported model used as a cell by sample, score and compare."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memorize.cli import main
+from memorize.generate import read_samples
+from memorize.models.external import DiscreteVPDenoiser, discrete_sigmas, sigma_to_timestep
+
+diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+
+
+def tiny_pipeline(path, prediction: str = "epsilon", seed: int = 0):
+    """A randomly initialised UNet2DModel for 1x8x8 images on a 100-step DDPM schedule, saved as a pipeline."""
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=100, prediction_type=prediction, clip_sample=False)
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path)
+    return unet.eval(), scheduler
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_the_wrapped_unet_is_the_schedulers_own_x0_prediction_at_its_timesteps(tmp_path, prediction):
+    from memorize.models.external import load_diffusers
+
+    unet, scheduler = tiny_pipeline(tmp_path / "pipe", prediction)
+    denoiser = load_diffusers(str(tmp_path / "pipe"))
+    sigmas = discrete_sigmas(scheduler.alphas_cumprod)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(3, 1, 8, 8, generator=gen) * 2 - 1
+    for t in (0, 17, 60, 99):
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = scheduler.add_noise(x0, noise, torch.tensor([t]))
+        with torch.no_grad():
+            expected = scheduler.step(unet(x_t, t).sample, t, x_t).pred_original_sample
+            # our convention: x = x_t / sqrt(abar_t) = x0 + sigma_t eps
+            got = denoiser(x_t / scheduler.alphas_cumprod[t].sqrt(), float(sigmas[t]))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fractional_timesteps_interpolate_in_log_sigma_and_clamp_at_the_ends():
+    abar = torch.tensor([0.99, 0.9, 0.5, 0.1])
+    log_sigmas = discrete_sigmas(abar).log()
+    sigmas = log_sigmas.exp()
+    mid = float((log_sigmas[1] + log_sigmas[2]) / 2)
+    t = sigma_to_timestep(torch.tensor([float(sigmas[1]), np.exp(mid), 1e-6, 1e6]), log_sigmas)
+    torch.testing.assert_close(t, torch.tensor([1.0, 1.5, 0.0, 3.0], dtype=torch.float64))
+    seen = []
+    DiscreteVPDenoiser(lambda x, t: seen.append(t) or x, abar, "sample")(torch.zeros(2, 1, 2, 2), np.exp(mid))
+    torch.testing.assert_close(seen[0], torch.tensor([1.5, 1.5]))
+
+
+class HalfwayDenoiser(torch.nn.Module):
+    """A TorchScript-able D(x, sigma): the exact denoiser of x0 ~ N(0, 0.05^2 I) (Wiener filter), so its
+    samples are draws of that Gaussian."""
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x * 0.0025 / (0.0025 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+
+def test_a_torchscript_denoiser_imported_as_a_cell_samples_scores_and_compares(tmp_path, capsys):
+    model = tmp_path / "halfway.pt"
+    torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(model))
+    cell = tmp_path / "cell"
+    sets = ["--set", "data.n_train=24", "--set", "data.n_heldout=100", "--set", "sample.num=8",
+            "--set", "sample.steps=64"]
+    assert main(["import", str(model), "--out", str(cell)] + sets) == 0
+    assert "imported as a cell" in capsys.readouterr().out
+    assert main(["import", str(model), "--out", str(cell)] + sets) == 0  # the same import again: a no-op
+    assert main(["sample", str(cell), "--quiet"]) == 0
+    drawn = read_samples(cell / "samples" / "trained.npz")
+    assert drawn["samples"].shape == (8, 1, 8, 8) and drawn["settings"]["checkpoint_step"] == 0
+    # draws of N(0, 0.05^2): their spread is 0.05 up to Heun's bias and the sampling error
+    assert 0.035 < drawn["samples"].std() < 0.07
+    assert main(["score", str(cell), "--features", "pixel", "--quiet"]) == 0
+    assert json.loads((cell / "scores" / "trained.json").read_text())["nn"]["ratio"] == 0.0
+    assert main(["compare", str(cell), "--n-eval", "16", "--quiet"]) == 0
+    assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
+
+
+@pytest.mark.parametrize("name, setup, expected", [
+    ("wrong output shape", lambda t: torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(t / "m.pt")),
+     r"could not be run as a torchscript denoiser|returned"),
+    ("not a model", lambda t: (t / "m.pt").write_text("hello"), r"m\.pt: could not be run as a torchscript"),
+    ("a training-section override", None, r"--set train\.steps: an imported cell takes data\.\* and sample\.\*"),
+])
+def test_a_model_that_cannot_be_a_denoiser_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, name,
+                                                                                          setup, expected):
+    import re
+
+    if setup is not None:
+        setup(tmp_path)
+    else:
+        torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(tmp_path / "m.pt"))
+    extra = ["--set", "train.steps=5"] if setup is None else []
+    assert main(["import", str(tmp_path / "m.pt"), "--out", str(tmp_path / "cell")] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err
+    assert not (tmp_path / "cell" / "checkpoints").exists() and not (tmp_path / "cell" / "cell.json").exists()
+
+
+def test_an_imported_diffusers_pipeline_samples_with_our_samplers(tmp_path):
+    tiny_pipeline(tmp_path / "pipe", "epsilon")
+    cell = tmp_path / "cell"
+    assert main(["import", str(tmp_path / "pipe"), "--out", str(cell), "--set", "data.n_train=16",
+                 "--set", "data.n_heldout=100", "--set", "sample.num=4", "--set", "sample.steps=5"]) == 0
+    assert (cell / "model" / "pipe" / "unet").is_dir()
+    for sampler in ("heun", "ddim"):
+        assert main(["sample", str(cell), "--sampler", sampler, "--name", sampler, "--quiet"]) == 0
+        samples = read_samples(cell / "samples" / f"{sampler}.npz")["samples"]
+        assert samples.shape == (4, 1, 8, 8) and np.isfinite(samples).all()

@@ -1,0 +1,107 @@
+"""Scoring samples made elsewhere (a folder of images, .npy, .pt) against a training set named by data.*."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memorize.cli import main
+from memorize.data.sample_files import read_samples_file, to_unit_range
+
+
+def _npz_dataset(tmp_path, count: int = 150):
+    images = np.random.default_rng(0).integers(0, 256, size=(count, 3, 8, 8), dtype=np.uint8)
+    path = tmp_path / "train.npz"
+    np.savez(path, images=images)
+    return images, ["--set", "data.name=npz", "--set", f"data.root={path}", "--set", "data.n_train=40",
+                    "--set", "data.n_heldout=100"]
+
+
+def _png_folder(folder, images):
+    from PIL import Image
+
+    folder.mkdir()
+    for k, image in enumerate(images):
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{k:03d}.png")
+
+
+def test_a_folder_of_pngs_is_scored_copies_found_and_novel_images_not(tmp_path, capsys):
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    images, sets = _npz_dataset(tmp_path)
+    # the training subset is a fixed permutation's first 40: read it from a first scoring directory
+    np.save(tmp_path / "one.npy", images[:1].astype(np.float32) / 127.5 - 1)
+    assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "probe"), "--features", "pixel",
+                 "--threshold", "0.9", "--quiet"] + sets) == 0
+    probe = tmp_path / "probe"
+    train = load_cell_data(read_config(probe), CellPaths(probe)).train.numpy()
+    copies = np.round((train[:5] + 1) * 127.5).astype(np.uint8)
+    novel = np.random.default_rng(1).integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8)
+    _png_folder(tmp_path / "pngs", np.concatenate([copies, novel]))
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "pngs"), "--out", str(out), "--features", "pixel", "--threshold", "0.9",
+                 "--quiet"] + sets) == 0
+    assert "value range 0-255" in capsys.readouterr().out
+    table = __import__("pandas").read_csv(out / "scores" / "trained.csv")
+    assert table.memorized_nn.tolist() == [True] * 5 + [False] * 5
+    assert table.nn_index[:5].tolist() == [0, 1, 2, 3, 4] and (table.d1[:5] < 1e-6).all()
+    summary = json.loads((out / "scores" / "trained.json").read_text())
+    assert summary["nn"]["ratio"] == 0.5 and summary["n_heldout"] == 100
+    assert (out / "scores" / "trained_nn.png").is_file()
+
+
+def test_value_ranges_map_onto_minus_one_to_one():
+    p = __import__("pathlib").Path("x")
+    u8 = np.array([[[[0, 255]]]], dtype=np.uint8)
+    assert to_unit_range(u8, "auto", p)[0].tolist() == [[[[-1.0, 1.0]]]]
+    unit = np.array([[[[0.0, 0.5, 1.0]]]], dtype=np.float32)
+    got, used = to_unit_range(unit, "auto", p)
+    assert used == "0-1" and got.tolist() == [[[[-1.0, 0.0, 1.0]]]]
+    assert to_unit_range(unit * 2 - 1, "auto", p)[1] == "-1-1"
+    assert to_unit_range(unit * 255, "0-255", p)[0].tolist() == [[[[-1.0, 0.0, 1.0]]]]
+    with pytest.raises(FileNotFoundError, match=r"fit no usual range; say which with --range"):
+        to_unit_range(unit * 7, "auto", p)
+    with pytest.raises(FileNotFoundError, match="outside the stated range 0-1"):
+        to_unit_range(unit * 2 - 1, "0-1", p)
+
+
+def test_a_pt_tensor_in_channels_last_is_read(tmp_path):
+    torch.save(torch.rand(4, 8, 8, 3), tmp_path / "s.pt")
+    samples, used = read_samples_file(tmp_path / "s.pt")
+    assert samples.shape == (4, 3, 8, 8) and used == "0-1" and samples.dtype == np.float32
+
+
+def _bad_folder(t):
+    (t / "pngs").mkdir()
+    (t / "pngs" / "a.png").write_bytes(b"not a png at all")
+    return t / "pngs"
+
+
+def _mixed_sizes(t):
+    from PIL import Image
+
+    (t / "pngs").mkdir()
+    Image.new("RGB", (8, 8)).save(t / "pngs" / "a.png")
+    Image.new("RGB", (9, 8)).save(t / "pngs" / "b.png")
+    return t / "pngs"
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("empty folder", lambda t: (t / "empty").mkdir() or t / "empty", r"empty: no images"),
+    ("corrupt image", _bad_folder, r"a\.png: not a readable image"),
+    ("shapes differ", _mixed_sizes, r"b\.png: shape \(3, 8, 9\), but a\.png has \(3, 8, 8\)"),
+    ("wrong shape", lambda t: np.save(t / "s.npy", np.zeros((3, 1, 8, 8), np.float32)) or t / "s.npy",
+     r"s\.npy: samples of shape \(1, 8, 8\), but the training images of npz are \(3, 8, 8\)"),
+    ("no training set section", None, r"--set train\.steps: samples made elsewhere take data\.\* fields only"),
+])
+def test_bad_samples_are_one_line_errors_and_nothing_is_written(tmp_path, capsys, name, make, expected):
+    import re
+
+    _, sets = _npz_dataset(tmp_path)
+    path = make(tmp_path) if make else tmp_path / "train.npz"
+    extra = ["--set", "train.steps=3"] if make is None else []
+    assert main(["score", str(path), "--out", str(tmp_path / "scored"), "--quiet"] + sets + extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(expected, err), err
+    assert not (tmp_path / "scored").exists()
