@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import (common, compile, descriptors, empirical, local_score, pack, quality, sampling, search, status,
-                        sweep, training)
+from benchmarks import (common, compile, descriptors, empirical, local_score, pack, quality, sampling, score_samples,
+                        search, status, sweep, training)
 
 
 def main() -> None:
@@ -29,6 +29,8 @@ def main() -> None:
         ("exact search and scoring", search.main, ["--queries", "1000", "--train", "5000", "--dim", "768"]),
         ("empirical denoiser", empirical.main, ["--queries", "200", "--train", "8000", "--dim", "768"]),
         ("equivariant local score machine", local_score.main, ["--queries", "4", "--train", "400"]),
+        ("scoring samples made elsewhere", score_samples.main, ["--samples", "500", "--train", "500", "--heldout",
+                                                                "200"]),
         ("quality metrics", quality.main, ["--n", "1000", "--m", "1000", "--dim", "64"]),
         ("training step", training.main, ["--steps", "2", "--batch-size", "8"]),
         ("sampling", sampling.main, ["--num", "16", "--nfe", "5"]),

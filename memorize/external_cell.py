@@ -22,7 +22,7 @@ import torch
 
 from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, read_identity
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
-from memorize.data.sample_files import read_samples_file
+from memorize.data.sample_files import read_samples_file, to_unit_range
 from memorize.io import atomic_savez, atomic_write_json, check_directory
 from memorize.models.external import LOADERS
 
@@ -122,14 +122,19 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
     return paths.root
 
 
-def import_samples(samples: str | Path, out: str | Path, cfg: CellConfig, name: str = "samples",
+def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellConfig, name: str = "samples",
                    value_range: str = "auto") -> tuple[Path, str]:
     """Make ``out`` a cell without a denoiser that holds the samples at ``samples`` (a folder of images,
     ``.npz``, ``.npy`` or ``.pt``; :func:`memorize.data.sample_files.read_samples_file`) as
     ``samples/NAME.npz``, against the training subset and held-out images of ``cfg.data``, so that
     ``memorize score`` scores them with the same code as a trained cell's. Samples whose shape is not the
-    training images' are refused before anything is written. Returns the cell and the value range used."""
-    images, used = read_samples_file(samples, value_range)
+    training images' are refused before anything is written. An array is taken as the samples themselves
+    (read with ``value_range`` as a file would be). Returns the cell and the value range used."""
+    if isinstance(samples, np.ndarray):
+        images, used = to_unit_range(samples, value_range, Path("the samples array"))
+        samples = Path("array")
+    else:
+        images, used = read_samples_file(samples, value_range)
     with _removed_on_error(Path(out)):
         return _import_samples(images, used, Path(samples), Path(out), cfg, name)
 

@@ -13,7 +13,7 @@
       score, compare, external_cell    sampling, scoring and comparing it; a model trained elsewhere as a cell
     criteria_bench                   the test bench for memorization criteria
     sweep                            specs, launching, results, sweep figures
-    cli, pytest_plugin               the `memorize` command, the pytest fixture
+    cli, pytest_plugin, api          the `memorize` command, the pytest fixture, the notebook API
 
 Figures sit below the cell because scoring a cell draws its nearest-neighbour figure; they import
 nothing that knows about cells. ``tests/test_layers.py`` walks every import and holds this order.
@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cell", "train", "pack", "generate", "score", "compare", "external_cell"),
     ("criteria_bench",),
     ("sweep",),
-    ("cli", "pytest_plugin"),
+    ("cli", "pytest_plugin", "api"),
 )
 
 

@@ -115,3 +115,51 @@ def test_an_imported_diffusers_pipeline_samples_with_our_samplers(tmp_path):
         assert main(["sample", str(cell), "--sampler", sampler, "--name", sampler, "--quiet"]) == 0
         samples = read_samples(cell / "samples" / f"{sampler}.npz")["samples"]
         assert samples.shape == (4, 1, 8, 8) and np.isfinite(samples).all()
+
+
+def _random_fid_inception_file(path):
+    """A randomly initialised state dict of the FID Inception architecture, built from pytorch-fid's own
+    blocks the way pytorch-fid builds it (only the weights differ from the published file)."""
+    import torchvision
+    from pytorch_fid import inception as fi
+
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=True)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = fi.FIDInceptionA(192, 32), fi.FIDInceptionA(256, 64), fi.FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = fi.FIDInceptionC(768, 128), fi.FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = fi.FIDInceptionC(768, 160), fi.FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = fi.FIDInceptionE_1(1280), fi.FIDInceptionE_2(2048)
+    torch.save(net.state_dict(), path)
+    return net.state_dict()
+
+
+def test_the_fid_inception_embedder_loads_a_local_weights_file_through_pytorch_fid(tmp_path):
+    pytest.importorskip("pytorch_fid", reason="the fid extra is not installed")
+    from memorize.metrics.embedders import load_embedder
+
+    state = _random_fid_inception_file(tmp_path / "inception.pth")
+    embed = load_embedder(f"inception:{tmp_path / 'inception.pth'}")
+    loaded = dict(embed.network.__closure__[0].cell_contents.named_parameters())
+    torch.testing.assert_close(loaded["blocks.0.0.conv.weight"], state["Conv2d_1a_3x3.conv.weight"])
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    features = embed(images)
+    assert features.shape == (3, 2048) and np.isfinite(features).all()
+    from memorize.metrics.embedders import EmbedderError
+
+    with pytest.raises(EmbedderError, match="missing.pth"):
+        load_embedder(f"inception:{tmp_path / 'missing.pth'}")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    for name in ("empty.pth", "other.pth"):
+        with pytest.raises(EmbedderError, match=f"{name}': not the FID Inception weights"):
+            load_embedder(f"inception:{tmp_path / name}")
+
+
+def test_our_fid_equals_pytorch_fids_on_the_same_features():
+    fid_score = pytest.importorskip("pytorch_fid.fid_score", reason="the fid extra is not installed")
+    from memorize.metrics.quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 64)), rng.normal(0.3, 1.2, size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.2
+    theirs = fid_score.calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert frechet_distance(a, b, "cpu") == pytest.approx(theirs, rel=1e-3)

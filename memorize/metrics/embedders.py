@@ -4,6 +4,10 @@
 - ``sscd:PATH``: an SSCD TorchScript file (Pizzi et al. 2022). Following the SSCD recipe,
   images are skewed to 320x320, grayscale repeated to 3 channels, and normalized with the
   ImageNet mean/std; SSCD models L2-normalize their own descriptors.
+- ``inception:PATH``: the FID Inception network (pytorch-fid's definition, 2048 pooled features) with
+  the 2015-12-05 weights from the local file PATH (``pt_inception-2015-12-05-6726825d.pth``, as
+  pytorch-fid, torch-fidelity and clean-fid use them): as ``features``, ``fid`` is then the FID of the
+  literature (:func:`fid_inception`). Needs the ``fid`` extra.
 - ``timm:MODEL:WEIGHTS``: a timm backbone (``timm.create_model(MODEL)``) with weights from a
   local file (``.safetensors`` or a torch state dict), classifier removed: pooled features at
   the model's default input size and normalization.
@@ -170,6 +174,11 @@ def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embe
             raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({err})") from None
         network.eval()
         return Embedder(spec, network, (SSCD_SIZE, SSCD_SIZE), device=device, batch_size=batch_size)
+    if kind == "inception" and rest:
+        network = fid_inception(_weights_file(rest, spec), device)
+        # pytorch-fid's network takes [0, 1] images and resizes them to 299 x 299 itself, as its FID does
+        return Embedder(spec, lambda batch: network(batch)[0], None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), device,
+                        batch_size)
     if kind in ("timm", "torchvision"):
         name, _, path = rest.partition(":")
         if not name or not path:
@@ -181,5 +190,33 @@ def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embe
         else:
             model, size, mean, std = _torchvision_backbone(name, file, spec), (224, 224), IMAGENET_MEAN, IMAGENET_STD
         return Embedder(spec, model.to(device).eval(), size, mean, std, device, batch_size)
-    raise EmbedderError(f"embedder {spec!r}: expected 'pixel', 'sscd:PATH', 'timm:MODEL:WEIGHTS' "
-                        f"or 'torchvision:MODEL:WEIGHTS'")
+    raise EmbedderError(f"embedder {spec!r}: expected 'pixel', 'sscd:PATH', 'inception:PATH', "
+                        f"'timm:MODEL:WEIGHTS' or 'torchvision:MODEL:WEIGHTS'")
+
+
+def fid_inception(weights: Path, device: str = "cpu") -> torch.nn.Module:
+    """The FID Inception network (the 2015-12-05 TensorFlow Inception weights that pytorch-fid,
+    torch-fidelity and clean-fid use, ``pt_inception-2015-12-05-6726825d.pth``) from the local file
+    ``weights``, built by pytorch-fid's own definition (2048 pooled features). pytorch-fid loads the file
+    from torch hub's cache when it is there, so the file is offered through a temporary hub directory:
+    nothing is downloaded."""
+    import os
+    import tempfile
+
+    try:
+        from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+    except ImportError:
+        raise EmbedderError("embedder 'inception:PATH' needs pytorch-fid: pip install 'memorize[fid]'") from None
+    previous = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as hub:
+        os.makedirs(os.path.join(hub, "checkpoints"))
+        os.symlink(os.path.abspath(weights), os.path.join(hub, "checkpoints", FID_WEIGHTS_URL.rsplit("/", 1)[-1]))
+        torch.hub.set_dir(hub)
+        try:
+            network = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+        except Exception as err:  # an empty, truncated or other network's file, whatever torch.load raises
+            raise EmbedderError(f"embedder 'inception:{weights}': not the FID Inception weights "
+                                f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})") from None
+        finally:
+            torch.hub.set_dir(previous)
+    return network.to(device).eval()

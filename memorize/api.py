@@ -1,0 +1,65 @@
+"""The notebook API: the few functions a researcher calls from Jupyter.
+
+    import memorize.api as mz
+
+    summary = mz.score_samples(my_samples, "runs/mine", data={"name": "digits", "n_train": 64})
+    table = mz.load_results("runs/digits")
+    fig = mz.draw(table, "memorization_vs_n")
+
+Each is a thin front to the same code the ``memorize`` command runs (:mod:`memorize.external_cell`,
+:mod:`memorize.score`, :mod:`memorize.sweep.results`, :mod:`memorize.plots`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memorize import analysis, plots, reference_figures
+from memorize.config import CellConfig, from_dict
+
+
+def score_samples(samples: str | Path | np.ndarray, out: str | Path, data: dict[str, Any] | None = None,
+                  value_range: str = "auto", name: str = "samples", **options) -> dict:
+    """Score samples made anywhere (an array (M, C, H, W) or (M, H, W, C), an image folder, ``.npz``,
+    ``.npy`` or ``.pt``) against the training set that ``data`` names (the ``data:`` section of a cell
+    config, e.g. ``{"name": "cifar10", "root": PATH, "n_train": 50000}``), with held-out images from the
+    rest of its pool. Writes ``out/scores/NAME.*`` as ``memorize score`` does and returns its summary;
+    ``options`` go to :func:`memorize.score.score_cell` (``ratio``, ``threshold``, ``embedder``,
+    ``features``, ``target_fpr``, ``device``, ``progress``)."""
+    from memorize.external_cell import import_samples
+    from memorize.score import score_cell
+
+    root, _ = import_samples(samples, out, from_dict(CellConfig, {"data": data or {}}), name, value_range)
+    options.setdefault("progress", False)
+    return score_cell(root, name, **options)
+
+
+def load_results(sweep: str | Path) -> pd.DataFrame:
+    """A sweep's results table, collected afresh from its cells (``memorize sweep collect``)."""
+    from memorize.sweep import collect
+
+    return collect(Path(sweep))
+
+
+FIGURES = {
+    "memorization_vs_n": plots.memorization_vs_n_figure,
+    "phase_diagram": plots.phase_diagram_figure,
+    "memorization_and_generalization": plots.memorization_and_generalization_figure,
+    "critical_n": lambda t: plots.critical_n_figure(analysis.critical_n(analysis.pooled_ratios(t, "nn", [])),
+                                                    analysis.budget_label(t)),
+    "r2_crossover": lambda t: reference_figures.r2_crossover_figure(
+        t, analysis.crossover_n(t).merge(analysis.critical_n(analysis.pooled_ratios(t, "nn", [])), how="left"),
+        analysis.budget_label(t)),
+}
+
+
+def draw(results: pd.DataFrame, figure: str):
+    """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
+    show in a notebook, restyle, or save."""
+    if figure not in FIGURES:
+        raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
+    return FIGURES[figure](results)
