@@ -87,19 +87,23 @@ def critical_n(pooled, level: float = 0.5, axes: list[str] | None = None):
     return pd.DataFrame(rows).sort_values(axes + ["params"]).reset_index(drop=True)
 
 
-def crossover_n(results, axes: list[str] | None = None):
-    """Per model and experiment, the N where the trained network's samples stop resembling the empirical
-    denoiser's more than the ELS machine's: the first fall of ``r2_empirical - r2_els`` (medians over the
-    samples, seeds averaged) through 0, interpolated linearly on log N (NaN where it does not cross)."""
+def crossover_n(results, axes: list[str] | None = None, machines: tuple[str, ...] = ("els", "ls")):
+    """Per model and experiment, for each local machine m, the N where the trained network's samples stop
+    resembling the empirical denoiser's more than m's: the first fall of ``r2_empirical - r2_m`` (medians
+    over the samples, seeds averaged) through 0, interpolated linearly on log N (``crossover_n_m``; NaN
+    where it does not cross in the grid)."""
     axes = [] if axes is None else axes
-    table = results.dropna(subset=["r2_empirical", "r2_els"])
+    present = [m for m in machines if f"r2_{m}" in results and results[f"r2_{m}"].notna().any()]
+    table = results.dropna(subset=["r2_empirical"])
     rows = []
     for key, g in table.groupby(MODEL_KEYS + axes, dropna=False, sort=False):
-        g = g.groupby("n_train", as_index=False)[["r2_empirical", "r2_els"]].mean().sort_values("n_train")
-        diff = (g["r2_empirical"] - g["r2_els"]).to_numpy(float)
+        g = g.groupby("n_train", as_index=False)[["r2_empirical"] + [f"r2_{m}" for m in present]].mean()
+        g = g.sort_values("n_train")
+        log_n = np.log(g["n_train"].to_numpy(float))
         rows.append({**dict(zip(MODEL_KEYS + axes, key)),
-                     "crossover_n": _crossing(np.log(g["n_train"].to_numpy(float)), diff, 0.0)})
-    return pd.DataFrame(rows, columns=MODEL_KEYS + axes + ["crossover_n"])
+                     **{f"crossover_n_{m}": _crossing(log_n, (g["r2_empirical"] - g[f"r2_{m}"]).to_numpy(float), 0.0)
+                        for m in present}})
+    return pd.DataFrame(rows, columns=MODEL_KEYS + axes + [f"crossover_n_{m}" for m in present])
 
 
 def power_law_fit(params: np.ndarray, crit: np.ndarray, lo: np.ndarray, hi: np.ndarray, draws: int = 2000,

@@ -128,16 +128,23 @@ class CellData:
     heldout_labels: torch.Tensor | None  # conditioning labels of the held-out items
 
 
-def resolve_device(name: str, field: str = "--device") -> torch.device:
-    """``auto`` (the GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; errors name ``field``."""
+def resolve_device(name: str, field: str = "--device", gpus: int | None = None) -> torch.device:
+    """``auto`` (the GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; errors name ``field``. A GPU
+    that is not there (none at all, or ``cuda:N`` beyond the ``gpus`` this process sees: default
+    ``torch.cuda.device_count()``) is an error before anything is written."""
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if gpus else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{field}: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not gpus:
         raise ConfigError(f"{field}: {name!r} requested but no CUDA GPU is available (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= gpus:
+        raise ConfigError(f"{field}: {name!r} requested but this process sees {gpus} GPU{'s' if gpus > 1 else ''} "
+                          f"(cuda:0 to cuda:{gpus - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
     return device
 
 

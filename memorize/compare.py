@@ -49,6 +49,7 @@ from memorize.local_score import (MACHINES, PatchSchedule, calibrate_patch_sched
 from memorize.sampling import generate
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
+from memorize.metrics.search import search_backend
 from memorize.score import heldout_similarity, resolve_threshold
 
 SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
@@ -120,10 +121,10 @@ def quartiles(values: np.ndarray) -> dict:
 
 
 def same_noise_agreement(trained_samples: np.ndarray, empirical_samples: np.ndarray, train: np.ndarray,
-                         embedder, threshold: float) -> dict:
+                         embedder, threshold: float, backend: str | None = None) -> dict:
     """Share of seeds where the trained and empirical samples are memorized copies of the same
     training image, with the reproducibility score of the pair of sets."""
-    a, b = nn_ratio(trained_samples, train), nn_ratio(empirical_samples, train)
+    a, b = nn_ratio(trained_samples, train, backend=backend), nn_ratio(empirical_samples, train, backend=backend)
     same = a.memorized & b.memorized & (a.nearest == b.nearest)
     agreement = memorization_ratio(same)
     return {"agreement": agreement["ratio"], "agreement_lo": agreement["lo"], "agreement_hi": agreement["hi"],
@@ -246,9 +247,11 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
                                  progress=progress)
     embed = load_embedder(embedder, str(dev))
     setting = threshold  # as given: compare.json records the setting the caller passed
-    _, threshold = resolve_threshold(threshold, embedder, heldout_similarity(embed, data, progress))
+    backend = search_backend(dev)
+    _, threshold = resolve_threshold(threshold, embedder, heldout_similarity(embed, data, progress, backend=backend))
     empirical_samples = read_samples(empirical_file)["samples"]
-    agreement = same_noise_agreement(drawn["samples"], empirical_samples, data.train.numpy(), embed, threshold)
+    agreement = same_noise_agreement(drawn["samples"], empirical_samples, data.train.numpy(), embed, threshold,
+                                     backend)
     trained_samples = torch.from_numpy(drawn["samples"])
     r2 = {"seed": drawn["seeds"], "empirical": r_squared(trained_samples, torch.from_numpy(empirical_samples)).numpy()}
     out = paths.root / out_dir
@@ -300,7 +303,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     atomic_save_figure(out / "gap.png", fig, dpi=130)
     plt.close(fig)
     if machine_samples:
-        nearest = nn_ratio(machine_samples["els"][:8], data.train.numpy()).nearest
+        nearest = nn_ratio(machine_samples["els"][:8], data.train.numpy(), backend=backend).nearest
         fig = local_samples_figure({"trained": drawn["samples"][:8], "empirical": empirical_samples[:8],
                                     **{m: machine_samples[m][:8] for m in MACHINES},
                                     "nearest training\nimage to ELS": data.train.numpy()[nearest]},

@@ -55,11 +55,14 @@ from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError
 def pack_key(cfg: CellConfig) -> str | None:
     """Cells with equal keys can train together (None: this cell trains alone). The key holds what fixes
     the network's shape and the loss's form: the model, the dataset (image shape, classes), the label
-    mode, the batch size, the parameterization, the device and mixed precision. Cells with dropout, a
-    convergence stop or ``train.compile`` train alone."""
+    mode and the size of the label table (with ``unique`` labels, one class per training image: N), the
+    batch size, the parameterization, the device and mixed precision. Cells with dropout, a convergence
+    stop or ``train.compile`` train alone."""
     if cfg.model.dropout > 0 or cfg.train.stop_when != "budget" or cfg.train.compile:
         return None
+    classes = cfg.data.n_train if cfg.data.labels == "unique" else None  # else the dataset's own classes
     return json.dumps({"model": to_dict(cfg.model), "dataset": [cfg.data.name, cfg.data.root, cfg.data.labels],
+                       "label_table": classes,
                        "batch": cfg.train.batch_size, "null_label": cfg.train.label_dropout > 0,
                        "parameterization": cfg.diffusion.parameterization, "device": cfg.train.device,
                        "amp": cfg.train.amp}, sort_keys=True)

@@ -69,7 +69,8 @@ def r2_crossover_figure(results, crossover, budget: str = "") -> plt.Figure:
     """Against N, one panel per model: the median per-sample r^2 of the trained network's samples to the
     empirical denoiser's and to the ELS machine's same-noise samples (bands: quartiles over the samples;
     LS dotted where measured), the crossover N where they cross, and the critical N of the memorization
-    ratio (``crossover``: :func:`memorize.analysis.crossover_n` with ``critical_n`` merged in)."""
+    ratio (``crossover``: :func:`memorize.analysis.crossover_n` with ``critical_n`` merged in). A
+    crossover outside the grid is not drawn."""
     data = results.dropna(subset=["r2_els"]).sort_values("n_train")
     models = list(_model_palette(data))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), sharey=True, squeeze=False)
@@ -81,10 +82,12 @@ def r2_crossover_figure(results, crossover, budget: str = "") -> plt.Figure:
             if f"r2_{name}" not in g or g[f"r2_{name}"].isna().all():
                 continue
             ax.plot(g["n_train"], g[f"r2_{name}"], ls, marker="o", color=color, label=label)
-            if name != "ls":
+            if f"r2_{name}_q1" in g:
                 ax.fill_between(g["n_train"], g[f"r2_{name}_q1"], g[f"r2_{name}_q3"], color=color, alpha=0.15)
         row = crossover[crossover.model == model]
-        for column, style, label in (("crossover_n", "-", "r^2 crossover"), ("critical_n", "--", "critical N (ratio 0.5)")):
+        for column, style, label in (("crossover_n_els", "-", "ELS overtakes empirical"),
+                                     ("crossover_n_ls", ":", "LS overtakes empirical"),
+                                     ("critical_n", "--", "critical N (ratio 0.5)")):
             if len(row) and column in row and np.isfinite(row[column].iloc[0]):
                 ax.axvline(row[column].iloc[0], color="black", ls=style, lw=0.8, label=f"{label}: {row[column].iloc[0]:.0f}")
         _n_axis(ax, data["n_train"])

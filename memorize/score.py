@@ -21,6 +21,7 @@ from memorize.metrics.calibration import calibrated_threshold, check_heldout, de
 from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio, nn_ratio_within_class
 from memorize.metrics.embedders import Embedder, load_embedder
 from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
+from memorize.metrics.search import search_backend
 from memorize.plots import nearest_neighbour_figure
 
 
@@ -71,14 +72,14 @@ def resolve_threshold(threshold: float | str | None, embedder: str, heldout: Cal
 
 
 def heldout_similarity(embed: Embedder, data: CellData, progress: bool = False,
-                       target_fpr: float = 0.01) -> Callable[[], np.ndarray]:
+                       target_fpr: float = 0.01, backend: str | None = None) -> Callable[[], np.ndarray]:
     """Each held-out image's largest cosine to the cell's training subset on ``embed``'s descriptors, as
     a function for :func:`resolve_threshold`; it checks that the held-out images can resolve
     ``target_fpr`` before embedding anything."""
     def similarity() -> np.ndarray:
         check_heldout(len(data.heldout), target_fpr)
         return copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress),
-                               1.0).similarity
+                               1.0, backend=backend).similarity
     return similarity
 
 
@@ -89,7 +90,8 @@ def resolve_features(features: str, data: CellData) -> str:
     return "classifier" if data.dataset.is_image and data.dataset.labels is not None else "pixel"
 
 
-def quality_summary(sample_features: np.ndarray, heldout_features: np.ndarray, device: str, k: int = 3) -> dict:
+def quality_summary(sample_features: np.ndarray, heldout_features: np.ndarray, device: str, k: int = 3,
+                    backend: str | None = None) -> dict:
     """FID, KID and improved precision/recall of the samples against the held-out images
     (:mod:`memorize.metrics.quality`), precision and recall with Wilson 95% intervals (shares of
     samples and of held-out images); NaN where either set has ``k`` rows or fewer."""
@@ -100,7 +102,7 @@ def quality_summary(sample_features: np.ndarray, heldout_features: np.ndarray, d
         return {**out, "fid": nan, "kid": nan, "precision": nan, "precision_lo": nan, "precision_hi": nan,
                 "recall": nan, "recall_lo": nan, "recall_hi": nan,
                 "note": f"needs more than {k} samples and held-out images"}
-    pr = precision_recall(heldout_features, sample_features, k, device)
+    pr = precision_recall(heldout_features, sample_features, k, device, backend=backend)
     precision, recall = memorization_ratio(pr.sample_inside), memorization_ratio(pr.real_inside)
     return {**out, "fid": frechet_distance(heldout_features, sample_features, device),
             "kid": kernel_distance(heldout_features, sample_features, device),
@@ -143,23 +145,24 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     train = data.train.numpy()
     if threshold_setting(threshold, embedder) == "auto":
         check_heldout(len(data.heldout), target_fpr)  # before any work
-    nn = nn_ratio(drawn["samples"], train, ratio)
+    dev = str(resolve_device(device))
+    backend = search_backend(dev)  # every search on the device asked for
+    nn = nn_ratio(drawn["samples"], train, ratio, backend=backend)
     labels = drawn.get("labels")
     nn_class = heldout_nn_class = None
     if labels is not None and data.train_labels is not None:  # the criterion within each sample's requested class
         train_labels = data.train_labels.numpy()
-        nn_class = nn_ratio_within_class(drawn["samples"], labels, train, train_labels, ratio)
+        nn_class = nn_ratio_within_class(drawn["samples"], labels, train, train_labels, ratio, backend)
         if len(data.heldout):
             heldout_nn_class = nn_ratio_within_class(data.heldout.numpy(), data.heldout_labels.numpy(), train,
-                                                     train_labels, ratio)
-    dev = str(resolve_device(device))
+                                                     train_labels, ratio, backend)
     embed = load_embedder(embedder, dev)
     train_features = embed(train, progress)
-    heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio) if len(data.heldout) else None
-    heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0) \
+    heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio, backend=backend) if len(data.heldout) else None
+    heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0, backend=backend) \
         if len(data.heldout) else None
     threshold, used = resolve_threshold(threshold, embedder, lambda: heldout_cos.similarity, target_fpr)
-    cos = copy_similarity(embed(drawn["samples"], progress), train_features, used)
+    cos = copy_similarity(embed(drawn["samples"], progress), train_features, used, backend=backend)
     resolved = resolve_features(features, data)
     extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
                                              dev, progress)
@@ -169,7 +172,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     def features_of(x) -> np.ndarray:
         return extractor(x, progress) if enough else np.empty((len(x), 0))
 
-    quality = quality_summary(features_of(finite), features_of(data.heldout), dev, QUALITY_K)
+    quality = quality_summary(features_of(finite), features_of(data.heldout), dev, QUALITY_K, backend)
     quality.update(features=resolved, features_setting=features, classifier=classifier)
 
     def fpr(flagged: np.ndarray | None) -> dict:

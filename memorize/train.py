@@ -207,6 +207,17 @@ class Batch:
     labels: torch.Tensor | None
 
 
+def training_device_rng(saved: torch.Tensor | list | None, index: int = 0) -> torch.Tensor | None:
+    """The CUDA generator state to restore on the training device (``cuda:index``) from a checkpoint's
+    ``cuda_rng``: the training device's own state (what checkpoints hold), or from a list of one state
+    per GPU visible when it was written, that device's entry (the first where the list is shorter).
+    Only the training device's generator draws (dropout), so a resume that sees fewer GPUs than the
+    run that wrote the checkpoint restores it all the same."""
+    if isinstance(saved, (list, tuple)):
+        return (saved[index] if index < len(saved) else saved[0]) if saved else None
+    return saved
+
+
 class CellTraining:
     """One cell's training state, built and resumed as :func:`train` runs it: the denoiser, its EMA,
     AdamW, the cell's own generator (minibatches, noise levels, noise, label dropout), the loss log
@@ -240,8 +251,9 @@ class CellTraining:
             self.gen.set_state(state["generator"])
             self.torch_rng = state["torch_rng"]
             torch.set_rng_state(self.torch_rng)
-            if state.get("cuda_rng") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            saved = training_device_rng(state.get("cuda_rng"), self.device.index or 0)
+            if saved is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(saved, self.device)
             self.step, self.rows, self.elapsed = state["step"], state["log"], state["seconds"]
             self.losses = state["pending_losses"]
         # Written only now that the inputs are known good: a refused run changes nothing on disk.
@@ -349,7 +361,7 @@ class CellTraining:
         path = atomic_torch_save(paths.checkpoint(step), {
             "step": step, "model": self.denoiser.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(), "torch_rng": rng,
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "log": self.rows, "pending_losses": self.losses, "seconds": self.elapsed, "shape": self.shape,
             "num_classes": self.data.split.num_classes, "params": self.params, "params_total": self.params_total,
             "sigma_data": self.sigma_data, "config": to_dict(self.cfg)})

@@ -242,3 +242,27 @@ def test_sampling_a_pack_together_leaves_out_a_cell_another_process_holds(tiny_c
     drawn = [(root / "samples" / f"{samples_name(c, c.train.steps)}.npz").is_file() for root, c in zip(roots, cfgs)]
     assert drawn == [True, False, True]
     assert not any(is_locked(root) for root in roots)
+
+
+def test_unique_label_cells_of_different_n_never_share_a_pack(tiny_cfg, tmp_path):
+    """With one class per training image the label table has N rows: cells of different N cannot be stacked
+    (they crashed the whole pack: 'stack expects each tensor to be equal size'); true labels can."""
+    from memorize.sweep import expand, load_spec
+    from memorize.sweep.launch import pack_units
+
+    def cell(labels: str, n: int):
+        return dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, labels=labels, n_train=n))
+
+    assert pack_key(cell("unique", 16)) != pack_key(cell("unique", 24))
+    assert pack_key(cell("true", 16)) == pack_key(cell("true", 24))
+    points = expand(load_spec(pack_module.__file__.replace("memorize/pack.py", "sweeps/digits_cond.yaml")))
+    todo = {}
+    for p in points:
+        todo.setdefault(p.cell, []).append(p)
+    by_cell = {p.cell: p.config for p in points}
+    for unit in pack_units(todo, 4):
+        unique = {by_cell[c].data.n_train for c in unit if by_cell[c].data.labels == "unique"}
+        assert len(unique) <= 1 and (not unique or all(by_cell[c].data.labels == "unique" for c in unit))
+    # and two such cells really train together when their N agree
+    train_packed([cell("unique", 16), dataclasses.replace(cell("unique", 16), seed=1)],
+                 [tmp_path / "a", tmp_path / "b"])

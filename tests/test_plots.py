@@ -176,7 +176,7 @@ def test_crossover_n_interpolates_where_the_els_r2_overtakes_the_empirical_one()
     rows = [{"model": "m", "params": 10, "n_train": n, "r2_empirical": e, "r2_els": l}
             for n, e, l in ((8, 0.9, 0.5), (32, 0.7, 0.6), (128, 0.4, 0.8))]
     rows += [{"model": "never", "params": 20, "n_train": n, "r2_empirical": 0.9, "r2_els": 0.1} for n in (8, 32)]
-    crossing = analysis.crossover_n(pd.DataFrame(rows)).set_index("model")["crossover_n"]
+    crossing = analysis.crossover_n(pd.DataFrame(rows)).set_index("model")["crossover_n_els"]
     # the difference 0.1 at N = 32 and -0.4 at N = 128 reaches 0 a fifth of the way in log N
     assert crossing["m"] == pytest.approx(np.exp(np.log(32) + 0.2 * (np.log(128) - np.log(32))))
     assert np.isnan(crossing["never"])
@@ -194,7 +194,7 @@ def test_r2_crossover_figure_draws_both_references_the_crossover_and_the_critica
     assert list(lines["ELS machine"].get_ydata()) == [0.5, 0.6, 0.8]
     assert "LS machine" not in lines  # not measured: not drawn
     assert lines["critical N (ratio 0.5): 30"].get_xdata()[0] == 30.0
-    assert [k for k in lines if k.startswith("r^2 crossover")] == [f"r^2 crossover: {crossing.crossover_n[0]:.0f}"]
+    assert [k for k in lines if "overtakes" in k] == [f"ELS overtakes empirical: {crossing.crossover_n_els[0]:.0f}"]
     assert len(ax.collections) == 2  # the two quartile bands
 
 

@@ -23,6 +23,7 @@ explicit differences before any criterion is applied.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -50,12 +51,27 @@ def as_float32_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
 BACKENDS = ("faiss-cpu", "faiss-gpu", "torch-cuda", "torch-cpu")
 
 
-def search_backend() -> str:
-    """``"faiss-gpu"`` where faiss-gpu sees a GPU, else ``"torch-cuda"`` where torch sees one,
-    else ``"faiss-cpu"``."""
+def search_backend(device: torch.device | str | None = None) -> str:
+    """The search for ``device``: ``faiss-cpu`` on the CPU; on a GPU, ``faiss-gpu`` where faiss-gpu sees
+    one, else ``torch-cuda``, and for a numbered GPU ``torch-cuda:N`` (that GPU exactly). ``None``: the
+    fastest there is (a GPU where there is one)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "faiss-cpu"
+    if device.index is not None:
+        return f"torch-cuda:{device.index}"
     if hasattr(faiss, "knn_gpu") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
         return "faiss-gpu"
-    return "torch-cuda" if torch.cuda.is_available() else "faiss-cpu"
+    return "torch-cuda"
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a search (one of ``BACKENDS``, or ``torch-cuda:N``), else a ValueError."""
+    if backend not in BACKENDS and not re.fullmatch(r"torch-cuda:\d+", backend):
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)} or torch-cuda:N, got {backend!r}")
+    return backend
 
 
 _GPU_RESOURCES = None
@@ -92,9 +108,7 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, metric: str = "l2", batch
     if queries.shape[1] != base.shape[1]:
         raise ValueError(f"queries have dimension {queries.shape[1]} but the base has {base.shape[1]}")
     k = min(k, len(base))
-    backend = backend or search_backend()
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    backend = check_backend(backend or search_backend())
     if backend.startswith("torch-"):
         device = torch.device(backend.removeprefix("torch-"))
         values, indices = knn_on_device(torch.from_numpy(queries).to(device), torch.from_numpy(base), k,

@@ -55,8 +55,9 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, self.cells, 3, self.heads, c // (self.cells * self.heads), h * w)
-        q, k, v = qkv.unbind(2)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        # (B, cells x heads, H W, d): 4-D, the shape the fused SDPA kernels on CUDA take (5-D falls back to math)
+        q, k, v = (t.flatten(1, 2).transpose(-1, -2) for t in qkv.unbind(2))
+        out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
