@@ -4,6 +4,8 @@ equivariant local score machine. Each function takes tables and returns a matplo
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -55,13 +57,18 @@ def trajectory_gap_figure(trajectories, budget: str = "") -> plt.Figure:
     data["reference"] = data["reference"].str.removeprefix("gap_")
     palette, norm = _n_palette(data)
     grid = sns.relplot(data, x="sigma", y="gap", hue="N", col="model", row="reference", kind="line", marker="o",
-                       palette=palette, hue_norm=norm, height=2.6, aspect=1.2, facet_kws={"sharey": "row"})
+                       palette=palette, hue_norm=norm, height=2.6, aspect=1.5, facet_kws={"sharey": "row"})
     grid.set(xscale="log", yscale="log")
-    grid.set_titles("{col_name}, vs {row_name}" + (f"\n{budget}" if budget else ""))
-    grid.set_axis_labels("noise level sigma along the sampling path", "mean squared difference")
-    grid.figure.text(0.01, -0.01, "Each curve: the trained network against one closed-form denoiser, both evaluated on the "
-                     "states the network's own sampler visits (the sampler runs from high sigma to low). Low: the "
-                     "network acts like that reference where it decides its samples.", fontsize=7, ha="left", va="top")
+    grid.set_titles("")
+    for (reference, model), ax in grid.axes_dict.items():
+        ax.set_title(f"{model}" + (f"\n{budget}" if budget else "") if reference == refs[0] else "", fontsize=9)
+        ax.set_ylabel(f"MSE to {reference}")
+    grid.set_xlabels("sigma along the sampling path")
+    width = grid.figure.get_size_inches()[0]
+    grid.figure.text(0.01, -0.01, textwrap.fill(
+        "Each row: the trained network against one closed-form denoiser, both evaluated on the states the "
+        "network's own sampler visits (from high sigma to low). Low: the network acts like that reference "
+        "where it decides its samples.", int(width * 14)), fontsize=7, ha="left", va="top")
     return grid.figure
 
 

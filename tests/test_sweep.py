@@ -20,7 +20,7 @@ from memorize.config import ConfigError
 from memorize.io import progress_note
 from memorize.sweep import collect, expand, load_spec, run_sweep, sweep_status
 from memorize.sweep.layout import cell_lock, is_locked
-from memorize.sweep.local import local_gpu_parameters
+from memorize.sweep.local import slot_gpus, slot_parameters, visible_gpus
 from tests.conftest import TINY_SPEC, count_training, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,14 +131,17 @@ def test_plot_draws_every_sweep_figure(finished_sweep, tmp_path):
     assert len(list((out / "figures").glob("nn_*.png"))) == 2
 
 
-def test_local_gpu_parameters_keep_the_callers_devices():
-    assert local_gpu_parameters({}, 0) == {}
-    assert local_gpu_parameters({}, 2) == {"gpus_per_node": 2}
-    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": ""}, 4) == {}
-    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": "3,5"}, 2) == {
-        "local_setup": ["export CUDA_VISIBLE_DEVICES=3,5"]}
-    assert local_gpu_parameters({"CUDA_VISIBLE_DEVICES": "GPU-8a1f, MIG-2"}, 2) == {
-        "local_setup": ["export CUDA_VISIBLE_DEVICES='GPU-8a1f, MIG-2'"]}
+def test_local_jobs_get_the_callers_gpus_shared_out_among_the_slots():
+    assert visible_gpus({}, 0) == [] and visible_gpus({}, 2) == ["0", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, 4) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, 2) == ["3", "5"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8a1f, MIG-2"}, 2) == ["GPU-8a1f", "MIG-2"]
+    assert slot_parameters([]) == {}
+    assert slot_parameters(["GPU-8a1f", "MIG-2"]) == {"local_setup": ["export CUDA_VISIBLE_DEVICES=GPU-8a1f,MIG-2"]}
+    assert slot_gpus(["0", "1", "2", "3"], 2) == [["0", "1"], ["2", "3"]]
+    assert slot_gpus(["0", "1", "2"], 2) == [["0", "1"], ["2"]]
+    assert slot_gpus(["0", "1"], 3) == [["0"], ["1"], ["0"]]  # more slots than GPUs: they share
+    assert slot_gpus([], 2) == [[], []]
 
 
 @pytest.mark.parametrize("caller, device_count, seen", [("3,5", 0, "3,5"), ("GPU-8a1f", 0, "GPU-8a1f"),
@@ -491,3 +494,48 @@ def test_auto_threshold_with_too_few_heldout_images_is_refused_before_launch(tmp
                                           r"got 50"):
         run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "sweep", "debug", progress=False)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, monkeypatch):
+    """Where cells train on GPUs, --parallel defaults to the GPU count and each running job sees only its
+    own GPU: the jobs record what they were given; those running together never share one."""
+    import memorize.sweep.launch as launch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    seen, slots_used = [], []
+
+    class Recorder:
+        def __init__(self):
+            self.setup = None
+
+        def update_parameters(self, **params):
+            self.setup = params.get("local_setup")
+
+        def submit(self, fn):
+            seen.append(self.setup)
+            return Done()
+
+    class Done:
+        def done(self):
+            return True
+
+        def result(self):
+            return None
+
+    real_run_local = launch.run_local
+
+    def run_local(executor, *args, **kwargs):
+        slots_used.append(args[4])
+        return real_run_local(Recorder(), *args, **kwargs)
+
+    monkeypatch.setattr(launch, "run_local", run_local)
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8, 16, 24, 32, 40, 48], "seed": [0]},
+                                base={**TINY_SPEC["base"], "train": {**TINY_SPEC["base"]["train"], "device": "cuda"}}))
+    monkeypatch.setattr(launch, "prepare", lambda spec, out: expand(spec))
+    report = run_sweep(spec, tmp_path / "sweep", "local", progress=False)
+    assert slots_used == [4] and report["launched"] == 6
+    exported = [s[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for s in seen]
+    assert exported[:4] == ["0", "1", "2", "3"]  # the first four at once, one GPU each
+    assert set(exported[4:]) <= {"0", "1", "2", "3"}

@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
                    help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
                         "debug: in this process")
-    p.add_argument("--parallel", type=positive_int, default=1, help="local executor: cells (or packs) at a time")
+    p.add_argument("--parallel", type=positive_int,
+                   help="local executor: cells (or packs) at a time, each with its own share of the GPUs this "
+                        "process sees (default: one per GPU where cells train on GPUs, else 1)")
     p.add_argument("--pack", type=positive_int, default=1,
                    help="train up to K cells of one architecture together, as one batched computation, in one "
                         "job, then sample them together (default 1: each cell alone); packs are balanced and, "

@@ -33,6 +33,8 @@ def model_name(cfg: ModelConfig, params: int) -> str:
     size = f"{params / 1e6:.3g}M" if params >= 1e6 else f"{params / 1e3:.3g}k" if params >= 1e3 else str(params)
     if cfg.arch == "unet":
         extra = "" if cfg.blocks_per_level == 1 else f", {cfg.blocks_per_level} blocks"
+        if cfg.attention_resolutions:
+            extra += f", attention at {'/'.join(map(str, cfg.attention_resolutions))} px"
         return f"U-Net, {cfg.channels} ch{extra}, {size}"
     if cfg.arch == "dit":
         return f"DiT, width {cfg.width}, depth {cfg.depth}, patch {cfg.patch_size}, {size}"

@@ -21,7 +21,8 @@ import torch
 from memorize.config import CellConfig, to_dict
 from memorize.sweep.job import CellJob, PackJob
 from memorize.sweep.layout import cell_dir, check_layout, is_done, is_locked, prepare
-from memorize.sweep.local import LOCAL_TIMEOUT_MIN, local_gpu_parameters, run_local, threads_per_cell
+from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, slot_gpus, slot_parameters, threads_per_cell,
+                                  visible_gpus)
 from memorize.sweep.slurm import slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
@@ -37,14 +38,19 @@ def by_cell(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
 
 def _executor(kind: str, out: Path, spec: SweepSpec, code: dict | None = None) -> submitit.Executor:
     """A submitit executor for ``kind``: on SLURM :func:`memorize.sweep.slurm.slurm_executor`; a local
-    one gives each job the GPUs this process sees (:func:`memorize.sweep.local.local_gpu_parameters`)."""
+    one gives each job the GPUs this process sees (:func:`memorize.sweep.local.visible_gpus`; with several
+    jobs at once, :func:`run_local` gives each its own share)."""
     if kind == "slurm":
         return slurm_executor(out, spec, code)
     executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=kind)
     if kind == "local":
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN,
-                                   **local_gpu_parameters(os.environ, torch.cuda.device_count()))
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, **slot_parameters(local_gpus()))
     return executor
+
+
+def local_gpus() -> list[str]:
+    """The GPUs local jobs may use (:func:`memorize.sweep.local.visible_gpus` of this process)."""
+    return visible_gpus(os.environ, torch.cuda.device_count())
 
 
 def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None) -> str:
@@ -61,7 +67,8 @@ def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = N
             f"constraint={s.constraint}, extra={s.extra}")
 
 
-def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int = 1, dry_run: bool = False,
+def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
+              dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
               threads: int | None = None, snapshot: bool = True, pack: int = 1) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
@@ -71,7 +78,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     of grid points. ``snapshot`` (SLURM): the jobs run a copy of the package taken now
     (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
     they start. ``pack`` > 1: up to that many cells of one architecture train together in one job
-    (:mod:`memorize.pack`, :func:`pack_units`)."""
+    (:mod:`memorize.pack`, :func:`pack_units`). ``parallel`` (local): jobs at a time, default one per GPU
+    where cells train on GPUs (each job then sees its own GPU), else 1."""
     out = Path(out)
     if dry_run:
         check_layout(out)
@@ -80,6 +88,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     else:
         points = prepare(spec, out)
     cells = by_cell(points)
+    gpus = local_gpus() if executor == "local" else []
+    if parallel is None:
+        on_gpu = gpus and any(not trains_on_cpu(p.config) for p in points)
+        parallel = len(gpus) if on_gpu else 1
     slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local)
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
@@ -122,7 +134,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}"
     return run_local(_executor(executor, out, spec), out, units, job, labels, slots, report,
-                     title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress)
+                     title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
+                     gpus=slot_gpus(gpus, slots) if gpus else None)
 
 
 def trains_on_cpu(cfg: CellConfig) -> bool:

@@ -22,20 +22,32 @@ from memorize.sweep.layout import ERROR, cell_dir, progress_line
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
 
 
-def local_gpu_parameters(environ: Mapping[str, str], device_count: int) -> dict[str, Any]:
-    """Submitit parameters that give a local job the GPUs its caller sees.
-
-    Submitit's local executor sets ``CUDA_VISIBLE_DEVICES`` to ``gpus_per_node`` devices
-    (default none), which would hide the GPU from every cell. A caller's own non-empty
-    ``CUDA_VISIBLE_DEVICES`` (indices, GPU UUIDs or MIG instances) is exported again, as is, by
-    a setup line; without one, the job gets all ``device_count`` GPUs.
-    """
+def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:
+    """The GPUs local jobs may use, as ``CUDA_VISIBLE_DEVICES`` entries: the caller's own list (indices, GPU
+    UUIDs or MIG instances; set but empty: none), else all ``device_count`` GPUs this process sees."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
-        return {"gpus_per_node": device_count} if device_count else {}
-    if not visible.strip():
-        return {}
-    return {"local_setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"]}
+        return [str(i) for i in range(device_count)]
+    return [entry.strip() for entry in visible.split(",") if entry.strip()]
+
+
+def slot_gpus(gpus: list[str], slots: int) -> list[list[str]]:
+    """The GPUs of each of ``slots`` local jobs running side by side: disjoint contiguous shares (sizes
+    differing by at most one) where there are at least as many GPUs as slots, else slot i gets GPU i mod n
+    (slots then share GPUs); none without GPUs."""
+    if not gpus:
+        return [[] for _ in range(slots)]
+    if len(gpus) >= slots:
+        bounds = [round(i * len(gpus) / slots) for i in range(slots + 1)]
+        return [gpus[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [[gpus[i % len(gpus)]] for i in range(slots)]
+
+
+def slot_parameters(gpus: list[str]) -> dict[str, Any]:
+    """Submitit parameters that give a local job exactly ``gpus``. Submitit's local executor sets
+    ``CUDA_VISIBLE_DEVICES`` to ``gpus_per_node`` devices (default none), which would hide every GPU; a setup
+    line exports the job's own list instead. No GPUs: nothing to add (the job sees none)."""
+    return {"local_setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(','.join(gpus))}"]} if gpus else {}
 
 
 def available_cores() -> int:
@@ -117,17 +129,18 @@ def _running_line(out: Path, cid: str, label: str) -> str:
 
 def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[str]], Any],
               labels: dict[str, str], slots: int, report: dict, title: str, debug: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, gpus: list[list[str]] | None = None) -> dict:
     """Run ``units`` (a cell, or a pack of cells, each) in the foreground, ``slots`` at a time, with a
     progress bar and a line per running job saying what it does (:func:`memorize.sweep.layout.progress_line`).
     A failing cell is reported and the others go on; ``report["launched"]`` and ``report["failed"]``
     count cells. On Ctrl-C the running jobs are stopped (:func:`stop_local_jobs`) and the interrupt,
-    with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one job at a time in this process."""
+    with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one job at a time in this process.
+    ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only that slot's."""
     cells = sum(map(len, units))
     bar = tqdm(total=cells, desc=title, unit="cell", disable=not progress)
     lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or debug)
              for i in range(slots)]
-    pending, running = list(units), []
+    pending, running, free = list(units), [], list(range(slots))
     refreshed = 0.0
 
     def failed(cid: str, why: str) -> None:
@@ -138,18 +151,21 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
     try:
         while pending or running:
             while pending and len(running) < slots:
-                unit = pending.pop(0)
+                unit, slot = pending.pop(0), free.pop(0)
+                if gpus and not debug:
+                    executor.update_parameters(**slot_parameters(gpus[slot]))
                 if debug:
-                    running.append((unit, executor.submit(job(unit))))
+                    running.append((unit, executor.submit(job(unit)), slot))
                 else:
                     with _stderr_to(out / "logs" / "local-controller.err"):
-                        running.append((unit, executor.submit(job(unit))))
+                        running.append((unit, executor.submit(job(unit)), slot))
                 report["launched"] += len(unit)
                 if debug:
                     break
-            for unit, handle in list(running):
+            for unit, handle, slot in list(running):
                 if debug or handle.done():
-                    running.remove((unit, handle))
+                    running.remove((unit, handle, slot))
+                    free.append(slot)
                     try:
                         outcome = handle.result()
                     except Exception as err:  # the cells wrote error.txt; go on with the others
@@ -170,8 +186,8 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
             time.sleep(0.2 if running and not debug else 0)
     except KeyboardInterrupt as err:
         if not debug:
-            stop_local_jobs([handle for _, handle in running])
-        done = cells - sum(map(len, pending)) - sum(len(unit) for unit, _ in running)
+            stop_local_jobs([handle for _, handle, _ in running])
+        done = cells - sum(map(len, pending)) - sum(len(unit) for unit, _, _ in running)
         err.resume_hint = (f"{report['done_before'] + done} of {report['cells']} cells are done; the {len(running)} "
                            f"running were stopped; re-running the same command resumes them from their last "
                            f"checkpoints (logs: {out / 'logs'})")

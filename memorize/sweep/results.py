@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from memorize.cell import CellPaths
-from memorize.config import CellConfig, to_dict
+from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
 from memorize.sweep.layout import (ERROR, cell_dir, is_done, is_locked, progress_line, read_cancelled, read_eval,
@@ -97,6 +97,8 @@ def collect(out: str | Path) -> pd.DataFrame:
             pending += 1
             continue
         record = {k: summary.get(k) for k in RESULT_COLUMNS}
+        # the label is derived from the config, so that every table names its models the current way
+        record["model"] = model_name(from_dict(ModelConfig, summary["config"]["model"]), summary["params"])
         record["budget"] = summary.get("budget", summary["step"])  # results from before train.stop_when
         record["stopped_early"] = bool(summary.get("stopped_early", False))
         record["labels"] = summary.get("labels", summary["config"]["data"]["labels"])  # from before conditioning
