@@ -79,3 +79,55 @@ def test_attention_reaches_sdpa_in_four_dimensions_and_computes_softmax_attentio
             heads.append(torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v)  # scale 1/sqrt(d), d = 4
     expected = x + block.proj(torch.stack(heads, 1).transpose(-1, -2).reshape(2, 8 * cells, 4, 4))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_feature_classifier_is_trained_on_the_cpu_whatever_the_runs_device(tmp_path, monkeypatch):
+    """Its cache is keyed by recipe and pool only, so it must not depend on the device of the run that
+    fills it (a GPU trains with TF32 and non-deterministic backward passes)."""
+    from memorize.data import load_dataset
+    from memorize.config import DataConfig
+    from memorize.metrics import classifier
+
+    asked = []
+
+    def record(images, labels, num_classes, device="cpu", progress=False):
+        asked.append(device)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(classifier, "train_classifier", record)
+    ds = load_dataset(DataConfig(name="digits"))
+    with pytest.raises(RuntimeError, match="stop here"):
+        classifier.classifier_embedder(ds, __import__("numpy").arange(100), tmp_path, device="cuda:1")
+    assert asked == ["cpu"]
+
+
+@pytest.mark.parametrize("api", ["legacy", "new"])
+def test_quality_products_run_in_full_float32_and_the_callers_tf32_setting_comes_back(monkeypatch, api):
+    """A caller that enabled TF32 (either API) gets full float32 in the metrics' products, and its own
+    setting back after; reading the legacy flag inside never raises (torch refuses it after mixed use)."""
+    import numpy as np
+
+    from memorize.metrics import quality
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    seen = []
+    real_addmm = torch.addmm
+
+    def recording_addmm(*args, **kwargs):
+        seen.append((matmul.fp32_precision, matmul.allow_tf32))
+        return real_addmm(*args, **kwargs)
+
+    monkeypatch.setattr(quality.torch, "addmm", recording_addmm)
+    try:
+        if api == "legacy":
+            matmul.allow_tf32 = True
+        else:
+            matmul.fp32_precision = "tf32"
+        x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+        quality.kernel_distance(x, x + 1)
+        quality.precision_recall(x, x + 0.1, 3)
+        assert seen and set(seen) == {("ieee", False)}
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = saved

@@ -181,3 +181,28 @@ def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, fu
         alone = sample_cell(root, sample, name="alone", device="cuda", progress=False)
         np.testing.assert_allclose(read_samples(packed[i])["samples"], read_samples(alone)["samples"], atol=1e-4,
                                    rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.5, 20.0])
+def test_local_score_machines_on_cuda_match_the_cpu_in_float64(sigma):
+    from memorize.local_score import EquivariantLocalScoreDenoiser, LocalScoreDenoiser
+
+    gen = torch.Generator().manual_seed(0)
+    train_set = torch.rand(40, 3, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1
+    x = train_set[:6] + sigma * torch.randn(6, 3, 8, 8, generator=gen, dtype=torch.float64)
+    for machine in (LocalScoreDenoiser, EquivariantLocalScoreDenoiser):
+        cpu = machine(train_set, 5)(x, sigma)
+        gpu = machine(train_set.cuda(), 5)(x.cuda(), sigma).cpu()
+        torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9)
+
+
+def test_attention_on_cuda_runs_a_fused_sdpa_kernel(tiny_cfg):
+    """The 4-D q/k/v of the U-Net's attention take a fused kernel: the math fallback alone refuses them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from memorize.models.unet import AttentionBlock
+
+    block = AttentionBlock(32, heads=2).cuda().half()
+    x = torch.randn(4, 32, 8, 8, device="cuda", dtype=torch.half)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        assert block(x).shape == x.shape

@@ -117,7 +117,10 @@ def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor,
 def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: str = "cpu",
                         progress: bool = False) -> tuple[Embedder, dict]:
     """The ``classifier`` embedder of dataset ``ds`` with held-out indices ``heldout``: read from
-    ``cache`` or trained there first. Returns it and its record (key, pool size, held-out accuracy)."""
+    ``cache`` or trained there first. Returns it and its record (key, pool size, held-out accuracy).
+    The network is trained on the CPU whatever ``device`` the run uses (its features are computed there):
+    a GPU trains with TF32 and non-deterministic backward passes, and the cache, keyed by the recipe and
+    the pool, must hold the same network whichever run fills it first."""
     if ds.labels is None or not ds.is_image:
         raise EmbedderError(f"features 'classifier': dataset {ds.name!r} has no labelled images to train it on; "
                             f"use features: pixel or an embedder spec")
@@ -129,11 +132,11 @@ def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: s
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's network
         if not path.is_file():
             pool_t = torch.from_numpy(pool)
-            model = train_classifier(ds.data[pool_t], ds.labels[pool_t], ds.num_classes, device, progress)
+            model = train_classifier(ds.data[pool_t], ds.labels[pool_t], ds.num_classes, "cpu", progress)
             held = torch.from_numpy(np.asarray(heldout, dtype=np.int64))
             record = {"key": key, "dataset": ds.name, "n_pool": len(pool), "recipe": RECIPE,
-                      "pool_accuracy": accuracy(model, ds.data[pool_t], ds.labels[pool_t], device),
-                      "heldout_accuracy": accuracy(model, ds.data[held], ds.labels[held], device)}
+                      "pool_accuracy": accuracy(model, ds.data[pool_t], ds.labels[pool_t]),
+                      "heldout_accuracy": accuracy(model, ds.data[held], ds.labels[held])}
             atomic_torch_save(path, {"state_dict": model.cpu().state_dict(), "num_classes": ds.num_classes,
                                      "record": record})
     state = torch.load(path, map_location="cpu", weights_only=True)

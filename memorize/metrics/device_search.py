@@ -64,16 +64,25 @@ def base_chunks(base: torch.Tensor, device: torch.device) -> Iterator[tuple[int,
 
 @contextmanager
 def ieee_float32_matmul() -> Iterator[None]:
-    """Within the block, float32 CUDA matrix products run in full float32 (no TF32), whatever
-    the caller's global setting: candidates are chosen on float32 distances."""
+    """Within the block, float32 CUDA matrix products run in full float32 (no TF32), whatever the caller's
+    global setting, and afterwards that setting is back as it was. Torch has two APIs for it (the legacy
+    ``allow_tf32`` and ``fp32_precision``) and refuses to read the legacy flag once both were used; the
+    block sets the legacy one, which both read consistently, and restores through the API the caller's
+    state reads back through."""
     matmul = torch.backends.cuda.matmul
-    name, value = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
-    saved = getattr(matmul, name)  # fp32_precision: torch >= 2.9; allow_tf32 before
-    setattr(matmul, name, value)
+    try:
+        legacy = matmul.allow_tf32  # readable unless the caller set TF32 through fp32_precision
+    except RuntimeError:
+        legacy = None
+    precision = getattr(matmul, "fp32_precision", None)  # torch >= 2.9
+    matmul.allow_tf32 = False
     try:
         yield
     finally:
-        setattr(matmul, name, saved)
+        if legacy is not None:
+            matmul.allow_tf32 = legacy
+        if precision is not None and (legacy is None or precision == "none"):
+            matmul.fp32_precision = precision
 
 
 @torch.no_grad()

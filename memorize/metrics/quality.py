@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memorize.metrics.device_search import ieee_float32_matmul
 from memorize.metrics.search import as_float32_rows, knn
 
 # Rows per chunk: a chunk of 4,096 rows against 10,000 is 160 MiB of float32.
@@ -40,6 +41,7 @@ def _rows(x: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Ten
     return torch.from_numpy(as_float32_rows(x)).to(device)
 
 
+@ieee_float32_matmul()  # full float32 on a GPU even where the caller enables TF32
 def feature_moments(x: np.ndarray | torch.Tensor, device: str = "cpu", chunk: int = MOMENT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Mean (d,) and unbiased covariance (d, d) of the rows of ``x``, float64.
 
@@ -120,6 +122,7 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor | None, chunk: int) -> float:
     return total
 
 
+@ieee_float32_matmul()  # full float32 on a GPU even where the caller enables TF32
 def kernel_distance(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, device: str = "cpu",
                     chunk: int = CHUNK) -> float:
     """KID: unbiased squared MMD between feature sets ``x`` (n, d) and ``y`` (m, d) (Binkowski et al.
@@ -165,6 +168,7 @@ class PrecisionRecall:
     real_inside: np.ndarray  # (n,) bool: real image i is inside the sample manifold estimate
 
 
+@ieee_float32_matmul()  # full float32 on a GPU even where the caller enables TF32
 def precision_recall(real: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor, k: int = 3,
                      device: str = "cpu", chunk: int = CHUNK, backend: str | None = None) -> PrecisionRecall:
     """Improved precision and recall (Kynkaanniemi et al. 2019, eq. 1-2) of ``samples`` (m, d) against
