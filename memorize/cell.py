@@ -32,7 +32,7 @@ from memorize.data import Dataset, Split, load_dataset, load_split, make_split, 
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
 from memorize.io import atomic_write_json, check_directory
-from memorize.models import build_network
+from memorize.models import build_network, check_model
 
 # Version of the cell directory layout. 1 (memorize 0.1): the id hashed the whole config and
 # there was no cell.json; such directories are refused with how to migrate (see OLD_LAYOUT).
@@ -198,7 +198,9 @@ def init_cell(cfg: CellConfig, root: Path) -> CellData:
         if changed:
             raise ConfigError(f"{paths.root} already holds a cell with another training identity "
                               f"({'; '.join(changed[:5])}); choose another --out or delete that directory yourself")
-    data = load_cell_data(cfg, paths)
+    dataset = load_dataset(cfg.data)
+    check_model(cfg.model, tuple(dataset.data.shape[1:]))  # before the first file of a new cell
+    data = load_cell_data(cfg, paths, dataset)
     if record is None:
         atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": cell_id(cfg), "identity": identity,
                                            "data": data_fingerprint(data)})
@@ -242,10 +244,11 @@ def check_fingerprint(root: Path, recorded: dict, data: CellData) -> None:
                       f"into a new directory")
 
 
-def load_cell_data(cfg: CellConfig, paths: CellPaths) -> CellData:
-    """The cell's dataset and subsets; the split is saved on first use and re-read afterwards, and the
-    data are checked against the fingerprint in ``cell.json`` where there is one."""
-    dataset = load_dataset(cfg.data)
+def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = None) -> CellData:
+    """The cell's dataset (``dataset`` where the caller has loaded it) and subsets; the split is saved on
+    first use and re-read afterwards, and the data are checked against the fingerprint in ``cell.json``
+    where there is one."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.data)
     if paths.split.is_file():
         split = load_split(paths.split)
     else:

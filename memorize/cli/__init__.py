@@ -33,7 +33,8 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Expected errors print one line and exit 2; Ctrl-C exits 130 and SIGTERM 143, each
+    """Run one command. Expected errors print one line and exit 2; a sweep whose grid points failed exits 1
+    after the others finished; Ctrl-C exits 130 and SIGTERM 143, each
     with one line saying how to resume (results are written atomically, so nothing is half-written)."""
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        args.func(args)
+        status = args.func(args) or 0
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         hint = getattr(err, "resume_hint", None) or "re-running the same command continues from what is on disk"
@@ -56,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 from memorize.cli.flags import parse_set
@@ -134,7 +135,8 @@ def cmd_consistency(args: argparse.Namespace) -> None:
           f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
 
 
-def cmd_sweep_run(args: argparse.Namespace) -> None:
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    """Exit status 1 where grid points failed (after the others finished), else 0."""
     from memorize.sweep import load_spec, run_sweep
     from memorize.sweep.spec import SlurmConfig
 
@@ -146,7 +148,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
                        progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack)
     if args.dry_run:
-        return
+        return 0
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
           f"cells already done, {report['running_elsewhere']} running elsewhere, {report['launched']} launched, "
           f"{report['failed']} failed")
@@ -161,7 +163,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         print(f"job ids recorded in {Path(args.out) / 'jobs.json'}; follow with `memorize sweep status {args.out}`, "
               f"stop with `memorize sweep cancel {args.out}`")
         if not args.wait:
-            return
+            return 0
     from memorize.sweep import collect
 
     table = collect(args.out)
@@ -171,6 +173,16 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
 
         plot_sweep(args.out)
         print(f"figures in {Path(args.out) / 'figures'}")
+    return _failed(report, args.out)
+
+
+def _failed(report: dict, out: str) -> int:
+    """The last line of a run where cells failed, and its exit status (1; 0 where none failed)."""
+    if not report.get("failed"):
+        return 0
+    print(f"{report['failed']} cells failed: their errors are in {Path(out) / 'cells'}/<id>/error.txt "
+          f"(`memorize sweep status {out}` lists them with their logs)", file=sys.stderr)
+    return 1
 
 
 def _collected(table, out: str) -> str:

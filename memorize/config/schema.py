@@ -7,6 +7,7 @@ settings). Each dataclass checks its own values in ``__post_init__``; an out-of-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,13 @@ def described(default: Any, help: str) -> Any:
 def _require(ok: bool, where: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {message}")
+
+
+def _finite(config: Any, section: str) -> None:
+    """Every float field of ``config`` is a finite number (``inf`` passes comparisons like ``lr > 0``)."""
+    for name, value in vars(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{name}: must be a finite number, got {value}")
 
 
 @dataclass
@@ -44,6 +52,7 @@ class GMMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self, "data.gmm")
         _require(self.components >= 1, "data.gmm.components", "must be >= 1")
         _require(self.dim >= 1, "data.gmm.dim", "must be >= 1")
         _require(self.rank is None or 1 <= self.rank <= self.dim, "data.gmm.rank",
@@ -105,6 +114,7 @@ class ModelConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
+        _finite(self, "model")
         for name in ("channels", "blocks_per_level", "patch_size", "width", "depth", "heads"):
             _require(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
         _require(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
@@ -133,6 +143,7 @@ class DiffusionConfig:
     sigma_max: float = 80.0  # largest training sigma of the VP noises (unused by edm noise)
 
     def __post_init__(self) -> None:
+        _finite(self, "diffusion")
         _require(self.sigma_data == "auto" or self.sigma_data > 0, "diffusion.sigma_data", "must be > 0 or auto")
         _require(self.p_std > 0, "diffusion.p_std", "must be > 0")
         _require(self.sigma_max > 0, "diffusion.sigma_max", "must be > 0")
@@ -174,6 +185,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        _finite(self, "train")
         _require(self.stop_window >= 2, "train.stop_window", "must be >= 2")
         _require(0 <= self.stop_tolerance < 1, "train.stop_tolerance", "must be in [0, 1)")
         _require(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
@@ -234,6 +246,7 @@ class SampleConfig:
                      "the device (faster stochastic sampling on a GPU; other samples)")
 
     def __post_init__(self) -> None:
+        _finite(self, "sample")
         _require(self.guidance >= 0, "sample.guidance", "must be >= 0 (0: no guidance)")
         _require(self.label is None or self.label >= 0, "sample.label", "must be a class index >= 0, or null")
         for name in ("num", "batch_size"):

@@ -15,17 +15,32 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0
                   null_label: bool = False) -> nn.Module:
     """The network of ``cfg`` for items of ``shape`` ((C, H, W) images or (D,) vectors); ``num_classes`` > 0 makes it
     class-conditional, ``null_label`` adds the learned null label of classifier-free guidance (label -1)."""
+    check_model(cfg, shape)
     if cfg.arch == "mlp":
-        if len(shape) != 1:
-            raise ConfigError(f"model.arch: 'mlp' takes vector data, but items have shape {shape}; "
-                              f"use 'unet' or 'dit' for images")
         return MLP(shape[0], cfg.width, cfg.depth, cfg.dropout, num_classes, null_label)
-    if len(shape) != 3 or shape[1] != shape[2]:
-        raise ConfigError(f"model.arch: {cfg.arch!r} takes square (C, H, W) images, but items have shape {shape}")
     if cfg.arch == "unet":
         return UNet(shape[0], shape[1], cfg.channels, cfg.channel_mult, cfg.blocks_per_level,
                     cfg.attention_resolutions, cfg.dropout, num_classes, null_label)
     return DiT(shape[0], shape[1], cfg.patch_size, cfg.width, cfg.depth, cfg.heads, cfg.dropout, num_classes, null_label)
+
+
+def check_model(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
+    """Refuse a model that does not fit items of ``shape``, before anything is built or written: an image
+    network for vectors, an MLP for images, or a U-Net attention resolution it never reaches (its
+    levels have the image's side halved once per level after the first)."""
+    if cfg.arch == "mlp":
+        if len(shape) != 1:
+            raise ConfigError(f"model.arch: 'mlp' takes vector data, but items have shape {shape}; "
+                              f"use 'unet' or 'dit' for images")
+        return
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ConfigError(f"model.arch: {cfg.arch!r} takes square (C, H, W) images, but items have shape {shape}")
+    if cfg.arch == "unet":
+        reached = [shape[1] // 2 ** i for i in range(len(cfg.channel_mult))]
+        never = [r for r in cfg.attention_resolutions if r not in reached]
+        if never:
+            raise ConfigError(f"model.attention_resolutions: {never} never reached: this U-Net's levels on "
+                              f"{shape[1]}x{shape[2]} images have resolutions {reached}")
 
 
 def model_name(cfg: ModelConfig, params: int) -> str:

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,13 +87,31 @@ def eval_path(root: Path, key: str) -> Path:
 
 
 def read_eval(root: Path, key: str) -> dict | None:
+    """The result of evaluation ``key`` of the cell at ``root``, None where there is none. A damaged file
+    (truncated, emptied, overwritten: what a full disk or an interrupted copy leaves) counts as none: it is
+    named once on stderr, the grid point is pending again, and the next ``sweep run`` recomputes it."""
     path = eval_path(root, key)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        record = None
+    if not isinstance(record, dict) or not {"cell", "eval", "config"} <= set(record):
+        if str(path) not in _REPORTED_DAMAGE:
+            _REPORTED_DAMAGE.add(str(path))
+            print(f"memorize: {path} is damaged (not a complete result record); its grid point counts as not done "
+                  f"and `memorize sweep run` recomputes it", file=sys.stderr)
+        return None
+    return record
+
+
+_REPORTED_DAMAGE: set[str] = set()  # damaged result files already named in this process
 
 
 def is_done(root: Path, key: str) -> bool:
-    """Whether the cell at ``root`` has the result of evaluation ``key``."""
-    return eval_path(root, key).is_file()
+    """Whether the cell at ``root`` has the (undamaged) result of evaluation ``key``."""
+    return read_eval(root, key) is not None
 
 
 def cell_dir(out: Path, point: GridPoint | str) -> Path:

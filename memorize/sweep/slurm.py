@@ -78,7 +78,9 @@ def wait_for_slurm(out: Path, ids: list[str], timeout: float, poll: float = 5.0)
                 open_ids.discard(cid)
         if open_ids:
             time.sleep(poll)
-    return {"unfinished_after_wait": len(open_ids)}
+    failed = sum(1 for cid in ids if cid not in open_ids and not all(is_done(cell_dir(out, cid), k)
+                                                                      for k in keys.get(cid, [])))
+    return {"unfinished_after_wait": len(open_ids), "failed": failed}
 
 
 def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0) -> dict:

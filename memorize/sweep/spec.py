@@ -254,6 +254,7 @@ def check_data(cells: list[GridPoint], twins: bool = False) -> None:
     for each distinct data source, the cell asking for the most items is split for real (each
     dataset is loaded once)."""
     from memorize.data import load_dataset, make_split
+    from memorize.models import check_model
 
     groups: dict[str, list[tuple[GridPoint, CellConfig]]] = {}
     for cell in cells:
@@ -269,6 +270,12 @@ def check_data(cells: list[GridPoint], twins: bool = False) -> None:
             twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
                     f"data.subset_offset={config.data.subset_offset})") if twins else ""
             raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None
+        for cell, _ in group:  # the model must fit the data's items (an attention resolution it reaches, ...)
+            try:
+                check_model(cell.config.model, tuple(dataset.data.shape[1:]) if cell.config.data.resize is None
+                            else (dataset.data.shape[1], cell.config.data.resize, cell.config.data.resize))
+            except ConfigError as err:
+                raise ConfigError(f"grid point ({cell.label}): {err}") from None
         for cell, _ in group:  # a fixed class must be one of the dataset's, with training items (compare samples it)
             label = cell.config.sample.label
             if label is None or cell.config.data.labels == "unique":  # unique: checked by CellConfig

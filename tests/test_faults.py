@@ -1,0 +1,72 @@
+"""Faults a user or the machine causes: damaged result files, failed cells, values that mean nothing."""
+
+import json
+import shutil
+
+import pytest
+
+from memorize.cli import main
+from memorize.sweep import collect, load_spec, run_sweep, sweep_status
+from tests.conftest import write_spec
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    spec = load_spec(write_spec(root / "s.yaml"))
+    run_sweep(spec, root / "sweep", "debug", progress=False)
+    return root
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "garbage", "a JSON list"])
+def test_a_damaged_result_file_blocks_nothing_and_is_recomputed(finished, tmp_path, capsys, damage):
+    out = tmp_path / "sweep"
+    shutil.copytree(finished / "sweep", out)
+    victim, other = sorted((out / "cells").glob("*/evals/*.json"))
+    kept = other.read_bytes()
+    text = victim.read_text()
+    victim.write_bytes({"truncated": text[:len(text) // 2].encode(), "emptied": b"", "garbage": b"\x00\xff" * 50,
+                        "a JSON list": b"[1, 2]"}[damage])
+    status = sweep_status(out)
+    assert sorted(status.state) == ["done", "pending"]
+    assert f"{victim} is damaged" in capsys.readouterr().err
+    assert len(collect(out)) == 1 and collect(out).attrs["pending"] == 1
+    report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
+    assert report["launched"] == 1 and report["failed"] == 0
+    assert json.loads(victim.read_text())["eval"] == victim.stem and other.read_bytes() == kept
+    assert len(collect(out)) == 2
+
+
+def test_a_sweep_with_failed_cells_exits_1_and_says_where_the_errors_are(tmp_path, capsys, monkeypatch):
+    import memorize.sweep.job as job
+
+    def failing(root, configs, score, progress=False):
+        raise RuntimeError("simulated divergence")
+
+    monkeypatch.setattr(job, "run_cell", failing)
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--executor", "debug", "--quiet",
+                 "--no-plot"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("2 cells failed: their errors are in ") and "error.txt" in err[-1]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.lr=inf", r"train\.lr: must be a finite number, got inf"),
+    ("train.weight_decay=nan", r"train\.weight_decay: must be a finite number, got nan"),
+    ("sample.sigma_max=inf", r"sample\.sigma_max: must be a finite number"),
+    ("model.attention_resolutions=[3]", r"model\.attention_resolutions: \[3\] never reached: this U-Net's levels "
+                                        r"on 8x8 images have resolutions \[8, 4\]"),
+])
+def test_values_that_mean_nothing_are_refused_before_anything_is_written(tmp_path, capsys, setting, message):
+    import re
+
+    assert main(["train", "--out", str(tmp_path / "cell"), "--set", setting, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert not (tmp_path / "cell").exists() or not any((tmp_path / "cell").iterdir())
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--set", f"base.{setting}",
+                 "--quiet"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "sweep").exists()
