@@ -164,7 +164,13 @@ class GridPoint:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.point) or "(no grid axes)"
+        return point_label(self.point) or "(no grid axes)"
+
+
+def point_label(point) -> str:
+    """``axis=value, ...`` on one line: a string value with a line break or other unprintable character is
+    shown quoted (``repr``), so the label stays one line."""
+    return ", ".join(f"{a}={v!r}" if isinstance(v, str) and not v.isprintable() else f"{a}={v}" for a, v in point)
 
 
 def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
@@ -231,7 +237,7 @@ def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[s
         data = json.loads(json.dumps(spec.base))  # deep copy
         for axis, value in point:
             set_dotted(data, axis, value)
-        where = ", ".join(f"{a}={v}" for a, v in point)
+        where = point_label(point)
         try:
             config = from_dict(CellConfig, data)
         except ConfigError as err:
