@@ -70,3 +70,32 @@ def test_values_that_mean_nothing_are_refused_before_anything_is_written(tmp_pat
                  "--quiet"]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_two_launches_at_once_train_each_cell_once_and_end_with_the_same_table(tmp_path):
+    """Two `sweep run` of one spec into one directory at the same time (local executor): a cell the other
+    launch holds is running elsewhere, not failed; each cell's training is logged once; both exit 0 and
+    each, having waited for the other's cells, collects the same table."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    spec = write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16, 24, 32], "seed": [0]})
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec), "--out", str(out), "--quiet",
+           "--no-plot", "--threads", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    results = [p.communicate(timeout=600) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], results
+    tables = []
+    for stdout, _ in results:
+        assert "3 finished grid points" in stdout, stdout
+    tables = [pd.read_csv(out / "results.csv")]
+    assert len(tables[0]) == 3
+    for cell in (out / "cells").iterdir():
+        log = pd.read_csv(cell / "loss.csv")
+        assert log["step"].is_unique, cell  # one training, not two interleaved

@@ -35,7 +35,7 @@ from memorize.cell import CellPaths
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.layout import ERROR, CellBusy, cell_lock, eval_path, is_done, is_locked, read_eval
+from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, is_locked, read_eval
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
 
@@ -253,7 +253,8 @@ class CellJob(submitit.helpers.Checkpointable):
     def __init__(self, root: str, configs: list[dict], score: dict, threads: int | None = None):
         self.root, self.configs, self.score, self.threads = str(root), configs, score, threads
 
-    def __call__(self) -> list[dict]:
+    def __call__(self) -> list[dict] | dict:
+        """The cell's evaluation summaries, or ``{BUSY: why}`` where another process holds the cell."""
         from memorize.sweep.spec import ScoreConfig
 
         root = Path(self.root)
@@ -261,8 +262,8 @@ class CellJob(submitit.helpers.Checkpointable):
             with job_environment(self.threads, root.name):
                 return run_cell(root, [from_dict(CellConfig, c) for c in self.configs],
                                 from_dict(ScoreConfig, self.score))
-        except CellBusy:
-            raise
+        except CellBusy as err:  # another launch has it: it trains there, this job has nothing to do
+            return {BUSY: str(err)}
         except Exception as err:  # the message first where it says what to do
             head = f"{err}\n" if isinstance(err, RequeuesUsedUp) else ""
             atomic_write_text(root / ERROR, head + traceback.format_exc())
@@ -313,7 +314,7 @@ class PackJob(submitit.helpers.Checkpointable):
                     run_cell(root, cfgs, score)
                     outcome[str(root)] = None
                 except CellBusy as err:
-                    outcome[str(root)] = str(err)
+                    outcome[str(root)] = f"{BUSY}: {err}"
                 except Exception as err:
                     atomic_write_text(root / ERROR, traceback.format_exc())
                     outcome[str(root)] = f"{type(err).__name__}: {err}"

@@ -22,7 +22,7 @@ from memorize.config import CellConfig, to_dict
 from memorize.sweep.job import CellJob, PackJob
 from memorize.sweep.layout import cell_dir, check_layout, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, slot_gpus, slot_parameters, threads_per_cell,
-                                  visible_gpus)
+                                  visible_gpus, wait_until_free)
 from memorize.sweep.slurm import slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
@@ -110,6 +110,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         print(describe_submission(executor, spec, len(todo), len(units)))
         return report
     if not todo:
+        if executor != "slurm":
+            wait_until_free(out, busy, progress)
         return report
     score = dataclasses.asdict(spec.score)
 
@@ -133,9 +135,12 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         return report
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}"
-    return run_local(_executor(executor, out, spec), out, units, job, labels, slots, report,
-                     title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
-                     gpus=slot_gpus(gpus, slots) if gpus else None)
+    elsewhere = list(busy)
+    run_local(_executor(executor, out, spec), out, units, job, labels, slots, report,
+              title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
+              gpus=slot_gpus(gpus, slots) if gpus else None, elsewhere=elsewhere)
+    wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
+    return report
 
 
 def trains_on_cpu(cfg: CellConfig) -> bool:

@@ -44,6 +44,10 @@ ERROR = "error.txt"
 LOCK = ".lock"
 
 
+# What a job returns for a cell that another process holds (its lock): running elsewhere, not failed.
+BUSY = "busy"
+
+
 class CellBusy(RuntimeError):
     """Another process holds the cell's lock."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
-from memorize.sweep.layout import ERROR, cell_dir, progress_line
+from memorize.sweep.layout import BUSY, ERROR, cell_dir, is_locked, progress_line
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
@@ -48,6 +48,19 @@ def slot_parameters(gpus: list[str]) -> dict[str, Any]:
     ``CUDA_VISIBLE_DEVICES`` to ``gpus_per_node`` devices (default none), which would hide every GPU; a setup
     line exports the job's own list instead. No GPUs: nothing to add (the job sees none)."""
     return {"local_setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(','.join(gpus))}"]} if gpus else {}
+
+
+def wait_until_free(out: Path, cells: list[str], progress: bool = True, poll: float = 1.0) -> None:
+    """Wait while another process holds any of ``cells`` (a second launch into the same sweep), so that
+    this launch, too, ends with their results; a lock a killed process left behind is free at once
+    (``flock`` locks end with their process)."""
+    waiting = [cid for cid in cells if is_locked(cell_dir(out, cid))]
+    if waiting and progress:
+        print(f"waiting for {len(waiting)} cells another process is running (Ctrl-C stops waiting; they go on)",
+              file=sys.stderr, flush=True)
+    while waiting:
+        time.sleep(poll)
+        waiting = [cid for cid in waiting if is_locked(cell_dir(out, cid))]
 
 
 def available_cores() -> int:
@@ -129,19 +142,28 @@ def _running_line(out: Path, cid: str, label: str) -> str:
 
 def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[str]], Any],
               labels: dict[str, str], slots: int, report: dict, title: str, debug: bool = False,
-              progress: bool = True, gpus: list[list[str]] | None = None) -> dict:
+              progress: bool = True, gpus: list[list[str]] | None = None,
+              elsewhere: list[str] | None = None) -> dict:
     """Run ``units`` (a cell, or a pack of cells, each) in the foreground, ``slots`` at a time, with a
     progress bar and a line per running job saying what it does (:func:`memorize.sweep.layout.progress_line`).
     A failing cell is reported and the others go on; ``report["launched"]`` and ``report["failed"]``
     count cells. On Ctrl-C the running jobs are stopped (:func:`stop_local_jobs`) and the interrupt,
     with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one job at a time in this process.
-    ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only that slot's."""
+    ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only that slot's.
+    A cell that another process turned out to hold is counted in ``report["running_elsewhere"]`` and its
+    id appended to ``elsewhere``, not failed."""
     cells = sum(map(len, units))
     bar = tqdm(total=cells, desc=title, unit="cell", disable=not progress)
     lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or debug)
              for i in range(slots)]
     pending, running, free = list(units), [], list(range(slots))
     refreshed = 0.0
+
+    def held(cid: str) -> None:
+        report["running_elsewhere"] += 1
+        report["launched"] -= 1
+        if elsewhere is not None:
+            elsewhere.append(cid)
 
     def failed(cid: str, why: str) -> None:
         report["failed"] += 1
@@ -174,8 +196,13 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
                     else:
                         if len(unit) > 1:  # a pack: per cell, None or its error
                             for cid in unit:
-                                if outcome.get(str(cell_dir(out, cid))):
-                                    failed(cid, outcome[str(cell_dir(out, cid))])
+                                why = outcome.get(str(cell_dir(out, cid)))
+                                if why and why.startswith(f"{BUSY}:"):
+                                    held(cid)
+                                elif why:
+                                    failed(cid, why)
+                        elif isinstance(outcome, dict) and BUSY in outcome:
+                            held(unit[0])
                     bar.update(len(unit))
             if progress and time.time() - refreshed > 1.0:
                 refreshed = time.time()
