@@ -11,11 +11,10 @@ from memorize.cli import main
 from memorize.generate import read_samples
 from memorize.models.external import DiscreteVPDenoiser, discrete_sigmas, sigma_to_timestep
 
-diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
-
-
 def tiny_pipeline(path, prediction: str = "epsilon", seed: int = 0):
-    """A randomly initialised UNet2DModel for 1x8x8 images on a 100-step DDPM schedule, saved as a pipeline."""
+    """A randomly initialised UNet2DModel for 1x8x8 images on a 100-step DDPM schedule, saved as a pipeline
+    (skips the test where the diffusers extra is not installed)."""
+    diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
     torch.manual_seed(seed)
     unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
