@@ -1,0 +1,93 @@
+"""Kill anywhere: a one-cell sweep (training, checkpoint rotation, sampling, scoring, compare, collect) is
+SIGKILLed at seeded random moments of its life and re-run; every resumed run must end with the results of
+an uninterrupted one, bit-exact, with no temporary file or held lock left. A handful of moments run in the
+default suite; ``-m slow`` runs 50."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from memorize.sweep.layout import is_locked
+from tests.conftest import write_spec
+
+# Columns that differ between runs by nature: timings, threads, code and where the results are.
+VOLATILE = {"seconds", "threads", "code", "cell", "eval", "compare_dir", "requeues", "search_backend"}
+
+
+def _spec(tmp_path):
+    return write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "seed": [0]},
+                      base={"data": {"name": "digits", "n_heldout": 100},
+                            "model": {"arch": "unet", "channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1},
+                            "train": {"steps": 60, "batch_size": 16, "checkpoint_every": 10, "log_every": 5,
+                                      "eval_every": 20, "warmup_steps": 5},
+                            "sample": {"num": 16, "steps": 6, "batch_size": 8}})
+
+
+def _run(spec, out, kill_after: float | None = None) -> int | None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec), "--out", str(out), "--quiet", "--no-plot",
+           "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    if kill_after is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()
+        return 0
+    try:
+        proc.wait(timeout=kill_after)
+        return proc.returncode  # finished before the moment came
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cell job: nothing gets to clean up
+        proc.wait()
+        return None
+
+
+def _final_state(out):
+    table = pd.read_csv(out / "results.csv")
+    table = table[[c for c in table.columns if c not in VOLATILE]]
+    cell = next((out / "cells").iterdir())
+    checkpoint = torch.load(sorted((cell / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    samples = {path.name: np.load(path)["samples"] for path in sorted((cell / "samples").glob("*.npz"))}
+    return table, checkpoint, samples, cell
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    spec = _spec(root)
+    start = time.perf_counter()
+    _run(spec, root / "sweep")
+    return spec, _final_state(root / "sweep"), time.perf_counter() - start
+
+
+def _kill_and_resume(reference, tmp_path, fraction: float):
+    spec, (table, checkpoint, samples, _), seconds = reference
+    out = tmp_path / "sweep"
+    _run(spec, out, kill_after=max(0.3, fraction * seconds))
+    _run(spec, out)
+    got_table, got_checkpoint, got_samples, cell = _final_state(out)
+    pd.testing.assert_frame_equal(got_table, table)
+    for key in ("model", "ema"):
+        for name, tensor in checkpoint[key].items():
+            assert torch.equal(got_checkpoint[key][name], tensor), (key, name)
+    assert got_samples.keys() == samples.keys() and len(samples) >= 2  # the trained and empirical sets
+    assert all(np.array_equal(got_samples[name], samples[name]) for name in samples)
+    assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+    assert not is_locked(cell)
+
+
+@pytest.mark.parametrize("fraction", np.random.default_rng(0).uniform(0.05, 1.0, size=3).round(3).tolist())
+def test_a_sweep_killed_at_a_random_moment_resumes_to_the_same_results(reference, tmp_path, fraction):
+    _kill_and_resume(reference, tmp_path, fraction)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", np.random.default_rng(1).uniform(0.02, 1.0, size=50).round(3).tolist())
+def test_fifty_kill_moments_resume_to_the_same_results(reference, tmp_path, fraction):
+    _kill_and_resume(reference, tmp_path, fraction)
