@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from memorize.config import CellConfig, ConfigError, cell_id, from_dict, training_identity
+from memorize.config import CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
 from memorize.data import Dataset, Split, load_dataset, load_split, make_split, save_split
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
@@ -149,13 +152,36 @@ def resolve_device(name: str, field: str = "--device", gpus: int | None = None) 
 
 
 def read_config(root: Path) -> CellConfig:
-    path = CellPaths(Path(root)).config
-    if not path.is_file():
-        raise FileNotFoundError(f"{root} is not a cell directory: {path} is missing (run `memorize train` first)")
-    with open(path) as fh:
-        # written by us: valid YAML, read with libyaml's loader where PyYAML has it (evaluations read the
-        # config at every stage)
-        return from_dict(CellConfig, yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
+    """The cell's ``config.yaml``. One that is damaged or gone (truncated, emptied, overwritten, deleted) is
+    restored from the latest checkpoint, which holds the config it was trained with, and the repair is
+    named on stderr; without a checkpoint to restore it from, the error names the file."""
+    paths = CellPaths(Path(root))
+    path = paths.config
+    try:
+        with open(path, "rb") as fh:
+            # written by us: valid YAML, read with libyaml's loader where PyYAML has it (evaluations read the
+            # config at every stage)
+            loaded = yaml.load(fh.read().decode(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        if isinstance(loaded, dict) and loaded:
+            return from_dict(CellConfig, loaded)
+        problem = "empty or not a mapping"
+    except FileNotFoundError:
+        problem = "missing"
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = f"not valid YAML ({type(err).__name__})"
+    except ConfigError as err:
+        problem = f"not a valid config ({err})"
+    latest = paths.latest_checkpoint() if paths.checkpoints.is_dir() else None
+    if latest is None or not paths.identity.is_file():
+        if problem == "missing":
+            raise FileNotFoundError(f"{root} is not a cell directory: {path} is missing (run `memorize train` first)")
+        raise ConfigError(f"{path} is damaged ({problem}) and the cell has no checkpoint to restore it from: "
+                          f"train the cell anew in another directory")
+    cfg = from_dict(CellConfig, load_checkpoint(latest)["config"])
+    save_config(cfg, path)
+    print(f"memorize: {path} was {problem}; restored from {latest.name}, which holds the config it was trained "
+          f"with", file=sys.stderr)
+    return cfg
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -176,8 +202,15 @@ def read_identity(root: Path) -> dict | None:
         if paths.config.is_file():
             raise ConfigError(f"{paths.root} {OLD_LAYOUT}")
         return None
-    record = json.loads(paths.identity.read_text())
-    if record.get("layout") != LAYOUT:
+    try:
+        record = json.loads(paths.identity.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{paths.identity} is damaged ({type(err).__name__}): it records which cell this "
+                          f"directory is; restore it from a copy, or train the cell anew in another directory") from None
+    if not isinstance(record, dict) or record.get("layout") != LAYOUT:
+        if not isinstance(record, dict):
+            raise ConfigError(f"{paths.identity} is damaged (not a JSON object): restore it from a copy, or train "
+                              f"the cell anew in another directory")
         raise ConfigError(f"{paths.identity}: cell layout {record.get('layout')!r}, this memorize reads {LAYOUT}")
     return record
 
@@ -249,9 +282,16 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
     first use and re-read afterwards, and the data are checked against the fingerprint in ``cell.json``
     where there is one."""
     dataset = dataset if dataset is not None else load_dataset(cfg.data)
+    split = None
     if paths.split.is_file():
-        split = load_split(paths.split)
-    else:
+        try:
+            split = load_split(paths.split)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            # the split is a function of the config and the data: made again, and the fingerprint in cell.json
+            # then checks that the subsets are the ones the cell was made from
+            print(f"memorize: {paths.split} was damaged ({type(err).__name__}); made again from the config",
+                  file=sys.stderr)
+    if split is None:
         split = make_split(dataset, cfg.data)
         save_split(paths.split, split)
     if max(split.train.max(initial=-1), split.heldout.max(initial=-1)) >= len(dataset.data):
@@ -288,7 +328,7 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint's state; an empty or truncated file is an error that names it and the way out."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, OSError, ValueError) as err:
+    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise ConfigError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:100]}); delete it "
                           f"to resume from the one before (or from scratch)") from None
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +135,14 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
                                   f"--patch-schedule (a size or a file)")
             patch = read_patch_schedules(paths.patch_schedules)[denoiser]
         settings["patch_schedule"] = patch.to_dict()
+    old = None
     if out.is_file():
-        old = read_samples(out)["settings"]
+        try:
+            old = read_samples(out)["settings"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+            # drawn from seeds, so drawn again: nothing is lost by replacing it
+            print(f"memorize: {out} was damaged ({type(err).__name__}); drawing its samples again", file=sys.stderr)
+    if old is not None:
         if old == settings:
             return out
         if not force:
