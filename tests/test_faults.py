@@ -28,7 +28,8 @@ def test_a_damaged_result_file_blocks_nothing_and_is_recomputed(finished, tmp_pa
     victim.write_bytes({"truncated": text[:len(text) // 2].encode(), "emptied": b"", "garbage": b"\x00\xff" * 50,
                         "a JSON list": b"[1, 2]"}[damage])
     status = sweep_status(out)
-    assert sorted(status.state) == ["done", "pending"]
+    assert sorted(status.state) == ["damaged", "done"]
+    assert f"{victim} is damaged" in status[status.state == "damaged"].detail.iloc[0]
     assert f"{victim} is damaged" in capsys.readouterr().err
     assert len(collect(out)) == 1 and collect(out).attrs["pending"] == 1
     report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
@@ -99,3 +100,24 @@ def test_two_launches_at_once_train_each_cell_once_and_end_with_the_same_table(t
     for cell in (out / "cells").iterdir():
         log = pd.read_csv(cell / "loss.csv")
         assert log["step"].is_unique, cell  # one training, not two interleaved
+
+
+def test_a_lock_left_by_an_ended_process_on_this_host_is_taken_over_with_a_line(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from memorize.sweep.layout import LOCK, cell_lock, is_locked
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = tmp_path / "cell"
+    root.mkdir()
+    (root / LOCK).write_text(f"{socket.gethostname()} {ended.stdout.strip()} \n")
+    assert not is_locked(root)  # flock locks end with their process: the file alone holds nothing
+    with cell_lock(root):
+        assert is_locked(root)
+    err = capsys.readouterr().err
+    assert f"held by process {ended.stdout.strip()} on this host, which has ended; taken over" in err
+    with cell_lock(root):  # our own, released normally: no line
+        pass
+    assert capsys.readouterr().err == ""

@@ -62,13 +62,33 @@ def cell_lock(root: Path) -> Iterator[None]:
         except BlockingIOError:
             raise CellBusy(f"{root} is being worked on by another process") from None
         fh.seek(0)
+        previous = fh.read().split()
+        if len(previous) >= 2 and previous[0] == socket.gethostname() and previous[1].isdigit() \
+                and not _alive(int(previous[1])):
+            print(f"memorize: {root / LOCK} was held by process {previous[1]} on this host, which has ended; "
+                  f"taken over", file=sys.stderr)
+        fh.seek(0)
         fh.truncate()
         fh.write(f"{socket.gethostname()} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
         fh.flush()
         try:
             yield
         finally:
+            fh.seek(0)
+            fh.truncate()  # released in order: only a process that was killed leaves its id behind
+            fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of that id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_locked(root: Path) -> bool:
