@@ -121,3 +121,20 @@ def test_a_lock_left_by_an_ended_process_on_this_host_is_taken_over_with_a_line(
     with cell_lock(root):  # our own, released normally: no line
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_half_written_files_of_a_killed_run_are_removed_when_the_cell_is_taken_again(tmp_path, capsys):
+    """An atomic write killed between writing its temporary file and renaming it leaves ``.NAME.*.tmp``
+    (the kill harness found one: ``compare/.../.gap.png.*.tmp``); the next job on the cell removes them."""
+    from memorize.sweep.layout import cell_lock
+
+    root = tmp_path / "cell"
+    (root / "compare" / "k").mkdir(parents=True)
+    half = root / "compare" / "k" / ".gap.png.hhedij1_.tmp"
+    half.write_bytes(b"\x89PNG half")
+    kept = root / "compare" / "k" / "gap.png"
+    kept.write_bytes(b"whole")
+    with cell_lock(root):
+        pass
+    assert not half.exists() and kept.read_bytes() == b"whole"
+    assert "removed 1 half-written file(s)" in capsys.readouterr().err

@@ -71,6 +71,14 @@ def cell_lock(root: Path) -> Iterator[None]:
         fh.truncate()
         fh.write(f"{socket.gethostname()} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}\n")
         fh.flush()
+        # Half-written files of a killed run (atomic writes go through ".NAME.*.tmp"): nobody else writes here now.
+        leftovers = list(root.rglob(".*.tmp"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if leftovers:
+            print(f"memorize: removed {len(leftovers)} half-written file(s) a killed run left in {root} "
+                  f"(e.g. {leftovers[0].name})", file=sys.stderr)
+        fh.flush()
         try:
             yield
         finally:
