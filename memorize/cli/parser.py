@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_score)
 
     p = subcommand(sub, "compare", "hold the trained denoiser against the empirical and Gaussian ones",
-                   "Writes DIR/compare/gap.csv, gap.png and compare.json: the mean squared difference to the "
-                   "closed-form denoisers over 12 noise levels, each denoiser's error, the train/held-out loss gap, "
-                   "and the same-noise agreement with empirical-denoiser samples.")
+                   "Writes DIR/compare/gap.csv, trajectory.csv, r2.csv, gap.png and compare.json: the mean squared "
+                   "difference to the closed-form denoisers over 12 noise levels and along the network's own "
+                   "sampling path, each denoiser's error, the train/held-out loss gap, and the same-noise "
+                   "agreement (and per-sample r^2) with empirical-denoiser samples.")
     p.add_argument("dir", help="a trained cell directory")
     p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
                                                         "(drawn with the cell's settings if missing)")
