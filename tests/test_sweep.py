@@ -539,3 +539,16 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
     exported = [s[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for s in seen]
     assert exported[:4] == ["0", "1", "2", "3"]  # the first four at once, one GPU each
     assert set(exported[4:]) <= {"0", "1", "2", "3"}
+
+
+def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sweep):
+    import memorize.api as mz
+
+    table = mz.load_results(finished_sweep[0])
+    assert sorted(table.n_train) == [16, 32]
+    fig = mz.draw(table, "memorization_vs_n")
+    assert len(fig.axes) == 2  # a panel per criterion
+    assert sorted(fig.axes[0].containers[0].lines[0].get_xdata()) == pytest.approx([16, 32], rel=0.1)
+    assert len(mz.draw(table, "critical_n").axes) == 1
+    with pytest.raises(ValueError, match="figure: expected one of memorization_vs_n"):
+        mz.draw(table, "nope")
