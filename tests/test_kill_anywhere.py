@@ -1,6 +1,7 @@
 """Kill anywhere: a one-cell sweep (training, checkpoint rotation, sampling, scoring, compare, collect), and a
 pack of two cells, are SIGKILLed at seeded random moments of their life and re-run; every resumed run must
-end with the results of an uninterrupted one, bit-exact, with no temporary file or held lock left. Four
+end with the results of an uninterrupted one (bit-exact for a cell alone; within the pack tests' tolerance
+for a pack), with no temporary file or held lock left. Four
 moments run in the default suite; ``-m slow`` runs 50 of the single cell and 20 of the pack."""
 
 import os
@@ -77,18 +78,27 @@ def packed_reference(tmp_path_factory):
 
 
 def _kill_and_resume(reference, tmp_path, fraction: float):
+    """Kill, re-run, compare. A single cell must match bit for bit. A pack matches within the pack tests'
+    tolerance: where a kill leaves one cell of the pack finished, the re-run trains the other alone, and a
+    cell alone adds its grouped convolutions in another order than the pack."""
     spec, (table, checkpoints, samples, _), seconds, pack = reference
     out = tmp_path / "sweep"
     _run(spec, out, kill_after=max(0.3, fraction * seconds), pack=pack)
     _run(spec, out, pack=pack)
     got_table, got_checkpoints, got_samples, cells = _final_state(out)
-    pd.testing.assert_frame_equal(got_table, table)
+    exact = pack == 1
+    pd.testing.assert_frame_equal(got_table, table, **({} if exact else {"rtol": 1e-4, "atol": 1e-5}))
     for got, want in zip(got_checkpoints, checkpoints, strict=True):
         for key in ("model", "ema"):
             for name, tensor in want[key].items():
-                assert torch.equal(got[key][name], tensor), (key, name)
+                if exact:
+                    assert torch.equal(got[key][name], tensor), (key, name)
+                else:
+                    torch.testing.assert_close(got[key][name], tensor, rtol=0, atol=1e-5)
     assert got_samples.keys() == samples.keys() and len(samples) >= 2  # the trained and empirical sets
-    assert all(np.array_equal(got_samples[name], samples[name]) for name in samples)
+    for name in samples:
+        assert np.array_equal(got_samples[name], samples[name]) if exact else \
+            np.allclose(got_samples[name], samples[name], rtol=0, atol=1e-4), name
     assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
     assert not any(is_locked(c) for c in cells)
 
