@@ -272,21 +272,25 @@ def calibrate_patch_schedule(reference, train: torch.Tensor, images: torch.Tenso
     the per-noise-level calibration of Kamb & Ganguli 2025. ``labels``: each image's class (class-conditional
     machines, with ``train_labels``). Returns the schedule and one row per (sigma, size) with its r^2."""
     sizes = sizes or odd_sizes(*images.shape[-2:])
-    rows, best = [], []
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=gen, dtype=images.dtype)
     extra = () if labels is None else (labels,)
+    inputs, targets, spreads = [], [], []
     for sigma in sigmas:
         x = images + sigma * noise.to(images.device)
         target = reference(x, torch.tensor(sigma, device=x.device), *extra).double()
-        spread = (target - target.mean(dim=tuple(range(1, target.dim())), keepdim=True)).square().sum()
-        scores = []
-        for size in sizes:
-            out = local_machine(machine, train, size, train_labels)(x, sigma, *extra).double()
-            r2 = float(1 - (out - target).square().sum() / spread)
-            scores.append(r2)
-            rows.append({"machine": machine, "sigma": sigma, "patch_size": size, "r2": r2})
+        inputs.append(x)
+        targets.append(target)
+        spreads.append((target - target.mean(dim=tuple(range(1, target.dim())), keepdim=True)).square().sum())
+    scores = torch.empty(len(sizes), len(sigmas), dtype=torch.float64)
+    for i, size in enumerate(sizes):  # one machine (one copy of the training set) at a time
+        denoise = local_machine(machine, train, size, train_labels)
+        for j, sigma in enumerate(sigmas):
+            out = denoise(inputs[j], sigma, *extra).double()
+            scores[i, j] = float(1 - (out - targets[j]).square().sum() / spreads[j])
             if progress is not None:
                 progress()
-        best.append(sizes[max(range(len(sizes)), key=scores.__getitem__)])
+    rows = [{"machine": machine, "sigma": sigma, "patch_size": size, "r2": float(scores[i, j])}
+            for j, sigma in enumerate(sigmas) for i, size in enumerate(sizes)]
+    best = [sizes[int(scores[:, j].argmax())] for j in range(len(sigmas))]
     return PatchSchedule(tuple(float(s) for s in sigmas), tuple(best)), rows

@@ -171,8 +171,9 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
     root = Path(root)
     configs = sorted(configs, key=lambda c: c.train.steps)
     keys = [settings_key(eval_settings(c, score)) for c in configs]
-    if all(is_done(root, k) for k in keys):
-        return [read_eval(root, k) for k in keys]
+    done = [read_eval(root, k) for k in keys]
+    if all(record is not None for record in done):
+        return done
     with cell_lock(root):
         (root / ERROR).unlink(missing_ok=True)
         results = []

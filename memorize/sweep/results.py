@@ -13,7 +13,7 @@ from memorize.cell import CellPaths
 from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
-from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_done, is_locked, progress_line, read_cancelled,
+from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, progress_line, read_cancelled,
                                    read_eval, read_grid, read_jobs, unfinished_cells)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
@@ -53,9 +53,10 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
         root = cell_dir(out, row["cell"])
         job = jobs.get(row["cell"], "")
         detail = ""
-        if is_done(root, row["eval"]):
+        record = read_eval(root, row["eval"])
+        if record is not None:
             state = "done"
-            detail = f"mem_nn={read_eval(root, row['eval'])['mem_nn']:.3f}"
+            detail = f"mem_nn={record['mem_nn']:.3f}"
         elif eval_path(root, row["eval"]).is_file() and not is_locked(root):
             state = "damaged"
             detail = f"{eval_path(root, row['eval'])} is damaged; `memorize sweep run` recomputes it"
