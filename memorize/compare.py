@@ -44,8 +44,8 @@ from memorize.config import SampleConfig
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.generate import read_samples, sample_cell
-from memorize.local_score import (MACHINES, PatchSchedule, calibrate_patch_schedule, local_machine, odd_sizes,
-                                  r_squared)
+from memorize.local_score import (BOUNDARIES, MACHINES, PatchSchedule, calibrate_patch_schedule, local_machine,
+                                  odd_sizes, r_squared)
 from memorize.sampling import generate
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
@@ -198,12 +198,13 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
                  n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
                  out_dir: str = "compare", local: bool = False, patch: dict[str, PatchSchedule] | None = None,
-                 n_calibrate: int = 16, n_trajectory: int = 16) -> dict:
+                 n_calibrate: int = 16, n_trajectory: int = 16, boundary: str = "aligned") -> dict:
     """Run all comparisons for the cell at ``root`` (module docstring); returns the summary.
 
     ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``.
     ``local``: also the LS and ELS machines, with the patch schedules ``patch`` (by machine) or, where not
-    given, calibrated on ``n_calibrate`` noisy held-out images at the gap curves' noise levels.
+    given, calibrated on ``n_calibrate`` noisy held-out images at the gap curves' noise levels; ``boundary``:
+    the ELS machine's rule at the border (:data:`memorize.local_score.BOUNDARIES`).
     ``n_trajectory``: the first samples' seeds whose sampling path the trajectory gaps follow.
     ``threshold``: the cosine threshold of the reproducibility score (``None``: ``auto`` for pixels, calibrated
     on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.score.resolve_threshold`)."""
@@ -215,6 +216,8 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     data = load_cell_data(cfg, paths)
     if n_eval < 1:
         raise ValueError(f"--n-eval: expected a positive number of images, got {n_eval}")
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
     images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
     labels = None
@@ -269,17 +272,19 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
             schedules[machine], rows = calibrate_patch_schedule(
                 trained, data.train.to(dev), cal_images, machine, SIGMA_GRID, odd_sizes(*data.train.shape[-2:]),
                 seed=GAP_SEED, labels=cal_labels,
-                train_labels=None if labels is None else data.train_labels.to(dev))
+                train_labels=None if labels is None else data.train_labels.to(dev), boundary=boundary)
             calibration += rows
-        atomic_write_json(out / "patch_schedule.json", {m: schedules[m].to_dict() for m in MACHINES})
+        atomic_write_json(out / "patch_schedule.json",
+                          {**{m: schedules[m].to_dict() for m in MACHINES}, "els_boundary": boundary})
         if calibration:
             atomic_write_text(out / "calibration.csv", pd.DataFrame(calibration).to_csv(index=False))
         from memorize.score import score_cell
 
         for machine in MACHINES:
-            name = f"{samples}_{machine}"
+            # sets of the anywhere rule keep their name (they record no rule); the aligned rule's have their own
+            name = f"{samples}_{machine}" + ("_aligned" if machine == "els" and boundary == "aligned" else "")
             machine_file = sample_cell(paths.root, sample_cfg, machine, name=name, device=device, progress=progress,
-                                       patch=schedules[machine])
+                                       patch=schedules[machine], boundary=boundary)
             machine_samples[machine] = read_samples(machine_file)["samples"]
             r2[machine] = r_squared(trained_samples, torch.from_numpy(machine_samples[machine])).numpy()
             scored = score_cell(paths.root, name, embedder, threshold=threshold, device=device, progress=progress)
@@ -287,8 +292,10 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
                 "patch_schedule": schedules[machine].to_dict(), "mem_nn": scored["nn"]["ratio"],
                 "fid": scored["quality"]["fid"], "precision": scored["quality"]["precision"],
                 "recall": scored["quality"]["recall"], "features": scored["quality"]["features"]}
+            if machine == "els":
+                local_summary[machine]["boundary"] = boundary
             references[machine] = local_machine(machine, data.train.to(dev), schedules[machine],
-                                                None if labels is None else data.train_labels.to(dev))
+                                                None if labels is None else data.train_labels.to(dev), boundary)
 
     seeds, traj_labels = drawn["seeds"][:n_trajectory], drawn.get("labels")
     trajectory = trajectory_gap(trained, references, tuple(data.train.shape[1:]), seeds,

@@ -34,7 +34,7 @@ from memorize.config import CellConfig, ConfigError, SampleConfig, sample_settin
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.io import atomic_savez, atomic_write
-from memorize.local_score import MACHINES, PatchSchedule, local_machine, read_patch_schedules
+from memorize.local_score import BOUNDARIES, MACHINES, PatchSchedule, local_machine, read_patch_schedules
 from memorize.sampling import generate, run_seed, sample_seeds
 
 DENOISERS = ("trained", "empirical", "gaussian", "gmm", *MACHINES)
@@ -107,17 +107,21 @@ class SamplePlan:
     labels: torch.Tensor | None
     checkpoint: Path | None
     patch: PatchSchedule | None = None
+    boundary: str = "aligned"
 
 
 def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
                  name: str | None = None, force: bool = False, step: int | None = None,
-                 patch: PatchSchedule | None = None) -> SamplePlan | Path:
+                 patch: PatchSchedule | None = None, boundary: str = "aligned") -> SamplePlan | Path:
     """The samples :func:`sample_cell` would draw, or the path of the file that already holds them
     (identical settings). Different settings under an existing name raise :class:`SamplesExistError`
     unless ``force``; a class or guidance the cell cannot give raises ``ConfigError``. ``patch``: the
-    patch schedule of ``ls`` / ``els`` (default: the one calibrated on the cell, ``CellPaths.patch_schedules``)."""
+    patch schedule of ``ls`` / ``els`` (default: the one calibrated on the cell, ``CellPaths.patch_schedules``);
+    ``boundary``: the ``els`` machine's rule at the border (:data:`memorize.local_score.BOUNDARIES`)."""
     if denoiser not in DENOISERS:
         raise ValueError(f"--denoiser: expected one of {DENOISERS}, got {denoiser!r}")
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     paths = CellPaths(Path(root))
     cell_cfg = read_config(paths.root)
     out = paths.samples / f"{name or denoiser}.npz"
@@ -135,6 +139,8 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
                                   f"--patch-schedule (a size or a file)")
             patch = read_patch_schedules(paths.patch_schedules)[denoiser]
         settings["patch_schedule"] = patch.to_dict()
+        if denoiser == "els" and boundary != "anywhere":  # anywhere is the rule of sets that record none
+            settings["boundary"] = boundary
     old = None
     if out.is_file():
         try:
@@ -159,7 +165,7 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     if denoiser in MACHINES and not data.dataset.is_image:
         raise ConfigError(f"--denoiser {denoiser}: the local machines need image data; dataset "
                           f"{cell_cfg.data.name!r} holds vectors")
-    return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint, patch)
+    return SamplePlan(paths.root, out, settings, cell_cfg, data, seeds, labels, checkpoint, patch, boundary)
 
 
 def save_samples(plan: SamplePlan, samples: torch.Tensor, seconds: float) -> Path:
@@ -180,14 +186,14 @@ def save_samples(plan: SamplePlan, samples: torch.Tensor, seconds: float) -> Pat
 
 def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", weights: str = "ema",
                 name: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
-                step: int | None = None, patch: PatchSchedule | None = None) -> Path:
+                step: int | None = None, patch: PatchSchedule | None = None, boundary: str = "aligned") -> Path:
     """Draw ``cfg.num`` samples from the cell at ``root`` with ``denoiser``; returns the ``.npz`` path.
 
     ``step``: the checkpoint of the trained denoiser (default: the latest); ``patch``: the patch schedule of
-    ``ls`` / ``els`` (default: the cell's calibrated one). Re-running with identical settings returns the existing file; different
+    ``ls`` / ``els`` (default: the cell's calibrated one); ``boundary``: the ``els`` machine's rule at the border. Re-running with identical settings returns the existing file; different
     settings under an existing name raise :class:`SamplesExistError` unless ``force``.
     """
-    plan = plan_samples(root, cfg, denoiser, weights, name, force, step, patch)
+    plan = plan_samples(root, cfg, denoiser, weights, name, force, step, patch, boundary)
     if isinstance(plan, Path):
         return plan
     start = time.perf_counter()
@@ -203,7 +209,7 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
                  else gaussian_denoiser(data.train.to(dev)))
     elif denoiser in MACHINES:
         model = local_machine(denoiser, data.train.to(dev), plan.patch,
-                              data.train_labels.to(dev) if conditional else None)
+                              data.train_labels.to(dev) if conditional else None, plan.boundary)
     else:
         mix = data.dataset.mixture
         if mix is None:

@@ -10,10 +10,22 @@ image (the zero padding of a convolution):
     ELS:  D(x, sigma)_p = sum_{i,q} w_iq(p) x_i[q],   w(p) = softmax_{i,q}(-||P_p(x) - P_q(x_i)||^2 / (2 sigma^2))
 
 The LS machine compares each pixel's neighbourhood with the same neighbourhood of every training image;
-the ELS machine with every neighbourhood of every training image at every position q (padded positions
-included, so a patch that overlaps the border prefers training patches that overlap it alike). With s
-covering the whole image from every pixel (s >= 2 max(H, W) - 1) the LS machine is the empirical
-denoiser. The patch size is the machines' one free function of sigma (:class:`PatchSchedule`).
+the ELS machine with neighbourhoods of every training image at other positions q too. Which q, at the
+border, is the ``boundary`` rule of :class:`EquivariantLocalScoreDenoiser`:
+
+- ``aligned`` (default; Kamb & Ganguli's rule for zero-padded networks): q ranges over the positions
+  whose window meets the border exactly as p's does (the same cells of the window fall outside the
+  image). A pixel whose window lies inside the image is compared with every inside window; a pixel in
+  the top r = s // 2 rows with the windows of its own row (inside columns); a corner pixel with its own
+  position only, as the LS machine does. Zero padding tells a convolutional network how far the border
+  is, within its receptive field; this is the equivariance it keeps.
+- ``anywhere``: q ranges over all H x W positions, padded windows included (a border window then prefers
+  training windows that overlap the border alike). Equivariance holds exactly for pixels whose window
+  lies inside the image; kept to reproduce results computed under it.
+
+With s covering the whole image from every pixel (s >= 2 max(H, W) - 1) the LS machine is the empirical
+denoiser, and so is the aligned ELS machine (every window then meets the border its own way).
+The patch size is the machines' one free function of sigma (:class:`PatchSchedule`).
 
 Both are attention (queries: the noisy patches; keys: training patches; values: their centre pixels) and
 are streamed over chunks of the training set with an online log-sum-exp (as
@@ -74,6 +86,7 @@ class PatchSchedule:
 
 
 MACHINES = ("ls", "els")
+BOUNDARIES = ("aligned", "anywhere")  # the ELS machine's rules at the border (module docstring)
 
 
 def read_patch_schedules(path: Path) -> dict[str, PatchSchedule]:
@@ -179,20 +192,37 @@ class LocalScoreDenoiser(_PatchMachine):
         return (soft.acc / soft.total[..., None]).permute(0, 3, 1, 2)
 
 
+def border_classes(height: int, width: int, size: int) -> torch.Tensor:
+    """For each pixel (row-major, shape (H W,)), the class of positions whose ``size`` x ``size`` window meets
+    the border as its own does: 0 for windows inside the image; else one class per row of the top and
+    bottom ``size // 2`` rows (times inside columns), per such column, and per position where both meet it.
+    The aligned ELS machine compares a pixel's window only with training windows of its class."""
+    r = size // 2
+    rows, cols = torch.arange(height), torch.arange(width)
+    row = torch.where((rows < r) | (rows >= height - r), rows + 1, 0)  # 0: the window's rows all inside
+    col = torch.where((cols < r) | (cols >= width - r), cols + 1, 0)
+    return (row[:, None] * (width + 1) + col[None, :]).reshape(-1)
+
+
 class EquivariantLocalScoreDenoiser(_PatchMachine):
-    """The ELS machine of ``train`` (N, C, H, W) with patch size ``patch``; see the module docstring.
+    """The ELS machine of ``train`` (N, C, H, W) with patch size ``patch`` and the ``boundary`` rule
+    (``aligned`` or ``anywhere``); see the module docstring.
 
     Queries are the B x H x W patches of the input, keys every patch of every training image (unfolded a
     chunk of images at a time, ``chunk_size`` keys per chunk), values their centre pixels; logits
-    ``(q . k - ||k||^2 / 2) / sigma^2`` (``||q||^2`` is constant over the keys). Patches are centred on the
+    ``(q . k - ||k||^2 / 2) / sigma^2`` (``||q||^2`` is constant over the keys), and under ``aligned`` minus
+    infinity where the two windows meet the border differently (:func:`border_classes`; every chunk holds
+    whole images, so each query keeps at least its own position's keys). Patches are centred on the
     training mean first, which leaves every difference unchanged and shrinks float cancellation. Query
     rows are taken in blocks so that one block of logits holds at most ``max_logits`` numbers."""
 
     def __init__(self, train: torch.Tensor, patch: PatchSchedule | int, chunk_size: int = 8192,
-                 dtype: torch.dtype = torch.float64, max_logits: int = 2**24):
+                 dtype: torch.dtype = torch.float64, max_logits: int = 2**24, boundary: str = "aligned"):
         super().__init__(train, patch, dtype)
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"ELS boundary: expected one of {BOUNDARIES}, got {boundary!r}")
         self.offset = float(self.train.mean())
-        self.chunk_size, self.max_logits = chunk_size, max_logits
+        self.chunk_size, self.max_logits, self.boundary = chunk_size, max_logits, boundary
 
 
     def _patches(self, images: torch.Tensor, size: int) -> torch.Tensor:
@@ -208,6 +238,7 @@ class EquivariantLocalScoreDenoiser(_PatchMachine):
         queries = self._patches(x, size)  # (B H W, C s^2)
         per_chunk = max(1, self.chunk_size // (h * w))
         rows = max(1, self.max_logits // (per_chunk * h * w))
+        classes = border_classes(h, w, size).to(x.device) if self.boundary == "aligned" else None
         out = torch.empty(len(queries), c, dtype=self.dtype, device=x.device)
         for r in range(0, len(queries), rows):
             q, soft = queries[r:r + rows], _OnlineSoftmax()
@@ -217,6 +248,9 @@ class EquivariantLocalScoreDenoiser(_PatchMachine):
                 values = chunk.permute(0, 2, 3, 1).reshape(-1, c)  # the centre pixel of each key
                 # (q . k - ||k||^2 / 2) / sigma^2 in one product-and-add
                 logits = torch.addmm(keys.square().sum(1).mul_(-0.5 / sigma**2)[None], q, keys.T, alpha=1 / sigma**2)
+                if classes is not None:
+                    query_class = classes.repeat(b)[r:r + rows]
+                    logits.masked_fill_(query_class[:, None] != classes.repeat(len(chunk))[None, :], -math.inf)
                 soft.add(logits, 1, lambda wts: wts @ values)
             out[r:r + rows] = soft.acc / soft.total[..., None]
         return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
@@ -230,20 +264,24 @@ def local_score_denoiser(train: torch.Tensor, patch: PatchSchedule | int,
     return LocalScoreDenoiser(train, patch)
 
 
-def equivariant_local_score_denoiser(train: torch.Tensor, patch: PatchSchedule | int, labels: torch.Tensor | None = None
-                                     ) -> EquivariantLocalScoreDenoiser | ClassConditionalDenoiser:
-    """The ELS machine of ``train``; with ``labels``, each class's own (and all of them for no class)."""
+def equivariant_local_score_denoiser(train: torch.Tensor, patch: PatchSchedule | int, labels: torch.Tensor | None = None,
+                                     boundary: str = "aligned") -> EquivariantLocalScoreDenoiser | ClassConditionalDenoiser:
+    """The ELS machine of ``train`` under the ``boundary`` rule; with ``labels``, each class's own (and all of
+    them for no class)."""
     if labels is not None:
-        return ClassConditionalDenoiser(lambda t: EquivariantLocalScoreDenoiser(t, patch), train, labels)
-    return EquivariantLocalScoreDenoiser(train, patch)
+        return ClassConditionalDenoiser(lambda t: EquivariantLocalScoreDenoiser(t, patch, boundary=boundary),
+                                        train, labels)
+    return EquivariantLocalScoreDenoiser(train, patch, boundary=boundary)
 
 
-def local_machine(name: str, train: torch.Tensor, patch: PatchSchedule | int, labels: torch.Tensor | None = None):
-    """``ls`` or ``els``: the machine of that name (class-conditional with ``labels``)."""
+def local_machine(name: str, train: torch.Tensor, patch: PatchSchedule | int, labels: torch.Tensor | None = None,
+                  boundary: str = "aligned"):
+    """``ls`` or ``els``: the machine of that name (class-conditional with ``labels``; ``boundary``: the ELS
+    machine's rule at the border)."""
     if name == "ls":
         return local_score_denoiser(train, patch, labels)
     if name == "els":
-        return equivariant_local_score_denoiser(train, patch, labels)
+        return equivariant_local_score_denoiser(train, patch, labels, boundary)
     raise ValueError(f"expected a local machine, one of {MACHINES}, got {name!r}")
 
 
@@ -265,12 +303,13 @@ def odd_sizes(height: int, width: int) -> tuple[int, ...]:
 def calibrate_patch_schedule(reference, train: torch.Tensor, images: torch.Tensor, machine: str,
                              sigmas: tuple[float, ...], sizes: tuple[int, ...] | None = None, seed: int = 0,
                              labels: torch.Tensor | None = None, train_labels: torch.Tensor | None = None,
-                             progress=None) -> tuple[PatchSchedule, list[dict]]:
+                             progress=None, boundary: str = "aligned") -> tuple[PatchSchedule, list[dict]]:
     """The patch size s(sigma) that makes ``machine`` (``ls`` or ``els``) of ``train`` agree best with the
     denoiser ``reference`` (a trained network) on ``images + sigma eps`` at each of ``sigmas`` (``eps`` fixed
     by ``seed``): the size of highest pooled r^2 = 1 - sum ||D_m - D_ref||^2 / sum ||D_ref - its mean||^2,
     the per-noise-level calibration of Kamb & Ganguli 2025. ``labels``: each image's class (class-conditional
-    machines, with ``train_labels``). Returns the schedule and one row per (sigma, size) with its r^2."""
+    machines, with ``train_labels``); ``boundary``: the ELS machine's rule at the border. Returns the schedule
+    and one row per (sigma, size) with its r^2."""
     sizes = sizes or odd_sizes(*images.shape[-2:])
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=gen, dtype=images.dtype)
@@ -284,7 +323,7 @@ def calibrate_patch_schedule(reference, train: torch.Tensor, images: torch.Tenso
         spreads.append((target - target.mean(dim=tuple(range(1, target.dim())), keepdim=True)).square().sum())
     scores = torch.empty(len(sizes), len(sigmas), dtype=torch.float64)
     for i, size in enumerate(sizes):  # one machine (one copy of the training set) at a time
-        denoise = local_machine(machine, train, size, train_labels)
+        denoise = local_machine(machine, train, size, train_labels, boundary)
         for j, sigma in enumerate(sigmas):
             out = denoise(inputs[j], sigma, *extra).double()
             scores[i, j] = float(1 - (out - targets[j]).square().sum() / spreads[j])

@@ -91,9 +91,11 @@ def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path,
     trajectory = pd.read_csv(cell / "compare" / "trajectory.csv")
     assert {"gap_empirical", "gap_gaussian", "gap_ls", "gap_els"} <= set(trajectory.columns)
     assert len(trajectory) == 4  # Heun at 4 levels visits each level of the grid (the last with sigma > 0)
-    els = read_samples(cell / "samples" / "trained_els.npz")
-    assert els["settings"]["patch_schedule"] == schedules["els"].to_dict()
-    assert (cell / "scores" / "trained_els.json").is_file() and (cell / "compare" / "local_samples.png").is_file()
+    els = read_samples(cell / "samples" / "trained_els_aligned.npz")  # the ELS machine under Kamb & Ganguli's rule
+    assert els["settings"]["patch_schedule"] == schedules["els"].to_dict() and els["settings"]["boundary"] == "aligned"
+    assert json.loads((cell / "compare" / "patch_schedule.json").read_text())["els_boundary"] == "aligned"
+    assert summary["local"]["els"]["boundary"] == "aligned"
+    assert (cell / "scores" / "trained_els_aligned.json").is_file() and (cell / "compare" / "local_samples.png").is_file()
     # sampling the machine by hand takes the cell's calibration, or a size given
     assert main(["sample", str(cell), "--denoiser", "els", "--name", "again", "--quiet"]) == 0
     assert np.array_equal(read_samples(cell / "samples" / "again.npz")["samples"], els["samples"])
@@ -101,3 +103,10 @@ def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path,
     assert read_samples(cell / "samples" / "ls3.npz")["settings"]["patch_schedule"] == {"sigmas": [1.0], "sizes": [3]}
     assert main(["sample", str(cell), "--denoiser", "ls", "--patch-schedule", "4", "--name", "bad", "--quiet"]) == 2
     assert "patch sizes must be odd" in capsys.readouterr().err
+    # the other rule at the border (the rules differ from s = 3 on): a set that records no rule, other samples
+    for rule in ("aligned", "anywhere"):
+        assert main(["sample", str(cell), "--denoiser", "els", "--patch-schedule", "3", "--els-boundary", rule,
+                     "--name", rule, "--quiet"]) == 0
+    aligned, anywhere = (read_samples(cell / "samples" / f"{rule}.npz") for rule in ("aligned", "anywhere"))
+    assert "boundary" not in anywhere["settings"] and aligned["settings"]["boundary"] == "aligned"
+    assert np.abs(anywhere["samples"] - aligned["samples"]).max() > 0.1

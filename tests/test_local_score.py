@@ -22,14 +22,26 @@ def _patch(img: torch.Tensor, p: tuple[int, int], s: int) -> torch.Tensor:
     return out
 
 
-def brute_force(x: torch.Tensor, train: torch.Tensor, sigma: float, s: int, equivariant: bool) -> torch.Tensor:
-    """The module docstring's formulas, pixel by pixel, key by key."""
+def _inside(p: tuple[int, int], s: int, h: int, w: int) -> torch.Tensor:
+    """Which cells of the s x s window centred on p lie inside an h x w image."""
+    ones = torch.ones(1, h, w, dtype=torch.float64)
+    return _patch(ones, p, s).bool()
+
+
+def brute_force(x: torch.Tensor, train: torch.Tensor, sigma: float, s: int, equivariant: bool,
+                boundary: str = "anywhere") -> torch.Tensor:
+    """The module docstring's formulas, pixel by pixel, key by key. ``aligned``: the keys of position p are
+    those at positions q whose window has exactly p's cells outside the image."""
     b, c, h, w = x.shape
     out = torch.zeros_like(x)
     positions = list(itertools.product(range(h), range(w)))
     for k, p in itertools.product(range(b), positions):
         query = _patch(x[k], p, s)
-        keys = [(i, q) for i in range(len(train)) for q in (positions if equivariant else [p])]
+        places = [p]
+        if equivariant:
+            places = [q for q in positions
+                      if boundary == "anywhere" or torch.equal(_inside(q, s, h, w), _inside(p, s, h, w))]
+        keys = [(i, q) for i in range(len(train)) for q in places]
         logits = torch.stack([-(query - _patch(train[i], q, s)).square().sum() / (2 * sigma**2) for i, q in keys])
         weights = torch.softmax(logits, 0)
         out[k, :, p[0], p[1]] = sum(wt * train[i, :, q[0], q[1]] for wt, (i, q) in zip(weights, keys))
@@ -54,10 +66,30 @@ def test_ls_equals_brute_force(tiny, s, sigma):
 
 @pytest.mark.parametrize("s", [1, 3, 5])
 @pytest.mark.parametrize("sigma", [0.3, 2.0])
-def test_els_equals_brute_force(tiny, s, sigma):
+@pytest.mark.parametrize("boundary", ["aligned", "anywhere"])
+def test_els_equals_brute_force(tiny, s, sigma, boundary):
     train, x = tiny
-    got = EquivariantLocalScoreDenoiser(train, s, chunk_size=40, max_logits=100)(x, sigma)  # 2 images a chunk
-    torch.testing.assert_close(got, brute_force(x, train, sigma, s, equivariant=True), rtol=1e-10, atol=1e-12)
+    els = EquivariantLocalScoreDenoiser(train, s, chunk_size=40, max_logits=100, boundary=boundary)  # 2 images a chunk
+    torch.testing.assert_close(els(x, sigma), brute_force(x, train, sigma, s, True, boundary), rtol=1e-10, atol=1e-12)
+
+
+def test_aligned_els_is_the_ls_machine_at_the_corners_and_where_windows_cover_the_image(tiny):
+    train, x = tiny  # 4 x 5 images
+    for s in (3, 5):
+        els, ls = EquivariantLocalScoreDenoiser(train, s)(x, 0.6), LocalScoreDenoiser(train, s)(x, 0.6)
+        r = s // 2
+        for rows, cols in ((slice(0, r), slice(0, r)), (slice(0, r), slice(-r, None)),
+                           (slice(-r, None), slice(0, r)), (slice(-r, None), slice(-r, None))):
+            torch.testing.assert_close(els[..., rows, cols], ls[..., rows, cols], rtol=1e-12, atol=1e-12)
+        if s == 3:
+            assert (els - ls).abs().max() > 1e-3  # elsewhere it compares across positions
+        else:  # from s = 5 on a 4-pixel-high image every row meets the border its own way: LS everywhere
+            torch.testing.assert_close(els, ls, rtol=1e-12, atol=1e-12)
+    whole = 2 * max(train.shape[-2:]) - 1
+    torch.testing.assert_close(EquivariantLocalScoreDenoiser(train, whole)(x, 0.6), empirical_denoiser(train)(x, 0.6),
+                               rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="boundary"):
+        EquivariantLocalScoreDenoiser(train, 3, boundary="circular")
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.5, 5.0])
@@ -72,14 +104,15 @@ def test_els_is_translation_equivariant_away_from_the_borders():
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(6, 1, 12, 12, generator=gen, dtype=torch.float64) * 2 - 1
     x = torch.randn(2, 1, 12, 12, generator=gen, dtype=torch.float64)
-    els = EquivariantLocalScoreDenoiser(train, 3)
     shifted = torch.roll(x, (2, 3), (2, 3))
-    a, b = els(x, 0.8), els(shifted, 0.8)
-    # pixels whose 3x3 window lies inside the image in both the input and the shifted input, away from
-    # the wrapped rows and columns: the same query patch, the same keys, the same output
-    inner_a = a[..., 1:12 - 1 - 2 - 1, 1:12 - 1 - 3 - 1]
-    inner_b = b[..., 1 + 2:12 - 1 - 1, 1 + 3:12 - 1 - 1]
-    torch.testing.assert_close(inner_a, inner_b, rtol=1e-12, atol=1e-12)
+    for boundary in ("aligned", "anywhere"):
+        els = EquivariantLocalScoreDenoiser(train, 3, boundary=boundary)
+        a, b = els(x, 0.8), els(shifted, 0.8)
+        # pixels whose 3x3 window lies inside the image in both the input and the shifted input, away from
+        # the wrapped rows and columns: the same query patch, the same keys, the same output
+        inner_a = a[..., 1:12 - 1 - 2 - 1, 1:12 - 1 - 3 - 1]
+        inner_b = b[..., 1 + 2:12 - 1 - 1, 1 + 3:12 - 1 - 1]
+        torch.testing.assert_close(inner_a, inner_b, rtol=1e-12, atol=1e-12)
     # and the LS machine is not: it compares each position only with the same position
     ls = LocalScoreDenoiser(train, 3)
     assert (ls(x, 0.8)[..., 1:6, 1:5] - ls(shifted, 0.8)[..., 3:8, 4:8]).abs().max() > 1e-2
@@ -95,8 +128,15 @@ def test_small_sigma_returns_the_nearest_patch_centre_and_large_sigma_the_mean()
     # at huge sigma every key weighs the same: LS gives each pixel's training mean, ELS the mean of all pixels
     far = LocalScoreDenoiser(train, 3)(x, 1e6)
     torch.testing.assert_close(far[0], train.mean(0), rtol=0, atol=1e-6)
-    torch.testing.assert_close(EquivariantLocalScoreDenoiser(train, 3)(x, 1e6),
+    torch.testing.assert_close(EquivariantLocalScoreDenoiser(train, 3, boundary="anywhere")(x, 1e6),
                                torch.full_like(x, float(train.mean())), rtol=0, atol=1e-6)
+    # aligned: the mean over the positions whose window meets the border alike (inside windows: the inner 4x4)
+    aligned = EquivariantLocalScoreDenoiser(train, 3)(x, 1e6)
+    torch.testing.assert_close(aligned[0, 0, 1:5, 1:5], torch.full((4, 4), float(train[..., 1:5, 1:5].mean()),
+                                                                   dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(aligned[0, 0, 0, 1:5], torch.full((4,), float(train[:, 0, 0, 1:5].mean()),
+                                                                 dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(aligned[0, 0, 0, 0], train[:, 0, 0, 0].mean(), rtol=0, atol=1e-6)
 
 
 def test_a_batch_of_noise_levels_is_denoised_row_by_row(tiny):

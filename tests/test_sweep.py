@@ -552,3 +552,20 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
     assert len(mz.draw(table, "critical_n").axes) == 1
     with pytest.raises(ValueError, match="figure: expected one of memorization_vs_n"):
         mz.draw(table, "nope")
+
+
+def test_the_els_boundary_enters_a_points_key_only_where_it_changes_its_results():
+    from memorize.config import CellConfig, from_dict
+    from memorize.sweep.spec import ScoreConfig, eval_settings
+
+    def scoring(**score):
+        return eval_settings(CellConfig(), ScoreConfig(**score))["score"]
+
+    plain = scoring()
+    assert "local" not in plain and "els_boundary" not in plain  # sweeps without the machines keep their keys
+    assert scoring(local=True) == {**plain, "local": True, "els_boundary": "aligned"}
+    # the rule of results that record none: the keys those results were filed under
+    assert scoring(local=True, els_boundary="anywhere") == {**plain, "local": True}
+    assert scoring(els_boundary="anywhere") == plain
+    with pytest.raises(ConfigError, match="els_boundary"):
+        from_dict(ScoreConfig, {"els_boundary": "circular"})

@@ -45,7 +45,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                if getattr(args, f.name, None) is not None}
     cfg = dataclasses.replace(base, **options)
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
-                       progress=not args.quiet, patch=patch_schedule(args.patch_schedule, args.denoiser))
+                       progress=not args.quiet, patch=patch_schedule(args.patch_schedule, args.denoiser),
+                       boundary=args.els_boundary)
     guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
     guidance += ", counter-based noise" if cfg.noise == "counter" else ""
     print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
@@ -112,7 +113,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
         patch = {m: patch_schedule(args.patch_schedule, m) for m in MACHINES}
     s = compare_cell(args.dir, args.samples, args.embedder, args.threshold, args.n_eval, args.device,
-                     progress=not args.quiet, local=args.local, patch=patch, n_calibrate=args.n_calibrate)
+                     progress=not args.quiet, local=args.local, patch=patch, n_calibrate=args.n_calibrate,
+                     boundary=args.els_boundary)
     repro = s["reproducibility"]
     print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
           f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f} "

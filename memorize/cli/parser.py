@@ -9,6 +9,7 @@ from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, posit
                                 threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.generate import DENOISERS
+from memorize.local_score import BOUNDARIES
 from memorize.sweep.spec import SlurmConfig
 
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-schedule", dest="patch_schedule", metavar="SIZE|FILE",
                    help="ls, els: one odd patch size, or a patch_schedule.json calibrated on a cell (default: this "
                         "cell's, DIR/compare/patch_schedule.json, written by `memorize compare DIR --local`)")
+    p.add_argument("--els-boundary", dest="els_boundary", choices=BOUNDARIES, default="aligned",
+                   help="els: where the ELS machine looks for training patches: aligned (Kamb & Ganguli's rule for "
+                        "zero-padded networks: at positions whose window meets the border as the pixel's does) or "
+                        "anywhere (every position, padded windows included)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
     p.add_argument("--name", help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -119,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-schedule", dest="patch_schedule", metavar="SIZE|FILE",
                    help="--local: use this patch size, or the schedules of this patch_schedule.json (from another "
                         "cell of the same architecture), instead of calibrating")
+    p.add_argument("--els-boundary", dest="els_boundary", choices=BOUNDARIES, default="aligned",
+                   help="--local: where the ELS machine looks for training patches: aligned (Kamb & Ganguli's rule for "
+                        "zero-padded networks: at positions whose window meets the border as the pixel's does) or "
+                        "anywhere (every position, padded windows included)")
     p.add_argument("--n-calibrate", dest="n_calibrate", default=16, type=positive_int,
                    help="--local: noisy held-out images per noise level for the calibration")
     p.add_argument("--n-eval", dest="n_eval", default=256, type=positive_int,

@@ -105,10 +105,11 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         twin["cell"] = twin_root.name
     compared, compare_dir = {}, None
     if score.compare:
-        compare_dir = f"compare/{measure}"
+        # the aligned ELS machine's comparison in a folder of its own, beside those of the rule that records none
+        compare_dir = f"compare/{measure}" + ("-aligned" if score.local and score.els_boundary == "aligned" else "")
         compared = timed("compare", compare_cell, root, samples, score.embedder, scores["cos"]["threshold"],
                          device=cfg.train.device, progress=progress, step=step, out_dir=compare_dir,
-                         local=score.local)
+                         local=score.local, boundary=score.els_boundary)
     over_steps = []
     if score.checkpoints:  # the training-time view, through this same function
         for ckpt in scored_steps(root, step):

@@ -57,6 +57,8 @@ class ScoreConfig:
     # Also hold each network against the local and equivariant local score machines (memorize.local_score):
     # patch sizes calibrated on it, same-noise samples drawn and scored, r^2 per sample (compare_cell's local).
     local: bool = False
+    # The ELS machine's rule at the border (memorize.local_score.BOUNDARIES): aligned is Kamb & Ganguli's.
+    els_boundary: Literal["aligned", "anywhere"] = "aligned"
     checkpoints_from: int = 10
     checkpoints_per_decade: int = 4
 
@@ -149,6 +151,8 @@ def eval_settings(config: CellConfig, score: ScoreConfig) -> dict[str, Any]:
         del scoring["checkpoints_from"], scoring["checkpoints_per_decade"]
     if not score.local:  # off: left out, so the keys of sweeps that never set it stay as they are
         del scoring["local"]
+    if not score.local or score.els_boundary == "anywhere":  # the rule of the results that record none
+        del scoring["els_boundary"]
     settings = {"steps": config.train.steps, "sample": sample_settings(config.sample), "score": scoring}
     if config.train.stop_when != "budget":  # the results may be from before the budget
         settings["stop"] = [config.train.stop_when, config.train.stop_window, config.train.stop_tolerance]
