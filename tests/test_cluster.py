@@ -52,6 +52,24 @@ def test_snapshot_copies_the_package_once_per_content(tmp_path):
     assert len(list((tmp_path / "code").iterdir())) == 1
 
 
+@pytest.mark.parametrize("damage", ["truncated module", "removed module", "garbage record", "removed record"])
+def test_a_damaged_snapshot_is_copied_again_not_imported_by_every_job(tmp_path, capsys, damage):
+    record = take_snapshot(tmp_path)
+    snap = tmp_path / "code" / record["hash"]
+    module, rec = snap / "memorize" / "train.py", snap / "code.json"
+    if damage == "truncated module":
+        module.write_bytes(module.read_bytes()[:100])
+    elif damage == "removed module":
+        module.unlink()
+    elif damage == "garbage record":
+        rec.write_bytes(b"\x00\xff" * 8)
+    else:
+        rec.unlink()
+    assert take_snapshot(tmp_path) == record
+    assert source_hash(snap / "memorize") == record["hash"] and json.loads(rec.read_text()) == record
+    assert "no longer matches its hash" in capsys.readouterr().err
+
+
 def test_source_hash_follows_the_source_and_ignores_caches(tmp_path):
     src = tmp_path / "memorize"
     shutil.copytree(package_dir(), src, ignore=shutil.ignore_patterns("__pycache__"))

@@ -64,3 +64,102 @@ def _damage_and_rerun(finished, tmp_path, kind, damage):
 @pytest.mark.parametrize("kind, damage", CASES)
 def test_a_damaged_file_is_recovered_or_named_and_blocks_nothing(finished, tmp_path, kind, damage):
     _damage_and_rerun(finished, tmp_path, kind, damage)
+
+
+# --- The files of a whole sweep: packed cells, a twin, scored checkpoints, the classifier cache, SLURM records.
+
+SWEEP_KINDS = {  # file kind -> (path under the sweep directory, whether a re-evaluation is needed to reach it)
+    "sweep.json": ("sweep.json", False), "spec.yaml": ("spec.yaml", False), "cells.csv": ("cells.csv", False),
+    "jobs.json": ("jobs.json", False), "cancelled.json": ("cancelled.json", False),
+    "results.csv": ("results.csv", False), "curves.csv": ("curves.csv", False),
+    "figure": ("figures/critical_n.png", False),
+    "cell lock": ("CELL/.lock", True), "progress.json": ("CELL/progress.json", True),
+    "classifier cache": ("features/classifier-*.pt", True), "classifier lock": ("features/.classifier-*.lock", True),
+    "twin checkpoint": ("TWIN/checkpoints/LATEST", True), "twin samples": ("TWIN/samples/*.npz", True),
+    "checkpoint samples": ("CELL/samples/*.npz", True), "scores": ("CELL/scores/*.json", True),
+    "per-sample table": ("CELL/scores/*.csv", True), "gap curves": ("CELL/compare/*/gap.csv", True),
+    "compare summary": ("CELL/compare/*/compare.json", True),
+}
+SWEEP_NAMED = {("twin checkpoint", d) for d in ("truncated", "emptied", "garbage")}
+SWEEP_CASES = [(k, d) for k in SWEEP_KINDS for d in DAMAGES]
+# A seeded handful in the default suite, every case with -m slow.
+DEFAULT_SWEEP_CASES = sorted(__import__("random").Random(36).sample(SWEEP_CASES, 6))
+
+
+@pytest.fixture(scope="module")
+def finished_packed(tmp_path_factory):
+    """Two cells trained as one pack, each with a twin, scored checkpoints and classifier features."""
+    import json
+
+    from tests.conftest import TINY_SPEC
+
+    root = tmp_path_factory.mktemp("damage-sweep")
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["score"].update(consistency=True, checkpoints=True, checkpoint_samples=8, checkpoints_from=10,
+                         checkpoints_per_decade=1, features="classifier")
+    assert main(["sweep", "run", str(write_spec(root / "s.yaml", spec)), "--out", str(root / "sweep"),
+                 "--executor", "debug", "--pack", "2", "--quiet"]) == 0
+    out = root / "sweep"
+    cells = sorted((out / "cells").iterdir())  # the SLURM records a cluster launch keeps
+    (out / "jobs.json").write_text(json.dumps({c.name: str(100 + i) for i, c in enumerate(cells)}))
+    (out / "cancelled.json").write_text(json.dumps(["999"]))
+    return root
+
+
+def _sweep_file(out, kind):
+    rel, _ = SWEEP_KINDS[kind]
+    cells = sorted((out / "cells").iterdir())
+    head, _, rest = rel.partition("/")
+    if head in ("CELL", "TWIN"):
+        base = next(c for c in cells if (c / "evals").is_dir() == (head == "CELL"))
+        if rest.endswith("LATEST"):
+            return sorted((base / "checkpoints").glob("step-*.pt"))[-1]
+        return sorted(base.glob(rest))[0]
+    return sorted(out.glob(rel))[0]
+
+
+def _outcomes(root, out, reevaluate):
+    """Exit status and last stderr line of status, collect, plot and run, in that order."""
+    import contextlib
+    import io
+
+    runs = {"status": ["sweep", "status", str(out)], "collect": ["sweep", "collect", str(out)],
+            "plot": ["plot", str(out)],
+            "run": ["sweep", "run", str(root / "s.yaml"), "--out", str(out), "--executor", "debug", "--quiet",
+                    "--no-plot", "--pack", "2", *(["--set", "score.ratio=0.4"] if reevaluate else [])]}
+    if reevaluate:  # the damaged file is reached by the re-evaluation first
+        runs = {"run": runs.pop("run"), **runs}
+    results = {}
+    for name, argv in runs.items():
+        err, text = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(text):
+            code = main(argv)
+        results[name] = (code, (err.getvalue().strip().splitlines() or [""])[-1])
+    return results
+
+
+@pytest.mark.parametrize("kind, damage", [pytest.param(*c, marks=() if c in DEFAULT_SWEEP_CASES else pytest.mark.slow)
+                                          for c in SWEEP_CASES])
+def test_a_damaged_sweep_file_is_recovered_or_named_and_blocks_nothing(finished_packed, tmp_path, kind, damage):
+    shutil.copytree(finished_packed, tmp_path / "w")
+    root, out = tmp_path / "w", tmp_path / "w" / "sweep"
+    target = _sweep_file(out, kind)
+    kept = {p: p.read_bytes() for p in out.rglob("evals/*.json") if p != target}
+    if DAMAGES[damage] is None:
+        target.unlink()
+    else:
+        target.write_bytes(DAMAGES[damage](target.read_bytes()))
+    reevaluate = SWEEP_KINDS[kind][1]
+    results = _outcomes(root, out, reevaluate)
+    assert all(p.read_bytes() == b for p, b in kept.items())  # no undamaged result lost or altered
+    table = collect(out)
+    if (kind, damage) in SWEEP_NAMED:
+        code, line = results["run"]
+        assert code == 1 and len(table) == 1, results
+        victim = next(c for c in (out / "cells").iterdir() if (c / "error.txt").is_file())
+        assert target.name in (victim / "error.txt").read_text().strip().splitlines()[-1]
+    else:
+        assert all(code == 0 for code, _ in results.values()), (kind, damage, results)
+        assert len(table) == 2 and table.n_train.tolist() == [16, 32]
+        before = set(__import__("pandas").read_csv(finished_packed / "sweep" / "results.csv", dtype={"eval": str})["eval"])
+        assert (set(table["eval"]).isdisjoint(before)) == reevaluate  # the re-evaluated points: new keys, all done

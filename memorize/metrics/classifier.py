@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,8 @@ def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: s
     path = cache / f"classifier-{key}.pt"
     with open(cache / f".classifier-{key}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's network
-        if not path.is_file():
+        cached = _read_cached(path)
+        if cached is None:
             pool_t = torch.from_numpy(pool)
             model = train_classifier(ds.data[pool_t], ds.labels[pool_t], ds.num_classes, "cpu", progress)
             held = torch.from_numpy(np.asarray(heldout, dtype=np.int64))
@@ -139,9 +141,24 @@ def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: s
                       "heldout_accuracy": accuracy(model, ds.data[held], ds.labels[held])}
             atomic_torch_save(path, {"state_dict": model.cpu().state_dict(), "num_classes": ds.num_classes,
                                      "record": record})
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = SmallClassifier(state["num_classes"], state["record"]["recipe"]["widths"])
-    model.load_state_dict(state["state_dict"])
+            cached = model, record
+    model, record = cached
     model = model.to(device).eval()
     # named by its file: descriptors are kept in the process by embedder name (memorize.metrics.embedders)
-    return Embedder(f"classifier:{path}", model.features, None, HALF, HALF, device), state["record"]
+    return Embedder(f"classifier:{path}", model.features, None, HALF, HALF, device), record
+
+
+def _read_cached(path: Path) -> tuple[SmallClassifier, dict] | None:
+    """The cached network and its record, None where there is none; a damaged file (truncated, emptied,
+    overwritten) is named and counts as none, so the network is trained again (on the CPU, the same one)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = SmallClassifier(state["num_classes"], state["record"]["recipe"]["widths"])
+        model.load_state_dict(state["state_dict"])
+        return model, state["record"]
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # any unreadable content: torch raises several kinds for damaged archives
+        print(f"memorize: the cached feature classifier {path} is damaged ({type(err).__name__}); training it "
+              f"again", file=sys.stderr)
+        return None

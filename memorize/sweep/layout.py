@@ -27,6 +27,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ import yaml
 from memorize.cell import LAYOUT, OLD_LAYOUT, CellPaths
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
-from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
+from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand, load_spec
 
 
 ERROR = "error.txt"
@@ -130,15 +131,13 @@ def read_eval(root: Path, key: str) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         record = None
     if not isinstance(record, dict) or not {"cell", "eval", "config"} <= set(record):
-        if str(path) not in _REPORTED_DAMAGE:
-            _REPORTED_DAMAGE.add(str(path))
-            print(f"memorize: {path} is damaged (not a complete result record); its grid point counts as not done "
-                  f"and `memorize sweep run` recomputes it", file=sys.stderr)
+        _damaged(path, "not a complete result record",
+                 "its grid point counts as not done and `memorize sweep run` recomputes it")
         return None
     return record
 
 
-_REPORTED_DAMAGE: set[str] = set()  # damaged result files already named in this process
+_REPORTED_DAMAGE: set[str] = set()  # damaged files already named in this process
 
 
 def is_done(root: Path, key: str) -> bool:
@@ -151,15 +150,86 @@ def cell_dir(out: Path, point: GridPoint | str) -> Path:
     return out / "cells" / (point if isinstance(point, str) else point.cell)
 
 
+def _damaged(path: Path, why: str, consequence: str) -> None:
+    """Name a damaged sweep file once per process, with what follows from it."""
+    if str(path) not in _REPORTED_DAMAGE:
+        _REPORTED_DAMAGE.add(str(path))
+        print(f"memorize: {path} is damaged ({why}); {consequence}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _Bad:
+    """What a damaged file of the sweep directory was read as: why it could not be read."""
+
+    why: str
+
+
+def _read_json(path: Path, default):
+    """A small JSON record of the sweep directory; ``default`` where there is none, :class:`_Bad` where it
+    cannot be parsed."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        return _Bad(f"{type(err).__name__}: {err}")
+
+
+def _grid_table(points: list[GridPoint]) -> pd.DataFrame:
+    return pd.DataFrame([{"cell": p.cell, "eval": p.key, **dict(p.point)} for p in points])
+
+
+def _spec_grid(out: Path) -> pd.DataFrame | None:
+    """The grid index that ``DIR/spec.yaml`` expands to (what :func:`prepare` wrote beside it as cells.csv),
+    None where the spec there cannot be read."""
+    try:
+        return _grid_table(expand(load_spec(out / "spec.yaml")))
+    except (ConfigError, OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _listed_grid(out: Path) -> pd.DataFrame | _Bad | None:
+    """``DIR/cells.csv`` as written, None where absent, ``_Bad`` where it is not a whole grid index."""
+    path = out / "cells.csv"
+    try:
+        table = pd.read_csv(path, dtype={"cell": str, "eval": str})
+    except FileNotFoundError:
+        return None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
+        return _Bad(f"{type(err).__name__}: {err}".splitlines()[0])
+    if not {"cell", "eval"} <= set(table.columns) or table[["cell", "eval"]].isna().any().any():
+        return _Bad("a row without its cell or evaluation key")
+    return table
+
+
+def _same_points(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    return list(zip(a["cell"], a["eval"])) == list(zip(b["cell"], b["eval"]))
+
+
 def check_layout(out: Path) -> None:
-    """Refuse a sweep directory written by an older layout (its cell ids mean something else)."""
+    """Refuse a sweep directory written by an older layout (its cell ids mean something else). A damaged or
+    missing ``sweep.json`` beside a grid index that this layout's expansion of ``spec.yaml`` reproduces is
+    written again, with a line saying so."""
     marker = out / "sweep.json"
-    if marker.is_file():
-        version = json.loads(marker.read_text()).get("layout")
-        if version != LAYOUT:
-            raise ConfigError(f"{out}: sweep layout {version!r}, this memorize reads {LAYOUT}")
-    elif (out / "cells.csv").is_file():
+    record = _read_json(marker, None)
+    if isinstance(record, dict) and record.get("layout") == LAYOUT:
+        return
+    if isinstance(record, dict) and "layout" in record:
+        raise ConfigError(f"{out}: sweep layout {record['layout']!r}, this memorize reads {LAYOUT}")
+    listed = _listed_grid(out)
+    if record is None and listed is None:
+        return  # not a sweep directory (yet)
+    expected = _spec_grid(out)
+    if expected is not None and isinstance(listed, pd.DataFrame) and _same_points(listed, expected):
+        atomic_write_json(marker, {"layout": LAYOUT})
+        print(f"memorize: {marker} was {'missing' if record is None else 'damaged'}; cells.csv and spec.yaml are "
+              f"this layout's ({LAYOUT}), so it was written again", file=sys.stderr)
+        return
+    if record is None:
         raise ConfigError(f"sweep directory {out} {OLD_LAYOUT}")
+    why = record.why if isinstance(record, _Bad) else "no layout in it"
+    raise ConfigError(f"{marker} is damaged ({why}) and cells.csv with spec.yaml cannot tell the layout; if this "
+                      f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
 def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
@@ -171,21 +241,31 @@ def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"layout": LAYOUT})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
-    index = pd.DataFrame([{"cell": p.cell, "eval": p.key, **dict(p.point)} for p in points])
-    atomic_write_text(out / "cells.csv", index.to_csv(index=False))
+    atomic_write_text(out / "cells.csv", _grid_table(points).to_csv(index=False))
     return points
 
 
 def read_jobs(out: Path) -> dict[str, str]:
-    """``DIR/jobs.json``: the SLURM job id of each cell launched there (empty where none was)."""
-    path = out / "jobs.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """``DIR/jobs.json``: the SLURM job id of each cell launched there (empty where none was, or where the
+    file is damaged: named once, and the next launch records its jobs anew)."""
+    jobs = _read_json(out / "jobs.json", {})
+    if isinstance(jobs, dict):
+        return jobs
+    _damaged(out / "jobs.json", jobs.why if isinstance(jobs, _Bad) else "not a mapping of cell ids to job ids",
+             "the cells' SLURM job ids are unknown here: their state is read from their own files, and the next "
+             "launch writes the file again")
+    return {}
 
 
 def read_cancelled(out: Path) -> list[str]:
-    """Job ids ``memorize sweep cancel`` cancelled (``DIR/cancelled.json``; SLURM without accounting forgets them)."""
-    path = out / "cancelled.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    """Job ids ``memorize sweep cancel`` cancelled (``DIR/cancelled.json``; SLURM without accounting forgets
+    them); empty where the file is damaged (named once)."""
+    ids = _read_json(out / "cancelled.json", [])
+    if isinstance(ids, list):
+        return ids
+    _damaged(out / "cancelled.json", ids.why if isinstance(ids, _Bad) else "not a list of job ids",
+             "cancelled jobs show as failed, and the next `memorize sweep cancel` writes the file again")
+    return []
 
 
 def unfinished_cells(out: Path) -> dict[str, list[str]]:
@@ -195,11 +275,24 @@ def unfinished_cells(out: Path) -> dict[str, list[str]]:
 
 
 def read_grid(out: Path) -> pd.DataFrame:
-    """``DIR/cells.csv``: the grid points of the spec last launched into ``out``."""
-    if not (out / "cells.csv").is_file():
-        raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
+    """``DIR/cells.csv``: the grid points of the spec last launched into ``out``. Where it is damaged,
+    missing or out of step with ``DIR/spec.yaml`` (both are written by :func:`prepare`, the spec first), it is
+    written again from the spec, with a line saying so; where neither can be read, the error names both."""
     check_layout(out)
-    return pd.read_csv(out / "cells.csv", dtype={"cell": str, "eval": str})
+    path, listed = out / "cells.csv", _listed_grid(out)
+    if listed is None and not (out / "spec.yaml").is_file():
+        raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
+    expected = _spec_grid(out)
+    if isinstance(listed, pd.DataFrame) and (expected is None or _same_points(listed, expected)):
+        return listed
+    if expected is None:
+        raise ConfigError(f"{path} is damaged ({listed.why}) and {out / 'spec.yaml'} cannot rebuild it: run "
+                          f"`memorize sweep run SPEC --out {out}` with the sweep's spec to write both again")
+    why = "missing" if listed is None else f"damaged ({listed.why})" if isinstance(listed, _Bad) else \
+        "out of step with spec.yaml"
+    atomic_write_text(path, expected.to_csv(index=False))
+    print(f"memorize: {path} was {why}; written again from {out / 'spec.yaml'}", file=sys.stderr)
+    return pd.read_csv(path, dtype={"cell": str, "eval": str})
 
 
 def progress_line(root: Path) -> str:

@@ -21,6 +21,7 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def take_snapshot(out: Path) -> dict:
     digest = source_hash(root)
     target = out / "code" / digest
     record = {"hash": digest, **git_commit(root), "source": str(root), "pythonpath": str(target.resolve())}
+    if target.exists() and not _intact(target, digest):  # damaged since it was taken: every job would import it
+        print(f"memorize: the code snapshot {target} no longer matches its hash (a file damaged or removed); "
+              f"copied again", file=sys.stderr)
+        shutil.rmtree(target)
     if not (target / RECORD).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
@@ -112,6 +117,15 @@ def take_snapshot(out: Path) -> dict:
             raise
     atomic_write_json(out / RECORD, record)
     return record
+
+
+def _intact(target: Path, digest: str) -> bool:
+    """Whether the snapshot at ``target`` still holds the package of hash ``digest`` and a readable record."""
+    try:
+        json.loads((target / RECORD).read_bytes())
+        return source_hash(target / "memorize") == digest
+    except (OSError, ValueError):
+        return False
 
 
 def setup_lines(pythonpath: str) -> list[str]:
