@@ -26,8 +26,9 @@ def score_samples(samples: str | Path | np.ndarray, out: str | Path, data: dict[
                   value_range: str = "auto", name: str = "samples", **options) -> dict:
     """Score samples made anywhere (an array (M, C, H, W) or (M, H, W, C), an image folder, ``.npz``,
     ``.npy`` or ``.pt``) against the training set that ``data`` names (the ``data:`` section of a cell
-    config, e.g. ``{"name": "cifar10", "root": PATH, "n_train": 50000}``), with held-out images from the
-    rest of its pool. Writes ``out/scores/NAME.*`` as ``memorize score`` does and returns its summary;
+    config, e.g. ``{"name": "cifar10", "root": PATH, "n_train": 50000}``; ``train_indices``: a file of the
+    indices a model saw; ``heldout_path``: held-out images of your own), with held-out images from the
+    rest of its pool unless given. Writes ``out/scores/NAME.*`` as ``memorize score`` does and returns its summary;
     ``options`` go to :func:`memorize.score.score_cell` (``ratio``, ``threshold``, ``embedder``,
     ``features``, ``target_fpr``, ``device``, ``progress``)."""
     from memorize.external_cell import import_samples

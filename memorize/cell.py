@@ -32,6 +32,7 @@ import yaml
 
 from memorize.config import CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
 from memorize.data import Dataset, Split, load_dataset, load_split, make_split, save_split
+from memorize.data.sample_files import read_samples_file
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
 from memorize.io import atomic_write_json, check_directory
@@ -299,6 +300,8 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
                           f"dataset {cfg.data.name!r}: its data changed since the cell was made")
     train = dataset.data[torch.from_numpy(split.train)]
     heldout = dataset.data[torch.from_numpy(split.heldout)]
+    if cfg.data.heldout_path is not None:
+        heldout = read_heldout_files(cfg.data.heldout_path, tuple(train.shape[1:]))
     if split.train_labels is None:
         data = CellData(dataset, split, train, heldout, None, None)
     else:
@@ -310,6 +313,19 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
     if record is not None:
         check_fingerprint(paths.root, record["data"], data)
     return data
+
+
+def read_heldout_files(path: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``data.heldout_path``: held-out real images read as samples are (values mapped to [-1, 1] from their
+    range), which must have the training images' ``shape``."""
+    try:
+        images, _ = read_samples_file(path)
+    except (ValueError, OSError) as err:  # the readers name the file and what was expected
+        raise ConfigError(f"data.heldout_path: {err}") from None
+    if tuple(images.shape[1:]) != shape:
+        raise ConfigError(f"data.heldout_path: {path} holds images of shape {tuple(images.shape[1:])}, but the "
+                          f"training images are {shape}")
+    return torch.from_numpy(images)
 
 
 def resolve_sigma_data(cfg: CellConfig, train: torch.Tensor) -> float:

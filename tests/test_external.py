@@ -83,6 +83,24 @@ def test_a_torchscript_denoiser_imported_as_a_cell_samples_scores_and_compares(t
     assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
 
 
+
+def test_an_imported_model_takes_the_index_file_of_the_images_it_saw(tmp_path):
+    from memorize.cell import CellPaths, load_cell_data, read_config
+    from memorize.config import DataConfig
+    from memorize.data import load_dataset
+
+    model = tmp_path / "halfway.pt"
+    torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(model))
+    seen = [5, 900, 17, 1200, 333, 42, 8, 1000]
+    np.save(tmp_path / "seen.npy", np.array(seen))
+    assert main(["import", str(model), "--out", str(tmp_path / "cell"), "--set", "data.n_train=8", "--set",
+                 f"data.train_indices={tmp_path / 'seen.npy'}", "--set", "data.n_heldout=50"]) == 0
+    data = load_cell_data(read_config(tmp_path / "cell"), CellPaths(tmp_path / "cell"))
+    digits = load_dataset(DataConfig()).data
+    torch.testing.assert_close(data.train, digits[seen], rtol=0, atol=0)
+    assert len(data.heldout) == 50 and not set(data.split.heldout) & set(seen)
+
+
 @pytest.mark.parametrize("name, setup, expected", [
     ("wrong output shape", lambda t: torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(t / "m.pt")),
      r"could not be run as a torchscript denoiser|returned"),

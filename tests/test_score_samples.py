@@ -105,3 +105,64 @@ def test_bad_samples_are_one_line_errors_and_nothing_is_written(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(expected, err), err
     assert not (tmp_path / "scored").exists()
+
+
+def test_an_index_file_names_the_training_set_and_held_out_images_come_from_the_rest(tmp_path, capsys):
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    images, _ = _npz_dataset(tmp_path)
+    images[7] = images[3]  # an exact copy of a training image elsewhere in the dataset: never held out
+    np.savez(tmp_path / "train.npz", images=images)
+    chosen = np.array([3, 11, 40, 2, 149, 60])
+    (tmp_path / "idx.txt").write_text("\n".join(map(str, chosen)) + "\n")
+    sets = ["--set", "data.name=npz", "--set", f"data.root={tmp_path / 'train.npz'}", "--set", "data.n_train=6",
+            "--set", "data.n_heldout=100", "--set", f"data.train_indices={tmp_path / 'idx.txt'}"]
+    np.save(tmp_path / "one.npy", images[:1].astype(np.float32) / 127.5 - 1)
+    assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "cell"), "--features", "pixel",
+                 "--threshold", "0.9", "--quiet"] + sets) == 0
+    data = load_cell_data(read_config(tmp_path / "cell"), CellPaths(tmp_path / "cell"))
+    assert data.split.train.tolist() == chosen.tolist()
+    np.testing.assert_array_equal(data.train.numpy(), images[chosen].astype(np.float32) / 127.5 - 1)
+    assert len(data.heldout) == 100 and not set(data.split.heldout) & {*chosen.tolist(), 7}
+    # a count that does not match, a repeated index, one out of range, a file of words: one line each
+    for content, n, message in (("1\n2\n", 6, "data.n_train=2"), ("1\n1\n", 2, "appears 2 times"),
+                                ("1\n150\n", 2, "must lie in [0, 150)"), ("a b\n", 2, "not a list of indices")):
+        (tmp_path / "bad.txt").write_text(content)
+        bad = [s.replace(str(tmp_path / "idx.txt"), str(tmp_path / "bad.txt")).replace("data.n_train=6",
+                                                                                      f"data.n_train={n}") for s in sets]
+        assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "badcell"), "--quiet"] + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "data." in err[0], err
+        assert not (tmp_path / "badcell").exists()
+
+
+def test_held_out_images_of_ones_own_calibrate_and_measure_the_false_positives(tmp_path, capsys):
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    images, sets = _npz_dataset(tmp_path)
+    sets = [s.replace("data.n_heldout=100", "data.n_heldout=0") for s in sets]
+    np.save(tmp_path / "one.npy", images[:1].astype(np.float32) / 127.5 - 1)
+    assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "probe"), "--quiet", "--features",
+                 "pixel", "--threshold", "0.9"] + sets) == 0
+    train = load_cell_data(read_config(tmp_path / "probe"), CellPaths(tmp_path / "probe")).train.numpy()
+    # held-out "real" images that are copies of training images: every one is a false positive
+    _png_folder(tmp_path / "copies", np.round((train[:12] + 1) * 127.5).astype(np.uint8))
+    novel = np.random.default_rng(5).integers(0, 256, size=(12, 3, 8, 8), dtype=np.uint8)
+    _png_folder(tmp_path / "novel", novel)
+    fpr = {}
+    for name in ("copies", "novel"):
+        out = tmp_path / f"with-{name}"
+        assert main(["score", str(tmp_path / "one.npy"), "--out", str(out), "--heldout", str(tmp_path / name),
+                     "--features", "pixel", "--threshold", "0.9", "--quiet"] + sets) == 0
+        summary = json.loads((out / "scores" / "trained.json").read_text())
+        assert summary["n_heldout"] == 12
+        fpr[name] = summary["nn"]["fpr"]["ratio"]
+        data = load_cell_data(read_config(out), CellPaths(out))
+        assert data.heldout.shape == (12, 3, 8, 8)
+    assert fpr == {"copies": 1.0, "novel": 0.0}
+    _png_folder(tmp_path / "small", np.zeros((3, 3, 4, 4), dtype=np.uint8))
+    assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "bad"), "--heldout",
+                 str(tmp_path / "small"), "--quiet"] + sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.heldout_path" in err[0] and "(3, 4, 4)" in err[0], err
+    assert not (tmp_path / "bad").exists()

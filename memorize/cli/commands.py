@@ -66,9 +66,13 @@ def cmd_score(args: argparse.Namespace) -> None:
         foreign = sorted(k for k in overrides if not k.startswith("data."))
         if foreign:
             raise ConfigError(f"--set {foreign[0]}: samples made elsewhere take data.* fields only")
+        if args.heldout is not None:
+            overrides["data.heldout_path"] = str(Path(args.heldout).resolve())
         root, used = import_samples(args.dir, args.out, load_config(None, overrides), args.samples, args.value_range)
         print(f"{args.dir}: samples read with value range {used}, stored in {root / 'samples'}")
         args.dir = str(root)
+    elif args.heldout is not None:
+        raise ConfigError(f"--heldout: only for samples made elsewhere; the cell {args.dir} has its held-out images")
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
                    progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
     nn, cos, q = s["nn"], s["cos"], s["quality"]

@@ -83,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "denoiser: DIR/samples/NAME.npz, DIR/scores/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="samples made elsewhere: their training set, as data.* fields (e.g. --set data.name=cifar10 "
-                        "--set data.root=PATH --set data.n_train=50000); the held-out images come from the rest")
+                        "--set data.root=PATH --set data.n_train=50000, or --set data.train_indices=FILE for the "
+                        "images a model saw); the held-out images come from the rest")
+    p.add_argument("--heldout", metavar="PATH",
+                   help="samples made elsewhere: held-out real images (an image folder, .npz, .npy or .pt) for the "
+                        "calibration, false-positive rates and quality, instead of the rest of the dataset "
+                        "(data.heldout_path)")
     p.add_argument("--range", dest="value_range", default="auto", choices=("auto", "0-255", "0-1", "-1-1"),
                    help="samples made elsewhere: their value range (auto: uint8 is 0-255, floats in [0, 1] are 0-1, "
                         "floats in [-1, 1] with negatives are -1-1)")

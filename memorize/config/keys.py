@@ -50,6 +50,9 @@ def training_identity(cfg: CellConfig) -> dict[str, Any]:
         del d["diffusion"][name]
     if cfg.train.label_dropout == 0:  # left out at its default, so that a cell which does not use it keeps the id it had without it
         del d["train"]["label_dropout"]
+    for name in ("train_indices", "heldout_path"):  # likewise: left out when unset
+        if d["data"][name] is None:
+            del d["data"][name]
     return d
 
 

@@ -70,6 +70,12 @@ class DataConfig:
     so smaller subsets nest inside larger ones; ``subset_offset`` skips that many
     items first (offsets 0 and N give two disjoint subsets of size N). The last
     ``n_heldout`` items of the permutation are held out and never drawn by any subset.
+
+    ``train_indices``: a file of dataset indices (``.npy``, or text with one integer per line) that is
+    the training subset instead, in its order: the images a model trained elsewhere saw; ``n_train``
+    must be their number, and the held-out items are drawn from the images not among them.
+    ``heldout_path``: held-out real images from an image folder, ``.npz``, ``.npy`` or ``.pt`` (read as
+    samples are, :mod:`memorize.data.sample_files`) instead of the dataset's own held-out items.
     """
 
     name: Literal["digits", "gmm", "mnist", "cifar10", "folder", "npz"] = "digits"
@@ -82,6 +88,8 @@ class DataConfig:
     resize: int | None = None
     labels: Literal["none", "true", "random", "unique"] = "none"
     gmm: GMMConfig = field(default_factory=GMMConfig)
+    train_indices: str | None = None
+    heldout_path: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "data.n_train", "must be >= 1")
@@ -91,6 +99,11 @@ class DataConfig:
         needs_root = self.name in ("mnist", "cifar10", "folder", "npz")
         _require(not needs_root or bool(self.root), "data.root",
                  f"dataset {self.name!r} is read from local files: set data.root to their location")
+        if self.train_indices is not None:
+            _require(self.subset_offset == 0 and not self.class_balanced, "data.train_indices",
+                     "names the training subset itself: leave data.subset_offset and data.class_balanced unset")
+        _require(self.heldout_path is None or self.labels == "none", "data.heldout_path",
+                 "held-out images from files carry no class labels: only with data.labels: none")
 
 
 @dataclass

@@ -48,12 +48,17 @@ def _row_digests(flat: np.ndarray) -> list[bytes]:
 DIGEST_CHUNK = 4096
 
 
-def unique_indices(data: torch.Tensor) -> np.ndarray:
-    """Indices of the first occurrence of every distinct item (exact byte equality), ascending."""
+def item_digests(data: torch.Tensor) -> list[bytes]:
+    """Each item's 128-bit BLAKE2b digest of its bytes, hashed in threads."""
     flat = data.reshape(len(data), -1).contiguous().numpy()
     chunks = [flat[s:s + DIGEST_CHUNK] for s in range(0, len(flat), DIGEST_CHUNK)]
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1) or 1) as pool:
-        digests = [d for part in pool.map(_row_digests, chunks) for d in part]
+        return [d for part in pool.map(_row_digests, chunks) for d in part]
+
+
+def unique_indices(data: torch.Tensor, digests: list[bytes] | None = None) -> np.ndarray:
+    """Indices of the first occurrence of every distinct item (exact byte equality), ascending."""
+    digests = item_digests(data) if digests is None else digests
     seen: set[bytes] = set()
     keep = []
     for i, digest in enumerate(digests):
@@ -76,8 +81,39 @@ def round_robin_by_class(order: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return flat[np.lexsort((cls, rank))]
 
 
+def read_index_file(path: str | Path, size: int) -> np.ndarray:
+    """The dataset indices in ``path`` (``.npy``, or text with one integer per line), checked: whole numbers,
+    each below ``size`` and none twice; errors name ``data.train_indices`` and the file."""
+    path = Path(path)
+    where = f"data.train_indices: {path}"
+    try:
+        raw = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where}: not a list of indices (.npy, or one integer per line): "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    raw = np.asarray(raw)
+    if raw.ndim != 1 or raw.size == 0 or not np.issubdtype(raw.dtype, np.number) or \
+            not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+        raise ConfigError(f"{where}: expected a non-empty list of whole numbers, got shape {raw.shape} "
+                          f"of {raw.dtype}")
+    indices = raw.astype(np.int64)
+    if indices.min() < 0 or indices.max() >= size:
+        raise ConfigError(f"{where}: indices must lie in [0, {size}) for this dataset, got "
+                          f"[{indices.min()}, {indices.max()}]")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"{where}: index {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
+    return indices
+
+
 def make_split(ds: Dataset, cfg: DataConfig) -> Split:
-    """Pick the training subset and held-out set of ``cfg`` from ``ds`` (module recipe)."""
+    """Pick the training subset and held-out set of ``cfg`` from ``ds`` (module recipe; with
+    ``data.train_indices`` the subset is the file's, and the held-out items are the last ``n_heldout`` of
+    the permutation among the images whose content no training image has)."""
+    if cfg.train_indices is not None:
+        return _indexed_split(ds, cfg)
     keep = unique_indices(ds.data)
     available = len(keep) - cfg.n_heldout
     if cfg.subset_offset + cfg.n_train > available:
@@ -92,6 +128,24 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
             raise ConfigError(f"data.class_balanced: dataset {cfg.name!r} has no labels")
         pool = round_robin_by_class(pool, ds.labels.numpy())
     train = pool[cfg.subset_offset: cfg.subset_offset + cfg.n_train]
+    labels, num_classes = conditioning_labels(ds, cfg, train)
+    return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
+
+
+def _indexed_split(ds: Dataset, cfg: DataConfig) -> Split:
+    train = read_index_file(cfg.train_indices, len(ds.data))
+    if len(train) != cfg.n_train:
+        raise ConfigError(f"data.n_train: {cfg.n_train}, but data.train_indices ({cfg.train_indices}) lists "
+                          f"{len(train)} images; set data.n_train={len(train)}")
+    digests = item_digests(ds.data)
+    keep = unique_indices(ds.data, digests)
+    seen = {digests[i] for i in train}
+    order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
+    unseen = np.asarray([i for i in order if digests[i] not in seen], dtype=np.int64)
+    if cfg.n_heldout > len(unseen):
+        raise ConfigError(f"data.n_heldout: {cfg.n_heldout}, but only {len(unseen)} distinct images of "
+                          f"{cfg.name!r} are not among the {len(train)} of data.train_indices")
+    heldout = unseen[len(unseen) - cfg.n_heldout:]
     labels, num_classes = conditioning_labels(ds, cfg, train)
     return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
 
