@@ -2,13 +2,16 @@
 against N training images (default 50,000, an ``.npz`` dataset), with the time split into reading the
 folder, the nearest-neighbour criterion's search, and the rest of ``memorize score`` (cosine criterion,
 held-out calibration, quality on pixel features), beside bare FAISS (``faiss.knn``, k = 4) on the same
-arrays in the same run. The PNGs are written first (not timed).
+arrays in the same run. The PNGs are written first (not timed). Memory: the peak anonymous resident
+memory of importing and of scoring (:class:`AnonymousPeak`), beside the size of the samples as float32;
+run it at two M to see how it grows with the sample count.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,37 @@ def write_pngs(folder: Path, images: np.ndarray) -> None:
         Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{k:06d}.png")
 
 
+class AnonymousPeak:
+    """The peak of the process's anonymous resident memory (``RssAnon``: what the process itself holds;
+    pages of memory-mapped files, which the kernel drops and re-reads at will, are left out), sampled
+    every ``interval`` seconds in a thread while the ``with`` block runs; ``peak`` in bytes above the start."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def now() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.now() - self.start)
+
+    def __enter__(self) -> AnonymousPeak:
+        self.start = self.now()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now() - self.start)
+
+
 def run(m: int, n: int, shape: tuple[int, int, int], heldout: int) -> list[dict]:
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 256, size=(n + heldout, *shape), dtype=np.uint8)
@@ -40,15 +74,18 @@ def run(m: int, n: int, shape: tuple[int, int, int], heldout: int) -> list[dict]
         tmp = Path(tmp)
         np.savez(tmp / "train.npz", images=pool)
         write_pngs(tmp / "pngs", samples)
+        del samples
         cfg = from_dict(CellConfig, {"data": {"name": "npz", "root": str(tmp / "train.npz"), "n_train": n,
                                               "n_heldout": heldout}})
-        read, _, (images, _) = measure(lambda: read_samples_file(tmp / "pngs"))
         start = time.perf_counter()
-        root, _ = import_samples(tmp / "pngs", tmp / "scored", cfg)  # reads again, then stores the array
+        with AnonymousPeak() as import_memory:
+            root, _ = import_samples(tmp / "pngs", tmp / "scored", cfg)
         imported = time.perf_counter() - start
         start = time.perf_counter()
-        summary = score_cell(root, "samples", features="pixel", threshold="auto", progress=False)
+        with AnonymousPeak() as score_memory:
+            summary = score_cell(root, "samples", features="pixel", threshold="auto", progress=False)
         scored = time.perf_counter() - start
+        read, _, (images, _) = measure(lambda: read_samples_file(tmp / "pngs"))
         train = pool[:n].reshape(n, -1).astype(np.float32) / 127.5 - 1  # the subset's content, for the baselines
         flat = images.reshape(m, -1)
         ours, _, _ = measure(lambda: nn_ratio(flat, train))
@@ -56,7 +93,9 @@ def run(m: int, n: int, shape: tuple[int, int, int], heldout: int) -> list[dict]
     total = imported + scored
     return [{"M": m, "N": n, "CHW": "x".join(map(str, shape)), "read_folder_s": read, "import_s": imported,
              "score_s": scored, "total_s": total, "read_share": read / total, "nn_search_s": ours,
-             "bare_faiss_s": bare, "nn_x_bare": ours / bare, "mem_nn": summary["nn"]["ratio"]}]
+             "bare_faiss_s": bare, "nn_x_bare": ours / bare, "mem_nn": summary["nn"]["ratio"],
+             "samples_mb": m * int(np.prod(shape)) * 4 / 2**20, "import_peak_anon_mb": import_memory.peak / 2**20,
+             "score_peak_anon_mb": score_memory.peak / 2**20}]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

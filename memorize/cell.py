@@ -12,6 +12,7 @@ are artefacts inside the cell, keyed by their own settings.
     DIR/loss.csv             training log, rewritten with each checkpoint
     DIR/train.json           training summary of the last budget trained to
     DIR/samples/NAME.npz     samples (float32, seeds) and NAME.png, a grid
+    DIR/samples/NAME.samples.npy  the samples of an imported set, which NAME.npz names (memory-mapped)
     DIR/scores/NAME.*        per-sample scores and their summary
     DIR/evals/KEY.json       a sweep's result at one (budget, sampling, scoring) setting
 """

@@ -22,8 +22,8 @@ import torch
 
 from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, read_identity
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
-from memorize.data.sample_files import read_samples_file, to_unit_range
-from memorize.io import atomic_savez, atomic_write_json, check_directory
+from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
+from memorize.io import atomic_savez, atomic_write, atomic_write_json, check_directory
 from memorize.models.external import LOADERS
 
 KINDS = tuple(LOADERS)
@@ -123,38 +123,65 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
 
 
 def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellConfig, name: str = "samples",
-                   value_range: str = "auto") -> tuple[Path, str]:
+                   value_range: str = "auto", chunk: int = 4096) -> tuple[Path, str]:
     """Make ``out`` a cell without a denoiser that holds the samples at ``samples`` (a folder of images,
-    ``.npz``, ``.npy`` or ``.pt``; :func:`memorize.data.sample_files.read_samples_file`) as
+    ``.npz``, ``.npy`` or ``.pt``; :func:`memorize.data.sample_files.open_samples`) as
     ``samples/NAME.npz``, against the training subset and held-out images of ``cfg.data``, so that
-    ``memorize score`` scores them with the same code as a trained cell's. Samples whose shape is not the
-    training images' are refused before anything is written. An array is taken as the samples themselves
-    (read with ``value_range`` as a file would be). Returns the cell and the value range used."""
+    ``memorize score`` scores them with the same code as a trained cell's. The samples are copied ``chunk``
+    at a time into ``samples/NAME.samples.npy``, which every reader maps instead of loading, so memory is
+    bounded by a chunk; samples whose shape is not the training images' are refused before anything is
+    written. An array is taken as the samples themselves (read with ``value_range`` as a file would be).
+    Returns the cell and the value range used."""
     if isinstance(samples, np.ndarray):
         images, used = to_unit_range(samples, value_range, Path("the samples array"))
-        samples = Path("array")
+        source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
+                              lambda start, stop: images[start:stop])
     else:
-        images, used = read_samples_file(samples, value_range)
+        source = open_samples(samples, value_range, chunk)
     with _removed_on_error(Path(out)):
-        return _import_samples(images, used, Path(samples), Path(out), cfg, name)
+        return _import_samples(source, Path(out), cfg, name, chunk), source.value_range
 
 
-def _import_samples(images: np.ndarray, used: str, samples: Path, out: Path, cfg: CellConfig,
-                    name: str) -> tuple[Path, str]:
+def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str, chunk: int) -> Path:
     paths = CellPaths(check_directory(out, "--out"))
-    digest = hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=16).hexdigest()
-    identity = {"samples": {"digest": digest}, "data": to_dict(cfg)["data"]}
     record = read_identity(paths.root)
-    if record is not None and record["identity"] != identity:
-        raise ConfigError(f"{paths.root} already holds another cell or other samples; choose another --out")
+
+    def refuse_other(identity: dict | None = None) -> None:
+        held = None if record is None else record["identity"]
+        if held is not None and (held.get("data") != to_dict(cfg)["data"] or "samples" not in held
+                                 or (identity is not None and held != identity)):
+            raise ConfigError(f"{paths.root} already holds another cell or other samples; choose another --out")
+
+    refuse_other()  # before the subset is written
     data = load_cell_data(cfg, paths)
-    if tuple(images.shape[1:]) != tuple(data.train.shape[1:]):
-        raise ConfigError(f"{samples}: samples of shape {tuple(images.shape[1:])}, but the training images of "
+    if source.shape != tuple(data.train.shape[1:]):
+        raise ConfigError(f"{source.path}: samples of shape {source.shape}, but the training images of "
                           f"{cfg.data.name} are {tuple(data.train.shape[1:])}")
-    atomic_savez(paths.samples / f"{name}.npz", samples=images.astype(np.float32), seeds=np.arange(len(images)),
-                 settings=np.asarray(json.dumps({"denoiser": "imported", "source": str(Path(samples).resolve()),
-                                                 "range": used})), seconds=np.float64(0.0))
+    array_file = paths.samples / f"{name}.samples.npy"
+    digest = hashlib.blake2b(digest_size=16)
+
+    def copy(tmp: Path) -> None:
+        """Chunk by chunk into a memory-mapped .npy, hashed on the way; it replaces the file only if the
+        cell holds no other samples."""
+        stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(source.count, *source.shape))
+        start = 0
+        for part in source.chunks(chunk):
+            stored[start:start + len(part)] = part
+            digest.update(np.ascontiguousarray(part).tobytes())
+            start += len(part)
+        stored.flush()
+        del stored
+        refuse_other(identity())
+
+    def identity() -> dict:
+        return {"samples": {"digest": digest.hexdigest()}, "data": to_dict(cfg)["data"]}
+
+    atomic_write(array_file, copy)
+    atomic_savez(paths.samples / f"{name}.npz", samples_file=np.asarray(array_file.name),
+                 seeds=np.arange(source.count),
+                 settings=np.asarray(json.dumps({"denoiser": "imported", "source": str(source.path.resolve()),
+                                                 "range": source.value_range})), seconds=np.float64(0.0))
     save_config(cfg, paths.config)
-    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"samples-{digest[:12]}", "identity": identity,
-                                       "data": data_fingerprint(data)})
-    return paths.root, used
+    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"samples-{digest.hexdigest()[:12]}",
+                                       "identity": identity(), "data": data_fingerprint(data)})
+    return paths.root

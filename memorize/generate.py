@@ -55,9 +55,23 @@ def save_grid(path: Path, samples: torch.Tensor, min_size: int = 32) -> None:
 
 
 def read_samples(path: Path) -> dict:
+    """A sample set's arrays and settings. Samples imported from elsewhere live beside the ``.npz`` in a
+    ``.npy`` file it names (``samples_file``), memory-mapped here: read as used, never loaded whole."""
+    path = Path(path)
     with np.load(path) as npz:
         out = {k: npz[k] for k in npz.files}
     out["settings"] = json.loads(str(out["settings"]))
+    if "samples_file" in out:
+        array_file = path.parent / str(out.pop("samples_file"))
+        try:
+            # copy-on-write: a consumer may write (torch wants writable arrays); the file is never changed
+            out["samples"] = np.load(array_file, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{array_file}: the samples of {path.name} are missing or damaged ({type(err).__name__}); "
+                             f"import them again") from None
+        if out["samples"].shape[0] != len(out["seeds"]):
+            raise ValueError(f"{array_file}: {out['samples'].shape[0]} samples where {path.name} records "
+                             f"{len(out['seeds'])}; import them again")
     return out
 
 

@@ -166,7 +166,8 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     resolved = resolve_features(features, data)
     extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
                                              dev, progress)
-    finite = drawn["samples"][nn.finite]
+    # the samples as read (a memory-mapped file for imported ones): indexed, so copied, only where some are not finite
+    finite = drawn["samples"] if nn.finite.all() else drawn["samples"][nn.finite]
     enough = min(len(finite), len(data.heldout)) > QUALITY_K  # else quality_summary gives NaN: skip the embedding
 
     def features_of(x) -> np.ndarray:

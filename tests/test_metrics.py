@@ -285,3 +285,24 @@ def test_torchvision_mobilenet_with_real_imagenet_weights():
     assert f.shape == (12, 1280)
     r = copy_similarity(f[6:], f[:6], threshold=0.5)
     assert r.nearest.tolist() == list(range(6))  # a real descriptor matches each shifted copy to its original
+
+
+def test_both_criteria_stream_the_samples_in_batches_with_the_same_answers(tmp_path):
+    """A memory-mapped sample file, searched a batch at a time (rows with NaN or zeros among them), gives
+    exactly what one pass over an in-memory copy gives."""
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(40, 12)).astype(np.float32)
+    samples = np.concatenate([train[:7] + 1e-3, rng.normal(size=(13, 12))]).astype(np.float32)
+    samples[[2, 9]] = np.nan
+    samples[15] = 0.0  # no cosine for a zero descriptor
+    np.save(tmp_path / "s.npy", samples)
+    mapped = np.load(tmp_path / "s.npy", mmap_mode="c")
+    whole_nn, whole_cos = nn_ratio(samples, train), copy_similarity(samples, train, 0.9)
+    for batch in (1, 3, 8):
+        nn, cos = nn_ratio(mapped, train, batch_size=batch), copy_similarity(mapped, train, 0.9, batch_size=batch)
+        for field in ("nearest", "second", "d1", "d2", "memorized", "finite"):
+            np.testing.assert_array_equal(getattr(nn, field), getattr(whole_nn, field))
+        for field in ("nearest", "similarity", "memorized"):
+            np.testing.assert_array_equal(getattr(cos, field), getattr(whole_cos, field))
+    assert whole_nn.memorized[:7].sum() == 6 and not whole_nn.finite[[2, 9]].any()
+    assert np.isnan(whole_cos.similarity[[2, 9, 15]]).all()

@@ -166,3 +166,26 @@ def test_held_out_images_of_ones_own_calibrate_and_measure_the_false_positives(t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.heldout_path" in err[0] and "(3, 4, 4)" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_imported_samples_are_mapped_from_disk_and_a_damaged_copy_is_named(tmp_path, capsys):
+    from memorize.generate import read_samples
+
+    images, sets = _npz_dataset(tmp_path)
+    np.save(tmp_path / "mine.npy", images[:30])  # uint8, (M, C, H, W)
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "mine.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 0
+    drawn = read_samples(out / "samples" / "trained.npz")
+    assert isinstance(drawn["samples"], np.memmap) and drawn["samples"].shape == (30, 3, 8, 8)
+    expected = np.array(drawn["samples"])
+    np.testing.assert_array_equal(expected, images[:30].astype(np.float32) / 127.5 - 1)
+    del drawn  # a mapping of a file truncated in place would fault on its next read
+    copy = out / "samples" / "trained.samples.npy"
+    copy.write_bytes(copy.read_bytes()[:200])
+    capsys.readouterr()
+    assert main(["score", str(out), "--features", "pixel", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained.samples.npy" in err[0] and "import them again" in err[0], err
+    # importing them again repairs the copy and scores the same
+    assert main(["score", str(tmp_path / "mine.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 0
+    np.testing.assert_array_equal(read_samples(out / "samples" / "trained.npz")["samples"], expected)

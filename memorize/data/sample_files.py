@@ -11,7 +11,9 @@ is an error asking for the range). The range used is returned with the array, fo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +37,37 @@ def _decode(path: Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def read_image_folder(root: Path, threads: int | None = None) -> np.ndarray:
-    """Every image under ``root`` (recursively, sorted by path) as uint8 (M, C, H, W), decoded in
-    ``threads`` threads; every image must have the first one's shape."""
+def image_files(root: Path) -> list[Path]:
+    """The images under ``root``, recursively, sorted by path."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None = None,
+                  threads: int | None = None) -> np.ndarray:
+    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads; every image must have the shape of
+    ``first`` (a file and its shape; default: the first of ``files``)."""
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_decode, files))
+    name, shape = first or (files[0], images[0].shape)
     for path, image in zip(files, images):
-        if image.shape != images[0].shape:
-            raise DatasetError(f"{path}: shape {tuple(image.shape)}, but {files[0].name} has "
-                               f"{tuple(images[0].shape)}: every sample must have one shape")
+        if image.shape != shape:
+            raise DatasetError(f"{path}: shape {tuple(image.shape)}, but {name.name} has {tuple(shape)}: every "
+                               f"sample must have one shape")
     return np.stack(images)
 
 
+def read_image_folder(root: Path, threads: int | None = None) -> np.ndarray:
+    """Every image under ``root`` (:func:`image_files`) as uint8 (M, C, H, W) of one shape."""
+    return decode_images(image_files(root), threads=threads)
+
+
 def _array(path: Path) -> np.ndarray:
+    """The array in a ``.npy`` (memory-mapped: read as used), ``.npz`` or ``.pt`` file (read whole)."""
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             names = [n for n in ("samples", "images") if n in npz.files] or npz.files
@@ -78,40 +93,102 @@ def _channels_first(images: np.ndarray, path: Path) -> np.ndarray:
                        f"with 1 or 3 channels, or (M, H, W)")
 
 
-def to_unit_range(images: np.ndarray, value_range: str, path: Path) -> tuple[np.ndarray, str]:
-    """``images`` mapped to float32 [-1, 1] from ``value_range`` (``auto``: from the dtype and values)."""
+BOUNDS = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
+
+
+def resolve_range(dtype: np.dtype, lo: float, hi: float, value_range: str, path: Path) -> str:
+    """The value range of samples of ``dtype`` whose values span [``lo``, ``hi``] (module docstring), checked."""
     if value_range not in RANGES:
         raise DatasetError(f"--range: expected one of {RANGES}, got {value_range!r}")
-    if images.dtype == np.uint8 and value_range in ("auto", "0-255"):
-        return images.astype(np.float32) / 127.5 - 1.0, "0-255"
-    values = images.astype(np.float32)
-    if not np.isfinite(values).all():
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise DatasetError(f"{path}: samples contain NaN or infinite values")
-    lo, hi = float(values.min()), float(values.max())
     if value_range == "auto":
-        if 0.0 <= lo and hi <= 1.0:
+        if dtype == np.uint8:
+            value_range = "0-255"
+        elif 0.0 <= lo and hi <= 1.0:
             value_range = "0-1"
         elif -1.0 <= lo < 0.0 and hi <= 1.0:
             value_range = "-1-1"
         else:
             raise DatasetError(f"{path}: values in [{lo:.4g}, {hi:.4g}] fit no usual range; say which with "
                                f"--range 0-255, 0-1 or -1-1")
-    bounds = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}[value_range]
+    bounds = BOUNDS[value_range]
     if lo < bounds[0] - 1e-6 or hi > bounds[1] + 1e-6:
         raise DatasetError(f"{path}: values in [{lo:.4g}, {hi:.4g}] lie outside the stated range {value_range}")
-    return (values - bounds[0]) / (bounds[1] - bounds[0]) * 2.0 - 1.0, value_range
+    return value_range
+
+
+def map_range(images: np.ndarray, value_range: str) -> np.ndarray:
+    """``images`` in the resolved ``value_range``, as float32 in [-1, 1]."""
+    if images.dtype == np.uint8 and value_range == "0-255":  # the datasets' own mapping, so copies match exactly
+        return images.astype(np.float32) / 127.5 - 1.0
+    lo, hi = BOUNDS[value_range]
+    return (images.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0
+
+
+def _span(images: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value (NaN where any is not finite)."""
+    if images.dtype == np.uint8:
+        return float(images.min()), float(images.max())
+    values = images.astype(np.float32, copy=False)
+    if not np.isfinite(values).all():
+        return float("nan"), float("nan")
+    return float(values.min()), float(values.max())
+
+
+def to_unit_range(images: np.ndarray, value_range: str, path: Path) -> tuple[np.ndarray, str]:
+    """``images`` mapped to float32 [-1, 1] from ``value_range`` (``auto``: from the dtype and values)."""
+    used = resolve_range(images.dtype, *_span(images), value_range, path)
+    return map_range(images, used), used
+
+
+@dataclass
+class SampleSource:
+    """Samples at a path, read ``chunk`` rows at a time: ``count`` of them, each of ``shape`` (C, H, W),
+    in the value range ``value_range`` (resolved). An image folder is decoded a chunk at a time and a
+    ``.npy`` file memory-mapped, so memory is bounded by a chunk; ``.npz`` and ``.pt`` are read whole."""
+
+    path: Path
+    count: int
+    shape: tuple[int, ...]
+    value_range: str
+    _rows: Callable[[int, int], np.ndarray]  # raw rows [start, stop), channels first
+
+    def chunks(self, size: int = 4096) -> Iterator[np.ndarray]:
+        """The samples as float32 (k, C, H, W) in [-1, 1], ``size`` rows at a time."""
+        for start in range(0, self.count, size):
+            yield map_range(self._rows(start, min(start + size, self.count)), self.value_range)
+
+
+def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096) -> SampleSource:
+    """The samples at ``path`` (module docstring) as a :class:`SampleSource`. Where the range is to be
+    inferred from float values, their span is read first, a chunk at a time."""
+    path = Path(path)
+    if path.is_dir():
+        files = image_files(path)
+        first = _decode(files[0])
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            return decode_images(files[start:stop], (files[0], first.shape))
+
+        return SampleSource(path, len(files), tuple(first.shape),
+                            resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such samples file or folder")
+    array = _channels_first(_array(path), path)
+    if len(array) == 0:
+        raise DatasetError(f"{path}: holds no samples")
+    if array.dtype == np.uint8 and value_range in ("auto", "0-255"):
+        lo, hi = 0.0, 255.0
+    else:
+        spans = [_span(array[s:s + chunk]) for s in range(0, len(array), chunk)]
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    return SampleSource(path, len(array), tuple(array.shape[1:]), resolve_range(array.dtype, lo, hi, value_range, path),
+                        lambda start, stop: np.asarray(array[start:stop]))
 
 
 def read_samples_file(path: str | Path, value_range: str = "auto") -> tuple[np.ndarray, str]:
-    """The samples at ``path`` as float32 (M, C, H, W) in [-1, 1], and the value range they were read with
-    (module docstring)."""
-    path = Path(path)
-    if path.is_dir():
-        images = read_image_folder(path)
-    elif path.is_file():
-        images = _array(path)
-    else:
-        raise DatasetError(f"{path}: no such samples file or folder")
-    if len(images) == 0:
-        raise DatasetError(f"{path}: holds no samples")
-    return to_unit_range(_channels_first(images, path), value_range, path)
+    """The samples at ``path`` as float32 (M, C, H, W) in [-1, 1], held whole, and the value range they were
+    read with (module docstring)."""
+    source = open_samples(path, value_range)
+    return np.concatenate(list(source.chunks())), source.value_range

@@ -96,26 +96,33 @@ def _check_distinct(distinct: int, n: int) -> None:
 
 
 def _nearest_two_on_host(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
-    """Duplicate check (hashing) and float64 re-ranking on the CPU around a FAISS search."""
+    """Duplicate check (hashing) and float64 re-ranking on the CPU around a FAISS search, ``batch_size``
+    samples at a time (the samples may be a memory-mapped file: only a batch is ever copied)."""
     queries, base = as_rows(samples), as_rows(train)  # own precision, for exact distances
     _check_dims(queries.shape[1], base.shape[1])
     keep = unique_indices(torch.from_numpy(np.ascontiguousarray(base)))
     _check_distinct(len(keep), len(base))
     distinct = base if len(keep) == len(base) else base[keep]
+    distinct32 = as_float32_rows(distinct)
     k = len(queries)
-    finite = np.isfinite(queries).all(1)
+    finite = np.zeros(k, dtype=bool)
     d1, d2 = np.full(k, np.nan), np.full(k, np.nan)
     nearest, second = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
     used = "none"  # the backend that searched, if any sample was searched
-    rows = np.flatnonzero(finite)
-    if len(rows):
-        usable = queries if len(rows) == k else queries[rows]
-        found = knn(as_float32_rows(usable), as_float32_rows(distinct), candidates, "l2", batch_size, backend)
+    for start in range(0, k, batch_size):
+        block = queries[start:start + batch_size]
+        finite[start:start + len(block)] = ok = np.isfinite(block).all(1)
+        rows = np.flatnonzero(ok)
+        if not len(rows):
+            continue
+        usable = block if len(rows) == len(block) else block[rows]
+        found = knn(as_float32_rows(usable), distinct32, candidates, "l2", batch_size, backend)
         used = found.backend
         exact = exact_l2(usable, distinct, found.indices)
         order = np.lexsort((found.indices, exact), axis=1)[:, :2]  # by exact distance, then index
         top = np.take_along_axis(found.indices, order, 1)
         dist = np.take_along_axis(exact, order, 1)
+        rows = rows + start
         nearest[rows], second[rows] = keep[top[:, 0]], keep[top[:, 1]]
         d1[rows], d2[rows] = dist[:, 0], dist[:, 1]
     return _NearestTwo(nearest, second, d1, d2, finite, len(base) - len(keep), used)
@@ -243,21 +250,25 @@ def _check_descriptors(sample_dim: int, train_dim: int, bad_train: np.ndarray | 
 
 
 def _most_similar_on_host(sample_features, train_features, candidates: int, batch_size: int, backend: str):
-    """(nearest, similarity, usable, backend): normalization and float64 re-ranking on the CPU around FAISS."""
+    """(nearest, similarity, usable, backend): normalization and float64 re-ranking on the CPU around FAISS,
+    ``batch_size`` samples at a time."""
     queries, base = as_rows(sample_features), as_rows(train_features)
     _check_descriptors(queries.shape[1], base.shape[1])
     base_norms = _row_norms(base)
     _check_descriptors(queries.shape[1], base.shape[1], ~(np.isfinite(base_norms) & (base_norms > 0)))
+    base_unit = _unit_float32(base, base_norms)
     query_norms = _row_norms(queries)
     ok = np.isfinite(query_norms) & (query_norms > 0)
     nearest = np.full(len(queries), -1, dtype=np.int64)
     similarity = np.full(len(queries), np.nan)
     used = "none"
-    rows = np.flatnonzero(ok)
-    if len(rows):
-        usable = queries if len(rows) == len(queries) else queries[rows]
-        found = knn(_unit_float32(usable, query_norms[rows]), _unit_float32(base, base_norms), candidates,
-                    "ip", batch_size, backend)
+    for start in range(0, len(queries), batch_size):
+        rows = np.flatnonzero(ok[start:start + batch_size]) + start
+        if not len(rows):
+            continue
+        block = queries[start:start + batch_size]
+        usable = block if len(rows) == len(block) else queries[rows]
+        found = knn(_unit_float32(usable, query_norms[rows]), base_unit, candidates, "ip", batch_size, backend)
         used = found.backend
         exact = exact_cosine(usable, base, found.indices, query_norms[rows], base_norms)
         order = np.lexsort((found.indices, -exact), axis=1)[:, 0]
