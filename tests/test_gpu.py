@@ -29,6 +29,10 @@ pytestmark = pytest.mark.gpu
 def _needs_cuda():
     if not torch.cuda.is_available():
         pytest.fail("test marked gpu run without a CUDA GPU (run `pytest -m gpu` on a GPU machine only)")
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    yield
+    # global switches: a test that leaves them changed changes the kernels of every test after it
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == flags, "cuDNN flags left changed"
 
 
 @pytest.mark.parametrize("sigma", [80.0, 0.5, 0.002])
@@ -63,6 +67,16 @@ def full_float32_convolutions():
         saved, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
         yield
         torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms, not autotuned, for this test only (the flags are global: a test
+    that set them and left them would change every later test's kernels)."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 def random_unet() -> torch.nn.Module:
@@ -122,18 +136,19 @@ def test_training_on_cuda_learns_with_and_without_bf16_autocast(tiny_cfg, tmp_pa
 
 def test_a_cell_runs_end_to_end_on_cuda(tiny_cfg, tmp_path):
     """Train, sample, score (torch-cuda search) and compare (empirical denoiser on the GPU)."""
+    from memorize.metrics.search import search_backend
+
     (summary,) = run_cell(tmp_path / "cell", [_tiny_cuda_cfg(tiny_cfg, True)], ScoreConfig(compare=True))
-    assert summary["search_backend"] == "torch-cuda"
+    assert summary["search_backend"] == search_backend("cuda")  # faiss-gpu where installed, else torch-cuda
     assert 0.0 <= summary["mem_nn"] <= 1.0 and np.isfinite(summary["train_loss"])
 
 
-def test_cuda_rng_state_is_checkpointed_so_dropout_resumes_exactly(tiny_cfg, tmp_path):
+def test_cuda_rng_state_is_checkpointed_so_dropout_resumes_exactly(tiny_cfg, tmp_path, deterministic_cudnn):
     """Dropout on the GPU draws from the CUDA generator: a run resumed from a checkpoint ends where an
     uninterrupted one ends only if that generator's state is saved and restored."""
     cfg = _tiny_cuda_cfg(tiny_cfg, False)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.3),
                               train=dataclasses.replace(cfg.train, steps=40, checkpoint_every=20, eval_every=40))
-    torch.backends.cudnn.deterministic = True
     short = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
     train(short, tmp_path / "resumed", progress=False)
     torch.cuda.manual_seed_all(12345)  # a resumed process starts from another CUDA generator state
@@ -155,13 +170,19 @@ def test_a_local_sweep_trains_on_the_gpu(tmp_path):
     assert report["launched"] == 1 and report["failed"] == 0, report
     (cell,) = (out / "cells").iterdir()
     assert json.loads((cell / "train.json").read_text())["device"].startswith("cuda")
-    assert collect(out).search_backend.tolist() == ["torch-cuda"]
+    from memorize.metrics.search import search_backend
+
+    assert collect(out).search_backend.tolist() == [search_backend("cuda")]
 
 
-def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, full_float32_convolutions):
+def test_packed_cells_on_cuda_end_where_separate_runs_end(tiny_cfg, tmp_path, full_float32_convolutions,
+                                                         deterministic_cudnn):
     """The stacked clip, AdamW and EMA on the GPU: three cells (different N, seed, budget, lr, weight decay,
     clip, EMA decay, sigma_data) trained together equal their separate runs on the GPU; sampled together
-    there, each cell's samples equal the ones it draws alone."""
+    there, each cell's samples equal the ones it draws alone. Grouped and single convolutions are
+    different kernels whatever cuDNN picks: the tolerance is the pack tests' float32 one, with cuDNN held
+    to its deterministic algorithms so that its autotuning cannot pick a kernel of another summation order
+    from one run to the next."""
     from memorize.cell import CellPaths
     from memorize.generate import read_samples, sample_cell
     from memorize.pack import sample_packed, train_packed
@@ -206,3 +227,32 @@ def test_attention_on_cuda_runs_a_fused_sdpa_kernel(tiny_cfg):
     x = torch.randn(4, 32, 8, 8, device="cuda", dtype=torch.half)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
         assert block(x).shape == x.shape
+
+
+def test_packed_cells_under_bf16_autocast_take_the_first_step_of_the_cells_alone(tiny_cfg, tmp_path):
+    """train.amp (bf16): the wide network's per-cell losses and gradients at one step equal each cell's own
+    under the same autocast to bf16 precision (every grouped layer runs in the dtype a network alone runs
+    it in: tests/test_wide.py checks the dtypes on the CPU's autocast). Over many steps bf16 runs drift
+    apart as any two bf16 runs with different kernels do, so the step is what is held."""
+    from memorize.pack import StackedCells
+    from memorize.train import CellTraining
+
+    cfgs = [dataclasses.replace(tiny_cfg, seed=s, data=dataclasses.replace(tiny_cfg.data, n_train=n),
+                                train=dataclasses.replace(tiny_cfg.train, device="cuda", amp=True))
+            for s, n in ((0, 8), (1, 16), (2, 24))]
+    cells = [CellTraining(c, tmp_path / str(i)) for i, c in enumerate(cfgs)]
+    for cell in cells:
+        for p in cell.denoiser.net.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    batches = [c.draw() for c in cells]
+    stack = StackedCells(cells)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        together = stack.losses(batches, cells[0].denoiser.net)
+    together.sum().backward()
+    for k, (cell, b) in enumerate(zip(cells, batches)):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            alone = cell.loss(b.x0, b.sigma, b.noise, b.labels).mean()
+        alone.backward()
+        torch.testing.assert_close(together[k].float(), alone.float(), rtol=2e-2, atol=1e-3)
+        for name, p in cell.denoiser.net.named_parameters():
+            torch.testing.assert_close(stack.params[name].grad[k], p.grad, rtol=5e-2, atol=5e-3, msg=name)

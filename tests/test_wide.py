@@ -95,3 +95,42 @@ def test_the_wide_denoiser_is_each_cells_denoiser_on_its_own_rows(parameterizati
     for k, denoiser in enumerate(denoisers):
         rows = slice(k * B, (k + 1) * B)
         torch.testing.assert_close(out[rows], denoiser(x[rows], sigma[rows], labels[rows]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg,shape,classes", [
+    (ModelConfig(arch="unet", channels=8, channel_mult=(1, 2), attention_resolutions=(4,)), (2, 8, 8), 4),
+    (ModelConfig(arch="mlp", width=16, depth=2), (6,), 0),
+])
+def test_under_bf16_autocast_every_wide_layer_runs_in_the_dtype_of_the_networks_alone(cfg, shape, classes):
+    """train.amp: each grouped layer's output has the dtype of the same layer of a network alone (a float32
+    bias once lifted every activation after a linear layer to float32), and the outputs agree to bf16's
+    precision. On the CPU's autocast; the GPU test trains packed and alone under amp."""
+    nets = _networks(cfg, shape, classes)
+    x, c_noise = torch.randn(K, B, *shape), torch.randn(K, B)
+    labels = torch.randint(0, classes, (K, B)) if classes else None
+    params, _ = stack_module_state(nets)
+    wide = widen(nets[0], K)
+
+    def dtypes(net, run) -> dict[str, torch.dtype]:
+        seen = {}
+
+        def record(name):
+            def hook(module, inputs, output) -> None:
+                seen.setdefault(name, output.dtype)
+            return hook
+
+        hooks = [m.register_forward_hook(record(name)) for name, m in net.named_modules() if not list(m.children())]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run()
+        for h in hooks:
+            h.remove()
+        return seen, out
+
+    wide_types, out = dtypes(wide, lambda: functional_call(
+        wide, wide_parameters(params), (x.transpose(0, 1).flatten(1, 2), c_noise.T, None if labels is None else labels.T)))
+    alone_types, alone = dtypes(nets[1], lambda: nets[1](x[1], c_noise[1], None if labels is None else labels[1]))
+    assert wide_types == alone_types and torch.bfloat16 in set(alone_types.values())
+    assert out.dtype == alone.dtype
+    got = out.unflatten(1, (K, -1))[:, 1].float()
+    scale = alone.float().abs().max()
+    assert (got - alone.float()).abs().max() <= 0.05 * scale  # bf16 keeps 8 bits: activations differ by rounding

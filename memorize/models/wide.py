@@ -44,7 +44,9 @@ class GroupedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.unflatten(0, (self.cells, -1))  # (K, out, in)
         y = torch.einsum("...ki,koi->...ko", x.unflatten(-1, (self.cells, -1)), weight).flatten(-2)
-        return y if self.bias is None else y + self.bias
+        # in the product's dtype, as nn.Linear adds it: under bf16 autocast a float32 bias would lift the
+        # activations that follow to float32, where the K networks alone run them in bf16
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class GroupedLayerNorm(nn.Module):
@@ -59,9 +61,9 @@ class GroupedLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x.unflatten(-1, (self.cells, -1)), self.shape, eps=self.eps).flatten(-2)
-        if self.weight is not None:
-            y = y * self.weight
-        return y if self.bias is None else y + self.bias
+        if self.weight is not None:  # in the norm's output dtype, as nn.LayerNorm applies it (GroupedLinear)
+            y = y * self.weight.to(y.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class GroupedEmbedding(nn.Module):
