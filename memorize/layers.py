@@ -1,6 +1,6 @@
 """The layers of the package, bottom to top: a module imports only from its own layer or those below.
 
-    errors, io                       bottom: the error users see, atomic writes
+    errors, io, distributed          bottom: the error users see, atomic writes, data-parallel processes
     config                           the schema, identity keys, the YAML mapping
     data, diffusion                  datasets and subsets; noise, preconditioning, loss
     models                           denoiser networks
@@ -20,7 +20,7 @@ nothing that knows about cells. ``tests/test_layers.py`` walks every import and 
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "io", "layers"),
+    ("errors", "io", "layers", "distributed"),
     ("config",),
     ("data", "diffusion"),
     ("models",),

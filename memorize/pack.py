@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from memorize.config import CellConfig, SampleConfig, to_dict
+from memorize import distributed
+from memorize.config import CellConfig, ConfigError, SampleConfig, to_dict
 from memorize.diffusion.precond import coefficients, denoised_from_output, network_target
 from memorize.models.wide import wide_parameters, widen
 from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
@@ -252,6 +253,9 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
     keys = {pack_key(c) for c in cfgs}
     if len(keys) != 1 or None in keys:
         raise ValueError("train_packed: the cells differ in what a pack must share (memorize.pack.pack_key)")
+    if distributed.ranks().world > 1:  # a pack fills one device; data parallelism splits one cell over several
+        raise ConfigError("packed cells train in one process: run them without torchrun, or train each cell "
+                          "data-parallel on its own")
     results: list = [None] * len(cfgs)
     cells: dict[int, CellTraining] = {}
     per_cell = keep_steps if isinstance(keep_steps, list) else [tuple(keep_steps)] * len(cfgs)

@@ -35,6 +35,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from memorize import distributed
 from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device, resolve_sigma_data
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
@@ -224,11 +225,24 @@ class CellTraining:
     and the checkpoint files. A step is :meth:`draw`, then the loss and its backward pass (by
     :func:`train`, or for several cells at once by :mod:`memorize.pack`), then :meth:`finish_step`."""
 
-    def __init__(self, cfg: CellConfig, out: str | Path, keep_steps: tuple[int, ...] = ()):
+    def __init__(self, cfg: CellConfig, out: str | Path, keep_steps: tuple[int, ...] = (),
+                 ranks: distributed.Ranks | None = None):
         self.cfg = cfg
         self.paths = paths = CellPaths(Path(out))
+        self.ranks = ranks = ranks or distributed.ranks()
         self.device = resolve_device(cfg.train.device, "train.device")
+        if ranks.world > 1:  # data parallel (memorize.distributed): each process its share of every minibatch
+            if cfg.train.batch_size % ranks.world:
+                raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among {ranks.world} "
+                                  f"processes")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", ranks.local)
+            distributed.start(ranks, self.device)
+        if not ranks.main:  # the cell's files are written by rank 0 first, then read
+            distributed.barrier(ranks)
         self.data = data = init_cell(cfg, paths.root)
+        if ranks.main:
+            distributed.barrier(ranks)
         self.shape = tuple(data.train.shape[1:])
         self.budget = cfg.train.steps
         resume = _resume_point(paths, self.budget)
@@ -257,13 +271,15 @@ class CellTraining:
             self.step, self.rows, self.elapsed = state["step"], state["log"], state["seconds"]
             self.losses = state["pending_losses"]
         # Written only now that the inputs are known good: a refused run changes nothing on disk.
-        save_config(cfg, paths.config)
+        if ranks.main:
+            save_config(cfg, paths.config)
         self.kept = _keep_steps(paths, {self.budget, *(s for s in keep_steps if s <= self.budget)})
         self.params = count_architecture_parameters(self.denoiser)
         self.params_total = count_parameters(self.denoiser)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         # The minibatch loss, compiled where train.compile asks (the module and its state dict stay the eager ones).
-        self.loss = torch.compile(self.denoiser.loss) if cfg.train.compile else self.denoiser.loss
+        loss = distributed.parallel_loss(self.denoiser, ranks, self.device)
+        self.loss = torch.compile(loss) if cfg.train.compile else loss
         self.start_time = time.perf_counter() - self.elapsed
         self.lr = cfg.train.lr
         self.denoiser.train()
@@ -289,7 +305,8 @@ class CellTraining:
         labels = None if data.train_labels is None else data.train_labels[idx]
         if labels is not None and cfg.train.label_dropout > 0:  # classifier-free guidance: some labels -> null
             labels = torch.where(torch.rand(len(idx), generator=gen) < cfg.train.label_dropout, NULL_LABEL, labels)
-        return Batch(data.train[idx].to(self.device), sigma.to(self.device), noise.to(self.device),
+        x0, sigma, noise, labels = (distributed.shard(t, self.ranks) for t in (data.train[idx], sigma, noise, labels))
+        return Batch(x0.to(self.device), sigma.to(self.device), noise.to(self.device),
                      labels if labels is None else labels.to(self.device))
 
     def check_loss(self, loss: torch.Tensor) -> None:
@@ -336,7 +353,7 @@ class CellTraining:
                    "running_loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
                    "train_loss": "", "heldout_loss": "", "seconds": round(time.perf_counter() - self.start_time, 3)}
             self.losses = []
-            if evaluates:
+            if evaluates and self.ranks.main:  # the other ranks' rows are never written
                 ema = self.ema.module
                 ema.eval()
                 # The same number of training items as held-out ones, so the two losses compare.
@@ -349,13 +366,16 @@ class CellTraining:
         if scheduled or asked:
             self.elapsed = time.perf_counter() - self.start_time
             self.save_checkpoint(interim=not scheduled)
-        progress_note(self.paths.root, "training", step, self.budget)
+        if self.ranks.main:
+            progress_note(self.paths.root, "training", step, self.budget)
         return scheduled or asked
 
     def save_checkpoint(self, interim: bool = False) -> Path:
         paths, step = self.paths, self.step
         if not (_all_finite(self.denoiser) and _all_finite(self.ema)):  # never write one that cannot be resumed
             raise NonFiniteLossError(f"non-finite weights at step {step}; {self.last_good()}")
+        if not self.ranks.main:  # every rank holds the same weights: rank 0 writes them
+            return paths.checkpoint(step)
         newest = paths.checkpoint_steps()[-1:] or [0]
         rng = torch.get_rng_state() if self.cfg.model.dropout > 0 else self.torch_rng
         path = atomic_torch_save(paths.checkpoint(step), {
@@ -392,7 +412,8 @@ class CellTraining:
                    "sigma_data": self.sigma_data, "device": str(self.device), "seconds": round(self.elapsed, 2),
                    **losses_at(self.rows, self.budget), "n_train": len(self.data.train),
                    "n_duplicates_removed": self.data.split.n_duplicates}
-        atomic_write_json(self.paths.train_summary, summary)
+        if self.ranks.main:
+            atomic_write_json(self.paths.train_summary, summary)
         return summary
 
 
@@ -406,18 +427,21 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
     cell = CellTraining(cfg, out, keep_steps)
-    bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress, desc="training", unit="step")
+    bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress or not cell.ranks.main, desc="training",
+               unit="step")
     try:
         with training_loop():
             while not cell.done:
                 batch = cell.draw()
                 with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
                     loss = cell.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
-                cell.check_loss(loss)
+                minibatch_loss = distributed.mean(loss, cell.ranks)  # over every rank's share: the whole minibatch's
+                cell.check_loss(minibatch_loss)
                 cell.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                asked = checkpoint_requested()  # read once: a request arriving later is honoured next step
-                cell.finish_step(loss.item(), asked)
+                # read once: a request arriving later is honoured next step (on every rank, if any received one)
+                asked = distributed.any_rank(checkpoint_requested(), cell.ranks, cell.device)
+                cell.finish_step(minibatch_loss.item(), asked)
                 bar.update(1)
                 if cell.rows and cell.rows[-1]["step"] == cell.step:
                     bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
@@ -430,4 +454,6 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
         bar.close()
     if checkpoint_requested():  # asked for as the loop ended: the budget's checkpoint is written
         raise CheckpointRequested(cell.step)
-    return cell.summary()
+    summary = cell.summary()
+    distributed.barrier(cell.ranks)  # rank 0's files are written before any rank returns
+    return summary

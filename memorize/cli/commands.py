@@ -15,8 +15,12 @@ from memorize.config import ConfigError, SampleConfig, load_config
 def cmd_train(args: argparse.Namespace) -> None:
     from memorize.train import train
 
+    from memorize.distributed import ranks
+
     cfg = load_config(args.config, parse_set(args.set))
     summary = train(cfg, args.out, progress=not args.quiet)
+    if not ranks().main:  # under torchrun: one line, from rank 0
+        return
     print(f"trained {summary['params_total']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
           f"on {summary['device']}: loss on fixed noise {summary['train_loss']:.4f} (training images), "
           f"{summary['heldout_loss']:.4f} (held-out); checkpoint and loss.csv in {args.out}")
