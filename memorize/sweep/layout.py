@@ -276,23 +276,36 @@ def unfinished_cells(out: Path) -> dict[str, list[str]]:
 
 def read_grid(out: Path) -> pd.DataFrame:
     """``DIR/cells.csv``: the grid points of the spec last launched into ``out``. Where it is damaged,
-    missing or out of step with ``DIR/spec.yaml`` (both are written by :func:`prepare`, the spec first), it is
-    written again from the spec, with a line saying so; where neither can be read, the error names both."""
+    missing or cut short (its points a strict prefix of what ``DIR/spec.yaml`` expands to; both are
+    written by :func:`prepare`), it is written again from the spec, with a line saying so; where neither
+    can be read, the error names both. A whole cells.csv is trusted over a spec.yaml that disagrees
+    with it (a damaged spec may still parse); ``memorize sweep run`` writes both again."""
     check_layout(out)
     path, listed = out / "cells.csv", _listed_grid(out)
     if listed is None and not (out / "spec.yaml").is_file():
         raise FileNotFoundError(f"{out} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
-    expected = _spec_grid(out)
-    if isinstance(listed, pd.DataFrame) and (expected is None or _same_points(listed, expected)):
+    if isinstance(listed, pd.DataFrame) and not _cut_short(path, listed, out):
         return listed
+    expected = _spec_grid(out)
     if expected is None:
-        raise ConfigError(f"{path} is damaged ({listed.why}) and {out / 'spec.yaml'} cannot rebuild it: run "
+        why = "missing" if listed is None else listed.why if isinstance(listed, _Bad) else "cut short"
+        raise ConfigError(f"{path} is damaged ({why}) and {out / 'spec.yaml'} cannot rebuild it: run "
                           f"`memorize sweep run SPEC --out {out}` with the sweep's spec to write both again")
-    why = "missing" if listed is None else f"damaged ({listed.why})" if isinstance(listed, _Bad) else \
-        "out of step with spec.yaml"
+    why = "missing" if listed is None else f"damaged ({listed.why})" if isinstance(listed, _Bad) else "cut short"
     atomic_write_text(path, expected.to_csv(index=False))
     print(f"memorize: {path} was {why}; written again from {out / 'spec.yaml'}", file=sys.stderr)
     return pd.read_csv(path, dtype={"cell": str, "eval": str})
+
+
+def _cut_short(path: Path, listed: pd.DataFrame, out: Path) -> bool:
+    """Whether a readable cells.csv lost its end: it does not end a line (every write ends one), or its
+    points are a strict prefix of the spec's."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) != b"\n":
+            return True
+    expected = _spec_grid(out)
+    return expected is not None and len(listed) < len(expected) and _same_points(listed, expected.iloc[:len(listed)])
 
 
 def progress_line(root: Path) -> str:
