@@ -57,7 +57,8 @@ class CellBusy(RuntimeError):
 def cell_lock(root: Path) -> Iterator[None]:
     """Exclusive, non-blocking ``flock`` on ``root/.lock``; released when the process ends, however it ends."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a+") as fh:
+    # a lock file overwritten with anything (garbage bytes included) is still a lock file: its text is only a note
+    with open(root / LOCK, "a+", errors="replace") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
