@@ -80,3 +80,20 @@ def test_score_writes_table_figure_and_summary(tmp_path, capsys):
     assert plt.imread(cell / "scores" / "empirical_nn.png").shape[0] > 100  # sample rows over their neighbours
     assert main(["score", str(cell), "--samples", "nothing", "--quiet"]) == 2
     assert "run `memorize sample" in capsys.readouterr().err
+
+
+def test_threads_last_for_the_command_only_and_absurd_counts_are_refused(tmp_path, capsys, monkeypatch):
+    """``main`` runs in a caller's process too (notebooks, tests): ``--threads`` must not outlive the command,
+    and a count torch would try to allocate a pool for (10**9 threads: hundreds of GB) is refused."""
+    import torch
+
+    import memorize.cli.commands as commands
+
+    before, seen = torch.get_num_threads(), []
+    monkeypatch.setattr(commands, "cmd_train", lambda args: seen.append(torch.get_num_threads()))
+    assert main(["train", "--out", str(tmp_path / "c"), "--threads", "3"]) == 0
+    assert seen == [3] and torch.get_num_threads() == before
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(tmp_path / "c"), "--threads", str(10**9)])
+    assert exit_.value.code == 2 and "from 1 to 1024" in capsys.readouterr().err
+    assert seen == [3] and torch.get_num_threads() == before

@@ -108,12 +108,16 @@ def _argv(options: list, data) -> list[str]:
 
 
 def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    import torch
+
     from memorize.cli import main
 
+    threads = torch.get_num_threads()
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse: a usage line and an error line
         code = exit_.code
+    assert torch.get_num_threads() == threads, argv  # in-process: --threads must not outlive the command
     err = capsys.readouterr().err
     hypothesis.event(f"exit {code}")  # shown by pytest --hypothesis-show-statistics
     return code, err

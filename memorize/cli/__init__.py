@@ -19,6 +19,8 @@ import signal
 import sys
 import threading
 
+import torch
+
 from memorize.cli.parser import build_parser
 from memorize.config import ConfigError
 from memorize.io import Terminated
@@ -38,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     with one line saying how to resume (results are written atomically, so nothing is half-written)."""
     args = build_parser().parse_args(argv)
     command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
+    threads = torch.get_num_threads()  # restored on the way out: main() may run inside a caller's process
     if getattr(args, "threads", None) and args.command != "sweep":
-        import torch
-
         torch.set_num_threads(args.threads)
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
@@ -57,4 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     return status

@@ -85,6 +85,9 @@ def checked(kind: type, ok, expected: str):
 
 
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+# torch makes a pool of this many threads (a mistyped 10**9 asks for hundreds of GB)
+MAX_THREADS = 1024
+thread_count = checked(int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threads from 1 to {MAX_THREADS}")
 rate = checked(float, lambda v: 0 < v < 1, "a rate in (0, 1)")
 
 
@@ -121,5 +124,5 @@ def subcommand(sub, name: str, summary: str, description: str) -> argparse.Argum
 
 def threads_and_quiet(parser: argparse.ArgumentParser) -> None:
     """The two flags of every command that computes: torch's CPU threads and the progress bar."""
-    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's, all cores)")
+    parser.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: torch's, all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -6,7 +6,7 @@ import argparse
 
 from memorize.cli import commands
 from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, positive_int, rate, subcommand,
-                                threshold_or_auto, threads_and_quiet)
+                                thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.generate import DENOISERS
 from memorize.local_score import BOUNDARIES
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "job, then sample them together (default 1: each cell alone); packs are balanced and, "
                         "where they train on the CPU, halved while fewer than --parallel; cells with "
                         "model.dropout > 0, train.stop_when or train.compile always train alone")
-    p.add_argument("--threads", type=positive_int,
+    p.add_argument("--threads", type=thread_count,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
                         "cells, at least 1; on SLURM the cell's cpus_per_cell)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
