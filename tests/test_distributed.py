@@ -65,6 +65,7 @@ def one_process(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the killed-and-resumed run below ends on the same weights in the default suite
 def test_two_processes_end_where_one_ends(one_process, tmp_path):
     run = _launch(tmp_path / "two")
     output, _ = run.communicate(timeout=600)
