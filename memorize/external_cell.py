@@ -144,15 +144,11 @@ def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellC
 
 def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str, chunk: int) -> Path:
     paths = CellPaths(check_directory(out, "--out"))
-    record = read_identity(paths.root)
-
-    def refuse_other(identity: dict | None = None) -> None:
-        held = None if record is None else record["identity"]
-        if held is not None and (held.get("data") != to_dict(cfg)["data"] or "samples" not in held
-                                 or (identity is not None and held != identity)):
-            raise ConfigError(f"{paths.root} already holds another cell or other samples; choose another --out")
-
-    refuse_other()  # before the subset is written
+    record, data_section = read_identity(paths.root), to_dict(cfg)["data"]
+    held = None if record is None else record["identity"]
+    other = f"{paths.root} already holds another cell or other samples; choose another --out"
+    if held is not None and (held.get("data") != data_section or "samples" not in held):
+        raise ConfigError(other)  # before the subset is written
     data = load_cell_data(cfg, paths)
     if source.shape != tuple(data.train.shape[1:]):
         raise ConfigError(f"{source.path}: samples of shape {source.shape}, but the training images of "
@@ -171,17 +167,16 @@ def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str,
             start += len(part)
         stored.flush()
         del stored
-        refuse_other(identity())
-
-    def identity() -> dict:
-        return {"samples": {"digest": digest.hexdigest()}, "data": to_dict(cfg)["data"]}
+        if held is not None and held["samples"].get("digest") != digest.hexdigest():
+            raise ConfigError(other)
 
     atomic_write(array_file, copy)
+    identity = {"samples": {"digest": digest.hexdigest()}, "data": data_section}
     atomic_savez(paths.samples / f"{name}.npz", samples_file=np.asarray(array_file.name),
                  seeds=np.arange(source.count),
                  settings=np.asarray(json.dumps({"denoiser": "imported", "source": str(source.path.resolve()),
                                                  "range": source.value_range})), seconds=np.float64(0.0))
     save_config(cfg, paths.config)
-    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"samples-{digest.hexdigest()[:12]}",
-                                       "identity": identity(), "data": data_fingerprint(data)})
+    atomic_write_json(paths.identity, {"layout": LAYOUT, "cell": f"samples-{identity['samples']['digest'][:12]}",
+                                       "identity": identity, "data": data_fingerprint(data)})
     return paths.root

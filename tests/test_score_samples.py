@@ -189,3 +189,17 @@ def test_imported_samples_are_mapped_from_disk_and_a_damaged_copy_is_named(tmp_p
     # importing them again repairs the copy and scores the same
     assert main(["score", str(tmp_path / "mine.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 0
     np.testing.assert_array_equal(read_samples(out / "samples" / "trained.npz")["samples"], expected)
+
+
+def test_other_samples_are_refused_in_a_directory_that_holds_samples_and_nothing_there_changes(tmp_path, capsys):
+    images, sets = _npz_dataset(tmp_path)
+    np.save(tmp_path / "a.npy", images[:20])
+    np.save(tmp_path / "b.npy", images[20:40])
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "a.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 0
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "b.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds another cell or other samples" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
