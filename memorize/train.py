@@ -185,12 +185,14 @@ def log_spaced_steps(first: int, per_decade: int, budget: int) -> list[int]:
     return steps + [budget]
 
 
-def _keep_steps(paths: CellPaths, steps: set[int]) -> set[int]:
-    """Record ``steps`` among the steps whose checkpoints are never rotated away; returns them all."""
+def _keep_steps(paths: CellPaths, steps: set[int], write: bool = True) -> set[int]:
+    """Record ``steps`` among the steps whose checkpoints are never rotated away (where ``write``); returns
+    them all."""
     kept = set(json.loads(paths.kept_budgets.read_text())) if paths.kept_budgets.is_file() else set()
     if not steps <= kept:
         kept |= steps
-        atomic_write_json(paths.kept_budgets, sorted(kept))
+        if write:
+            atomic_write_json(paths.kept_budgets, sorted(kept))
     return kept
 
 
@@ -273,7 +275,7 @@ class CellTraining:
         # Written only now that the inputs are known good: a refused run changes nothing on disk.
         if ranks.main:
             save_config(cfg, paths.config)
-        self.kept = _keep_steps(paths, {self.budget, *(s for s in keep_steps if s <= self.budget)})
+        self.kept = _keep_steps(paths, {self.budget, *(s for s in keep_steps if s <= self.budget)}, ranks.main)
         self.params = count_architecture_parameters(self.denoiser)
         self.params_total = count_parameters(self.denoiser)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
