@@ -242,15 +242,15 @@ class EquivariantLocalScoreDenoiser(_PatchMachine):
         out = torch.empty(len(queries), c, dtype=self.dtype, device=x.device)
         for r in range(0, len(queries), rows):
             q, soft = queries[r:r + rows], _OnlineSoftmax()
+            query_class = None if classes is None else classes.repeat(b)[r:r + rows, None]
             for start in range(0, len(self.train), per_chunk):
                 chunk = self.train[start:start + per_chunk]
                 keys = self._patches(chunk, size)
                 values = chunk.permute(0, 2, 3, 1).reshape(-1, c)  # the centre pixel of each key
                 # (q . k - ||k||^2 / 2) / sigma^2 in one product-and-add
                 logits = torch.addmm(keys.square().sum(1).mul_(-0.5 / sigma**2)[None], q, keys.T, alpha=1 / sigma**2)
-                if classes is not None:
-                    query_class = classes.repeat(b)[r:r + rows]
-                    logits.masked_fill_(query_class[:, None] != classes.repeat(len(chunk))[None, :], -math.inf)
+                if query_class is not None:
+                    logits.masked_fill_(query_class != classes.repeat(len(chunk))[None, :], -math.inf)
                 soft.add(logits, 1, lambda wts: wts @ values)
             out[r:r + rows] = soft.acc / soft.total[..., None]
         return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
