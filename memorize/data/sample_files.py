@@ -59,11 +59,6 @@ def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None 
     return np.stack(images)
 
 
-def read_image_folder(root: Path, threads: int | None = None) -> np.ndarray:
-    """Every image under ``root`` (:func:`image_files`) as uint8 (M, C, H, W) of one shape."""
-    return decode_images(image_files(root), threads=threads)
-
-
 def _array(path: Path) -> np.ndarray:
     """The array in a ``.npy`` (memory-mapped: read as used), ``.npz`` or ``.pt`` file (read whole)."""
     if path.suffix == ".npy":
