@@ -11,13 +11,17 @@ Rank 0 alone writes checkpoints, logs and results; every rank resumes from the s
 Processes are started by torch's own launcher (``torchrun --nproc-per-node K -m memorize.cli train
 ...``), which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`ranks` reads them, and without them a process is rank 0 of 1 and nothing here does anything.
+A sweep's cell job started as K Submitit tasks (SLURM tasks, or the local executor's) takes its ranks
+from Submitit's job environment instead (:func:`job_ranks`), and hands them to each training it runs.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,6 +34,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local: int = 0  # its index on this machine: the GPU it uses
+    address: str | None = None  # rank 0's tcp://HOST:PORT; None: the launcher's environment (env://)
 
     @property
     def main(self) -> bool:
@@ -47,11 +52,71 @@ def ranks(env: Mapping[str, str] | None = None) -> Ranks:
     return Ranks(rank, world, int(env.get("LOCAL_RANK", rank)))
 
 
+def job_ranks() -> Ranks:
+    """The ranks of a Submitit job's task (rank 0 of 1 outside Submitit, or in a job of one task): the task's
+    global and local rank among the job's tasks, and rank 0's address from Submitit's
+    ``TorchDistributedEnvironment`` (the job's first host, a port drawn from the job id)."""
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    try:
+        if JobEnvironment().num_tasks <= 1:
+            return Ranks()
+    except RuntimeError:  # not in a Submitit job
+        return Ranks()
+    env = TorchDistributedEnvironment()
+    return Ranks(env.rank, env.world_size, env.local_rank, f"tcp://{env.master_addr}:{env.master_port}")
+
+
+def rank_device(r: Ranks, visible: int) -> torch.device:
+    """The GPU of rank ``r`` among the ``visible`` GPUs its process sees: its local rank where it sees its
+    node's GPUs, GPU 0 where the cluster shows each task only its own."""
+    return torch.device("cuda", r.local if visible > r.local else 0)
+
+
+# How long a rank waits for rank 0's next message (from_main): the other ranks of a sweep's cell wait
+# while rank 0 samples and scores (hours, for large cells); a rank that died closes its connections,
+# which ends the wait at once. Training's own collectives keep torch's default timeout.
+WAIT = datetime.timedelta(days=7)
+
+
 def start(r: Ranks, device: torch.device) -> None:
     """Join the process group (NCCL between GPUs, gloo between CPU processes) where there is more than one
     process and it is not joined yet."""
     if r.world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # NCCL's collectives run on the current device
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=r.address or "env://",
+                                rank=r.rank, world_size=r.world)
+
+
+def stop(r: Ranks) -> None:
+    """Leave the process group (where this process joined one)."""
+    if r.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def from_main(message: Any, r: Ranks) -> Any:
+    """``message`` of rank 0, on every rank (each other rank waits for it). Sent through a gloo group of its
+    own, on the CPU, whatever the training's backend: a rank may wait here for hours."""
+    if r.world == 1:
+        return message
+    group = _control_group()
+    box = [message if r.main else None]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+_CONTROL: dict[int, Any] = {}
+
+
+def _control_group() -> Any:
+    """The gloo group of :func:`from_main`, made once per process group (every rank makes it, in order)."""
+    key = id(dist.group.WORLD)
+    if key not in _CONTROL:
+        _CONTROL.clear()
+        _CONTROL[key] = dist.new_group(backend="gloo", timeout=WAIT)
+    return _CONTROL[key]
 
 
 def shard(rows: torch.Tensor | None, r: Ranks) -> torch.Tensor | None:

@@ -238,7 +238,7 @@ class CellTraining:
                 raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among {ranks.world} "
                                   f"processes")
             if self.device.type == "cuda":
-                self.device = torch.device("cuda", ranks.local)
+                self.device = distributed.rank_device(ranks, torch.cuda.device_count())
             distributed.start(ranks, self.device)
         if not ranks.main:  # the cell's files are written by rank 0 first, then read
             distributed.barrier(ranks)
@@ -419,16 +419,19 @@ class CellTraining:
         return summary
 
 
-def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: tuple[int, ...] = ()) -> dict:
+def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: tuple[int, ...] = (),
+          ranks: distributed.Ranks | None = None) -> dict:
     """Train the cell ``cfg`` in directory ``out`` to ``cfg.train.steps``, resuming from its latest
     checkpoint below that budget if any; a budget reached before returns at once.
 
     ``keep_steps``: further steps at which to write a checkpoint that is never rotated away and to
-    evaluate the losses (the training-time view, e.g. :func:`log_spaced_steps`).
+    evaluate the losses (the training-time view, e.g. :func:`log_spaced_steps`). ``ranks``: this
+    process's place among the processes training the cell together (default: the launcher's
+    environment, :func:`memorize.distributed.ranks`); every rank calls ``train`` alike.
 
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
-    cell = CellTraining(cfg, out, keep_steps)
+    cell = CellTraining(cfg, out, keep_steps, ranks)
     bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress or not cell.ranks.main, desc="training",
                unit="step")
     try:

@@ -20,7 +20,7 @@ from memorize.sweep.job import run_cell
 from memorize.sweep.spec import ScoreConfig
 from memorize.train import train
 from tests.conftest import brute_force
-from tests.conftest import write_spec
+from tests.conftest import TINY_SPEC, write_spec
 
 pytestmark = pytest.mark.gpu
 
@@ -256,3 +256,25 @@ def test_packed_cells_under_bf16_autocast_take_the_first_step_of_the_cells_alone
         torch.testing.assert_close(together[k].float(), alone.float(), rtol=2e-2, atol=1e-3)
         for name, p in cell.denoiser.net.named_parameters():
             torch.testing.assert_close(stack.params[name].grad[k], p.grad, rtol=5e-2, atol=5e-3, msg=name)
+
+
+def test_a_sweep_cell_on_two_gpus_trains_data_parallel_over_nccl(tmp_path):
+    """--processes-per-cell 2 on two GPUs: one job of two tasks, NCCL between them, each rank on its own GPU;
+    the weights of the one-GPU run of the same sweep up to rounding (summation order; the jobs run with
+    PyTorch's default TF32 convolutions): their difference is under 5% of what the last ten steps moved."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two GPUs; {torch.cuda.device_count()} visible (NCCL refuses two ranks on one GPU)")
+    base = {**TINY_SPEC["base"], "train": {**TINY_SPEC["base"]["train"], "keep_all_checkpoints": True}}
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16]}, base=base))
+    one = run_sweep(spec, tmp_path / "one", "local", parallel=1, progress=False)
+    two = run_sweep(spec, tmp_path / "two", "local", processes=2, progress=False)
+    assert one["failed"] == two["failed"] == 0 and two["launched"] == 1
+    (cell,) = (tmp_path / "two" / "cells").iterdir()
+
+    def weights(run: str, step: int) -> torch.Tensor:
+        state = torch.load(tmp_path / run / "cells" / cell.name / "checkpoints" / f"step-{step:07d}.pt",
+                           weights_only=False)["model"]
+        return torch.cat([t.flatten().float() for t in state.values()])
+
+    moved = (weights("one", 20) - weights("one", 10)).norm()
+    assert (weights("two", 20) - weights("one", 20)).norm() < 0.05 * moved

@@ -194,6 +194,46 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
 
 
 @pytest.mark.skipif(REASON is not None, reason=str(REASON))
+def test_a_two_task_cell_signalled_mid_training_checkpoints_requeues_and_ends_where_it_would_have(tmp_path):
+    """slurm.tasks_per_cell 2: one job of two tasks trains the cell data-parallel (gloo, on the node's two
+    CPUs). SLURM's time-limit signal, sent to both tasks mid-training (``scancel --signal``, at a chosen
+    step rather than up to a minute early as SLURM's own may be), makes both write one checkpoint at the
+    same step; rank 0 requeues the job and it resumes there. It ends where an uninterrupted two-task
+    run ends, to the bit."""
+    spec_file = _single_cell_spec(tmp_path, steps=1500, checkpoint_every=50, eval_every=750, log_every=250)
+    two_tasks = ["--executor", "slurm", "--gpus-per-cell", "0", "--tasks-per-cell", "2", "--cpus-per-cell", "2",
+                 "--mem-gb", "2", "--time-min", "10", "--quiet", "--no-plot"]
+    out, straight = tmp_path / "signalled", tmp_path / "straight"
+    assert main(["sweep", "run", str(spec_file), "--out", str(out), *two_tasks]) == 0
+    (job,) = json.loads((out / "jobs.json").read_text()).values()
+    deadline = time.time() + 180
+    while not list(out.glob("cells/*/checkpoints/step-*.pt")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(out.glob("cells/*/checkpoints/step-*.pt")), f"no checkpoint within 180 s; see {out / 'logs'}"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("cells/*/evals/*.json")) and _squeue(job):
+        if any(line.endswith("|BeginTime") for line in _squeue(job)):  # lift SLURM's hold on requeued jobs
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], timeout=30)
+        time.sleep(0.5)
+    assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "120"]) == 0
+    assert main(["sweep", "run", str(spec_file), "--out", str(straight), *two_tasks]) == 0
+    assert main(["sweep", "collect", str(straight), "--wait", "--wait-timeout", "300"]) == 0
+    a, b = (pd.read_csv(d / "results.csv") for d in (out, straight))
+    assert len(a) == 1, f"the cell did not finish; see {out / 'logs'}"
+    assert list(a.requeues) == [1] and list(b.requeues) == [0]
+    (cell,) = (out / "cells").iterdir()
+    assert (cell / "checkpoints" / "interim.json").is_file(), "no checkpoint was written on the signal"
+    logs = {p.name: p.read_text() for p in (out / "logs").rglob("*_log.*")}
+    assert any("signalled by SLURM; checkpoint written at step" in text for text in logs.values())
+    assert sum(name.endswith("_1_log.out") for name in logs) == 1  # rank 1's log: the job had two tasks
+    pd.testing.assert_frame_equal(a.drop(columns="requeues"), b.drop(columns="requeues"))
+    log_a, log_b = (pd.read_csv(d / "cells" / cell.name / "loss.csv").drop(columns=["seconds"])
+                    for d in (out, straight))
+    pd.testing.assert_frame_equal(log_a, log_b)
+
+
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_cancel_stops_the_queue_keeps_finished_cells_and_run_resumes(tmp_path, capsys):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=2000, log_every=500)

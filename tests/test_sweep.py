@@ -496,15 +496,17 @@ def test_auto_threshold_with_too_few_heldout_images_is_refused_before_launch(tmp
     assert not (tmp_path / "sweep").exists()
 
 
-def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, monkeypatch):
-    """Where cells train on GPUs, --parallel defaults to the GPU count and each running job sees only its
-    own GPU: the jobs record what they were given; those running together never share one."""
+@pytest.mark.parametrize("processes, slots, first", [(1, 4, ["0", "1", "2", "3"]), (2, 2, ["0,1", "2,3"])])
+def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, monkeypatch, processes, slots, first):
+    """Where cells train on GPUs, --parallel defaults to the GPU count (divided by --processes-per-cell) and
+    each running job sees only its own GPUs, as many as it has processes: the jobs record what they were
+    given; those running together never share one."""
     import memorize.sweep.launch as launch
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    seen, slots_used = [], []
+    seen, slots_used, tasks = [], [], []
 
     class Recorder:
         def __init__(self):
@@ -521,24 +523,25 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
         def done(self):
             return True
 
-        def result(self):
-            return None
+        def results(self):
+            return [None] * processes
 
     real_run_local = launch.run_local
 
     def run_local(executor, *args, **kwargs):
         slots_used.append(args[4])
+        tasks.append(executor._executor.parameters["tasks_per_node"])
         return real_run_local(Recorder(), *args, **kwargs)
 
     monkeypatch.setattr(launch, "run_local", run_local)
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8, 16, 24, 32, 40, 48], "seed": [0]},
                                 base={**TINY_SPEC["base"], "train": {**TINY_SPEC["base"]["train"], "device": "cuda"}}))
     monkeypatch.setattr(launch, "prepare", lambda spec, out: expand(spec))
-    report = run_sweep(spec, tmp_path / "sweep", "local", progress=False)
-    assert slots_used == [4] and report["launched"] == 6
+    report = run_sweep(spec, tmp_path / "sweep", "local", progress=False, processes=processes)
+    assert slots_used == [slots] and tasks == [processes] and report["launched"] == 6
     exported = [s[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for s in seen]
-    assert exported[:4] == ["0", "1", "2", "3"]  # the first four at once, one GPU each
-    assert set(exported[4:]) <= {"0", "1", "2", "3"}
+    assert exported[:slots] == first  # the first jobs at once, each its own GPUs
+    assert set(exported[slots:]) <= set(first)
 
 
 def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sweep):

@@ -156,7 +156,8 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
         overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END").items()}
     spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
-                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack)
+                       progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack,
+                       processes=args.processes_per_cell)
     if args.dry_run:
         return 0
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "

@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=thread_count,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
                         "cells, at least 1; on SLURM the cell's cpus_per_cell)")
+    p.add_argument("--processes-per-cell", type=positive_int, default=1, metavar="K",
+                   help="local executor: K processes train each cell data-parallel, one per GPU where cells "
+                        "train on GPUs (--parallel then defaults to the GPUs divided by K); train.batch_size "
+                        "must divide by K (default 1; on SLURM: --tasks-per-cell)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set base.train.stop_when=memorization_converged or "
                         "--set grid.data.n_train=[8,64] (repeatable; the spec file is left as it is)")

@@ -14,6 +14,10 @@ checkpoint at the next step boundary (:func:`memorize.train.request_checkpoint`)
 Submitit requeues it, at most ``slurm.max_requeues`` times for time limits; a signal in any
 other stage requeues at once and the stage starts again. A file lock in the cell directory
 keeps two processes from working on one cell.
+
+A job of several tasks (``slurm.tasks_per_cell``, or the local executor's ``--processes-per-cell``) trains
+its cell data-parallel (:mod:`memorize.distributed`): rank 0 runs the cell as one process would, and each
+training it starts is started on every rank (:func:`run_cell_parallel`).
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ import time
 import traceback
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import submitit
 import torch
 
-from memorize.cell import CellPaths
-from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key
+from memorize import distributed
+from memorize.cell import CellPaths, resolve_device
+from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
 from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, is_locked, read_eval
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
+
+# What a cell's trainings go through: memorize.train.train, or a data-parallel job's rank 0 (ParallelTraining)
+Trainer = Callable[..., dict]
 
 
 def training_at(root: Path, step: int) -> dict:
@@ -56,16 +64,20 @@ def samples_name(cfg: CellConfig, step: int) -> str:
     return f"trained-{step:07d}-{settings_key(sample_settings(cfg.sample), 8)}"
 
 
-def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, stopped_at: int | None = None) -> dict:
+def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, stopped_at: int | None = None,
+             trainer: Trainer | None = None) -> dict:
     """The result of the trained cell at ``root`` at budget ``cfg.train.steps`` under ``cfg.sample`` and
     ``score``: sample, score with both criteria, compare with the empirical denoiser, and (with
     ``score.checkpoints``) the same for every kept checkpoint up to the budget. Every artefact is
     named by its settings and reused when present; the summary goes to ``evals/<key>.json``.
-    ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead."""
+    ``stopped_at``: the step ``train.stop_when`` ended the cell at, where the results are taken instead.
+    ``trainer``: what trains the twin (default :func:`memorize.train.train`)."""
     from memorize.compare import compare_cell, disjoint_consistency
     from memorize.generate import drawing_seconds, sample_cell
     from memorize.score import score_cell
     from memorize.train import train
+
+    trainer = trainer or train
 
     settings = eval_settings(cfg, score)
     key = settings_key(settings)
@@ -97,7 +109,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
         twin_cfg = twin_config(cfg)
         twin_root = root.parent / cell_id(twin_cfg)
         with cell_lock(twin_root):
-            timed("train twin", train, twin_cfg, twin_root, progress=progress)
+            timed("train twin", trainer, twin_cfg, twin_root, progress=progress)
             timed("sample twin", sample_cell, twin_root, cfg.sample, "trained", name=samples, device=cfg.train.device,
                   progress=progress, step=step)
         twin = timed("consistency", disjoint_consistency, root, twin_root, samples, score.embedder,
@@ -139,7 +151,8 @@ def at_checkpoint(cfg: CellConfig, score: Any, step: int) -> tuple[CellConfig, A
             dataclasses.replace(score, compare=False, checkpoints=False, consistency=False))
 
 
-def stop_step(root: Path, cfg: CellConfig, score: Any, grid: tuple[int, ...], progress: bool = False) -> int | None:
+def stop_step(root: Path, cfg: CellConfig, score: Any, grid: tuple[int, ...], progress: bool = False,
+              trainer: Trainer | None = None) -> int | None:
     """``train.stop_when: memorization_converged``: train the cell from checkpoint to checkpoint of ``grid`` up
     to the budget, scoring each, and return the step where memorization converged
     (:func:`memorize.timescales.memorization_converged`), or None (trained to the budget). A re-run finds
@@ -147,10 +160,11 @@ def stop_step(root: Path, cfg: CellConfig, score: Any, grid: tuple[int, ...], pr
     from memorize.timescales import memorization_converged
     from memorize.train import train
 
+    trainer = trainer or train
     ratios = []
     for step in grid:
         c, s = at_checkpoint(cfg, score, step)
-        train(c, root, progress=progress, keep_steps=grid)
+        trainer(c, root, progress=progress, keep_steps=grid)
         ratios.append(evaluate(root, c, s, progress)["mem_nn"])
         if step < cfg.train.steps and memorization_converged(ratios, cfg.train.stop_window, cfg.train.stop_tolerance):
             return step
@@ -164,11 +178,14 @@ def scored_steps(root: Path, budget: int) -> list[int]:
     return [s for s in CellPaths(root).checkpoint_steps() if s <= budget]
 
 
-def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: bool = False) -> list[dict]:
+def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: bool = False,
+             trainer: Trainer | None = None) -> list[dict]:
     """Train the cell at ``root`` to each budget of ``configs`` (shortest first: one run, extended) and
-    evaluate it there; returns the evaluation summaries. Finished evaluations are read, not redone."""
+    evaluate it there; returns the evaluation summaries. Finished evaluations are read, not redone.
+    ``trainer``: what trains (default :func:`memorize.train.train`)."""
     from memorize.train import train
 
+    trainer = trainer or train
     root = Path(root)
     configs = sorted(configs, key=lambda c: c.train.steps)
     keys = [settings_key(eval_settings(c, score)) for c in configs]
@@ -181,13 +198,70 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
         grid = tuple(checkpoint_grid(score, configs[-1].train.steps))
         stop = None
         if configs[-1].train.stop_when != "budget":
-            stop = stop_step(root, configs[-1], score, grid, progress)
+            stop = stop_step(root, configs[-1], score, grid, progress, trainer)
         for cfg, key in zip(configs, keys):
             stopped = stop if stop is not None and stop < cfg.train.steps else None
             if not is_done(root, key) and stopped is None and not CellPaths(root).checkpoint(cfg.train.steps).is_file():
-                train(cfg, root, progress=progress, keep_steps=grid)  # (its budget's checkpoint: trained before)
-            results.append(evaluate(root, cfg, score, progress, stopped_at=stopped))
+                trainer(cfg, root, progress=progress, keep_steps=grid)  # (its budget's checkpoint: trained before)
+            results.append(evaluate(root, cfg, score, progress, stopped_at=stopped, trainer=trainer))
         return results
+
+
+class ParallelTraining:
+    """Rank 0's trainer in a data-parallel cell job: each training it is asked for is first sent to the other
+    ranks (:func:`follow_training`), then run on every rank at once (:func:`memorize.train.train` with the
+    job's ranks)."""
+
+    def __init__(self, r: distributed.Ranks):
+        self.ranks = r
+        self.training = False  # inside a training: the other ranks are too, and end it as rank 0 does
+
+    def __call__(self, cfg: CellConfig, root: str | Path, progress: bool = False,
+                 keep_steps: tuple[int, ...] = ()) -> dict:
+        from memorize.train import train
+
+        distributed.from_main((to_dict(cfg), str(root), tuple(keep_steps)), self.ranks)
+        self.training = True
+        summary = train(cfg, root, progress=progress, keep_steps=tuple(keep_steps), ranks=self.ranks)
+        self.training = False
+        return summary
+
+    def finish(self) -> None:
+        """Tell the other ranks, waiting for the next training, that there is none (not needed where a
+        training raised: every rank raised it)."""
+        if not self.training:
+            distributed.from_main(None, self.ranks)
+
+
+def follow_training(r: distributed.Ranks) -> None:
+    """The other ranks of a data-parallel cell job: run each training rank 0 sends, until it sends None."""
+    from memorize.train import train
+
+    while (call := distributed.from_main(None, r)) is not None:
+        cfg, root, keep_steps = call
+        train(from_dict(CellConfig, cfg), root, progress=False, keep_steps=keep_steps, ranks=r)
+
+
+def run_cell_parallel(root: Path, configs: list[CellConfig], score: Any, r: distributed.Ranks) -> list[dict] | None:
+    """:func:`run_cell` by the ``r.world`` tasks of one job: rank 0 runs it, and every training it starts (the
+    cell's budgets, its twin, ``train.stop_when``'s segments) runs data-parallel on all the ranks, which
+    wait in between while rank 0 alone samples, scores, compares and writes. Returns rank 0's results
+    (None on the other ranks)."""
+    device = resolve_device(configs[0].train.device, "train.device")
+    if device.type == "cuda":
+        device = distributed.rank_device(r, torch.cuda.device_count())
+    distributed.start(r, device)
+    try:
+        if not r.main:
+            follow_training(r)
+            return None
+        lead = ParallelTraining(r)
+        try:
+            return run_cell(root, configs, score, trainer=lead)
+        finally:
+            lead.finish()
+    finally:
+        distributed.stop(r)
 
 
 def _preemption_signal() -> tuple[int, Any]:
@@ -230,8 +304,9 @@ def job_environment(threads: int | None, what: str) -> Iterator[None]:
     except CheckpointRequested as stop:  # signalled in training: checkpoints written, now let submitit requeue
         if submitit_handler is None:
             raise
-        print(f"memorize: {what}: signalled by SLURM; checkpoint written at step {stop.step}, requeueing "
-              f"(SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})", file=sys.stderr, flush=True)
+        if distributed.job_ranks().main:  # the task that requeues (the others end: rank 0 requeues the whole job)
+            print(f"memorize: {what}: signalled by SLURM; checkpoint written at step {stop.step}, requeueing "
+                  f"(SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)})", file=sys.stderr, flush=True)
         try:
             submitit_handler(signum, None)  # requeues and exits, or raises where requeues are used up
         except Exception as err:
@@ -255,20 +330,28 @@ class CellJob(submitit.helpers.Checkpointable):
     def __init__(self, root: str, configs: list[dict], score: dict, threads: int | None = None):
         self.root, self.configs, self.score, self.threads = str(root), configs, score, threads
 
-    def __call__(self) -> list[dict] | dict:
-        """The cell's evaluation summaries, or ``{BUSY: why}`` where another process holds the cell."""
+    def __call__(self) -> list[dict] | dict | None:
+        """The cell's evaluation summaries, or ``{BUSY: why}`` where another process holds the cell; in a job
+        of several tasks, rank 0's, and None on the others (:func:`run_cell_parallel`)."""
         from memorize.sweep.spec import ScoreConfig
 
         root = Path(self.root)
+        r = distributed.job_ranks()
+        configs, score = [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score)
+        threads = max(1, self.threads // r.world) if self.threads else None  # the cell's threads, shared out
         try:
-            with job_environment(self.threads, root.name):
-                return run_cell(root, [from_dict(CellConfig, c) for c in self.configs],
-                                from_dict(ScoreConfig, self.score))
+            with job_environment(threads, root.name):
+                if r.world > 1:
+                    return run_cell_parallel(root, configs, score, r)
+                return run_cell(root, configs, score)
         except CellBusy as err:  # another launch has it: it trains there, this job has nothing to do
             return {BUSY: str(err)}
         except Exception as err:  # the message first where it says what to do
-            head = f"{err}\n" if isinstance(err, RequeuesUsedUp) else ""
-            atomic_write_text(root / ERROR, head + traceback.format_exc())
+            if isinstance(err, CheckpointRequested) and not r.main:
+                return None  # signalled in training: rank 0 requeues the job, and these tasks with it
+            if r.main:
+                head = f"{err}\n" if isinstance(err, RequeuesUsedUp) else ""
+                atomic_write_text(root / ERROR, head + traceback.format_exc())
             raise
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

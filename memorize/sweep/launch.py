@@ -18,7 +18,7 @@ from pathlib import Path
 import submitit
 import torch
 
-from memorize.config import CellConfig, to_dict
+from memorize.config import CellConfig, ConfigError, to_dict
 from memorize.sweep.job import CellJob, PackJob
 from memorize.sweep.layout import cell_dir, check_layout, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, slot_gpus, slot_parameters, threads_per_cell,
@@ -36,15 +36,16 @@ def by_cell(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
     return groups
 
 
-def _executor(kind: str, out: Path, spec: SweepSpec, code: dict | None = None) -> submitit.Executor:
+def _executor(kind: str, out: Path, spec: SweepSpec, code: dict | None = None, processes: int = 1) -> submitit.Executor:
     """A submitit executor for ``kind``: on SLURM :func:`memorize.sweep.slurm.slurm_executor`; a local
     one gives each job the GPUs this process sees (:func:`memorize.sweep.local.visible_gpus`; with several
-    jobs at once, :func:`run_local` gives each its own share)."""
+    jobs at once, :func:`run_local` gives each its own share) and runs it as ``processes`` tasks."""
     if kind == "slurm":
         return slurm_executor(out, spec, code)
     executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster=kind)
     if kind == "local":
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, **slot_parameters(local_gpus()))
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=processes,
+                                   **slot_parameters(local_gpus()))
     return executor
 
 
@@ -61,8 +62,9 @@ def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = N
         return f"{n} cells would run{packed} with the {kind} executor"
     s = spec.slurm
     arrays = -(-jobs // s.max_array_size) if jobs else 0
-    return (f"{n} cells would go to SLURM{packed} as {arrays} job array(s) of at most {s.max_array_size} tasks, "
-            f"{s.array_parallelism} at a time; each task: {s.gpus_per_cell} GPU, {s.cpus_per_cell} CPUs, "
+    parallel = f" ({s.processes} processes training it data-parallel)" if s.processes > 1 else ""
+    return (f"{n} cells would go to SLURM{packed} as {arrays} job array(s) of at most {s.max_array_size} jobs, "
+            f"{s.array_parallelism} at a time; each job{parallel}: {s.gpus_per_cell} GPU, {s.cpus_per_cell} CPUs, "
             f"{s.mem_gb:g} GB, {s.time_min} min, partition={s.partition}, account={s.account}, qos={s.qos}, "
             f"constraint={s.constraint}, extra={s.extra}")
 
@@ -70,7 +72,7 @@ def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = N
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
               dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
-              threads: int | None = None, snapshot: bool = True, pack: int = 1) -> dict:
+              threads: int | None = None, snapshot: bool = True, pack: int = 1, processes: int = 1) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
 
     One job per cell: it trains the cell once, to each budget its grid points ask for, and
@@ -79,19 +81,29 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
     they start. ``pack`` > 1: up to that many cells of one architecture train together in one job
     (:mod:`memorize.pack`, :func:`pack_units`). ``parallel`` (local): jobs at a time, default one per GPU
-    where cells train on GPUs (each job then sees its own GPU), else 1."""
+    where cells train on GPUs (each job then sees its own GPU), else 1. ``processes`` (local; on SLURM
+    ``slurm.tasks_per_cell``): processes training each cell data-parallel, one per GPU of its job where
+    cells train on GPUs (:func:`run_cell_parallel`)."""
     out = Path(out)
+    flag = "--processes-per-cell"
+    if executor == "slurm":
+        if processes > 1:
+            raise ConfigError(f"--processes-per-cell {processes}: for the local executor; on SLURM the processes "
+                              f"of a cell are slurm.tasks_per_cell (--tasks-per-cell)")
+        processes = spec.slurm.processes
+        flag = "slurm.tasks_per_cell" if spec.slurm.tasks_per_cell else "slurm.gpus_per_cell"
+    gpus = local_gpus() if executor == "local" else []
+    points = expand(spec)
+    on_gpu = bool(gpus) and any(not trains_on_cpu(p.config) for p in points)
+    check_processes(points, processes, flag, executor, pack, len(gpus) if on_gpu else None, parallel)
     if dry_run:
         check_layout(out)
-        points = expand(spec)
         check_data(points, spec.score.consistency)
     else:
         points = prepare(spec, out)
     cells = by_cell(points)
-    gpus = local_gpus() if executor == "local" else []
     if parallel is None:
-        on_gpu = gpus and any(not trains_on_cpu(p.config) for p in points)
-        parallel = len(gpus) if on_gpu else 1
+        parallel = max(1, len(gpus) // processes) if on_gpu else 1
     slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local)
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
@@ -128,19 +140,45 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     if executor == "slurm":
         code = take_snapshot(out) if snapshot else None
         report["code"] = code
-        report["launched"] = submit_slurm(_executor(executor, out, spec, code), out, units, job,
+        report["launched"] = submit_slurm(_executor(executor, out, spec, code, processes), out, units, job,
                                           spec.slurm.max_array_size)
         if wait:
             report.update(wait_for_slurm(out, list(todo), wait_timeout))
         return report
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
-    per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}"
+    per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}" + \
+        (f", {processes} processes per cell" if processes > 1 else "")
     elsewhere = list(busy)
-    run_local(_executor(executor, out, spec), out, units, job, labels, slots, report,
+    shares = slot_gpus(gpus[:slots * processes] if on_gpu and processes > 1 else gpus, slots) if gpus else None
+    run_local(_executor(executor, out, spec, processes=processes), out, units, job, labels, slots, report,
               title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
-              gpus=slot_gpus(gpus, slots) if gpus else None, elsewhere=elsewhere)
+              gpus=shares, elsewhere=elsewhere)
     wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
     return report
+
+
+def check_processes(points: list[GridPoint], processes: int, flag: str, executor: str, pack: int, gpus: int | None,
+                    parallel: int | None) -> None:
+    """Refuse, before anything is written, a data-parallel launch (``processes`` > 1 per cell, set by ``flag``)
+    that cannot run:
+    packed cells (a pack batches several cells in one process; data parallelism splits one cell over
+    several: they are for opposite sizes, and packs train in one process), the debug executor (one
+    process), a ``train.batch_size`` that does not divide among the processes, or fewer local ``gpus``
+    (None: cells train on the CPU) than the ``parallel`` cells' processes."""
+    if processes <= 1:
+        return
+    if pack > 1:
+        raise ConfigError(f"--pack {pack}: packed cells train in one process; with {flag} {processes} each cell "
+                          f"trains alone (drop one of them)")
+    if executor == "debug":
+        raise ConfigError(f"{flag} {processes}: the debug executor runs one process; use --executor local")
+    for p in points:
+        if p.config.train.batch_size % processes:
+            raise ConfigError(f"train.batch_size: {p.config.train.batch_size} (grid point {p.label}) does not "
+                              f"divide among the {processes} processes of a cell ({flag})")
+    if gpus is not None and processes * (parallel or 1) > gpus:
+        raise ConfigError(f"{flag} {processes}" + (f" with --parallel {parallel}" if parallel else "") +
+                          f" needs {processes * (parallel or 1)} GPUs, one per process; this process sees {gpus}")
 
 
 def trains_on_cpu(cfg: CellConfig) -> bool:

@@ -189,7 +189,7 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
                     running.remove((unit, handle, slot))
                     free.append(slot)
                     try:
-                        outcome = handle.result()
+                        outcome = handle.results()[0]  # rank 0's, where the job has several tasks
                     except Exception as err:  # the cells wrote error.txt; go on with the others
                         for cid in unit:
                             failed(cid, str(err))

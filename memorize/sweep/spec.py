@@ -84,6 +84,9 @@ class SlurmConfig:
     account: str | None = described(None, "account to charge (sbatch --account)")
     qos: str | None = described(None, "quality of service (sbatch --qos)")
     gpus_per_cell: int = described(1, "GPUs of each cell's job (0: CPU jobs)")
+    tasks_per_cell: int | None = described(
+        None, "processes (SLURM tasks) of each cell's job; above 1 they train the cell data-parallel "
+              "(default: one per GPU)")
     cpus_per_cell: int = described(8, "CPU cores of each cell's job; also its torch threads")
     mem_gb: int = described(32, "memory of each cell's job, in GB")
     time_min: int = described(240, "time limit of each cell's job, in minutes")
@@ -109,6 +112,13 @@ class SlurmConfig:
                               f"slurm.time_min = {self.time_min} min), got {self.signal_delay_s}")
         if self.max_requeues < 0:
             raise ConfigError(f"slurm.max_requeues: must be >= 0, got {self.max_requeues}")
+        if self.tasks_per_cell is not None and self.tasks_per_cell < 1:
+            raise ConfigError(f"slurm.tasks_per_cell: must be >= 1, got {self.tasks_per_cell}")
+
+    @property
+    def processes(self) -> int:
+        """Processes training each cell: ``tasks_per_cell``, else one per GPU (one for CPU jobs)."""
+        return self.tasks_per_cell or max(1, self.gpus_per_cell)
 
 
 @dataclass
