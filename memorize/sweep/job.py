@@ -337,9 +337,9 @@ class CellJob(submitit.helpers.Checkpointable):
 
         root = Path(self.root)
         r = distributed.job_ranks()
-        configs, score = [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score)
         threads = max(1, self.threads // r.world) if self.threads else None  # the cell's threads, shared out
         try:
+            configs, score = [from_dict(CellConfig, c) for c in self.configs], from_dict(ScoreConfig, self.score)
             with job_environment(threads, root.name):
                 if r.world > 1:
                     return run_cell_parallel(root, configs, score, r)
