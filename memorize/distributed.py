@@ -78,22 +78,27 @@ def rank_device(r: Ranks, visible: int) -> torch.device:
 # while rank 0 samples and scores (hours, for large cells); a rank that died closes its connections,
 # which ends the wait at once. Training's own collectives keep torch's default timeout.
 WAIT = datetime.timedelta(days=7)
+_control: Any = None  # the gloo group of from_main, made by start with the process group
 
 
 def start(r: Ranks, device: torch.device) -> None:
     """Join the process group (NCCL between GPUs, gloo between CPU processes) where there is more than one
-    process and it is not joined yet."""
+    process and it is not joined yet, with the gloo group of :func:`from_main`."""
+    global _control
     if r.world > 1 and not dist.is_initialized():
         if device.type == "cuda":  # NCCL's collectives run on the current device
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=r.address or "env://",
                                 rank=r.rank, world_size=r.world)
+        _control = dist.new_group(backend="gloo", timeout=WAIT)  # from_main's messages
 
 
 def stop(r: Ranks) -> None:
     """Leave the process group (where this process joined one)."""
+    global _control
     if r.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+        _control = None
 
 
 def from_main(message: Any, r: Ranks) -> Any:
@@ -101,22 +106,9 @@ def from_main(message: Any, r: Ranks) -> Any:
     own, on the CPU, whatever the training's backend: a rank may wait here for hours."""
     if r.world == 1:
         return message
-    group = _control_group()
     box = [message if r.main else None]
-    dist.broadcast_object_list(box, src=0, group=group)
+    dist.broadcast_object_list(box, src=0, group=_control)
     return box[0]
-
-
-_CONTROL: dict[int, Any] = {}
-
-
-def _control_group() -> Any:
-    """The gloo group of :func:`from_main`, made once per process group (every rank makes it, in order)."""
-    key = id(dist.group.WORLD)
-    if key not in _CONTROL:
-        _CONTROL.clear()
-        _CONTROL[key] = dist.new_group(backend="gloo", timeout=WAIT)
-    return _CONTROL[key]
 
 
 def shard(rows: torch.Tensor | None, r: Ranks) -> torch.Tensor | None:

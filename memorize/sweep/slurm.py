@@ -129,9 +129,9 @@ def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0
 def slurm_executor(out: Path, spec: SweepSpec, code: dict | None = None) -> submitit.Executor:
     """A Submitit SLURM executor with the spec's resources (``slurm:``) and, with ``code`` (a
     :func:`memorize.sweep.snapshot.take_snapshot` record), jobs that import that snapshot. A job of
-    several processes (:attr:`memorize.sweep.spec.SlurmConfig.processes`) is that many tasks on one node sharing the cell's
-    CPUs, and a task that fails ends the others (``srun --kill-on-bad-exit``) rather than leaving them
-    waiting for it."""
+    several processes (:attr:`memorize.sweep.spec.SlurmConfig.processes`) is that many tasks on one node
+    sharing the cell's CPUs, and a task that fails ends the others (``srun --kill-on-bad-exit``) rather
+    than leaving them waiting for it."""
     s = spec.slurm
     executor = submitit.AutoExecutor(folder=out / "logs" / "%j", cluster="slurm", slurm_max_num_timeout=s.max_requeues)
     params = {"timeout_min": s.time_min, "slurm_array_parallelism": s.array_parallelism,
