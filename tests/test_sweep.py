@@ -536,7 +536,7 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
     monkeypatch.setattr(launch, "run_local", run_local)
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8, 16, 24, 32, 40, 48], "seed": [0]},
                                 base={**TINY_SPEC["base"], "train": {**TINY_SPEC["base"]["train"], "device": "cuda"}}))
-    monkeypatch.setattr(launch, "prepare", lambda spec, out: expand(spec))
+    monkeypatch.setattr(launch, "prepare", lambda spec, out, points=None: expand(spec))
     report = run_sweep(spec, tmp_path / "sweep", "local", progress=False, processes=processes)
     assert slots_used == [slots] and tasks == [processes] and report["launched"] == 6
     exported = [s[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for s in seen]

@@ -23,7 +23,7 @@ from memorize.sweep.job import CellJob, PackJob
 from memorize.sweep.layout import cell_dir, check_layout, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, slot_gpus, slot_parameters, threads_per_cell,
                                   visible_gpus, wait_until_free)
-from memorize.sweep.slurm import slurm_executor, submit_slurm, wait_for_slurm
+from memorize.sweep.slurm import check_slurm_here, slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
 
@@ -96,11 +96,13 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     points = expand(spec)
     on_gpu = bool(gpus) and any(not trains_on_cpu(p.config) for p in points)
     check_processes(points, processes, flag, executor, pack, len(gpus) if on_gpu else None, parallel)
+    if executor == "slurm" and not dry_run:
+        check_slurm_here()
     if dry_run:
         check_layout(out)
         check_data(points, spec.score.consistency)
     else:
-        points = prepare(spec, out)
+        points = prepare(spec, out, points)
     cells = by_cell(points)
     if parallel is None:
         parallel = max(1, len(gpus) // processes) if on_gpu else 1

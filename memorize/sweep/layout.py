@@ -233,11 +233,12 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
-def prepare(spec: SweepSpec, out: Path) -> list[GridPoint]:
-    """Validate every grid point (before anything is launched), then write the spec and the grid index."""
+def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
+    """Validate every grid point (before anything is launched), then write the spec and the grid index.
+    ``points``: the spec's grid points where the caller has expanded it already."""
     check_directory(out, "--out")
     check_layout(out)
-    points = expand(spec)
+    points = expand(spec) if points is None else points
     check_data(points, spec.score.consistency)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"layout": LAYOUT})
