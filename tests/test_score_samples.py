@@ -168,6 +168,34 @@ def test_held_out_images_of_ones_own_calibrate_and_measure_the_false_positives(t
     assert not (tmp_path / "bad").exists()
 
 
+def test_held_out_images_from_a_file_mean_the_dataset_keeps_none_back(tmp_path, capsys):
+    """An index file naming every image of the .npz, held-out images from a folder and data.n_heldout left at
+    its default (256): the dataset holds nothing back, so nothing is refused; the same without --heldout is."""
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    images, _ = _npz_dataset(tmp_path, count=30)
+    np.save(tmp_path / "all.npy", np.arange(30))
+    sets = ["--set", "data.name=npz", "--set", f"data.root={tmp_path / 'train.npz'}", "--set", "data.n_train=30",
+            "--set", f"data.train_indices={tmp_path / 'all.npy'}"]
+    _png_folder(tmp_path / "samples", images[:4])
+    _png_folder(tmp_path / "mine", np.random.default_rng(2).integers(0, 256, size=(12, 3, 8, 8), dtype=np.uint8))
+    assert main(["score", str(tmp_path / "samples"), "--out", str(tmp_path / "refused"), "--features", "pixel",
+                 "--threshold", "0.9", "--quiet"] + sets) == 2
+    assert "data.n_heldout: 256, but only 0 distinct images" in capsys.readouterr().err
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "samples"), "--out", str(out), "--heldout", str(tmp_path / "mine"),
+                 "--features", "pixel", "--threshold", "0.9", "--quiet"] + sets) == 0
+    summary = json.loads((out / "scores" / "trained.json").read_text())
+    assert summary["n_heldout"] == 12 and summary["nn"]["ratio"] == 1.0  # four copies of training images
+    data = load_cell_data(read_config(out), CellPaths(out))
+    assert len(data.split.heldout) == 0 and sorted(data.split.train.tolist()) == list(range(30))
+    # a permutation split likewise trains on every distinct image where the held-out images are files
+    out = tmp_path / "permuted"
+    assert main(["score", str(tmp_path / "samples"), "--out", str(out), "--heldout", str(tmp_path / "mine"),
+                 "--features", "pixel", "--threshold", "0.9", "--quiet"] + sets[:6]) == 0
+    assert sorted(load_cell_data(read_config(out), CellPaths(out)).split.train.tolist()) == list(range(30))
+
+
 def test_imported_samples_are_mapped_from_disk_and_a_damaged_copy_is_named(tmp_path, capsys):
     from memorize.generate import read_samples
 

@@ -35,8 +35,10 @@ def cmd_import(args: argparse.Namespace) -> None:
         raise ConfigError(f"--set {foreign[0]}: an imported cell takes data.* and sample.* fields only")
     cfg = load_config(None, overrides)
     root = import_model(args.model, args.out, cfg, args.kind)
+    heldout = (f"held-out images from {cfg.data.heldout_path}" if cfg.data.heldout_path is not None else
+               f"{cfg.data.n_heldout} held out")
     print(f"{args.model} imported as a cell in {root} ({cfg.data.name}, N = {cfg.data.n_train}, "
-          f"{cfg.data.n_heldout} held out); next: `memorize sample {root}`, `memorize score {root}`, "
+          f"{heldout}); next: `memorize sample {root}`, `memorize score {root}`, "
           f"`memorize compare {root}`")
 
 

@@ -75,7 +75,8 @@ class DataConfig:
     the training subset instead, in its order: the images a model trained elsewhere saw; ``n_train``
     must be their number, and the held-out items are drawn from the images not among them.
     ``heldout_path``: held-out real images from an image folder, ``.npz``, ``.npy`` or ``.pt`` (read as
-    samples are, :mod:`memorize.data.sample_files`) instead of the dataset's own held-out items.
+    samples are, :mod:`memorize.data.sample_files`) instead of the dataset's own held-out items; the
+    dataset then holds none back and ``n_heldout`` is not read.
     """
 
     name: Literal["digits", "gmm", "mnist", "cifar10", "folder", "npz"] = "digits"

@@ -108,18 +108,27 @@ def read_index_file(path: str | Path, size: int) -> np.ndarray:
     return indices
 
 
+def heldout_count(cfg: DataConfig) -> int:
+    """How many items the dataset holds back: ``data.n_heldout``, or none where the held-out images come
+    from files (``data.heldout_path``), which then serve instead."""
+    return 0 if cfg.heldout_path is not None else cfg.n_heldout
+
+
 def make_split(ds: Dataset, cfg: DataConfig) -> Split:
     """Pick the training subset and held-out set of ``cfg`` from ``ds`` (module recipe; with
     ``data.train_indices`` the subset is the file's, and the held-out items are the last ``n_heldout`` of
-    the permutation among the images whose content no training image has)."""
+    the permutation among the images whose content no training image has). With ``data.heldout_path``
+    the dataset holds nothing back (:func:`heldout_count`); the subsets are the same, since they are
+    drawn from the front of the permutation."""
     if cfg.train_indices is not None:
         return _indexed_split(ds, cfg)
     keep = unique_indices(ds.data)
-    available = len(keep) - cfg.n_heldout
+    n_heldout = heldout_count(cfg)
+    available = len(keep) - n_heldout
     if cfg.subset_offset + cfg.n_train > available:
         offset = f" from data.subset_offset={cfg.subset_offset}" if cfg.subset_offset else ""
         raise ConfigError(f"data.n_train: {cfg.n_train}{offset} is more than the {available} distinct items of "
-                          f"{cfg.name!r} left after holding out data.n_heldout={cfg.n_heldout} "
+                          f"{cfg.name!r} left after holding out data.n_heldout={n_heldout} "
                           f"({len(ds.data) - len(keep)} exact duplicates removed)")
     order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
     heldout, pool = order[available:], order[:available]
@@ -142,10 +151,12 @@ def _indexed_split(ds: Dataset, cfg: DataConfig) -> Split:
     seen = {digests[i] for i in train}
     order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
     unseen = np.asarray([i for i in order if digests[i] not in seen], dtype=np.int64)
-    if cfg.n_heldout > len(unseen):
-        raise ConfigError(f"data.n_heldout: {cfg.n_heldout}, but only {len(unseen)} distinct images of "
-                          f"{cfg.name!r} are not among the {len(train)} of data.train_indices")
-    heldout = unseen[len(unseen) - cfg.n_heldout:]
+    n_heldout = heldout_count(cfg)
+    if n_heldout > len(unseen):
+        raise ConfigError(f"data.n_heldout: {n_heldout}, but only {len(unseen)} distinct images of "
+                          f"{cfg.name!r} are not among the {len(train)} of data.train_indices (or give held-out "
+                          f"images of your own: data.heldout_path)")
+    heldout = unseen[len(unseen) - n_heldout:]
     labels, num_classes = conditioning_labels(ds, cfg, train)
     return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
 

@@ -260,7 +260,8 @@ def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[s
             raise ConfigError(f"grid point ({where}): train.stop_when {config.train.stop_when} reads the memorization "
                               f"ratio at scored checkpoints: set score.checkpoints: true")
         need = min_heldout(spec.score.target_fpr)
-        if spec.score.threshold == "auto" and config.data.n_heldout < need:
+        # (held-out images from files are counted where the cell reads them: memorize.metrics.calibration)
+        if spec.score.threshold == "auto" and config.data.heldout_path is None and config.data.n_heldout < need:
             raise ConfigError(f"grid point ({where}): score.threshold auto at target_fpr {spec.score.target_fpr:g} "
                               f"needs data.n_heldout >= {need}, got {config.data.n_heldout}")
         given = dict(point)  # every axis is a config field: each was validated in its own grid
