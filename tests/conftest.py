@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import signal
+import subprocess
 
 import pytest
 import torch
@@ -77,6 +80,36 @@ def count_training(monkeypatch):
 
     monkeypatch.setattr(train_module, "learning_rate", counting)
     return steps
+
+
+@functools.cache
+def slurm_missing() -> str | None:
+    """Why the tests marked ``slurm`` cannot run here (None where a SLURM controller with a usable node answers)."""
+    for command in ("sbatch", "srun", "sinfo", "squeue", "scancel"):
+        if shutil.which(command) is None:
+            return f"needs SLURM: {command} is not on PATH (CI starts a single-node SLURM with .ci/slurm.sh)"
+    try:
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "needs SLURM: sinfo did not answer within 15 s"
+    if nodes.returncode != 0 or not any(s in nodes.stdout for s in ("idle", "mixed", "allocated")):
+        return f"needs SLURM: no controller with a usable node answers (sinfo: {(nodes.stderr or nodes.stdout).strip()!r})"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``slurm`` is skipped, with the reason, where no SLURM answers."""
+    if item.get_closest_marker("slurm") is not None and slurm_missing() is not None:
+        pytest.skip(slurm_missing())
+
+
+@pytest.fixture
+def slurm_executor_offline(monkeypatch):
+    """Submitit builds its SLURM executor only where ``srun`` is on PATH; what a test reads of it (its
+    parameters, the sbatch text it would submit) needs no cluster."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
 
 
 @pytest.fixture

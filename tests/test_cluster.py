@@ -100,12 +100,7 @@ def test_job_setup_imports_the_snapshot_even_from_a_checkout(tmp_path):
     assert live == str(checkout / "memorize" / "__init__.py")
 
 
-def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path, monkeypatch):
-    from submitit.slurm.slurm import SlurmExecutor
-
-    # Submitit refuses to build its SLURM executor where no `srun` is on PATH; this test reads the
-    # parameters we give it, which needs no cluster
-    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path, slurm_executor_offline):
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump(TINY_SPEC))
     spec = load_spec(spec_file, {"time_min": 5, "signal_delay_s": 45, "max_requeues": 2})
@@ -269,3 +264,16 @@ def test_cancel_without_slurm_jobs_is_refused(tmp_path, capsys):
     assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run"]) == 0
     assert main(["sweep", "cancel", str(out)]) == 2
     assert "no SLURM jobs recorded" in capsys.readouterr().err
+
+
+def test_a_slurm_launch_where_slurm_is_missing_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # a PATH on which no SLURM command is
+    out = tmp_path / "sweep"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--executor slurm: sbatch is not on PATH" in err[0] and "--executor local" in err[0]
+    assert not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--dry-run"]) == 0  # a preview
+    assert "2 cells would go to SLURM" in capsys.readouterr().out and not out.exists()

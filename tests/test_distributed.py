@@ -168,7 +168,7 @@ def test_a_data_parallel_launch_needs_a_gpu_per_process_where_cells_train_on_gpu
     assert not (tmp_path / "sweep").exists()
 
 
-def test_a_slurm_cell_of_several_processes_is_one_job_of_as_many_tasks(tmp_path):
+def test_a_slurm_cell_of_several_processes_is_one_job_of_as_many_tasks(tmp_path, slurm_executor_offline):
     """sbatch's text, as Submitit writes it: the tasks on one node share the cell's CPUs, one GPU each, and a
     failed task ends its job (srun --kill-on-bad-exit) instead of leaving the others waiting for it."""
     from memorize.sweep import load_spec

@@ -40,6 +40,16 @@ def test_the_readme_has_its_two_commands():
     assert install.removeprefix(".venv/bin/pip install ") in ci.replace("-q ", "")
 
 
+def test_ci_runs_the_readme_test_command_without_slurm_before_it_starts_slurm():
+    """A newcomer has no SLURM: CI runs README's test command with SLURM's commands off PATH, before SLURM is
+    installed or started, and afterwards only the tests marked slurm."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    suite = lines.index("bash .ci/without-slurm .venv/bin/python -m pytest -q")
+    start = next(i for i, line in enumerate(lines) if "slurm.sh start" in line)
+    assert suite < start and lines[start:].count(".venv/bin/python -m pytest -q -m slurm") == 1
+    assert not any("pytest" in line for line in lines[:suite] if not line.startswith("#"))
+
+
 def test_the_docs_give_commands():
     assert len(DOC_COMMANDS) >= 15 and any("analysis/phase_transition.py" in c for c in DOC_COMMANDS)
 
@@ -68,3 +78,18 @@ def test_readme_links_point_at_files():
     links = re.findall(r"\]\(([^)#]+)[^)]*\)", (ROOT / "README.md").read_text())
     assert "docs/results.md" in links
     assert [link for link in links if not (ROOT / link).exists()] == []
+
+
+def test_without_slurm_hides_slurms_commands_and_keeps_the_rest_of_their_folder(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name in ("sbatch", "srun", "squeue", "mytool"):
+        (folder / name).write_text("#!/bin/sh\necho here\n")
+        (folder / name).chmod(0o755)
+    env = {"PATH": f"{folder}:/usr/bin:/bin", "SLURM_CONF": "/etc/slurm.conf", "SLURM_JOB_ID": "7"}
+    probe = "for c in sbatch srun squeue mytool; do command -v $c >/dev/null && echo $c; done; env | grep ^SLURM_"
+    seen = subprocess.run(["bash", str(ROOT / ".ci" / "without-slurm"), "bash", "-c", probe], env=env,
+                          capture_output=True, text=True)
+    assert seen.stdout.split() == ["mytool"], seen
+    plain = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True).stdout.split()
+    assert plain[:4] == ["sbatch", "srun", "squeue", "mytool"]  # the probe sees them where they are not hidden

@@ -1,5 +1,5 @@
-"""End to end against a real SLURM: .ci/slurm.sh starts a single-node cluster before the suite runs.
-Where no SLURM controller answers, the test is skipped and says why."""
+"""End to end against a real SLURM: CI starts a single-node cluster (.ci/slurm.sh) and runs these with
+-m slurm. Where no SLURM controller answers, each test is skipped and says why."""
 
 import json
 import os
@@ -18,22 +18,9 @@ from memorize.sweep.snapshot import package_dir, source_hash
 from tests.conftest import TINY_SPEC
 
 
-def _slurm_reason() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "SLURM is not installed here (no sbatch); CI starts one with .ci/slurm.sh"
-    try:
-        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 15 s"
-    if nodes.returncode != 0 or not any(s in nodes.stdout for s in ("idle", "mixed", "allocated")):
-        return f"no SLURM controller with a usable node answers (sinfo: {(nodes.stderr or nodes.stdout).strip()!r})"
-    return None
+pytestmark = pytest.mark.slurm  # skipped, with the reason, where no SLURM answers (tests/conftest.py)
 
 
-REASON = _slurm_reason()
-
-
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_sweep_through_the_slurm_executor(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(TINY_SPEC))
@@ -55,7 +42,6 @@ def test_sweep_through_the_slurm_executor(tmp_path, capsys):
     assert json.loads((out / "jobs.json").read_text()) == jobs
 
 
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     """SLURM requeue (what preemption does): the job is killed mid-training and re-run from its pickle; the
     cell resumes from its last checkpoint on disk and ends exactly where an uninterrupted run ends."""
@@ -124,7 +110,6 @@ SLURM_ARGS = ["--executor", "slurm", "--gpus-per-cell", "0", "--cpus-per-cell", 
               "--no-plot"]
 
 
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_queued_job_runs_the_code_as_launched(tmp_path):
     """Launched from a copy of the package, the job held for two minutes; the copy is then edited so that
     importing it fails. The released job runs the launch-time snapshot and records its hash; the same
@@ -163,7 +148,6 @@ def test_queued_job_runs_the_code_as_launched(tmp_path):
     assert list(pd.read_csv(out / "results.csv").code) == [launched]
 
 
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     """A one-minute time limit, signalled 30 s ahead, for training that takes longer: the cell checkpoints
     on the signal (no periodic checkpoint before the budget), is requeued, resumes, and ends where an
@@ -198,7 +182,6 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     pd.testing.assert_frame_equal(log_a, log_b)
 
 
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_a_two_task_cell_signalled_mid_training_checkpoints_requeues_and_ends_where_it_would_have(tmp_path):
     """slurm.tasks_per_cell 2: one job of two tasks trains the cell data-parallel (gloo, on the node's two
     CPUs). SLURM's time-limit signal, sent to both tasks mid-training (``scancel --signal``, at a chosen
@@ -243,7 +226,6 @@ def test_a_two_task_cell_signalled_mid_training_checkpoints_requeues_and_ends_wh
     pd.testing.assert_frame_equal(log_a, log_b)
 
 
-@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_cancel_stops_the_queue_keeps_finished_cells_and_run_resumes(tmp_path, capsys):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=400, checkpoint_every=50, eval_every=2000, log_every=500)

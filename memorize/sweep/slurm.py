@@ -7,6 +7,7 @@ directory (:func:`memorize.sweep.layout.read_jobs`).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import submitit
 
+from memorize.config import ConfigError
 from memorize.sweep.layout import (ERROR, cell_dir, is_done, read_grid, read_jobs, record_cancelled, record_jobs,
                                    unfinished_cells)
 from memorize.sweep.snapshot import setup_lines
@@ -124,6 +126,15 @@ def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0
         time.sleep(poll)
     report["still_queued"] = len(left)
     return report
+
+
+def check_slurm_here() -> None:
+    """Refuse a SLURM launch, before anything is written, on a machine that cannot submit (no ``sbatch``,
+    or no ``srun``, which the jobs' scripts call and Submitit looks for)."""
+    for command in ("sbatch", "srun"):
+        if shutil.which(command) is None:
+            raise ConfigError(f"--executor slurm: {command} is not on PATH here; launch from a machine of the "
+                              f"cluster (a login node), or run the cells here with --executor local")
 
 
 def slurm_executor(out: Path, spec: SweepSpec, code: dict | None = None) -> submitit.Executor:
