@@ -44,3 +44,31 @@ def test_incompatible_shapes_are_config_errors():
         build_network(ModelConfig(arch="mlp"), (1, 8, 8))
     with pytest.raises(ConfigError, match="model.arch: 'unet' takes square"):
         build_network(ModelConfig(arch="unet"), (16,))
+
+
+@pytest.mark.parametrize("cells", [1, 2])
+def test_attention_hands_sdpa_tensors_contiguous_in_their_last_dimension_off_the_cpu(monkeypatch, cells):
+    """Every fused SDPA kernel on CUDA needs q, k, v with stride 1 in the head dimension. Run on the meta
+    device (any device but the CPU takes that path), the U-Net's attention, alone and widened, hands SDPA such
+    tensors; on the CPU it keeps the strided views (a copy would change the CPU's rounding)."""
+    import torch.nn.functional as F
+
+    from memorize.models.unet import AttentionBlock
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q, k, v))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    block = AttentionBlock(16 * cells, heads=2)
+    block.cells = cells
+    for device in ("cpu", "meta"):
+        seen.clear()
+        out = block.to(device)(torch.randn(3, 16 * cells, 4, 4, device=device))
+        assert out.shape == (3, 16 * cells, 4, 4) and len(seen) == 1
+        for t in seen[0]:
+            assert t.shape == (3, 2 * cells, 16, 8)
+            assert t.stride(-1) == (1 if device == "meta" else 16), (device, t.stride())

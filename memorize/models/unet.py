@@ -55,8 +55,12 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, self.cells, 3, self.heads, c // (self.cells * self.heads), h * w)
-        # (B, cells x heads, H W, d): 4-D, the shape the fused SDPA kernels on CUDA take (5-D falls back to math)
+        # (B, cells x heads, H W, d): 4-D, the shape the fused SDPA kernels on CUDA take (5-D falls back to math),
+        # and contiguous in d, as every fused kernel needs. On the CPU the strided views go in as they are: SDPA
+        # takes them, and a copy would change its rounding (and every result trained on the CPU).
         q, k, v = (t.flatten(1, 2).transpose(-1, -2) for t in qkv.unbind(2))
+        if x.device.type != "cpu":
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
