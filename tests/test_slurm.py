@@ -151,14 +151,16 @@ def test_queued_job_runs_the_code_as_launched(tmp_path):
 def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     """A one-minute time limit, signalled 30 s ahead, for training that takes longer: the cell checkpoints
     on the signal (no periodic checkpoint before the budget), is requeued, resumes, and ends where an
-    uninterrupted run ends. The uninterrupted reference runs beside it, on the node's other CPU."""
-    spec_file = _single_cell_spec(tmp_path, steps=3000, checkpoint_every=10000, eval_every=1500, log_every=250)
+    uninterrupted run ends. The uninterrupted reference runs beside it, on the node's other CPU. How many
+    requeues the training takes depends on the host's speed (1 or 2 on a fast one, 6 to 10 on a host three
+    times slower): the bound is generous so that a slow host finishes too."""
+    spec_file = _single_cell_spec(tmp_path, steps=1500, checkpoint_every=10000, eval_every=750, log_every=250)
     out, straight = tmp_path / "timed", tmp_path / "straight"
     assert main(["sweep", "run", str(spec_file), "--out", str(out), *SLURM_ARGS, "--time-min", "1",
-                 "--signal-delay-s", "30", "--max-requeues", "6"]) == 0
+                 "--signal-delay-s", "30", "--max-requeues", "20"]) == 0
     assert main(["sweep", "run", str(spec_file), "--out", str(straight), *SLURM_ARGS, "--time-min", "20"]) == 0
     (job,) = json.loads((out / "jobs.json").read_text()).values()
-    deadline = time.time() + 480
+    deadline = time.time() + 900
     while time.time() < deadline:
         if list(out.glob("cells/*/evals/*.json")) or not _squeue(job):
             break
@@ -171,7 +173,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     assert len(a) == 1, f"the cell did not finish; see {out / 'logs'}"
     restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
                               timeout=30).stdout.split("Restarts=")[1].split()[0]
-    assert 1 <= a.requeues[0] == int(restarts) <= 6 and b.requeues[0] == 0
+    assert 1 <= a.requeues[0] == int(restarts) <= 20 and b.requeues[0] == 0
     (cell,) = (out / "cells").iterdir()
     assert (cell / "checkpoints" / "interim.json").is_file(), "no checkpoint was written on the signal"
     logs = "".join(p.read_text() for p in (out / "logs").rglob("*_log.*"))
