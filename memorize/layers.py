@@ -1,6 +1,7 @@
 """The layers of the package, bottom to top: a module imports only from its own layer or those below.
 
-    errors, io, distributed          bottom: the error users see, atomic writes, data-parallel processes
+    errors, io, distributed, graphs  bottom: the error users see, atomic writes, data-parallel processes,
+                                       training steps captured as CUDA graphs
     config                           the schema, identity keys, the YAML mapping
     data, diffusion                  datasets and subsets; noise, preconditioning, loss
     models                           denoiser networks
@@ -20,7 +21,7 @@ nothing that knows about cells. ``tests/test_layers.py`` walks every import and 
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "io", "layers", "distributed"),
+    ("errors", "io", "layers", "distributed", "graphs"),
     ("config",),
     ("data", "diffusion"),
     ("models",),

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from memorize import distributed
 from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device, resolve_sigma_data
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
+from memorize.graphs import Inputs, StepRunner, capturable_optimizer, graph_refusal, portable_optimizer_state
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
 from memorize.models import NULL_LABEL, count_architecture_parameters, count_parameters
 
@@ -103,20 +105,20 @@ def learning_rate(cfg_lr: float, warmup_steps: int, step: int) -> float:
     return cfg_lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cfg_lr
 
 
-def ema_update(decay: float):
+@torch.no_grad()
+def ema_step(ema: AveragedModel, params: list[torch.Tensor], decay: float) -> None:
     """EMA with the usual warm-up: ``ema <- d ema + (1 - d) param``, ``d = min(decay, (1 + n) / (10 + n))``
-    after n updates, so short runs are not dominated by the initial weights.
+    after n updates, so short runs are not dominated by the initial weights; the first update (n = 0)
+    copies the weights, as ``AveragedModel`` does.
 
-    An ``AveragedModel`` ``multi_avg_fn``: the update count (a tensor on the model's device) is read
-    once per step, not once per parameter; on a GPU each read waits for the queued work."""
-
-    @torch.no_grad()
-    def multi_avg_fn(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)  # each ema_param.lerp_(param, 1 - d), in one call
-
-    return multi_avg_fn
+    The weight ``1 - d`` is computed on the device from ``ema.n_averaged`` (no host read: a CUDA graph
+    can capture it) and applied by one ``torch._foreach_lerp_``; on the CPU each value equals that of a
+    lerp by the same weight given as a number."""
+    n = ema.n_averaged
+    count = n.to(torch.float64)
+    weight = torch.where(n == 0, 1.0, 1 - torch.clamp((1 + count) / (10 + count), max=decay)).to(params[0].dtype)
+    torch._foreach_lerp_(list(ema.module.parameters()), params, [weight] * len(params))
+    n.add_(1)
 
 
 @torch.no_grad()
@@ -187,13 +189,19 @@ def log_spaced_steps(first: int, per_decade: int, budget: int) -> list[int]:
 
 def _keep_steps(paths: CellPaths, steps: set[int], write: bool = True) -> set[int]:
     """Record ``steps`` among the steps whose checkpoints are never rotated away (where ``write``); returns
-    them all."""
-    kept = set(json.loads(paths.kept_budgets.read_text())) if paths.kept_budgets.is_file() else set()
-    if not steps <= kept:
-        kept |= steps
-        if write:
-            atomic_write_json(paths.kept_budgets, sorted(kept))
-    return kept
+    them all. A damaged record is made again from the checkpoints on disk (each of them kept: none is lost)."""
+    kept, damaged = set(), False
+    if paths.kept_budgets.is_file():
+        try:
+            kept = {int(s) for s in json.loads(paths.kept_budgets.read_text())}
+        except (ValueError, TypeError, UnicodeDecodeError) as err:
+            kept, damaged = set(paths.checkpoint_steps()), True
+            print(f"memorize: {paths.kept_budgets} was damaged ({type(err).__name__}); every checkpoint on disk is "
+                  f"kept ({', '.join(map(str, sorted(kept))) or 'none'})", file=sys.stderr)
+    every = kept | steps
+    if write and (every != kept or damaged):
+        atomic_write_json(paths.kept_budgets, sorted(every))
+    return every
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
@@ -224,8 +232,9 @@ def training_device_rng(saved: torch.Tensor | list | None, index: int = 0) -> to
 class CellTraining:
     """One cell's training state, built and resumed as :func:`train` runs it: the denoiser, its EMA,
     AdamW, the cell's own generator (minibatches, noise levels, noise, label dropout), the loss log
-    and the checkpoint files. A step is :meth:`draw`, then the loss and its backward pass (by
-    :func:`train`, or for several cells at once by :mod:`memorize.pack`), then :meth:`finish_step`."""
+    and the checkpoint files. A step is :meth:`draw_host`, then :meth:`device_step` (run by
+    :meth:`step_runner`, captured in a CUDA graph on a GPU; for several cells at once,
+    :mod:`memorize.pack`), then the checks of what it returns and :meth:`record`."""
 
     def __init__(self, cfg: CellConfig, out: str | Path, keep_steps: tuple[int, ...] = (),
                  ranks: distributed.Ranks | None = None):
@@ -252,7 +261,7 @@ class CellTraining:
         torch.manual_seed(cfg.seed)
         self.sigma_data = resolve_sigma_data(cfg, data.train)
         self.denoiser = build_denoiser(cfg, self.shape, data.split.num_classes, self.sigma_data).to(self.device)
-        self.ema = AveragedModel(self.denoiser, multi_avg_fn=ema_update(cfg.train.ema_decay))
+        self.ema = AveragedModel(self.denoiser, device=self.device)  # its update count on the device too
         self.optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -276,6 +285,7 @@ class CellTraining:
         if ranks.main:
             save_config(cfg, paths.config)
         self.kept = _keep_steps(paths, {self.budget, *(s for s in keep_steps if s <= self.budget)}, ranks.main)
+        self.weights = list(self.denoiser.parameters())
         self.params = count_architecture_parameters(self.denoiser)
         self.params_total = count_parameters(self.denoiser)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
@@ -285,6 +295,9 @@ class CellTraining:
         self.start_time = time.perf_counter() - self.elapsed
         self.lr = cfg.train.lr
         self.denoiser.train()
+        # Why the steps run eagerly rather than as a CUDA graph (memorize.graphs); None: they are captured.
+        self.eager_because = graph_refusal(cfg.train.cuda_graph, self.device, ranks.world, cfg.train.compile)
+        self.step_mode: str | None = None  # how this run's steps ran (StepRunner.mode), for train.json
 
     @property
     def done(self) -> bool:
@@ -293,13 +306,11 @@ class CellTraining:
     def last_good(self) -> str:
         return f"last good checkpoint kept: {self.paths.latest_checkpoint() or 'none yet'}"
 
-    def draw(self) -> Batch:
-        """Set this step's learning rate and draw its minibatch, noise levels, noise and labels from the
-        cell's generator, in a fixed order (the stream a resumed run continues)."""
+    def draw_host(self) -> Batch:
+        """This step's learning rate (``self.lr``) and its minibatch, noise levels, noise and labels drawn
+        from the cell's generator in a fixed order (the stream a resumed run continues), on the CPU."""
         cfg, data, gen = self.cfg, self.data, self.gen
         self.lr = learning_rate(cfg.train.lr, cfg.train.warmup_steps, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
         idx = torch.randint(len(data.train), (cfg.train.batch_size,), generator=gen)
         sigma = sample_training_sigma(cfg.diffusion.noise, cfg.train.batch_size, gen, p_mean=cfg.diffusion.p_mean,
                                       p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
@@ -308,23 +319,67 @@ class CellTraining:
         if labels is not None and cfg.train.label_dropout > 0:  # classifier-free guidance: some labels -> null
             labels = torch.where(torch.rand(len(idx), generator=gen) < cfg.train.label_dropout, NULL_LABEL, labels)
         x0, sigma, noise, labels = (distributed.shard(t, self.ranks) for t in (data.train[idx], sigma, noise, labels))
-        return Batch(x0.to(self.device), sigma.to(self.device), noise.to(self.device),
-                     labels if labels is None else labels.to(self.device))
+        return Batch(x0, sigma, noise, labels)
 
-    def check_loss(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at step {self.step + 1}; "
-                                     f"{self.last_good()}. Try a lower train.lr or a train.grad_clip.")
+    def draw(self) -> Batch:
+        """:meth:`draw_host`, with this step's learning rate set in the optimizer and the draws on the device."""
+        b = self.draw_host()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        return Batch(b.x0.to(self.device), b.sigma.to(self.device), b.noise.to(self.device),
+                     b.labels if b.labels is None else b.labels.to(self.device))
 
-    def finish_step(self, loss: float, asked: bool = False) -> bool:
-        """With the gradients of this step's loss in place: clip, update the weights and the EMA, then
-        :meth:`record` the step. Returns whether a checkpoint was written."""
-        # The total gradient norm (clipped to grad_clip where set): a NaN or inf stops training before the step.
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.cfg.train.grad_clip or math.inf)
-        self.check_grad_norm(float(grad_norm))
+    def step_runner(self) -> StepRunner:
+        """What runs :meth:`device_step` each step: captured in a CUDA graph unless :attr:`eager_because`
+        says why not; then the optimizer steps on the device, its learning rate an input of the step."""
+        if self.eager_because is not None and self.device.type == "cuda" and self.cfg.train.cuda_graph != "off":
+            print(f"memorize: {self.paths.root.name}: training steps run eagerly ({self.eager_because})",
+                  file=sys.stderr, flush=True)
+        return StepRunner(self.device_step, self.device, self.eager_because, self.paths.root.name,
+                          on_static=lambda static: capturable_optimizer(self.optimizer, static["lr"]),
+                          before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
+
+    def step_inputs(self, batch: Batch, runner: StepRunner) -> Inputs:
+        """A step's inputs for ``runner``: the draws and, where the step is captured, the learning rate (a
+        device input); an eager step takes the rate from the optimizer, set here as a number."""
+        inputs: Inputs = {"x0": batch.x0, "sigma": batch.sigma, "noise": batch.noise, "labels": batch.labels}
+        if runner.capture:
+            inputs["lr"] = torch.tensor(self.lr, dtype=torch.float32)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+        return inputs
+
+    def device_step(self, inputs: Inputs) -> torch.Tensor:
+        """One training step as device work only (what a CUDA graph captures): the minibatch loss and its
+        backward pass, the gradient clipped to ``train.grad_clip`` (``clip_grad_norm_``), the AdamW step and
+        the EMA update (:func:`ema_step`). Returns (minibatch loss, total gradient norm before clipping),
+        which the host checks after the step (:meth:`check_loss`, :meth:`check_grad_norm`)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
+            loss = self.loss(inputs["x0"], inputs["sigma"], inputs["noise"], inputs["labels"]).mean()
+        minibatch_loss = distributed.mean(loss, self.ranks)  # over every rank's share: the whole minibatch's
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.weights, self.cfg.train.grad_clip or math.inf)
         self.optimizer.step()
-        self.ema.update_parameters(self.denoiser)
-        return self.record(loss, asked)
+        ema_step(self.ema, self.weights, self.cfg.train.ema_decay)
+        return torch.stack([minibatch_loss.detach().float(), grad_norm.float()])
+
+    def take_step(self, runner: StepRunner) -> bool:
+        """One training step: draw, :meth:`device_step` through ``runner``, check what it returns, record. Returns
+        whether a checkpoint was asked for from outside (:func:`request_checkpoint`; then written)."""
+        loss, grad_norm = runner(self.step_inputs(self.draw_host(), runner))
+        self.check_loss(loss)
+        self.check_grad_norm(grad_norm)
+        # read once: a request arriving later is honoured next step (on every rank, if any received one)
+        asked = distributed.any_rank(checkpoint_requested(), self.ranks, self.device)
+        self.record(loss, asked)
+        return asked
+
+    def check_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite training loss ({loss}) at step {self.step + 1}; "
+                                     f"{self.last_good()}. Try a lower train.lr or a train.grad_clip.")
 
     def check_grad_norm(self, grad_norm: float) -> None:
         if not math.isfinite(grad_norm):
@@ -382,7 +437,7 @@ class CellTraining:
         rng = torch.get_rng_state() if self.cfg.model.dropout > 0 else self.torch_rng
         path = atomic_torch_save(paths.checkpoint(step), {
             "step": step, "model": self.denoiser.state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(), "torch_rng": rng,
+            "optimizer": portable_optimizer_state(self.optimizer), "generator": self.gen.get_state(), "torch_rng": rng,
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "log": self.rows, "pending_losses": self.losses, "seconds": self.elapsed, "shape": self.shape,
             "num_classes": self.data.split.num_classes, "params": self.params, "params_total": self.params_total,
@@ -414,6 +469,8 @@ class CellTraining:
                    "sigma_data": self.sigma_data, "device": str(self.device), "seconds": round(self.elapsed, 2),
                    **losses_at(self.rows, self.budget), "n_train": len(self.data.train),
                    "n_duplicates_removed": self.data.split.n_duplicates}
+        if self.step_mode is not None:
+            summary["step_mode"] = self.step_mode
         if self.ranks.main:
             atomic_write_json(self.paths.train_summary, summary)
         return summary
@@ -434,19 +491,11 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     cell = CellTraining(cfg, out, keep_steps, ranks)
     bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress or not cell.ranks.main, desc="training",
                unit="step")
+    runner = cell.step_runner()
     try:
         with training_loop():
             while not cell.done:
-                batch = cell.draw()
-                with torch.autocast(cell.device.type, dtype=torch.bfloat16, enabled=cell.use_amp):
-                    loss = cell.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
-                minibatch_loss = distributed.mean(loss, cell.ranks)  # over every rank's share: the whole minibatch's
-                cell.check_loss(minibatch_loss)
-                cell.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # read once: a request arriving later is honoured next step (on every rank, if any received one)
-                asked = distributed.any_rank(checkpoint_requested(), cell.ranks, cell.device)
-                cell.finish_step(minibatch_loss.item(), asked)
+                asked = cell.take_step(runner)
                 bar.update(1)
                 if cell.rows and cell.rows[-1]["step"] == cell.step:
                     bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
@@ -459,6 +508,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
         bar.close()
     if checkpoint_requested():  # asked for as the loop ended: the budget's checkpoint is written
         raise CheckpointRequested(cell.step)
+    cell.step_mode = runner.mode if runner.calls else None
     summary = cell.summary()
     distributed.barrier(cell.ranks)  # rank 0's files are written before any rank returns
     return summary

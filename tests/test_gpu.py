@@ -278,3 +278,59 @@ def test_a_sweep_cell_on_two_gpus_trains_data_parallel_over_nccl(tmp_path):
 
     moved = (weights("one", 20) - weights("one", 10)).norm()
     assert (weights("two", 20) - weights("one", 20)).norm() < 0.05 * moved
+
+
+@pytest.mark.parametrize("labels", ["none", "true"])
+def test_a_cell_trains_in_a_cuda_graph_to_the_eager_runs_weights(tiny_cfg, tmp_path, full_float32_convolutions,
+                                                                 deterministic_cudnn, labels):
+    """train.cuda_graph auto: three eager warm-up steps, then every step one replay of the captured step; the
+    weights, EMA and AdamW moments end where train.cuda_graph off ends them (capturable AdamW's arithmetic on
+    device tensors differs from the eager one in rounding only), and the checkpoint resumes eagerly."""
+    from memorize.cell import CellPaths
+    from tests.conftest import same_weights
+
+    cfg = _tiny_cuda_cfg(tiny_cfg, False)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=labels),
+                              train=dataclasses.replace(cfg.train, steps=60, checkpoint_every=30, eval_every=30,
+                                                        label_dropout=0.2 if labels == "true" else 0.0))
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cuda_graph="off"))
+    assert train(cfg, tmp_path / "graph", progress=False)["step_mode"] == "captured"
+    assert train(off, tmp_path / "eager", progress=False)["step_mode"] == "eager (train.cuda_graph: off)"
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(60), weights_only=False, map_location="cpu")
+                   for d in ("graph", "eager")), atol=1e-4)
+    longer = dataclasses.replace(off, train=dataclasses.replace(off.train, steps=70))
+    train(longer, tmp_path / "graph", progress=False)  # a graph run's checkpoint resumed without graphs
+    assert CellPaths(tmp_path / "graph").checkpoint_steps()[-1] == 70
+
+
+def test_a_pack_trains_in_a_cuda_graph_to_the_eager_packs_weights(tiny_cfg, tmp_path, full_float32_convolutions,
+                                                                 deterministic_cudnn):
+    from memorize.cell import CellPaths
+    from memorize.pack import train_packed
+    from tests.conftest import pack_variants, same_weights
+
+    cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, device="cuda", amp=False))
+            for c in pack_variants(tiny_cfg)]
+    graph = train_packed(cfgs, [tmp_path / f"graph{i}" for i in range(3)])
+    assert [s["step_mode"] for s in graph] == ["captured"] * 3
+    off = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graph="off")) for c in cfgs]
+    train_packed(off, [tmp_path / f"eager{i}" for i in range(3)])
+    for i in range(3):
+        same_weights(*(torch.load(CellPaths(tmp_path / f"{d}{i}").latest_checkpoint(), weights_only=False,
+                                  map_location="cpu") for d in ("graph", "eager")), atol=1e-4)
+
+
+def test_a_failed_capture_on_the_gpu_says_why_and_trains_eagerly(tiny_cfg, tmp_path, monkeypatch, capsys):
+    import memorize.graphs as graphs
+
+    class Refusing(torch.cuda.CUDAGraph):
+        def capture_begin(self, *args, **kwargs):
+            raise RuntimeError("refused for the test")
+
+    monkeypatch.setattr(graphs.torch.cuda, "CUDAGraph", Refusing)
+    cfg = _tiny_cuda_cfg(tiny_cfg, False)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20, checkpoint_every=10, eval_every=10))
+    summary = train(cfg, tmp_path / "cell", progress=False)
+    assert summary["step_mode"].startswith("eager (capture failed: RuntimeError: refused for the test")
+    assert capsys.readouterr().err.count("was not captured in a CUDA graph") == 1
+    assert summary["steps"] == 20 and np.isfinite(summary["train_loss"])

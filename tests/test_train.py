@@ -1,5 +1,7 @@
 import csv
 import dataclasses
+import json
+import math
 import os
 import signal
 import subprocess
@@ -131,19 +133,66 @@ def test_class_conditional_training(tiny_cfg, tmp_path):
 def test_ema_update_follows_the_warm_up_formula():
     from torch.optim.swa_utils import AveragedModel
 
-    from memorize.train import ema_update
+    from memorize.train import ema_step
 
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(model, multi_avg_fn=ema_update(0.9))
+    ema = AveragedModel(model)
     for n, value in enumerate([1.0, 2.0, 4.0, -1.0, 3.0]):
         model.weight.data.fill_(value)
-        ema.update_parameters(model)
+        ema_step(ema, list(model.parameters()), 0.9)
         if n == 0:
             expected = value  # the first update copies the weights
         else:
             d = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13, 5/14: the warm-up, below 0.9
             expected = d * expected + (1 - d) * value
-    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6) and int(ema.n_averaged) == 5
+
+
+def _eager_reference_step(cell) -> float:
+    """The training step as the loop took it before steps became device work (the reference the step a CUDA
+    graph captures is held to): draw, loss, check, backward, clip, AdamW, then AveragedModel's own EMA
+    update with the warm-up decay read on the host."""
+    batch = cell.draw()
+    loss = cell.loss(batch.x0, batch.sigma, batch.noise, batch.labels).mean()
+    cell.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(cell.denoiser.parameters(), cell.cfg.train.grad_clip or math.inf)
+    cell.optimizer.step()
+    decay = cell.cfg.train.ema_decay
+
+    def multi_avg_fn(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    cell.ema.multi_avg_fn = multi_avg_fn
+    cell.ema.update_parameters(cell.denoiser)
+    cell.record(loss.item())
+    return loss.item()
+
+
+@pytest.mark.parametrize("labels, clip", [("none", 1.0), ("true", None)])
+def test_the_device_step_equals_the_eager_step_bit_for_bit_on_the_cpu(tiny_cfg, tmp_path, labels, clip):
+    """The step a CUDA graph captures (CellTraining.device_step: no host read, the EMA's decay computed on the
+    device), run eagerly on the CPU, gives the eager loop's weights, EMA, AdamW state and log bit for bit."""
+    from memorize.train import CellTraining
+
+    cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, labels=labels),
+                              train=dataclasses.replace(tiny_cfg.train, steps=12, grad_clip=clip, warmup_steps=4,
+                                                        checkpoint_every=100, eval_every=100, log_every=3))
+    ours, reference = CellTraining(cfg, tmp_path / "ours"), CellTraining(cfg, tmp_path / "reference")
+    runner = ours.step_runner()
+    assert not runner.capture and runner.mode == "eager (cpu device)"
+    for _ in range(12):
+        loss, grad_norm = runner(ours.step_inputs(ours.draw_host(), runner))
+        ours.record(loss)
+        expected = _eager_reference_step(reference)
+        assert loss == expected and math.isfinite(grad_norm)
+    for a, b in ((ours.denoiser, reference.denoiser), (ours.ema, reference.ema)):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), name
+    for x, y in zip(ours.optimizer.state.values(), reference.optimizer.state.values()):
+        assert all(torch.equal(x[k], y[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert [r["running_loss"] for r in ours.rows] == [r["running_loss"] for r in reference.rows]
 
 
 def test_log_spaced_steps_do_not_depend_on_the_budget():
@@ -204,3 +253,15 @@ def test_train_compile_with_inductor_matches_eager_training(tiny_cfg, tmp_path):
     b, _ = load_trained_denoiser(tmp_path / "compiled", "raw")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_a_damaged_record_of_kept_budgets_keeps_every_checkpoint_on_disk(tiny_cfg, tmp_path, capsys):
+    """checkpoints/keep.json damaged from outside: training goes on, keeping every checkpoint there is (none may
+    be a budget that another grid point needs), and writes the record again."""
+    short = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=10))
+    train(short, tmp_path, progress=False)
+    paths = CellPaths(tmp_path)
+    paths.kept_budgets.write_bytes(b"\x00\xff[1, 2")
+    train(dataclasses.replace(short, train=dataclasses.replace(short.train, steps=30)), tmp_path, progress=False)
+    assert "keep.json was damaged (UnicodeDecodeError); every checkpoint on disk is kept (10)" in capsys.readouterr().err
+    assert json.loads(paths.kept_budgets.read_text()) == [10, 30] and paths.checkpoint_steps() == [10, 30]

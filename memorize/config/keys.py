@@ -25,7 +25,7 @@ ARCH_FIELDS = {
 # fingerprinted instead (memorize.cell). ``train.steps`` is a budget (see TrainConfig).
 NOT_TRAINING_IDENTITY = ("data.root", "train.steps", "train.checkpoint_every", "train.keep_all_checkpoints",
                          "train.log_every", "train.eval_every", "train.device", "train.stop_when", "train.stop_window",
-                         "train.stop_tolerance", "train.compile", "sample")
+                         "train.stop_tolerance", "train.compile", "train.cuda_graph", "sample")
 
 
 def training_identity(cfg: CellConfig) -> dict[str, Any]:

@@ -62,10 +62,11 @@ class ConditionEmbedding(nn.Module):
             if labels is None:
                 raise ValueError("this model is class-conditional: pass labels")
             null = labels == NULL_LABEL
-            if null.any():
-                if not self.null_label:
-                    raise ValueError("this model was trained without label dropout, so it has no null label: "
-                                     "train with train.label_dropout > 0 for classifier-free guidance")
+            if self.null_label:
                 labels = torch.where(null, self.num_classes, labels)
+            # (the check reads a device value, which a step captured in a CUDA graph cannot: memorize.graphs)
+            elif not (labels.is_cuda and torch.cuda.is_current_stream_capturing()) and null.any():
+                raise ValueError("this model was trained without label dropout, so it has no null label: "
+                                 "train with train.label_dropout > 0 for classifier-free guidance")
             emb = emb + self.label(labels)
         return emb

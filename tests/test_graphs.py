@@ -1,0 +1,179 @@
+"""Training steps as CUDA graphs (memorize.graphs), everything but the capture itself, on the CPU: which steps
+are captured, the static inputs, the warm-up / capture / replay sequence, the optimizer's device state and the
+checkpoints it writes, the fallback where a capture fails. The capture itself: tests/test_gpu.py."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import memorize.graphs as graphs
+import memorize.pack as pack_module
+import memorize.train as train_module
+from memorize.cell import CellPaths
+from memorize.graphs import StaticInputs, StepRunner, graph_refusal, portable_optimizer_state
+from memorize.pack import train_packed
+from memorize.train import train
+from tests.conftest import pack_variants, same_weights
+
+
+def test_only_a_cuda_step_of_one_process_that_is_not_compiled_is_captured():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert graph_refusal("auto", cuda) is None
+    assert graph_refusal("auto", cpu) == "cpu device"
+    assert graph_refusal("off", cuda) == "train.cuda_graph: off"
+    assert graph_refusal("auto", cuda, processes=2) == "2 data-parallel processes"
+    assert graph_refusal("auto", cuda, compiled=True) == "train.compile"
+
+
+def test_a_checkpoint_of_a_capturable_optimizer_is_what_an_eager_one_writes():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    eager = opt.state_dict()
+    expected = {"state": {i: {k: v.clone() for k, v in s.items()} for i, s in eager["state"].items()},
+                "param_groups": [dict(g) for g in eager["param_groups"]]}
+    lr = torch.tensor(1e-3)
+    graphs.capturable_optimizer(opt, lr)
+    assert all(g["capturable"] and g["lr"] is lr for g in opt.param_groups)
+    portable = portable_optimizer_state(opt)
+    assert portable["param_groups"][0]["lr"] == pytest.approx(1e-3) and not portable["param_groups"][0]["capturable"]
+    assert opt.param_groups[0]["capturable"] and opt.param_groups[0]["lr"] is lr  # the live state is untouched
+    for i, s in expected["state"].items():
+        for key, value in s.items():
+            assert torch.equal(portable["state"][i][key], value) and portable["state"][i][key].device.type == "cpu"
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
+    fresh.load_state_dict(portable)  # resumes as an eager optimizer
+    assert not fresh.param_groups[0]["capturable"] and isinstance(fresh.param_groups[0]["lr"], float)
+
+
+def test_static_inputs_are_filled_in_place_and_refuse_another_shape():
+    static = StaticInputs({"x": torch.zeros(2, 3), "labels": None}, torch.device("cpu"))
+    buffer = static.tensors["x"]
+    assert static.load({"x": torch.ones(2, 3), "labels": None})["x"] is buffer and torch.equal(buffer, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"static input 'x': \(3, 3\) does not match the captured \(2, 3\)"):
+        static.load({"x": torch.ones(3, 3), "labels": None})
+    with pytest.raises(ValueError, match="static input 'labels'"):
+        static.load({"x": torch.ones(2, 3), "labels": torch.zeros(2)})
+
+
+class FakeGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU: the step function recorded at the capture is run again,
+    on the same static buffers, at each replay (what a replay does on the GPU without the Python)."""
+
+    def __init__(self, runner, static):
+        self.runner, self.static, self.replays = runner, static, 0
+
+    def replay(self):
+        self.replays += 1
+        self.runner.values = self.runner.fn(self.static)
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    """Steps captured on the CPU: the capture decision is a GPU's, the side stream is the CPU's, the capture
+    records the step function (nothing runs at the capture, as on a GPU); the optimizer takes its learning
+    rate from the static input (AdamW's capturable flag itself needs a GPU)."""
+    runners = []
+
+    def capture(self, static):
+        if self.before_capture is not None:
+            self.before_capture()
+        self.graph = FakeGraph(self, static)
+        runners.append(self)
+
+    def rate_from_input(optimizer, lr):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    monkeypatch.setattr(train_module, "graph_refusal",  # decided as for a GPU
+                        lambda setting, device, *args, **kwargs: graph_refusal(setting, torch.device("cuda"), *args,
+                                                                               **kwargs))
+    monkeypatch.setattr(train_module, "capturable_optimizer", rate_from_input)
+    monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
+    monkeypatch.setattr(StepRunner, "_capture", capture)
+    return runners
+
+
+def _short(cfg, steps=16):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, checkpoint_every=8,
+                                                              eval_every=8, warmup_steps=6))
+
+
+def test_a_captured_cell_warms_up_captures_once_and_replays_the_rest(tiny_cfg, tmp_path, fake_capture):
+    """Three eager warm-up steps, one capture, 13 replays on static buffers refilled from the cell's own draws
+    each step (the learning rate among them): the weights of the eager run, to the rounding of a float32 rate."""
+    cfg = _short(tiny_cfg)
+    assert train(cfg, tmp_path / "graph", progress=False)["step_mode"] == "captured"
+    (runner,) = fake_capture
+    assert runner.calls == 16 and runner.graph.replays == 13 and runner.values is not None
+    assert CellPaths(tmp_path / "graph").checkpoint_steps() == [16]  # (the one at 8 rotated away)
+    fake_capture.clear()
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cuda_graph="off")), tmp_path / "eager",
+          progress=False)
+    assert not fake_capture  # train.cuda_graph: off: nothing captured
+    graph, eager = (torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False) for d in ("graph", "eager"))
+    same_weights(graph, eager, atol=1e-6)
+    assert graph["optimizer"]["param_groups"][0]["lr"] == pytest.approx(eager["optimizer"]["param_groups"][0]["lr"])
+
+
+def test_a_capture_that_fails_says_why_once_and_the_cell_trains_eagerly(tiny_cfg, tmp_path, fake_capture,
+                                                                        monkeypatch, capsys):
+    def refuse(self, static):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(StepRunner, "_capture", refuse)
+    cfg = _short(tiny_cfg)
+    summary = train(cfg, tmp_path / "fallback", progress=False)
+    assert summary["step_mode"] == ("eager (capture failed: RuntimeError: operation not permitted when stream is "
+                                    "capturing)")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "CUDA graph" in line]
+    assert lines == [f"memorize: {(tmp_path / 'fallback').name}: the training step was not captured in a CUDA graph "
+                     f"(RuntimeError: operation not permitted when stream is capturing); it runs eagerly"]
+    off = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cuda_graph="off")), tmp_path / "eager",
+                progress=False)
+    assert off["step_mode"] == "eager (train.cuda_graph: off)"
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False)
+                   for d in ("fallback", "eager")), atol=1e-6)
+
+
+def test_a_captured_pack_ends_where_the_eager_pack_ends(tiny_cfg, tmp_path, fake_capture):
+    """A pack's step (losses, backward, the stacked clip / AdamW / EMA update, the rates a static input) replayed
+    on static buffers gives the eager pack's weights bit for bit; a cell leaving (a shorter budget) makes the
+    rest a new stack, captured anew."""
+    cfgs = [_short(c) for c in pack_variants(tiny_cfg)]
+    cfgs[2] = dataclasses.replace(cfgs[2], train=dataclasses.replace(cfgs[2].train, steps=8))
+    summaries = train_packed(cfgs, [tmp_path / f"graph{i}" for i in range(3)])
+    assert [s["step_mode"] for s in summaries] == ["captured"] * 3
+    assert [r.graph.replays for r in fake_capture] == [8 - 3, 8 - 3] and len(fake_capture[0].static.tensors) == 5
+    fake_capture.clear()
+    off = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graph="off")) for c in cfgs]
+    train_packed(off, [tmp_path / f"eager{i}" for i in range(3)])
+    assert not fake_capture
+    for i, steps in enumerate((16, 16, 8)):
+        a, b = (torch.load(CellPaths(tmp_path / f"{d}{i}").checkpoint(steps), weights_only=False)
+                for d in ("graph", "eager"))
+        same_weights(a, b, atol=0)
+
+
+def test_a_cell_whose_loss_turns_non_finite_in_a_captured_pack_leaves_and_the_others_are_untouched(
+        tiny_cfg, tmp_path, fake_capture, monkeypatch):
+    cfgs = [_short(c) for c in pack_variants(tiny_cfg)[:2]]
+    real = pack_module.StackedCells.stacked_losses
+
+    def poisoned(self, inputs, base):  # the first cell's loss is NaN from its step 12 on (every replay after it)
+        losses = real(self, inputs, base)
+        if self.cells[0].paths.root.name == "bad" and self.cells[0].step >= 11:
+            losses = losses * torch.tensor([float("nan")] + [1.0] * (len(self.cells) - 1))
+        return losses
+
+    monkeypatch.setattr(pack_module.StackedCells, "stacked_losses", poisoned)
+    bad, good = train_packed(cfgs, [tmp_path / "bad", tmp_path / "good"])
+    assert isinstance(bad, train_module.NonFiniteLossError) and "at step 12" in str(bad)
+    assert good["steps"] == 16 and CellPaths(tmp_path / "bad").checkpoint_steps() == [8]
+    monkeypatch.undo()
+    train(cfgs[1], tmp_path / "alone", progress=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False)
+                   for d in ("good", "alone")), atol=1e-5)
