@@ -16,9 +16,13 @@ overhead (Python, dispatch, kernel launches). Cells whose networks have the same
 4. every cell's gradient is clipped to its own norm, and its AdamW step and EMA update are taken,
    on the stacked state (:class:`StackedCells`: a dozen operations on (K, P) buffers for all cells
    and parameters, each cell with its own learning rate, weight decay, clip and EMA decay, by the
-   formulas of ``clip_grad_norm_``, ``torch.optim.AdamW`` and :func:`memorize.train.ema_update`);
+   formulas of ``clip_grad_norm_``, ``torch.optim.AdamW`` and :func:`memorize.train.ema_step`);
 5. each cell logs, evaluates and checkpoints exactly as alone (:meth:`memorize.train.CellTraining.record`),
    its slices of the stacks copied into its own modules and optimizer first where it reads them.
+
+Steps 2-4 are device work only (:meth:`StackedCells.step`): on a CUDA device they are captured once
+in a CUDA graph and replayed (:mod:`memorize.graphs`), the cells' draws and learning rates copied
+into static inputs each step; every cell's loss and gradient norm are read once after it.
 
 Trained, the cells of a pack are also sampled together (:func:`sample_packed`, called by
 :func:`memorize.sweep.job.sample_together` before each cell's evaluation): their EMA denoisers
@@ -29,7 +33,7 @@ Scoring and comparing then run cell by cell.
 The cell directories are those of separate runs: any cell resumes alone or in another pack, and
 its weights equal a separate run's to float tolerance (the batched kernels add in another
 order). A cell whose loss or gradient turns non-finite leaves the pack with its error; the others
-go on. Cells with ``model.dropout > 0`` are not packed (dropout draws from the one global
+go on (no layer of the wide network mixes cells, so their steps are their own). Cells with ``model.dropout > 0`` are not packed (dropout draws from the one global
 generator, which separate runs each have to themselves).
 """
 
@@ -49,6 +53,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from memorize import distributed
 from memorize.config import CellConfig, ConfigError, SampleConfig, to_dict
 from memorize.diffusion.precond import coefficients, denoised_from_output, network_target
+from memorize.graphs import Inputs, StepRunner
 from memorize.models.wide import wide_parameters, widen
 from memorize.train import CellTraining, CheckpointRequested, NonFiniteLossError, checkpoint_requested, training_loop
 
@@ -66,7 +71,7 @@ def pack_key(cfg: CellConfig) -> str | None:
                        "label_table": classes,
                        "batch": cfg.train.batch_size, "null_label": cfg.train.label_dropout > 0,
                        "parameterization": cfg.diffusion.parameterization, "device": cfg.train.device,
-                       "amp": cfg.train.amp}, sort_keys=True)
+                       "amp": cfg.train.amp, "cuda_graph": cfg.train.cuda_graph}, sort_keys=True)
 
 
 def _squared_error(parameterization: str, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor,
@@ -120,7 +125,7 @@ class StackedCells:
     and one backward pass give the stacked gradients; :meth:`update` clips each cell's gradient to its
     own norm, takes each cell's AdamW step and EMA update with its own learning rate, weight decay,
     clip and decay, every formula as ``torch.nn.utils.clip_grad_norm_``, ``torch.optim.AdamW`` and
-    :func:`memorize.train.ema_update` compute it, in a dozen operations on the (K, P) buffers for all
+    :func:`memorize.train.ema_step` compute it, in a dozen operations on the (K, P) buffers for all
     cells and tensors at once. :meth:`write_back` copies cell k's slices into its own modules and
     optimizer state, where they are read (evaluation, checkpoints); a stack is built afresh from the
     cells whenever the set of cells changes.
@@ -143,17 +148,19 @@ class StackedCells:
                                                                 for key in ("params", "ema", "exp_avg", "exp_avg_sq"))
         for p in self.params.values():
             p.requires_grad_()  # each a leaf: its gradient lands in p.grad, (K, ...)
-        self.adam_steps = torch.tensor([float(st[0]["step"]) if st[0] else 0.0 for st in states], dtype=torch.float64)
-        self.ema_counts = torch.tensor([float(c.ema.n_averaged) for c in cells], dtype=torch.float64)
+        device = self.device = cells[0].device
+        # per-cell counts and settings on the device, so that a step reads nothing on the host (memorize.graphs)
+        self.adam_steps = torch.tensor([float(st[0]["step"]) if st[0] else 0.0 for st in states], dtype=torch.float64,
+                                       device=device)
+        self.ema_counts = torch.tensor([float(c.ema.n_averaged) for c in cells], dtype=torch.float64, device=device)
         group = cells[0].optimizer.param_groups[0]
         self.beta1, self.beta2 = group["betas"]
         self.eps = group["eps"]
-        device = cells[0].device
         self.weight_decay = torch.tensor([c.optimizer.param_groups[0]["weight_decay"] for c in cells],
-                                         dtype=torch.float64)
+                                         dtype=torch.float64, device=device)
         self.max_norm = torch.tensor([c.cfg.train.grad_clip or math.inf for c in cells], dtype=torch.float32,
                                      device=device)
-        self.decay = torch.tensor([c.cfg.train.ema_decay for c in cells], dtype=torch.float64)
+        self.decay = torch.tensor([c.cfg.train.ema_decay for c in cells], dtype=torch.float64, device=device)
         self.sigma_data = torch.tensor([c.sigma_data for c in cells], dtype=torch.float32, device=device)
         self.wide: torch.nn.Module | None | bool = None  # the cells' wide network, built at the first step (False: none)
 
@@ -175,27 +182,44 @@ class StackedCells:
         return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def losses(self, batches: list, base: torch.nn.Module) -> torch.Tensor:
-        """Every cell's loss on its batch, (K,), from one pass of the wide network built from ``base`` (a
-        network of the cells' shape whose own weights are not used), or one vmapped call over ``base``."""
+        """Every cell's loss on its batch (:class:`memorize.train.Batch`, one per cell), (K,):
+        :meth:`stacked_losses` of the batches stacked."""
+        return self.stacked_losses(stack_batches(batches), base)
+
+    def stacked_losses(self, inputs: Inputs, base: torch.nn.Module) -> torch.Tensor:
+        """Every cell's loss on its batch, (K,), the batches stacked (``x0`` and ``noise`` (K, B, ...), ``sigma``
+        and ``labels`` (K, B)), from one pass of the wide network built from ``base`` (a network of the cells'
+        shape whose own weights are not used), or one vmapped call over ``base``."""
         cells = self.cells
-        x0, sigma, noise = (torch.stack([getattr(b, f) for b in batches]) for f in ("x0", "sigma", "noise"))
-        labels = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
+        x0, sigma, noise, labels = inputs["x0"], inputs["sigma"], inputs["noise"], inputs["labels"]
         parameterization = cells[0].denoiser.parameterization
         if self.wide is None:
             wide = widen(base, len(cells))
             self.wide = False if wide is None else wide
-        with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp):
+        with torch.autocast(cells[0].device.type, dtype=torch.bfloat16, enabled=cells[0].use_amp, cache_enabled=False):
             if self.wide is not False:
                 return _wide_losses(self.wide, self.params, parameterization, self.sigma_data, x0, sigma, noise,
                                     labels)
             fn = vmap(_cell_loss(base, parameterization), in_dims=(0, 0, 0, 0, 0, 0, None if labels is None else 0))
             return fn(self.params, self.buffers, self.sigma_data, x0, sigma, noise, labels)
 
+    def step(self, inputs: Inputs, base: torch.nn.Module) -> torch.Tensor:
+        """One training step of every cell as device work only (what a CUDA graph captures): the losses, one
+        backward pass, :meth:`update` at the learning rates ``inputs["lr"]``. Returns the K losses, then the K
+        gradient norms (a non-finite value: that cell must leave)."""
+        for p in self.params.values():
+            p.grad = None
+        losses = self.stacked_losses(inputs, base)
+        losses.sum().backward()
+        norms = self.update(inputs["lr"])
+        return torch.cat([losses.detach().float(), norms.float()])
+
     @torch.no_grad()
-    def update(self) -> list[float]:
-        """With the stacked gradients in place: clip, AdamW and EMA for every cell (at its ``lr`` of this
-        step). Returns each cell's total gradient norm before clipping (a non-finite one: that cell's
-        slices are garbage from here on and it must leave)."""
+    def update(self, lr: torch.Tensor | None = None) -> torch.Tensor:
+        """With the stacked gradients in place: clip, AdamW and EMA for every cell at its learning rate ``lr``
+        (K,) float64 (default: each cell's ``lr`` of this step). Returns each cell's total gradient norm before
+        clipping, (K,) on the device (a non-finite one: that cell's slices are garbage from here on and it
+        must leave)."""
         params = [self.params[n] for n in self.names]
         # torch's AdamW leaves a parameter without a gradient untouched (no decay, no moment update)
         unused = {n: (self.params[n].clone(), self.exp_avg[n].clone(), self.exp_avg_sq[n].clone())
@@ -206,7 +230,7 @@ class StackedCells:
         # clip_grad_norm_: every gradient times min(1, max / (norm + 1e-6)), the norm over all the cell's tensors
         norms = g.norm(dim=1)
         clip = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
-        lr = torch.tensor([c.lr for c in self.cells], dtype=torch.float64)
+        lr = (self.learning_rates() if lr is None else lr).to(self.device)
         self.adam_steps += 1
         # AdamW (Loshchilov & Hutter 2019) as torch computes it: decoupled decay, then the moments, then
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -228,11 +252,15 @@ class StackedCells:
         n = self.ema_counts
         ema.lerp_(p, self._per_cell(torch.where(n == 0, 1.0, 1 - torch.minimum(self.decay, (1 + n) / (10 + n))), p))
         self.ema_counts += 1
-        return norms.tolist()
+        return norms
+
+    def learning_rates(self) -> torch.Tensor:
+        """Each cell's learning rate of this step (set by its draw), (K,) float64."""
+        return torch.tensor([c.lr for c in self.cells], dtype=torch.float64)
 
     @torch.no_grad()
     def write_back(self, k: int) -> None:
-        """Cell k's weights, EMA, EMA count and AdamW state into its own modules and optimizer."""
+        """Cell k's weights, EMA, EMA count, AdamW state and learning rate into its own modules and optimizer."""
         cell = self.cells[k]
         ema_params = dict(cell.ema.module.net.named_parameters())
         for name, p in cell.denoiser.net.named_parameters():
@@ -242,6 +270,23 @@ class StackedCells:
                                        "exp_avg": self.exp_avg[name][k].clone(),
                                        "exp_avg_sq": self.exp_avg_sq[name][k].clone()}
         cell.ema.n_averaged.fill_(int(self.ema_counts[k]))
+        for group in cell.optimizer.param_groups:  # as a cell alone holds it: this step's rate
+            group["lr"] = cell.lr
+
+
+def stack_batches(batches: list) -> Inputs:
+    """Cells' batches (:class:`memorize.train.Batch`, one per cell) stacked along a new first dimension."""
+    stacked: Inputs = {f: torch.stack([getattr(b, f) for b in batches]) for f in ("x0", "sigma", "noise")}
+    stacked["labels"] = None if batches[0].labels is None else torch.stack([b.labels for b in batches])
+    return stacked
+
+
+def stack_runner(stack: StackedCells, base: torch.nn.Module) -> StepRunner:
+    """What runs ``stack``'s steps (:meth:`StackedCells.step`): captured in a CUDA graph where its first cell's
+    would be (:attr:`memorize.train.CellTraining.eager_because`; the cells of a pack share what decides it)."""
+    first = stack.cells[0]
+    label = f"pack of {len(stack.cells)} cells ({first.paths.root.name}, ...)"
+    return StepRunner(lambda inputs: stack.step(inputs, base), stack.device, first.eager_because, label)
 
 
 def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
@@ -277,44 +322,33 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
                 stack.write_back(k)
         return StackedCells([cells[i] for i in keep]) if keep else None
 
+    runner = stack_runner(stack, base) if stack else None
     with training_loop():
         while active:
-            batches = {i: cells[i].draw() for i in active}
-            while active:  # a cell with a non-finite loss leaves; the rest are computed again on their batches
-                losses = stack.losses([batches[i] for i in active], base)
-                values = losses.detach().tolist()  # one transfer for every cell (a GPU waits once a step here)
-                bad = [i for i, value in zip(active, values) if not math.isfinite(value)]
-                for i, loss in zip(active, losses):
-                    if i in bad:
-                        try:
-                            cells[i].check_loss(loss)
-                        except NonFiniteLossError as err:
-                            results[i] = err
-                if not bad:
-                    break
-                stack = regroup([i for i in active if i not in bad])
-                active = [i for i in active if i not in bad]
-            if not active:
-                break
-            losses.sum().backward()
+            inputs = stack_batches([cells[i].draw_host() for i in active])
+            inputs["lr"] = stack.learning_rates()
+            values = runner(inputs)  # every cell's loss and gradient norm: one read per step
             asked = checkpoint_requested()
-            norms = stack.update()
             leaving = []
             for k, i in enumerate(active):
                 cell = cells[i]
                 try:
-                    cell.check_grad_norm(norms[k])
+                    cell.check_loss(values[k])
+                    cell.check_grad_norm(values[len(active) + k])
                     if cell.reads_state(asked):
                         stack.write_back(k)
                     cell.record(values[k], asked)
-                except NonFiniteLossError as err:
+                except NonFiniteLossError as err:  # its slices are garbage now; the others' are their own
                     results[i] = err
                     leaving.append(i)
             if asked:
                 raise CheckpointRequested(min((cells[i].step for i in active if i not in leaving), default=0))
             keep = [i for i in active if i not in leaving and not cells[i].done]
+            for i in active:
+                cells[i].step_mode = runner.mode
             if keep != active:
                 stack = regroup(keep)
+                runner = stack_runner(stack, base) if stack else None
                 active = keep
     if checkpoint_requested():  # asked for as the loop ended: every cell's budget checkpoint is written
         raise CheckpointRequested(max(c.step for c in cells.values()))

@@ -42,15 +42,15 @@ def test_a_packed_cell_resumes_alone(tiny_cfg, tmp_path):
 
 def test_a_failing_cell_leaves_the_pack_and_the_others_finish(tiny_cfg, tmp_path, monkeypatch):
     cfgs = pack_variants(tiny_cfg)[:2]
-    real = pack_module.StackedCells.losses
+    real = pack_module.StackedCells.stacked_losses
 
-    def poisoned(self, batches, base):  # the first cell's loss turns NaN at its step 12
-        losses = real(self, batches, base)
+    def poisoned(self, inputs, base):  # the first cell's loss turns NaN at its step 12
+        losses = real(self, inputs, base)
         if self.cells[0].paths.root.name == "bad" and self.cells[0].step == 11:
             losses = losses * torch.tensor([float("nan")] + [1.0] * (len(self.cells) - 1))
         return losses
 
-    monkeypatch.setattr(pack_module.StackedCells, "losses", poisoned)
+    monkeypatch.setattr(pack_module.StackedCells, "stacked_losses", poisoned)
     bad, good = train_packed(cfgs, [tmp_path / "bad", tmp_path / "good"])
     assert isinstance(bad, NonFiniteLossError) and "at step 12" in str(bad)
     assert good["steps"] == 20 and CellPaths(tmp_path / "bad").checkpoint_steps() == [10]
@@ -142,7 +142,7 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(pack_module, "sample_packed",
                         lambda roots, *a: sampled.append(len(roots)) or real_sample(roots, *a))
     runs = {}
-    for name, extra in (("packed", ["--pack", "3"]), ("alone", [])):
+    for name, extra in (("packed", ["--pack", "3"]), ("alone", ["--pack", "1"])):
         out = tmp_path / name
         assert main(["sweep", "run", str(spec_file), "--out", str(out), "--executor", "debug", "--threads", "1",
                      "--quiet", "--no-plot", *extra]) == 0
@@ -228,17 +228,27 @@ def test_cells_sampled_together_give_the_samples_drawn_alone(tiny_cfg, tmp_path,
 
 
 def test_sampling_a_pack_together_leaves_out_a_cell_another_process_holds(tiny_cfg, tmp_path):
-    """sample_together holds each cell's lock while it samples: a locked cell is not touched (its evaluation
-    samples it later), the others are sampled together, and every lock is free afterwards."""
+    """sample_together holds each cell's lock while it samples: a cell another process holds is not touched (its
+    evaluation samples it later), the others are sampled together, and every lock is free afterwards."""
+    import subprocess
+    import sys
+
     from memorize.sweep.job import sample_together, samples_name
-    from memorize.sweep.layout import cell_lock, is_locked
+    from memorize.sweep.layout import is_locked
     from memorize.sweep.spec import ScoreConfig
 
     cfgs = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=20)) for c in pack_variants(tiny_cfg)]
     roots = [tmp_path / f"c{i}" for i in range(3)]
     train_packed(cfgs, roots)
-    with cell_lock(roots[1]):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               "from memorize.sweep.layout import cell_lock\n"
+                               f"with cell_lock(Path({str(roots[1])!r})):\n print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         sample_together(dict(zip(roots, ([c] for c in cfgs))), ScoreConfig(compare=False, features="pixel"))
+    finally:
+        holder.communicate("")
     drawn = [(root / "samples" / f"{samples_name(c, c.train.steps)}.npz").is_file() for root, c in zip(roots, cfgs)]
     assert drawn == [True, False, True]
     assert not any(is_locked(root) for root in roots)

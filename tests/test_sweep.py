@@ -101,6 +101,54 @@ def test_a_local_sweep_runs_every_cell_and_collects_one_full_row_each(finished_s
         assert table[column].notna().all(), column
     assert sorted(table.n_train) == [16, 32] and (table.step == 20).all()
     assert ((table.mem_nn_lo <= table.mem_nn) & (table.mem_nn <= table.mem_nn_hi)).all()
+    # one slot (--parallel 1): both cells ran in one process, one Submitit job
+    assert len([d for d in (out / "logs").iterdir() if d.is_dir() and d.name.isdigit()]) == 1
+
+
+def test_units_are_shared_out_among_the_slots_by_their_cells():
+    from memorize.sweep.local import share_out
+
+    units = [["a"], ["b", "c", "d"], ["e"], ["f", "g"], ["h"]]
+    assert share_out(units, 1) == [units]
+    assert share_out(units, 2) == [[["a"], ["e"], ["f", "g"]], [["b", "c", "d"], ["h"]]]  # 4 cells each
+    assert share_out(units, 9) == [[u] for u in units]
+    assert share_out([], 3) == []
+
+
+def test_a_slots_process_runs_its_cells_one_after_another_and_one_failing_stops_none(tmp_path, monkeypatch):
+    """The cells of a slot run in one process (here: this one, through a stand-in for the local executor); a
+    cell that raises is reported with its error.txt, and the cells after it in the same process still run."""
+    import memorize.sweep.job as cell_module
+    import memorize.sweep.launch as launch
+
+    real = cell_module.run_cell
+
+    def failing(root, configs, score, progress=False):
+        if configs[0].data.n_train == 16:
+            raise RuntimeError("simulated divergence")
+        return real(root, configs, score, progress)
+
+    submitted = []
+
+    class InProcess:  # runs each submitted job at once, here
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, fn):
+            submitted.append(len(fn.jobs))
+            outcome = fn()
+            return type("Done", (), {"done": lambda self: True, "results": lambda self: [outcome]})()
+
+    monkeypatch.setattr(cell_module, "run_cell", failing)
+    real_run_local = launch.run_local
+    monkeypatch.setattr(launch, "run_local", lambda executor, *a, **k: real_run_local(InProcess(), *a, **k))
+    out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [8, 16, 24], "seed": [0]}))
+    report = run_sweep(spec, out, "local", progress=False)
+    assert submitted == [3] and report["launched"] == 3 and report["failed"] == 1
+    status = sweep_status(out).set_index("data.n_train")
+    assert status.state.to_dict() == {8: "done", 16: "failed", 24: "done"}
+    assert "simulated divergence" in status.loc[16, "detail"]
 
 
 def test_a_rerun_launches_nothing_and_rewrites_nothing(finished_sweep, tmp_path):
@@ -517,14 +565,17 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
 
         def submit(self, fn):
             seen.append(self.setup)
-            return Done()
+            return Done(len(fn.jobs))
 
     class Done:
+        def __init__(self, units):
+            self.units = units
+
         def done(self):
             return True
 
-        def results(self):
-            return [None] * processes
+        def results(self):  # per task, each job's outcome (a cell's: its summaries, here none)
+            return [[None] * self.units] * processes
 
     real_run_local = launch.run_local
 
@@ -572,3 +623,32 @@ def test_the_els_boundary_enters_a_points_key_only_where_it_changes_its_results(
     assert scoring(els_boundary="anywhere") == plain
     with pytest.raises(ConfigError, match="els_boundary"):
         from_dict(ScoreConfig, {"els_boundary": "circular"})
+
+
+def test_a_cells_lock_is_taken_again_by_the_process_that_holds_it_and_refused_to_others(tmp_path):
+    import subprocess
+    import sys
+
+    from memorize.sweep.layout import CellBusy, cell_lock, is_locked
+
+    root = tmp_path / "cell"
+    probe = [sys.executable, "-c", "from pathlib import Path; from memorize.sweep.layout import cell_lock\n"
+             f"with cell_lock(Path({str(root)!r})): pass"]
+    with cell_lock(root):
+        with cell_lock(root):  # a pack's evaluation inside the pack's own hold
+            assert is_locked(root)
+        assert is_locked(root)  # the inner release left the outer hold
+        other = subprocess.run(probe, capture_output=True, text=True)
+        assert other.returncode == 1 and "CellBusy" in other.stderr
+    assert not is_locked(root)
+    assert subprocess.run(probe).returncode == 0
+    with pytest.raises(CellBusy):
+        held = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from memorize.sweep."
+                                 f"layout import cell_lock\nwith cell_lock(Path({str(root)!r})):\n print(1, flush=True);"
+                                 " sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            held.stdout.readline()
+            with cell_lock(root):
+                pass
+        finally:
+            held.communicate("")

@@ -91,6 +91,10 @@ thread_count = checked(int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threa
 rate = checked(float, lambda v: 0 < v < 1, "a rate in (0, 1)")
 
 
+def pack_size(text: str) -> int | str:
+    return "auto" if text == "auto" else checked(int, lambda v: v >= 1, "auto or a positive integer")(text)
+
+
 def threshold_or_auto(text: str) -> float | str:
     return "auto" if text == "auto" else checked(float, lambda v: 0.0 <= v < 1.0,
                                                   "a cosine threshold in [0, 1) or auto")(text)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from memorize.cli import commands
-from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, positive_int, rate, subcommand,
-                                thread_count, threshold_or_auto, threads_and_quiet)
+from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate,
+                                subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.generate import DENOISERS
 from memorize.local_score import BOUNDARIES
@@ -168,11 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=positive_int,
                    help="local executor: cells (or packs) at a time, each with its own share of the GPUs this "
                         "process sees (default: one per GPU where cells train on GPUs, else 1)")
-    p.add_argument("--pack", type=positive_int, default=1,
+    p.add_argument("--pack", type=pack_size, default="auto", metavar="{auto,K}",
                    help="train up to K cells of one architecture together, as one batched computation, in one "
-                        "job, then sample them together (default 1: each cell alone); packs are balanced and, "
-                        "where they train on the CPU, halved while fewer than --parallel; cells with "
-                        "model.dropout > 0, train.stop_when or train.compile always train alone")
+                        "job, then sample them together; auto (the default): up to 8 with the local and debug "
+                        "executors, each cell alone on SLURM and with --processes-per-cell; 1: each cell alone. "
+                        "Packs are balanced and, where they train on the CPU, halved while fewer than --parallel; "
+                        "cells with model.dropout > 0, train.stop_when or train.compile always train alone")
     p.add_argument("--threads", type=thread_count,
                    help="torch CPU threads per cell (default: the machine's cores divided among --parallel "
                         "cells, at least 1; on SLURM the cell's cpus_per_cell)")

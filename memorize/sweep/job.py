@@ -40,7 +40,7 @@ from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, is_locked, read_eval
+from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_eval
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
 
@@ -376,30 +376,36 @@ class PackJob(submitit.helpers.Checkpointable):
         cells = {Path(root): sorted((from_dict(CellConfig, c) for c in configs), key=lambda c: c.train.steps)
                  for root, configs in self.cells}
         outcome: dict[str, str | None] = {}
-        with job_environment(self.threads, f"pack of {len(cells)} cells"):
-            todo = {root: cfgs for root, cfgs in cells.items() if not is_locked(root) and
-                    not all(is_done(root, settings_key(eval_settings(c, score))) for c in cfgs)}
+        with job_environment(self.threads, f"pack of {len(cells)} cells"), ExitStack() as locks:
+            # each cell's lock held from its training to its last evaluation: another launch that finds the
+            # cells free finds them done
+            mine = {}
+            for root, cfgs in cells.items():
+                try:
+                    locks.enter_context(cell_lock(root))
+                    mine[root] = cfgs
+                except CellBusy as err:
+                    outcome[str(root)] = f"{BUSY}: {err}"
+            todo = {root: cfgs for root, cfgs in mine.items()
+                    if not all(is_done(root, settings_key(eval_settings(c, score))) for c in cfgs) and
+                    not CellPaths(root).checkpoint(cfgs[-1].train.steps).is_file()}  # (trained: evaluated below)
             if todo:
                 keep = [tuple(sorted({*checkpoint_grid(score, cfgs[-1].train.steps), *(c.train.steps for c in cfgs)}))
                         for cfgs in todo.values()]
-                with ExitStack() as locks:
-                    for root in todo:
-                        locks.enter_context(cell_lock(root))
-                        (root / ERROR).unlink(missing_ok=True)
-                    trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
+                for root in todo:
+                    (root / ERROR).unlink(missing_ok=True)
+                trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
                 for root, result in zip(todo, trained):
                     if isinstance(result, BaseException):
                         atomic_write_text(root / ERROR, "".join(traceback.format_exception(result)))
                         outcome[str(root)] = f"{type(result).__name__}: {result}"
-            sample_together({root: cfgs for root, cfgs in cells.items() if str(root) not in outcome}, score)
-            for root, cfgs in cells.items():  # evaluations (training is done: run_cell finds the budgets reached)
+            sample_together({root: cfgs for root, cfgs in mine.items() if str(root) not in outcome}, score)
+            for root, cfgs in mine.items():  # evaluations (training is done: run_cell finds the budgets reached)
                 if str(root) in outcome:
                     continue
                 try:
                     run_cell(root, cfgs, score)
                     outcome[str(root)] = None
-                except CellBusy as err:
-                    outcome[str(root)] = f"{BUSY}: {err}"
                 except Exception as err:
                     atomic_write_text(root / ERROR, traceback.format_exc())
                     outcome[str(root)] = f"{type(err).__name__}: {err}"
@@ -407,6 +413,28 @@ class PackJob(submitit.helpers.Checkpointable):
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(PackJob(self.cells, self.score, self.threads))
+
+
+class BatchJob(submitit.helpers.Checkpointable):
+    """Submitit callable for several jobs (:class:`CellJob`, :class:`PackJob`) run one after another in one
+    process: a local sweep's slot, so that its cells share one Python and one CUDA context instead of each
+    starting its own. Returns each job's result, or the error it raised as ``"Type: message"`` (the job
+    wrote its cells' ``error.txt``); one failing job does not stop the next."""
+
+    def __init__(self, jobs: list[CellJob | PackJob]):
+        self.jobs = jobs
+
+    def __call__(self) -> list[Any]:
+        outcomes: list[Any] = []
+        for job in self.jobs:
+            try:
+                outcomes.append(job())
+            except Exception as err:
+                outcomes.append(f"{type(err).__name__}: {err}")
+        return outcomes
+
+    def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(BatchJob(self.jobs))
 
 
 def sample_together(cells: dict[Path, list[CellConfig]], score: Any) -> None:

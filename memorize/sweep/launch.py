@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import submitit
 import torch
 
 from memorize.config import CellConfig, ConfigError, to_dict
-from memorize.sweep.job import CellJob, PackJob
-from memorize.sweep.layout import cell_dir, check_layout, is_done, is_locked, prepare
-from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, slot_gpus, slot_parameters, threads_per_cell,
-                                  visible_gpus, wait_until_free)
+from memorize.sweep.job import BatchJob, CellJob, PackJob
+from memorize.sweep.layout import ERROR, cell_dir, check_layout, is_done, is_locked, prepare
+from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
+                                  threads_per_cell, visible_gpus, wait_until_free)
 from memorize.sweep.slurm import check_slurm_here, slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
@@ -54,12 +55,30 @@ def local_gpus() -> list[str]:
     return visible_gpus(os.environ, torch.cuda.device_count())
 
 
-def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None) -> str:
-    """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does."""
+AUTO_PACK = 8  # --pack auto: cells trained together per job on this machine
+
+
+def resolve_pack(pack: int | str, executor: str, processes: int) -> int:
+    """``--pack``: a number of cells per job, or ``auto``: on this machine up to :data:`AUTO_PACK` cells that can
+    train together (:func:`memorize.pack.pack_key`) per job, since a small cell's step is mostly overhead that
+    a pack shares (on a GPU, kernel launches); each cell alone on SLURM (a job's resources, ``slurm:``, are
+    sized for one cell) and where cells train data-parallel (packs train in one process)."""
+    if pack != "auto":
+        return int(pack)
+    return 1 if executor == "slurm" or processes > 1 else AUTO_PACK
+
+
+def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None, pack: int = 1,
+                        processes: int | None = None) -> str:
+    """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does;
+    ``processes``: locally, how many processes run those jobs (one per slot)."""
     jobs = n if jobs is None else jobs
-    packed = f" in {jobs} job{'' if jobs == 1 else 's'} (cells trained together: --pack)" if jobs != n else ""
+    packed = f" in {jobs} job{'' if jobs == 1 else 's'} (cells trained together: --pack {pack})" if jobs != n else ""
     if kind != "slurm":
-        return f"{n} cells would run{packed} with the {kind} executor"
+        alone = " (--pack 1: each cell alone)" if pack == 1 and kind == "local" else ""
+        run_by = (f", run by {processes} process{'' if processes == 1 else 'es'} (one per --parallel slot, each "
+                  f"running its jobs one after another)" if processes else "")
+        return f"{n} cells would run{packed}{alone} with the {kind} executor{run_by}"
     s = spec.slurm
     arrays = -(-jobs // s.max_array_size) if jobs else 0
     parallel = f" ({s.processes} processes training it data-parallel)" if s.processes > 1 else ""
@@ -72,7 +91,7 @@ def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = N
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
               dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
-              threads: int | None = None, snapshot: bool = True, pack: int = 1, processes: int = 1) -> dict:
+              threads: int | None = None, snapshot: bool = True, pack: int | str = 1, processes: int = 1) -> dict:
     """Launch the cells of ``spec`` that have unfinished grid points; returns counts by what happened.
 
     One job per cell: it trains the cell once, to each budget its grid points ask for, and
@@ -80,7 +99,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     of grid points. ``snapshot`` (SLURM): the jobs run a copy of the package taken now
     (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
     they start. ``pack`` > 1: up to that many cells of one architecture train together in one job
-    (:mod:`memorize.pack`, :func:`pack_units`). ``parallel`` (local): jobs at a time, default one per GPU
+    (:mod:`memorize.pack`, :func:`pack_units`); ``auto``: :func:`resolve_pack`. Locally, the jobs of each
+    ``parallel`` slot run one after another in one process (:func:`memorize.sweep.local.run_local`). ``parallel`` (local): jobs at a time, default one per GPU
     where cells train on GPUs (each job then sees its own GPU), else 1. ``processes`` (local; on SLURM
     ``slurm.tasks_per_cell``): processes training each cell data-parallel, one per GPU of its job where
     cells train on GPUs (:func:`run_cell_parallel`)."""
@@ -92,6 +112,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
                               f"of a cell are slurm.tasks_per_cell (--tasks-per-cell)")
         processes = spec.slurm.processes
         flag = "slurm.tasks_per_cell" if spec.slurm.tasks_per_cell else "slurm.gpus_per_cell"
+    pack = resolve_pack(pack, executor, processes)
     gpus = local_gpus() if executor == "local" else []
     points = expand(spec)
     on_gpu = bool(gpus) and any(not trains_on_cpu(p.config) for p in points)
@@ -121,7 +142,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
-        print(describe_submission(executor, spec, len(todo), len(units)))
+        batches = len(share_out(units, slots)) if executor == "local" and processes == 1 else None
+        print(describe_submission(executor, spec, len(todo), len(units), pack, batches))
         return report
     if not todo:
         if executor != "slurm":
@@ -136,6 +158,15 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             return CellJob(str(cell_dir(out, unit[0])), [to_dict(p.config) for p in todo[unit[0]]], score, cell_threads)
         return PackJob([(str(cell_dir(out, cid)), [to_dict(p.config) for p in todo[cid]]) for cid in unit], score,
                        cell_threads)
+
+    launched = time.time()
+
+    def finished(cid: str) -> bool:  # its results written, or its error (this launch's, not one left from before)
+        try:
+            failed_now = (cell_dir(out, cid) / ERROR).stat().st_mtime >= launched
+        except OSError:
+            failed_now = False
+        return failed_now or all(is_done(cell_dir(out, cid), p.key) for p in todo[cid])
 
     units = pack_units(todo, pack, slots)
 
@@ -152,9 +183,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         (f", {processes} processes per cell" if processes > 1 else "")
     elsewhere = list(busy)
     shares = slot_gpus(gpus[:slots * processes] if on_gpu and processes > 1 else gpus, slots) if gpus else None
-    run_local(_executor(executor, out, spec, processes=processes), out, units, job, labels, slots, report,
+    # a data-parallel cell's processes join one process group per job: each cell a job of its own
+    run_local(_executor(executor, out, spec, processes=processes), out, units,
+              lambda batch: BatchJob([job(unit) for unit in batch]), labels, slots, report,
               title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
-              gpus=shares, elsewhere=elsewhere)
+              gpus=shares, elsewhere=elsewhere, one_process_per_slot=processes == 1, finished=finished)
     wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
     return report
 

@@ -53,9 +53,32 @@ class CellBusy(RuntimeError):
     """Another process holds the cell's lock."""
 
 
+_HELD: dict[Path, int] = {}  # cells whose lock this process holds, and how many cell_lock calls hold it
+
+
 @contextmanager
 def cell_lock(root: Path) -> Iterator[None]:
-    """Exclusive, non-blocking ``flock`` on ``root/.lock``; released when the process ends, however it ends."""
+    """Exclusive, non-blocking ``flock`` on ``root/.lock``; released when the process ends, however it ends.
+    Re-entrant within a process: a job that holds a cell's lock (a pack, from training to the last
+    evaluation) goes on through the stages that take it again."""
+    key = Path(root).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    with _flock(root):
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+
+
+@contextmanager
+def _flock(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     # a lock file overwritten with anything (garbage bytes included) is still a lock file: its text is only a note
     with open(root / LOCK, "a+", errors="replace") as fh:

@@ -140,24 +140,47 @@ def _running_line(out: Path, cid: str, label: str) -> str:
     return f"{cid} ({label}): {progress_line(cell_dir(out, cid))}"
 
 
-def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[str]], Any],
+def share_out(units: list[list[str]], slots: int) -> list[list[list[str]]]:
+    """The units of a launch (a cell, or a pack of cells, each) as at most ``slots`` batches, each run from
+    start to end by one process: each unit in turn goes to the batch with the fewest cells so far (the
+    first of equals), so batches differ by at most one unit's cells and keep the units' order."""
+    batches: list[list[list[str]]] = [[] for _ in range(max(1, min(slots, len(units))))]
+    for unit in units:
+        min(batches, key=lambda batch: sum(map(len, batch))).append(unit)
+    return [batch for batch in batches if batch]
+
+
+def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[list[str]]], Any],
               labels: dict[str, str], slots: int, report: dict, title: str, debug: bool = False,
               progress: bool = True, gpus: list[list[str]] | None = None,
-              elsewhere: list[str] | None = None) -> dict:
-    """Run ``units`` (a cell, or a pack of cells, each) in the foreground, ``slots`` at a time, with a
-    progress bar and a line per running job saying what it does (:func:`memorize.sweep.layout.progress_line`).
-    A failing cell is reported and the others go on; ``report["launched"]`` and ``report["failed"]``
-    count cells. On Ctrl-C the running jobs are stopped (:func:`stop_local_jobs`) and the interrupt,
-    with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one job at a time in this process.
-    ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only that slot's.
-    A cell that another process turned out to hold is counted in ``report["running_elsewhere"]`` and its
-    id appended to ``elsewhere``, not failed."""
+              elsewhere: list[str] | None = None, one_process_per_slot: bool = True,
+              finished: Callable[[str], bool] | None = None) -> dict:
+    """Run ``units`` (a cell, or a pack of cells, each) in the foreground, ``slots`` processes at a time, with
+    a progress bar and a line per running process saying what it does
+    (:func:`memorize.sweep.layout.progress_line`). ``job(batch)`` is the Submitit callable that runs a batch
+    of units one after another in one process (:class:`memorize.sweep.job.BatchJob`): with
+    ``one_process_per_slot`` the units are shared out among the slots (:func:`share_out`), one process each,
+    so no unit pays a process start (Python, imports, a CUDA context); else each unit is a process of its
+    own. ``finished(cid)`` (a cell's results are written, or its error) advances the bar as cells end
+    inside a process. A failing cell is reported and the others go on; ``report["launched"]`` and
+    ``report["failed"]`` count cells. On Ctrl-C the running jobs are stopped (:func:`stop_local_jobs`) and
+    the interrupt, with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one unit at a time
+    in this process. ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only
+    that slot's. A cell that another process turned out to hold is counted in
+    ``report["running_elsewhere"]`` and its id appended to ``elsewhere``, not failed."""
     cells = sum(map(len, units))
+    batches = share_out(units, slots) if one_process_per_slot and not debug else [[unit] for unit in units]
     bar = tqdm(total=cells, desc=title, unit="cell", disable=not progress)
     lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or debug)
              for i in range(slots)]
-    pending, running, free = list(units), [], list(range(slots))
+    pending, running, free = list(batches), [], list(range(slots))
+    counted: set[str] = set()  # cells the bar has counted
     refreshed = 0.0
+
+    def count(cids: list[str]) -> None:
+        new = [cid for cid in cids if cid not in counted]
+        counted.update(new)
+        bar.update(len(new))
 
     def held(cid: str) -> None:
         report["running_elsewhere"] += 1
@@ -170,54 +193,67 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         tqdm.write(f"cell {cid} ({labels[cid]}) failed: {why.strip().splitlines()[-1] if why.strip() else why}; "
                    f"see {cell_dir(out, cid) / ERROR}")
 
+    def settle(unit: list[str], outcome: Any) -> None:
+        """What a unit's job returned (or the error it raised, as text)."""
+        if isinstance(outcome, str):  # it raised: its cells wrote error.txt
+            for cid in unit:
+                failed(cid, outcome)
+        elif len(unit) > 1:  # a pack: per cell, None or its error
+            for cid in unit:
+                why = outcome.get(str(cell_dir(out, cid)))
+                if why and why.startswith(f"{BUSY}:"):
+                    held(cid)
+                elif why:
+                    failed(cid, why)
+        elif isinstance(outcome, dict) and BUSY in outcome:
+            held(unit[0])
+        count(unit)
+
     try:
         while pending or running:
             while pending and len(running) < slots:
-                unit, slot = pending.pop(0), free.pop(0)
+                batch, slot = pending.pop(0), free.pop(0)
                 if gpus and not debug:
                     executor.update_parameters(**slot_parameters(gpus[slot]))
                 if debug:
-                    running.append((unit, executor.submit(job(unit)), slot))
+                    running.append((batch, executor.submit(job(batch)), slot))
                 else:
                     with _stderr_to(out / "logs" / "local-controller.err"):
-                        running.append((unit, executor.submit(job(unit)), slot))
-                report["launched"] += len(unit)
+                        running.append((batch, executor.submit(job(batch)), slot))
+                report["launched"] += sum(map(len, batch))
                 if debug:
                     break
-            for unit, handle, slot in list(running):
+            for batch, handle, slot in list(running):
                 if debug or handle.done():
-                    running.remove((unit, handle, slot))
+                    running.remove((batch, handle, slot))
                     free.append(slot)
                     try:
-                        outcome = handle.results()[0]  # rank 0's, where the job has several tasks
-                    except Exception as err:  # the cells wrote error.txt; go on with the others
-                        for cid in unit:
-                            failed(cid, str(err))
+                        outcomes = handle.results()[0]  # rank 0's, where the job has several tasks
+                    except Exception as err:  # the process ended (killed, out of memory): what it had not finished
+                        for unit in batch:
+                            if not all(cid in counted for cid in unit):
+                                settle(unit, str(err))
                     else:
-                        if len(unit) > 1:  # a pack: per cell, None or its error
-                            for cid in unit:
-                                why = outcome.get(str(cell_dir(out, cid)))
-                                if why and why.startswith(f"{BUSY}:"):
-                                    held(cid)
-                                elif why:
-                                    failed(cid, why)
-                        elif isinstance(outcome, dict) and BUSY in outcome:
-                            held(unit[0])
-                    bar.update(len(unit))
+                        for unit, outcome in zip(batch, outcomes):
+                            settle(unit, outcome)
             if progress and time.time() - refreshed > 1.0:
                 refreshed = time.time()
+                if finished is not None:  # cells that ended inside a running process
+                    count([cid for batch, _, _ in running for unit in batch for cid in unit
+                           if cid not in counted and finished(cid)])
                 for i, line in enumerate(lines):
-                    unit = running[i][0] if i < len(running) else None
+                    batch = running[i][0] if i < len(running) else []
+                    unit = next((u for u in batch if not all(cid in counted for cid in u)), None)
                     more = f" (+{len(unit) - 1} packed)" if unit and len(unit) > 1 else ""
                     line.set_description_str(_running_line(out, unit[0], labels[unit[0]]) + more if unit else "")
             time.sleep(0.2 if running and not debug else 0)
     except KeyboardInterrupt as err:
         if not debug:
             stop_local_jobs([handle for _, handle, _ in running])
-        done = cells - sum(map(len, pending)) - sum(len(unit) for unit, _, _ in running)
-        err.resume_hint = (f"{report['done_before'] + done} of {report['cells']} cells are done; the {len(running)} "
-                           f"running were stopped; re-running the same command resumes them from their last "
-                           f"checkpoints (logs: {out / 'logs'})")
+        stopped = sum(cid not in counted for batch, _, _ in running for unit in batch for cid in unit)
+        err.resume_hint = (f"{report['done_before'] + len(counted)} of {report['cells']} cells are done; the "
+                           f"{stopped} running were stopped; re-running the same command resumes them from their "
+                           f"last checkpoints (logs: {out / 'logs'})")
         raise
     finally:
         for line in lines:
