@@ -1,81 +1,156 @@
-"""GPU smoke run: what a person with a GPU runs first, in about five minutes.
+"""GPU smoke run: what a person with a GPU runs first; about five minutes on one H100/H200-class GPU.
 
-    .venv/bin/python -m benchmarks.gpu_smoke
+    .venv/bin/python -m benchmarks.gpu_smoke            # probes and figures
+    .venv/bin/python -m benchmarks.gpu_smoke --tests    # and `pytest -m gpu` after them
 
-1. the environment: torch, CUDA, the GPUs, faiss;
-2. one pass of every gpu-marked test (``pytest -m gpu``), with its counts;
-3. probes of the device defects fixed without a GPU: a numbered GPU beyond the count is refused, the
-   search follows ``--device``, the U-Net's attention takes a fused SDPA kernel, TF32 set by the
-   caller (either API) stays out of the metrics' products and comes back, the CUDA generator state of
-   a checkpoint restores where fewer GPUs are visible;
-4. the figures of the throughput work not yet measured on a GPU: exact search and both criteria at
-   50,000 x 50,000 x 3,072 (``benchmarks.search``), counter vs per-sample vs batched noise
-   (``benchmarks.sampling``), packed cells (``benchmarks.pack``), the ELS machine
-   (``benchmarks.local_score``).
+1. the environment: torch, CUDA, the GPUs;
+2. probes of the device paths, each in a process of its own (one failing hides none of the others): a
+   numbered GPU beyond the count is refused, the search follows ``--device``, the CUDA generator state
+   of a checkpoint restores where fewer GPUs are visible, the U-Net's attention takes a fused SDPA
+   kernel, TF32 set by the caller stays out of the metrics' products and comes back, a cell's training
+   steps are captured in a CUDA graph, a pack's too;
+3. the training-step figures (``benchmarks.steps``): one 32-channel digits cell's steps per second with
+   ``train.cuda_graph`` auto and off beside a bare eager loop and a bare captured step, the GPU's busy
+   share, 8 cells packed against one alone, bf16 autocast against float32;
+4. the README's main job end to end (``memorize sweep run sweeps/digits.yaml``, defaults, figures
+   included), and one column of it (N = 64, three cells) with the defaults against ``--pack 1`` and
+   ``train.cuda_graph: off`` (each cell alone, every step eager: the earlier defaults but for the
+   process per cell);
+5. with ``--tests``: one pass of every gpu-marked test.
 
-Each part runs in its own process with a time limit; a part that fails is recorded and the next one
-runs. Everything goes to ``benchmarks/results/gpu_smoke.csv`` (part, status, seconds, detail), and
-each benchmark also writes its own ``results/NAME_gpu.csv``.
+Every part runs in its own process with a time limit; a part that fails is recorded and the next one
+runs. Everything goes to one file, ``benchmarks/results/gpu_smoke.csv``: one row per part (status,
+seconds, its last lines) and one per figure, each beside its baseline from the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from benchmarks.common import machine, report
+from benchmarks.common import RESULTS, machine, report
 
-PROBES = r"""
-import torch
-from memorize.cell import resolve_device
+ROOT = Path(__file__).resolve().parents[1]
+
+_HEAD = "import torch\nfrom memorize.cell import resolve_device\nn = torch.cuda.device_count()\n"
+PROBES = {
+    "cuda:N beyond the count refused": """
 from memorize.config import ConfigError
-from memorize.metrics.search import search_backend
-from memorize.train import training_device_rng
-n = torch.cuda.device_count()
 try:
     resolve_device(f"cuda:{n}")
-    print("FAIL cuda:N beyond the count accepted")
+    raise SystemExit("FAIL cuda:N beyond the count accepted")
 except ConfigError:
-    print("ok cuda:N beyond the count refused")
-print("ok" if search_backend("cpu") == "faiss-cpu" else "FAIL", "search on --device cpu:", search_backend("cpu"))
-print("search on cuda:0:", search_backend("cuda:0"))
+    print("ok")
+""",
+    "search follows --device": """
+from memorize.metrics.search import search_backend
+assert search_backend("cpu") == "faiss-cpu", search_backend("cpu")
+print("ok; cuda:0 searches with", search_backend("cuda:0"))
+""",
+    "CUDA generator state restores on fewer GPUs": """
+from memorize.train import training_device_rng
 state = torch.cuda.get_rng_state(0)
 torch.cuda.set_rng_state(training_device_rng([state] * (n + 1), n), torch.device("cuda:0"))
-print("ok a per-GPU state list longer than the GPUs seen restores on cuda:0")
+print("ok")
+""",
+    "attention takes a fused SDPA kernel": """
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from memorize.models.unet import AttentionBlock
 block = AttentionBlock(32, heads=2).cuda().half()
 with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
     block(torch.randn(4, 32, 8, 8, device="cuda", dtype=torch.half))
-print("ok attention takes a fused SDPA kernel")
+print("ok")
+""",
+    "TF32 of the caller restored after the metrics": """
 from memorize.metrics.quality import kernel_distance
 m = torch.backends.cuda.matmul
 m.allow_tf32 = True
 x = torch.randn(2000, 64).numpy()
 kernel_distance(x, x + 0.1, "cuda")
-print("ok" if m.allow_tf32 else "FAIL", "TF32 (legacy API) back after the metrics")
-"""
+assert m.allow_tf32, "TF32 (legacy API) not restored"
+print("ok")
+""",
+    "a cell's steps captured in a CUDA graph": """
+import tempfile
+from memorize.config import load_config
+from memorize.train import train
+cfg = load_config(None, {"data.n_train": 64, "train.steps": 20, "train.device": "cuda", "train.batch_size": 64})
+with tempfile.TemporaryDirectory() as tmp:
+    mode = train(cfg, tmp, progress=False)["step_mode"]
+assert mode == "captured", mode
+print("ok", mode)
+""",
+    "a pack's steps captured in a CUDA graph": """
+import dataclasses, tempfile
+from pathlib import Path
+from memorize.config import load_config
+from memorize.pack import train_packed
+cfg = load_config(None, {"train.steps": 20, "train.device": "cuda", "train.batch_size": 64})
+cfgs = [dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_train=n)) for n in (16, 32, 64)]
+with tempfile.TemporaryDirectory() as tmp:
+    modes = [s["step_mode"] for s in train_packed(cfgs, [Path(tmp) / str(i) for i in range(3)])]
+assert modes == ["captured"] * 3, modes
+print("ok", modes[0])
+""",
+}
 
 
 def part(name: str, argv: list[str], timeout: float) -> dict:
-    """Run one part; its status, seconds and last lines of output."""
+    """Run one part in its own process; its status, seconds and last lines of output."""
     start = time.perf_counter()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
         out = (done.stdout + done.stderr).strip().splitlines()
     except subprocess.TimeoutExpired as err:
         status, out = "timed out", (err.stdout or b"").decode(errors="replace").splitlines()
     seconds = time.perf_counter() - start
     print(f"=== {name}: {status} in {seconds:.0f} s\n" + "\n".join(out[-12:]), flush=True)
-    return {"part": name, "status": status, "seconds": seconds, "detail": " | ".join(out[-6:])[:600]}
+    return {"part": name, "status": status, "seconds": round(seconds, 1), "detail": " | ".join(out[-6:])[:600]}
+
+
+def figures(path: Path, part_name: str) -> list[dict]:
+    """The rows of a benchmark's CSV (``figure``, ``value``, ``baseline``, ...) as rows of this file."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return [{"part": part_name, **row} for row in csv.DictReader(lines)]
+
+
+def timed_sweep(name: str, args: list[str], out: Path, timeout: float) -> tuple[dict, float | None]:
+    """``memorize sweep run`` with ``args`` into ``out``; its part row and its seconds where it finished."""
+    row = part(name, [sys.executable, "-m", "memorize.cli", "sweep", "run", *args, "--out", str(out), "--quiet"],
+               timeout)
+    cells = list((out / "cells").glob("*/evals/*.json")) if (out / "cells").is_dir() else []
+    row["detail"] = f"{len(cells)} grid points evaluated | " + row["detail"]
+    return row, row["seconds"] if row["status"] == "ok" else None
+
+
+def stage_seconds(out: Path) -> list[dict]:
+    """Where a finished sweep's time went: each stage's seconds summed over its cells (training from each
+    cell's ``train.json``, a pack's time shared among its cells; the rest from the evaluations' timings)."""
+    import json
+
+    totals: dict[str, float] = {}
+    for cell in sorted((out / "cells").glob("*")):
+        if (cell / "train.json").is_file():
+            totals["train"] = totals.get("train", 0.0) + json.loads((cell / "train.json").read_text())["seconds"]
+        for evaluation in cell.glob("evals/*.json"):
+            for stage, seconds in json.loads(evaluation.read_text()).get("seconds", {}).items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+    return [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
+             "detail": "a packed cell's training seconds are the pack's wall time"} for stage, seconds in totals.items()]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller benchmark sizes (about two minutes)")
+    parser.add_argument("--tests", action="store_true", help="also run `pytest -m gpu` (a few more minutes)")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per training figure (default 300)")
     args = parser.parse_args(argv)
     py = [sys.executable]
     import torch
@@ -87,16 +162,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for i in range(torch.cuda.device_count()))
     rows = [{"part": "environment", "status": "ok", "seconds": 0.0,
              "detail": f"{machine()}; CUDA {torch.version.cuda}; {env}"}]
-    n = "5000" if args.quick else "50000"
-    rows.append(part("gpu-marked tests", py + ["-m", "pytest", "-q", "-m", "gpu", "-x", "-p", "no:cacheprovider"],
-                     240))
-    rows.append(part("defect probes", py + ["-c", PROBES], 120))
-    rows.append(part("search and criteria", py + ["-m", "benchmarks.search", "--device", "cuda", "--queries", n,
-                                                  "--train", n, "--dim", "3072"], 300))
-    rows.append(part("sampling noise", py + ["-m", "benchmarks.sampling", "--device", "cuda"], 180))
-    rows.append(part("packed cells", py + ["-m", "benchmarks.pack", "--device", "cuda", "--cells", "8", "--steps",
-                                           "100", "--channels", "32"], 240))
-    rows.append(part("ELS machine", py + ["-m", "benchmarks.local_score", "--device", "cuda", "--queries", "64"], 120))
+    for name, code in PROBES.items():
+        rows.append(part(f"probe: {name}", py + ["-c", _HEAD + code], 120))
+    rows.append(part("training steps", py + ["-m", "benchmarks.steps", "--device", "cuda", "--steps",
+                                             str(args.steps)], 240))
+    rows += figures(RESULTS / "steps_gpu.csv", "training steps")
+    spec = str(ROOT / "sweeps" / "digits.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        row, whole = timed_sweep("main job (sweeps/digits.yaml, defaults)", [spec], Path(tmp) / "main", 300)
+        rows.append(row)
+        if whole is not None:
+            rows.append({"part": "main job", "figure": "main job end to end", "value": whole, "unit": "s",
+                         "baseline": "target", "baseline value": 60.0, "x baseline": whole / 60.0})
+        rows += stage_seconds(Path(tmp) / "main")
+        column = [spec, "--set", "grid.data.n_train=[64]", "--no-plot"]
+        row, new = timed_sweep("N = 64 column, defaults", column, Path(tmp) / "new", 120)
+        rows.append(row)
+        row, old = timed_sweep("N = 64 column, --pack 1, train.cuda_graph off",
+                               column + ["--pack", "1", "--set", "base.train.cuda_graph=off"], Path(tmp) / "old", 240)
+        rows.append(row)
+        if new is not None and old is not None:
+            rows.append({"part": "main job", "figure": "N = 64 column (3 cells), defaults", "value": new, "unit": "s",
+                         "baseline": "--pack 1, train.cuda_graph off", "baseline value": old, "x baseline": new / old})
+    if args.tests:
+        rows.append(part("gpu-marked tests", py + ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 480))
     return report("gpu_smoke", rows)
 
 
