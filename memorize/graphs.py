@@ -138,8 +138,7 @@ class StepRunner:
         if not self.capture:
             moved = {k: None if v is None else v.to(self.device) for k, v in inputs.items()}
             return self.fn(moved).tolist()
-        with torch.cuda.device(self.device):  # streams and graphs belong to the current device
-            return self._graph_call(inputs)
+        return self._graph_call(inputs)
 
     def _graph_call(self, inputs: Inputs) -> list[float]:
         if self.static is None:
@@ -172,22 +171,24 @@ class StepRunner:
     def _side_stream(self, static: Inputs) -> torch.Tensor:
         """``fn`` eagerly on a side stream, ordered after the copies and before the read (the warm-up the
         capture needs; PyTorch's notes)."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            values = self.fn(static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        with torch.cuda.device(self.device):  # streams belong to the current device
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                values = self.fn(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
         return values
 
     def _capture(self, static: Inputs) -> None:
         if self.before_capture is not None:
             self.before_capture()
-        stream = torch.cuda.current_stream(self.device)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self.values = self.fn(static)
-        except BaseException:
-            torch.cuda.set_stream(stream)  # a capture that fails to begin or end leaves its stream current
-            raise
+        with torch.cuda.device(self.device):  # the capture belongs to the current device
+            stream = torch.cuda.current_stream(self.device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.values = self.fn(static)
+            except BaseException:
+                torch.cuda.set_stream(stream)  # a capture that fails to begin or end leaves its stream current
+                raise
         self.graph = graph

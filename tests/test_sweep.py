@@ -269,6 +269,11 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     assert text.count("to run") == 2 and "1 job array(s)" in text and "partition=gpu" in text and "60 min" in text
     assert "'mail-type': 'END'" in text
     assert not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run"]) == 0  # the defaults: packed, one process
+    assert ("2 cells would run in 1 job (cells trained together: --pack auto: up to 8) with the local executor, run "
+            "by 1 process") in capsys.readouterr().out
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--pack", "1"]) == 0
+    assert "2 cells would run (--pack 1: each cell alone) with the local executor" in capsys.readouterr().out
     assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run", "--pack", "2",
                  "--set", "grid.data.n_train=[8, 16, 24]"]) == 0
     text = capsys.readouterr().out

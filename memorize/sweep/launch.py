@@ -68,14 +68,14 @@ def resolve_pack(pack: int | str, executor: str, processes: int) -> int:
     return 1 if executor == "slurm" or processes > 1 else AUTO_PACK
 
 
-def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None, pack: int = 1,
+def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None, pack: str = "1",
                         processes: int | None = None) -> str:
     """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does;
-    ``processes``: locally, how many processes run those jobs (one per slot)."""
+    ``pack``: the ``--pack`` setting as said; ``processes``: locally, how many processes run those jobs."""
     jobs = n if jobs is None else jobs
     packed = f" in {jobs} job{'' if jobs == 1 else 's'} (cells trained together: --pack {pack})" if jobs != n else ""
     if kind != "slurm":
-        alone = " (--pack 1: each cell alone)" if pack == 1 and kind == "local" else ""
+        alone = " (--pack 1: each cell alone)" if pack == "1" and kind == "local" else ""
         run_by = (f", run by {processes} process{'' if processes == 1 else 'es'} (one per --parallel slot, each "
                   f"running its jobs one after another)" if processes else "")
         return f"{n} cells would run{packed}{alone} with the {kind} executor{run_by}"
@@ -112,6 +112,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
                               f"of a cell are slurm.tasks_per_cell (--tasks-per-cell)")
         processes = spec.slurm.processes
         flag = "slurm.tasks_per_cell" if spec.slurm.tasks_per_cell else "slurm.gpus_per_cell"
+    said = f"auto: up to {resolve_pack(pack, executor, processes)}" if pack == "auto" else str(pack)
     pack = resolve_pack(pack, executor, processes)
     gpus = local_gpus() if executor == "local" else []
     points = expand(spec)
@@ -142,8 +143,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         for unit in units:
             if len(unit) > 1:
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
-        batches = len(share_out(units, slots)) if executor == "local" and processes == 1 else None
-        print(describe_submission(executor, spec, len(todo), len(units), pack, batches))
+        batches = (len(share_out(units, slots)) if executor == "local" and processes == 1 and (slots == 1 or on_gpu)
+                   else None)
+        print(describe_submission(executor, spec, len(todo), len(units), said, batches))
         return report
     if not todo:
         if executor != "slurm":
@@ -183,11 +185,14 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         (f", {processes} processes per cell" if processes > 1 else "")
     elsewhere = list(busy)
     shares = slot_gpus(gpus[:slots * processes] if on_gpu and processes > 1 else gpus, slots) if gpus else None
-    # a data-parallel cell's processes join one process group per job: each cell a job of its own
+    # One process per slot saves each job a Python start, its imports and (on a GPU) a CUDA context, but fixes
+    # which slot runs what; on the CPU with several slots, jobs taken by the first free slot balance better.
+    # A data-parallel cell's processes join one process group per job: each cell a job of its own.
+    per_slot = processes == 1 and (slots == 1 or on_gpu)
     run_local(_executor(executor, out, spec, processes=processes), out, units,
               lambda batch: BatchJob([job(unit) for unit in batch]), labels, slots, report,
               title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
-              gpus=shares, elsewhere=elsewhere, one_process_per_slot=processes == 1, finished=finished)
+              gpus=shares, elsewhere=elsewhere, one_process_per_slot=per_slot, finished=finished)
     wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
     return report
 
