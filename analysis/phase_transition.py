@@ -1,12 +1,13 @@
 """Recipe: regenerate a sweep's phase-transition figures and print the numbers behind them.
 
-    .venv/bin/python analysis/phase_transition.py runs/digits [--cells ID ...]
+    .venv/bin/python analysis/phase_transition.py runs/digits [--cells ID ...] [--criterion nn|cos|ext]
 
 (run it with the Python that has memorize installed, e.g. ``.venv/bin/python``). Writes the
 standard figures (``memorize plot``) into DIR/figures and prints the memorization ratio per
 (model, N) with its Wilson 95% interval (seeds pooled; one table per experiment where the
 sweep varies more than model, N and seed), and the critical N per model with the range of N
-where the interval contains 0.5. Compare with Gu et al. 2023 for CIFAR-10 (about
+where the interval contains 0.5 (by ``--criterion``: the nearest-neighbour ratio by default, or the
+copy-detection cosine, or Carlini et al.'s extraction score where the sweep has it). Compare with Gu et al. 2023 for CIFAR-10 (about
 92/61/35/17/9% at 1k..5k images, 128-channel DDPM++).
 """
 
@@ -17,6 +18,10 @@ import argparse
 from memorize.analysis import critical_n, experiment_axes, experiment_label, pooled_ratios
 from memorize.sweep import collect
 from memorize.sweep.figures import plot_sweep
+
+
+CRITERIA = {"nn": "nearest-neighbour d1/d2 < ratio", "cos": "copy-detection cosine > threshold",
+            "ext": "extraction (Carlini et al.) d1 / (alpha mean of the n nearest) < threshold"}
 
 
 def ratio_table(pooled):
@@ -36,19 +41,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids")
+    parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
+                        help="the criterion whose ratio gives the critical N (default: nn)")
     args = parser.parse_args()
     results = collect(args.sweep)
+    judged = {c: results[results[f"mem_{c}"].notna()] if f"mem_{c}" in results else results.iloc[:0]
+              for c in CRITERIA}
+    if judged[args.criterion].empty:
+        parser.error(f"--criterion {args.criterion}: no cell of {args.sweep} has a mem_{args.criterion} value "
+                     f"(results scored before the extraction criterion existed have none)")
     written = plot_sweep(args.sweep, args.cells)
     axes = experiment_axes(results)
-    for criterion, name in (("nn", "nearest-neighbour d1/d2 < ratio"), ("cos", "copy-detection cosine > threshold")):
-        pooled = pooled_ratios(results, criterion, axes)
+    for criterion, name in CRITERIA.items():
+        if judged[criterion].empty:
+            continue
+        pooled = pooled_ratios(judged[criterion], criterion, axes)
         for values, part in (pooled.groupby(axes, dropna=False) if axes else [((), pooled)]):
             label = experiment_label(dict(zip(axes, values if isinstance(values, tuple) else (values,))))
             print(f"\nmemorization ratio [Wilson 95% interval], {name}" + (f"; {label}" if label else "") + ":")
             print(ratio_table(part).to_string())
-    crit = critical_n(pooled_ratios(results, "nn", axes), axes=axes)
-    print("\ncritical N (nearest-neighbour ratio crosses 0.5, interpolated on log N; lo-hi: the N range where "
-          "the Wilson interval contains 0.5):")
+    crit = critical_n(pooled_ratios(judged[args.criterion], args.criterion, axes), axes=axes)
+    print(f"\ncritical N ({CRITERIA[args.criterion]}: its ratio crosses 0.5, interpolated on log N; lo-hi: the N "
+          f"range where the Wilson interval contains 0.5):")
     print(crit.round(1).to_string(index=False))
     for note in uncrossed_notes(crit):
         print(note)

@@ -7,7 +7,7 @@
     models                           denoiser networks
     sampling, empirical,             samplers over the denoiser interface; closed-form denoisers
       local_score, sampler_bias        (memorizing and local), a sampler's bias where it is known
-    metrics                          functions on arrays: search, both criteria, calibration, quality
+    metrics                          functions on arrays: search, the criteria, calibration, quality
     analysis, timescales, plots,     functions on results tables, and the figures drawn from them
       reference_figures                (reference_figures: trained denoisers against the closed-form ones)
     cell, train, pack, generate,     one cell directory: its data and checkpoints, training,

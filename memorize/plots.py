@@ -63,6 +63,36 @@ def nearest_neighbour_figure(samples: np.ndarray, train: np.ndarray, nearest: np
     return fig
 
 
+def most_copied_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarray, memorized: np.ndarray,
+                       images: int = 8, copies: int = 4, title: str = "") -> plt.Figure:
+    """The ``images`` most-copied training images (top row, most-copied first, ties by index) and below each
+    up to ``copies`` of the memorized samples that copy it (``nearest[i]`` of each flagged sample ``i``)."""
+    counts = np.bincount(nearest[memorized & (nearest >= 0)], minlength=len(train))
+    ranked = [int(i) for i in np.lexsort((np.arange(len(counts)), -counts)) if counts[i] > 0][:images]
+    fig, ax = plt.subplots(figsize=(1.1 * max(len(ranked), 2) + 1.2, 1.1 * (copies + 1) + 0.9))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_frame_on(False)
+    if ranked:
+        blank = np.full(train.shape[1:], np.nan)
+        columns = [[train[i]] + [samples[k] for k in np.flatnonzero(memorized & (nearest == i))[:copies]]
+                   for i in ranked]
+        rows = [[col[r] if r < len(col) else blank for col in columns] for r in range(copies + 1)]
+        h = train.shape[-2]
+        ax.imshow(image_mosaic(rows, pad=max(1, h // 8)), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  extent=(0, len(ranked), copies + 1, 0))
+        for j, i in enumerate(ranked):
+            ax.text(j + 0.5, -0.03, f"#{i}: {counts[i]}", ha="center", va="bottom", fontsize=6)
+        ax.set_yticks([0.5] + [r + 0.5 for r in range(1, copies + 1)],
+                      ["training\nimage"] + [f"copy {r}" for r in range(1, copies + 1)], fontsize=7)
+        ax.tick_params(length=0)
+    caption = (f"top: the {len(ranked)} most-copied training images (#index: memorized samples copying it, of "
+               f"{int(memorized.sum())}); below: those copies")
+    ax.set_title(f"{title}\n{caption}" if title else caption, fontsize=7, pad=14)
+    fig.tight_layout()
+    return fig
+
+
 # Sweep figures: phase transitions from a results table (memorize sweep collect; memorize.analysis).
 
 
@@ -86,6 +116,8 @@ def _criterion_title(results, criterion: str) -> str:
     rate += f", {budget}" if budget and rate else f"\n{budget}" if budget else ""
     if criterion == "nn":
         return f"nearest neighbour: d1/d2 < {float(first['ratio']):.3g}{rate}"
+    if criterion == "ext":
+        return f"extraction (Carlini et al.): d1 / (0.5 mean of 50 nearest)\n< calibrated threshold{rate}"
     if str(first["threshold"]) == "auto":
         return f"copy detection: {first['embedder']} cosine > calibrated threshold{rate}"
     return f"copy detection: {first['embedder']} cosine > {float(first['threshold']):.3g}{rate}"
@@ -114,33 +146,39 @@ def _dodge(i: int, count: int, spread: float = 0.06) -> float:
 
 
 def memorization_vs_n_figure(results) -> plt.Figure:
-    """Memorization ratio against N, one line per model, a column per criterion and a row per experiment;
-    error bars are pooled Wilson 95% intervals, small dots the single seeds where there are several."""
+    """Memorization ratio against N, one line per model, a column per criterion (the extraction criterion where
+    the results have it) and a row per experiment; error bars are pooled Wilson 95% intervals, small dots the
+    single seeds where there are several."""
     axes = experiment_axes(results)
     facets = _facets(results, axes)
     palette = _model_palette(results)
-    fig, grid = plt.subplots(len(facets), 2, figsize=(10, 3.6 * len(facets)), sharey=True, squeeze=False)
+    criteria = ["nn", "cos"] + (["ext"] if "mem_ext" in results and results["mem_ext"].notna().any() else [])
+    fig, grid = plt.subplots(len(facets), len(criteria), figsize=(5 * len(criteria), 3.6 * len(facets)),
+                             sharey=True, squeeze=False)
     for row, (values, part) in enumerate(facets):
-        for col, criterion in enumerate(("nn", "cos")):
+        for col, criterion in enumerate(criteria):
             ax = grid[row, col]
-            pooled = pooled_ratios(part, criterion, axes=[])
+            judged = part[part[f"mem_{criterion}"].notna()]  # (the extraction ratio is NaN where not judged)
+            if judged.empty:
+                continue
+            pooled = pooled_ratios(judged, criterion, axes=[])
             for i, (model, color) in enumerate(palette.items()):
                 g = pooled[pooled.model == model]
                 if g.empty:
                     continue
                 ax.errorbar(g["n_train"] * _dodge(i, len(palette)), g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
                             capsize=3, color=color, label=model)
-                seeds = part[part.model == model]
+                seeds = judged[judged.model == model]
                 if (g["seeds"] > 1).any():
                     ax.plot(seeds["n_train"], seeds[f"mem_{criterion}"], ".", color=color, alpha=0.5, ms=4)
             _n_axis(ax, part["n_train"])
-            title = _criterion_title(part, criterion)
+            title = _criterion_title(judged, criterion)
             ax.set_title(title + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
         seeds = results["seed"].nunique() if "seed" in results else 1
         pooled_note = f"{seeds} seeds pooled, " if seeds > 1 else ""
         grid[row, 0].set_ylabel(f"memorization ratio\n({pooled_note}Wilson 95%)")
-    grid[0, 1].legend(fontsize=7, loc="upper right", title="model (parameters)", title_fontsize=7)
+    grid[0, -1].legend(fontsize=7, loc="upper right", title="model (parameters)", title_fontsize=7)
     fig.tight_layout()
     return fig
 

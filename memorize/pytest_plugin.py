@@ -7,7 +7,13 @@ by the package's entry point, so they are available in any test once memorize is
         assert exact.detection == 1.0 and exact.right_index == 1.0
 
 ``memorization_cases`` is built once per test session from scikit-learn's digits: a training subset
-of 256 digits, 197 held-out digits, 32 cases per (kind, strength), seed 0.
+of 256 digits, 197 held-out digits, 32 cases per (kind, strength), seed 0. ``reference_criteria`` holds the
+three criteria the field uses, to hold a criterion of one's own against:
+
+    def test_mine_beats_the_references(memorization_cases, reference_criteria):
+        for name, criterion in reference_criteria.items():
+            theirs = memorization_cases.evaluate(criterion)
+            ...
 """
 
 from __future__ import annotations
@@ -54,3 +60,13 @@ def digits_bench(n_train: int = 256, n_heldout: int = 197, per_kind: int = 32, s
 def memorization_cases() -> MemorizationBench:
     """The digits bench (module docstring), built once per session."""
     return digits_bench()
+
+
+@pytest.fixture(scope="session")
+def reference_criteria() -> dict:
+    """The nearest-neighbour ratio (d1/d2 < 1/3), the raw-pixel cosine and Carlini et al.'s extraction
+    criterion, as bench criteria by name (:mod:`memorize.criteria_bench.evaluate`)."""
+    from memorize.criteria_bench.evaluate import cosine_criterion, extraction_criterion, nn_criterion
+
+    return {"nn d1/d2 < 1/3": nn_criterion(1 / 3), "pixel cosine": cosine_criterion("pixel"),
+            "extraction (Carlini et al.)": extraction_criterion()}

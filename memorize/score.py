@@ -1,6 +1,7 @@
-"""Scoring a cell's samples against its own training subset with both criteria.
+"""Scoring a cell's samples against its own training subset with the memorization criteria.
 
-Writes ``DIR/scores/NAME.csv`` (one row per sample), ``NAME.json`` (the memorization ratios
+Writes ``DIR/scores/NAME.csv`` (one row per sample), ``NAME_copied.csv`` (one row per training image: how many
+samples copy it under each criterion), ``NAME.json`` (the memorization ratios
 with Wilson intervals, their false-positive rates on held-out images, the samples' quality and
 coverage against the held-out images, and every setting used) and ``NAME_nn.png``
 (nearest-neighbour figure, image data only), for the sample set ``DIR/samples/NAME.npz``.
@@ -17,19 +18,22 @@ import pandas as pd
 from memorize.cell import CellData, CellPaths, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
-from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold
-from memorize.metrics.criteria import copy_similarity, memorization_ratio, nn_ratio, nn_ratio_within_class
+from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold, min_heldout
+from memorize.metrics.criteria import (agreement, copies_per_image, copy_concentration, copy_similarity,
+                                       memorization_ratio, nn_ratio, nn_ratio_within_class)
 from memorize.metrics.embedders import Embedder, load_embedder
+from memorize.metrics.extraction import NEIGHBOURS, calibrated_extraction_threshold, extraction_score
 from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
 from memorize.metrics.search import search_backend
 from memorize.plots import nearest_neighbour_figure
 
 
 def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos, labels: np.ndarray | None = None,
-                     nn_class=None) -> pd.DataFrame:
+                     nn_class=None, ext=None) -> pd.DataFrame:
     """One row per sample; ``*_index`` columns index the training subset, ``*_dataset_index`` the dataset. A
     class-conditional cell's samples add their requested class (``label``) and the nearest-neighbour criterion
-    within that class (``*_class`` columns, :func:`memorize.metrics.criteria.nn_ratio_within_class`)."""
+    within that class (``*_class`` columns, :func:`memorize.metrics.criteria.nn_ratio_within_class`). ``ext``: the
+extraction criterion (:func:`memorize.metrics.extraction.extraction_score`), its ``ext_*`` columns."""
     def dataset_index(i: np.ndarray) -> np.ndarray:
         return np.where(i >= 0, train_index[np.maximum(i, 0)], -1)
 
@@ -40,6 +44,9 @@ def per_sample_table(seeds: np.ndarray, train_index: np.ndarray, nn, cos, labels
         "cos_index": cos.nearest, "cos_dataset_index": dataset_index(cos.nearest),
         "similarity": cos.similarity, "memorized_cos": cos.memorized,
     })
+    if ext is not None:
+        table = table.assign(ext_index=ext.nearest, ext_dataset_index=dataset_index(ext.nearest),
+                             ext_score=ext.score, memorized_ext=ext.memorized)
     if labels is not None:
         table.insert(2, "label", labels)
     if nn_class is not None:
@@ -81,6 +88,60 @@ def heldout_similarity(embed: Embedder, data: CellData, progress: bool = False,
         return copy_similarity(embed(data.heldout.numpy(), progress), embed(data.train.numpy(), progress),
                                1.0, backend=backend).similarity
     return similarity
+
+
+def extraction_scores(samples: np.ndarray, heldout: np.ndarray, train: np.ndarray, target_fpr: float,
+                      backend: str | None = None):
+    """The extraction criterion (:func:`memorize.metrics.extraction.extraction_score`, the paper's n and alpha)
+    of the samples and of the held-out images, its threshold calibrated on the held-out scores for ``target_fpr``
+    (:func:`memorize.metrics.extraction.calibrated_extraction_threshold`). With fewer held-out images than that
+    rate needs, the threshold is NaN and no sample is judged (:func:`extraction_summary` says why)."""
+    held = extraction_score(heldout, train, np.inf, backend=backend) if len(heldout) else None
+    usable = held.score[held.finite] if held is not None else np.zeros(0)
+    threshold = (calibrated_extraction_threshold(usable, target_fpr) if len(usable) >= min_heldout(target_fpr)
+                 else float("nan"))
+    ext = extraction_score(samples, train, threshold, backend=backend)
+    if held is not None:
+        held.memorized = held.finite & (held.score < threshold)
+    return ext, held
+
+
+def extraction_summary(ext, heldout_ext, target_fpr: float) -> dict:
+    """The ``ext`` block of a score summary: the ratio with its Wilson interval and the held-out false-positive
+    rate, or NaN with a note where the threshold could not be calibrated."""
+    out = {"criterion": "d1 / (alpha * mean distance to the n nearest) < threshold", "neighbours": ext.n,
+           "neighbours_asked": NEIGHBOURS, "alpha": ext.alpha, "threshold": ext.threshold,
+           "threshold_setting": "auto", "target_fpr": target_fpr,
+           "n_nonfinite": int((~ext.finite).sum()), "backend": ext.backend}
+    if np.isnan(ext.threshold):
+        nan = float("nan")
+        need = min_heldout(target_fpr)
+        return {**out, "ratio": nan, "lo": nan, "hi": nan, "memorized": 0, "n": len(ext.score),
+                "fpr": {"ratio": nan},
+                "note": f"the threshold is calibrated on at least {need} held-out images; this cell has "
+                        f"{0 if heldout_ext is None else int(heldout_ext.finite.sum())}"}
+    return {**out, **memorization_ratio(ext.memorized),
+            "fpr": memorization_ratio(heldout_ext.memorized[heldout_ext.finite])}
+
+
+def copied_table(train_index: np.ndarray, scores: dict) -> pd.DataFrame:
+    """One row per training image (``index`` into the subset, ``dataset_index``): how many of the cell's memorized
+    samples copy it under each criterion in ``scores`` (``copies_<name>``; a criterion's nearest training image
+    is the one a flagged sample copies), most-copied first (by the first criterion, then by index)."""
+    table = pd.DataFrame({"index": np.arange(len(train_index)), "dataset_index": train_index})
+    for name, result in scores.items():
+        table[f"copies_{name}"] = copies_per_image(len(train_index), result.nearest, result.memorized)
+    first = next(iter(scores))
+    return table.sort_values([f"copies_{first}", "index"], ascending=[False, True], kind="stable")
+
+
+def criteria_agreement(nn: np.ndarray, cos: np.ndarray, ext: np.ndarray | None) -> dict:
+    """Each pair of criteria on the cell's samples (:func:`memorize.metrics.criteria.agreement`), keyed
+    ``nn_cos``, ``nn_ext``, ``cos_ext`` (``first`` the first named); the extraction criterion's pairs only where it
+    judged the samples."""
+    verdicts = {"nn": nn, "cos": cos, **({"ext": ext} if ext is not None else {})}
+    names = list(verdicts)
+    return {f"{a}_{b}": agreement(verdicts[a], verdicts[b]) for i, a in enumerate(names) for b in names[i + 1:]}
 
 
 def resolve_features(features: str, data: CellData) -> str:
@@ -162,6 +223,7 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0, backend=backend) \
         if len(data.heldout) else None
     threshold, used = resolve_threshold(threshold, embedder, lambda: heldout_cos.similarity, target_fpr)
+    ext, heldout_ext = extraction_scores(drawn["samples"], data.heldout.numpy(), train, target_fpr, backend)
     cos = copy_similarity(embed(drawn["samples"], progress), train_features, used, backend=backend)
     resolved = resolve_features(features, data)
     extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
@@ -181,8 +243,11 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
 
     out = paths.root / "scores"
     name = name or samples
-    table = per_sample_table(drawn["seeds"], data.split.train, nn, cos, labels, nn_class)
+    table = per_sample_table(drawn["seeds"], data.split.train, nn, cos, labels, nn_class, ext)
     atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
+    copied = copied_table(data.split.train, {"nn": nn, "cos": cos, **({"ext": ext} if ext.threshold == ext.threshold
+                                                                      else {})})
+    atomic_write_text(out / f"{name}_copied.csv", copied.to_csv(index=False))
     summary = {
         "samples": samples, "n_samples": len(table), "n_train": len(train),
         "sample_settings": drawn["settings"],
@@ -194,6 +259,12 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
                 **memorization_ratio(cos.memorized), "n_unusable": int((~cos.finite).sum()),
                 "backend": cos.backend,
                 "fpr": fpr(heldout_cos.similarity > used if heldout_cos else None)},
+        "ext": extraction_summary(ext, heldout_ext, target_fpr),
+        "agreement": criteria_agreement(nn.memorized, cos.memorized, ext.memorized if ext.threshold == ext.threshold
+                                        else None),
+        "copied": {c: {"images_copied": int((copied[f"copies_{c}"] > 0).sum()),
+                       "top10_share": copy_concentration(copied[f"copies_{c}"].to_numpy())}
+                   for c in ("nn", "cos", "ext") if f"copies_{c}" in copied},
         "n_heldout": len(data.heldout), "quality": quality,
     }
     if nn_class is not None:

@@ -70,6 +70,7 @@ def test_score_writes_table_figure_and_summary(tmp_path, capsys):
     assert "memorized 1.000" in capsys.readouterr().out
     table = pd.read_csv(cell / "scores" / "empirical.csv")
     assert len(table) == 12 and table["memorized_nn"].all() and table["memorized_cos"].all()
+    assert table["memorized_ext"].all() and (table["ext_index"] == table["nn_index"]).all()  # copies score ~0
     assert (table["nn_index"] == table["cos_index"]).all() and (table["d1"] < 1e-3).all()
     subset = np.load(cell / "subset.npz")["train"]
     assert (table["nn_dataset_index"] == subset[table["nn_index"]]).all()

@@ -62,6 +62,18 @@ def test_our_criteria_on_the_bench(memorization_cases):
     assert row(cos, "flip").auc < 0.5  # raw-pixel cosine ranks flipped copies below novel digits
 
 
+def test_the_three_reference_criteria_side_by_side(memorization_cases, reference_criteria):
+    """The plugin offers the field's three criteria; each reports its true-positive rate at 1% false positives
+    on held-out digits. Carlini et al.'s score finds exact copies and empirical-denoiser samples at that rate,
+    names their training image, and flags at most 1% of held-out digits."""
+    assert list(reference_criteria) == ["nn d1/d2 < 1/3", "pixel cosine", "extraction (Carlini et al.)"]
+    ext = memorization_cases.evaluate(reference_criteria["extraction (Carlini et al.)"])
+    for kind in ("exact", "empirical"):
+        assert row(ext, kind).tpr_at_fpr == 1.0 and row(ext, kind).right_index == 1.0 and row(ext, kind).auc == 1.0
+    assert row(ext, "heldout").tpr_at_fpr <= 0.01 and (ext.error == "").all()
+    assert row(ext, "noise", 40.0).tpr_at_fpr == 1.0
+
+
 def test_outputs_are_read_in_every_documented_form():
     assert as_output(np.array([0.2, 0.9]), 2).decision is None
     decided = as_output(np.array([True, False]), 2)
@@ -113,8 +125,14 @@ def test_the_criteria_command_runs_user_criteria_and_refuses_bad_specs(tmp_path,
     text = capsys.readouterr().out
     assert "my_criteria:broken failed on every case group (first: exact: ValueError: nope)" in text
     table = pd.read_csv(out / "criteria.csv")
-    assert set(table.criterion) == {"nn d1/d2 < 0.333", "my_criteria:mean_gap", "my_criteria:broken"}
+    assert set(table.criterion) == {"nn d1/d2 < 0.333", "extraction (Carlini et al.)", "my_criteria:mean_gap",
+                                    "my_criteria:broken"}  # the extraction criterion by default
+    extraction = table[table.criterion == "extraction (Carlini et al.)"].set_index("kind")
+    assert extraction.loc["exact", "tpr_at_fpr"] == 1.0
     assert (out / "roc.png").stat().st_size > 1000
+    assert main(["criteria", "--out", str(tmp_path / "without"), "--per-kind", "2", "--ratios", "1/3",
+                 "--embedders", "--no-extraction", "--quiet"]) == 0
+    assert set(pd.read_csv(tmp_path / "without" / "criteria.csv").criterion) == {"nn d1/d2 < 0.333"}
     assert main(["criteria", "--out", str(tmp_path / "x"), "--criterion", "no_such_module:f"]) == 2
     assert "criterion 'no_such_module:f': cannot import" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -205,3 +205,38 @@ def test_trajectory_gap_figure_has_a_row_per_reference_and_a_panel_per_model():
     assert [ax.get_title() for ax in fig.axes] == ["a", "b", "", ""]
     assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["MSE to empirical", "MSE to els"]
     assert all(len(ax.lines) >= 2 for ax in fig.axes)  # a line per N
+
+
+def test_the_extraction_criterion_is_a_third_column_where_the_results_have_it():
+    """Results scored with the extraction criterion draw it beside the other two (its points at the measured
+    ratios); a cell where it was not judged (NaN) is left out of that column only; older results keep two."""
+    rows = [{"n_train": n, "mem_nn": 0.5, "mem_ext": e, "fpr_ext": 0.01} for n, e in ((8, 0.75), (64, 0.25))]
+    rows.append({"n_train": 512, "mem_nn": 0.0, "mem_ext": float("nan"), "fpr_ext": float("nan")})
+    fig = plots.memorization_vs_n_figure(_results(rows))
+    assert len(fig.axes) == 3 and fig.axes[2].get_title().startswith("extraction (Carlini et al.)")
+    assert "at most 1% of held-out images flagged" in fig.axes[2].get_title()
+    (bars,) = fig.axes[2].containers
+    assert bars.lines[0].get_ydata().tolist() == [0.75, 0.25]  # N = 512, not judged, is not drawn
+    assert fig.axes[0].containers[0].lines[0].get_ydata().tolist() == [0.5, 0.5, 0.0]
+    assert len(plots.memorization_vs_n_figure(_results(rows).drop(columns=["mem_ext"])).axes) == 2
+
+
+def test_most_copied_figure_draws_each_copied_image_above_its_copies():
+    import matplotlib.pyplot as plt
+
+    train = np.linspace(-1, 1, 5)[:, None, None, None] * np.ones((5, 1, 4, 4))  # image i: constant grey
+    nearest = np.array([3, 3, 1, 3, 0, 2])
+    memorized = np.array([True, True, True, True, False, False])  # copies: image 3 thrice, image 1 once
+    samples = train[nearest] + 0.01
+    fig = plots.most_copied_figure(samples, train, nearest, memorized, images=8, copies=2)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["#3: 3", "#1: 1"]  # most-copied first, only copied images
+    mosaic = ax.images[0].get_array()
+    pad = 1
+    cell = lambda r, c: mosaic[pad + r * (4 + pad) + 1, pad + c * (4 + pad) + 1]  # noqa: E731
+    assert cell(0, 0) == pytest.approx((train[3, 0, 0, 0] + 1) / 2)  # the training image ...
+    assert cell(1, 0) == pytest.approx((samples[0, 0, 0, 0] + 1) / 2)  # ... above its first copies
+    assert cell(2, 0) == pytest.approx((samples[1, 0, 0, 0] + 1) / 2)  # (two of its three: copies=2)
+    assert cell(1, 1) == pytest.approx((samples[2, 0, 0, 0] + 1) / 2) and np.ma.is_masked(cell(2, 1))  # one copy: blank
+    assert "of 4)" in ax.get_title()
+    plt.close(fig)

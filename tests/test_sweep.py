@@ -606,7 +606,7 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
     table = mz.load_results(finished_sweep[0])
     assert sorted(table.n_train) == [16, 32]
     fig = mz.draw(table, "memorization_vs_n")
-    assert len(fig.axes) == 2  # a panel per criterion
+    assert len(fig.axes) == 3  # a panel per criterion (nearest neighbour, cosine, extraction)
     assert sorted(fig.axes[0].containers[0].lines[0].get_xdata()) == pytest.approx([16, 32], rel=0.1)
     assert len(mz.draw(table, "critical_n").axes) == 1
     with pytest.raises(ValueError, match="figure: expected one of memorization_vs_n"):

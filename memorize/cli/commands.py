@@ -87,6 +87,11 @@ def cmd_score(args: argparse.Namespace) -> None:
           f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
           f"{cos['threshold']:.4g}{' (auto)' if cos['threshold_setting'] == 'auto' else ''}; false positives on "
           f"{s['n_heldout']} held-out images: {nn['fpr']['ratio']:.3f} and {cos['fpr']['ratio']:.3f}")
+    e = s["ext"]
+    print(f"by Carlini et al.'s extraction score (d1 over {e['alpha']:g} x the mean distance to the "
+          f"{e['neighbours']} nearest) < " + (f"{e['threshold']:.4g} (auto): memorized {e['ratio']:.3f} "
+                                              f"[{e['lo']:.3f}, {e['hi']:.3f}], false positives {e['fpr']['ratio']:.3f}"
+                                              if e["threshold"] == e["threshold"] else f"not judged: {e['note']}"))
     if "nn_class" in s:
         c = s["nn_class"]
         print(f"within each sample's requested class: memorized {c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
@@ -252,7 +257,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_criteria(args: argparse.Namespace) -> None:
-    from memorize.criteria_bench import build_cases, cosine_criterion, load_criterion, nn_criterion
+    from memorize.criteria_bench import (build_cases, cosine_criterion, extraction_criterion, load_criterion,
+                                         nn_criterion)
     from memorize.criteria_bench.evaluate import run_bench
 
     if args.cell:
@@ -270,6 +276,8 @@ def cmd_criteria(args: argparse.Namespace) -> None:
         train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{args.dataset}, N = {args.n_train}"
     criteria = {f"nn d1/d2 < {r:.3g}": nn_criterion(r) for r in args.ratios}
     criteria.update({f"{e} cosine": cosine_criterion(e) for e in args.embedders})
+    if args.extraction:
+        criteria["extraction (Carlini et al.)"] = extraction_criterion()
     criteria.update({spec: load_criterion(spec) for spec in args.criterion})
     cases = build_cases(train, heldout, args.per_kind, args.seed)
     table = run_bench(criteria, cases, train.numpy(), args.out, args.target_fpr, progress=not args.quiet)

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     threads_and_quiet(p)
     p.set_defaults(func=commands.cmd_sample)
 
-    p = subcommand(sub, "score", "score a cell's samples for memorization with both criteria",
+    p = subcommand(sub, "score", "score a cell's samples for memorization with the three criteria",
                    "Nearest-neighbour criterion: memorized iff d1/d2 < --ratio (exact search, float64 re-ranking). "
                    "Copy-detection criterion: memorized iff the maximal cosine similarity of --embedder descriptors "
                    "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nearest-neighbour criteria d1/d2 < ratio to test (default: 1/3 1/2)")
     p.add_argument("--embedders", nargs="*", default=["pixel"],
                    help="cosine criteria to test, one per embedder spec (default: pixel)")
+    p.add_argument("--no-extraction", dest="extraction", action="store_false",
+                   help="leave out Carlini et al.'s extraction criterion (tested by default)")
     p.add_argument("--criterion", nargs="*", default=[], metavar="MODULE:FUNCTION",
                    help="your own criteria: function(samples, train) -> score per sample (higher = more "
                         "memorized), decision, or {'score', 'decision', 'index'}")

@@ -9,9 +9,10 @@ pytest users get the fixture ``memorization_cases`` (:mod:`memorize.pytest_plugi
 pytest plugin by the package). ``memorize criteria`` runs the bench from the command line.
 """
 
-from memorize.criteria_bench.evaluate import (CriterionError, as_output, cosine_criterion, evaluate_criterion, load_criterion,
-                                    nn_criterion, run_criterion)
+from memorize.criteria_bench.evaluate import (CriterionError, as_output, cosine_criterion, evaluate_criterion,
+                                              extraction_criterion, load_criterion, nn_criterion, run_criterion)
 from memorize.criteria_bench.cases import DEFAULT_STRENGTHS, KIND_CLASS, CaseSet, build_cases
 
 __all__ = ["CaseSet", "CriterionError", "DEFAULT_STRENGTHS", "KIND_CLASS", "as_output", "build_cases",
-           "cosine_criterion", "evaluate_criterion", "load_criterion", "nn_criterion", "run_criterion"]
+           "cosine_criterion", "evaluate_criterion", "extraction_criterion", "load_criterion", "nn_criterion",
+           "run_criterion"]

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from memorize.criteria_bench.cases import COPY, KIND_CLASS, NOVEL, CaseSet
+from memorize.metrics.criteria import wilson_interval
 
 Criterion = Callable[[np.ndarray, np.ndarray], object]
 
@@ -97,8 +98,9 @@ def run_criterion(criterion: Criterion, cases: CaseSet, train: np.ndarray) -> tu
 def evaluate_criterion(criterion: Criterion, cases: CaseSet, train: np.ndarray, target_fpr: float = 0.01,
                        name: str | None = None) -> pd.DataFrame:
     """One row per (kind, strength): ``truth`` (copy/partial/novel), ``n``, ``detection``, ``auc``,
-    ``tpr_at_fpr``, ``right_index``, ``threshold`` (score threshold at ``target_fpr`` on held-out
-    images) and ``error`` (module docstring). ``detection`` of a novel kind is its false-positive rate."""
+    ``tpr_at_fpr`` (with its Wilson interval ``tpr_lo``, ``tpr_hi``), ``right_index``, ``threshold`` (score
+    threshold at ``target_fpr`` on held-out images) and ``error`` (module docstring). ``detection`` of a novel
+    kind is its false-positive rate."""
     outputs, errors = run_criterion(criterion, cases, train)
     name = name or getattr(criterion, "__name__", repr(criterion))
     return outcome_table(outputs, errors, cases, target_fpr, name)
@@ -123,13 +125,16 @@ def outcome_table(outputs: dict, errors: dict, cases: CaseSet, target_fpr: float
     for kind, strength, idx in _groups(cases):
         row = {"criterion": name, "kind": kind,
                "strength": float("nan") if strength is None else strength, "truth": KIND_CLASS[kind], "n": len(idx), "detection": float("nan"),
-               "auc": float("nan"), "tpr_at_fpr": float("nan"), "right_index": float("nan"), "threshold": threshold,
+               "auc": float("nan"), "tpr_at_fpr": float("nan"), "tpr_lo": float("nan"), "tpr_hi": float("nan"),
+               "right_index": float("nan"), "threshold": threshold,
                "error": errors.get((kind, strength), "")}
         out = outputs.get((kind, strength))
         if out is not None:
             above = out.score > threshold if np.isfinite(threshold) else np.full(len(idx), np.nan)
             row["detection"] = float(out.decision.mean()) if out.decision is not None else float(np.mean(above))
             row["tpr_at_fpr"] = float(np.mean(above))
+            if np.isfinite(threshold):  # its Wilson 95% interval over the group's cases
+                row["tpr_lo"], row["tpr_hi"] = wilson_interval(int(np.sum(above)), len(idx))
             if KIND_CLASS[kind] != NOVEL and len(novel_scores):
                 labels = np.r_[np.ones(len(idx)), np.zeros(len(novel_scores))]
                 row["auc"] = float(roc_auc_score(labels, np.r_[out.score, novel_scores]))
@@ -165,6 +170,21 @@ def cosine_criterion(embedder: str = "pixel", device: str = "cpu") -> Criterion:
         return {"score": s.similarity, "index": s.nearest}
 
     criterion.__name__ = f"{embedder} cosine"
+    return criterion
+
+
+def extraction_criterion(tiles: int = 1) -> Criterion:
+    """Carlini et al.'s extraction criterion (:func:`memorize.metrics.extraction_score`, n = 50, alpha = 0.5;
+    ``tiles`` per side for the tiled distance) as a bench criterion: score ``-l`` (higher = more like a copy),
+    index the nearest training image; its decision is the threshold at the bench's target false-positive
+    rate on held-out images (``tpr_at_fpr``), as the sweeps calibrate it."""
+    from memorize.metrics import extraction_score
+
+    def criterion(samples: np.ndarray, train: np.ndarray) -> dict:
+        s = extraction_score(samples, train, np.inf, tiles=tiles)
+        return {"score": -s.score, "index": s.nearest}
+
+    criterion.__name__ = "extraction (Carlini et al.)" + (f", {tiles}x{tiles} tiles" if tiles > 1 else "")
     return criterion
 
 

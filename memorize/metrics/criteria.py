@@ -5,6 +5,9 @@
 - :func:`copy_similarity`: max cosine similarity of descriptors (Pizzi et al. 2022 SSCD; threshold
   0.5 in Somepalli et al. 2023, 0.6 in Zhang et al. 2024): memorized iff ``s > threshold``.
 - :func:`memorization_ratio`: the memorized fraction with a Wilson 95% interval.
+- :func:`copies_per_image`, :func:`copy_concentration`: which training images the memorized samples copy, and
+  how concentrated that is.
+- :func:`agreement`: how two criteria's verdicts on the same samples agree (counts and Cohen's kappa).
 - :func:`reproducibility_score`: fraction of same-noise sample pairs whose descriptors' cosine
   exceeds the threshold (Zhang et al. 2024).
 """
@@ -42,15 +45,14 @@ class NNRatioScores:
 
 
 @dataclass
-class _NearestTwo:
-    """What either search path hands :func:`nn_ratio`: per-sample indices (into the training set as given)
-    and exact distances of the nearest and second-nearest distinct training items."""
+class Nearest:
+    """What either search path of :func:`nearest_distinct` returns: per sample, the indices (into the training
+    set as given; the first occurrence among exact duplicates) and exact float64 L2 distances of its ``keep``
+    nearest distinct training items, nearest first (-1 and NaN for non-finite samples)."""
 
-    nearest: np.ndarray
-    second: np.ndarray
-    d1: np.ndarray
-    d2: np.ndarray
-    finite: np.ndarray
+    indices: np.ndarray  # (K, keep) int64
+    distances: np.ndarray  # (K, keep) float64
+    finite: np.ndarray  # (K,) bool
     n_train_duplicates: int
     backend: str
 
@@ -75,14 +77,24 @@ def nn_ratio(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tenso
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio: expected a number in (0, 1], got {ratio}")
-    backend = backend or search_backend()
-    search = _nearest_two_on_device if backend.startswith("torch-") else _nearest_two_on_host
-    found = search(samples, train, max(candidates, 2), batch_size, backend)
-    ratios = found.d1 / found.d2  # NaN where not searched
+    found = nearest_distinct(samples, train, 2, max(candidates, 2), batch_size, backend)
+    d1, d2 = found.distances[:, 0].copy(), found.distances[:, 1].copy()
+    ratios = d1 / d2  # NaN where not searched
     memorized = np.zeros(len(ratios), dtype=bool)
     memorized[found.finite] = ratios[found.finite] < ratio
-    return NNRatioScores(found.nearest, found.second, found.d1, found.d2, ratios, memorized, found.finite, ratio,
-                         found.n_train_duplicates, found.backend)
+    return NNRatioScores(found.indices[:, 0].copy(), found.indices[:, 1].copy(), d1, d2, ratios, memorized,
+                         found.finite, ratio, found.n_train_duplicates, found.backend)
+
+
+def nearest_distinct(samples: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tensor, keep: int,
+                     candidates: int, batch_size: int = 8192, backend: str | None = None) -> Nearest:
+    """The ``min(keep, distinct)`` nearest distinct training items of every sample, by exact float64 L2 distance
+    (explicit differences), ties ordered by training index: a search for ``max(candidates, keep)`` neighbours
+    (``backend``, see :func:`nn_ratio`) re-ranked exactly. Exact duplicates in ``train`` are collapsed to their
+    first occurrence; fewer than 2 distinct items is an error."""
+    backend = backend or search_backend()
+    search = _nearest_on_device if backend.startswith("torch-") else _nearest_on_host
+    return search(samples, train, max(candidates, keep), batch_size, backend, keep)
 
 
 def _check_dims(samples_dim: int, train_dim: int) -> None:
@@ -95,19 +107,19 @@ def _check_distinct(distinct: int, n: int) -> None:
         raise ValueError(f"nn_ratio needs at least 2 distinct training items, got {distinct} (of N = {n})")
 
 
-def _nearest_two_on_host(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
+def _nearest_on_host(samples, train, candidates: int, batch_size: int, backend: str, keep: int) -> Nearest:
     """Duplicate check (hashing) and float64 re-ranking on the CPU around a FAISS search, ``batch_size``
     samples at a time (the samples may be a memory-mapped file: only a batch is ever copied)."""
     queries, base = as_rows(samples), as_rows(train)  # own precision, for exact distances
     _check_dims(queries.shape[1], base.shape[1])
-    keep = unique_indices(torch.from_numpy(np.ascontiguousarray(base)))
-    _check_distinct(len(keep), len(base))
-    distinct = base if len(keep) == len(base) else base[keep]
+    first = unique_indices(torch.from_numpy(np.ascontiguousarray(base)))
+    _check_distinct(len(first), len(base))
+    distinct = base if len(first) == len(base) else base[first]
     distinct32 = as_float32_rows(distinct)
-    k = len(queries)
+    k, keep = len(queries), min(keep, len(first))
     finite = np.zeros(k, dtype=bool)
-    d1, d2 = np.full(k, np.nan), np.full(k, np.nan)
-    nearest, second = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64)
+    dist = np.full((k, keep), np.nan)
+    nearest = np.full((k, keep), -1, dtype=np.int64)
     used = "none"  # the backend that searched, if any sample was searched
     for start in range(0, k, batch_size):
         block = queries[start:start + batch_size]
@@ -119,28 +131,26 @@ def _nearest_two_on_host(samples, train, candidates: int, batch_size: int, backe
         found = knn(as_float32_rows(usable), distinct32, candidates, "l2", batch_size, backend)
         used = found.backend
         exact = exact_l2(usable, distinct, found.indices)
-        order = np.lexsort((found.indices, exact), axis=1)[:, :2]  # by exact distance, then index
-        top = np.take_along_axis(found.indices, order, 1)
-        dist = np.take_along_axis(exact, order, 1)
+        order = np.lexsort((found.indices, exact), axis=1)[:, :keep]  # by exact distance, then index
         rows = rows + start
-        nearest[rows], second[rows] = keep[top[:, 0]], keep[top[:, 1]]
-        d1[rows], d2[rows] = dist[:, 0], dist[:, 1]
-    return _NearestTwo(nearest, second, d1, d2, finite, len(base) - len(keep), used)
+        nearest[rows] = first[np.take_along_axis(found.indices, order, 1)]
+        dist[rows] = np.take_along_axis(exact, order, 1)
+    return Nearest(nearest, dist, finite, len(base) - len(first), used)
 
 
-def _nearest_two_on_device(samples, train, candidates: int, batch_size: int, backend: str) -> _NearestTwo:
+def _nearest_on_device(samples, train, candidates: int, batch_size: int, backend: str, keep: int) -> Nearest:
     """Duplicate check, search and float64 re-ranking on the backend's torch device."""
     device = torch.device(backend.removeprefix("torch-"))
     queries = device_search.as_tensor_rows(samples).to(device)
     base = device_search.resident(device_search.as_tensor_rows(train), device)
     _check_dims(queries.shape[1], base.shape[1])
-    keep = device_search.distinct_rows(base, device)
-    _check_distinct(len(keep), len(base))
-    distinct = base if len(keep) == len(base) else base[keep.to(base.device)]
-    k = len(queries)
+    first = device_search.distinct_rows(base, device)
+    _check_distinct(len(first), len(base))
+    distinct = base if len(first) == len(base) else base[first.to(base.device)]
+    k, keep = len(queries), min(keep, len(first))
     finite = torch.isfinite(queries).all(1)
-    nearest = torch.full((k, 2), -1, dtype=torch.int64, device=device)
-    dist = torch.full((k, 2), float("nan"), dtype=torch.float64, device=device)
+    nearest = torch.full((k, keep), -1, dtype=torch.int64, device=device)
+    dist = torch.full((k, keep), float("nan"), dtype=torch.float64, device=device)
     used = "none"
     rows = finite.nonzero().squeeze(1)
     if len(rows):
@@ -148,11 +158,9 @@ def _nearest_two_on_device(samples, train, candidates: int, batch_size: int, bac
         _, found = device_search.knn_on_device(usable.float(), distinct, candidates, True, device, batch_size)
         used = backend
         exact = device_search.exact_l2(usable, distinct, found, device)
-        top, dist[rows] = device_search.best_by_exact(found, exact, 2)
-        nearest[rows] = keep[top]
-    nearest, dist = nearest.cpu().numpy(), dist.cpu().numpy()
-    return _NearestTwo(nearest[:, 0].copy(), nearest[:, 1].copy(), dist[:, 0].copy(), dist[:, 1].copy(),
-                       finite.cpu().numpy(), len(base) - len(keep), used)
+        top, dist[rows] = device_search.best_by_exact(found, exact, keep)
+        nearest[rows] = first[top]
+    return Nearest(nearest.cpu().numpy(), dist.cpu().numpy(), finite.cpu().numpy(), len(base) - len(first), used)
 
 
 def nn_ratio_within_class(samples: np.ndarray | torch.Tensor, labels: np.ndarray, train: np.ndarray | torch.Tensor,
@@ -320,6 +328,25 @@ def memorization_ratio(memorized: np.ndarray, confidence: float = 0.95) -> dict[
     return {"ratio": hits / n if n else float("nan"), "lo": lo, "hi": hi, "memorized": hits, "n": n}
 
 
+def copies_per_image(n_train: int, nearest: np.ndarray, memorized: np.ndarray) -> np.ndarray:
+    """For each of ``n_train`` training images, how many memorized samples copy it (have it as their nearest
+    training image under the criterion that flagged them): (n_train,) int64."""
+    nearest, memorized = np.asarray(nearest), np.asarray(memorized, dtype=bool)
+    return np.bincount(nearest[memorized & (nearest >= 0)], minlength=n_train).astype(np.int64)
+
+
+def copy_concentration(copies: np.ndarray, top: float = 0.1) -> float:
+    """The share of memorized samples that copy the most-copied ``top`` fraction of the training images
+    (``ceil(top * N)`` of them; 1 where copying is as concentrated as it can be, about ``top`` where it is
+    spread evenly); NaN where no sample is memorized."""
+    copies = np.asarray(copies)
+    total = int(copies.sum())
+    if total == 0:
+        return float("nan")
+    k = max(1, int(np.ceil(top * len(copies) - 1e-9)))
+    return float(np.sort(copies)[::-1][:k].sum() / total)
+
+
 def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
     """Paired comparison of two memorization verdicts on the same samples (same seeds, same classes: e.g. one
     model sampled at two guidance weights): ``gained`` samples memorized only after, ``lost`` only before, and
@@ -333,6 +360,23 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
 
     p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
     return {"gained": gained, "lost": lost, "p_value": float(p)}
+
+
+def agreement(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
+    """How two criteria's verdicts on the same samples agree: counts of samples that ``both`` flag, that
+    ``only_first`` / ``only_second`` flags, that ``neither`` does, and Cohen's kappa (Cohen 1960; agreement beyond
+    chance, via scikit-learn), NaN where it is undefined (both criteria give every sample the same verdict)."""
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    if first.shape != second.shape:
+        raise ValueError(f"agreement: {first.shape} and {second.shape} verdicts; pairs need equal lengths")
+    out = {"both": int((first & second).sum()), "only_first": int((first & ~second).sum()),
+           "only_second": int((~first & second).sum()), "neither": int((~first & ~second).sum())}
+    constant = len(np.unique(np.concatenate([first, second]))) < 2
+    if constant or not len(first):
+        return {**out, "kappa": float("nan")}
+    from sklearn.metrics import cohen_kappa_score
+
+    return {**out, "kappa": float(cohen_kappa_score(first, second))}
 
 
 def reproducibility_score(features_a: np.ndarray | torch.Tensor, features_b: np.ndarray | torch.Tensor,

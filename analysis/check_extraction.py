@@ -1,0 +1,63 @@
+"""Recipe: hold every extraction score of a sweep against a brute-force float64 evaluation of the formula.
+
+    .venv/bin/python analysis/check_extraction.py runs/digits
+
+(run it with the Python that has memorize installed). For each finished cell, every sample's distance to
+every training image of its subset from explicit float64 differences, the n = 50 nearest (all, where the
+subset is smaller) by a stable sort, ``l = d1 / (0.5 * their mean)``: compared with the cell's per-sample
+table (``ext_score``, ``ext_index``, ``memorized_ext`` at the cell's calibrated threshold). Prints the number
+of samples checked, the largest relative difference and the verdicts and indices that differ; exits 1 if any does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def brute_force(samples: np.ndarray, train: np.ndarray, n: int = 50, alpha: float = 0.5):
+    """(nearest index, score) of each sample: the paper's formula over all pairwise float64 distances."""
+    s, t = samples.reshape(len(samples), -1).astype(np.float64), train.reshape(len(train), -1).astype(np.float64)
+    d = np.sqrt(((s[:, None, :] - t[None, :, :]) ** 2).sum(-1))
+    order = np.argsort(d, axis=1, kind="stable")[:, :n]
+    near = np.take_along_axis(d, order, 1)
+    return order[:, 0], near[:, 0] / (alpha * near.mean(1))
+
+
+def main() -> None:
+    from memorize.cell import CellPaths, load_cell_data, read_config
+    from memorize.generate import read_samples
+    from memorize.sweep import collect
+    from memorize.sweep.layout import read_eval
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    args = parser.parse_args()
+    results = collect(args.sweep)
+    results = results[results["mem_ext"].notna()]
+    if results.empty:
+        parser.error(f"{args.sweep}: no cell scored with the extraction criterion")
+    checked = index_differs = verdict_differs = 0
+    worst = 0.0
+    for row in results.itertuples():
+        root = Path(args.sweep) / "cells" / row.cell
+        record = read_eval(root, row.eval)
+        table = pd.read_csv(root / record["files"]["scores"])
+        data = load_cell_data(read_config(root), CellPaths(root))
+        samples = read_samples(root / record["files"]["samples"])["samples"]
+        nearest, score = brute_force(np.asarray(samples), data.train.numpy())
+        worst = max(worst, float(np.max(np.abs(table["ext_score"] - score) / np.maximum(score, 1e-300))))
+        index_differs += int((table["ext_index"].to_numpy() != nearest).sum())
+        verdict_differs += int((table["memorized_ext"].to_numpy(bool) != (score < row.threshold_ext)).sum())
+        checked += len(table)
+    print(f"{checked} samples of {len(results)} cells: largest relative difference of the score {worst:.2e}; "
+          f"nearest training image differs for {index_differs}, the verdict for {verdict_differs}")
+    sys.exit(1 if index_differs or verdict_differs or worst > 1e-9 else 0)
+
+
+if __name__ == "__main__":
+    main()
