@@ -7,12 +7,16 @@ every training image of its subset from explicit float64 differences, the n = 50
 subset is smaller) by a stable sort, ``l = d1 / (0.5 * their mean)``: compared with the cell's per-sample
 table (``ext_score``, ``ext_index``, ``memorized_ext`` at the cell's calibrated threshold). Prints the number
 of samples checked, the largest relative difference and the verdicts and indices that differ; exits 1 if any does.
+It also times the criterion's share of scoring: per cell, the extraction scores of the samples and held-out images
+(as ``memorize score`` computes them, best of three) against the cell's recorded scoring time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ def brute_force(samples: np.ndarray, train: np.ndarray, n: int = 50, alpha: floa
 def main() -> None:
     from memorize.cell import CellPaths, load_cell_data, read_config
     from memorize.generate import read_samples
+    from memorize.score import extraction_scores
     from memorize.sweep import collect
     from memorize.sweep.layout import read_eval
 
@@ -43,10 +48,13 @@ def main() -> None:
         parser.error(f"{args.sweep}: no cell scored with the extraction criterion")
     checked = index_differs = verdict_differs = 0
     worst = 0.0
+    shares = []
     for row in results.itertuples():
         root = Path(args.sweep) / "cells" / row.cell
         record = read_eval(root, row.eval)
         table = pd.read_csv(root / record["files"]["scores"])
+        summary = json.loads((root / record["files"]["scores"]).with_suffix(".json").read_text())
+        target_fpr = summary["ext"]["target_fpr"]
         data = load_cell_data(read_config(root), CellPaths(root))
         samples = read_samples(root / record["files"]["samples"])["samples"]
         nearest, score = brute_force(np.asarray(samples), data.train.numpy())
@@ -54,8 +62,19 @@ def main() -> None:
         index_differs += int((table["ext_index"].to_numpy() != nearest).sum())
         verdict_differs += int((table["memorized_ext"].to_numpy(bool) != (score < row.threshold_ext)).sum())
         checked += len(table)
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            extraction_scores(np.asarray(samples), data.heldout.numpy(), data.train.numpy(), target_fpr)
+            seconds.append(time.perf_counter() - start)
+        shares.append((min(seconds), float(record["seconds"]["score"])))
     print(f"{checked} samples of {len(results)} cells: largest relative difference of the score {worst:.2e}; "
           f"nearest training image differs for {index_differs}, the verdict for {verdict_differs}")
+    ext = np.array([e for e, _ in shares])
+    total = np.array([t for _, t in shares])
+    print(f"the extraction criterion took {ext.min():.3f}-{ext.max():.3f} s per cell (median {np.median(ext):.3f} s) "
+          f"of {np.median(total):.2f} s median scoring: {100 * np.median(ext / (total - ext)):.1f}% more than the rest "
+          f"of scoring (largest {100 * np.max(ext / (total - ext)):.1f}%)")
     sys.exit(1 if index_differs or verdict_differs or worst > 1e-9 else 0)
 
 

@@ -7,8 +7,8 @@ standard figures (``memorize plot``) into DIR/figures and prints the memorizatio
 (model, N) with its Wilson 95% interval (seeds pooled; one table per experiment where the
 sweep varies more than model, N and seed), and the critical N per model with the range of N
 where the interval contains 0.5 (by ``--criterion``: the nearest-neighbour ratio by default, or the
-copy-detection cosine, or Carlini et al.'s extraction score where the sweep has it). Compare with Gu et al. 2023 for CIFAR-10 (about
-92/61/35/17/9% at 1k..5k images, 128-channel DDPM++).
+copy-detection cosine, or Carlini et al.'s extraction score where the sweep has it). Compare with Gu et
+al. 2023 for CIFAR-10 (about 92/61/35/17/9% at 1k..5k images, 128-channel DDPM++).
 """
 
 from __future__ import annotations
