@@ -5,6 +5,7 @@
     summary = mz.score_samples(my_samples, "runs/mine", data={"name": "digits", "n_train": 64})
     table = mz.load_results("runs/digits")
     fig = mz.draw(table, "memorization_vs_n")
+    point = mz.load_point("runs/digits", table.cell[0], table)  # one grid point's scores, images, samples
 
 Each is a thin front to the same code the ``memorize`` command runs (:mod:`memorize.external_cell`,
 :mod:`memorize.score`, :mod:`memorize.sweep.results`, :mod:`memorize.plots`).
@@ -12,6 +13,7 @@ Each is a thin front to the same code the ``memorize`` command runs (:mod:`memor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,43 @@ def load_results(sweep: str | Path) -> pd.DataFrame:
     from memorize.sweep import collect
 
     return collect(Path(sweep))
+
+
+@dataclass
+class ScoredPoint:
+    """A finished grid point of a sweep: its row of the results table, its per-sample scores (``nn_index``,
+    ``memorized_nn``, ... as ``memorize score`` writes them) and its cell's training and held-out images."""
+
+    row: pd.Series
+    scores: pd.DataFrame
+    train: np.ndarray  # (N, ...) the training subset, in subset order
+    heldout: np.ndarray
+    is_image: bool
+    samples_path: Path
+
+    def samples(self) -> np.ndarray:
+        """The grid point's samples (read from its file on each call)."""
+        from memorize.generate import read_samples
+
+        return read_samples(self.samples_path)["samples"]
+
+
+def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None) -> ScoredPoint:
+    """The finished grid point of ``cell`` in ``sweep`` (its row of ``results``, collected afresh when not
+    given); a cell that is not a finished grid point of the sweep is a ValueError naming it."""
+    from memorize.cell import CellPaths, load_cell_data, read_config
+    from memorize.sweep.layout import read_eval
+
+    results = load_results(sweep) if results is None else results
+    rows = results[results.cell == cell]
+    if rows.empty:
+        raise ValueError(f"cell {cell}: not a finished grid point of {sweep}")
+    row = rows.iloc[0]
+    root = Path(sweep) / "cells" / cell
+    files = read_eval(root, row["eval"])["files"]
+    data = load_cell_data(read_config(root), CellPaths(root))
+    return ScoredPoint(row, pd.read_csv(root / files["scores"]), data.train.numpy(), data.heldout.numpy(),
+                       data.dataset.is_image, root / files["samples"])
 
 
 FIGURES = {

@@ -93,6 +93,46 @@ def most_copied_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarr
     return fig
 
 
+def verdict_patterns(verdicts: dict[str, np.ndarray]) -> np.ndarray:
+    """Each sample's pattern of verdicts as text: the names of the criteria that flag it joined by ``+``
+    (``nn+ext``), or ``none``."""
+    names = list(verdicts)
+    flags = np.stack([np.asarray(verdicts[n], dtype=bool) for n in names], axis=1)
+    return np.asarray(["+".join(n for n, f in zip(names, row) if f) or "none" for row in flags])
+
+
+def disagreement_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarray,
+                        verdicts: dict[str, np.ndarray], per_group: int = 6, title: str = "") -> plt.Figure:
+    """The samples on which the criteria disagree, grouped by which criteria flag them (one block per pattern
+    that some but not all criteria give, most frequent first, up to ``per_group`` samples each, in sample
+    order), each sample above its nearest training image in L2 (``nearest``)."""
+    patterns = verdict_patterns(verdicts)
+    everyone = "+".join(verdicts)
+    mixed = [p for p in patterns if p not in ("none", everyone)]
+    groups = sorted(set(mixed), key=lambda p: (-mixed.count(p), p))
+    widths = [min(mixed.count(p), per_group) for p in groups] or [1]
+    fig, axes = plt.subplots(1, len(widths), squeeze=False, gridspec_kw={"width_ratios": widths},
+                             figsize=(max(sum(widths), 2) * 0.9 + 1.2 * len(widths), 2.6))
+    h = samples.shape[-2]
+    for ax, pattern in zip(axes[0], groups):
+        idx = np.flatnonzero(patterns == pattern)[:per_group]
+        ax.imshow(image_mosaic([[samples[i] for i in idx], [train[nearest[i]] for i in idx]], pad=max(1, h // 8)),
+                  cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=(0, len(idx), 2, 0))
+        ax.set_xticks([])
+        ax.set_yticks([0.5, 1.5], ["sample", "nearest\ntraining"], fontsize=7)
+        ax.tick_params(length=0)
+        ax.set_frame_on(False)
+        ax.set_title(f"only {pattern} flag: {int((patterns == pattern).sum())}", fontsize=8)
+    if not groups:
+        axes[0, 0].set_axis_off()
+        axes[0, 0].text(0.5, 0.5, "the criteria agree on every sample", ha="center", va="center", fontsize=8)
+    caption = (f"samples flagged by some criteria ({', '.join(verdicts)}) but not all; top: the sample, bottom: its "
+               f"nearest training image (L2)")
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=7)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.02, top=0.72, wspace=0.25)
+    return fig
+
+
 # Sweep figures: phase transitions from a results table (memorize sweep collect; memorize.analysis).
 
 

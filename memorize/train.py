@@ -469,6 +469,8 @@ class CellTraining:
                    "sigma_data": self.sigma_data, "device": str(self.device), "seconds": round(self.elapsed, 2),
                    **losses_at(self.rows, self.budget), "n_train": len(self.data.train),
                    "n_duplicates_removed": self.data.split.n_duplicates}
+        if self.data.split.n_near_duplicates:
+            summary["n_near_duplicates_removed"] = self.data.split.n_near_duplicates
         if self.step_mode is not None:
             summary["step_mode"] = self.step_mode
         if self.ranks.main:

@@ -240,3 +240,27 @@ def test_most_copied_figure_draws_each_copied_image_above_its_copies():
     assert cell(1, 1) == pytest.approx((samples[2, 0, 0, 0] + 1) / 2) and np.ma.is_masked(cell(2, 1))  # one copy: blank
     assert "of 4)" in ax.get_title()
     plt.close(fig)
+
+
+def test_disagreement_figure_groups_the_samples_by_which_criteria_flag_them():
+    import matplotlib.pyplot as plt
+
+    train = np.linspace(-1, 1, 4)[:, None, None, None] * np.ones((4, 1, 4, 4))
+    nearest = np.array([0, 1, 2, 3, 0, 1, 2])
+    samples = train[nearest] + 0.01
+    verdicts = {"nn": np.array([1, 1, 0, 0, 1, 0, 1], bool), "cos": np.array([1, 0, 1, 0, 0, 0, 1], bool),
+                "ext": np.array([1, 1, 0, 0, 1, 0, 0], bool)}
+    assert list(plots.verdict_patterns(verdicts)) == ["nn+cos+ext", "nn+ext", "cos", "none", "nn+ext", "none",
+                                                      "nn+cos"]
+    fig = plots.disagreement_figure(samples, train, nearest, verdicts, per_group=1)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["only nn+ext flag: 2", "only cos flag: 1", "only nn+cos flag: 1"]  # most frequent first
+    mosaic = fig.axes[0].images[0].get_array()  # per_group=1: the first nn+ext sample (1) above training image 1
+    assert mosaic.shape == (1 + 2 * 5, 1 + 5)
+    assert mosaic[2, 2] == pytest.approx((samples[1, 0, 0, 0] + 1) / 2)
+    assert mosaic[7, 2] == pytest.approx((train[1, 0, 0, 0] + 1) / 2)
+    plt.close(fig)
+    agree = {"nn": np.array([1, 0], bool), "cos": np.array([1, 0], bool)}
+    fig = plots.disagreement_figure(samples[:2], train, nearest[:2], agree)
+    assert "agree on every sample" in fig.axes[0].texts[0].get_text()
+    plt.close(fig)

@@ -611,6 +611,31 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
     assert len(mz.draw(table, "critical_n").axes) == 1
     with pytest.raises(ValueError, match="figure: expected one of memorization_vs_n"):
         mz.draw(table, "nope")
+    point = mz.load_point(finished_sweep[0], table.cell[0], table)
+    assert len(point.scores) == len(point.samples()) == table.n_samples[0] and len(point.train) == table.n_train[0]
+    with pytest.raises(ValueError, match="cell nope: not a finished grid point"):
+        mz.load_point(finished_sweep[0], "nope", table)
+
+
+def test_the_disagreement_and_copying_recipes_count_each_cells_samples_from_its_own_table(finished_sweep):
+    from analysis.copying import copied_images_table
+    from analysis.disagreements import pattern_counts
+    from memorize.sweep.layout import read_eval
+
+    out = finished_sweep[0]
+    results = collect(out)
+    counts = pattern_counts(str(out), results).set_index("cell")
+    for _, row in results.iterrows():
+        root = out / "cells" / row["cell"]
+        table = pd.read_csv(root / read_eval(root, row["eval"])["files"]["scores"])
+        flags = table[["memorized_nn", "memorized_cos", "memorized_ext"]].to_numpy(bool)
+        got = counts.loc[row["cell"]]
+        assert got[["nn+cos+ext", "none"]].tolist() == [int(flags.all(1).sum()), int((~flags).all(1).sum())]
+        assert got.drop(["model", "N", "seed"]).sum() == len(table)
+        assert got["cos+ext"] == int((~flags[:, 0] & flags[:, 1] & flags[:, 2]).sum())
+    copied = copied_images_table(str(out), results, "cos", 0.98)  # a row per cell with memorized samples
+    assert sorted(copied.N) == sorted(results.n_train[results.mem_cos > 0]) and "isolation_copied" in copied
+    assert ((copied.copied >= 1) & (copied.copied <= copied.memorized)).all()
 
 
 def test_the_els_boundary_enters_a_points_key_only_where_it_changes_its_results():

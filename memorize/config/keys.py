@@ -53,6 +53,8 @@ def training_identity(cfg: CellConfig) -> dict[str, Any]:
     for name in ("train_indices", "heldout_path"):  # likewise: left out when unset
         if d["data"][name] is None:
             del d["data"][name]
+    if cfg.data.dedup == "exact":  # likewise: the near-copy rule only where it is used
+        del d["data"]["dedup"], d["data"]["near_threshold"]
     return d
 
 

@@ -77,6 +77,13 @@ class DataConfig:
     ``heldout_path``: held-out real images from an image folder, ``.npz``, ``.npy`` or ``.pt`` (read as
     samples are, :mod:`memorize.data.sample_files`) instead of the dataset's own held-out items; the
     dataset then holds none back and ``n_heldout`` is not read.
+
+    ``dedup``: ``exact`` drops byte-identical copies (the first occurrence stays); ``near`` also collapses
+    near-copies before the permutation (:mod:`memorize.data.near_duplicates`: the Pearson correlation of the
+    images' pixels, pooled to at most 16 x 16, at least ``near_threshold``; an image is dropped when it is a
+    near-copy of one kept before it), so no held-out image and no second training image is a near-copy of a
+    training image. With ``train_indices`` the training images stay as given and the held-out ones exclude
+    their near-copies.
     """
 
     name: Literal["digits", "gmm", "mnist", "cifar10", "folder", "npz"] = "digits"
@@ -91,9 +98,13 @@ class DataConfig:
     gmm: GMMConfig = field(default_factory=GMMConfig)
     train_indices: str | None = None
     heldout_path: str | None = None
+    dedup: Literal["exact", "near"] = "exact"
+    near_threshold: float = 0.98
 
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "data.n_train", "must be >= 1")
+        _require(0 < self.near_threshold <= 1, "data.near_threshold",
+                 "must be a cosine in (0, 1] (1: only copies up to brightness and contrast)")
         _require(self.n_heldout >= 0, "data.n_heldout", "must be >= 0")
         _require(self.subset_offset >= 0, "data.subset_offset", "must be >= 0")
         _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")

@@ -3,7 +3,10 @@
 Recipe (fixed by the dataset and ``split_seed`` alone, never by N):
 
 1. drop exact duplicates, keeping each image's first occurrence;
-2. permute the remaining indices with ``numpy.random.default_rng(split_seed)``;
+2. permute the remaining indices with ``numpy.random.default_rng(split_seed)`` (with ``data.dedup: near``
+   then drop every image that is a near-copy of one kept before it in dataset order,
+   :mod:`memorize.data.near_duplicates`: which images go does not depend on the permutation, and the
+   others keep their order, so a subset is the exact rule's subset with its near-copies skipped);
 3. the last ``n_heldout`` of the permutation are held out; the rest is the pool;
 4. optionally reorder the pool class by class, round robin (class-balanced);
 5. subset N is the first N items of the pool (after skipping ``subset_offset`` items).
@@ -26,6 +29,7 @@ import torch
 
 from memorize.config import ConfigError, DataConfig
 from memorize.data.datasets import Dataset
+from memorize.data.near_duplicates import first_of_near_copies, has_near_copy_in, near_descriptors
 from memorize.io import atomic_savez
 
 
@@ -36,6 +40,7 @@ class Split:
     n_duplicates: int  # exact duplicates dropped before permuting
     train_labels: np.ndarray | None = None  # conditioning labels (None when data.labels == "none")
     num_classes: int = 0
+    n_near_duplicates: int = 0  # near-copies dropped besides (data.dedup: near)
 
 
 def _row_digests(flat: np.ndarray) -> list[bytes]:
@@ -123,14 +128,20 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
     if cfg.train_indices is not None:
         return _indexed_split(ds, cfg)
     keep = unique_indices(ds.data)
+    n_exact = len(ds.data) - len(keep)
+    order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
+    n_near = 0
+    if cfg.dedup == "near":  # the survivors keep their places in the permutation of the exact rule
+        survivors = keep[first_of_near_copies(near_descriptors(ds.data[keep]), cfg.near_threshold)]
+        n_near, keep, order = len(keep) - len(survivors), survivors, order[np.isin(order, survivors)]
     n_heldout = heldout_count(cfg)
     available = len(keep) - n_heldout
     if cfg.subset_offset + cfg.n_train > available:
         offset = f" from data.subset_offset={cfg.subset_offset}" if cfg.subset_offset else ""
+        near = f", {n_near} near-copies" if cfg.dedup == "near" else ""
         raise ConfigError(f"data.n_train: {cfg.n_train}{offset} is more than the {available} distinct items of "
                           f"{cfg.name!r} left after holding out data.n_heldout={n_heldout} "
-                          f"({len(ds.data) - len(keep)} exact duplicates removed)")
-    order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
+                          f"({n_exact} exact duplicates{near} removed)")
     heldout, pool = order[available:], order[:available]
     if cfg.class_balanced:
         if ds.labels is None:
@@ -138,7 +149,7 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
         pool = round_robin_by_class(pool, ds.labels.numpy())
     train = pool[cfg.subset_offset: cfg.subset_offset + cfg.n_train]
     labels, num_classes = conditioning_labels(ds, cfg, train)
-    return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
+    return Split(train, heldout, n_exact, labels, num_classes, n_near)
 
 
 def _indexed_split(ds: Dataset, cfg: DataConfig) -> Split:
@@ -152,13 +163,19 @@ def _indexed_split(ds: Dataset, cfg: DataConfig) -> Split:
     order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
     unseen = np.asarray([i for i in order if digests[i] not in seen], dtype=np.int64)
     n_heldout = heldout_count(cfg)
+    n_near = 0
+    if cfg.dedup == "near" and n_heldout:
+        near = has_near_copy_in(near_descriptors(ds.data[unseen]), near_descriptors(ds.data[train]),
+                                cfg.near_threshold)
+        n_near, unseen = int(near.sum()), unseen[~near]
     if n_heldout > len(unseen):
+        what = "among" if cfg.dedup == "exact" else "among or near-copies of"
         raise ConfigError(f"data.n_heldout: {n_heldout}, but only {len(unseen)} distinct images of "
-                          f"{cfg.name!r} are not among the {len(train)} of data.train_indices (or give held-out "
+                          f"{cfg.name!r} are not {what} the {len(train)} of data.train_indices (or give held-out "
                           f"images of your own: data.heldout_path)")
     heldout = unseen[len(unseen) - n_heldout:]
     labels, num_classes = conditioning_labels(ds, cfg, train)
-    return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes)
+    return Split(train, heldout, len(ds.data) - len(keep), labels, num_classes, n_near)
 
 
 def conditioning_labels(ds: Dataset, cfg: DataConfig, train: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -182,6 +199,8 @@ def conditioning_labels(ds: Dataset, cfg: DataConfig, train: np.ndarray) -> tupl
 def save_split(path: Path, split: Split) -> None:
     arrays = {"train": split.train, "heldout": split.heldout, "n_duplicates": np.asarray(split.n_duplicates),
               "num_classes": np.asarray(split.num_classes)}
+    if split.n_near_duplicates:  # absent under exact de-duplication, so those files stay as they were
+        arrays["n_near_duplicates"] = np.asarray(split.n_near_duplicates)
     if split.train_labels is not None:
         arrays["train_labels"] = split.train_labels
     atomic_savez(path, **arrays)
@@ -190,4 +209,5 @@ def save_split(path: Path, split: Split) -> None:
 def load_split(path: Path) -> Split:
     with np.load(path) as npz:
         labels = npz["train_labels"] if "train_labels" in npz else None
-        return Split(npz["train"], npz["heldout"], int(npz["n_duplicates"]), labels, int(npz["num_classes"]))
+        near = int(npz["n_near_duplicates"]) if "n_near_duplicates" in npz else 0
+        return Split(npz["train"], npz["heldout"], int(npz["n_duplicates"]), labels, int(npz["num_classes"]), near)
