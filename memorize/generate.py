@@ -230,5 +230,7 @@ def sample_cell(root: str | Path, cfg: SampleConfig, denoiser: str = "trained", 
             raise ValueError(f"--denoiser gmm: the true density of dataset {plan.cell_cfg.data.name!r} is unknown "
                              f"(only the 'gmm' dataset has one)")
         model = GaussianMixtureDenoiser(mix.weights.to(dev), mix.means.to(dev), mix.covs.to(dev))
-    samples = generate(model, tuple(data.train.shape[1:]), plan.seeds, cfg, dev, plan.labels, progress=progress)
+    graphs = plan.cell_cfg.train.cuda_graph if denoiser == "trained" else "off"  # networks only
+    samples = generate(model, tuple(data.train.shape[1:]), plan.seeds, cfg, dev, plan.labels, progress=progress,
+                       cuda_graph=graphs)
     return save_samples(plan, samples, time.perf_counter() - start)

@@ -91,7 +91,9 @@ class StaticInputs:
             if (value is None) != (target is None) or (value is not None and value.shape != target.shape):
                 raise ValueError(f"static input {key!r}: {None if value is None else tuple(value.shape)} does not "
                                  f"match the captured {None if target is None else tuple(target.shape)}")
-            if target is not None:
+            if target is not None and value.device == target.device:  # already on the device: copied there
+                target.copy_(value)
+            elif target is not None:
                 self.host[key].copy_(value)
                 target.copy_(self.host[key], non_blocking=True)
         return self.tensors
@@ -112,8 +114,9 @@ class StepRunner:
 
     def __init__(self, fn: StepFn, device: torch.device, eager_because: str | None, label: str,
                  on_static: Callable[[Inputs], None] | None = None,
-                 before_capture: Callable[[], None] | None = None, warmup: int = WARMUP_STEPS):
-        self.fn, self.device, self.label = fn, device, label
+                 before_capture: Callable[[], None] | None = None, warmup: int = WARMUP_STEPS,
+                 what: str = "the training step"):
+        self.fn, self.device, self.label, self.what = fn, device, label, what
         self.eager_because, self.capture = eager_because, eager_because is None
         self.on_static, self.before_capture, self.warmup = on_static, before_capture, warmup
         self.static: StaticInputs | None = None
@@ -134,13 +137,18 @@ class StepRunner:
         return f"eager (all {self.calls} steps were warm-up steps)"
 
     def __call__(self, inputs: Inputs) -> list[float]:
+        return self.run(inputs).tolist()
+
+    def run(self, inputs: Inputs) -> torch.Tensor:
+        """``fn(inputs)`` on the device, captured or eager as above, without reading it: a captured call
+        returns the graph's output tensor, which the next replay overwrites."""
         self.calls += 1
         if not self.capture:
             moved = {k: None if v is None else v.to(self.device) for k, v in inputs.items()}
-            return self.fn(moved).tolist()
+            return self.fn(moved)
         return self._graph_call(inputs)
 
-    def _graph_call(self, inputs: Inputs) -> list[float]:
+    def _graph_call(self, inputs: Inputs) -> torch.Tensor:
         if self.static is None:
             self.static = StaticInputs(inputs, self.device)
             if self.on_static is not None:
@@ -148,11 +156,11 @@ class StepRunner:
         static = self.static.load(inputs)
         if self.graph is not None:
             self.graph.replay()
-            return self.values.tolist()
+            return self.values
         if self.fallback is not None:
-            return self.fn(static).tolist()
+            return self.fn(static)
         if self.calls <= self.warmup:
-            return self._side_stream(static).tolist()
+            return self._side_stream(static)
         try:
             self._capture(static)
         except Exception as err:  # torch raises several kinds; the eager step is always right
@@ -160,13 +168,13 @@ class StepRunner:
             while err.__context__ is not None:  # what went wrong first (ending a failed capture raises again)
                 err = err.__context__
             self.fallback = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            print(f"memorize: {self.label}: the training step was not captured in a CUDA graph ({self.fallback}); "
+            print(f"memorize: {self.label}: {self.what} was not captured in a CUDA graph ({self.fallback}); "
                   f"it runs eagerly", file=sys.stderr, flush=True)
             if self.before_capture is not None:
                 self.before_capture()
-            return self._side_stream(static).tolist()
+            return self._side_stream(static)
         self.graph.replay()
-        return self.values.tolist()
+        return self.values
 
     def _side_stream(self, static: Inputs) -> torch.Tensor:
         """``fn`` eagerly on a side stream, ordered after the copies and before the read (the warm-up the
@@ -192,3 +200,35 @@ class StepRunner:
                 torch.cuda.set_stream(stream)  # a capture that fails to begin or end leaves its stream current
                 raise
         self.graph = graph
+
+
+class GraphedCall:
+    """``fn(*tensors) -> tensor`` (a denoiser's forward pass in a sampler: device work only) captured in a
+    CUDA graph once per shapes and dtypes of its arguments, after :data:`WARMUP_STEPS` eager calls, and
+    replayed for the rest (a :class:`StepRunner` each); on any other device, or with ``eager_because``
+    set, ``fn`` runs as called. Each call returns its own tensor (the graph's output is copied, since
+    the next replay overwrites it: samplers keep earlier outputs, e.g. DPM-Solver++(2M))."""
+
+    capture_on: tuple[str, ...] = ("cuda",)  # device types whose calls are captured
+
+    def __init__(self, fn: Callable[..., torch.Tensor], label: str, eager_because: str | None = None,
+                 warmup: int = WARMUP_STEPS):
+        self.fn, self.label, self.eager_because, self.warmup = fn, label, eager_because, warmup
+        self.runners: dict[tuple, StepRunner] = {}
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        device = args[0].device
+        if self.eager_because is not None or device.type not in self.capture_on:
+            return self.fn(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.runners[key] = StepRunner(lambda inputs: self.fn(*(inputs[str(i)] for i in range(len(args)))),
+                                                    device, None, self.label, warmup=self.warmup,
+                                                    what="the sampler's denoiser call")
+        return runner.run({str(i): a for i, a in enumerate(args)}).clone()
+
+    @property
+    def modes(self) -> list[str]:
+        """How each captured shape ran (:attr:`StepRunner.mode`); empty where nothing was captured."""
+        return [r.mode for r in self.runners.values()]

@@ -1,7 +1,7 @@
 """The layers of the package, bottom to top: a module imports only from its own layer or those below.
 
     errors, io, distributed, graphs  bottom: the error users see, atomic writes, data-parallel processes,
-                                       training steps captured as CUDA graphs
+                                       training steps and sampler calls captured as CUDA graphs
     config                           the schema, identity keys, the YAML mapping
     data, diffusion                  datasets and subsets; noise, preconditioning, loss
     models                           denoiser networks

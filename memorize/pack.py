@@ -439,7 +439,8 @@ def sample_packed(roots: list[str | Path], cfg: SampleConfig, step: int | None =
     conditional = plans[order[0]].labels is not None
     labels = torch.stack([plans[i].labels[j] for i, j in index]) if conditional else None
     shape = tuple(plans[order[0]].data.train.shape[1:])
-    drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False)
+    drawn = generate(wide, shape, seeds, dataclasses.replace(cfg, batch_size=k * b), dev, labels, progress=False,
+                     cuda_graph=plans[order[0]].cell_cfg.train.cuda_graph)
     share = (time.perf_counter() - start) / k
     rows: dict[int, list[int]] = {i: [] for i in order}  # cell i's rows, in the order of its samples
     for row, (cell, _) in enumerate(index):

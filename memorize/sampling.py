@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from memorize.config import SampleConfig
 from memorize.diffusion.schedules import sampling_sigmas
+from memorize.graphs import GraphedCall
 from memorize.models.common import NULL_LABEL
 
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -128,7 +130,7 @@ def heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: Sam
             x = x + torch.sqrt(sigma_hat**2 - sigma**2) * churn_noise * noise()
         d = (x - denoiser(x, sigma_hat)) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
-        if sigma_next > 0:
+        if sigmas[i + 1] > 0:  # the grid on the host: no device read per step
             d_next = (x_next - denoiser(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
         x = x_next
@@ -154,7 +156,7 @@ def euler_maruyama(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, 
     for i in tqdm(range(n), disable=not progress, desc="euler_maruyama", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         denoised = denoiser(x, sigma)
-        if sigma_next == 0:
+        if sigmas[i + 1] == 0:
             return denoised
         shrink = (sigma_next / sigma) ** 2
         x = denoised + shrink * (x - denoised) + sigma_next * torch.sqrt(1 - shrink) * noise()
@@ -177,7 +179,7 @@ def ddim(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: Sam
         eps_hat = (x - denoised) / sigma
         c = eta * sigma_next * torch.sqrt(sigma**2 - sigma_next**2) / sigma
         x = denoised + torch.sqrt(sigma_next**2 - c**2) * eps_hat
-        if eta > 0 and sigma_next > 0:
+        if eta > 0 and sigmas[i + 1] > 0:
             x = x + c * noise()
     return x
 
@@ -207,7 +209,7 @@ def dpm_solver_2m(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, n
     for i in tqdm(range(n), disable=not progress, desc="dpm_solver_2m", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         denoised = denoiser(x, sigma)
-        if sigma_next == 0:
+        if sigmas[i + 1] == 0:
             return denoised
         h = torch.log(sigma / sigma_next)
         estimate = denoised
@@ -259,14 +261,19 @@ def guided(denoiser: Callable[..., torch.Tensor], w: float) -> Callable[..., tor
 @torch.no_grad()
 def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seeds: np.ndarray, cfg: SampleConfig,
              device: torch.device | str = "cpu", labels: torch.Tensor | None = None,
-             dtype: torch.dtype = torch.float32, progress: bool = True) -> torch.Tensor:
+             dtype: torch.dtype = torch.float32, progress: bool = True,
+             cuda_graph: Literal["auto", "off"] = "off") -> torch.Tensor:
     """Draw ``len(seeds)`` samples of ``shape``, sample i from its own seed, in batches of ``cfg.batch_size``.
 
     ``labels`` (one per sample) are passed to the denoiser as ``D(x, sigma, labels)`` when given, guided with
-    weight ``cfg.guidance`` (:func:`guided`). Returns a float32 CPU tensor ``(K, *shape)``.
+    weight ``cfg.guidance`` (:func:`guided`). ``cuda_graph: auto``: on a CUDA device each denoiser call is
+    captured in a CUDA graph once per batch shape and replayed (:class:`memorize.graphs.GraphedCall`; the
+    same kernels on the same inputs). Returns a float32 CPU tensor ``(K, *shape)``.
     """
     if cfg.guidance > 0 and labels is None:
         raise ValueError("sample.guidance: classifier-free guidance needs class labels (a class-conditional model)")
+    if cuda_graph == "auto":
+        denoiser = GraphedCall(denoiser, "sampling")
     if labels is not None:
         denoiser = guided(denoiser, cfg.guidance)
     sigmas = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)

@@ -334,3 +334,22 @@ def test_a_failed_capture_on_the_gpu_says_why_and_trains_eagerly(tiny_cfg, tmp_p
     assert summary["step_mode"].startswith("eager (capture failed: RuntimeError: refused for the test")
     assert capsys.readouterr().err.count("was not captured in a CUDA graph") == 1
     assert summary["steps"] == 20 and np.isfinite(summary["train_loss"])
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_solver_2m"])
+def test_a_trained_networks_samples_with_captured_denoiser_calls_are_the_eager_ones(tiny_cfg, sampler,
+                                                                                     full_float32_convolutions,
+                                                                                     deterministic_cudnn):
+    """generate(cuda_graph="auto") on the GPU: every batch shape captured after three eager calls, replayed after;
+    the samples are the eager run's (the same kernels on the same inputs)."""
+    from memorize.cell import build_denoiser
+    from memorize.config import SampleConfig
+    from memorize.sampling import generate, sample_seeds
+
+    torch.manual_seed(0)
+    net = build_denoiser(tiny_cfg, (1, 8, 8), 0, 0.5).cuda().eval()
+    cfg = SampleConfig(sampler=sampler, steps=12, num=40, batch_size=16)
+    seeds = sample_seeds(0, range(40))
+    eager = generate(net, (1, 8, 8), seeds, cfg, "cuda", progress=False)
+    graphed = generate(net, (1, 8, 8), seeds, cfg, "cuda", progress=False, cuda_graph="auto")
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)

@@ -177,3 +177,64 @@ def test_a_cell_whose_loss_turns_non_finite_in_a_captured_pack_leaves_and_the_ot
     train(cfgs[1], tmp_path / "alone", progress=False)
     same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False)
                    for d in ("good", "alone")), atol=1e-5)
+
+
+class InPlaceGraph(FakeGraph):
+    """As :class:`FakeGraph`, but each replay writes into the output tensor of the first, as a CUDA graph
+    does: a caller that keeps an earlier output without copying it sees it change."""
+
+    def replay(self):
+        self.replays += 1
+        out = self.runner.fn(self.static)
+        if self.runner.values is None:
+            self.runner.values = out
+        else:
+            self.runner.values.copy_(out)
+
+
+class TinyDenoiser(torch.nn.Module):
+    def __init__(self, classes: int = 0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.embed = torch.nn.Embedding(classes + 1, 1) if classes else None
+
+    def forward(self, x, sigma, labels=None):
+        out = self.conv(x) / (1 + sigma**2) + x * sigma**2 / (1 + sigma**2)
+        return out if labels is None else out + self.embed(labels.clamp(min=0))[:, :, None, None]
+
+
+@pytest.mark.parametrize("sampler, guidance", [("heun", 0.0), ("dpm_solver_2m", 0.0), ("ddim", 0.0), ("heun", 1.5)])
+def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_bit(sampler, guidance, monkeypatch):
+    """Each batch shape captured once (batches of 4, 4 and 2: two graphs) after three eager calls, the rest
+    replayed into one output tensor; DPM-Solver++(2M) keeps the previous output and guidance calls the
+    network twice per step, so an output not copied out of the graph would change the samples."""
+    import memorize.sampling as sampling_module
+    from memorize.config import SampleConfig
+    from memorize.graphs import GraphedCall
+    from memorize.sampling import generate, sample_seeds
+
+    made = []
+
+    class Recording(GraphedCall):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def capture(self, static):
+        self.graph = InPlaceGraph(self, static)
+
+    monkeypatch.setattr(sampling_module, "GraphedCall", Recording)
+    monkeypatch.setattr(GraphedCall, "capture_on", ("cpu",))
+    monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
+    monkeypatch.setattr(StepRunner, "_capture", capture)
+    net = TinyDenoiser(classes=3 if guidance else 0)
+    cfg = SampleConfig(sampler=sampler, steps=8, num=10, batch_size=4, guidance=guidance)
+    seeds = sample_seeds(0, range(10))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]) if guidance else None
+    eager = generate(net, (1, 8, 8), seeds, cfg, labels=labels, progress=False)
+    assert not made
+    graphed = generate(net, (1, 8, 8), seeds, cfg, labels=labels, progress=False, cuda_graph="auto")
+    (call,) = made
+    assert torch.equal(graphed, eager)
+    assert call.modes == ["captured", "captured"] and all(r.graph.replays > 0 for r in call.runners.values())

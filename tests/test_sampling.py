@@ -187,3 +187,19 @@ def test_every_sampler_at_its_defaults_memorizes_with_the_empirical_denoiser():
                        progress=False)
         share = nn_ratio(out.numpy(), train.numpy(), 1 / 3).memorized.mean()
         assert share >= 0.95, f"{sampler}: {share:.2f}"
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m"])
+def test_no_sampler_reads_a_device_value_on_the_host(sampler):
+    """On a GPU every host read of a device tensor waits for the GPU. On the meta device (shapes, no values)
+    any such read raises, so a sampler that runs there reads none: its decisions come from the host's grid."""
+    from memorize.diffusion.schedules import sampling_sigmas
+    from memorize.sampling import run_sampler
+
+    cfg = SampleConfig(sampler=sampler, steps=6, eta=0.5, churn=10.0)
+    sigmas = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    x = torch.empty(4, 1, 8, 8, device="meta")
+    noise = SampleNoise([1, 2, 3, 4], (1, 8, 8), device="meta")
+    calls = []
+    out = run_sampler(cfg, lambda x, sigma: calls.append(sigma.device) or 0.5 * x, x, sigmas, noise)
+    assert out.device.type == "meta" and out.shape == x.shape and calls and set(calls) == {torch.device("meta")}

@@ -208,8 +208,9 @@ class TrainConfig:
     # torch.compile the training loss (forward and backward); not part of the training identity (the weights
     # match the eager run's up to float rounding). Pays only once compilation is amortized (benchmarks/compile.py).
     compile: bool = False
-    # Each training step on a CUDA device captured once in a CUDA graph and replayed (memorize.graphs): auto
-    # captures where it can, off runs every step eagerly. Not part of the training identity (the same steps).
+    # Each training step on a CUDA device captured once in a CUDA graph and replayed (memorize.graphs), and so
+    # is each denoiser call of the cell's sampler, once per batch shape: auto captures where it can, off runs
+    # everything eagerly. Not part of the training identity (the same steps) nor of the samples' settings.
     cuda_graph: Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
