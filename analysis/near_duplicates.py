@@ -26,8 +26,8 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memorize.config import DataConfig
-    from memorize.data import load_dataset, unique_indices
+    from memorize.config import ConfigError, DataConfig
+    from memorize.data import DatasetError, load_dataset, unique_indices
     from memorize.data.near_duplicates import first_of_near_copies, near_descriptors, near_duplicate_pairs
     from memorize.io import atomic_save_figure
 
@@ -40,7 +40,10 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.threshold <= 1:
         parser.error(f"--threshold: {args.threshold}, expected a cosine in (0, 1]")
-    ds = load_dataset(DataConfig(name=args.data, root=args.root))
+    try:
+        ds = load_dataset(DataConfig(name=args.data, root=args.root))
+    except (ConfigError, DatasetError) as err:
+        parser.error(str(err).replace("data.root", "--root"))
     keep = unique_indices(ds.data)
     desc = near_descriptors(ds.data[keep])
     print(f"{args.data}: {len(ds.data):,} images, {len(ds.data) - len(keep):,} exact duplicates left out")

@@ -173,3 +173,21 @@ def test_copying_analysis_says_whether_the_copied_images_are_the_near_duplicated
     assert got["isolation_copied"] == pytest.approx(np.median(isolation[[0, 2]]), rel=1e-12)
     assert got["isolation_uncopied"] == pytest.approx(np.median(isolation[[1, 3, 4, 5]]), rel=1e-12)
     assert np.isnan(duplicated_and_outlying(train[2:], copies[2:], 0.98)["copied_near"])
+
+
+def test_the_near_rule_searches_a_dataset_once_per_process_and_threshold(monkeypatch):
+    import memorize.data.subsets as subsets
+
+    calls = []
+    real = subsets.first_of_near_copies
+    monkeypatch.setattr(subsets, "first_of_near_copies", lambda desc, t: calls.append(t) or real(desc, t))
+    monkeypatch.setattr(subsets, "_NEAR_SURVIVORS", {})
+    ds = load_dataset(DataConfig())
+    splits = [make_split(ds, DataConfig(n_train=n, dedup="near")) for n in (8, 64, 512)]
+    assert calls == [0.98] and [len(s.train) for s in splits] == [8, 64, 512]
+    assert list(splits[1].train[:8]) == list(splits[0].train)  # nested, from the kept result
+    make_split(ds, DataConfig(n_train=8, dedup="near", near_threshold=0.97))
+    other = load_dataset(DataConfig())
+    other.data[0] += 0.5  # another content: searched anew
+    make_split(other, DataConfig(n_train=8, dedup="near"))
+    assert calls == [0.98, 0.97, 0.98]

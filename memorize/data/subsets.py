@@ -113,6 +113,23 @@ def read_index_file(path: str | Path, size: int) -> np.ndarray:
     return indices
 
 
+# Positions in ``keep`` that survive the near rule, by the content of the kept images and the threshold: the
+# cells of one process (a pack, a slot's cells) run the search, quadratic in the dataset's size, once.
+_NEAR_SURVIVORS: dict[tuple[str, float], np.ndarray] = {}
+
+
+def near_survivors(data: torch.Tensor, keep: np.ndarray, digests: list[bytes], threshold: float) -> np.ndarray:
+    """:func:`memorize.data.near_duplicates.first_of_near_copies` of ``data[keep]``, kept in the process by the
+    kept images' content (their digests, in order) and ``threshold``."""
+    content = hashlib.blake2b(b"".join(digests[i] for i in keep), digest_size=16).hexdigest()
+    key = (content, float(threshold))
+    if key not in _NEAR_SURVIVORS:
+        if len(_NEAR_SURVIVORS) >= 4:
+            _NEAR_SURVIVORS.pop(next(iter(_NEAR_SURVIVORS)))
+        _NEAR_SURVIVORS[key] = first_of_near_copies(near_descriptors(data[keep]), threshold)
+    return _NEAR_SURVIVORS[key].copy()
+
+
 def heldout_count(cfg: DataConfig) -> int:
     """How many items the dataset holds back: ``data.n_heldout``, or none where the held-out images come
     from files (``data.heldout_path``), which then serve instead."""
@@ -127,12 +144,13 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
     drawn from the front of the permutation."""
     if cfg.train_indices is not None:
         return _indexed_split(ds, cfg)
-    keep = unique_indices(ds.data)
+    digests = item_digests(ds.data)
+    keep = unique_indices(ds.data, digests)
     n_exact = len(ds.data) - len(keep)
     order = keep[np.random.default_rng(cfg.split_seed).permutation(len(keep))]
     n_near = 0
     if cfg.dedup == "near":  # the survivors keep their places in the permutation of the exact rule
-        survivors = keep[first_of_near_copies(near_descriptors(ds.data[keep]), cfg.near_threshold)]
+        survivors = keep[near_survivors(ds.data, keep, digests, cfg.near_threshold)]
         n_near, keep, order = len(keep) - len(survivors), survivors, order[np.isin(order, survivors)]
     n_heldout = heldout_count(cfg)
     available = len(keep) - n_heldout
