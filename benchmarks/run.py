@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import (common, compile, descriptors, empirical, local_score, pack, quality, sampling, score_samples,
-                        search, status, sweep, training)
+from benchmarks import (common, compile, descriptors, empirical, local_score, near_duplicates, pack, quality, sampling,
+                        score_samples, search, status, sweep, training)
 
 
 def main() -> None:
@@ -38,6 +38,7 @@ def main() -> None:
         ("sweep status at scale", status.main, ["--cells", "100"]),
         ("cells trained together", pack.main, ["--cells", "2", "--steps", "5", "--channels", "8"]),
         ("descriptors computed once per process", descriptors.main, ["--n-train", "16", "--steps", "20"]),
+        ("near-duplicates at a dataset's size", near_duplicates.main, ["--images", "2000"]),
         ("train.compile", compile.main, None),  # a cold compilation takes about a minute: not in --quick
     ]
     for title, fn, quick_args in parts:
