@@ -8,7 +8,9 @@ subset is smaller) by a stable sort, ``l = d1 / (0.5 * their mean)``: compared w
 table (``ext_score``, ``ext_index``, ``memorized_ext`` at the cell's calibrated threshold). Prints the number
 of samples checked, the largest relative difference and the verdicts and indices that differ; exits 1 if any does.
 It also times the criterion's share of scoring: per cell, the extraction scores of the samples and held-out images
-(as ``memorize score`` computes them, best of three) against the cell's recorded scoring time.
+(as ``memorize score`` computes them, best of three) against the cell's recorded scoring time. Last, per N, the
+share of the held-out images that a fixed cut-off would flag (``--fixed-threshold``, default 1: ``d1 <= 0.5 x``
+the mean distance, the default of one public implementation) beside the calibrated threshold and its rate.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("--fixed-threshold", type=float, default=1.0,
+                        help="a fixed cut-off on the score whose held-out false-positive rate is shown (default 1)")
     args = parser.parse_args()
     results = collect(args.sweep)
     results = results[results["mem_ext"].notna()]
@@ -48,7 +52,7 @@ def main() -> None:
         parser.error(f"{args.sweep}: no cell scored with the extraction criterion")
     checked = index_differs = verdict_differs = 0
     worst = 0.0
-    shares = []
+    shares, fixed = [], {}
     for row in results.itertuples():
         root = Path(args.sweep) / "cells" / row.cell
         record = read_eval(root, row.eval)
@@ -62,6 +66,10 @@ def main() -> None:
         index_differs += int((table["ext_index"].to_numpy() != nearest).sum())
         verdict_differs += int((table["memorized_ext"].to_numpy(bool) != (score < row.threshold_ext)).sum())
         checked += len(table)
+        if row.n_train not in fixed:  # the held-out images and the subset are the same for every model at one N
+            _, heldout_score = brute_force(data.heldout.numpy(), data.train.numpy())
+            fixed[row.n_train] = (row.threshold_ext, row.fpr_ext, float(np.mean(heldout_score <= args.fixed_threshold)),
+                                  len(heldout_score))
         seconds = []
         for _ in range(3):
             start = time.perf_counter()
@@ -75,6 +83,10 @@ def main() -> None:
     print(f"the extraction criterion took {ext.min():.3f}-{ext.max():.3f} s per cell (median {np.median(ext):.3f} s) "
           f"of {np.median(total):.2f} s median scoring: {100 * np.median(ext / (total - ext)):.1f}% more than the rest "
           f"of scoring (largest {100 * np.max(ext / (total - ext)):.1f}%)")
+    print(f"held-out images flagged: N, calibrated threshold and its rate, the rate at score <= {args.fixed_threshold}")
+    for n_train, (threshold, fpr, at_fixed, count) in sorted(fixed.items()):
+        print(f"  N = {n_train:,}: {threshold:.3f} flags {fpr:.3f}; {args.fixed_threshold} flags {at_fixed:.3f} "
+              f"(of {count})")
     sys.exit(1 if index_differs or verdict_differs or worst > 1e-9 else 0)
 
 
