@@ -14,6 +14,7 @@ Each is a thin front to the same code the ``memorize`` command runs (:mod:`memor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,32 @@ def load_results(sweep: str | Path) -> pd.DataFrame:
 @dataclass
 class ScoredPoint:
     """A finished grid point of a sweep: its row of the results table, its per-sample scores (``nn_index``,
-    ``memorized_nn``, ... as ``memorize score`` writes them) and its cell's training and held-out images."""
+    ``memorized_nn``, ... as ``memorize score`` writes them) and, read when first asked for, its cell's
+    training and held-out images and its samples."""
 
     row: pd.Series
     scores: pd.DataFrame
-    train: np.ndarray  # (N, ...) the training subset, in subset order
-    heldout: np.ndarray
-    is_image: bool
+    root: Path  # the cell's directory
     samples_path: Path
+
+    @cached_property
+    def _data(self):
+        from memorize.cell import CellPaths, load_cell_data, read_config
+
+        return load_cell_data(read_config(self.root), CellPaths(self.root))
+
+    @property
+    def train(self) -> np.ndarray:
+        """(N, ...) the training subset, in subset order."""
+        return self._data.train.numpy()
+
+    @property
+    def heldout(self) -> np.ndarray:
+        return self._data.heldout.numpy()
+
+    @property
+    def is_image(self) -> bool:
+        return self._data.dataset.is_image
 
     def samples(self) -> np.ndarray:
         """The grid point's samples (read from its file on each call)."""
@@ -70,7 +89,6 @@ class ScoredPoint:
 def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None) -> ScoredPoint:
     """The finished grid point of ``cell`` in ``sweep`` (its row of ``results``, collected afresh when not
     given); a cell that is not a finished grid point of the sweep is a ValueError naming it."""
-    from memorize.cell import CellPaths, load_cell_data, read_config
     from memorize.sweep.layout import read_eval
 
     results = load_results(sweep) if results is None else results
@@ -80,9 +98,7 @@ def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None
     row = rows.iloc[0]
     root = Path(sweep) / "cells" / cell
     files = read_eval(root, row["eval"])["files"]
-    data = load_cell_data(read_config(root), CellPaths(root))
-    return ScoredPoint(row, pd.read_csv(root / files["scores"]), data.train.numpy(), data.heldout.numpy(),
-                       data.dataset.is_image, root / files["samples"])
+    return ScoredPoint(row, pd.read_csv(root / files["scores"]), root, root / files["samples"])
 
 
 FIGURES = {

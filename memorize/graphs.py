@@ -205,27 +205,24 @@ class StepRunner:
 class GraphedCall:
     """``fn(*tensors) -> tensor`` (a denoiser's forward pass in a sampler: device work only) captured in a
     CUDA graph once per shapes and dtypes of its arguments, after :data:`WARMUP_STEPS` eager calls, and
-    replayed for the rest (a :class:`StepRunner` each); on any other device, or with ``eager_because``
-    set, ``fn`` runs as called. Each call returns its own tensor (the graph's output is copied, since
+    replayed for the rest (a :class:`StepRunner` each); on any other device ``fn`` runs as called. Each call returns its own tensor (the graph's output is copied, since
     the next replay overwrites it: samplers keep earlier outputs, e.g. DPM-Solver++(2M))."""
 
     capture_on: tuple[str, ...] = ("cuda",)  # device types whose calls are captured
 
-    def __init__(self, fn: Callable[..., torch.Tensor], label: str, eager_because: str | None = None,
-                 warmup: int = WARMUP_STEPS):
-        self.fn, self.label, self.eager_because, self.warmup = fn, label, eager_because, warmup
+    def __init__(self, fn: Callable[..., torch.Tensor], label: str):
+        self.fn, self.label = fn, label
         self.runners: dict[tuple, StepRunner] = {}
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         device = args[0].device
-        if self.eager_because is not None or device.type not in self.capture_on:
+        if device.type not in self.capture_on:
             return self.fn(*args)
         key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
         runner = self.runners.get(key)
         if runner is None:
             runner = self.runners[key] = StepRunner(lambda inputs: self.fn(*(inputs[str(i)] for i in range(len(args)))),
-                                                    device, None, self.label, warmup=self.warmup,
-                                                    what="the sampler's denoiser call")
+                                                    device, None, self.label, what="the sampler's denoiser call")
         return runner.run({str(i): a for i, a in enumerate(args)}).clone()
 
     @property
