@@ -191,3 +191,38 @@ def test_the_near_rule_searches_a_dataset_once_per_process_and_threshold(monkeyp
     other.data[0] += 0.5  # another content: searched anew
     make_split(other, DataConfig(n_train=8, dedup="near"))
     assert calls == [0.98, 0.97, 0.98]
+
+
+def test_the_nn_ratio_misses_a_copy_of_an_image_with_a_near_copy_unless_it_is_three_times_closer():
+    from memorize.metrics.criteria import nn_ratio
+    from memorize.metrics.extraction import extraction_score
+    rng = np.random.default_rng(7)
+    train = rng.uniform(-1, 1, (60, 64))
+    train[1] = 0.9 * train[0] - 0.05  # a near-copy of image 0
+    pair = np.linalg.norm(train[1] - train[0])
+    step = rng.normal(size=64)
+    step /= np.linalg.norm(step)
+    loose = train[[0]] + 0.7 * pair * step  # as far from image 0 as a trained model's copies on digits
+    tight = train[[0]] + 0.2 * pair * step
+    # d2 <= d1 + pair: the loose copy's ratio is at least 0.7 / 1.7 > 1/3 whatever the direction
+    assert not nn_ratio(loose, train).memorized[0] and nn_ratio(tight, train).memorized[0]
+    assert nn_ratio(loose, np.delete(train, 1, axis=0)).memorized[0]  # without the near-copy it is caught
+    assert extraction_score(loose, train, threshold=0.5).memorized[0]
+
+
+def test_duplicated_copying_counts_an_image_and_its_near_copy_as_one_and_its_interval_is_clopper_pearson():
+    from scipy.stats import beta
+
+    from analysis.duplicated_copying import BASE, GROUP, distinct_copies, rate_ratio
+    copies = np.zeros(BASE + GROUP, dtype=int)
+    copies[GROUP] = 3  # arm 1's first duplicated digit (base position 16) ...
+    copies[BASE] = 2  # ... and its near-copy, the arm's first
+    copies[0] = 1  # a single digit in arm 1
+    per_base, duplicated = distinct_copies(copies, arm=1)
+    assert per_base[GROUP] == 5 and per_base[0] == 1 and per_base.sum() == 6
+    assert duplicated.sum() == GROUP and duplicated[GROUP:2 * GROUP].all()
+    ratio, lo, hi = rate_ratio(30, 45, 16, 48)  # 30 copies of 16 duplicated images, 45 of 48 single ones
+    assert ratio == pytest.approx((30 / 16) / (45 / 48))
+    p_lo, p_hi = beta.ppf(0.025, 30, 46), beta.ppf(0.975, 31, 45)
+    assert lo == pytest.approx(p_lo / (1 - p_lo) * 3) and hi == pytest.approx(p_hi / (1 - p_hi) * 3)
+    assert np.isnan(rate_ratio(0, 0, 16, 48)[0])
