@@ -105,14 +105,60 @@ def test_a_local_sweep_runs_every_cell_and_collects_one_full_row_each(finished_s
     assert len([d for d in (out / "logs").iterdir() if d.is_dir() and d.name.isdigit()]) == 1
 
 
-def test_units_are_shared_out_among_the_slots_by_their_cells():
+def test_units_are_shared_out_among_the_slots_longest_first():
     from memorize.sweep.local import share_out
 
     units = [["a"], ["b", "c", "d"], ["e"], ["f", "g"], ["h"]]
     assert share_out(units, 1) == [units]
-    assert share_out(units, 2) == [[["a"], ["e"], ["f", "g"]], [["b", "c", "d"], ["h"]]]  # 4 cells each
-    assert share_out(units, 9) == [[u] for u in units]
+    # by cells: b-d (3) to the first slot, f-g (2) to the second, then a, e, h to the lighter: 4 cells each
+    assert share_out(units, 2) == [[["b", "c", "d"], ["e"]], [["a"], ["f", "g"], ["h"]]]
+    assert share_out(units, 9) == [[units[i]] for i in (1, 3, 0, 2, 4)]  # one each, the most work first
     assert share_out([], 3) == []
+    # by work: a pack of three small cells (1 each) and three big ones alone (4, 4, 3): the in-order greedy
+    # puts 4 + 3 in one slot (7); longest first puts 4 | 4 | 3 + pack 3 = 6 at most
+    work = {"s1": 1, "s2": 1, "s3": 1, "b1": 4, "b2": 4, "b3": 3}
+    units = [["s1", "s2", "s3"], ["b1"], ["b2"], ["b3"]]
+    batches = share_out(units, 3, lambda unit: sum(work[c] for c in unit))
+    assert batches == [[["b1"]], [["b2"]], [["s1", "s2", "s3"], ["b3"]]]  # each slot in the launch's order
+    assert max(sum(work[c] for u in b for c in u) for b in batches) == 6
+
+
+def test_jobs_in_processes_of_their_own_start_with_the_most_work(tmp_path):
+    from memorize.sweep.local import run_local
+
+    started = []
+
+    class InProcess:  # runs each submitted batch at once, here
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, fn):
+            started.append(fn())
+            return type("Done", (), {"done": lambda self: True, "results": lambda self: [[None]]})()
+
+    work = {"a": 1.0, "b": 5.0, "c": 3.0}
+    report = {"launched": 0, "failed": 0, "running_elsewhere": 0}
+    run_local(InProcess(), tmp_path, [["a"], ["b"], ["c"]], lambda batch: lambda: batch, {c: c for c in work}, 2,
+              report, "t", progress=False, one_process_per_slot=False, work=lambda unit: work[unit[0]])
+    assert started == [[["b"]], [["c"]], [["a"]]] and report["launched"] == 3
+
+
+def test_training_work_grows_with_steps_batch_and_the_network_width():
+    from memorize.config import load_config
+    from memorize.sweep.launch import training_work
+
+    def cfg(**over):
+        return load_config(None, {"model.channel_mult": [1, 2], "model.blocks_per_level": 1, **over})
+
+    base = training_work(cfg(**{"model.channels": 8}))
+    assert base == cfg().train.steps * cfg().train.batch_size * 8 ** 2 * (1 + 2 ** 2 / 4)
+    assert training_work(cfg(**{"model.channels": 16})) == 4 * base  # channels^2
+    assert training_work(cfg(**{"model.channels": 8, "train.steps": 2 * cfg().train.steps})) == 2 * base
+    assert training_work(cfg(**{"model.channels": 8, "train.batch_size": 2 * cfg().train.batch_size})) == 2 * base
+    # a second level at twice the channels and a quarter of the pixels costs what the first does
+    assert training_work(cfg(**{"model.channels": 8, "model.channel_mult": [1]})) == base / 2
+    mlp = cfg(**{"model.arch": "mlp", "model.width": 64, "model.depth": 3})
+    assert training_work(mlp) == mlp.train.steps * mlp.train.batch_size * 64 ** 2 * 3
 
 
 def test_a_slots_process_runs_its_cells_one_after_another_and_one_failing_stops_none(tmp_path, monkeypatch):

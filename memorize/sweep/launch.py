@@ -99,9 +99,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     of grid points. ``snapshot`` (SLURM): the jobs run a copy of the package taken now
     (:mod:`memorize.sweep.snapshot`; ``report["code"]`` is its record), not the code on disk when
     they start. ``pack`` > 1: up to that many cells of one architecture train together in one job
-    (:mod:`memorize.pack`, :func:`pack_units`); ``auto``: :func:`resolve_pack`. Locally, the jobs of each
-    ``parallel`` slot run one after another in one process (:func:`memorize.sweep.local.run_local`). ``parallel`` (local): jobs at a time, default one per GPU
-    where cells train on GPUs (each job then sees its own GPU), else 1. ``processes`` (local; on SLURM
+    (:mod:`memorize.pack`, :func:`pack_units`); ``auto``: :func:`resolve_pack`. Locally, the jobs are shared
+    out among the ``parallel`` slots by their :func:`training_work`, longest first, and each slot's run one
+    after another in one process (:func:`memorize.sweep.local.run_local`). ``parallel`` (local): jobs at a
+    time, default one per GPU where cells train on GPUs (each job then sees its own GPU), else 1. ``processes`` (local; on SLURM
     ``slurm.tasks_per_cell``): processes training each cell data-parallel, one per GPU of its job where
     cells train on GPUs (:func:`run_cell_parallel`)."""
     out = Path(out)
@@ -189,10 +190,12 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     # which slot runs what; on the CPU with several slots, jobs taken by the first free slot balance better.
     # A data-parallel cell's processes join one process group per job: each cell a job of its own.
     per_slot = processes == 1 and (slots == 1 or on_gpu)
+    work = {cid: training_work(max((p.config for p in ps), key=lambda c: c.train.steps)) for cid, ps in todo.items()}
     run_local(_executor(executor, out, spec, processes=processes), out, units,
               lambda batch: BatchJob([job(unit) for unit in batch]), labels, slots, report,
               title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
-              gpus=shares, elsewhere=elsewhere, one_process_per_slot=per_slot, finished=finished)
+              gpus=shares, elsewhere=elsewhere, one_process_per_slot=per_slot, finished=finished,
+              work=lambda unit: sum(work[cid] for cid in unit))
     wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
     return report
 
@@ -224,6 +227,20 @@ def check_processes(points: list[GridPoint], processes: int, flag: str, executor
 def trains_on_cpu(cfg: CellConfig) -> bool:
     """Whether a cell's training runs on this machine's CPU (``train.device`` cpu, or auto without a GPU)."""
     return cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
+
+
+def training_work(cfg: CellConfig) -> float:
+    """A cell's training work up to a constant, to balance a local launch's jobs: steps x batch size x its
+    network's multiply-adds per image relative to its width (U-Net: channels^2 x the sum over levels of
+    mult^2 x blocks / 4^level, each level at a quarter of the pixels of the one above; DiT and MLP:
+    width^2 x depth). Comparable among the cells of one dataset and architecture, as a sweep's are."""
+    m = cfg.model
+    if m.arch == "unet":
+        net = m.channels ** 2 * sum(mult ** 2 * m.blocks_per_level / 4 ** level
+                                    for level, mult in enumerate(m.channel_mult))
+    else:
+        net = m.width ** 2 * m.depth
+    return float(cfg.train.steps * cfg.train.batch_size * net)
 
 
 def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> list[list[str]]:
