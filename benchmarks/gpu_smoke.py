@@ -153,18 +153,20 @@ def timed_sweep(name: str, args: list[str], out: Path, timeout: float) -> tuple[
 
 def stage_seconds(out: Path) -> list[dict]:
     """Where a finished sweep's time went: each stage's seconds summed over its cells (training from each
-    cell's ``train.json``, a pack's time shared among its cells; the rest from the evaluations' timings)."""
+    cell's ``train.json``, where a pack's wall time is shared evenly among the cells it began with; the rest
+    from the evaluations' timings)."""
     import json
 
     totals: dict[str, float] = {}
     for cell in sorted((out / "cells").glob("*")):
         if (cell / "train.json").is_file():
-            totals["train"] = totals.get("train", 0.0) + json.loads((cell / "train.json").read_text())["seconds"]
+            trained = json.loads((cell / "train.json").read_text())
+            totals["train"] = totals.get("train", 0.0) + trained["seconds"] / trained.get("packed", 1)
         for evaluation in cell.glob("evals/*.json"):
             for stage, seconds in json.loads(evaluation.read_text()).get("seconds", {}).items():
                 totals[stage] = totals.get(stage, 0.0) + seconds
     return [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
-             "detail": "a packed cell's training seconds are the pack's wall time"} for stage, seconds in totals.items()]
+             "detail": "a pack's training counted once"} for stage, seconds in totals.items()]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -314,6 +314,8 @@ def train_packed(cfgs: list[CellConfig], roots: list[str | Path],
     base = copy.deepcopy(next(iter(cells.values())).denoiser.net)  # the structure; its weights are not used
     active = [i for i, c in cells.items() if not c.done]
     stack = StackedCells([cells[i] for i in active]) if active else None
+    for i in active:
+        cells[i].packed = len(active)
 
     def regroup(keep: list[int]) -> StackedCells | None:
         """Every remaining cell's state back into its modules, and a new stack of the cells in ``keep``."""

@@ -298,6 +298,7 @@ class CellTraining:
         # Why the steps run eagerly rather than as a CUDA graph (memorize.graphs); None: they are captured.
         self.eager_because = graph_refusal(cfg.train.cuda_graph, self.device, ranks.world, cfg.train.compile)
         self.step_mode: str | None = None  # how this run's steps ran (StepRunner.mode), for train.json
+        self.packed = 1  # cells that began this run's training together (memorize.pack), for train.json
 
     @property
     def done(self) -> bool:
@@ -473,6 +474,8 @@ class CellTraining:
             summary["n_near_duplicates_removed"] = self.data.split.n_near_duplicates
         if self.step_mode is not None:
             summary["step_mode"] = self.step_mode
+        if self.packed > 1:  # ``seconds`` is then the pack's wall time, shared with the others
+            summary["packed"] = self.packed
         if self.ranks.main:
             atomic_write_json(self.paths.train_summary, summary)
         return summary

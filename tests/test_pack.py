@@ -154,6 +154,10 @@ def test_a_packed_sweep_gives_the_unpacked_results(tmp_path, capsys, monkeypatch
     assert sampled == [2, 2]  # and their samples are drawn together, their time recorded in each evaluation
     evals = [json.loads(p.read_text()) for p in (tmp_path / "packed" / "cells").glob("*/evals/*.json")]
     assert len(evals) == 5 and all(e["seconds"]["sample"] > 0 for e in evals)
+    trained = {name: [json.loads(p.read_text()) for p in (tmp_path / name / "cells").glob("*/train.json")]
+               for name in runs}
+    assert [t.get("packed") for t in trained["packed"]] == [2] * 4  # its seconds are the pack's wall time
+    assert all("packed" not in t for t in trained["alone"])
     assert sorted(a.step) == [20, 20, 20, 20, 30]
     for column in ("train_loss", "heldout_loss", "running_loss"):
         pd.testing.assert_series_equal(a[column], b[column], atol=1e-4, rtol=1e-4)
