@@ -124,6 +124,7 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
     least once, the rate ratio, its interval and its range over the arms, and how the duplicated images'
     copies split between the original and its near-copy."""
     from memorize.api import load_point
+    from memorize.metrics.criteria import copies_per_image
     from memorize.sweep import collect
 
     flag, index = CRITERIA[criterion]
@@ -136,8 +137,7 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
         for _, row in cells.iterrows():
             arm = int(Path(row["data.train_indices"]).stem.split("_")[1])
             scores = load_point(out, row["cell"], results).scores
-            hits = scores[index][scores[flag]].to_numpy()
-            per_position = np.bincount(hits, minlength=BASE + GROUP)
+            per_position = copies_per_image(BASE + GROUP, scores[index].to_numpy(), scores[flag].to_numpy(bool))
             per_base, duplicated = distinct_copies(per_position, arm)
             per_arm.append(rate_ratio(int(per_base[duplicated].sum()), int(per_base[~duplicated].sum()),
                                       GROUP, BASE - GROUP)[0])
@@ -148,7 +148,7 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
             to_original += int(per_position[arm * GROUP:(arm + 1) * GROUP].sum())
             to_copy += int(per_position[BASE:].sum())
             samples += len(scores)
-            memorized += len(hits)
+            memorized += int(scores[flag].sum())
         arms = len(cells)
         ratio, lo, hi = rate_ratio(dup, single, GROUP * arms, (BASE - GROUP) * arms)
         rows.append({"model": model, "arms": arms, "samples": samples, "memorized": memorized,
