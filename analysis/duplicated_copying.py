@@ -42,8 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-CRITERIA = {"nn": ("memorized_nn", "nn_index"), "cos": ("memorized_cos", "cos_index"),
-            "ext": ("memorized_ext", "ext_index")}
+CRITERIA = ("nn", "cos", "ext")  # per-sample columns memorized_<c> and <c>_index (memorize score)
 BASE, ARMS, SEED = 64, 4, 0
 GROUP = BASE // ARMS
 
@@ -127,7 +126,7 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
     from memorize.metrics.criteria import copies_per_image
     from memorize.sweep import collect
 
-    flag, index = CRITERIA[criterion]
+    flag, index = f"memorized_{criterion}", f"{criterion}_index"
     results = collect(out)
     rows = []
     for model, cells in results.sort_values("params").groupby("model", sort=False):
@@ -139,10 +138,10 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
             scores = load_point(out, row["cell"], results).scores
             per_position = copies_per_image(BASE + GROUP, scores[index].to_numpy(), scores[flag].to_numpy(bool))
             per_base, duplicated = distinct_copies(per_position, arm)
-            per_arm.append(rate_ratio(int(per_base[duplicated].sum()), int(per_base[~duplicated].sum()),
-                                      GROUP, BASE - GROUP)[0])
-            dup += int(per_base[duplicated].sum())
-            single += int(per_base[~duplicated].sum())
+            arm_dup, arm_single = int(per_base[duplicated].sum()), int(per_base[~duplicated].sum())
+            per_arm.append(rate_ratio(arm_dup, arm_single, GROUP, BASE - GROUP)[0])
+            dup += arm_dup
+            single += arm_single
             copied_dup += int((per_base[duplicated] > 0).sum())
             copied_single += int((per_base[~duplicated] > 0).sum())
             to_original += int(per_position[arm * GROUP:(arm + 1) * GROUP].sum())

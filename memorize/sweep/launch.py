@@ -102,9 +102,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     (:mod:`memorize.pack`, :func:`pack_units`); ``auto``: :func:`resolve_pack`. Locally, the jobs are shared
     out among the ``parallel`` slots by their :func:`training_work`, longest first, and each slot's run one
     after another in one process (:func:`memorize.sweep.local.run_local`). ``parallel`` (local): jobs at a
-    time, default one per GPU where cells train on GPUs (each job then sees its own GPU), else 1. ``processes`` (local; on SLURM
-    ``slurm.tasks_per_cell``): processes training each cell data-parallel, one per GPU of its job where
-    cells train on GPUs (:func:`run_cell_parallel`)."""
+    time, default one per GPU where cells train on GPUs (each job then sees its own GPU), else 1.
+    ``processes`` (local; on SLURM ``slurm.tasks_per_cell``): processes training each cell data-parallel,
+    one per GPU of its job where cells train on GPUs (:func:`run_cell_parallel`)."""
     out = Path(out)
     flag = "--processes-per-cell"
     if executor == "slurm":
@@ -190,7 +190,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     # which slot runs what; on the CPU with several slots, jobs taken by the first free slot balance better.
     # A data-parallel cell's processes join one process group per job: each cell a job of its own.
     per_slot = processes == 1 and (slots == 1 or on_gpu)
-    work = {cid: training_work(max((p.config for p in ps), key=lambda c: c.train.steps)) for cid, ps in todo.items()}
+    work = {cid: training_work(longest_budget(ps)) for cid, ps in todo.items()}
     run_local(_executor(executor, out, spec, processes=processes), out, units,
               lambda batch: BatchJob([job(unit) for unit in batch]), labels, slots, report,
               title=f"sweep {spec.name} ({per})", debug=executor == "debug", progress=progress,
@@ -229,6 +229,11 @@ def trains_on_cpu(cfg: CellConfig) -> bool:
     return cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available())
 
 
+def longest_budget(points: list[GridPoint]) -> CellConfig:
+    """The config of a cell's grid point with the most training steps: what its job trains to."""
+    return max((p.config for p in points), key=lambda c: c.train.steps)
+
+
 def training_work(cfg: CellConfig) -> float:
     """A cell's training work up to a constant, to balance a local launch's jobs: steps x batch size x its
     network's multiply-adds per image relative to its width (U-Net: channels^2 x the sum over levels of
@@ -257,7 +262,7 @@ def pack_units(todo: dict[str, list[GridPoint]], pack: int, slots: int = 1) -> l
 
     groups: dict[str, list[str]] = {}
     for cid, points in todo.items():
-        key = pack_key(max((p.config for p in points), key=lambda c: c.train.steps))
+        key = pack_key(longest_budget(points))
         groups.setdefault(key if key is not None else f"alone {cid}", []).append(cid)
     units: list[list[str]] = []
     for group in groups.values():
