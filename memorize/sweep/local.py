@@ -170,9 +170,9 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
     own, the units with the most ``work`` started first. ``finished(cid)`` (a cell's results are written, or
     its error) advances the bar as cells end inside a process. A failing cell is reported and the others go
     on; ``report["launched"]`` and ``report["failed"]`` count cells. On Ctrl-C the running jobs are stopped
-    (:func:`stop_local_jobs`) and the interrupt, with a ``resume_hint``, goes up. ``debug``: Submitit's debug executor, one unit at a time
-    in this process. ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job started in a free slot sees only
-    that slot's. A cell that another process turned out to hold is counted in
+    (:func:`stop_local_jobs`) and the interrupt, with a ``resume_hint``, goes up. ``debug``: Submitit's debug
+    executor, one unit at a time in this process. ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job
+    started in a free slot sees only that slot's. A cell that another process turned out to hold is counted in
     ``report["running_elsewhere"]`` and its id appended to ``elsewhere``, not failed."""
     cells = sum(map(len, units))
     if debug:
