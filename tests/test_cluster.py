@@ -124,6 +124,29 @@ def test_bad_signal_settings_are_refused(tmp_path, override, message):
         load_spec(spec_file, override)
 
 
+@pytest.mark.parametrize("time_min, delay, earliest, cautioned", [
+    (1, 30, 0, True),      # SLURM may signal up to 60 s early: at the start itself
+    (2, 30, 30, True),     # 30 s in: before many a cell has begun
+    (3, 60, 60, False),
+    (240, 90, 14250, False),
+])
+def test_a_signal_that_may_come_within_a_jobs_first_minute_is_named_at_launch(tmp_path, capsys, time_min, delay,
+                                                                              earliest, cautioned):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    overrides = {"time_min": time_min, "signal_delay_s": delay}
+    assert load_spec(spec, overrides).slurm.earliest_signal_s == earliest
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--executor", "slurm", "--dry-run",
+                 "--time-min", str(time_min), "--signal-delay-s", str(delay)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("caution: slurm.time_min")]
+    assert len(lines) == int(cautioned)
+    if cautioned:
+        assert f"here {earliest} s after a job starts" in lines[0] and "slurm.time_min >= 3" in lines[0]
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--time-min", "1",
+                 "--signal-delay-s", "30"]) == 0  # not SLURM: no signal, no caution
+    assert "caution" not in capsys.readouterr().out
+
+
 # --- checkpoint on the time-limit signal ----------------------------------------------------------
 
 

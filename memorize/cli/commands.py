@@ -162,6 +162,9 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     if args.sbatch:
         overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END").items()}
     spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
+    caution = spec.slurm.early_signal_caution() if args.executor == "slurm" else None
+    if caution:
+        print(caution)
     report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
                        progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack,
                        processes=args.processes_per_cell)

@@ -116,6 +116,25 @@ class SlurmConfig:
             raise ConfigError(f"slurm.tasks_per_cell: must be >= 1, got {self.tasks_per_cell}")
 
     @property
+    def earliest_signal_s(self) -> int:
+        """Seconds after a job starts at which SLURM may send the time-limit signal: ``signal_delay_s``
+        before the limit, and up to 60 s earlier than that ("due to the resolution of event handling",
+        sbatch --signal); 0 where that is the start itself."""
+        return max(0, 60 * self.time_min - self.signal_delay_s - 60)
+
+    def early_signal_caution(self) -> str | None:
+        """A line for a launch whose jobs may be signalled within their first minute, before a cell has
+        begun (Python start-up, imports, data): such a job ends without a checkpoint and is not requeued
+        (a later ``sweep run`` relaunches its cell). None where the signal comes later."""
+        if self.earliest_signal_s >= 60:
+            return None
+        need = -(-(self.signal_delay_s + 120) // 60)
+        return (f"caution: slurm.time_min {self.time_min} with slurm.signal_delay_s {self.signal_delay_s}: SLURM may "
+                f"send the time-limit signal up to 60 s earlier than asked, here {self.earliest_signal_s} s after "
+                f"a job starts, before its cell has begun, and the job then ends without a checkpoint; give "
+                f"slurm.time_min >= {need} or a smaller slurm.signal_delay_s")
+
+    @property
     def processes(self) -> int:
         """Processes training each cell: ``tasks_per_cell``, else one per GPU (one for CPU jobs)."""
         return self.tasks_per_cell or max(1, self.gpus_per_cell)
