@@ -278,6 +278,24 @@ def test_status_of_many_cells_asks_slurm_once(tmp_path, fake_slurm):
     assert list(table.loc[["c000", "c001", "c002", "c003", "c004", "c005"], "state"]) == [
         "running", "pending", "failed", "cancelled", "cancelled", "pending"]
     assert len(fake_slurm.read_text().splitlines()) == 2
+    assert table.loc["c002", "detail"] == f"job ended (COMPLETED) without a result (log: {out / 'logs' / '100_2'})"
+
+
+def test_a_job_that_died_without_a_result_is_shown_with_the_last_line_of_its_log(tmp_path, fake_slurm):
+    """A job that died before Python could write an error (here srun's word for a task killed by the
+    time-limit signal before a handler was set) is failed, with what its log said last."""
+    out = tmp_path / "sweep"
+    (out / "cells").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps({"layout": LAYOUT}))
+    pd.DataFrame({"cell": ["c0"], "eval": ["e"], "data.n_train": [16]}).to_csv(out / "cells.csv", index=False)
+    (out / "jobs.json").write_text(json.dumps({"c0": "100_2"}))
+    log = out / "logs" / "100_2" / "100_2_0_log.err"
+    log.parent.mkdir(parents=True)
+    log.write_text("x" * 5000 + "\nsrun: error: vm: task 0: User defined signal 2\n\n")
+    (row,) = sweep_status(out).to_dict("records")
+    assert row["state"] == "failed"
+    assert row["detail"] == ("job ended (COMPLETED) without a result: srun: error: vm: task 0: User defined "
+                             f"signal 2 (log: {out / 'logs' / '100_2'})")
 
 
 def test_cancel_without_slurm_jobs_is_refused(tmp_path, capsys):

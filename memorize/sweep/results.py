@@ -3,6 +3,7 @@ for the cell job), the status of every grid point, and collecting the records in
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,20 @@ CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (
     "model", "params", "n_train", "seed", "cell", "eval", "budget", "stopped_early", "agreement_empirical", "reproducibility_empirical",
     "mem_nn_empirical", "consistency", "consistency_lo", "consistency_hi", "twin_cell")
     and not c.startswith("r2_") and c not in ("mem_nn_ls", "mem_nn_els")]
+
+
+def last_log_line(path: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a job's log (at most 120 characters of it, read from its last ``tail``
+    bytes): what a job that died before it could write an error said last, e.g. srun's "task 0: User
+    defined signal 2" for one signalled before Python had set its handler; "" where there is no log."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [line.strip() for line in lines if line.strip()]
+    return said[-1][:120] if said else ""
 
 
 def sweep_status(out: str | Path) -> pd.DataFrame:
@@ -78,7 +93,9 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
                 detail = "job cancelled; `memorize sweep run` resumes the cell"
             elif slurm in TERMINAL_SLURM_STATES:
                 state = "failed"  # the job ended without a result or an error report
-                detail = f"job ended ({slurm}) without a result (log: {out / 'logs' / job})"
+                said = last_log_line(out / "logs" / job / f"{job}_0_log.err")
+                detail = (f"job ended ({slurm}) without a result{f': {said}' if said else ''} "
+                          f"(log: {out / 'logs' / job})")
             ckpt = CellPaths(root).latest_checkpoint()
             detail = detail or (f"slurm {slurm}" if slurm else "")
             if ckpt is not None:
