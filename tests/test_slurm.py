@@ -169,6 +169,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     assert list(out.glob("cells/*/config.yaml")), f"training did not begin within 300 s (queue: {_squeue(job)})"
     elapsed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%M"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
+    assert ":" in elapsed, f"the job left the queue as its training began (squeue: {elapsed!r}); see {out / 'logs'}"
     minutes, seconds = (int(x) for x in elapsed.split(":")[-2:])
     cut = -(-(60 * minutes + seconds + 40) // 60)  # whole minutes ending at least 40 s from now
     subprocess.run(["scontrol", "update", f"jobid={job}", f"TimeLimit={cut}"], check=True, timeout=30)
