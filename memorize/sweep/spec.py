@@ -129,10 +129,12 @@ class SlurmConfig:
         if self.earliest_signal_s >= 60:
             return None
         need = -(-(self.signal_delay_s + 120) // 60)
+        delay = 60 * self.time_min - 120  # the longest lead that keeps the first minute free
         return (f"caution: slurm.time_min {self.time_min} with slurm.signal_delay_s {self.signal_delay_s}: SLURM may "
-                f"send the time-limit signal up to 60 s earlier than asked, here {self.earliest_signal_s} s after "
-                f"a job starts, before its cell has begun, and the job then ends without a checkpoint; give "
-                f"slurm.time_min >= {need} or a smaller slurm.signal_delay_s")
+                f"send the time-limit signal up to 60 s earlier than asked, here as early as "
+                f"{self.earliest_signal_s} s after a job starts, possibly before its cell has begun; a job signalled "
+                f"then ends without a checkpoint. Give slurm.time_min >= {need}"
+                + (f" or slurm.signal_delay_s <= {delay}" if delay > 0 else ""))
 
     @property
     def processes(self) -> int:
