@@ -306,6 +306,56 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
     pd.testing.assert_frame_equal(result_rows(killed), result_rows(straight))
 
 
+def _slot_processes(out: Path) -> list[int]:
+    """PIDs of the processes running a local sweep's jobs at ``out`` (Submitit's workers, not its controller)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and "submitit.core._submit" in cmdline and str(out) in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_slot_process_fails_its_running_cell_and_the_rest_of_its_cells_still_run(tmp_path):
+    """One slot runs two cells one after another in one process; that process is killed (as the kernel's
+    out-of-memory killer would) while the first trains. The first is failed, with an error.txt that says
+    what happened; the one it had not begun runs in a new process and finishes in the same launch; a second
+    launch resumes the killed one from its checkpoint."""
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["base"]["train"].update(steps=200, checkpoint_every=25, eval_every=100, log_every=50)
+    spec["grid"] = {"data.n_train": [16, 32]}
+    spec["score"] = {"compare": False, "features": "pixel"}
+    spec_file = write_spec(tmp_path / "s.yaml", spec)
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec_file), "--out", str(out),
+                             "--quiet", "--no-plot", "--pack", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not list(out.glob("cells/*/checkpoints/step-*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    (first,) = {p.parts[-3] for p in out.glob("cells/*/checkpoints/step-*.pt")}
+    (slot,) = _slot_processes(out)
+    os.kill(slot, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "2 grid points in 2 cells; 0 cells already done, 0 running elsewhere, 2 launched, 1 failed" in stdout
+    assert not list((out / "cells" / first).glob("evals/*.json")), "the killed cell must not have finished"
+    error = (out / "cells" / first / "error.txt").read_text()
+    assert error.startswith("the process running this cell ended (") and "resumes it from its last checkpoint" in error
+    assert stdout.count("failed: the process running this cell ended") == 1 and f"cell {first} " in stdout
+    finished = {p.parts[-3] for p in out.glob("cells/*/evals/*.json")}
+    assert len(finished) == 1 and first not in finished
+    status = sweep_status(out).set_index("cell")
+    assert status.loc[first, "state"] == "failed" and "the process running this cell ended" in status.loc[first, "detail"]
+    assert main(["sweep", "run", str(spec_file), "--out", str(out), "--quiet", "--no-plot", "--pack", "1"]) == 0
+    assert len(collect(out)) == 2 and not (out / "cells" / first / "error.txt").exists()
+    resumed = pd.read_csv(out / "cells" / first / "loss.csv")
+    assert resumed.step.is_monotonic_increasing and resumed.step.iloc[-1] == 200
+
+
 def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "sweep"

@@ -16,6 +16,7 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
+from memorize.io import atomic_write_text
 from memorize.sweep.layout import BUSY, ERROR, cell_dir, is_locked, progress_line
 
 
@@ -156,6 +157,17 @@ def share_out(units: list[list[str]], slots: int,
     return [[units[i] for i in sorted(batch)] for batch in batches if batch]
 
 
+def left_no_result(handle: submitit.Job) -> str:
+    """Why a local job's process ended without a result: the last line of its stderr, else the likeliest
+    cause of such a silent end."""
+    try:
+        said = [line.strip() for line in (handle.stderr() or "").splitlines() if line.strip()]
+    except OSError:
+        said = []
+    return f"it left no result; its last word: {said[-1][:200]}" if said else \
+        "it left no result and said nothing: killed, by a signal or the kernel's out-of-memory killer"
+
+
 def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[list[str]]], Any],
               labels: dict[str, str], slots: int, report: dict, title: str, debug: bool = False,
               progress: bool = True, gpus: list[list[str]] | None = None,
@@ -169,7 +181,9 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
     so no unit pays a process start (Python, imports, a CUDA context); else each unit is a process of its
     own, the units with the most ``work`` started first. ``finished(cid)`` (a cell's results are written, or
     its error) advances the bar as cells end inside a process. A failing cell is reported and the others go
-    on; ``report["launched"]`` and ``report["failed"]`` count cells. On Ctrl-C the running jobs are stopped
+    on; a process that ends without returning (killed, out of memory) fails the unit it was running (its
+    ``error.txt`` says so) and runs the units it had not begun in a new process; ``report["launched"]`` and
+    ``report["failed"]`` count cells. On Ctrl-C the running jobs are stopped
     (:func:`stop_local_jobs`) and the interrupt, with a ``resume_hint``, goes up. ``debug``: Submitit's debug
     executor, one unit at a time in this process. ``gpus``: each slot's GPUs (:func:`slot_gpus`); a job
     started in a free slot sees only that slot's. A cell that another process turned out to hold is counted in
@@ -186,6 +200,7 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
              for i in range(slots)]
     pending, running, free = list(batches), [], list(range(slots))
     counted: set[str] = set()  # cells the bar has counted
+    started = time.time()  # an error.txt older than this is from an earlier launch
     refreshed = 0.0
 
     def count(cids: list[str]) -> None:
@@ -203,6 +218,34 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         report["failed"] += 1
         tqdm.write(f"cell {cid} ({labels[cid]}) failed: {why.strip().splitlines()[-1] if why.strip() else why}; "
                    f"see {cell_dir(out, cid) / ERROR}")
+
+    def died(batch: list[list[str]], handle: Any, why: str) -> list[list[str]]:
+        """A batch whose process ended without returning (killed, out of memory, a crash in native code). Its
+        units ran in order: those that ended are settled from their files; the first that had not is where it
+        died, failed (a later ``sweep run`` resumes it from its last checkpoint); the ones after it never
+        began and are returned, to run in a new process."""
+        ended = finished or (lambda cid: False)
+        rest = [unit for unit in batch if not all(cid in counted or ended(cid) for cid in unit)]
+        for unit in batch:
+            if unit not in rest:
+                for cid in unit:
+                    error = cell_dir(out, cid) / ERROR
+                    if cid not in counted and error.is_file() and error.stat().st_mtime >= started:
+                        failed(cid, error.read_text())
+                count(unit)
+        while rest and all(is_locked(cell_dir(out, cid)) for cid in rest[0]):  # skipped: another process holds it
+            for cid in rest[0]:
+                held(cid)
+            count(rest.pop(0))
+        if rest:
+            said = why.strip().splitlines()[-1][:200] if why.strip() else "no reason given"
+            text = (f"the process running this cell ended ({said}); `memorize sweep run` again resumes it from "
+                    f"its last checkpoint (log: {out / 'logs' / str(getattr(handle, 'job_id', ''))})\n")
+            for cid in rest[0]:
+                atomic_write_text(cell_dir(out, cid) / ERROR, text)  # what the dead process could not write
+                failed(cid, text)
+            count(rest[0])
+        return rest[1:]
 
     def settle(unit: list[str], outcome: Any) -> None:
         """What a unit's job returned (or the error it raised, as text)."""
@@ -239,11 +282,14 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
                     running.remove((batch, handle, slot))
                     free.append(slot)
                     try:
+                        if not debug and handle.num_tasks == 1 and not handle.paths.result_pickle.exists():
+                            raise RuntimeError(left_no_result(handle))  # (Submitit would wait 15 s for a result)
                         outcomes = handle.results()[0]  # rank 0's, where the job has several tasks
-                    except Exception as err:  # the process ended (killed, out of memory): what it had not finished
-                        for unit in batch:
-                            if not all(cid in counted for cid in unit):
-                                settle(unit, str(err))
+                    except Exception as err:  # the process ended (killed, out of memory) before its batch did
+                        rest = died(batch, handle, str(err))
+                        if rest:  # the units it had not begun: a process of their own, next
+                            pending.insert(0, rest)
+                            report["launched"] -= sum(map(len, rest))  # counted again as they start
                     else:
                         for unit, outcome in zip(batch, outcomes):
                             settle(unit, outcome)
