@@ -349,7 +349,8 @@ def test_a_killed_slot_process_fails_its_running_cell_and_the_rest_of_its_cells_
     finished = {p.parts[-3] for p in out.glob("cells/*/evals/*.json")}
     assert len(finished) == 1 and first not in finished
     status = sweep_status(out).set_index("cell")
-    assert status.loc[first, "state"] == "failed" and "the process running this cell ended" in status.loc[first, "detail"]
+    assert status.loc[first, "state"] == "failed"
+    assert "the process running this cell ended" in status.loc[first, "detail"]
     assert main(["sweep", "run", str(spec_file), "--out", str(out), "--quiet", "--no-plot", "--pack", "1"]) == 0
     assert len(collect(out)) == 2 and not (out / "cells" / first / "error.txt").exists()
     resumed = pd.read_csv(out / "cells" / first / "loss.csv")

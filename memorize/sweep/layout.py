@@ -124,6 +124,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def last_log_line(path: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a job's log (at most 120 characters of it, read from its last ``tail``
+    bytes): what a job that died before it could write an error said last, e.g. srun's "task 0: User
+    defined signal 2" for one signalled before Python had set its handler; "" where there is no log."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [line.strip() for line in lines if line.strip()]
+    return said[-1][:120] if said else ""
+
+
 def is_locked(root: Path) -> bool:
     """Whether a live process holds the cell's lock."""
     lock = root / LOCK

@@ -17,7 +17,7 @@ import submitit
 from tqdm.auto import tqdm
 
 from memorize.io import atomic_write_text
-from memorize.sweep.layout import BUSY, ERROR, cell_dir, is_locked, progress_line
+from memorize.sweep.layout import BUSY, ERROR, cell_dir, is_locked, last_log_line, progress_line
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
@@ -160,11 +160,8 @@ def share_out(units: list[list[str]], slots: int,
 def left_no_result(handle: submitit.Job) -> str:
     """Why a local job's process ended without a result: the last line of its stderr, else the likeliest
     cause of such a silent end."""
-    try:
-        said = [line.strip() for line in (handle.stderr() or "").splitlines() if line.strip()]
-    except OSError:
-        said = []
-    return f"it left no result; its last word: {said[-1][:200]}" if said else \
+    said = last_log_line(handle.paths.stderr)
+    return f"it left no result; its last word: {said}" if said else \
         "it left no result and said nothing: killed, by a signal or the kernel's out-of-memory killer"
 
 

@@ -3,7 +3,6 @@ for the cell job), the status of every grid point, and collecting the records in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ from memorize.cell import CellPaths
 from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
-from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, progress_line, read_cancelled,
-                                   read_eval, read_grid, read_jobs, unfinished_cells)
+from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, last_log_line, progress_line,
+                                   read_cancelled, read_eval, read_grid, read_jobs, unfinished_cells)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
 
@@ -39,20 +38,6 @@ CURVE_COLUMNS = [c for c in RESULT_COLUMNS if c not in (
     "model", "params", "n_train", "seed", "cell", "eval", "budget", "stopped_early", "agreement_empirical", "reproducibility_empirical",
     "mem_nn_empirical", "consistency", "consistency_lo", "consistency_hi", "twin_cell")
     and not c.startswith("r2_") and c not in ("mem_nn_ls", "mem_nn_els")]
-
-
-def last_log_line(path: Path, tail: int = 4096) -> str:
-    """The last non-empty line of a job's log (at most 120 characters of it, read from its last ``tail``
-    bytes): what a job that died before it could write an error said last, e.g. srun's "task 0: User
-    defined signal 2" for one signalled before Python had set its handler; "" where there is no log."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail))
-            lines = fh.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    said = [line.strip() for line in lines if line.strip()]
-    return said[-1][:120] if said else ""
 
 
 def sweep_status(out: str | Path) -> pd.DataFrame:
