@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -123,6 +124,13 @@ def test_units_are_shared_out_among_the_slots_longest_first():
     assert max(sum(work[c] for u in b for c in u) for b in batches) == 6
 
 
+def _finished_job(results: list, tasks: int = 1) -> SimpleNamespace:
+    """What :func:`memorize.sweep.local.run_local` reads of a Submitit job handle, for a job that has ended
+    with ``results`` (one per task) and left its result file."""
+    return SimpleNamespace(done=lambda: True, results=lambda: results, num_tasks=tasks, job_id="0",
+                           paths=SimpleNamespace(result_pickle=Path(__file__)))
+
+
 def test_jobs_in_processes_of_their_own_start_with_the_most_work(tmp_path):
     from memorize.sweep.local import run_local
 
@@ -134,13 +142,13 @@ def test_jobs_in_processes_of_their_own_start_with_the_most_work(tmp_path):
 
         def submit(self, fn):
             started.append(fn())
-            return type("Done", (), {"done": lambda self: True, "results": lambda self: [[None]]})()
+            return _finished_job([[None]])
 
     work = {"a": 1.0, "b": 5.0, "c": 3.0}
     report = {"launched": 0, "failed": 0, "running_elsewhere": 0}
     run_local(InProcess(), tmp_path, [["a"], ["b"], ["c"]], lambda batch: lambda: batch, {c: c for c in work}, 2,
               report, "t", progress=False, one_process_per_slot=False, work=lambda unit: work[unit[0]])
-    assert started == [[["b"]], [["c"]], [["a"]]] and report["launched"] == 3
+    assert started == [[["b"]], [["c"]], [["a"]]] and report["launched"] == 3 and report["failed"] == 0
 
 
 def test_training_work_grows_with_steps_batch_and_the_network_width():
@@ -183,7 +191,7 @@ def test_a_slots_process_runs_its_cells_one_after_another_and_one_failing_stops_
         def submit(self, fn):
             submitted.append(len(fn.jobs))
             outcome = fn()
-            return type("Done", (), {"done": lambda self: True, "results": lambda self: [outcome]})()
+            return _finished_job([outcome])
 
     monkeypatch.setattr(cell_module, "run_cell", failing)
     real_run_local = launch.run_local
@@ -667,17 +675,7 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
 
         def submit(self, fn):
             seen.append(self.setup)
-            return Done(len(fn.jobs))
-
-    class Done:
-        def __init__(self, units):
-            self.units = units
-
-        def done(self):
-            return True
-
-        def results(self):  # per task, each job's outcome (a cell's: its summaries, here none)
-            return [[None] * self.units] * processes
+            return _finished_job([[None] * len(fn.jobs)] * processes, processes)  # per task, each job's outcome
 
     real_run_local = launch.run_local
 
@@ -691,7 +689,7 @@ def test_a_local_sweep_on_four_faked_gpus_runs_a_cell_per_gpu_at_once(tmp_path, 
                                 base={**TINY_SPEC["base"], "train": {**TINY_SPEC["base"]["train"], "device": "cuda"}}))
     monkeypatch.setattr(launch, "prepare", lambda spec, out, points=None: expand(spec))
     report = run_sweep(spec, tmp_path / "sweep", "local", progress=False, processes=processes)
-    assert slots_used == [slots] and tasks == [processes] and report["launched"] == 6
+    assert slots_used == [slots] and tasks == [processes] and report["launched"] == 6 and report["failed"] == 0
     exported = [s[0].removeprefix("export CUDA_VISIBLE_DEVICES=") for s in seen]
     assert exported[:slots] == first  # the first jobs at once, each its own GPUs
     assert set(exported[slots:]) <= set(first)

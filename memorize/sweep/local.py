@@ -197,7 +197,6 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
              for i in range(slots)]
     pending, running, free = list(batches), [], list(range(slots))
     counted: set[str] = set()  # cells the bar has counted
-    started = time.time()  # an error.txt older than this is from an earlier launch
     refreshed = 0.0
 
     def count(cids: list[str]) -> None:
@@ -225,9 +224,9 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         rest = [unit for unit in batch if not all(cid in counted or ended(cid) for cid in unit)]
         for unit in batch:
             if unit not in rest:
-                for cid in unit:
+                for cid in unit:  # a cell clears its error.txt as it starts: one there now is this launch's
                     error = cell_dir(out, cid) / ERROR
-                    if cid not in counted and error.is_file() and error.stat().st_mtime >= started:
+                    if cid not in counted and error.is_file():
                         failed(cid, error.read_text())
                 count(unit)
         while rest and all(is_locked(cell_dir(out, cid)) for cid in rest[0]):  # skipped: another process holds it
@@ -237,7 +236,7 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         if rest:
             said = why.strip().splitlines()[-1][:200] if why.strip() else "no reason given"
             text = (f"the process running this cell ended ({said}); `memorize sweep run` again resumes it from "
-                    f"its last checkpoint (log: {out / 'logs' / str(getattr(handle, 'job_id', ''))})\n")
+                    f"its last checkpoint (log: {out / 'logs' / handle.job_id})\n")
             for cid in rest[0]:
                 atomic_write_text(cell_dir(out, cid) / ERROR, text)  # what the dead process could not write
                 failed(cid, text)
@@ -278,12 +277,16 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
                 if debug or handle.done():
                     running.remove((batch, handle, slot))
                     free.append(slot)
-                    try:
-                        if not debug and handle.num_tasks == 1 and not handle.paths.result_pickle.exists():
-                            raise RuntimeError(left_no_result(handle))  # (Submitit would wait 15 s for a result)
-                        outcomes = handle.results()[0]  # rank 0's, where the job has several tasks
-                    except Exception as err:  # the process ended (killed, out of memory) before its batch did
-                        rest = died(batch, handle, str(err))
+                    outcomes, why = None, None
+                    if not debug and handle.num_tasks == 1 and not handle.paths.result_pickle.exists():
+                        why = left_no_result(handle)  # seen now: Submitit would wait 15 s for a result
+                    else:
+                        try:
+                            outcomes = handle.results()[0]  # rank 0's, where the job has several tasks
+                        except Exception as err:  # the process ended (killed, out of memory) before its batch did
+                            why = str(err)
+                    if why is not None:
+                        rest = died(batch, handle, why)
                         if rest:  # the units it had not begun: a process of their own, next
                             pending.insert(0, rest)
                             report["launched"] -= sum(map(len, rest))  # counted again as they start
