@@ -45,7 +45,6 @@ def test_sweep_through_the_slurm_executor(tmp_path, capsys):
 def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     """SLURM requeue (what preemption does): the job is killed mid-training and re-run from its pickle; the
     cell resumes from its last checkpoint on disk and ends exactly where an uninterrupted run ends."""
-    import time
 
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=800, checkpoint_every=50, eval_every=400, log_every=100)
@@ -63,12 +62,8 @@ def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     assert list(out.glob("cells/*/checkpoints/step-*.pt")), "no checkpoint within 120 s"
     assert not list(out.glob("cells/*/evals/*.json")), "the cell must still be training when requeued"
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
-    deadline = time.time() + 60  # once it is pending again, lift SLURM's two-minute hold on requeued jobs
-    while time.time() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if state.stdout.strip() == "PENDING":
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
-            break
+    deadline = time.time() + 60
+    while time.time() < deadline and not _release_if_requeued(job):
         time.sleep(0.2)
     assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "300"]) == 0
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
@@ -89,6 +84,18 @@ def _squeue(job: str) -> list[str]:
     """``STATE|REASON`` of each task of ``job`` in the queue."""
     return subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True,
                           timeout=30).stdout.split()
+
+
+def _release_if_requeued(job: str, *updates: str) -> bool:
+    """Lift SLURM's hold on a requeued ``job`` (``cred_expire``, 120 s by default) with ``StartTime=now`` and
+    any other ``updates``; True where it was held. Not at once: a job started within the second of its requeue
+    is refused by slurmd ("Killing non-startable batch JobId=5: Job credential revoked", seen 0.3 s after a
+    requeue) and fails, so the hold is lifted 3 s after it is seen."""
+    if not any(line.endswith("|BeginTime") for line in _squeue(job)):
+        return False
+    time.sleep(3)
+    subprocess.run(["scontrol", "update", f"jobid={job}", *updates, "StartTime=now"], check=True, timeout=30)
+    return True
 
 
 def _sinfo() -> str:
@@ -177,8 +184,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     while time.time() < deadline:
         if list(out.glob("cells/*/evals/*.json")) or not _squeue(job):
             break
-        if any(line.endswith("|BeginTime") for line in _squeue(job)):  # requeued: five minutes, and no hold
-            subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=5", "StartTime=now"], timeout=30)
+        _release_if_requeued(job, "TimeLimit=5")  # requeued: five minutes again
         time.sleep(0.5)
     assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "60"]) == 0
     assert main(["sweep", "collect", str(straight), "--wait", "--wait-timeout", "300"]) == 0
@@ -221,8 +227,7 @@ def test_a_two_task_cell_signalled_mid_training_checkpoints_requeues_and_ends_wh
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob("cells/*/evals/*.json")) and _squeue(job):
-        if any(line.endswith("|BeginTime") for line in _squeue(job)):  # lift SLURM's hold on requeued jobs
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], timeout=30)
+        _release_if_requeued(job)
         time.sleep(0.5)
     assert main(["sweep", "collect", str(out), "--wait", "--wait-timeout", "120"]) == 0
     assert main(["sweep", "run", str(spec_file), "--out", str(straight), *two_tasks]) == 0
