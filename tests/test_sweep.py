@@ -126,9 +126,10 @@ def test_units_are_shared_out_among_the_slots_longest_first():
 
 def _finished_job(results: list, tasks: int = 1) -> SimpleNamespace:
     """What :func:`memorize.sweep.local.run_local` reads of a Submitit job handle, for a job that has ended
-    with ``results`` (one per task) and left its result file."""
-    return SimpleNamespace(done=lambda: True, results=lambda: results, num_tasks=tasks, job_id="0",
-                           paths=SimpleNamespace(result_pickle=Path(__file__)))
+    with ``results`` (one per task) and left its result files."""
+    job = SimpleNamespace(done=lambda: True, num_tasks=tasks, job_id="0")
+    job.task = lambda k: SimpleNamespace(result=lambda: results[k], paths=SimpleNamespace(result_pickle=Path(__file__)))
+    return job
 
 
 def test_jobs_in_processes_of_their_own_start_with_the_most_work(tmp_path):
@@ -149,6 +150,40 @@ def test_jobs_in_processes_of_their_own_start_with_the_most_work(tmp_path):
     run_local(InProcess(), tmp_path, [["a"], ["b"], ["c"]], lambda batch: lambda: batch, {c: c for c in work}, 2,
               report, "t", progress=False, one_process_per_slot=False, work=lambda unit: work[unit[0]])
     assert started == [[["b"]], [["c"]], [["a"]]] and report["launched"] == 3 and report["failed"] == 0
+
+
+def test_a_job_whose_rank_0_left_no_result_fails_its_cell_at_once_however_many_tasks_it_has(tmp_path):
+    """A local job of two tasks whose rank 0 was killed: its cell is failed with rank 0's last word, read from
+    rank 0's own log, without asking Submitit for a result (which waits 15 s for a file that never comes);
+    rank 1's result is never read."""
+    from memorize.sweep.local import run_local
+
+    asked = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rank0.err").write_text("training step 40\nKilled\n")
+    (logs / "rank1.err").write_text("rank 1 said this\n")
+
+    def task(k):
+        def result():
+            asked.append(k)
+            raise AssertionError("a result was asked for")
+        err = logs / f"rank{k}.err"
+        return SimpleNamespace(result=result, paths=SimpleNamespace(result_pickle=tmp_path / f"r{k}.pkl", stderr=err))
+
+    class TwoTasks:
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, fn):
+            return SimpleNamespace(done=lambda: True, num_tasks=2, job_id="7", task=task)
+
+    (tmp_path / "r1.pkl").write_bytes(b"")  # rank 1 returned; rank 0 did not
+    report = {"launched": 0, "failed": 0, "running_elsewhere": 0}
+    run_local(TwoTasks(), tmp_path, [["a"]], lambda batch: lambda: batch, {"a": "a"}, 1, report, "t", progress=False)
+    assert report["failed"] == 1 and asked == []
+    error = (tmp_path / "cells" / "a" / "error.txt").read_text()
+    assert "it left no result; its last word: Killed" in error and "logs/7" in error
 
 
 def test_training_work_grows_with_steps_batch_and_the_network_width():

@@ -278,11 +278,12 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
                     running.remove((batch, handle, slot))
                     free.append(slot)
                     outcomes, why = None, None
-                    if not debug and handle.num_tasks == 1 and not handle.paths.result_pickle.exists():
-                        why = left_no_result(handle)  # seen now: Submitit would wait 15 s for a result
+                    rank0 = handle.task(0)  # the job itself where it has one task; rank 0 runs the batch
+                    if not debug and not rank0.paths.result_pickle.exists():
+                        why = left_no_result(rank0)  # seen now: Submitit would wait 15 s for a result
                     else:
                         try:
-                            outcomes = handle.results()[0]  # rank 0's, where the job has several tasks
+                            outcomes = rank0.result()
                         except Exception as err:  # the process ended (killed, out of memory) before its batch did
                             why = str(err)
                     if why is not None:
