@@ -339,7 +339,8 @@ def test_killed_local_sweep_resumes_to_the_same_results(tmp_path):
     # rightly "running elsewhere"
     while any(is_locked(d) for d in (killed / "cells").glob("*")) and time.time() < deadline:
         time.sleep(0.05)
-    assert done_first is not None, "the sweep must be killed after one cell and during the next"
+    where = {p.parts[-2]: p.read_text() for p in (killed / "cells").glob("*/progress.json")}
+    assert done_first is not None, f"the sweep must be killed after one cell and during the next; it stood at {where}"
     stamp = done_first.stat().st_mtime_ns
     assert len(list((killed / "cells").glob("*/evals/*.json"))) == 1
 
