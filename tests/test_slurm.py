@@ -45,7 +45,6 @@ def test_sweep_through_the_slurm_executor(tmp_path, capsys):
 def test_requeued_cell_resumes_from_its_checkpoint(tmp_path):
     """SLURM requeue (what preemption does): the job is killed mid-training and re-run from its pickle; the
     cell resumes from its last checkpoint on disk and ends exactly where an uninterrupted run ends."""
-
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["train"].update(steps=800, checkpoint_every=50, eval_every=400, log_every=100)
     spec["grid"] = {"data.n_train": [16]}
