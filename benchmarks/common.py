@@ -84,13 +84,20 @@ def result_name(name: str, device: str) -> str:
 
 
 def write_rows(name: str, rows: list[dict]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)  # read at call time: run.py --quick redirects it
-    path = RESULTS / f"{name}.csv"
-    with open(path, "w", newline="") as fh:
+    return write_csv(RESULTS / f"{name}.csv", rows)  # RESULTS read at call time: run.py --quick redirects it
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """``rows`` at ``path``, the machine on a comment line first; written whole and renamed into place, so a
+    run killed while writing leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as fh:
         fh.write(f"# {machine()}\n")
         writer = csv.DictWriter(fh, fieldnames=_columns(rows), restval="")
         writer.writeheader()
         writer.writerows(rows)
+    partial.replace(path)
     return path
 
 

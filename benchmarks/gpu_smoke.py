@@ -19,21 +19,26 @@
 5. with ``--tests``: one pass of every gpu-marked test.
 
 Every part runs in its own process with a time limit; a part that fails is recorded and the next one
-runs. Everything goes to one file, ``benchmarks/results/gpu_smoke.csv``: one row per part (status,
-seconds, its last lines) and one per figure, each beside its baseline from the same run.
+runs. The whole run keeps within ``--budget`` seconds (default 540, so that it ends inside a 10-minute
+call on a lent machine): a part is cut to what is left, and one that finds under 20 s left is recorded
+as skipped. Everything goes to one file, ``--csv`` (default ``benchmarks/results/gpu_smoke.csv``),
+rewritten after every part, so a run killed from outside keeps what it measured: one row per part
+(status, seconds, its last lines) and one per figure, each beside its baseline from the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine, report
+from benchmarks.common import RESULTS, machine, print_table, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,14 +126,23 @@ print(f"ok; 128 samples, Heun 18 steps: captured {seconds['auto']:.3f} s, eager 
 
 
 def part(name: str, argv: list[str], timeout: float) -> dict:
-    """Run one part in its own process; its status, seconds and last lines of output."""
+    """Run one part in its own process session; its status, seconds and last lines of output. A part that
+    outlives ``timeout`` is killed with every process it started (a sweep's workers too), so none of it
+    keeps the GPU busy under the next part."""
     start = time.perf_counter()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
-        out = (done.stdout + done.stderr).strip().splitlines()
-    except subprocess.TimeoutExpired as err:
-        status, out = "timed out", (err.stdout or b"").decode(errors="replace").splitlines()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                          cwd=ROOT, start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+            status = "ok" if process.returncode == 0 else f"exit {process.returncode}"
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            try:
+                output, _ = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # a process outside the session holds the pipe
+                output = ""
+            status = "timed out"
+    out = output.strip().splitlines()
     seconds = time.perf_counter() - start
     print(f"=== {name}: {status} in {seconds:.0f} s\n" + "\n".join(out[-12:]), flush=True)
     return {"part": name, "status": status, "seconds": round(seconds, 1), "detail": " | ".join(out[-6:])[:600]}
@@ -149,6 +163,24 @@ def timed_sweep(name: str, args: list[str], out: Path, timeout: float) -> tuple[
     cells = list((out / "cells").glob("*/evals/*.json")) if (out / "cells").is_dir() else []
     row["detail"] = f"{len(cells)} grid points evaluated | " + row["detail"]
     return row, row["seconds"] if row["status"] == "ok" else None
+
+
+class Budget:
+    """The run's wall-clock limit, shared out: a part runs for its own limit or for what is left of the
+    run's, whichever is less, and is skipped when less than ``least`` seconds are left. So the run ends,
+    with its file written, inside a machine's time limit however the parts go."""
+
+    def __init__(self, seconds: float, least: float = 20.0):
+        self.deadline, self.least = time.monotonic() + seconds, least
+
+    def allow(self, own: float) -> float | None:
+        """Seconds the next part may run, or None when too little is left to start it."""
+        left = self.deadline - time.monotonic()
+        return min(own, left) if left >= self.least else None
+
+
+def skipped(name: str) -> dict:
+    return {"part": name, "status": "skipped", "seconds": 0.0, "detail": "the run's --budget was spent"}
 
 
 def stage_seconds(out: Path) -> list[dict]:
@@ -173,7 +205,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tests", action="store_true", help="also run `pytest -m gpu` (a few more minutes)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per training figure (default 300)")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds the whole run may take; each part is cut to what is left, and parts that "
+                             "find less than 20 s left are skipped (default 540: inside a 10-minute call)")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "gpu_smoke.csv",
+                        help="the results file, rewritten after every part (default benchmarks/results/"
+                             "gpu_smoke.csv)")
     args = parser.parse_args(argv)
+    budget = Budget(args.budget)
     py = [sys.executable]
     import torch
 
@@ -182,33 +221,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = "; ".join(f"cuda:{i} {torch.cuda.get_device_name(i)} "
                     f"{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB"
                     for i in range(torch.cuda.device_count()))
-    rows = [{"part": "environment", "status": "ok", "seconds": 0.0,
-             "detail": f"{machine()}; CUDA {torch.version.cuda}; {env}"}]
+    rows: list[dict] = []
+
+    def record(*new: dict) -> None:
+        rows.extend(new)
+        write_csv(args.csv, rows)
+
+    record({"part": "environment", "status": "ok", "seconds": 0.0,
+            "detail": f"{machine()}; CUDA {torch.version.cuda}; {env}"})
     for name, code in PROBES.items():
-        rows.append(part(f"probe: {name}", py + ["-c", _HEAD + code], 120))
-    rows.append(part("training steps", py + ["-m", "benchmarks.steps", "--device", "cuda", "--steps",
-                                             str(args.steps)], 240))
-    rows += figures(RESULTS / "steps_gpu.csv", "training steps")
+        limit = budget.allow(120)
+        record(skipped(f"probe: {name}") if limit is None else part(f"probe: {name}", py + ["-c", _HEAD + code], limit))
+    steps_csv = RESULTS / "steps_gpu.csv"
+    steps_csv.unlink(missing_ok=True)  # figures read below are this run's, written as each is measured
+    limit = budget.allow(240)
+    record(skipped("training steps") if limit is None else
+           part("training steps", py + ["-m", "benchmarks.steps", "--device", "cuda", "--steps", str(args.steps)],
+                limit))
+    record(*figures(steps_csv, "training steps"))
     spec = str(ROOT / "sweeps" / "digits.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        row, whole = timed_sweep("main job (sweeps/digits.yaml, defaults)", [spec], Path(tmp) / "main", 300)
-        rows.append(row)
-        if whole is not None:
-            rows.append({"part": "main job", "figure": "main job end to end", "value": whole, "unit": "s",
-                         "baseline": "target", "baseline value": 60.0, "x baseline": whole / 60.0})
-        rows += stage_seconds(Path(tmp) / "main")
+        name, limit = "main job (sweeps/digits.yaml, defaults)", budget.allow(300)
+        if limit is None:
+            record(skipped(name))
+        else:
+            row, whole = timed_sweep(name, [spec], Path(tmp) / "main", limit)
+            record(row)
+            if whole is not None:
+                record({"part": "main job", "figure": "main job end to end", "value": whole, "unit": "s",
+                        "baseline": "target", "baseline value": 60.0, "x baseline": whole / 60.0})
+            record(*stage_seconds(Path(tmp) / "main"))
         column = [spec, "--set", "grid.data.n_train=[64]", "--no-plot"]
-        row, new = timed_sweep("N = 64 column, defaults", column, Path(tmp) / "new", 120)
-        rows.append(row)
-        row, old = timed_sweep("N = 64 column, --pack 1, train.cuda_graph off",
-                               column + ["--pack", "1", "--set", "base.train.cuda_graph=off"], Path(tmp) / "old", 240)
-        rows.append(row)
+        seconds = {}
+        for key, name, extra, own in (("new", "N = 64 column, defaults", [], 120),
+                                      ("old", "N = 64 column, --pack 1, train.cuda_graph off",
+                                       ["--pack", "1", "--set", "base.train.cuda_graph=off"], 240)):
+            limit = budget.allow(own)
+            if limit is None:
+                record(skipped(name))
+                continue
+            row, seconds[key] = timed_sweep(name, column + extra, Path(tmp) / key, limit)
+            record(row)
+        new, old = seconds.get("new"), seconds.get("old")
         if new is not None and old is not None:
-            rows.append({"part": "main job", "figure": "N = 64 column (3 cells), defaults", "value": new, "unit": "s",
-                         "baseline": "--pack 1, train.cuda_graph off", "baseline value": old, "x baseline": new / old})
+            record({"part": "main job", "figure": "N = 64 column (3 cells), defaults", "value": new, "unit": "s",
+                    "baseline": "--pack 1, train.cuda_graph off", "baseline value": old, "x baseline": new / old})
     if args.tests:
-        rows.append(part("gpu-marked tests", py + ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], 480))
-    return report("gpu_smoke", rows)
+        limit = budget.allow(480)
+        record(skipped("gpu-marked tests") if limit is None else
+               part("gpu-marked tests", py + ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], limit))
+    print(f"# {machine()}")
+    print_table(rows)
+    print(f"results: {args.csv}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import add_device_argument, report, result_name
+from benchmarks.common import add_device_argument, report, result_name, write_rows
 from benchmarks.pack import cells
 from memorize.config import CellConfig
 from memorize.pack import train_packed
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({"figure": figure, "value": value, "unit": unit, "baseline": baseline,
                      "baseline value": base_value, "x baseline": value / base_value if base_value else np.nan,
                      "note": note})
+        write_rows(result_name("steps", device), rows)  # each figure when measured: a run cut short keeps them
 
     graph = loop_rate(base, steps, warmup, profile=True)
     eager = loop_rate(off, steps, warmup, profile=True)

@@ -2,14 +2,16 @@
 that exist (a renamed one would only show on a lent GPU, whose minutes are few), and the run's bookkeeping."""
 
 import ast
+import csv
 import importlib
 import inspect
 import json
 import sys
+import time
 
 import pytest
 
-from benchmarks import gpu_smoke
+from benchmarks import common, gpu_smoke
 
 
 def _imported(tree: ast.AST) -> dict[str, object]:
@@ -52,6 +54,15 @@ def test_a_part_records_its_exit_status_and_a_time_limit():
     assert slow["status"] == "timed out" and slow["seconds"] < 20
 
 
+def test_a_part_cut_at_its_time_limit_takes_the_processes_it_started_with_it(tmp_path):
+    marker = tmp_path / "still running"
+    child = f"import subprocess, time; subprocess.Popen(['sh', '-c', 'sleep 3 && touch \"{marker}\"']); time.sleep(30)"
+    row = gpu_smoke.part("starts a worker", [sys.executable, "-c", child], 1)
+    assert row["status"] == "timed out"
+    time.sleep(4)
+    assert not marker.exists()  # the worker (a sweep's, say) did not outlive the part
+
+
 def test_stage_seconds_sum_each_stage_over_the_cells_and_count_a_packs_training_once(tmp_path):
     for cell, train, stages in (("a", {"seconds": 2.0}, {"sample": 1.0, "score": 0.5}),
                                 ("b", {"seconds": 3.0}, {"sample": 0.25}),
@@ -61,3 +72,63 @@ def test_stage_seconds_sum_each_stage_over_the_cells_and_count_a_packs_training_
         (tmp_path / "cells" / cell / "evals" / "k.json").write_text(json.dumps({"seconds": stages}))
     got = {row["figure"]: row["value"] for row in gpu_smoke.stage_seconds(tmp_path)}
     assert got == {"stage: train": 11.0, "stage: sample": 1.25, "stage: score": 0.5}
+
+
+def test_the_budget_cuts_a_part_to_what_is_left_and_skips_one_that_finds_too_little(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(gpu_smoke.time, "monotonic", lambda: clock[0])
+    budget = gpu_smoke.Budget(300, least=20)
+    assert budget.allow(120) == 120
+    clock[0] += 250  # 50 s left
+    assert budget.allow(120) == 50
+    clock[0] += 35  # 15 s left
+    assert budget.allow(120) is None
+
+
+def _fake_gpu_run(monkeypatch, tmp_path, stop_at=None):
+    """gpu_smoke.main with CUDA said to be there and each part a stand-in that takes 10 s of a fake clock;
+    the part numbered ``stop_at`` is killed (KeyboardInterrupt). Returns the parts started and the CSV."""
+    import torch
+
+    clock, started = [0.0], []
+
+    def fake_part(name, argv, timeout):
+        if len(started) == stop_at:
+            raise KeyboardInterrupt
+        started.append((name, timeout))
+        clock[0] += 10
+        return {"part": name, "status": "ok", "seconds": 10.0, "detail": "stand-in"}
+
+    monkeypatch.setattr(gpu_smoke.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(gpu_smoke, "part", fake_part)
+    monkeypatch.setattr(gpu_smoke, "machine", lambda: "test machine")
+    monkeypatch.setattr(common, "machine", lambda: "test machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(gpu_smoke, "RESULTS", tmp_path)
+    return started, tmp_path / "smoke.csv"
+
+
+def _parts(path):
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return [(row["part"], row["status"]) for row in csv.DictReader(lines) if not row.get("figure")]
+
+
+def test_the_results_file_is_written_after_every_part_so_a_killed_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    started, path = _fake_gpu_run(monkeypatch, tmp_path, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_smoke.main(["--csv", str(path)])
+    assert _parts(path) == [("environment", "ok")] + [(name, "ok") for name, _ in started]
+    assert len(started) == 3
+
+
+def test_parts_past_the_budget_are_skipped_and_said_so(monkeypatch, tmp_path):
+    started, path = _fake_gpu_run(monkeypatch, tmp_path)
+    rows = gpu_smoke.main(["--csv", str(path), "--budget", "45", "--tests"])
+    probes = [f"probe: {name}" for name in gpu_smoke.PROBES]
+    assert [name for name, _ in started] == probes[:3]  # 45, 35, 25 s left; then 15 < 20
+    assert [timeout for _, timeout in started] == [45, 35, 25]
+    assert _parts(path) == [(r["part"], r["status"]) for r in rows if not r.get("figure")]
+    assert [r["part"] for r in rows if r["status"] == "skipped"] == probes[3:] + [
+        "training steps", "main job (sweeps/digits.yaml, defaults)", "N = 64 column, defaults",
+        "N = 64 column, --pack 1, train.cuda_graph off", "gpu-marked tests"]
