@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,12 +44,17 @@ def _removed_on_error(out: Path):
 
 
 def detect_kind(model: Path) -> str:
-    """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``), ``torchscript`` for a file."""
+    """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``); for a file ``pt2`` where it is a
+    ``torch.export`` archive (a zip holding ``archive_format``), else ``torchscript``."""
     if model.is_dir():
         if (model / "unet").is_dir() and (model / "scheduler").is_dir():
             return "diffusers"
         raise ConfigError(f"{model}: a directory, but not a diffusers pipeline (expected unet/ and scheduler/ in it)")
     if model.is_file():
+        if zipfile.is_zipfile(model):
+            with zipfile.ZipFile(model) as archive:
+                if any(name.endswith("/archive_format") for name in archive.namelist()):
+                    return "pt2"
         return "torchscript"
     raise FileNotFoundError(f"{model}: no such model file or directory")
 
@@ -101,9 +107,9 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
         raise ConfigError(f"{model}: could not be run as a {kind} denoiser on training images of shape "
                           f"{tuple(probe.shape[1:])} ({type(err).__name__}: {first})") from None
     if tuple(output.shape) != tuple(probe.shape) or not torch.isfinite(output).all():
+        nonfinite = " with non-finite values" if output.shape == probe.shape else ""
         raise ConfigError(f"{model}: on training images of shape {tuple(probe.shape[1:])} the denoiser returned "
-                          f"{tuple(output.shape[1:])}{' with non-finite values' if output.shape == probe.shape else ''}; "
-                          f"expected x0_hat of the input's shape")
+                          f"{tuple(output.shape[1:])}{nonfinite}; expected x0_hat of the input's shape")
     copy = paths.root / "model" / model.name
     if not copy.exists():
         staging = paths.root / "model" / f".{model.name}.partial"

@@ -1,6 +1,7 @@
-"""Denoisers trained elsewhere: the diffusers and TorchScript wrappers against the libraries' own
+"""Denoisers trained elsewhere: the diffusers, TorchScript and torch.export wrappers against the libraries' own
 predictions, and an imported model used as a cell by sample, score and compare."""
 
+import io
 import json
 
 import numpy as np
@@ -82,6 +83,85 @@ def test_a_torchscript_denoiser_imported_as_a_cell_samples_scores_and_compares(t
     assert main(["compare", str(cell), "--n-eval", "16", "--quiet"]) == 0
     assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
 
+def export_to(path, module, batch_dynamic: bool = True, batch: int = 4) -> None:
+    """``module`` as a torch.export file for 1x8x8 images, its batch dimension dynamic or fixed at ``batch``."""
+    dim = torch.export.Dim("batch")
+    shapes = ({0: dim}, {0: dim}) if batch_dynamic else None
+    program = torch.export.export(module, (torch.zeros(batch, 1, 8, 8), torch.ones(batch)), dynamic_shapes=shapes)
+    buffer = io.BytesIO()  # torch.export.save logs a warning for a file name not ending in .pt2
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+class NoisyHalfway(torch.nn.Module):
+    """HalfwayDenoiser behind a dropout layer: exported in eval mode, the dropout is not in the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.drop(HalfwayDenoiser()(x, sigma))
+
+
+def test_a_torch_export_denoiser_is_the_exported_module_at_any_batch_and_stays_in_its_mode(tmp_path):
+    from memorize.external_cell import detect_kind
+    from memorize.models.external import load_export
+
+    export_to(tmp_path / "halfway.pt2", NoisyHalfway().eval())
+    (tmp_path / "renamed.pt").write_bytes((tmp_path / "halfway.pt2").read_bytes())
+    torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(tmp_path / "scripted.pt"))
+    assert [detect_kind(tmp_path / n) for n in ("halfway.pt2", "renamed.pt", "scripted.pt")] == \
+        ["pt2", "pt2", "torchscript"]
+    denoiser = load_export(str(tmp_path / "renamed.pt")).train()  # train() must not reach the graph
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 3, 64):
+        x = torch.randn(batch, 1, 8, 8, generator=gen)
+        sigma = torch.rand(batch, generator=gen) + 0.01
+        expected = x * 0.0025 / (0.0025 + sigma.reshape(-1, 1, 1, 1) ** 2)  # the Wiener filter, no dropout
+        torch.testing.assert_close(denoiser(x, sigma), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(denoiser(x, 0.5), x * 0.0025 / 0.2525, rtol=1e-6, atol=0)  # a scalar sigma
+
+
+def test_a_torch_export_denoiser_imported_as_a_cell_samples_and_compares(tmp_path, capsys):
+    export_to(tmp_path / "halfway.pt2", HalfwayDenoiser())
+    cell = tmp_path / "cell"
+    assert main(["import", str(tmp_path / "halfway.pt2"), "--out", str(cell), "--set", "data.n_train=24",
+                 "--set", "data.n_heldout=100", "--set", "sample.num=8", "--set", "sample.steps=64"]) == 0
+    assert torch.load(cell / "checkpoints" / "step-0000000.pt")["external"]["kind"] == "pt2"
+    assert main(["sample", str(cell), "--quiet"]) == 0
+    samples = read_samples(cell / "samples" / "trained.npz")["samples"]
+    assert samples.shape == (8, 1, 8, 8) and 0.035 < samples.std() < 0.07  # draws of N(0, 0.05^2), as above
+    assert main(["compare", str(cell), "--n-eval", "16", "--quiet"]) == 0
+    assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
+
+
+def test_a_cell_exported_with_torch_export_and_imported_draws_the_same_samples(tmp_path):
+    """A network trained elsewhere, made here: a tiny cell's EMA denoiser, exported and imported with the cell's
+    own training set and sampling settings, draws the cell's samples from the same seeds."""
+    from tests.conftest import TINY_CELL, trained_tiny_cell
+    from memorize.cell import load_trained_denoiser
+
+    trained_tiny_cell(tmp_path / "cell", steps=10)
+    denoiser, _ = load_trained_denoiser(tmp_path / "cell")
+
+    class Unconditional(torch.nn.Module):  # forward(x, sigma), the interface an imported file has
+        def __init__(self):
+            super().__init__()
+            self.denoiser = denoiser
+
+        def forward(self, x, sigma):
+            return self.denoiser(x, sigma)
+
+    export_to(tmp_path / "cell.pt2", Unconditional())
+    sets = [f"--set=sample.{key}={value}" for key, value in TINY_CELL["sample"].items()]
+    sets += ["--set=data.n_train=32", "--set=data.n_heldout=100"]
+    assert main(["import", str(tmp_path / "cell.pt2"), "--out", str(tmp_path / "imported"), *sets]) == 0
+    assert main(["sample", str(tmp_path / "imported"), "--quiet"]) == 0
+    original = read_samples(tmp_path / "cell" / "samples" / "trained.npz")
+    imported = read_samples(tmp_path / "imported" / "samples" / "trained.npz")
+    np.testing.assert_array_equal(imported["seeds"], original["seeds"])
+    np.testing.assert_allclose(imported["samples"], original["samples"], rtol=0, atol=1e-5)
 
 
 def test_an_imported_model_takes_the_index_file_of_the_images_it_saw(tmp_path):
@@ -105,6 +185,8 @@ def test_an_imported_model_takes_the_index_file_of_the_images_it_saw(tmp_path):
     ("wrong output shape", lambda t: torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(t / "m.pt")),
      r"could not be run as a torchscript denoiser|returned"),
     ("not a model", lambda t: (t / "m.pt").write_text("hello"), r"m\.pt: could not be run as a torchscript"),
+    ("an export of a fixed batch", lambda t: export_to(t / "m.pt", HalfwayDenoiser(), batch_dynamic=False),
+     r"could not be run as a pt2 denoiser .*exported with a fixed batch of 4; export with a dynamic batch"),
     ("a training-section override", None, r"--set train\.steps: an imported cell takes data\.\* and sample\.\*"),
 ])
 def test_a_model_that_cannot_be_a_denoiser_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, name,

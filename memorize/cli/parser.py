@@ -35,14 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sub, "import", "import a denoiser trained elsewhere as a cell",
                    "Makes DIR a cell whose trained denoiser is MODEL: a diffusers pipeline directory (unet/ and "
                    "scheduler/: a UNet2DModel on a discrete DDPM schedule, epsilon, sample or v prediction) or a "
-                   "TorchScript file whose forward(x, sigma) returns x0_hat. Its training set is named with "
-                   "--set data.* as for `memorize train` (the subset it was trained on); held-out images come "
-                   "from the rest. Then `memorize sample`, `score` and `compare` work on DIR. The model is copied "
-                   "into DIR/model/ and run once on two training images before anything is written.")
-    p.add_argument("model", help="a diffusers pipeline directory or a TorchScript file")
+                   "TorchScript or torch.export (.pt2, dynamic batch) file whose forward(x, sigma) returns x0_hat. "
+                   "Its training set is named with --set data.* as for `memorize train` (the subset it was "
+                   "trained on); held-out images come from the rest. Then `memorize sample`, `score` and "
+                   "`compare` work on DIR. The model is copied into DIR/model/ and run once on two training "
+                   "images before anything is written.")
+    p.add_argument("model", help="a diffusers pipeline directory, a TorchScript file or a torch.export file")
     p.add_argument("--out", required=True, help="cell directory to create")
-    p.add_argument("--kind", choices=("diffusers", "torchscript"), help="default: from MODEL (directory: "
-                                                                         "diffusers, file: torchscript)")
+    p.add_argument("--kind", choices=("diffusers", "torchscript", "pt2"),
+                   help="default: from MODEL (directory: diffusers; file: pt2 for a torch.export archive, "
+                        "else torchscript)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="the training set and sampling defaults: data.* and sample.* fields, e.g. --set "
                         "data.name=cifar10 --set data.root=PATH --set data.n_train=50000 (repeatable)")

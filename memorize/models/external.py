@@ -1,6 +1,8 @@
 """Denoisers trained elsewhere, wrapped into the one interface ``D(x, sigma) -> x0_hat``.
 
 - A **TorchScript** module whose ``forward(x, sigma)`` already is such a denoiser (``sigma`` a (B,) tensor).
+- A **torch.export** program (a ``.pt2`` file of ``torch.export.save``) of such a module, exported with a
+  dynamic batch dimension. The graph is fixed in the mode it was exported in: ``eval()`` does not reach it.
 - A **diffusers** ``UNet2DModel`` trained on a discrete DDPM schedule ``alphas_cumprod`` (``abar_t``, t =
   0..T-1) with prediction type ``epsilon``, ``sample`` or ``v_prediction``. Its noisy input is the VP
   ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, i.e. our ``x = x0 + sigma eps`` scaled by
@@ -71,6 +73,32 @@ class ScriptedDenoiser(nn.Module):
         return self.module(x, _per_sample(sigma, x).reshape(-1))
 
 
+class ExportedDenoiser(nn.Module):
+    """A ``torch.export`` program's module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,).
+    Its graph was traced in one mode (training or eval), so ``train()`` and ``eval()`` stop at this wrapper."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "ExportedDenoiser":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
+        return self.module(x, _per_sample(sigma, x).reshape(-1).contiguous())
+
+
+def fixed_batch(program: "torch.export.ExportedProgram") -> int | None:
+    """The batch size a program was exported with if its first input's batch dimension is a constant
+    (its graph then refuses any other), None if that dimension is dynamic."""
+    first = program.graph_signature.user_inputs[0]
+    value = next(node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
+    return value.shape[0] if isinstance(value.shape[0], int) else None
+
+
 def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
     """A diffusers pipeline directory (``unet/`` and ``scheduler/``, as ``DDPMPipeline.save_pretrained``
     writes it) as a denoiser. Needs the ``diffusers`` extra."""
@@ -94,4 +122,21 @@ def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedD
         return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
 
 
-LOADERS = {"diffusers": load_diffusers, "torchscript": load_torchscript}
+def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenoiser:
+    """A ``torch.export.save`` file whose program is ``D(x, sigma)``, exported with a dynamic batch
+    (``dynamic_shapes`` with a ``torch.export.Dim`` for dimension 0 of both inputs), moved to ``device``."""
+    from torch.export.passes import move_to_device_pass
+
+    with open(path, "rb") as fh:  # read from the handle: torch.export.load wants a name ending in .pt2
+        program = torch.export.load(fh)
+    if len(program.graph_signature.user_inputs) != 2:
+        raise ValueError(f"the exported program takes {len(program.graph_signature.user_inputs)} inputs; "
+                         f"expected two, x and sigma")
+    batch = fixed_batch(program)
+    if batch is not None:
+        raise ValueError(f"exported with a fixed batch of {batch}; export with a dynamic batch: "
+                         f"dynamic_shapes=({{0: Dim('batch')}}, {{0: Dim('batch')}})")
+    return ExportedDenoiser(move_to_device_pass(program, device).module())
+
+
+LOADERS = {"diffusers": load_diffusers, "torchscript": load_torchscript, "pt2": load_export}
