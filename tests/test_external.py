@@ -123,6 +123,25 @@ def test_a_torch_export_denoiser_is_the_exported_module_at_any_batch_and_stays_i
     torch.testing.assert_close(denoiser(x, 0.5), x * 0.0025 / 0.2525, rtol=1e-6, atol=0)  # a scalar sigma
 
 
+def test_a_torch_export_denoiser_moves_to_the_device_it_is_loaded_for(tmp_path):
+    """Weights and the graph's own constants move (torch's move_to_device_pass): the meta device stands in for
+    a GPU here; tests/test_gpu.py checks the numbers on CUDA."""
+    from memorize.models.external import load_export
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * torch.ones(1) / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    export_to(tmp_path / "scaled.pt2", Scaled().eval())
+    denoiser = load_export(str(tmp_path / "scaled.pt2"), "meta")
+    assert {p.device.type for p in denoiser.parameters()} == {"meta"}
+    assert denoiser(torch.zeros(3, 1, 8, 8, device="meta"), torch.ones(3, device="meta")).device.type == "meta"
+
+
 def test_a_torch_export_denoiser_imported_as_a_cell_samples_and_compares(tmp_path, capsys):
     export_to(tmp_path / "halfway.pt2", HalfwayDenoiser())
     cell = tmp_path / "cell"

@@ -353,3 +353,28 @@ def test_a_trained_networks_samples_with_captured_denoiser_calls_are_the_eager_o
     eager = generate(net, (1, 8, 8), seeds, cfg, "cuda", progress=False)
     graphed = generate(net, (1, 8, 8), seeds, cfg, "cuda", progress=False, cuda_graph="auto")
     torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-5)
+
+
+def test_an_exported_denoiser_loaded_on_cuda_gives_the_cpu_answer(tmp_path):
+    """A torch.export file loaded onto the GPU (torch's move_to_device_pass), with a convolution so that
+    weights move too, against the same file on the CPU."""
+    from memorize.models.external import load_export
+    from tests.test_external import export_to
+
+    torch.manual_seed(0)
+    export_to(tmp_path / "conv.pt2", ConvDenoiser().eval())
+    x, sigma = torch.randn(5, 1, 8, 8), torch.rand(5) + 0.1
+    with torch.no_grad():
+        expected = load_export(str(tmp_path / "conv.pt2"))(x, sigma)
+        got = load_export(str(tmp_path / "conv.pt2"), "cuda")(x.cuda(), sigma.cuda())
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+class ConvDenoiser(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
