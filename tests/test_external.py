@@ -12,6 +12,10 @@ from memorize.cli import main
 from memorize.generate import read_samples
 from memorize.models.external import DiscreteVPDenoiser, discrete_sigmas, sigma_to_timestep
 
+# The TorchScript files people have are what these tests make; torch 2.14 warns that making them is deprecated.
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+
+
 def tiny_pipeline(path, prediction: str = "epsilon", seed: int = 0):
     """A randomly initialised UNet2DModel for 1x8x8 images on a 100-step DDPM schedule, saved as a pipeline
     (skips the test where the diffusers extra is not installed)."""
