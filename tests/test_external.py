@@ -87,6 +87,7 @@ def test_a_torchscript_denoiser_imported_as_a_cell_samples_scores_and_compares(t
     assert main(["compare", str(cell), "--n-eval", "16", "--quiet"]) == 0
     assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
 
+
 def export_to(path, module, batch_dynamic: bool = True, batch: int = 4) -> None:
     """``module`` as a torch.export file for 1x8x8 images, its batch dimension dynamic or fixed at ``batch``."""
     dim = torch.export.Dim("batch")
@@ -146,7 +147,7 @@ def test_a_torch_export_denoiser_moves_to_the_device_it_is_loaded_for(tmp_path):
     assert denoiser(torch.zeros(3, 1, 8, 8, device="meta"), torch.ones(3, device="meta")).device.type == "meta"
 
 
-def test_a_torch_export_denoiser_imported_as_a_cell_samples_and_compares(tmp_path, capsys):
+def test_a_torch_export_denoiser_imported_as_a_cell_samples_and_compares(tmp_path):
     export_to(tmp_path / "halfway.pt2", HalfwayDenoiser())
     cell = tmp_path / "cell"
     assert main(["import", str(tmp_path / "halfway.pt2"), "--out", str(cell), "--set", "data.n_train=24",
@@ -162,8 +163,8 @@ def test_a_torch_export_denoiser_imported_as_a_cell_samples_and_compares(tmp_pat
 def test_a_cell_exported_with_torch_export_and_imported_draws_the_same_samples(tmp_path):
     """A network trained elsewhere, made here: a tiny cell's EMA denoiser, exported and imported with the cell's
     own training set and sampling settings, draws the cell's samples from the same seeds."""
-    from tests.conftest import TINY_CELL, trained_tiny_cell
     from memorize.cell import load_trained_denoiser
+    from tests.conftest import TINY_CELL, trained_tiny_cell
 
     trained_tiny_cell(tmp_path / "cell", steps=10)
     denoiser, _ = load_trained_denoiser(tmp_path / "cell")
