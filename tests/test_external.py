@@ -13,7 +13,7 @@ from memorize.generate import read_samples
 from memorize.models.external import DiscreteVPDenoiser, discrete_sigmas, sigma_to_timestep
 
 # The TorchScript files people have are what these tests make; torch 2.14 warns that making them is deprecated.
-pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")  # Deprecation- or FutureWarning
 
 
 def tiny_pipeline(path, prediction: str = "epsilon", seed: int = 0):

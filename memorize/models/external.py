@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -118,7 +121,7 @@ def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedD
     import warnings
 
     with warnings.catch_warnings():  # torch deprecates TorchScript; the files people have are still this
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation-, later FutureWarning
         return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
 
 
@@ -127,8 +130,12 @@ def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenois
     (``dynamic_shapes`` with a ``torch.export.Dim`` for dimension 0 of both inputs), moved to ``device``."""
     from torch.export.passes import move_to_device_pass
 
-    with open(path, "rb") as fh:  # read from the handle: torch.export.load wants a name ending in .pt2
-        program = torch.export.load(fh)
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
+        warnings.filterwarnings("ignore", "The given buffer is not writable")
+        # from memory: torch.export.load wants a name ending in .pt2
+        program = torch.export.load(io.BytesIO(Path(path).read_bytes()))
     if len(program.graph_signature.user_inputs) != 2:
         raise ValueError(f"the exported program takes {len(program.graph_signature.user_inputs)} inputs; "
                          f"expected two, x and sigma")
