@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,7 +67,7 @@ class DiscreteVPDenoiser(nn.Module):
 class ScriptedDenoiser(nn.Module):
     """A TorchScript module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,)."""
 
-    def __init__(self, module: torch.jit.ScriptModule):
+    def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
 
@@ -76,22 +77,13 @@ class ScriptedDenoiser(nn.Module):
         return self.module(x, _per_sample(sigma, x).reshape(-1))
 
 
-class ExportedDenoiser(nn.Module):
+class ExportedDenoiser(ScriptedDenoiser):
     """A ``torch.export`` program's module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,).
     Its graph was traced in one mode (training or eval), so ``train()`` and ``eval()`` stop at this wrapper."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
 
     def train(self, mode: bool = True) -> "ExportedDenoiser":
         self.training = mode
         return self
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if labels is not None:
-            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
-        return self.module(x, _per_sample(sigma, x).reshape(-1).contiguous())
 
 
 def fixed_batch(program: "torch.export.ExportedProgram") -> int | None:
@@ -118,8 +110,6 @@ def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPD
 
 def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedDenoiser:
     """A TorchScript file (``torch.jit.save``) whose module is ``D(x, sigma)``."""
-    import warnings
-
     with warnings.catch_warnings():  # torch deprecates TorchScript; the files people have are still this
         warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation-, later FutureWarning
         return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
@@ -129,8 +119,6 @@ def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenois
     """A ``torch.export.save`` file whose program is ``D(x, sigma)``, exported with a dynamic batch
     (``dynamic_shapes`` with a ``torch.export.Dim`` for dimension 0 of both inputs), moved to ``device``."""
     from torch.export.passes import move_to_device_pass
-
-    import warnings
 
     with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
         warnings.filterwarnings("ignore", "The given buffer is not writable")
