@@ -8,6 +8,7 @@ from memorize.cli import commands
 from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate,
                                 subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
+from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
 from memorize.local_score import BOUNDARIES
 from memorize.sweep.spec import SlurmConfig
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "images before anything is written.")
     p.add_argument("model", help="a diffusers pipeline directory, a TorchScript file or a torch.export file")
     p.add_argument("--out", required=True, help="cell directory to create")
-    p.add_argument("--kind", choices=("diffusers", "torchscript", "pt2"),
+    p.add_argument("--kind", choices=KINDS,
                    help="default: from MODEL (directory: diffusers; file: pt2 for a torch.export archive, "
                         "else torchscript)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -168,7 +168,7 @@ def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embe
         file = _weights_file(rest, spec)
         try:
             with warnings.catch_warnings():  # SSCD ships TorchScript; torch >= 2.10 warns that jit is deprecated
-                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # any category: it changed
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation- or FutureWarning
                 network = torch.jit.load(str(file), map_location=device)
         except RuntimeError as err:
             raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({err})") from None

@@ -65,7 +65,8 @@ class DiscreteVPDenoiser(nn.Module):
 
 
 class ScriptedDenoiser(nn.Module):
-    """A TorchScript module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,)."""
+    """A TorchScript (or, subclassed, torch.export) module that is a denoiser ``forward(x, sigma)`` with
+    ``sigma`` of shape (B,)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -111,7 +112,7 @@ def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPD
 def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedDenoiser:
     """A TorchScript file (``torch.jit.save``) whose module is ``D(x, sigma)``."""
     with warnings.catch_warnings():  # torch deprecates TorchScript; the files people have are still this
-        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation-, later FutureWarning
+        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation- or FutureWarning
         return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
 
 
