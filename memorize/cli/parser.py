@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sub, "import", "import a denoiser trained elsewhere as a cell",
                    "Makes DIR a cell whose trained denoiser is MODEL: a diffusers pipeline directory (unet/ and "
                    "scheduler/: a UNet2DModel on a discrete DDPM schedule, epsilon, sample or v prediction) or a "
-                   "TorchScript or torch.export (.pt2, dynamic batch) file whose forward(x, sigma) returns x0_hat. "
+                   "TorchScript or torch.export (.pt2) file whose forward(x, sigma) returns x0_hat. "
                    "Its training set is named with --set data.* as for `memorize train` (the subset it was "
                    "trained on); held-out images come from the rest. Then `memorize sample`, `score` and "
                    "`compare` work on DIR. The model is copied into DIR/model/ and run once on two training "

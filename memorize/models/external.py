@@ -1,8 +1,11 @@
 """Denoisers trained elsewhere, wrapped into the one interface ``D(x, sigma) -> x0_hat``.
 
 - A **TorchScript** module whose ``forward(x, sigma)`` already is such a denoiser (``sigma`` a (B,) tensor).
-- A **torch.export** program (a ``.pt2`` file of ``torch.export.save``) of such a module, exported with a
-  dynamic batch dimension. The graph is fixed in the mode it was exported in: ``eval()`` does not reach it.
+- A **torch.export** program (a ``.pt2`` file of ``torch.export.save``) of such a module. A batch outside
+  the range the graph was exported for (a fixed size, or a ``Dim``'s min and max) is cut into chunks no
+  larger than the max, each padded up to the min with copies of its last image whose outputs are dropped
+  (as everywhere in memorize, one image's denoised output is taken not to depend on the rest of its
+  batch). The graph is fixed in the mode it was exported in: ``eval()`` does not reach it.
 - A **diffusers** ``UNet2DModel`` trained on a discrete DDPM schedule ``alphas_cumprod`` (``abar_t``, t =
   0..T-1) with prediction type ``epsilon``, ``sample`` or ``v_prediction``. Its noisy input is the VP
   ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, i.e. our ``x = x0 + sigma eps`` scaled by
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from pathlib import Path
 
@@ -79,20 +83,49 @@ class ScriptedDenoiser(nn.Module):
 
 
 class ExportedDenoiser(ScriptedDenoiser):
-    """A ``torch.export`` program's module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,).
+    """A ``torch.export`` program's module that is a denoiser ``forward(x, sigma)`` with ``sigma`` of shape (B,),
+    run on any batch: ``batches`` = (min, max or None) is the batch range its graph accepts (module docstring).
     Its graph was traced in one mode (training or eval), so ``train()`` and ``eval()`` stop at this wrapper."""
+
+    def __init__(self, module: nn.Module, batches: tuple[int, int | None] = (0, None)):
+        super().__init__(module)
+        self.batches = batches
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
+        sigma_b = _per_sample(sigma, x).reshape(-1)
+        low, high = self.batches
+        if low <= len(x) and (high is None or len(x) <= high):
+            return self.module(x, sigma_b)
+        if len(x) == 0:
+            return torch.empty_like(x)
+        size = high or len(x)
+        return torch.cat([self._padded(x[i:i + size], sigma_b[i:i + size]) for i in range(0, len(x), size)])
+
+    def _padded(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The program on ``x`` padded to the graph's smallest batch with copies of its last image."""
+        pad = max(self.batches[0] - len(x), 0)
+        if pad == 0:
+            return self.module(x, sigma)
+        return self.module(torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]),
+                           torch.cat([sigma, sigma[-1:].expand(pad)]))[:len(x)]
 
     def train(self, mode: bool = True) -> "ExportedDenoiser":
         self.training = mode
         return self
 
 
-def fixed_batch(program: "torch.export.ExportedProgram") -> int | None:
-    """The batch size a program was exported with if its first input's batch dimension is a constant
-    (its graph then refuses any other), None if that dimension is dynamic."""
+def batch_range(program: "torch.export.ExportedProgram") -> tuple[int, int | None]:
+    """The batch sizes a program's graph accepts, (min, max or None for no bound): its first input's
+    dimension 0 as exported, a constant ``b`` giving (b, b), a ``torch.export.Dim`` its range."""
     first = program.graph_signature.user_inputs[0]
-    value = next(node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
-    return value.shape[0] if isinstance(value.shape[0], int) else None
+    size = next(node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
+    size = size.shape[0]
+    if isinstance(size, int):
+        return size, size
+    bounds = program.range_constraints[size.node.expr]
+    return int(bounds.lower), (int(bounds.upper) if bounds.upper < sys.maxsize else None)
 
 
 def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
@@ -117,22 +150,19 @@ def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedD
 
 
 def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenoiser:
-    """A ``torch.export.save`` file whose program is ``D(x, sigma)``, exported with a dynamic batch
-    (``dynamic_shapes`` with a ``torch.export.Dim`` for dimension 0 of both inputs), moved to ``device``."""
+    """A ``torch.export.save`` file whose program is ``D(x, sigma)``, moved to ``device``; best exported with a
+    dynamic batch (``dynamic_shapes`` with a ``torch.export.Dim`` for dimension 0 of both inputs), though any
+    batch range runs (:class:`ExportedDenoiser`)."""
     from torch.export.passes import move_to_device_pass
 
     with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
         warnings.filterwarnings("ignore", "The given buffer is not writable")
-        # from memory: torch.export.load wants a name ending in .pt2
+        # read as bytes: torch.export.load wants a file name ending in .pt2
         program = torch.export.load(io.BytesIO(Path(path).read_bytes()))
     if len(program.graph_signature.user_inputs) != 2:
         raise ValueError(f"the exported program takes {len(program.graph_signature.user_inputs)} inputs; "
                          f"expected two, x and sigma")
-    batch = fixed_batch(program)
-    if batch is not None:
-        raise ValueError(f"exported with a fixed batch of {batch}; export with a dynamic batch: "
-                         f"dynamic_shapes=({{0: Dim('batch')}}, {{0: Dim('batch')}})")
-    return ExportedDenoiser(move_to_device_pass(program, device).module())
+    return ExportedDenoiser(move_to_device_pass(program, device).module(), batch_range(program))
 
 
 LOADERS = {"diffusers": load_diffusers, "torchscript": load_torchscript, "pt2": load_export}
