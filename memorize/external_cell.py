@@ -25,7 +25,7 @@ from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, r
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json, check_directory
-from memorize.models.external import LOADERS
+from memorize.models.external import AOTI_REFUSAL, LOADERS, is_aoti_package
 
 KINDS = tuple(LOADERS)
 
@@ -45,7 +45,8 @@ def _removed_on_error(out: Path):
 
 def detect_kind(model: Path) -> str:
     """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``); for a file ``pt2`` where it is a
-    ``torch.export`` archive (a zip holding ``archive_format``), else ``torchscript``."""
+    ``torch.export`` archive (a zip holding ``archive_format``; an AOTInductor package is refused), else
+    ``torchscript``."""
     if model.is_dir():
         if (model / "unet").is_dir() and (model / "scheduler").is_dir():
             return "diffusers"
@@ -54,6 +55,8 @@ def detect_kind(model: Path) -> str:
         if zipfile.is_zipfile(model):
             with zipfile.ZipFile(model) as archive:
                 if any(name.endswith("/archive_format") for name in archive.namelist()):
+                    if is_aoti_package(model):
+                        raise ConfigError(f"{model}: {AOTI_REFUSAL}")
                     return "pt2"
         return "torchscript"
     raise FileNotFoundError(f"{model}: no such model file or directory")

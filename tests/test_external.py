@@ -3,6 +3,7 @@ predictions, and an imported model used as a cell by sample, score and compare."
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -307,3 +308,27 @@ def test_our_fid_equals_pytorch_fids_on_the_same_features():
     a, b = rng.normal(size=(500, 64)), rng.normal(0.3, 1.2, size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.2
     theirs = fid_score.calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     assert frechet_distance(a, b, "cpu") == pytest.approx(theirs, rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # torch 2.11's compiler, inside aoti_compile
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="AOTInductor needs a C++ compiler")
+def test_an_aotinductor_package_is_refused_in_one_line_naming_the_program_to_import(tmp_path, capsys):
+    """torch's own AOTInductor package of a torch.export program (compiled here, about 15 s): also a .pt2
+    archive, but compiled code that does not check its inputs, so import refuses it and writes nothing."""
+    from torch._inductor import aoti_compile_and_package
+
+    from memorize.models.external import load_export
+
+    dim = torch.export.Dim("batch")
+    program = torch.export.export(HalfwayDenoiser(), (torch.zeros(4, 1, 8, 8), torch.ones(4)),
+                                  dynamic_shapes=({0: dim}, {0: dim}))
+    package = aoti_compile_and_package(program, package_path=str(tmp_path / "halfway.pt2"))
+    capsys.readouterr()  # the compiler's own log
+    assert main(["import", package, "--out", str(tmp_path / "cell"), "--set", "data.n_train=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "halfway.pt2: an AOTInductor package, not a torch.export program" in err, err
+    assert not (tmp_path / "cell" / "cell.json").exists()
+    with pytest.raises(ValueError, match="an AOTInductor package"):  # --kind pt2 skips the detection
+        load_export(package)

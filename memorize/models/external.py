@@ -5,7 +5,9 @@
   the range the graph was exported for (a fixed size, or a ``Dim``'s min and max) is cut into chunks no
   larger than the max, each padded up to the min with copies of its last image whose outputs are dropped
   (as everywhere in memorize, one image's denoised output is taken not to depend on the rest of its
-  batch). The graph is fixed in the mode it was exported in: ``eval()`` does not reach it.
+  batch). The graph is fixed in the mode it was exported in: ``eval()`` does not reach it. An AOTInductor
+  package (also a ``.pt2`` archive) is refused: its compiled code checks neither the shape, the dtype, the
+  strides nor the device of its inputs (a CPU package given CUDA tensors ends the process).
 - A **diffusers** ``UNet2DModel`` trained on a discrete DDPM schedule ``alphas_cumprod`` (``abar_t``, t =
   0..T-1) with prediction type ``epsilon``, ``sample`` or ``v_prediction``. Its noisy input is the VP
   ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, i.e. our ``x = x0 + sigma eps`` scaled by
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -128,6 +131,19 @@ def batch_range(program: "torch.export.ExportedProgram") -> tuple[int, int | Non
     return int(bounds.lower), (int(bounds.upper) if bounds.upper < sys.maxsize else None)
 
 
+AOTI_REFUSAL = "an AOTInductor package, not a torch.export program: import the program it was compiled from " \
+               "(torch.export.save)"
+
+
+def is_aoti_package(path: str | Path) -> bool:
+    """Whether ``path`` is an AOTInductor package: a PT2 archive with compiled code under ``data/aotinductor/``
+    (PyTorch's PT2 archive spec), where a torch.export program has none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/data/aotinductor/" in name for name in archive.namelist())
+
+
 def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
     """A diffusers pipeline directory (``unet/`` and ``scheduler/``, as ``DDPMPipeline.save_pretrained``
     writes it) as a denoiser. Needs the ``diffusers`` extra."""
@@ -155,6 +171,8 @@ def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenois
     batch range runs (:class:`ExportedDenoiser`)."""
     from torch.export.passes import move_to_device_pass
 
+    if is_aoti_package(path):
+        raise ValueError(AOTI_REFUSAL)
     with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
         warnings.filterwarnings("ignore", "The given buffer is not writable")
         # read as bytes: torch.export.load wants a file name ending in .pt2
