@@ -82,7 +82,10 @@ class ScriptedDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is not None:
             raise ValueError("this imported denoiser is unconditional: it takes no class labels")
-        return self.module(x, _per_sample(sigma, x).reshape(-1))
+        return self._run(x, _per_sample(sigma, x).reshape(-1))
+
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.module(x, sigma)
 
 
 class ExportedDenoiser(ScriptedDenoiser):
@@ -94,17 +97,14 @@ class ExportedDenoiser(ScriptedDenoiser):
         super().__init__(module)
         self.batches = batches
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if labels is not None:
-            raise ValueError("this imported denoiser is unconditional: it takes no class labels")
-        sigma_b = _per_sample(sigma, x).reshape(-1)
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         low, high = self.batches
         if low <= len(x) and (high is None or len(x) <= high):
-            return self.module(x, sigma_b)
+            return self.module(x, sigma)
         if len(x) == 0:
             return torch.empty_like(x)
         size = high or len(x)
-        return torch.cat([self._padded(x[i:i + size], sigma_b[i:i + size]) for i in range(0, len(x), size)])
+        return torch.cat([self._padded(x[i:i + size], sigma[i:i + size]) for i in range(0, len(x), size)])
 
     def _padded(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The program on ``x`` padded to the graph's smallest batch with copies of its last image."""
@@ -123,8 +123,8 @@ def batch_range(program: "torch.export.ExportedProgram") -> tuple[int, int | Non
     """The batch sizes a program's graph accepts, (min, max or None for no bound): its first input's
     dimension 0 as exported, a constant ``b`` giving (b, b), a ``torch.export.Dim`` its range."""
     first = program.graph_signature.user_inputs[0]
-    size = next(node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
-    size = size.shape[0]
+    value = next(node.meta["val"] for node in program.graph.nodes if node.op == "placeholder" and node.name == first)
+    size = value.shape[0]
     if isinstance(size, int):
         return size, size
     bounds = program.range_constraints[size.node.expr]
