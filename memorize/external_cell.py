@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, r
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json, check_directory
-from memorize.models.external import AOTI_REFUSAL, LOADERS, is_aoti_package
+from memorize.models.external import AOTI_REFUSAL, LOADERS, pt2_archive
 
 KINDS = tuple(LOADERS)
 
@@ -45,20 +44,17 @@ def _removed_on_error(out: Path):
 
 def detect_kind(model: Path) -> str:
     """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``); for a file ``pt2`` where it is a
-    ``torch.export`` archive (a zip holding ``archive_format``; an AOTInductor package is refused), else
-    ``torchscript``."""
+    ``torch.export`` archive (:func:`~memorize.models.external.pt2_archive`; an AOTInductor package is
+    refused), else ``torchscript``."""
     if model.is_dir():
         if (model / "unet").is_dir() and (model / "scheduler").is_dir():
             return "diffusers"
         raise ConfigError(f"{model}: a directory, but not a diffusers pipeline (expected unet/ and scheduler/ in it)")
     if model.is_file():
-        if zipfile.is_zipfile(model):
-            with zipfile.ZipFile(model) as archive:
-                if any(name.endswith("/archive_format") for name in archive.namelist()):
-                    if is_aoti_package(model):
-                        raise ConfigError(f"{model}: {AOTI_REFUSAL}")
-                    return "pt2"
-        return "torchscript"
+        archive = pt2_archive(model)
+        if archive == "aoti":
+            raise ConfigError(f"{model}: {AOTI_REFUSAL}")
+        return "pt2" if archive == "program" else "torchscript"
     raise FileNotFoundError(f"{model}: no such model file or directory")
 
 

@@ -135,13 +135,17 @@ AOTI_REFUSAL = "an AOTInductor package, not a torch.export program: import the p
                "(torch.export.save)"
 
 
-def is_aoti_package(path: str | Path) -> bool:
-    """Whether ``path`` is an AOTInductor package: a PT2 archive with compiled code under ``data/aotinductor/``
-    (PyTorch's PT2 archive spec), where a torch.export program has none."""
+def pt2_archive(path: str | Path) -> str | None:
+    """What a file is by PyTorch's PT2 archive spec: ``"program"`` for a ``torch.export.save`` archive (a zip
+    holding ``archive_format``), ``"aoti"`` for an AOTInductor package (compiled code under
+    ``data/aotinductor/``), None for anything else."""
     if not zipfile.is_zipfile(path):
-        return False
+        return None
     with zipfile.ZipFile(path) as archive:
-        return any("/data/aotinductor/" in name for name in archive.namelist())
+        names = archive.namelist()
+    if not any(name.endswith("/archive_format") for name in names):
+        return None
+    return "aoti" if any("/data/aotinductor/" in name for name in names) else "program"
 
 
 def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
@@ -171,7 +175,7 @@ def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenois
     batch range runs (:class:`ExportedDenoiser`)."""
     from torch.export.passes import move_to_device_pass
 
-    if is_aoti_package(path):
+    if pt2_archive(path) == "aoti":
         raise ValueError(AOTI_REFUSAL)
     with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
         warnings.filterwarnings("ignore", "The given buffer is not writable")
