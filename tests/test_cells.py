@@ -25,7 +25,7 @@ NOT_IDENTITY = [("train.device", "cpu"), ("train.log_every", 7), ("train.eval_ev
                 ("data.root", "/elsewhere")]  # a location: the content is fingerprinted instead
 IDENTITY = [("data.n_train", 33), ("data.split_seed", 1), ("data.labels", "true"), ("model.channels", 16),
             ("model.dropout", 0.1), ("diffusion.parameterization", "eps"), ("diffusion.sigma_data", 0.7),
-            ("train.lr", 2e-3), ("train.batch_size", 8), ("train.ema_decay", 0.99), ("train.amp", False), ("seed", 1)]
+            ("train.lr", 2e-3), ("train.batch_size", 8), ("train.ema_decay", 0.99), ("train.amp", True), ("seed", 1)]
 
 
 def _with(cfg: CellConfig, dotted: str, value) -> CellConfig:

@@ -435,6 +435,28 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     assert text.count("pack of 2: ") == 2 and "4 cells would run in 2 jobs" in text and not out.exists()
 
 
+def test_cells_begun_with_bf16_autocast_are_named_and_resumed_with_the_setting_that_made_them(tmp_path, capsys):
+    """train.amp is part of a cell: cells trained with train.amp true (the earlier default) are other cells than
+    the float32 default's. A launch names them in one line, with the --set that resumes them, which then does."""
+    spec, out = write_spec(tmp_path / "s.yaml"), tmp_path / "sweep"
+    one = ["--set", "grid.data.n_train=[16]", "--executor", "debug", "--quiet"]
+    bf16 = ["--set", "base.train.amp=true"]
+    assert main(["sweep", "run", str(spec), "--out", str(out), *one, *bf16]) == 0
+    (begun,) = [d.name for d in (out / "cells").iterdir()]
+    assert json.loads(CellPaths(out / "cells" / begun).identity.read_text())["identity"]["train"]["amp"] is True
+    capsys.readouterr()
+    assert main(["sweep", "run", str(spec), "--out", str(out), *one, "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.count("to run") == 1 and begun not in printed.out
+    assert (f"1 cell of this grid was begun in {out} with train.amp: true" in printed.err
+            and "--set base.train.amp=true to resume it" in printed.err)
+    assert main(["sweep", "run", str(spec), "--out", str(out), *one, *bf16, "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert f"{begun}  " in printed.out and printed.out.count("done") == 1 and "train.amp" not in printed.err
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--set", "grid.data.n_train=[32]", "--dry-run"]) == 0
+    assert "train.amp" not in capsys.readouterr().err  # no twin there: nothing to say
+
+
 def test_set_overrides_spec_fields_and_whole_axes_without_touching_the_file(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.yaml")
     before = spec.read_text()

@@ -194,7 +194,9 @@ class TrainConfig:
     keep_all_checkpoints: bool = False
     log_every: int = 50
     eval_every: int = 250
-    amp: bool = True
+    # bf16 autocast of the training step on a CUDA device (the CPU trains in float32 either way). Off by default:
+    # it was slower than float32 on the training benchmark (benchmarks/README.md, "Training step on the GPU").
+    amp: bool = False
     device: str = "auto"
     # Sweeps with score.checkpoints: end a cell before its budget once memorization has converged
     # (memorize.timescales.memorization_converged: the ratio at the scored checkpoints has reached 0.5 and moved by

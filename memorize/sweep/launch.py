@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
 import submitit
 import torch
 
-from memorize.config import CellConfig, ConfigError, to_dict
+from memorize.cell import CellPaths
+from memorize.config import CellConfig, ConfigError, cell_id, to_dict
 from memorize.sweep.job import BatchJob, CellJob, PackJob
 from memorize.sweep.layout import ERROR, cell_dir, check_layout, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
@@ -88,6 +90,31 @@ def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = N
             f"constraint={s.constraint}, extra={s.extra}")
 
 
+def bf16_twins(out: Path, todo: dict[str, list[GridPoint]]) -> list[str]:
+    """The cells of ``todo`` not yet begun in ``out`` (float32 training, ``train.amp: false``) whose twin with
+    ``train.amp: true``, the default of earlier versions, was begun there: those twins' ids. ``train.amp`` is
+    part of a cell, so the twins are not resumed unless the sweep sets it back."""
+    twins = []
+    for cid, points in todo.items():
+        cfg = points[0].config
+        if cfg.train.amp or CellPaths(cell_dir(out, cid)).identity.is_file():
+            continue
+        twin = cell_id(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=True)))
+        if CellPaths(cell_dir(out, twin)).identity.is_file():
+            twins.append(twin)
+    return twins
+
+
+def say_bf16_twins(out: Path, todo: dict[str, list[GridPoint]]) -> None:
+    """One line where :func:`bf16_twins` finds any: what runs anew, and the setting that resumes the twins."""
+    twins = bf16_twins(out, todo)
+    if twins:
+        cells = "1 cell of this grid was" if len(twins) == 1 else f"{len(twins)} cells of this grid were"
+        print(f"memorize: {cells} begun in {out} with train.amp: true (bf16 autocast, the default before "
+              f"2026-12-05) and not resumed: trained anew in float32; add --set base.train.amp=true to resume "
+              f"{'it' if len(twins) == 1 else 'them'} instead", file=sys.stderr, flush=True)
+
+
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
               dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
@@ -135,6 +162,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
     report = {"cells": len(cells), "points": len(points), "done_before": len(cells) - len(todo) - len(busy),
               "running_elsewhere": len(busy), "launched": 0, "failed": 0}
+    say_bf16_twins(out, todo)
     if dry_run:
         for p in points:
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
