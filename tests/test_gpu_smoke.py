@@ -132,3 +132,21 @@ def test_parts_past_the_budget_are_skipped_and_said_so(monkeypatch, tmp_path):
     assert [r["part"] for r in rows if r["status"] == "skipped"] == probes[3:] + [
         "training steps", "main job (sweeps/digits.yaml, defaults)", "N = 64 column, defaults",
         "N = 64 column, --pack 1, train.cuda_graph off", "gpu-marked tests"]
+
+
+def test_bf16_and_float32_are_timed_in_turns_and_each_keeps_its_fastest_run(monkeypatch):
+    """The figure that decides train.amp's default: neither setting always runs first (the first of two runs
+    back to back can run slower), and each is its faster run."""
+    from benchmarks import steps
+
+    rates = {"float32": iter([10.0, 30.0]), "bf16": iter([25.0, 20.0])}
+    order = []
+
+    def fake_loop_rate(cfg, n, warmup):
+        order.append(cfg)
+        return {"steps per second": next(rates[cfg]), "mode": cfg}
+
+    monkeypatch.setattr(steps, "loop_rate", fake_loop_rate)
+    best = steps.best_rates({"float32": "float32", "bf16": "bf16"}, 10, 2)
+    assert order == ["float32", "bf16", "bf16", "float32"]
+    assert best["float32"]["steps per second"] == 30.0 and best["bf16"]["steps per second"] == 25.0
