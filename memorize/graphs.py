@@ -106,11 +106,11 @@ class StepRunner:
     Unless ``eager_because`` says why not (:func:`graph_refusal`; a CUDA device captures): the inputs go
     into :class:`StaticInputs` (``on_static`` is called with them once, when they are made: e.g. to point
     the optimizer's learning rate at one of them), the first :data:`WARMUP_STEPS` calls run ``fn`` eagerly
-    on a side stream, the next captures it in a CUDA graph, and that call and every later one replay it. Where the capture fails, a line on stderr
-    says why and ``fn`` runs eagerly from then on, on the same buffers. ``before_capture`` runs just
-    before the capture and after a failed one (e.g. to drop the gradients, so that the captured backward
-    pass allocates its own). Otherwise ``fn`` runs eagerly on the inputs as given (moved to ``device``).
-    :attr:`mode` says which it was."""
+    on a side stream, the next captures it in a CUDA graph, and that call and every later one replay it.
+    Where the capture fails, a line on stderr says why and ``fn`` runs eagerly from then on, on the same
+    buffers. ``before_capture`` runs just before the capture and after a failed one (e.g. to drop the
+    gradients, so that the captured backward pass allocates its own). Otherwise ``fn`` runs eagerly on the
+    inputs as given (moved to ``device``). :attr:`mode` says which it was."""
 
     def __init__(self, fn: StepFn, device: torch.device, eager_because: str | None, label: str,
                  on_static: Callable[[Inputs], None] | None = None,
@@ -205,8 +205,11 @@ class StepRunner:
 class GraphedCall:
     """``fn(*tensors) -> tensor`` (a denoiser's forward pass in a sampler: device work only) captured in a
     CUDA graph once per shapes and dtypes of its arguments, after :data:`WARMUP_STEPS` eager calls, and
-    replayed for the rest (a :class:`StepRunner` each); on any other device ``fn`` runs as called. Each call returns its own tensor (the graph's output is copied, since
-    the next replay overwrites it: samplers keep earlier outputs, e.g. DPM-Solver++(2M))."""
+    replayed for the rest (a :class:`StepRunner` each); on any other device ``fn`` runs as called. Each
+    call returns its own tensor (the graph's output is copied, since the next replay overwrites it:
+    samplers keep earlier outputs, e.g. DPM-Solver++(2M)). Arguments elsewhere than the first one's
+    device are moved there first: nothing here reads the output back on the host, so a pinned host
+    buffer (:class:`StaticInputs`) could be written again before its copy of the last call had run."""
 
     capture_on: tuple[str, ...] = ("cuda",)  # device types whose calls are captured
 
@@ -218,11 +221,15 @@ class GraphedCall:
         device = args[0].device
         if device.type not in self.capture_on:
             return self.fn(*args)
+        args = tuple(a.to(device) for a in args)
         key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
         runner = self.runners.get(key)
         if runner is None:
-            runner = self.runners[key] = StepRunner(lambda inputs: self.fn(*(inputs[str(i)] for i in range(len(args)))),
-                                                    device, None, self.label, what="the sampler's denoiser call")
+            def call(inputs: Inputs, n: int = len(args)) -> torch.Tensor:
+                return self.fn(*(inputs[str(i)] for i in range(n)))
+
+            runner = self.runners[key] = StepRunner(call, device, None, self.label,
+                                                    what="the sampler's denoiser call")
         return runner.run({str(i): a for i, a in enumerate(args)}).clone()
 
     @property

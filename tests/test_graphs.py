@@ -238,3 +238,21 @@ def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_
     (call,) = made
     assert torch.equal(graphed, eager)
     assert call.modes == ["captured", "captured"] and all(r.graph.replays > 0 for r in call.runners.values())
+
+
+def test_a_graphed_call_moves_its_arguments_to_the_device_before_they_reach_the_graphs_buffers(monkeypatch):
+    """A sampler's call reads nothing back, so an argument copied through a pinned host buffer could be
+    overwritten by the next call before its copy ran: every argument reaches the static buffers from the
+    device (here the meta device stands in for a GPU)."""
+    from memorize.graphs import GraphedCall
+
+    seen = []
+    load = StaticInputs.load
+    monkeypatch.setattr(StaticInputs, "load", lambda self, values: seen.append(
+        {k: v.device.type for k, v in values.items()}) or load(self, values))
+    monkeypatch.setattr(GraphedCall, "capture_on", ("meta",))
+    monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
+    call = GraphedCall(lambda x, sigma: x * sigma, "test")
+    out = call(torch.zeros(2, 3, device="meta"), torch.tensor(0.5))
+    assert out.device.type == "meta" and out.shape == (2, 3)
+    assert seen == [{"0": "meta", "1": "meta"}]
