@@ -184,21 +184,13 @@ def skipped(name: str) -> dict:
 
 
 def stage_seconds(out: Path) -> list[dict]:
-    """Where a finished sweep's time went: each stage's seconds summed over its cells (training from each
-    cell's ``train.json``, where a pack's wall time is shared evenly among the cells it began with; the rest
-    from the evaluations' timings)."""
-    import json
+    """Where a finished sweep's time went: each stage's seconds over its cells
+    (:func:`benchmarks.sweep.stage_totals`: a pack's training counted once); none where no grid point finished."""
+    from benchmarks.sweep import cell_stages, stage_totals
 
-    totals: dict[str, float] = {}
-    for cell in sorted((out / "cells").glob("*")):
-        if (cell / "train.json").is_file():
-            trained = json.loads((cell / "train.json").read_text())
-            totals["train"] = totals.get("train", 0.0) + trained["seconds"] / trained.get("packed", 1)
-        for evaluation in cell.glob("evals/*.json"):
-            for stage, seconds in json.loads(evaluation.read_text()).get("seconds", {}).items():
-                totals[stage] = totals.get(stage, 0.0) + seconds
-    return [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
-             "detail": "a pack's training counted once"} for stage, seconds in totals.items()]
+    table = cell_stages(out)
+    return [] if table.empty else [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
+             "detail": "a pack's training counted once"} for stage, seconds in stage_totals(table).items()]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

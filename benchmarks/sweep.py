@@ -3,7 +3,7 @@
 By default it runs a slice of the digits sweep (one training-set size, all three model sizes) in a
 temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
 per-stage timings every grid point records in its ``evals/<key>.json`` (training: the cell's
-training seconds up to that budget). `--sweep-dir DIR` reads a finished sweep
+training seconds up to that budget, a pack's wall time shared among the cells it trained). `--sweep-dir DIR` reads a finished sweep
 instead (e.g. the README's main job, runs/digits). ``--device cuda`` runs the slice with
 ``train.device: cuda`` (sampling, scoring and comparing follow it: ``auto`` picks the GPU).
 """
@@ -24,24 +24,48 @@ from memorize.sweep import load_spec, run_sweep
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
 
 
-def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
+def cell_stages(sweep_dir: Path) -> pd.DataFrame:
+    """One row per grid point of a finished sweep (``cells/*/evals/*.json``): its cell, model, N and each
+    stage's seconds. ``train`` is the cell's training seconds up to that grid point's budget; a cell
+    trained in a pack (``packed`` in its ``train.json``: the cells that began training together) is
+    charged its share of the pack's wall time, so a pack's training is counted once over its cells."""
     rows = []
-    for path in sorted((sweep_dir / "cells").glob("*/evals/*.json")):
+    for path in sorted(sweep_dir.glob("cells/*/evals/*.json")):
         s = json.loads(path.read_text())
-        stages = {"train": s["train_seconds"], **s["seconds"]}
-        rows.append({"model": s["model"], "n_train": s["n_train"], **stages, "total": sum(stages.values())})
-    table = pd.DataFrame(rows)
+        trained = path.parent.parent / "train.json"
+        packed = json.loads(trained.read_text()).get("packed", 1) if trained.is_file() else 1
+        rows.append({"cell": path.parent.parent.name, "model": s["model"], "n_train": s["n_train"],
+                     "train": s["train_seconds"] / packed, **s["seconds"]})
+    return pd.DataFrame(rows, columns=None if rows else ["cell", "model", "n_train", "train"])
+
+
+def stage_totals(table: pd.DataFrame) -> dict[str, float]:
+    """Each stage's seconds over a sweep (:func:`cell_stages`): training once per cell (its longest
+    budget, whatever number of budgets it serves), every other stage summed over the grid points."""
     stages = [c for c in ("train", "sample", "score", "compare") if c in table]
+    return {k: float(table.groupby("cell")["train"].max().sum() if k == "train" else table[k].sum()) for k in stages}
+
+
+def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
+    """Seconds per stage, per model (the mean over its grid points) and over the sweep (training: each
+    cell's longest budget once, whatever number of budgets it serves), each stage's share, cells per hour
+    (by ``wall_seconds`` where given, else by the summed cell time)."""
+    table = cell_stages(sweep_dir)
+    if table.empty:
+        raise SystemExit(f"benchmarks.sweep: {sweep_dir} holds no finished grid point (no cells/*/evals/*.json)")
+    totals = stage_totals(table)
+    stages = list(totals)
+    table["total"] = table[stages].sum(axis=1)
     per_model = table.groupby("model")[stages + ["total"]].mean().reset_index()
     out = [{"what": f"mean per cell, {r['model']}", **{k: r[k] for k in stages + ['total']}}
            for _, r in per_model.iterrows()]
-    total = table[stages + ["total"]].sum()
-    out.append({"what": f"all {len(table)} cells (sum)", **total.to_dict()})
+    total = {**totals, "total": sum(totals.values())}
+    out.append({"what": f"all {len(table)} grid points (sum)", **total})
     share = {k: total[k] / total["total"] for k in stages}
     out.append({"what": "share of cell time", **share, "total": sum(share.values())})
     wall = wall_seconds if wall_seconds is not None else float(total["total"])
     out.append({"what": "cells per hour (wall clock, incl. process start-up)" if wall_seconds
-                else "cells per hour (cell time)", "total": 3600 * len(table) / wall})
+                else "cells per hour (cell time)", "total": 3600 * table["cell"].nunique() / wall})
     return out
 
 

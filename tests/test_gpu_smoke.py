@@ -63,15 +63,38 @@ def test_a_part_cut_at_its_time_limit_takes_the_processes_it_started_with_it(tmp
     assert not marker.exists()  # the worker (a sweep's, say) did not outlive the part
 
 
+def finished_sweep(root):
+    """Cells a and b trained alone, p1 and p2 in one pack of 6 s wall time; b serves two budgets."""
+    for cell, packed, evals in (("a", None, [(2.0, {"sample": 1.0, "score": 0.5})]),
+                                ("b", None, [(1.5, {"sample": 0.25}), (3.0, {"sample": 0.5})]),
+                                ("p1", 2, [(6.0, {})]), ("p2", 2, [(6.0, {})])):
+        (root / "cells" / cell / "evals").mkdir(parents=True)
+        (root / "cells" / cell / "train.json").write_text(json.dumps({} if packed is None else {"packed": packed}))
+        for i, (train, stages) in enumerate(evals):
+            (root / "cells" / cell / "evals" / f"{i}.json").write_text(json.dumps(
+                {"model": "small" if cell in ("a", "b") else "large", "n_train": 8, "train_seconds": train,
+                 "seconds": stages}))
+    return root
+
+
 def test_stage_seconds_sum_each_stage_over_the_cells_and_count_a_packs_training_once(tmp_path):
-    for cell, train, stages in (("a", {"seconds": 2.0}, {"sample": 1.0, "score": 0.5}),
-                                ("b", {"seconds": 3.0}, {"sample": 0.25}),
-                                ("p1", {"seconds": 6.0, "packed": 2}, {}), ("p2", {"seconds": 6.0, "packed": 2}, {})):
-        (tmp_path / "cells" / cell / "evals").mkdir(parents=True)
-        (tmp_path / "cells" / cell / "train.json").write_text(json.dumps(train))
-        (tmp_path / "cells" / cell / "evals" / "k.json").write_text(json.dumps({"seconds": stages}))
-    got = {row["figure"]: row["value"] for row in gpu_smoke.stage_seconds(tmp_path)}
-    assert got == {"stage: train": 11.0, "stage: sample": 1.25, "stage: score": 0.5}
+    """train = 2 + 3 (b's longer budget, once) + 6 (the pack's, shared by p1 and p2); the other stages sum
+    over the grid points."""
+    got = {row["figure"]: row["value"] for row in gpu_smoke.stage_seconds(finished_sweep(tmp_path))}
+    assert got == {"stage: train": 11.0, "stage: sample": 1.75, "stage: score": 0.5}
+    assert gpu_smoke.stage_seconds(tmp_path / "no sweep here") == []
+
+
+def test_the_sweep_benchmark_charges_each_packed_cell_its_share_of_the_pack(tmp_path):
+    from benchmarks.sweep import stage_table
+
+    rows = {row["what"]: row for row in stage_table(finished_sweep(tmp_path), wall_seconds=36.0)}
+    assert rows["mean per cell, large"]["train"] == 3.0  # 6 s of the pack, half each
+    assert rows["mean per cell, small"]["train"] == pytest.approx((2.0 + 1.5 + 3.0) / 3)  # per grid point
+    assert rows["all 5 grid points (sum)"]["total"] == pytest.approx(11.0 + 1.75 + 0.5)
+    assert rows["cells per hour (wall clock, incl. process start-up)"]["total"] == 400.0  # 4 cells in 36 s
+    with pytest.raises(SystemExit, match="holds no finished grid point"):
+        stage_table(tmp_path / "no sweep here")
 
 
 def test_the_budget_cuts_a_part_to_what_is_left_and_skips_one_that_finds_too_little(monkeypatch):
