@@ -1,11 +1,16 @@
 """Training steps as CUDA graphs (memorize.graphs), everything but the capture itself, on the CPU: which steps
 are captured, the static inputs, the warm-up / capture / replay sequence, the optimizer's device state and the
-checkpoints it writes, the fallback where a capture fails. The capture itself: tests/test_gpu.py."""
+checkpoints it writes, the fallback where a capture fails. The capture is played by :class:`TracedGraph`, which
+replays only the tensor work recorded at the capture, as a CUDA graph does: a step that left a host value
+in its work (a learning rate, a step count, an EMA weight) trains differently from the eager one here too.
+The capture itself: tests/test_gpu.py."""
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 
 import memorize.graphs as graphs
 import memorize.pack as pack_module
@@ -59,39 +64,60 @@ def test_static_inputs_are_filled_in_place_and_refuse_another_shape():
         static.load({"x": torch.ones(2, 3), "labels": torch.zeros(2)})
 
 
-class FakeGraph:
-    """A stand-in for torch.cuda.CUDAGraph on the CPU: the step function recorded at the capture is run again,
-    on the same static buffers, at each replay (what a replay does on the GPU without the Python)."""
+class TracedGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU that keeps its rule: a replay repeats the tensor work
+    recorded at the capture and nothing else. The capture records the step with ``make_fx`` (which runs it
+    once, for real: that is the capture's own step, so the first replay only counts), so a value the host
+    computed at the capture (a learning rate or step count given as a number, an EMA weight read with
+    ``.item()``) stays what it was in every later replay, as on a GPU, while tensors the step reads or
+    updates in place (the static inputs, the weights, the optimizer's state) are the live ones. Each replay
+    writes into the capture's output tensor, as a CUDA graph does."""
 
-    def __init__(self, runner, static):
+    def __init__(self, runner: StepRunner, static):
+        outputs = []
+
+        def step(inputs):
+            outputs.append(runner.fn(inputs))
+            return outputs[-1]
+
         self.runner, self.static, self.replays = runner, static, 0
+        self.module = make_fx(step)(static)
+        runner.values = outputs[0].detach()
 
     def replay(self):
         self.replays += 1
-        self.runner.values = self.runner.fn(self.static)
+        if self.replays > 1:  # the first replay's work ran at the capture
+            with torch.no_grad():  # the recorded work has its backward pass written out
+                self.runner.values.copy_(self.module(self.static))
+
+
+def traced_capture(self, static):
+    """:meth:`StepRunner._capture` on the CPU: :class:`TracedGraph`."""
+    if self.before_capture is not None:
+        self.before_capture()
+    self.graph = TracedGraph(self, static)
 
 
 @pytest.fixture
 def fake_capture(monkeypatch):
-    """Steps captured on the CPU: the capture decision is a GPU's, the side stream is the CPU's, the capture
-    records the step function (nothing runs at the capture, as on a GPU); the optimizer takes its learning
-    rate from the static input (AdamW's capturable flag itself needs a GPU)."""
+    """Steps captured on the CPU: the capture decision is a GPU's, the side stream is the CPU's, the capture a
+    :class:`TracedGraph`; the optimizer made capturable as on a GPU (:func:`memorize.graphs.capturable_optimizer`:
+    its step counts and learning rate device tensors), torch's list of the devices that allow it given the
+    CPU. Returns the runners that captured."""
     runners = []
 
     def capture(self, static):
-        if self.before_capture is not None:
-            self.before_capture()
-        self.graph = FakeGraph(self, static)
+        traced_capture(self, static)
         runners.append(self)
 
-    def rate_from_input(optimizer, lr):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
+    modules = [importlib.import_module(f"torch.optim.{name}") for name in ("optimizer", "adam")]
+    supported = modules[0]._get_capturable_supported_devices
+    for module in modules:
+        monkeypatch.setattr(module, "_get_capturable_supported_devices",
+                            lambda supports_xla=True: [*supported(supports_xla), "cpu"])
     monkeypatch.setattr(train_module, "graph_refusal",  # decided as for a GPU
                         lambda setting, device, *args, **kwargs: graph_refusal(setting, torch.device("cuda"), *args,
                                                                                **kwargs))
-    monkeypatch.setattr(train_module, "capturable_optimizer", rate_from_input)
     monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
     monkeypatch.setattr(StepRunner, "_capture", capture)
     return runners
@@ -161,15 +187,23 @@ def test_a_captured_pack_ends_where_the_eager_pack_ends(tiny_cfg, tmp_path, fake
 def test_a_cell_whose_loss_turns_non_finite_in_a_captured_pack_leaves_and_the_others_are_untouched(
         tiny_cfg, tmp_path, fake_capture, monkeypatch):
     cfgs = [_short(c) for c in pack_variants(tiny_cfg)[:2]]
-    real = pack_module.StackedCells.stacked_losses
+    real_losses, real_draw = pack_module.StackedCells.stacked_losses, train_module.CellTraining.draw_host
+    poison = torch.zeros(())  # the first cell's loss is NaN from its step 12 on: a tensor the captured step reads
 
-    def poisoned(self, inputs, base):  # the first cell's loss is NaN from its step 12 on (every replay after it)
-        losses = real(self, inputs, base)
-        if self.cells[0].paths.root.name == "bad" and self.cells[0].step >= 11:
-            losses = losses * torch.tensor([float("nan")] + [1.0] * (len(self.cells) - 1))
+    def draw_host(self):
+        if self.paths.root.name == "bad" and self.step >= 11:
+            poison.fill_(1.0)
+        return real_draw(self)
+
+    def poisoned(self, inputs, base):
+        losses = real_losses(self, inputs, base)
+        if self.cells[0].paths.root.name == "bad":  # decided once, at the capture
+            first = torch.tensor([float("nan")] + [1.0] * (len(self.cells) - 1))
+            losses = losses * torch.where(poison > 0, first, torch.ones(len(self.cells)))
         return losses
 
     monkeypatch.setattr(pack_module.StackedCells, "stacked_losses", poisoned)
+    monkeypatch.setattr(train_module.CellTraining, "draw_host", draw_host)
     bad, good = train_packed(cfgs, [tmp_path / "bad", tmp_path / "good"])
     assert isinstance(bad, train_module.NonFiniteLossError) and "at step 12" in str(bad)
     assert good["steps"] == 16 and CellPaths(tmp_path / "bad").checkpoint_steps() == [8]
@@ -177,19 +211,6 @@ def test_a_cell_whose_loss_turns_non_finite_in_a_captured_pack_leaves_and_the_ot
     train(cfgs[1], tmp_path / "alone", progress=False)
     same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False)
                    for d in ("good", "alone")), atol=1e-5)
-
-
-class InPlaceGraph(FakeGraph):
-    """As :class:`FakeGraph`, but each replay writes into the output tensor of the first, as a CUDA graph
-    does: a caller that keeps an earlier output without copying it sees it change."""
-
-    def replay(self):
-        self.replays += 1
-        out = self.runner.fn(self.static)
-        if self.runner.values is None:
-            self.runner.values = out
-        else:
-            self.runner.values.copy_(out)
 
 
 class TinyDenoiser(torch.nn.Module):
@@ -221,13 +242,10 @@ def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    def capture(self, static):
-        self.graph = InPlaceGraph(self, static)
-
     monkeypatch.setattr(sampling_module, "GraphedCall", Recording)
     monkeypatch.setattr(GraphedCall, "capture_on", ("cpu",))
     monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
-    monkeypatch.setattr(StepRunner, "_capture", capture)
+    monkeypatch.setattr(StepRunner, "_capture", traced_capture)
     net = TinyDenoiser(classes=3 if guidance else 0)
     cfg = SampleConfig(sampler=sampler, steps=8, num=10, batch_size=4, guidance=guidance)
     seeds = sample_seeds(0, range(10))
