@@ -274,3 +274,32 @@ def test_a_graphed_call_moves_its_arguments_to_the_device_before_they_reach_the_
     out = call(torch.zeros(2, 3, device="meta"), torch.tensor(0.5))
     assert out.device.type == "meta" and out.shape == (2, 3)
     assert seen == [{"0": "meta", "1": "meta"}]
+
+
+def test_a_captured_cell_resumed_from_its_checkpoint_ends_where_one_eager_run_ends(tiny_cfg, tmp_path, fake_capture):
+    """Eight captured steps, a checkpoint (written as an eager optimizer writes it), a new run that resumes it,
+    makes the optimizer capturable again and captures anew for the last eight: the weights of one eager run."""
+    cfg = _short(tiny_cfg)
+    half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
+    assert train(half, tmp_path / "graph", progress=False)["step_mode"] == "captured"
+    assert train(cfg, tmp_path / "graph", progress=False)["step_mode"] == "captured"
+    assert [r.calls for r in fake_capture] == [8, 8] and [r.graph.replays for r in fake_capture] == [5, 5]
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cuda_graph="off")), tmp_path / "eager",
+          progress=False)
+    same_weights(*(torch.load(CellPaths(tmp_path / d).checkpoint(16), weights_only=False)
+                   for d in ("graph", "eager")), atol=1e-6)
+
+
+def test_a_captured_pack_resumed_from_its_checkpoints_ends_where_the_eager_pack_ends(tiny_cfg, tmp_path,
+                                                                                     fake_capture):
+    cfgs = [_short(c) for c in pack_variants(tiny_cfg)[:2]]
+    halves = [dataclasses.replace(c, train=dataclasses.replace(c.train, steps=8)) for c in cfgs]
+    roots = [tmp_path / f"graph{i}" for i in range(2)]
+    train_packed(halves, roots)
+    assert [s["step_mode"] for s in train_packed(cfgs, roots)] == ["captured"] * 2
+    assert [r.graph.replays for r in fake_capture] == [5, 5]
+    off = [dataclasses.replace(c, train=dataclasses.replace(c.train, cuda_graph="off")) for c in cfgs]
+    train_packed(off, [tmp_path / f"eager{i}" for i in range(2)])
+    for i in range(2):
+        same_weights(*(torch.load(CellPaths(tmp_path / f"{d}{i}").checkpoint(16), weights_only=False)
+                       for d in ("graph", "eager")), atol=0)
