@@ -14,7 +14,8 @@
       score, compare, external_cell    sampling, scoring and comparing it; a model trained elsewhere as a cell
     criteria_bench                   the test bench for memorization criteria
     sweep                            specs, launching, results, sweep figures
-    cli, pytest_plugin, api          the `memorize` command, the pytest fixture, the notebook API
+    cli, pytest_plugin, api,         the `memorize` command (`python -m memorize` too), the pytest fixture,
+      __main__                         the notebook API
 
 Figures sit below the cell because scoring a cell draws its nearest-neighbour figure; they import
 nothing that knows about cells. ``tests/test_layers.py`` walks every import and holds this order.
@@ -31,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cell", "train", "pack", "generate", "score", "compare", "external_cell"),
     ("criteria_bench",),
     ("sweep",),
-    ("cli", "pytest_plugin", "api"),
+    ("cli", "pytest_plugin", "api", "__main__"),
 )
 
 

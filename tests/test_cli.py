@@ -98,3 +98,11 @@ def test_threads_last_for_the_command_only_and_absurd_counts_are_refused(tmp_pat
         main(["train", "--out", str(tmp_path / "c"), "--threads", str(10**9)])
     assert exit_.value.code == 2 and "from 1 to 1024" in capsys.readouterr().err
     assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_python_dash_m_memorize_is_the_memorize_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "memorize", "sweep", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: memorize sweep"), done.stderr
