@@ -189,7 +189,9 @@ def stage_seconds(out: Path) -> list[dict]:
     from benchmarks.sweep import cell_stages, stage_totals
 
     table = cell_stages(out)
-    return [] if table.empty else [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
+    if table.empty:
+        return []
+    return [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
              "detail": "a pack's training counted once"} for stage, seconds in stage_totals(table).items()]
 
 

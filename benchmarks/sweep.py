@@ -3,9 +3,10 @@
 By default it runs a slice of the digits sweep (one training-set size, all three model sizes) in a
 temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
 per-stage timings every grid point records in its ``evals/<key>.json`` (training: the cell's
-training seconds up to that budget, a pack's wall time shared among the cells it trained). `--sweep-dir DIR` reads a finished sweep
-instead (e.g. the README's main job, runs/digits). ``--device cuda`` runs the slice with
-``train.device: cuda`` (sampling, scoring and comparing follow it: ``auto`` picks the GPU).
+training seconds up to that budget, a pack's wall time shared among the cells it trained).
+`--sweep-dir DIR` reads a finished sweep instead (e.g. the README's main job, runs/digits).
+``--device cuda`` runs the slice with ``train.device: cuda`` (sampling, scoring and comparing follow
+it: ``auto`` picks the GPU).
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def stage_totals(table: pd.DataFrame) -> dict[str, float]:
 
 
 def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
-    """Seconds per stage, per model (the mean over its grid points) and over the sweep (training: each
-    cell's longest budget once, whatever number of budgets it serves), each stage's share, cells per hour
-    (by ``wall_seconds`` where given, else by the summed cell time)."""
+    """Seconds per stage, per model (the mean over its grid points) and over the sweep
+    (:func:`stage_totals`), each stage's share, cells per hour (by ``wall_seconds`` where given, else by
+    the summed cell time)."""
     table = cell_stages(sweep_dir)
     if table.empty:
         raise SystemExit(f"benchmarks.sweep: {sweep_dir} holds no finished grid point (no cells/*/evals/*.json)")
