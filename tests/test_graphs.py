@@ -70,8 +70,10 @@ class TracedGraph:
     once, for real: that is the capture's own step, so the first replay only counts), so a value the host
     computed at the capture (a learning rate or step count given as a number, an EMA weight read with
     ``.item()``) stays what it was in every later replay, as on a GPU, while tensors the step reads or
-    updates in place (the static inputs, the weights, the optimizer's state) are the live ones. Each replay
-    writes into the capture's output tensor, as a CUDA graph does."""
+    updates in place (the static inputs, the weights, the optimizer's state) are the live ones. As a CUDA
+    graph reads fixed addresses, a replay reads the input tensors the capture saw, not whatever the input
+    dict holds by then (new values reach it only through a copy into those tensors). Each replay writes into
+    the capture's output tensor, as a CUDA graph does."""
 
     def __init__(self, runner: StepRunner, static):
         outputs = []
@@ -80,8 +82,8 @@ class TracedGraph:
             outputs.append(runner.fn(inputs))
             return outputs[-1]
 
-        self.runner, self.static, self.replays = runner, static, 0
-        self.module = make_fx(step)(static)
+        self.runner, self.static, self.replays = runner, dict(static), 0
+        self.module = make_fx(step)(self.static)
         runner.values = outputs[0].detach()
 
     def replay(self):
