@@ -2,7 +2,8 @@
 are captured, the static inputs, the warm-up / capture / replay sequence, the optimizer's device state and the
 checkpoints it writes, the fallback where a capture fails. The capture is played by :class:`TracedGraph`, which
 replays only the tensor work recorded at the capture, as a CUDA graph does: a step that left a host value
-in its work (a learning rate, a step count, an EMA weight) trains differently from the eager one here too.
+in its work (a learning rate, a step count, an EMA weight) trains differently from the eager one here too,
+and a step that reads a device value on the host is not captured here either (:class:`HostReadRefused`).
 The capture itself: tests/test_gpu.py."""
 
 import dataclasses
@@ -11,6 +12,7 @@ import importlib
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import memorize.graphs as graphs
 import memorize.pack as pack_module
@@ -64,22 +66,41 @@ def test_static_inputs_are_filled_in_place_and_refuse_another_shape():
         static.load({"x": torch.ones(2, 3), "labels": torch.zeros(2)})
 
 
+class HostReadRefused(TorchDispatchMode):
+    """What a CUDA graph's capture does where the step reads a device value on the host: it raises, so the
+    step would not be captured and would run eagerly on the GPU. Refused here: ``.item()`` and ``float()``,
+    ``int()``, ``bool()`` of a tensor, ``nonzero``, indexing by a boolean mask, ``masked_select``,
+    ``torch.equal`` (not ``.tolist()`` or ``.cpu()``, which a CPU tensor answers without an operator)."""
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default, torch.ops.aten.equal.default)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        masked = func is torch.ops.aten.index.Tensor and any(
+            torch.is_tensor(i) and i.dtype == torch.bool for i in args[1])
+        if func in self.READS or masked:
+            raise RuntimeError(f"{func} reads a device value on the host: not permitted while a CUDA graph is "
+                               f"captured")
+        return func(*args, **(kwargs or {}))
+
+
 class TracedGraph:
-    """A stand-in for torch.cuda.CUDAGraph on the CPU that keeps its rule: a replay repeats the tensor work
-    recorded at the capture and nothing else. The capture records the step with ``make_fx`` (which runs it
-    once, for real: that is the capture's own step, so the first replay only counts), so a value the host
-    computed at the capture (a learning rate or step count given as a number, an EMA weight read with
-    ``.item()``) stays what it was in every later replay, as on a GPU, while tensors the step reads or
-    updates in place (the static inputs, the weights, the optimizer's state) are the live ones. As a CUDA
-    graph reads fixed addresses, a replay reads the input tensors the capture saw, not whatever the input
-    dict holds by then (new values reach it only through a copy into those tensors). Each replay writes into
-    the capture's output tensor, as a CUDA graph does."""
+    """A stand-in for torch.cuda.CUDAGraph on the CPU that keeps its rules. The capture records the step with
+    ``make_fx`` (which runs it once, for real: that is the capture's own step, so the first replay only
+    counts) and refuses a read of a device value on the host (:class:`HostReadRefused`). A replay repeats the
+    tensor work recorded at the capture and nothing else: a number the host gave the step at the capture (a
+    learning rate or step count as a Python float) stays what it was in every later replay, as on a GPU,
+    while tensors the step reads or updates in place (the static inputs, the weights, the optimizer's state)
+    are the live ones. As a CUDA graph reads fixed addresses, a replay reads the input tensors the capture
+    saw, not whatever the input dict holds by then (new values reach it only through a copy into those
+    tensors). Each replay writes into the capture's output tensor, as a CUDA graph does."""
 
     def __init__(self, runner: StepRunner, static):
         outputs = []
 
         def step(inputs):
-            outputs.append(runner.fn(inputs))
+            with HostReadRefused():
+                outputs.append(runner.fn(inputs))
             return outputs[-1]
 
         self.runner, self.static, self.replays = runner, dict(static), 0
@@ -98,6 +119,29 @@ def traced_capture(self, static):
     if self.before_capture is not None:
         self.before_capture()
     self.graph = TracedGraph(self, static)
+
+
+@pytest.mark.parametrize("host_read", [False, True])
+def test_the_stand_in_captures_a_step_that_reads_nothing_on_the_host_and_refuses_one_that_does(host_read,
+                                                                                                 monkeypatch):
+    """The CPU stand-in's capture fails where a GPU's would: a host read of a tensor outside the inputs (here a
+    weight, read with ``float``); the step then runs eagerly. Without the read, the replays follow the weight
+    as it changes in place."""
+    monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
+    monkeypatch.setattr(StepRunner, "_capture", traced_capture)
+    weight = torch.ones(1)
+
+    def step(inputs):
+        scale = float(weight) if host_read else weight
+        return (inputs["x"] * scale).sum().reshape(1)
+
+    runner = StepRunner(step, torch.device("cpu"), None, "test")
+    for value in range(1, 7):
+        weight.fill_(value)
+        assert runner({"x": torch.ones(2)}) == [2.0 * value]
+    assert runner.mode == ("eager (capture failed: RuntimeError: aten._local_scalar_dense.default reads a device "
+                           "value on the host: not permitted while a CUDA graph is captured)" if host_read
+                           else "captured")
 
 
 @pytest.fixture
@@ -227,11 +271,28 @@ class TinyDenoiser(torch.nn.Module):
         return out if labels is None else out + self.embed(labels.clamp(min=0))[:, :, None, None]
 
 
-@pytest.mark.parametrize("sampler, guidance", [("heun", 0.0), ("dpm_solver_2m", 0.0), ("ddim", 0.0), ("heun", 1.5)])
-def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_bit(sampler, guidance, monkeypatch):
+def unet_denoiser(tiny_cfg, classes: int) -> torch.nn.Module:
+    """The project's denoiser (preconditioning around the tiny cell's U-Net), with a null label where it has
+    classes (for guidance)."""
+    from memorize.cell import build_denoiser
+
+    cfg = tiny_cfg
+    if classes:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels="true"),
+                                  train=dataclasses.replace(cfg.train, label_dropout=0.1))
+    torch.manual_seed(0)
+    return build_denoiser(cfg, (1, 8, 8), classes, 0.5).eval()
+
+
+@pytest.mark.parametrize("sampler, guidance, network", [("heun", 0.0, "tiny"), ("dpm_solver_2m", 0.0, "tiny"),
+                                                        ("ddim", 0.0, "tiny"), ("heun", 1.5, "tiny"),
+                                                        ("heun", 0.0, "unet"), ("heun", 1.5, "unet")])
+def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_bit(sampler, guidance, network,
+                                                                                     tiny_cfg, monkeypatch):
     """Each batch shape captured once (batches of 4, 4 and 2: two graphs) after three eager calls, the rest
     replayed into one output tensor; DPM-Solver++(2M) keeps the previous output and guidance calls the
-    network twice per step, so an output not copied out of the graph would change the samples."""
+    network twice per step, so an output not copied out of the graph would change the samples. With the
+    project's own denoiser too, whose forward pass must read nothing on the host to be captured."""
     import memorize.sampling as sampling_module
     from memorize.config import SampleConfig
     from memorize.graphs import GraphedCall
@@ -248,7 +309,8 @@ def test_a_sampler_with_captured_denoiser_calls_draws_the_eager_samples_bit_for_
     monkeypatch.setattr(GraphedCall, "capture_on", ("cpu",))
     monkeypatch.setattr(StepRunner, "_side_stream", lambda self, static: self.fn(static))
     monkeypatch.setattr(StepRunner, "_capture", traced_capture)
-    net = TinyDenoiser(classes=3 if guidance else 0)
+    classes = 3 if guidance else 0
+    net = TinyDenoiser(classes) if network == "tiny" else unet_denoiser(tiny_cfg, classes)
     cfg = SampleConfig(sampler=sampler, steps=8, num=10, batch_size=4, guidance=guidance)
     seeds = sample_seeds(0, range(10))
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]) if guidance else None
