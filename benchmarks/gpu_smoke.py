@@ -104,9 +104,16 @@ print("ok", modes[0])
 """,
     "a sampler's denoiser calls captured in a CUDA graph": """
 import time
+import memorize.sampling as sampling_module
 from memorize.cell import build_denoiser
 from memorize.config import load_config
 from memorize.sampling import generate, sample_seeds
+graphed = []  # each generate's GraphedCall, whose modes say whether its calls were captured
+class Recording(sampling_module.GraphedCall):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        graphed.append(self)
+sampling_module.GraphedCall = Recording
 cfg = load_config(None, {"model.channels": 32})
 net = build_denoiser(cfg, (1, 8, 8), 0, 0.5).cuda().eval()
 sample = dataclasses.replace(cfg.sample, num=128, batch_size=128, steps=18)
@@ -119,6 +126,8 @@ for mode in ("off", "auto", "off", "auto"):  # the second of each is timed
     if mode == "off":
         eager = drawn
 assert torch.allclose(drawn, eager, atol=1e-4), (drawn - eager).abs().max()
+modes = [m for call in graphed for m in call.modes]
+assert modes and set(modes) == {"captured"}, f"FAIL not captured: {modes}"
 print(f"ok; 128 samples, Heun 18 steps: captured {seconds['auto']:.3f} s, eager {seconds['off']:.3f} s, "
       f"{seconds['off'] / seconds['auto']:.2f}x")
 """,
