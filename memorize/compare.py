@@ -63,12 +63,15 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
     """Tidy table with one row per (split, sigma): ``mse_<name>`` = mean ``(D(x) - x0)^2`` of each
     denoiser and ``gap_<ref>`` = mean ``(D_trained(x) - D_ref(x))^2``, with ``x = x0 + sigma eps``
     and ``eps`` fixed by ``GAP_SEED`` (the same for every denoiser). ``labels`` (per split): every denoiser
-    is asked for ``D(x, sigma, c)`` with each item's class (class-conditional cells)."""
-    rows = []
+    is asked for ``D(x, sigma, c)`` with each item's class (class-conditional cells).
+
+    The sums stay on the device (float64) and are read once at the end: a read per batch would make the
+    host wait for the device every batch."""
+    keys, sums = [], []  # (split, sigma, n_values) and the float64 sums of each
     for split, x0_all in data.items():
         for sigma in sigmas:
             gen = torch.Generator().manual_seed(GAP_SEED)
-            sums: dict[str, float] = {}
+            total: dict[str, torch.Tensor] = {}
             for start in range(0, len(x0_all), batch_size):
                 x0 = x0_all[start:start + batch_size]
                 x = (x0 + sigma * torch.randn(x0.shape, generator=gen)).to(device)
@@ -76,14 +79,17 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
                 extra = () if labels is None else (labels[split][start:start + batch_size].to(device),)
                 outputs = {"trained": trained(x, torch.tensor(sigma, device=device), *extra).double()}
                 outputs.update({name: ref(x, sigma, *extra).double() for name, ref in references.items()})
-                for name, out in outputs.items():
-                    sums[f"mse_{name}"] = sums.get(f"mse_{name}", 0.0) + (out - x0).square().sum().item()
-                for name in references:
-                    gap = (outputs["trained"] - outputs[name]).square().sum().item()
-                    sums[f"gap_{name}"] = sums.get(f"gap_{name}", 0.0) + gap
-            n_values = x0_all.numel()
-            rows.append({"split": split, "sigma": sigma, **{k: v / n_values for k, v in sums.items()}})
-    return pd.DataFrame(rows)
+                terms = {f"mse_{name}": (out - x0).square().sum() for name, out in outputs.items()}
+                terms.update({f"gap_{name}": (outputs["trained"] - outputs[name]).square().sum()
+                              for name in references})
+                for key, value in terms.items():
+                    total[key] = total[key] + value if key in total else value
+            keys.append((split, sigma, x0_all.numel()))
+            sums.append(total)
+    flat = [value for total in sums for value in total.values()]
+    read = iter(torch.stack(flat).tolist() if flat else [])
+    return pd.DataFrame([{"split": split, "sigma": sigma, **{k: next(read) / n_values for k in total}}
+                         for (split, sigma, n_values), total in zip(keys, sums)])
 
 
 @torch.no_grad()
@@ -92,20 +98,20 @@ def trajectory_gap(trained, references: dict, shape: tuple[int, ...], seeds: np.
     """Along the trained denoiser's own sampling path (``cfg``, from ``seeds``): at every noise level the
     sampler visits, ``gap_<ref>`` = mean ``(D_trained(x) - D_ref(x))^2`` on the inputs ``x`` it visits there.
     Unlike :func:`denoiser_gap`, whose inputs are noisy data items, these are the states that decide where
-    samples go. One row per noise level."""
-    rows = []
+    samples go. One row per noise level; the levels and gaps are read on the host once, at the end."""
+    counts, values = [], []  # per call: its batch size; the level and each reference's gap, float64 on the device
 
     def recording(x, sigma, *extra):
         out = trained(x, sigma, *extra)
-        level = float(torch.as_tensor(sigma).reshape(-1)[0])
-        row = {"sigma": level, "n": len(x)}
-        for name, ref in references.items():
-            row[f"gap_{name}"] = float((out.double() - ref(x, sigma, *extra).double()).square().mean())
-        rows.append(row)
+        level = torch.as_tensor(sigma, device=x.device).reshape(-1)[0]
+        gaps = [(out.double() - ref(x, sigma, *extra).double()).square().mean() for ref in references.values()]
+        counts.append(len(x))
+        values.append(torch.stack([level.double(), *gaps]))
         return out
 
     generate(recording, shape, seeds, cfg, device, labels, progress=False)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(torch.stack(values).tolist(), columns=["sigma", *(f"gap_{n}" for n in references)])
+    table.insert(1, "n", counts)
     gaps = [c for c in table if c.startswith("gap_")]
     weighted = table[gaps].mul(table["n"], axis=0).groupby(table["sigma"]).sum()
     return weighted.div(table.groupby("sigma")["n"].sum(), axis=0).reset_index().sort_values("sigma", ascending=False)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from submitit.core.job_environment import SignalHandler
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import memorize.train as train_module
 
@@ -194,3 +195,17 @@ def same_weights(a: dict, b: dict, atol: float) -> None:
         for moment in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(a["optimizer"]["state"][index][moment], state[moment], atol=atol, rtol=0,
                                        msg=f"optimizer {index} {moment}")
+
+
+class CountReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (``.item()``, ``float()``, ``bool()`` of a tensor): on a GPU
+    each one makes the host wait until the device has caught up."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+

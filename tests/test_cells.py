@@ -12,8 +12,8 @@ from memorize.cell import CellPaths, load_trained_denoiser
 from memorize.config import CellConfig, ConfigError, cell_id, from_dict, to_dict
 from memorize.diffusion import Denoiser
 from memorize.generate import read_samples, sample_cell
-from memorize.train import NonFiniteLossError, fixed_noise_loss, train
-from tests.conftest import count_training
+from memorize.train import EVAL_SEED_OFFSET, NonFiniteLossError, fixed_noise_loss, train
+from tests.conftest import CountReads, count_training
 
 # Fields that change nothing about the trained weights: each leaves the cell id alone.
 NOT_IDENTITY = [("train.device", "cpu"), ("train.log_every", 7), ("train.eval_every", 11),
@@ -147,6 +147,25 @@ def test_logged_losses_are_of_the_same_weights_on_fixed_noise(tiny_cfg, tmp_path
     assert summary["train_loss"] == pytest.approx(fixed_noise_loss(denoiser, data.train[:n_eval], None, tiny_cfg,
                                                                    "cpu"))
     assert summary["running_loss"] != pytest.approx(summary["train_loss"])
+
+
+def test_the_fixed_noise_loss_adds_its_batches_in_order_and_reads_them_once(tiny_cfg):
+    """Each batch's loss sum stays on the device; one read at the end, added in batch order in float64."""
+    from memorize.cell import build_denoiser
+    from memorize.diffusion import sample_training_sigma
+
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, batch_size=5))
+    denoiser, data = build_denoiser(cfg, (1, 8, 8), 0, 0.5), torch.randn(23, 1, 8, 8)
+    with CountReads() as counter:
+        loss = fixed_noise_loss(denoiser, data, None, cfg, "cpu")
+    assert counter.reads == 0
+    gen, total = torch.Generator().manual_seed(cfg.seed + EVAL_SEED_OFFSET), 0.0
+    for x0 in data.split(5):
+        sigma = sample_training_sigma(cfg.diffusion.noise, len(x0), gen, p_mean=cfg.diffusion.p_mean,
+                                      p_std=cfg.diffusion.p_std, sigma_max=cfg.diffusion.sigma_max)
+        with torch.no_grad():
+            total += denoiser.loss(x0, sigma, torch.randn(x0.shape, generator=gen), None).sum().item()
+    assert loss == total / len(data)
 
 
 def test_sample_seeds_derive_from_the_cell_seed(tiny_cfg, tmp_path):

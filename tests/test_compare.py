@@ -3,12 +3,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from memorize.cell import CellPaths, load_cell_data, read_config
 from memorize.cli import main
-from memorize.compare import disjoint_consistency
+from memorize.compare import GAP_SEED, denoiser_gap, disjoint_consistency, trajectory_gap
+from memorize.config import SampleConfig
 from memorize.generate import read_samples
 from memorize.metrics import nn_ratio
+from memorize.sampling import generate, sampling_sigmas
+from tests.conftest import CountReads
 
 
 def _train(cell, *settings):
@@ -17,6 +21,43 @@ def _train(cell, *settings):
     for s in settings:
         args += ["--set", s]
     assert main(args) == 0
+
+
+def _shrink(x, sigma, *extra):
+    return x / (1 + torch.as_tensor(sigma) ** 2)
+
+
+def test_gap_curves_match_their_sums_by_hand_and_read_nothing_per_batch():
+    train, heldout = torch.randn(23, 1, 4, 4), torch.randn(10, 1, 4, 4)
+    references = {"zero": lambda x, sigma: torch.zeros_like(x), "same": _shrink}
+    sigmas = (0.5, 3.0)
+    with CountReads() as counter:
+        table = denoiser_gap(_shrink, references, {"train": train, "heldout": heldout}, sigmas, batch_size=4)
+    assert counter.reads == 0  # 9 batches per curve: the sums stay on the device until the end
+    for split, x0 in (("train", train), ("heldout", heldout)):
+        for sigma in sigmas:
+            gen = torch.Generator().manual_seed(GAP_SEED)
+            x = torch.cat([chunk + sigma * torch.randn(chunk.shape, generator=gen) for chunk in x0.split(4)])
+            out = _shrink(x, torch.tensor(sigma)).double()
+            row = table[(table.split == split) & (table.sigma == sigma)].iloc[0]
+            assert row.mse_trained == pytest.approx(float((out - x0).square().mean()), rel=1e-12)
+            assert row.mse_zero == pytest.approx(float(x0.double().square().mean()), rel=1e-12)
+            assert row.gap_zero == pytest.approx(float(out.square().mean()), rel=1e-12)
+            assert row.gap_same == 0
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_solver_2m"])
+def test_trajectory_gaps_are_exact_on_the_sampler_grid_and_read_nothing_beyond_the_sampler(sampler):
+    cfg = SampleConfig(sampler=sampler, steps=6, num=5, batch_size=2)
+    references = {"same": _shrink, "shifted": lambda x, sigma: _shrink(x, sigma) + 0.5}
+    with CountReads() as bare:
+        generate(_shrink, (1, 4, 4), np.arange(5), cfg, progress=False)
+    with CountReads() as counter:
+        table = trajectory_gap(_shrink, references, (1, 4, 4), np.arange(5), cfg)
+    assert counter.reads == bare.reads  # the sampler's own reads of its host grid; none per denoiser call
+    grid = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    assert table.sigma.tolist() == pytest.approx(sorted(grid[grid > 0].tolist(), reverse=True))
+    assert (table.gap_same == 0).all() and table.gap_shifted.tolist() == pytest.approx([0.25] * len(table), rel=1e-6)
 
 
 def test_empirical_samples_memorize_and_gaussian_samples_do_not(tmp_path):
