@@ -300,6 +300,8 @@ def test_the_fid_inception_embedder_loads_a_local_weights_file_through_pytorch_f
             load_embedder(f"inception:{tmp_path / name}")
 
 
+# pytorch-fid passes SciPy's deprecated `disp` to sqrtm: its warning, not ours, so that one of ours stands out
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
 def test_our_fid_equals_pytorch_fids_on_the_same_features():
     fid_score = pytest.importorskip("pytorch_fid.fid_score", reason="the fid extra is not installed")
     from memorize.metrics.quality import frechet_distance
