@@ -209,7 +209,10 @@ def _keep_steps(paths: CellPaths, steps: set[int], write: bool = True) -> set[in
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+    """Whether every floating-point tensor of the module's state is finite: one read on the host, not one per
+    tensor (each a wait for the device on a GPU)."""
+    flags = [torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @dataclass

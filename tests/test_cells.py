@@ -3,6 +3,7 @@ non-finite guards and the seeds of its samples."""
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -166,6 +167,21 @@ def test_the_fixed_noise_loss_adds_its_batches_in_order_and_reads_them_once(tiny
         with torch.no_grad():
             total += denoiser.loss(x0, sigma, torch.randn(x0.shape, generator=gen), None).sum().item()
     assert loss == total / len(data)
+
+
+def test_a_checkpoints_finiteness_check_reads_the_device_once():
+    from memorize.train import _all_finite
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    with CountReads() as counter:
+        assert _all_finite(module)
+    assert counter.reads == 1  # eight floating-point tensors, one read
+    module[1].running_var[2] = math.inf
+    assert not _all_finite(module)
+    module[1].running_var[2] = 1.0
+    module[2].bias.data[0] = math.nan
+    assert not _all_finite(module)
+    assert _all_finite(torch.nn.Identity())  # nothing to check
 
 
 def test_sample_seeds_derive_from_the_cell_seed(tiny_cfg, tmp_path):
