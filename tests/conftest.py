@@ -197,14 +197,27 @@ def same_weights(a: dict, b: dict, atol: float) -> None:
                                        msg=f"optimizer {index} {moment}")
 
 
+HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+              torch.ops.aten.masked_select.default, torch.ops.aten.equal.default)
+
+
+def reads_on_host(func, args) -> bool:
+    """Whether the operator ``func`` hands a tensor's value to the host (on a GPU, a wait for the device):
+    ``.item()`` and ``float()``, ``int()``, ``bool()`` of a tensor, ``nonzero``, indexing by a boolean mask,
+    ``masked_select``, ``torch.equal``. Not ``.tolist()`` or ``.cpu()``, which a CPU tensor answers without
+    an operator."""
+    masked = func is torch.ops.aten.index.Tensor and any(torch.is_tensor(i) and i.dtype == torch.bool
+                                                          for i in args[1])
+    return func in HOST_READS or masked
+
+
 class CountReads(TorchDispatchMode):
-    """Counts reads of a tensor's value on the host (``.item()``, ``float()``, ``bool()`` of a tensor): on a GPU
-    each one makes the host wait until the device has caught up."""
+    """Counts the operators that read a tensor's value on the host (:func:`reads_on_host`)."""
 
     def __init__(self):
         super().__init__()
         self.reads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        self.reads += reads_on_host(func, args)
         return func(*args, **(kwargs or {}))

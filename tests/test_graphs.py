@@ -21,7 +21,7 @@ from memorize.cell import CellPaths
 from memorize.graphs import StaticInputs, StepRunner, graph_refusal, portable_optimizer_state
 from memorize.pack import train_packed
 from memorize.train import train
-from tests.conftest import pack_variants, same_weights
+from tests.conftest import pack_variants, reads_on_host, same_weights
 
 
 def test_only_a_cuda_step_of_one_process_that_is_not_compiled_is_captured():
@@ -67,18 +67,12 @@ def test_static_inputs_are_filled_in_place_and_refuse_another_shape():
 
 
 class HostReadRefused(TorchDispatchMode):
-    """What a CUDA graph's capture does where the step reads a device value on the host: it raises, so the
-    step would not be captured and would run eagerly on the GPU. Refused here: ``.item()`` and ``float()``,
-    ``int()``, ``bool()`` of a tensor, ``nonzero``, indexing by a boolean mask, ``masked_select``,
-    ``torch.equal`` (not ``.tolist()`` or ``.cpu()``, which a CPU tensor answers without an operator)."""
-
-    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-             torch.ops.aten.masked_select.default, torch.ops.aten.equal.default)
+    """What a CUDA graph's capture does where the step reads a device value on the host
+    (:func:`tests.conftest.reads_on_host`): it raises, so the step would not be captured and would run eagerly
+    on the GPU."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        masked = func is torch.ops.aten.index.Tensor and any(
-            torch.is_tensor(i) and i.dtype == torch.bool for i in args[1])
-        if func in self.READS or masked:
+        if reads_on_host(func, args):
             raise RuntimeError(f"{func} reads a device value on the host: not permitted while a CUDA graph is "
                                f"captured")
         return func(*args, **(kwargs or {}))
