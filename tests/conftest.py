@@ -104,6 +104,39 @@ def pytest_runtest_setup(item):
         pytest.skip(slurm_missing())
 
 
+# Workers of `pytest -n auto` (pytest-xdist): at most this many, each ~1 GiB of memory.
+MAX_WORKERS = 8
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def cpu_share(cpus: list[int], index: int, workers: int) -> list[int]:
+    """Worker ``index`` of ``workers``: every ``workers``-th CPU from its index on; with more workers than CPUs,
+    one CPU, shared round the ring."""
+    return cpus[index::workers] or [cpus[index % len(cpus)]]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per usable CPU (logical, within this process's affinity), at most MAX_WORKERS."""
+    return min(len(usable_cpus()), MAX_WORKERS)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker runs on its own share of the CPUs, with that many torch threads, and the
+    processes its tests start inherit that share: workers that each used every core would spin against each
+    other's threads (docs/development.md has the measurement)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    share = cpu_share(usable_cpus(), int(worker.removeprefix("gw")), int(count))
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
+
+
 @pytest.fixture
 def slurm_executor_offline(monkeypatch):
     """Submitit builds its SLURM executor only where ``srun`` is on PATH; what a test reads of it (its

@@ -2,6 +2,7 @@
 commands parse, scripts and modules exist and answer --help, and each runs inside the virtual environment
 the first command makes."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -9,10 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from memorize.cli import build_parser
+from tests.conftest import cpu_share
 
 ROOT = Path(__file__).resolve().parents[1]
+# README's test command: one pytest-xdist worker per CPU, each pinned to its own (tests/conftest.py), and each test
+# file kept on one worker, so that a module's fixtures are built once.
+TEST_COMMAND = ".venv/bin/python -m pytest -q -n auto --dist loadfile"
 
 
 def shell_commands(page: Path) -> list[str]:
@@ -34,7 +40,7 @@ DOC_COMMANDS = sorted({c for page in PAGES for c in shell_commands(page)} - set(
 
 def test_the_readme_has_its_two_commands():
     assert any(c.startswith(".venv/bin/memorize sweep run sweeps/digits.yaml") for c in COMMANDS)
-    assert ".venv/bin/python -m pytest -q" in COMMANDS
+    assert TEST_COMMAND in COMMANDS
     ci = (ROOT / ".ci" / "run").read_text()
     install = next(c for c in COMMANDS if c.startswith(".venv/bin/pip install torch"))
     assert install.removeprefix(".venv/bin/pip install ") in ci.replace("-q ", "")
@@ -44,10 +50,24 @@ def test_ci_runs_the_readme_test_command_without_slurm_before_it_starts_slurm():
     """A newcomer has no SLURM: CI runs README's test command with SLURM's commands off PATH, before SLURM is
     installed or started, and afterwards only the tests marked slurm."""
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    suite = lines.index("bash .ci/without-slurm .venv/bin/python -m pytest -q")
+    suite = lines.index(f"bash .ci/without-slurm {TEST_COMMAND}")
     start = next(i for i, line in enumerate(lines) if "slurm.sh start" in line)
     assert suite < start and lines[start:].count(".venv/bin/python -m pytest -q -m slurm") == 1
     assert not any("pytest" in line for line in lines[:suite] if not line.startswith("#"))
+
+
+def test_each_worker_of_the_test_command_runs_on_its_own_cpus():
+    """``cpu_share`` splits the CPUs among workers without overlap while there are enough, and where this
+    test runs under pytest-xdist its worker holds exactly its share, with one torch thread per CPU of it."""
+    assert [cpu_share([0, 1], i, 2) for i in range(2)] == [[0], [1]]
+    assert [cpu_share([4, 5, 6, 7, 8], i, 2) for i in range(2)] == [[4, 6, 8], [5, 7]]
+    assert [cpu_share([0, 1], i, 3) for i in range(3)] == [[0], [1], [0]]
+    assert cpu_share([3], 0, 1) == [3]
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and hasattr(os, "sched_getaffinity"):  # the controller that started this worker holds them all
+        everything = sorted(os.sched_getaffinity(os.getppid()))
+        share = cpu_share(everything, int(worker.removeprefix("gw")), int(count))
+        assert sorted(os.sched_getaffinity(0)) == share and torch.get_num_threads() == len(share)
 
 
 def test_the_docs_give_commands():
