@@ -130,10 +130,11 @@ def pytest_configure(config):
     processes its tests start inherit that share: workers that each used every core would spin against each
     other's threads (docs/development.md has the measurement)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+    if not worker or not count:
         return
     share = cpu_share(usable_cpus(), int(worker.removeprefix("gw")), int(count))
-    os.sched_setaffinity(0, share)
+    if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the worker keeps to its thread count alone
+        os.sched_setaffinity(0, share)
     torch.set_num_threads(len(share))
 
 
