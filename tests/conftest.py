@@ -119,6 +119,12 @@ def cpu_share(cpus: list[int], index: int, workers: int) -> list[int]:
     return cpus[index::workers] or [cpus[index % len(cpus)]]
 
 
+def xdist_worker() -> tuple[int, int] | None:
+    """(this worker's index, the number of workers) under pytest-xdist; None in a run of one process."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    return (int(worker.removeprefix("gw")), int(count)) if worker and count else None
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per usable CPU (logical, within this process's affinity), at most MAX_WORKERS."""
@@ -129,10 +135,9 @@ def pytest_configure(config):
     """Under pytest-xdist each worker runs on its own share of the CPUs, with that many torch threads, and the
     processes its tests start inherit that share: workers that each used every core would spin against each
     other's threads (docs/development.md has the measurement)."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not worker or not count:
+    if (worker := xdist_worker()) is None:
         return
-    share = cpu_share(usable_cpus(), int(worker.removeprefix("gw")), int(count))
+    share = cpu_share(usable_cpus(), *worker)
     if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the worker keeps to its thread count alone
         os.sched_setaffinity(0, share)
     torch.set_num_threads(len(share))

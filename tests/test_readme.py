@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from memorize.cli import build_parser
-from tests.conftest import cpu_share
+from tests.conftest import cpu_share, xdist_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 # README's test command: one pytest-xdist worker per CPU, each pinned to its own (tests/conftest.py), and each test
@@ -63,10 +63,8 @@ def test_each_worker_of_the_test_command_runs_on_its_own_cpus():
     assert [cpu_share([4, 5, 6, 7, 8], i, 2) for i in range(2)] == [[4, 6, 8], [5, 7]]
     assert [cpu_share([0, 1], i, 3) for i in range(3)] == [[0], [1], [0]]
     assert cpu_share([3], 0, 1) == [3]
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if worker and hasattr(os, "sched_getaffinity"):  # the controller that started this worker holds them all
-        everything = sorted(os.sched_getaffinity(os.getppid()))
-        share = cpu_share(everything, int(worker.removeprefix("gw")), int(count))
+    if (worker := xdist_worker()) and hasattr(os, "sched_getaffinity"):  # its controller holds all the CPUs
+        share = cpu_share(sorted(os.sched_getaffinity(os.getppid())), *worker)
         assert sorted(os.sched_getaffinity(0)) == share and torch.get_num_threads() == len(share)
 
 
