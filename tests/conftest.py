@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import memorize.train as train_module
 
 from memorize.config import CellConfig, from_dict
+from memorize.sweep.local import available_cores
 
 # A cell small enough to train in a few seconds on the CPU.
 TINY_CELL = {
@@ -127,8 +128,8 @@ def xdist_worker() -> tuple[int, int] | None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker per usable CPU (logical, within this process's affinity), at most MAX_WORKERS."""
-    return min(len(usable_cpus()), MAX_WORKERS)
+    """``-n auto``: one worker per CPU this process may use (as a local sweep counts them), at most MAX_WORKERS."""
+    return min(available_cores(), MAX_WORKERS)
 
 
 def pytest_configure(config):
