@@ -7,6 +7,8 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +85,40 @@ def count_training(monkeypatch):
     monkeypatch.setattr(train_module, "learning_rate", counting)
     return steps
 
+
+
+def newest_write(folder: Path) -> tuple[int, int]:
+    """(how many files, the newest modification time in ns) under ``folder``: it changes whenever a run there
+    writes a file."""
+    times = []
+    for where, _, files in os.walk(folder):  # a folder or file replaced during the walk is passed over
+        for name in files:
+            try:
+                times.append(os.stat(os.path.join(where, name)).st_mtime_ns)
+            except FileNotFoundError:
+                continue
+    return len(times), max(times, default=0)
+
+
+def wait_until(ready, proc: subprocess.Popen, watch: Path, stall: float = 300.0, poll: float = 0.05):
+    """Poll ``ready()`` until it returns a true value, and return that value. Fail, with the process's stderr,
+    where ``proc`` ends first, and where nothing under ``watch`` was written for ``stall`` seconds: a hang,
+    told apart from a slow run (on CPUs shared with other jobs a run can take ten times as long)."""
+    started = changed = time.monotonic()
+    seen = newest_write(watch)
+    while not (value := ready()):
+        if proc.poll() is not None:
+            stream = proc.stderr or proc.stdout  # stderr, or stdout where stderr goes to it
+            err = stream.read() if stream else ""
+            err = err.decode(errors="replace") if isinstance(err, bytes) else err
+            pytest.fail(f"the process ended (exit status {proc.returncode}) before the awaited moment: {err[-3000:]}")
+        now, state = time.monotonic(), newest_write(watch)
+        if state != seen:
+            seen, changed = state, now
+        elif now - changed > stall:
+            pytest.fail(f"nothing written under {watch} for {stall:.0f} s ({now - started:.0f} s in all): a hang")
+        time.sleep(poll)
+    return value
 
 @functools.cache
 def slurm_missing() -> str | None:

@@ -6,13 +6,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from memorize.cli import main
 from memorize.distributed import Ranks, ranks, shard
+from tests.conftest import wait_until
 
 CELL = ["--set", "train.steps=40", "--set", "train.batch_size=16", "--set", "train.checkpoint_every=5",
         "--set", "data.n_train=32", "--set", "data.n_heldout=50", "--set", "model.channels=8", "--quiet"]
@@ -79,10 +79,7 @@ def test_two_processes_end_where_one_ends(one_process, tmp_path):
 def test_two_processes_killed_mid_run_resume_to_the_same_weights(one_process, tmp_path):
     out = tmp_path / "two"
     run = _launch(out)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "step-0000010.pt").is_file():  # killed after a checkpoint, before the end
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
-        time.sleep(0.05)
+    wait_until((out / "checkpoints" / "step-0000010.pt").is_file, run, out)  # killed after a checkpoint, before its end
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert not (out / "checkpoints" / "step-0000040.pt").is_file()

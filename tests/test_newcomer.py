@@ -18,7 +18,7 @@ from memorize.cli import build_parser, main
 from memorize.sweep import collect, load_spec, run_sweep
 from memorize.sweep.local import available_cores
 from tests.conftest import TINY_CELL
-from tests.conftest import TINY_SPEC, write_spec
+from tests.conftest import TINY_SPEC, wait_until, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +142,6 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def _wait_for(predicate, proc, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while not predicate():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def default_sigint() -> None:
     """In the child: Ctrl-C handled as a terminal would deliver it, even where the test run itself was
     started with SIGINT ignored (a background job of a shell without job control: ``(pytest &)``)."""
@@ -164,7 +156,7 @@ def test_ctrl_c_on_train_says_where_a_rerun_resumes(tmp_path):
     out = tmp_path / "cell"
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "train", str(config), "--out", str(out),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
-    _wait_for(lambda: list(out.glob("checkpoints/step-*.pt")), proc)
+    wait_until(lambda: list(out.glob("checkpoints/step-*.pt")), proc, out)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
     err = proc.stderr.read().decode()
@@ -181,7 +173,7 @@ def test_an_interrupted_local_sweep_stops_cleanly_and_leaves_no_process(tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "sweep", "run", str(write_spec(tmp_path / "s.yaml",
                              spec)), "--out", str(out), "--quiet", "--parallel", "2"], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
-    _wait_for(lambda: list(out.glob("cells/*/checkpoints/step-*.pt")), proc)
+    wait_until(lambda: list(out.glob("cells/*/checkpoints/step-*.pt")), proc, out)
     if how.startswith("SIGTERM"):
         proc.send_signal(signal.SIGTERM)
         expected = 143, "interrupted (SIGTERM)"

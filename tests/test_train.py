@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from memorize.cell import CellPaths, load_trained_denoiser
 from memorize.config import ConfigError, to_dict
 from memorize.diffusion import Denoiser
 from memorize.train import NonFiniteLossError, train
+from tests.conftest import wait_until
 
 
 def _log_rows(path):
@@ -33,9 +33,7 @@ def test_killed_run_resumes_to_the_same_state(tiny_cfg, tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "train", str(config_file), "--out",
                              str(killed.root), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while killed.latest_checkpoint() is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(killed.latest_checkpoint, proc, killed.root)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
