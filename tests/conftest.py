@@ -86,7 +86,6 @@ def count_training(monkeypatch):
     return steps
 
 
-
 def newest_write(folder: Path) -> tuple[int, int]:
     """(how many files, the newest modification time in ns) under ``folder``: it changes whenever a run there
     writes a file."""
@@ -103,7 +102,8 @@ def newest_write(folder: Path) -> tuple[int, int]:
 def wait_until(ready, proc: subprocess.Popen, watch: Path, stall: float = 300.0, poll: float = 0.05):
     """Poll ``ready()`` until it returns a true value, and return that value. Fail, with the process's stderr,
     where ``proc`` ends first, and where nothing under ``watch`` was written for ``stall`` seconds: a hang,
-    told apart from a slow run (on CPUs shared with other jobs a run can take ten times as long)."""
+    told apart from a slow run (on CPUs shared with other jobs a run can take ten times as long). A hung
+    process is killed, with its group where it leads one, so that it outlives no test."""
     started = changed = time.monotonic()
     seen = newest_write(watch)
     while not (value := ready()):
@@ -116,9 +116,15 @@ def wait_until(ready, proc: subprocess.Popen, watch: Path, stall: float = 300.0,
         if state != seen:
             seen, changed = state, now
         elif now - changed > stall:
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
             pytest.fail(f"nothing written under {watch} for {stall:.0f} s ({now - started:.0f} s in all): a hang")
         time.sleep(poll)
     return value
+
 
 @functools.cache
 def slurm_missing() -> str | None:

@@ -1,5 +1,6 @@
 """The test suite's own waiting helper (tests.conftest.wait_until): a slow run passes, a hung or dead one fails."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -51,11 +52,12 @@ def test_a_run_that_keeps_writing_is_waited_for_past_the_stall_limit(tmp_path):
         proc.wait()
 
 
-def test_a_run_that_stops_writing_fails_as_a_hang(tmp_path):
+def test_a_run_that_stops_writing_fails_as_a_hang_and_is_killed(tmp_path):
     proc = _child(tmp_path / "out", rounds=2)  # then silent for a minute
     try:
         with pytest.raises(pytest.fail.Exception, match=r"nothing written under .*out for 1 s .*: a hang"):
             wait_until(lambda: False, proc, tmp_path / "out", stall=1.0)
+        assert proc.poll() == -signal.SIGKILL
     finally:
         proc.kill()
         proc.wait()
