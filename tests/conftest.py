@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import memorize.train as train_module
 
 from memorize.config import CellConfig, from_dict
-from memorize.sweep.local import available_cores
+from memorize.sweep.local import available_cores, usable_cpus
 
 # A cell small enough to train in a few seconds on the CPU.
 TINY_CELL = {
@@ -104,7 +104,7 @@ def wait_until(ready, proc: subprocess.Popen, watch: Path, stall: float = 300.0,
     where ``proc`` ends first, and where nothing under ``watch`` was written for ``stall`` seconds: a hang,
     told apart from a slow run (on CPUs shared with other jobs a run can take ten times as long). A hung
     process is killed, with its group where it leads one, so that it outlives no test."""
-    started = changed = time.monotonic()
+    started = changed = looked = time.monotonic()
     seen = newest_write(watch)
     while not (value := ready()):
         if proc.poll() is not None:
@@ -112,18 +112,24 @@ def wait_until(ready, proc: subprocess.Popen, watch: Path, stall: float = 300.0,
             err = stream.read() if stream else ""
             err = err.decode(errors="replace") if isinstance(err, bytes) else err
             pytest.fail(f"the process ended (exit status {proc.returncode}) before the awaited moment: {err[-3000:]}")
-        now, state = time.monotonic(), newest_write(watch)
-        if state != seen:
-            seen, changed = state, now
-        elif now - changed > stall:
-            if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait()
-            pytest.fail(f"nothing written under {watch} for {stall:.0f} s ({now - started:.0f} s in all): a hang")
+        if (now := time.monotonic()) - looked >= 1.0:  # the folder is walked once a second: hangs take minutes
+            looked, state = now, newest_write(watch)
+            if state != seen:
+                seen, changed = state, now
+            elif now - changed > stall:
+                kill_run(proc)
+                pytest.fail(f"nothing written under {watch} for {stall:.0f} s ({now - started:.0f} s in all): a hang")
         time.sleep(poll)
     return value
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``, with its process group where it leads one (a sweep's driver and its cells), and reap it."""
+    if os.getpgid(proc.pid) == proc.pid:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+    proc.wait()
 
 
 @functools.cache
@@ -149,11 +155,6 @@ def pytest_runtest_setup(item):
 
 # Workers of `pytest -n auto` (pytest-xdist): at most this many, each ~1 GiB of memory.
 MAX_WORKERS = 8
-
-
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
 def cpu_share(cpus: list[int], index: int, workers: int) -> list[int]:

@@ -64,12 +64,17 @@ def wait_until_free(out: Path, cells: list[str], progress: bool = True, poll: fl
         waiting = [cid for cid in waiting if is_locked(cell_dir(out, cid))]
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(usable_cpus())
 
 
 def threads_per_cell(executor: str, parallel: int, threads: int | None = None) -> int | None:
