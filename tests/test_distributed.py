@@ -3,7 +3,6 @@ by torch's own launcher, end where one process ends with the same global minibat
 
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import torch
 
 from memorize.cli import main
 from memorize.distributed import Ranks, ranks, shard
-from tests.conftest import wait_until
+from tests.conftest import kill_run, wait_until
 
 CELL = ["--set", "train.steps=40", "--set", "train.batch_size=16", "--set", "train.checkpoint_every=5",
         "--set", "data.n_train=32", "--set", "data.n_heldout=50", "--set", "model.channels=8", "--quiet"]
@@ -80,8 +79,7 @@ def test_two_processes_killed_mid_run_resume_to_the_same_weights(one_process, tm
     out = tmp_path / "two"
     run = _launch(out)
     wait_until((out / "checkpoints" / "step-0000010.pt").is_file, run, out)  # killed after a checkpoint, before its end
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    kill_run(run)  # its launcher and both processes, as a node failure would
     assert not (out / "checkpoints" / "step-0000040.pt").is_file()
     again = _launch(out)
     output, _ = again.communicate(timeout=600)

@@ -2,7 +2,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from memorize.cell import CellPaths, load_trained_denoiser
 from memorize.config import ConfigError, to_dict
 from memorize.diffusion import Denoiser
 from memorize.train import NonFiniteLossError, train
-from tests.conftest import wait_until
+from tests.conftest import kill_run, wait_until
 
 
 def _log_rows(path):
@@ -34,8 +33,7 @@ def test_killed_run_resumes_to_the_same_state(tiny_cfg, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "memorize.cli", "train", str(config_file), "--out",
                              str(killed.root), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_until(killed.latest_checkpoint, proc, killed.root)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_run(proc)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     killed_at = int(killed.latest_checkpoint().stem.split("-")[1])
     assert 0 < killed_at < 200, "the run must be killed mid-training for this test to mean anything"
