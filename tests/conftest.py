@@ -176,9 +176,15 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_configure(config):
-    """Under pytest-xdist each worker runs on its own share of the CPUs, with that many torch threads, and the
-    processes its tests start inherit that share: workers that each used every core would spin against each
-    other's threads (docs/development.md has the measurement)."""
+    """The package's pytest plugin (:mod:`memorize.pytest_plugin`) registered where its entry point is not, a
+    checkout on ``PYTHONPATH`` without an install (the GPU machines'). Under pytest-xdist each worker runs on
+    its own share of the CPUs, with that many torch threads, and the processes its tests start inherit that
+    share: workers that each used every core would spin against each other's threads (docs/development.md
+    has the measurement)."""
+    import memorize.pytest_plugin
+
+    if not config.pluginmanager.is_registered(memorize.pytest_plugin):
+        config.pluginmanager.register(memorize.pytest_plugin, "memorize")
     if (worker := xdist_worker()) is None:
         return
     share = cpu_share(usable_cpus(), *worker)

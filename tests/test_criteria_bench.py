@@ -107,6 +107,24 @@ def test_a_failing_criterion_is_reported_per_case_group_not_a_crash(memorization
     assert table.error.str.contains("expected shape").all() and table.detection.isna().all()
 
 
+def test_the_fixtures_reach_a_checkout_that_is_not_installed():
+    """Without the package's entry point (no plugin autoloads, as in a checkout on PYTHONPATH: the GPU
+    machines'), tests/conftest.py registers the plugin, so these tests find their fixtures."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--setup-plan",
+                          "-k", "on_the_bench or side_by_side", __file__], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "SETUP    S memorization_cases" in run.stdout and "SETUP    S reference_criteria" in run.stdout
+
+
 def test_the_criteria_command_runs_user_criteria_and_refuses_bad_specs(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
