@@ -12,6 +12,14 @@ from memorize.analysis import (MODEL_KEYS, budget_label, experiment_axes, experi
                                pooled_ratios, pooled_share, power_law_fit)
 
 
+def interval_bars(ax: plt.Axes, x, value, lo, hi, **style):
+    """``value`` at ``x`` with a bar from ``lo`` to ``hi`` at each point (``ax.errorbar``); columns of a table are
+    handed to matplotlib as float arrays (a one-row pandas column would reach it as a Series, which some
+    matplotlib releases turn into a number through ``float(Series)``, deprecated by pandas)."""
+    x, value, lo, hi = (np.asarray(v, dtype=float) for v in (x, value, lo, hi))
+    return ax.errorbar(x, value, yerr=[value - lo, hi - value], **style)
+
+
 def _to_display(image: np.ndarray) -> np.ndarray:
     """One (C, H, W) image in [-1, 1] as (H, W) grey or (H, W, 3) colour in [0, 1]."""
     img = (np.clip(image, -1, 1) + 1) / 2
@@ -206,8 +214,8 @@ def memorization_vs_n_figure(results) -> plt.Figure:
                 g = pooled[pooled.model == model]
                 if g.empty:
                     continue
-                ax.errorbar(g["n_train"] * _dodge(i, len(palette)), g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
-                            capsize=3, color=color, label=model)
+                interval_bars(ax, g["n_train"] * _dodge(i, len(palette)), g["ratio"], g["lo"], g["hi"], marker="o",
+                              capsize=3, color=color, label=model)
                 seeds = judged[judged.model == model]
                 if (g["seeds"] > 1).any():
                     ax.plot(seeds["n_train"], seeds[f"mem_{criterion}"], ".", color=color, alpha=0.5, ms=4)
@@ -225,7 +233,8 @@ def memorization_vs_n_figure(results) -> plt.Figure:
 
 def phase_diagram_figure(results) -> plt.Figure:
     """Memorization ratio (nearest-neighbour criterion) on the (N, model) plane: a column per grid N in
-    order, a row per model by size; each cell is annotated with its ratio, and ``*`` marks those whose Wilson interval contains 0.5."""
+    order, a row per model by size; each cell is annotated with its ratio, and ``*`` marks those whose Wilson
+    interval contains 0.5."""
     axes = experiment_axes(results)
     facets = _facets(results, axes)
     models = list(dict.fromkeys(results.sort_values("params")["model"]))
@@ -269,8 +278,8 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
         lo = ok["critical_n_lo"].fillna(ok["critical_n"])
         hi = ok["critical_n_hi"].fillna(ok["critical_n"])
         label = experiment_label(values) or "critical N"
-        line = ax.errorbar(ok["params"], ok["critical_n"], yerr=[ok["critical_n"] - lo, hi - ok["critical_n"]],
-                           fmt=markers[k % len(markers)], capsize=3, label=label)
+        line = interval_bars(ax, ok["params"], ok["critical_n"], lo, hi, fmt=markers[k % len(markers)], capsize=3,
+                             label=label)
         plotted.append(ok)
         if len(ok) >= 3:
             fit = power_law_fit(ok["params"].to_numpy(float), ok["critical_n"].to_numpy(float),
@@ -328,8 +337,8 @@ def memorization_over_steps_figure(steps) -> plt.Figure:
             for r, (column, _) in enumerate(rows):
                 ax = grid[r, col]
                 if column.startswith("mem_"):
-                    ax.errorbar(g["step"], g[column], yerr=[g[column] - g[f"{column}_lo"], g[f"{column}_hi"] - g[column]],
-                                marker="o", ms=3, capsize=2, color=colors[n], label=f"N = {n:,}")
+                    interval_bars(ax, g["step"], g[column], g[f"{column}_lo"], g[f"{column}_hi"], marker="o", ms=3,
+                                  capsize=2, color=colors[n], label=f"N = {n:,}")
                     ax.axhline(0.5, color="grey", lw=0.5, ls="--")
                     ax.set_ylim(-0.03, 1.03)
                 else:
@@ -356,19 +365,18 @@ def timescales_figure(ts, fits: dict) -> plt.Figure:
         own = ts[(ts.model == model) & (ts.experiment == experiment)]
         ok = own[own.tau_mem_censored == "none"]
         lo, hi = ok["tau_mem_lo"].fillna(ok["tau_mem"]), ok["tau_mem_hi"].fillna(ok["tau_mem"])
-        ax.errorbar(ok["n_train"], ok["tau_mem"], yerr=[ok["tau_mem"] - lo, hi - ok["tau_mem"]], fmt="o",
-                    color="tab:red", capsize=3, label=f"tau_mem (ratio reaches {own['level'].iloc[0]:g})")
+        interval_bars(ax, ok["n_train"], ok["tau_mem"], lo, hi, fmt="o", color="tab:red", capsize=3,
+                      label=f"tau_mem (ratio reaches {own['level'].iloc[0]:g})")
         for side, marker, text in (("right", "^", "not reached by then"), ("left", "v", "reached by then")):
             c = own[own.tau_mem_censored == side]
             if not c.empty:
                 ax.plot(c["n_train"], c["tau_mem_bound"], marker, color="tab:red", mfc="none", ls="none",
                         label=f"tau_mem censored ({text})")
         gen = own.dropna(subset=["tau_gen"])
-        ax.errorbar(gen["n_train"], gen["tau_gen"], yerr=[gen["tau_gen"] - gen["tau_gen_lo"],
-                                                          gen["tau_gen_hi"] - gen["tau_gen"]],
-                    fmt="s", color="tab:blue", mfc="none", capsize=3,
-                    label=f"tau_gen ({own['gen_measure'].iloc[0]} within {own['gen_tolerance'].iloc[0]:g} of its fall "
-                          f"to its best)")
+        interval_bars(ax, gen["n_train"], gen["tau_gen"], gen["tau_gen_lo"], gen["tau_gen_hi"],
+                      fmt="s", color="tab:blue", mfc="none", capsize=3,
+                      label=f"tau_gen ({own['gen_measure'].iloc[0]} within {own['gen_tolerance'].iloc[0]:g} of its "
+                            f"fall to its best)")
         for name, points, color in (("tau_mem", ok, "tab:red"), ("tau_gen", gen, "tab:blue")):
             fit = fits.get((model, experiment, name))
             if fit is not None:
@@ -412,8 +420,8 @@ def memorization_and_generalization_figure(results) -> plt.Figure:
                     g = pooled_share(own, column, [])
                 if g is None or g.empty:
                     continue
-                ax.errorbar(g["n_train"], g["value"], yerr=[g["value"] - g["lo"], g["hi"] - g["value"]], marker="o",
-                            capsize=3, color=color, label=label)
+                interval_bars(ax, g["n_train"], g["value"], g["lo"], g["hi"], marker="o", capsize=3, color=color,
+                              label=label)
             _n_axis(ax, own["n_train"] if len(own) else part["n_train"])
             ax.set_ylim(-0.03, 1.03)
             budget = budget_label(own)
@@ -446,14 +454,13 @@ def memorization_by_experiment_figure(results) -> plt.Figure:
                 continue
             label = experiment_label(values) or "all"
             g = pooled_ratios(own, "nn", axes=[])
-            ax.errorbar(g["n_train"], g["ratio"], yerr=[g["ratio"] - g["lo"], g["hi"] - g["ratio"]], marker="o",
-                        capsize=3, color=colors[i], label=label)
+            interval_bars(ax, g["n_train"], g["ratio"], g["lo"], g["hi"], marker="o", capsize=3, color=colors[i],
+                          label=label)
             within = pooled_share(own, "mem_nn_class", []) if "mem_nn_class" in own else None
             if within is not None and not within.empty:
-                ax.errorbar(within["n_train"], within["value"], yerr=[within["value"] - within["lo"],
-                                                                        within["hi"] - within["value"]],
-                            marker="s", ms=4, capsize=2, ls="--", color=colors[i], alpha=0.8,
-                            label=f"{label} (within class)")
+                interval_bars(ax, within["n_train"], within["value"], within["lo"], within["hi"],
+                              marker="s", ms=4, capsize=2, ls="--", color=colors[i], alpha=0.8,
+                              label=f"{label} (within class)")
         _n_axis(ax, results.loc[results.model == model, "n_train"])
         ax.set_ylim(-0.03, 1.03)
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
@@ -489,7 +496,7 @@ def memorization_vs_guidance_figure(results) -> plt.Figure:
                 x, y, lo, hi = g["guidance"], g["ratio"], g["lo"], g["hi"]
             order = np.argsort(x.to_numpy())
             x, y, lo, hi = (v.to_numpy()[order] for v in (x, y, lo, hi))
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, color=color, label=f"{model}, N = {n:,}")
+            interval_bars(ax, x, y, lo, hi, marker="o", capsize=3, color=color, label=f"{model}, N = {n:,}")
         ax.set_xlabel("guidance weight w")
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(title if criterion == "nn_class" else _criterion_title(results, criterion), fontsize=8)
