@@ -1,6 +1,11 @@
 """The criterion test bench: cases with known ground truth, our criteria tested the way a researcher tests
 theirs (the ``memorization_cases`` fixture of the memorize pytest plugin), and bad criteria reported."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,14 +115,9 @@ def test_a_failing_criterion_is_reported_per_case_group_not_a_crash(memorization
 def test_the_fixtures_reach_a_checkout_that_is_not_installed():
     """Without the package's entry point (no plugin autoloads, as in a checkout on PYTHONPATH: the GPU
     machines'), tests/conftest.py registers the plugin, so these tests find their fixtures."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(paths)}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--setup-plan",
                           "-k", "on_the_bench or side_by_side", __file__], cwd=root, env=env, capture_output=True,
                          text=True, timeout=120)
