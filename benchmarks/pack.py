@@ -16,7 +16,7 @@ scoring, comparing).
 ``--step`` times only the forward and backward pass of one training step per cell, alone (each
 cell's own network) against vmapped over the stacked weights and against the wide network whose
 layers are grouped by cell (memorize.models.wide, what packs use): what packing gains on the
-arithmetic itself.
+arithmetic itself; and the wide network in channels-last layout beside it.
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ def sweep_slice(channels: int, pack: int, parallel: int, device: str = "cpu") ->
 
 
 def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cpu") -> list[dict]:
-    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3);
-    the pass's floating-point operations (torch's flop counter: matrix products and convolutions) and the
-    rate the wide network reaches."""
+    """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3),
+    and the wide network with every convolution's input in channels-last layout (converted where an
+    operation between them returned the standard layout: the layout the packs do not use, timed to show
+    why); the pass's
+    floating-point operations (torch's flop counter: matrix products and convolutions) and the rate the
+    wide network reaches."""
     import copy
 
+    from memorize.models.wide import widen
     from memorize.pack import StackedCells
     from memorize.train import CellTraining
 
@@ -93,6 +97,11 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
         batches = [c.draw() for c in trainings]
         vmapped, wide, base = StackedCells(trainings), StackedCells(trainings), copy.deepcopy(trainings[0].denoiser.net)
         vmapped.wide = False  # no wide network: vmap over functional_call
+        channels_last = StackedCells(trainings)
+        channels_last.wide = widen(base, n)
+        for layer in channels_last.wide.modules():  # a no-op where the input is channels-last already
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.register_forward_pre_hook(lambda _, args: (args[0].contiguous(memory_format=torch.channels_last),))
 
         def alone() -> None:
             for c, b in zip(trainings, batches):
@@ -114,7 +123,9 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
                 torch.cuda.synchronize()
 
         times = {}
-        for name, fn in (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide))) * 3:
+        runs = (("alone", alone), ("vmapped", lambda: packed(vmapped)), ("wide", lambda: packed(wide)),
+                ("channels-last", lambda: packed(channels_last)))
+        for name, fn in runs * 3:
             fn()  # warm-up
             sync()
             start = time.perf_counter()
@@ -124,8 +135,9 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
             ms = 1000 * (time.perf_counter() - start) / repeats / n
             times[name] = min(times.get(name, ms), ms)
     return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "vmapped ms/cell": times["vmapped"],
-             "wide ms/cell": times["wide"], "x alone": times["alone"] / times["wide"],
-             "x vmapped": times["vmapped"] / times["wide"], "GFLOP/cell": counter.get_total_flops() / 1e9,
+             "wide ms/cell": times["wide"], "wide channels-last ms/cell": times["channels-last"],
+             "x alone": times["alone"] / times["wide"], "x vmapped": times["vmapped"] / times["wide"],
+             "x channels-last": times["channels-last"] / times["wide"], "GFLOP/cell": counter.get_total_flops() / 1e9,
              "wide GFLOP/s": counter.get_total_flops() / 1e6 / times["wide"]}]
 
 
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
     parser.add_argument("--parallel", type=int, default=available_cores(),
                         help="--sweep: jobs at a time in the runs that divide the threads (default: this machine's cores)")
-    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped vs wide")
+    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped vs wide (and wide in channels-last)")
     args = parser.parse_args(argv)
     if args.step:
         torch.set_num_threads(args.threads)
