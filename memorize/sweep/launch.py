@@ -210,7 +210,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
             report.update(wait_for_slurm(out, list(todo), wait_timeout))
         return report
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
-    per = f"{cell_threads} threads per {'job' if pack > 1 else 'cell'}" + \
+    per = f"{cell_threads} thread{'s' if cell_threads != 1 else ''} per {'job' if pack > 1 else 'cell'}" + \
         (f", {processes} processes per cell" if processes > 1 else "")
     elsewhere = list(busy)
     shares = slot_gpus(gpus[:slots * processes] if on_gpu and processes > 1 else gpus, slots) if gpus else None
