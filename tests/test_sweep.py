@@ -105,6 +105,7 @@ def test_a_local_sweep_runs_every_cell_and_collects_one_full_row_each(finished_s
     assert ((table.mem_nn_lo <= table.mem_nn) & (table.mem_nn <= table.mem_nn_hi)).all()
     # one slot (--parallel 1): both cells ran in one process, one Submitit job
     assert len([d for d in (out / "logs").iterdir() if d.is_dir() and d.name.isdigit()]) == 1
+    assert not (out / "logs" / "%j").exists()  # the empty folder Submitit's local controller makes is gone
 
 
 def test_units_are_shared_out_among_the_slots_longest_first():

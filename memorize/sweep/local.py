@@ -322,4 +322,16 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         for line in lines:
             line.close()
         bar.close()
+        if not debug:
+            _remove_unexpanded_log_folder(out / "logs")
     return report
+
+
+def _remove_unexpanded_log_folder(logs: Path) -> None:
+    """Remove the empty ``logs/%j`` that Submitit's local controller makes from the executor's folder
+    before it puts the job's id in the name (its logs go to ``logs/<job id>/``); a folder with anything
+    in it is left alone."""
+    try:
+        (logs / "%j").rmdir()
+    except OSError:  # not there, or not empty
+        pass
