@@ -83,9 +83,8 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
     """Milliseconds per cell of one forward + backward pass on one batch, alone vs vmapped vs wide (best of 3),
     and the wide network with every convolution's input in channels-last layout (converted where an
     operation between them returned the standard layout: the layout the packs do not use, timed to show
-    why); the pass's
-    floating-point operations (torch's flop counter: matrix products and convolutions) and the rate the
-    wide network reaches."""
+    why); the pass's floating-point operations (torch's flop counter: matrix products and convolutions)
+    and the rate the wide network reaches."""
     import copy
 
     from memorize.models.wide import widen
@@ -101,7 +100,8 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
         channels_last.wide = widen(base, n)
         for layer in channels_last.wide.modules():  # a no-op where the input is channels-last already
             if isinstance(layer, torch.nn.Conv2d):
-                layer.register_forward_pre_hook(lambda _, args: (args[0].contiguous(memory_format=torch.channels_last),))
+                layer.register_forward_pre_hook(
+                    lambda _, args: (args[0].contiguous(memory_format=torch.channels_last),))
 
         def alone() -> None:
             for c, b in zip(trainings, batches):
@@ -137,7 +137,8 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
     return [{"channels": channels, "cells": n, "alone ms/cell": times["alone"], "vmapped ms/cell": times["vmapped"],
              "wide ms/cell": times["wide"], "wide channels-last ms/cell": times["channels-last"],
              "x alone": times["alone"] / times["wide"], "x vmapped": times["vmapped"] / times["wide"],
-             "x channels-last": times["channels-last"] / times["wide"], "GFLOP/cell": counter.get_total_flops() / 1e9,
+             "x channels-last": times["channels-last"] / times["wide"],
+             "GFLOP/cell": counter.get_total_flops() / 1e9,
              "wide GFLOP/s": counter.get_total_flops() / 1e6 / times["wide"]}]
 
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pack", type=int, default=10, help="--sweep: cells per pack")
     parser.add_argument("--parallel", type=int, default=available_cores(),
                         help="--sweep: jobs at a time in the runs that divide the threads (default: this machine's cores)")
-    parser.add_argument("--step", action="store_true", help="forward + backward only, alone vs vmapped vs wide (and wide in channels-last)")
+    parser.add_argument("--step", action="store_true",
+                        help="forward + backward only, alone vs vmapped vs wide (and wide in channels-last)")
     args = parser.parse_args(argv)
     if args.step:
         torch.set_num_threads(args.threads)
