@@ -13,9 +13,9 @@
    ``train.cuda_graph`` auto and off beside a bare eager loop and a bare captured step, the GPU's busy
    share, 8 cells packed against one alone, bf16 autocast against float32;
 4. the README's main job end to end (``memorize sweep run sweeps/digits.yaml``, defaults, figures
-   included), and one column of it (N = 64, three cells) with the defaults against ``--pack 1`` and
-   ``train.cuda_graph: off`` (each cell alone, every step eager: the earlier defaults but for the
-   process per cell);
+   included) with its time stage by stage (the compare stage part by part), and one column of it
+   (N = 64, three cells) with the defaults against ``--pack 1`` and ``train.cuda_graph: off`` (each cell
+   alone, every step eager: the earlier defaults but for the process per cell);
 5. with ``--tests``: one pass of every gpu-marked test.
 
 Every part runs in its own process with a time limit; a part that fails is recorded and the next one
@@ -194,14 +194,19 @@ def skipped(name: str) -> dict:
 
 def stage_seconds(out: Path) -> list[dict]:
     """Where a finished sweep's time went: each stage's seconds over its cells
-    (:func:`benchmarks.sweep.stage_totals`: a pack's training counted once); none where no grid point finished."""
-    from benchmarks.sweep import cell_stages, stage_totals
+    (:func:`benchmarks.sweep.stage_totals`: a pack's training counted once), then the compare stage's parts
+    (:func:`benchmarks.sweep.compare_parts`); none where no grid point finished."""
+    from benchmarks.sweep import cell_stages, compare_parts, stage_totals
 
     table = cell_stages(out)
     if table.empty:
         return []
-    return [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
-             "detail": "a pack's training counted once"} for stage, seconds in stage_totals(table).items()]
+    stages = [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
+               "detail": "a pack's training counted once"} for stage, seconds in stage_totals(table).items()]
+    parts = [{"part": "main job", "figure": f"stage: compare: {part}", "value": round(seconds, 2),
+              "unit": "s, all cells", "detail": "compare.json's seconds"}
+             for part, seconds in compare_parts(out).items()]
+    return stages + parts
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -47,6 +47,18 @@ def stage_totals(table: pd.DataFrame) -> dict[str, float]:
     return {k: float(table.groupby("cell")["train"].max().sum() if k == "train" else table[k].sum()) for k in stages}
 
 
+def compare_parts(sweep_dir: Path) -> dict[str, float]:
+    """The compare stage's seconds part by part (``compare.json``'s ``seconds``, :data:`memorize.compare.PARTS`),
+    summed over a sweep's comparisons (``cells/*/compare/*/compare.json``); a part none of them timed is left out."""
+    from memorize.compare import PARTS
+
+    totals: dict[str, float] = {}
+    for path in sorted(sweep_dir.glob("cells/*/compare/*/compare.json")):
+        for part, seconds in json.loads(path.read_text()).get("seconds", {}).items():
+            totals[part] = totals.get(part, 0.0) + seconds
+    return {part: totals[part] for part in PARTS if part in totals}
+
+
 def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict]:
     """Seconds per stage, per model (the mean over its grid points) and over the sweep
     (:func:`stage_totals`), each stage's share, cells per hour (by ``wall_seconds`` where given, else by
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.sweep_dir:
-        rows = stage_table(args.sweep_dir)
+        rows, parts = stage_table(args.sweep_dir), compare_parts(args.sweep_dir)
     else:
         # the device always set: the spec's auto would put the CPU run on a GPU where there is one
         spec = load_spec(SPEC, overrides={"base.train.device": args.device, "grid.data.n_train": [args.n_train]})
@@ -88,8 +100,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for error in sorted(Path(tmp).glob("cells/*/error.txt")):
                     print(f"{error}:\n{error.read_text()}")
                 raise SystemExit(f"{launched['failed']} of the slice's cells failed (errors above)")
-            rows = stage_table(Path(tmp), time.perf_counter() - start)
-    return report(result_name("sweep", args.device), rows, f"seconds per stage; {SPEC.name}")
+            rows, parts = stage_table(Path(tmp), time.perf_counter() - start), compare_parts(Path(tmp))
+    rows = report(result_name("sweep", args.device), rows, f"seconds per stage; {SPEC.name}")
+    if parts:
+        print("compare, part by part (s, all cells): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    return rows
 
 
 if __name__ == "__main__":

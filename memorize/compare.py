@@ -25,7 +25,8 @@ In a class-conditional cell the references are the class-conditional empirical a
 and the empirical samples are drawn with the trained samples' classes and guidance weight.
 
 It writes ``DIR/compare/gap.csv``, ``trajectory.csv``, ``r2.csv``, ``gap.png`` and ``compare.json``; with
-``local`` also ``patch_schedule.json``, ``calibration.csv`` and ``local_samples.png``.
+``local`` also ``patch_schedule.json``, ``calibration.csv`` and ``local_samples.png``. ``compare.json``'s
+``seconds`` says where the time went, part by part (:data:`PARTS`).
 :func:`disjoint_consistency` compares two cells trained on disjoint subsets of one size
 (Kadkhodaie et al. 2024).
 """
@@ -33,6 +34,7 @@ It writes ``DIR/compare/gap.csv``, ``trajectory.csv``, ``r2.csv``, ``gap.png`` a
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,9 @@ from memorize.metrics.search import search_backend
 from memorize.score import heldout_similarity, resolve_threshold
 
 SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
+# compare_cell's parts, as compare.json's ``seconds`` times them; from the gap curves on, each ends where its
+# results are on the host already (a read or a file), so on a GPU no part's device work is counted in the next
+PARTS = ("setup", "gap", "samples", "agreement", "local", "trajectory", "files")
 GAP_SEED = 2024  # fixed noise for the gap curves
 
 
@@ -216,6 +221,13 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     on the cell's held-out images; 0.6 for network descriptors; :func:`memorize.score.resolve_threshold`)."""
     import matplotlib.pyplot as plt
 
+    seconds, last = {}, time.perf_counter()
+
+    def lap(part: str) -> None:  # the seconds since the last part ended, as ``part``'s
+        nonlocal last
+        now = time.perf_counter()
+        seconds[part], last = round(now - last, 3), now
+
     paths = CellPaths(Path(root))
     cfg = read_config(paths.root)
     dev = resolve_device(device)
@@ -240,7 +252,9 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
         present = torch.isin(data.heldout_labels, data.train_labels)
         images["heldout"] = data.heldout[present][:n_eval]
         labels = {"train": data.train_labels[:n_eval], "heldout": data.heldout_labels[present][:n_eval]}
+    lap("setup")
     table = denoiser_gap(trained, references, images, device=dev, labels=labels)
+    lap("gap")
     train_err = table[table.split == "train"].set_index("sigma")["mse_trained"]
     heldout_err = table[table.split == "heldout"].set_index("sigma")["mse_trained"]
     loss_gap = (heldout_err - train_err).dropna()
@@ -254,6 +268,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     sample_cfg = dataclasses.replace(cfg.sample, **settings)
     empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
                                  progress=progress)
+    lap("samples")
     embed = load_embedder(embedder, str(dev))
     setting = threshold  # as given: compare.json records the setting the caller passed
     backend = search_backend(dev)
@@ -264,6 +279,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     trained_samples = torch.from_numpy(drawn["samples"])
     r2 = {"seed": drawn["seeds"], "empirical": r_squared(trained_samples, torch.from_numpy(empirical_samples)).numpy()}
     out = paths.root / out_dir
+    lap("agreement")
 
     local_summary, machine_samples = {}, {}
     if local:
@@ -302,12 +318,14 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
                 local_summary[machine]["boundary"] = boundary
             references[machine] = local_machine(machine, data.train.to(dev), schedules[machine],
                                                 None if labels is None else data.train_labels.to(dev), boundary)
+        lap("local")
 
     seeds, traj_labels = drawn["seeds"][:n_trajectory], drawn.get("labels")
     trajectory = trajectory_gap(trained, references, tuple(data.train.shape[1:]), seeds,
                                 dataclasses.replace(sample_cfg, num=len(seeds)), dev,
                                 None if traj_labels is None else torch.as_tensor(traj_labels))
     r2_table = pd.DataFrame(r2)
+    lap("trajectory")
 
     atomic_write_text(out / "gap.csv", table.to_csv(index=False))
     atomic_write_text(out / "trajectory.csv", trajectory.to_csv(index=False))
@@ -323,6 +341,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
                                    f"{paths.root.name}: N = {len(data.train)}; same noise in each column")
         atomic_save_figure(out / "local_samples.png", fig, dpi=130)
         plt.close(fig)
+    lap("files")  # compare.json itself, written last, is not timed
     summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "threshold_setting": setting,
                "n_eval": n_eval,
                "sigmas": list(SIGMA_GRID), **agreement,
@@ -334,7 +353,8 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
                "gap_empirical": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_empirical))
                                  for split, g in table.groupby("split")},
                "gap_gaussian": {split: dict(zip((f"{s:.4g}" for s in g.sigma), g.gap_gaussian))
-                                for split, g in table.groupby("split")}}
+                                for split, g in table.groupby("split")},
+               "seconds": seconds}
     atomic_write_json(out / "compare.json", summary)
     return summary
 

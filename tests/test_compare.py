@@ -71,10 +71,23 @@ def test_empirical_samples_memorize_and_gaussian_samples_do_not(tmp_path):
     assert ratios["empirical"] >= 0.95 and ratios["gaussian"] <= 0.05, ratios
 
 
-def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys):
+def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys, monkeypatch):
+    import time
+
+    import memorize.compare
+
     cell = tmp_path / "cell"
     _train(cell, "data.n_train=16", "sample.num=12")
+    unhurried = memorize.compare.denoiser_gap
+
+    def slow_gap(*args, **kwargs):  # 0.5 s more in the gap curves: compare.json's seconds must put it there
+        time.sleep(0.5)
+        return unhurried(*args, **kwargs)
+
+    monkeypatch.setattr(memorize.compare, "denoiser_gap", slow_gap)
+    start = time.perf_counter()
     assert main(["compare", str(cell), "--n-eval", "32", "--quiet"]) == 0
+    wall = time.perf_counter() - start
     assert "same-noise agreement with the empirical denoiser" in capsys.readouterr().out
     gap = pd.read_csv(cell / "compare" / "gap.csv")
     assert set(gap.split) == {"train", "heldout"} and len(gap) == 24
@@ -87,6 +100,10 @@ def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys):
     assert 0 <= summary["agreement"] <= 1 and summary["reproducibility"]["n"] == 12
     assert summary["threshold_setting"] is None and 0.9 < summary["threshold"] < 1  # auto for pixels
     assert set(summary["loss_gap"]) == {f"{s:.4g}" for s in gap.sigma.unique()}
+    seconds = summary["seconds"]
+    assert set(seconds) == set(memorize.compare.PARTS) - {"local"}  # no --local: no local part
+    assert min(seconds.values()) >= 0 and sum(seconds.values()) <= wall
+    assert seconds["gap"] >= 0.5 and seconds["setup"] < 0.5 and seconds["samples"] < 0.5
     assert (cell / "compare" / "gap.png").stat().st_size > 1000
     a, b = (read_samples(cell / "samples" / f"{n}.npz") for n in ("trained", "trained_empirical"))
     assert np.array_equal(a["seeds"], b["seeds"]) and b["settings"]["denoiser"] == "empirical"
@@ -129,6 +146,7 @@ def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path,
     assert list(r2.columns) == ["seed", "empirical", "ls", "els"] and len(r2) == 6 and (r2[["ls", "els"]] <= 1).all().all()
     summary = json.loads((cell / "compare" / "compare.json").read_text())
     assert summary["r2"]["els"]["median"] == pytest.approx(r2.els.median())
+    assert "local" in summary["seconds"]  # calibrating, sampling and scoring the machines: a part of its own
     trajectory = pd.read_csv(cell / "compare" / "trajectory.csv")
     assert {"gap_empirical", "gap_gaussian", "gap_ls", "gap_els"} <= set(trajectory.columns)
     assert len(trajectory) == 4  # Heun at 4 levels visits each level of the grid (the last with sigma > 0)

@@ -74,14 +74,21 @@ def finished_sweep(root):
             (root / "cells" / cell / "evals" / f"{i}.json").write_text(json.dumps(
                 {"model": "small" if cell in ("a", "b") else "large", "n_train": 8, "train_seconds": train,
                  "seconds": stages}))
+    for cell, parts in (("a", {"gap": 0.5, "trajectory": 0.25, "files": 0.75}), ("p1", {"gap": 1.0, "setup": 0.25})):
+        (root / "cells" / cell / "compare" / "trained").mkdir(parents=True)
+        (root / "cells" / cell / "compare" / "trained" / "compare.json").write_text(json.dumps({"seconds": parts}))
+    (root / "cells" / "b" / "compare" / "written-before-timings").mkdir(parents=True)
+    (root / "cells" / "b" / "compare" / "written-before-timings" / "compare.json").write_text("{}")
     return root
 
 
 def test_stage_seconds_sum_each_stage_over_the_cells_and_count_a_packs_training_once(tmp_path):
     """train = 2 + 3 (b's longer budget, once) + 6 (the pack's, shared by p1 and p2); the other stages sum
-    over the grid points."""
-    got = {row["figure"]: row["value"] for row in gpu_smoke.stage_seconds(finished_sweep(tmp_path))}
-    assert got == {"stage: train": 11.0, "stage: sample": 1.75, "stage: score": 0.5}
+    over the grid points, and compare's parts over the comparisons that timed them."""
+    got = [(row["figure"], row["value"]) for row in gpu_smoke.stage_seconds(finished_sweep(tmp_path))]
+    assert got == [("stage: train", 11.0), ("stage: sample", 1.75), ("stage: score", 0.5),
+                   ("stage: compare: setup", 0.25), ("stage: compare: gap", 1.5), ("stage: compare: trajectory", 0.25),
+                   ("stage: compare: files", 0.75)]  # compare's parts summed over the cells, in compare's order
     assert gpu_smoke.stage_seconds(tmp_path / "no sweep here") == []
 
 
