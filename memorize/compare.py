@@ -59,6 +59,7 @@ SIGMA_GRID = tuple(float(s) for s in np.geomspace(0.002, 80.0, 12))
 # results are on the host already (a read or a file), so on a GPU no part's device work is counted in the next
 PARTS = ("setup", "gap", "samples", "agreement", "local", "trajectory", "files")
 GAP_SEED = 2024  # fixed noise for the gap curves
+LOG_SPAN = 1e-9  # a log panel of the gap figure reads down to this fraction of its largest value
 
 
 @torch.no_grad()
@@ -180,10 +181,43 @@ def gap_figure(table: pd.DataFrame, title: str = "", trajectory: pd.DataFrame | 
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):  # decades only: a log axis's minor ticks double the figure's cost
             axis.set_minor_locator(ticker.NullLocator())
-        ax.set_xlabel("sigma")
+        note = floor_log_panel(ax)
+        ax.set_xlabel("sigma" if note is None else f"sigma        ({note})")
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.86, wspace=0.25)  # tight_layout: 0.3 s more
     return fig
+
+
+def floor_log_panel(ax, span: float = LOG_SPAN) -> str | None:
+    """Keep a log-scale panel's y axis to what can be read: points under ``span`` times the panel's largest
+    value (exact zeros, which a log axis drops without a trace, among them: the empirical denoiser returns
+    each of its training images exactly at small sigma, so its error there is 0) are drawn on a floor a
+    decade under the lowest point kept, as downward triangles in their line's colour, and the axis starts
+    just below that floor. Returns what the triangles mean, for the panel's label, or None where no point
+    was under ``span`` times the largest (the panel unchanged)."""
+    lines = [line for line in ax.get_lines() if len(line.get_ydata())]
+    values = [np.asarray(line.get_ydata(), dtype=float) for line in lines]
+    top = max((float(np.nanmax(y)) for y in values if np.isfinite(y).any()), default=float("nan"))
+    if not top > 0:
+        return None
+    kept = [y[y >= top * span] for y in values]
+    if all(len(k) == int(np.isfinite(y).sum()) for k, y in zip(kept, values)):
+        return None
+    floor = 10 ** np.floor(np.log10(min(float(k.min()) for k in kept if len(k)) / 10))
+    for line, y in zip(lines, values):
+        under = np.isfinite(y) & (y < floor)
+        if under.any():  # the line runs down to the floor next to a point kept, never along it
+            shown = np.isfinite(y) & ~under
+            beside = under & (np.r_[False, shown[:-1]] | np.r_[shown[1:], False])
+            line.set_ydata(np.where(beside, floor, np.where(under, np.nan, y)))
+            line.set_markevery(np.flatnonzero(shown).tolist())  # the floor's points: triangles only
+            ax.plot(np.asarray(line.get_xdata(), dtype=float)[under], np.full(int(under.sum()), floor), "v",
+                    color=line.get_color(), ms=6, clip_on=False)
+    ax.relim()
+    ax.autoscale_view()
+    ax.set_ylim(bottom=floor / 2)
+    zeros = any((y == 0).any() for y in values)
+    return f"\u25bc: under {floor:.0e}" + (", exact zeros among them" if zeros else "")
 
 
 def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: int = 8):

@@ -109,6 +109,33 @@ def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys, monkey
     assert np.array_equal(a["seeds"], b["seeds"]) and b["settings"]["denoiser"] == "empirical"
 
 
+def test_the_gap_figure_marks_errors_a_log_axis_cannot_show_on_a_floor_under_the_lowest_point():
+    """The empirical denoiser's error on its own training images is exactly 0 at small sigma (and 1e-35 just
+    above): drawn as is, a log axis drops the zeros silently and stretches to 1e-36 for the rest. They go on
+    a floor a decade under the lowest point kept (1e-4 here: 1e-5), as triangles, and the label says so."""
+    import matplotlib.pyplot as plt
+
+    from memorize.compare import gap_figure
+
+    sigma = [0.01, 0.1, 1.0, 10.0]
+    table = pd.DataFrame({"split": "train", "sigma": sigma, "mse_trained": [1e-4, 1e-3, 1e-2, 0.2],
+                          "mse_empirical": [0.0, 1e-35, 1e-3, 0.1], "gap_empirical": [1e-4, 1e-3, 1e-2, 0.1]})
+    fig = gap_figure(table)
+    gap, mse = fig.axes
+    assert gap.get_xlabel() == "sigma"  # nothing under the gap panel's floor: drawn as before
+    assert mse.get_xlabel() == "sigma        (\u25bc: under 1e-05, exact zeros among them)"
+    assert mse.get_ylim()[0] == pytest.approx(5e-6)
+    empirical = next(line for line in mse.get_lines() if line.get_label() == "empirical, train")
+    drawn = empirical.get_ydata()
+    assert np.isnan(drawn[0]) and drawn[1:].tolist() == [1e-5, 1e-3, 0.1]  # down to the floor, never along it
+    (triangles,) = [line for line in mse.get_lines() if line.get_marker() == "v"]
+    assert triangles.get_xdata().tolist() == [0.01, 0.1] and triangles.get_ydata().tolist() == [1e-5, 1e-5]
+    assert triangles.get_color() == empirical.get_color()
+    trained = next(line for line in mse.get_lines() if line.get_label() == "trained, train")
+    assert trained.get_ydata().tolist() == [1e-4, 1e-3, 1e-2, 0.2]
+    plt.close(fig)
+
+
 def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path):
     cells = [tmp_path / "a", tmp_path / "b"]
     for cell, offset in zip(cells, (0, 100)):
