@@ -13,7 +13,8 @@
    ``train.cuda_graph`` auto and off beside a bare eager loop and a bare captured step, the GPU's busy
    share, 8 cells packed against one alone, bf16 autocast against float32;
 4. the README's main job end to end (``memorize sweep run sweeps/digits.yaml``, defaults, figures
-   included) with its time stage by stage (the compare stage part by part), and one column of it
+   included) with its time stage by stage (the compare stage part by part; what the stages leave of
+   the whole: processes starting, imports, CUDA set-up, the sweep's figures), and one column of it
    (N = 64, three cells) with the defaults against ``--pack 1`` and ``train.cuda_graph: off`` (each cell
    alone, every step eager: the earlier defaults but for the process per cell);
 5. with ``--tests``: one pass of every gpu-marked test.
@@ -192,17 +193,24 @@ def skipped(name: str) -> dict:
     return {"part": name, "status": "skipped", "seconds": 0.0, "detail": "the run's --budget was spent"}
 
 
-def stage_seconds(out: Path) -> list[dict]:
+def stage_seconds(out: Path, whole: float | None = None) -> list[dict]:
     """Where a finished sweep's time went: each stage's seconds over its cells
-    (:func:`benchmarks.sweep.stage_totals`: a pack's training counted once), then the compare stage's parts
+    (:func:`benchmarks.sweep.stage_totals`: a pack's training counted once), with ``whole`` (the sweep's
+    wall seconds) what the stages leave of it, then the compare stage's parts
     (:func:`benchmarks.sweep.compare_parts`); none where no grid point finished."""
     from benchmarks.sweep import cell_stages, compare_parts, stage_totals
 
     table = cell_stages(out)
     if table.empty:
         return []
+    totals = stage_totals(table)
     stages = [{"part": "main job", "figure": f"stage: {stage}", "value": round(seconds, 2), "unit": "s, all cells",
-               "detail": "a pack's training counted once"} for stage, seconds in stage_totals(table).items()]
+               "detail": "a pack's training counted once"} for stage, seconds in totals.items()]
+    if whole is not None:
+        stages.append({"part": "main job", "figure": "stage: outside the cells' stages", "unit": "s",
+                       "value": round(whole - sum(totals.values()), 2),
+                       "detail": "end to end less the stages: processes starting, imports, CUDA set-up, the "
+                                 "sweep's figures"})
     parts = [{"part": "main job", "figure": f"stage: compare: {part}", "value": round(seconds, 2),
               "unit": "s, all cells", "detail": "compare.json's seconds"}
              for part, seconds in compare_parts(out).items()]
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if whole is not None:
                 record({"part": "main job", "figure": "main job end to end", "value": whole, "unit": "s",
                         "baseline": "target", "baseline value": 60.0, "x baseline": whole / 60.0})
-            record(*stage_seconds(Path(tmp) / "main"))
+            record(*stage_seconds(Path(tmp) / "main", whole))
         column = [spec, "--set", "grid.data.n_train=[64]", "--no-plot"]
         seconds = {}
         for key, name, extra, own in (("new", "N = 64 column, defaults", [], 120),

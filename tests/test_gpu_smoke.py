@@ -90,6 +90,8 @@ def test_stage_seconds_sum_each_stage_over_the_cells_and_count_a_packs_training_
                    ("stage: compare: setup", 0.25), ("stage: compare: gap", 1.5), ("stage: compare: trajectory", 0.25),
                    ("stage: compare: files", 0.75)]  # compare's parts summed over the cells, in compare's order
     assert gpu_smoke.stage_seconds(tmp_path / "no sweep here") == []
+    with_whole = {row["figure"]: row["value"] for row in gpu_smoke.stage_seconds(tmp_path, whole=20.0)}
+    assert with_whole["stage: outside the cells' stages"] == pytest.approx(20.0 - 11.0 - 1.75 - 0.5)
 
 
 def test_the_sweep_benchmark_charges_each_packed_cell_its_share_of_the_pack(tmp_path):
