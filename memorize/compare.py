@@ -191,10 +191,10 @@ def gap_figure(table: pd.DataFrame, title: str = "", trajectory: pd.DataFrame | 
 def floor_log_panel(ax, span: float = LOG_SPAN) -> str | None:
     """Keep a log-scale panel's y axis to what can be read: points under ``span`` times the panel's largest
     value (exact zeros, which a log axis drops without a trace, among them: the empirical denoiser returns
-    each of its training images exactly at small sigma, so its error there is 0) are drawn on a floor a
-    decade under the lowest point kept, as downward triangles in their line's colour, and the axis starts
-    just below that floor. Returns what the triangles mean, for the panel's label, or None where no point
-    was under ``span`` times the largest (the panel unchanged)."""
+    each of its training images exactly at small sigma, so its error there is 0) are drawn on a floor, the
+    power of ten at least a decade under the lowest point kept, as downward triangles in their line's
+    colour, and the axis starts just below that floor. Returns what the triangles mean, for the panel's
+    label, or None where no point was under ``span`` times the largest (the panel unchanged)."""
     lines = [line for line in ax.get_lines() if len(line.get_ydata())]
     values = [np.asarray(line.get_ydata(), dtype=float) for line in lines]
     top = max((float(np.nanmax(y)) for y in values if np.isfinite(y).any()), default=float("nan"))
