@@ -4,7 +4,8 @@ By default it runs a slice of the digits sweep (one training-set size, all three
 temporary directory with the local executor, exactly as `memorize sweep run` does, and reads the
 per-stage timings every grid point records in its ``evals/<key>.json`` (training: the cell's
 training seconds up to that budget, a pack's wall time shared among the cells it trained).
-`--sweep-dir DIR` reads a finished sweep instead (e.g. the README's main job, runs/digits).
+`--sweep-dir DIR` reads a finished sweep instead (e.g. the README's main job, runs/digits); its table
+goes to ``results/sweep_dir.csv``, so the slice's ``results/sweep.csv`` stays.
 ``--device cuda`` runs the slice with ``train.device: cuda`` (sampling, scoring and comparing follow
 it: ``auto`` picks the GPU).
 """
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     print(f"{error}:\n{error.read_text()}")
                 raise SystemExit(f"{launched['failed']} of the slice's cells failed (errors above)")
             rows, parts = stage_table(Path(tmp), time.perf_counter() - start), compare_parts(Path(tmp))
-    rows = report(result_name("sweep", args.device), rows, f"seconds per stage; {SPEC.name}")
+    # a finished sweep's table beside the slice's, never over it
+    name = "sweep_dir" if args.sweep_dir else result_name("sweep", args.device)
+    rows = report(name, rows, f"seconds per stage; {args.sweep_dir or SPEC.name}")
     if parts:
         print("compare, part by part (s, all cells): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     return rows

@@ -106,6 +106,20 @@ def test_the_sweep_benchmark_charges_each_packed_cell_its_share_of_the_pack(tmp_
         stage_table(tmp_path / "no sweep here")
 
 
+def test_reading_a_finished_sweep_writes_its_own_table_beside_the_slices(tmp_path, monkeypatch):
+    import benchmarks.common
+    from benchmarks.sweep import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "sweep.csv").write_text("the slice's measurement\n")
+    monkeypatch.setattr(benchmarks.common, "RESULTS", results)
+    rows = main(["--sweep-dir", str(finished_sweep(tmp_path / "sweep"))])
+    assert rows[-2]["what"] == "share of cell time"
+    assert (results / "sweep.csv").read_text() == "the slice's measurement\n"
+    assert "all 5 grid points (sum)" in (results / "sweep_dir.csv").read_text()
+
+
 def test_the_budget_cuts_a_part_to_what_is_left_and_skips_one_that_finds_too_little(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(gpu_smoke.time, "monotonic", lambda: clock[0])
