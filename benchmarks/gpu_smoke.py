@@ -14,7 +14,8 @@
    share, 8 cells packed against one alone, bf16 autocast against float32;
 4. the README's main job end to end (``memorize sweep run sweeps/digits.yaml``, defaults, figures
    included) with its time stage by stage (the compare stage part by part; what the stages leave of
-   the whole: processes starting, imports, CUDA set-up, the sweep's figures), and one column of it
+   the whole: processes starting, imports, CUDA set-up, the sweep's figures), the GPU's busy share in
+   each stage of its heaviest cell's evaluation (``benchmarks.phases``), and one column of it
    (N = 64, three cells) with the defaults against ``--pack 1`` and ``train.cuda_graph: off`` (each cell
    alone, every step eager: the earlier defaults but for the process per cell);
 5. with ``--tests``: one pass of every gpu-marked test.
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     spec = str(ROOT / "sweeps" / "digits.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         name, limit = "main job (sweeps/digits.yaml, defaults)", budget.allow(300)
+        whole = None  # the main job's seconds, where it finished
         if limit is None:
             record(skipped(name))
         else:
@@ -267,6 +269,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 record({"part": "main job", "figure": "main job end to end", "value": whole, "unit": "s",
                         "baseline": "target", "baseline value": 60.0, "x baseline": whole / 60.0})
             record(*stage_seconds(Path(tmp) / "main", whole))
+        name, limit = "phases of one cell (benchmarks.phases)", budget.allow(120)
+        phases_csv = RESULTS / "phases_gpu.csv"
+        phases_csv.unlink(missing_ok=True)
+        if limit is None or whole is None:
+            record(skipped(name) if limit is None else
+                   {"part": name, "status": "skipped", "seconds": 0.0, "detail": "the main job did not finish"})
+        else:
+            record(part(name, py + ["-m", "benchmarks.phases", str(Path(tmp) / "main"), "--device", "cuda"], limit))
+            record(*figures(phases_csv, "phases"))
         column = [spec, "--set", "grid.data.n_train=[64]", "--no-plot"]
         seconds = {}
         for key, name, extra, own in (("new", "N = 64 column, defaults", [], 120),

@@ -120,6 +120,57 @@ def test_reading_a_finished_sweep_writes_its_own_table_beside_the_slices(tmp_pat
     assert "all 5 grid points (sum)" in (results / "sweep_dir.csv").read_text()
 
 
+class _Event:
+    """A profiler event as benchmarks.phases reads it: a name, a wall time, the GPU time it launched; or,
+    on the device, a kernel's own time."""
+
+    def __init__(self, name, wall_us=0.0, launched_us=0.0, kernel_us=None):
+        from torch.autograd import DeviceType
+
+        self.name, self.device_time_total = name, launched_us
+        self.device_type = DeviceType.CPU if kernel_us is None else DeviceType.CUDA
+        self.device_time = kernel_us or 0.0
+        self.time_range = type("Interval", (), {"elapsed_us": lambda _: wall_us})()
+
+
+def test_a_stages_gpu_busy_share_is_its_gpu_seconds_over_its_seconds_without_the_profiler():
+    from benchmarks.phases import stage_rows
+
+    events = [_Event("memorize.sample", 1.0e6, 0.3e6), _Event("aten::conv2d", 5.0e6, 4.0e6),
+              _Event("memorize.sample", 0.5e6, 0.2e6), _Event("memorize.compare", 2.0e6, 0.0),
+              _Event("kernel", kernel_us=0.3e6), _Event("kernel", kernel_us=0.3e6)]
+    rows = stage_rows(events, {"sample": 2.0, "compare": 1.6, "score": 9.0}, cuda=True)
+    assert rows == [{"stage": "sample", "seconds": 2.0, "seconds under the profiler": 1.5,
+                     "gpu seconds": 0.5, "gpu busy": 0.25},  # a stage run twice: summed
+                    {"stage": "compare", "seconds": 1.6, "seconds under the profiler": 2.0,
+                     "gpu seconds": 0.0, "gpu busy": 0.0},
+                    {"stage": "all stages", "seconds": 3.6, "seconds under the profiler": 3.5,
+                     "gpu seconds": 0.6, "gpu busy": round(0.6 / 3.6, 4)}]  # every kernel on the device
+    assert [set(r) for r in stage_rows(events, {"sample": 2.0, "compare": 1.6}, cuda=False)] == [
+        {"stage", "seconds", "seconds under the profiler"}] * 3
+
+
+def test_phases_evaluates_a_finished_cell_again_in_a_copy_and_leaves_the_sweep_as_it_was(tmp_path, monkeypatch):
+    from benchmarks.phases import main
+    from memorize.sweep import load_spec, run_sweep
+    from tests.conftest import write_spec
+
+    out = tmp_path / "sweep"
+    spec = load_spec(write_spec(tmp_path / "s.yaml"), overrides={"grid.data.n_train": [16]})
+    assert run_sweep(spec, out, "debug", progress=False)["failed"] == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    rows = main([str(out), "--device", "cpu"])
+    assert [r["stage"] for r in rows] == ["sample", "score", "compare", "all stages"]
+    assert all(r["seconds"] > 0 and r["seconds under the profiler"] > 0 for r in rows)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "results" / "phases.csv").is_file()
+    with pytest.raises(SystemExit, match="0123456789ab is not a cell of the sweep"):
+        main([str(out), "--cell", "0123456789ab"])
+    with pytest.raises(SystemExit, match="is not a sweep directory"):
+        main([str(tmp_path), "--device", "cpu"])
+
+
 def test_the_budget_cuts_a_part_to_what_is_left_and_skips_one_that_finds_too_little(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(gpu_smoke.time, "monotonic", lambda: clock[0])
@@ -176,7 +227,8 @@ def test_parts_past_the_budget_are_skipped_and_said_so(monkeypatch, tmp_path):
     assert [timeout for _, timeout in started] == [45, 35, 25]
     assert _parts(path) == [(r["part"], r["status"]) for r in rows if not r.get("figure")]
     assert [r["part"] for r in rows if r["status"] == "skipped"] == probes[3:] + [
-        "training steps", "main job (sweeps/digits.yaml, defaults)", "N = 64 column, defaults",
+        "training steps", "main job (sweeps/digits.yaml, defaults)", "phases of one cell (benchmarks.phases)",
+        "N = 64 column, defaults",
         "N = 64 column, --pack 1, train.cuda_graph off", "gpu-marked tests"]
 
 
