@@ -11,7 +11,8 @@ range it names (``memorize.sample``, ``memorize.score``, ``memorize.compare``): 
 and, on a CUDA device, the seconds of the GPU work it launched (kernels and copies) and their share
 of the timed run's seconds, the GPU's busy share. The profiler records every operator, which can make
 its own seconds per stage longer; they are given beside. The sweep's feature classifier, trained
-once per sweep, is read from DIR's copy. DIR itself is not changed. Default cell: the largest model's
+once per sweep, is read from DIR's copy, and the cell is sampled alone (a sweep samples a pack's
+cells together and charges each its share). DIR itself is not changed. Default cell: the largest model's
 at the largest N, the heaviest evaluation of the sweep.
 """
 
