@@ -88,17 +88,15 @@ def profile_cell(copy: Path, cid: str, device: str) -> list[dict]:
     configs = [p.config for p in expand(spec) if p.cell == cid]
     if not configs or not root.is_dir():
         raise SystemExit(f"benchmarks.phases: {cid} is not a cell of the sweep")
-    seconds = {}
-    for run in ("warm-up", "timed", "profiled"):
+    for _ in ("warm-up", "timed"):
         clear_evaluation(root)
-        if run != "profiled":
-            run_cell(root, configs, spec.score)
-            seconds = recorded_seconds(root)
-            continue
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            run_cell(root, configs, spec.score)
-            if cuda:
-                torch.cuda.synchronize()
+        run_cell(root, configs, spec.score)
+    seconds = recorded_seconds(root)  # the timed run's
+    clear_evaluation(root)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        run_cell(root, configs, spec.score)
+        if cuda:
+            torch.cuda.synchronize()
     return stage_rows(prof.events(), seconds, cuda)
 
 
