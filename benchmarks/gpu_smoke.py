@@ -167,6 +167,15 @@ def figures(path: Path, part_name: str) -> list[dict]:
     return [{"part": part_name, **row} for row in csv.DictReader(lines)]
 
 
+def phase_figures(path: Path) -> list[dict]:
+    """``benchmarks.phases``' table (``path``) as figure rows: each stage's GPU busy share, its seconds beside."""
+    return [{"part": "phases", "figure": f"{row['stage']}: gpu busy", "value": row.get("gpu busy", ""),
+             "unit": "share of the stage's seconds",
+             "detail": f"{row['seconds']} s, {row.get('gpu seconds', '')} s of them GPU work; "
+                       f"{row['seconds under the profiler']} s under the profiler"}
+            for row in figures(path, "phases")]
+
+
 def timed_sweep(name: str, args: list[str], out: Path, timeout: float) -> tuple[dict, float | None]:
     """``memorize sweep run`` with ``args`` into ``out``; its part row and its seconds where it finished."""
     row = part(name, [sys.executable, "-m", "memorize.cli", "sweep", "run", *args, "--out", str(out), "--quiet"],
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    {"part": name, "status": "skipped", "seconds": 0.0, "detail": "the main job did not finish"})
         else:
             record(part(name, py + ["-m", "benchmarks.phases", str(Path(tmp) / "main"), "--device", "cuda"], limit))
-            record(*figures(phases_csv, "phases"))
+            record(*phase_figures(phases_csv))
         column = [spec, "--set", "grid.data.n_train=[64]", "--no-plot"]
         seconds = {}
         for key, name, extra, own in (("new", "N = 64 column, defaults", [], 120),

@@ -150,6 +150,16 @@ def test_a_stages_gpu_busy_share_is_its_gpu_seconds_over_its_seconds_without_the
         {"stage", "seconds", "seconds under the profiler"}] * 3
 
 
+def test_the_phases_table_comes_into_the_smoke_file_as_one_figure_row_per_stage(tmp_path):
+    path = tmp_path / "phases_gpu.csv"
+    path.write_text("# a GPU machine\nstage,seconds,seconds under the profiler,gpu seconds,gpu busy\n"
+                    "sample,0.5,0.6,0.4,0.8\nall stages,2.0,2.4,0.5,0.25\n")
+    rows = gpu_smoke.phase_figures(path)
+    assert [(r["figure"], r["value"]) for r in rows] == [("sample: gpu busy", "0.8"), ("all stages: gpu busy", "0.25")]
+    assert rows[0]["detail"] == "0.5 s, 0.4 s of them GPU work; 0.6 s under the profiler"
+    assert gpu_smoke.phase_figures(tmp_path / "not written") == []
+
+
 def test_phases_evaluates_a_finished_cell_again_in_a_copy_and_leaves_the_sweep_as_it_was(tmp_path, monkeypatch):
     from benchmarks.phases import main
     from memorize.sweep import load_spec, run_sweep
