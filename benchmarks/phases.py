@@ -19,7 +19,6 @@ at the largest N, the heaviest evaluation of the sweep.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,20 +64,12 @@ def clear_evaluation(root: Path) -> None:
         shutil.rmtree(root / name, ignore_errors=True)
 
 
-def recorded_seconds(root: Path) -> dict[str, float]:
-    """Each stage's seconds as the cell's evaluation records (``evals/*.json``'s ``seconds``), summed."""
-    totals: dict[str, float] = {}
-    for path in sorted((root / "evals").glob("*.json")):
-        for stage, value in json.loads(path.read_text()).get("seconds", {}).items():
-            totals[stage] = totals.get(stage, 0.0) + value
-    return totals
-
-
 def profile_cell(copy: Path, cid: str, device: str) -> list[dict]:
     """The stage rows (:func:`stage_rows`) of cell ``cid`` of ``copy`` (a copy of a finished sweep, which
     this changes), evaluated again on ``device``: warmed up, timed, profiled."""
     from torch.profiler import ProfilerActivity, profile
 
+    from benchmarks.sweep import cell_stages
     from memorize.sweep import expand, load_spec
     from memorize.sweep.job import run_cell
 
@@ -91,7 +82,8 @@ def profile_cell(copy: Path, cid: str, device: str) -> list[dict]:
     for _ in ("warm-up", "timed"):
         clear_evaluation(root)
         run_cell(root, configs, spec.score)
-    seconds = recorded_seconds(root)  # the timed run's
+    timed = cell_stages(copy)  # the stages' seconds as the timed run recorded them
+    seconds = timed[timed.cell == cid].drop(columns=["cell", "model", "n_train", "train"]).sum().to_dict()
     clear_evaluation(root)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         run_cell(root, configs, spec.score)
