@@ -49,7 +49,7 @@ def stage_rows(events, seconds: dict[str, float], cuda: bool) -> list[dict]:
     total = {"profiled": sum(r["profiled"] for r in rows.values()), "gpu": device}
     out = []
     for stage, row in [*rows.items(), ("all stages", total)]:
-        wall = sum(seconds.get(s, 0.0) for s in rows) if stage == "all stages" else seconds.get(stage)
+        wall = round(sum(seconds.get(s, 0.0) for s in rows), 3) if stage == "all stages" else seconds.get(stage)
         entry = {"stage": stage, "seconds": wall, "seconds under the profiler": round(row["profiled"], 3)}
         if cuda:
             entry["gpu seconds"] = round(row["gpu"], 4)
