@@ -75,6 +75,7 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
     host wait for the device every batch."""
     keys, sums = [], []  # (split, sigma, n_values) and the float64 sums of each
     for split, x0_all in data.items():
+        split_labels = None if labels is None else labels[split].to(device)  # one tensor for every sigma: grouped by class once
         for sigma in sigmas:
             gen = torch.Generator().manual_seed(GAP_SEED)
             total: dict[str, torch.Tensor] = {}
@@ -82,7 +83,7 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
                 x0 = x0_all[start:start + batch_size]
                 x = (x0 + sigma * torch.randn(x0.shape, generator=gen)).to(device)
                 x0 = x0.to(device)
-                extra = () if labels is None else (labels[split][start:start + batch_size].to(device),)
+                extra = () if split_labels is None else (split_labels[start:start + batch_size],)
                 outputs = {"trained": trained(x, torch.tensor(sigma, device=device), *extra).double()}
                 outputs.update({name: ref(x, sigma, *extra).double() for name, ref in references.items()})
                 terms = {f"mse_{name}": (out - x0).square().sum() for name, out in outputs.items()}

@@ -6,6 +6,7 @@ All follow the denoiser interface ``D(x, sigma) -> x0_hat`` with ``x`` of shape
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from memorize.models.common import NULL_LABEL
@@ -152,6 +153,7 @@ class ClassConditionalDenoiser:
             raise ValueError(f"class-conditional denoiser: {len(labels)} labels for {len(train)} training items")
         self.unconditional = build(train)
         self.per_class = {int(c): build(train[labels == c]) for c in torch.unique(labels)}
+        self._grouped: list[tuple] = []  # the last two labels tensors asked for, each with its key and rows by class
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
@@ -159,8 +161,7 @@ class ClassConditionalDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)  # float64: a float stays exact
         sigma = sigma.expand(len(x)) if sigma.numel() == 1 else sigma.reshape(len(x))
         out = torch.empty_like(x)
-        for c in torch.unique(labels).tolist():
-            rows = (labels == c).to(x.device)
+        for c, rows in self._rows(labels, x.device):
             if c == NULL_LABEL:
                 denoiser = self.unconditional
             elif c in self.per_class:
@@ -170,6 +171,36 @@ class ClassConditionalDenoiser:
                                  f"{', '.join(map(str, sorted(self.per_class)))})")
             out[rows] = denoiser(x[rows], sigma[rows])
         return out
+
+    def _rows(self, labels: torch.Tensor, device: torch.device) -> list[tuple[int, torch.Tensor]]:
+        """:func:`class_rows` of ``labels``, kept for the next calls: a sampler or a sweep over noise levels
+        asks with the same labels (the same memory) every time, and a guided one with those and the null
+        labels in turn, so on a GPU they are read on the host once, not at every step. Each tensor kept is
+        held, so its memory cannot become another tensor's; its version counter changes with every write
+        into that memory."""
+        if capturing(device):  # a graph would keep this batch's grouping for every later batch of its shape
+            raise RuntimeError("a class-conditional closed-form denoiser groups each batch by class on the host: "
+                               "it cannot be captured in a CUDA graph")
+        key = (labels.data_ptr(), labels._version, labels.dtype, tuple(labels.shape), labels.stride(), labels.device,
+               device)
+        for _, seen, rows in self._grouped:
+            if seen == key:
+                return rows
+        self._grouped = [*self._grouped[-1:], (labels, key, class_rows(labels, device))]
+        return self._grouped[-1][2]
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being captured in a CUDA graph (never on another device)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def class_rows(labels: torch.Tensor, device: torch.device | str) -> list[tuple[int, torch.Tensor]]:
+    """Each class among ``labels`` (ascending) with the positions of its items, ascending, as an index
+    tensor on ``device``: one read of ``labels`` on the host, where indexing by a boolean mask per class
+    would be a read (a wait for the GPU) per class and per use."""
+    values = np.asarray(labels.reshape(-1).tolist(), dtype=np.int64)
+    return [(int(c), torch.as_tensor(np.flatnonzero(values == c), device=device)) for c in np.unique(values)]
 
 
 def class_conditional_empirical_denoiser(train: torch.Tensor, labels: torch.Tensor) -> ClassConditionalDenoiser:

@@ -250,9 +250,14 @@ def guided(denoiser: Callable[..., torch.Tensor], w: float) -> Callable[..., tor
     if w == 0:
         return denoiser
 
+    null: list[torch.Tensor] = []  # the null labels, made once per batch shape (a class-conditional
+    # closed-form denoiser then groups them by class once: memorize.empirical.ClassConditionalDenoiser)
+
     def guided_denoiser(x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor) -> torch.Tensor:
         conditional = denoiser(x, sigma, labels)
-        unconditional = denoiser(x, sigma, torch.full_like(labels, NULL_LABEL))
+        if not null or (null[0].shape, null[0].dtype, null[0].device) != (labels.shape, labels.dtype, labels.device):
+            null[:] = [torch.full_like(labels, NULL_LABEL)]
+        unconditional = denoiser(x, sigma, null[0])
         return conditional + w * (conditional - unconditional)
 
     return guided_denoiser

@@ -10,13 +10,13 @@ import torch
 
 from memorize.config import (SAMPLERS, CellConfig, ConfigError, SampleConfig, cell_id, from_dict, sample_settings,
                              settings_key)
-from memorize.empirical import (class_conditional_empirical_denoiser, class_conditional_gaussian_denoiser,
+from memorize.empirical import (class_conditional_empirical_denoiser, class_conditional_gaussian_denoiser, class_rows,
                                 empirical_denoiser, gaussian_denoiser)
 from memorize.metrics import nn_ratio, nn_ratio_within_class
 from memorize.models import NULL_LABEL
 from memorize.models.common import ConditionEmbedding
 from memorize.sampling import generate, guided
-from tests.conftest import TINY_CELL
+from tests.conftest import TINY_CELL, CountReads
 
 
 def _cfg(**sections) -> CellConfig:
@@ -66,6 +66,47 @@ def test_the_class_conditional_empirical_denoiser_is_the_empirical_denoiser_of_e
     torch.testing.assert_close(gauss[1:2], gaussian_denoiser(train[labels == 1])(x[1:2], sigma))
     with pytest.raises(ValueError, match="class 5 has no training items"):
         class_conditional_empirical_denoiser(train, labels)(x[:1], sigma, torch.tensor([5]))
+
+
+def test_the_class_conditional_denoiser_reads_labels_on_the_host_once_per_labels_tensor(monkeypatch):
+    """A sampler asks with the same labels at every step: they are grouped by class once (no boolean-mask
+    indexing, a wait for a GPU per class per call); a write into them, or other labels, is seen at once."""
+    import memorize.empirical as empirical
+
+    gen = torch.Generator().manual_seed(2)
+    train, labels = torch.randn(12, 5, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2] * 4)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    asked = torch.tensor([2, 0, NULL_LABEL, 2, 1, 0])
+    calls = []
+    monkeypatch.setattr(empirical, "class_rows", lambda *a: calls.append(a) or class_rows(*a))
+    denoise = class_conditional_empirical_denoiser(train, labels)
+
+    def expected(sigma, asked):
+        return torch.cat([empirical_denoiser(train if c == NULL_LABEL else train[labels == c])(x[i:i + 1], sigma)
+                          for i, c in enumerate(asked.tolist())])
+
+    with CountReads() as counter:
+        outs = [denoise(x, sigma, asked) for sigma in (2.0, 0.5, 0.1)]
+    assert counter.reads == 0 and len(calls) == 1
+    for out, sigma in zip(outs, (2.0, 0.5, 0.1)):
+        torch.testing.assert_close(out, expected(sigma, asked), rtol=1e-12, atol=1e-14)
+    asked[2] = 1  # written in place: grouped again
+    torch.testing.assert_close(denoise(x, 0.5, asked), expected(0.5, asked), rtol=1e-12, atol=1e-14)
+    assert len(calls) == 2
+    other = torch.tensor([1, 1, 0, 0, 2, 2])
+    torch.testing.assert_close(denoise(x, 0.5, other), expected(0.5, other), rtol=1e-12, atol=1e-14)
+    assert len(calls) == 3
+    assert [(c, rows.tolist()) for c, rows in class_rows(torch.tensor([3, NULL_LABEL, 3, 0]), "cpu")] == [
+        (NULL_LABEL, [1]), (0, [3]), (3, [0, 2])]
+    calls.clear()  # guided sampling, 2 batches of 18 steps: each batch's labels once, the null labels once
+    cfg = SampleConfig(sampler="heun", steps=18, num=6, batch_size=3, guidance=2.0)
+    generate(class_conditional_empirical_denoiser(train, labels), (5,), np.arange(6), cfg, labels=asked, progress=False)
+    assert len(calls) == 3
+    # under a CUDA graph's capture it refuses (the sampler then runs it eagerly): a graph would replay
+    # the first batch's grouping for every later batch of its shape
+    monkeypatch.setattr(empirical, "capturing", lambda device: True)
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        denoise(x, 0.5, asked)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
