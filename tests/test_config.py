@@ -50,3 +50,21 @@ def test_cli_reports_bad_key_and_exits_2(tmp_path, capsys):
 def test_cli_set_overrides(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "cell"), "--set", "train.stesp=3"]) == 2
     assert "train.stesp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"data.n_train": 8}, r"grid\.data\.n_train: expected a list, got 8$"),  # the axis given one value
+    ([{"data.n_train": 8}], r"grid\[0\]\.data\.n_train: expected a list, got 8$"),
+    (5, r"grid: expected a mapping or a list, got 5$"),
+])
+def test_a_union_field_names_the_value_that_fits_none_of_its_types(tmp_path, grid, message):
+    """A field of several types (the grid: a mapping of axes or a list of them; sigma_data: a number or
+    'auto') reports the error of the type the value was meant as, at the field below it that is wrong."""
+    from memorize.sweep import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "grid": grid}))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+    with pytest.raises(ConfigError, match=r"^diffusion\.sigma_data: expected a number or 'auto', got 'autoo'$"):
+        from_dict(CellConfig, {"diffusion": {"sigma_data": "autoo"}})

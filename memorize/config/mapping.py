@@ -24,6 +24,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _describe(tp: Any) -> str:
+    """What a value of the annotation ``tp`` is, in an error's words (``a number``, ``'auto'``)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             list: "a list", tuple: "a list"}
+    return names.get(origin or tp) or _type_name(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert where lossless."""
     origin = typing.get_origin(tp)
@@ -34,15 +44,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [option for option in args if option is not type(None)]
         errors = []
-        for option in args:
-            if option is type(None):
-                continue
+        for option in options:
             try:
                 return _coerce(value, option, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+        # the option that got furthest into the value (its error names a field below ``where``) is the one
+        # meant: a grid axis given one value says so, not that the whole grid matches no type
+        deepest = max(errors, key=lambda e: len(e.split(": ", 1)[0]))
+        if len(errors) == 1 or len(deepest.split(": ", 1)[0]) > len(where):
+            raise ConfigError(deepest)
+        raise ConfigError(f"{where}: expected {' or '.join(_describe(o) for o in options)}, got {value!r}")
     if origin is Literal:
         if isinstance(value, bool) and str(value).lower() in args:  # YAML reads an unquoted `true` as a boolean
             value = str(value).lower()
