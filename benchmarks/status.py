@@ -31,8 +31,11 @@ from memorize.sweep.slurm import slurm_states
 
 SUMMARY = {k: 0.5 for k in RESULT_COLUMNS} | {
     "dataset": "digits", "model": "unet-c8", "arch": "unet", "sampler": "heun", "embedder": "pixel",
-    "search_backend": "faiss-cpu", "labels": "none", "features": "pixel", "config": {"data": {"labels": "none"}},
-    "over_steps": [], "files": {"compare": None}}
+    "search_backend": "faiss-cpu", "labels": "none", "features": "pixel",
+    "config": {"data": {"labels": "none"}, "model": {}},
+    "over_steps": [], "step": 100,
+    "files": {"samples": "samples/s.npz", "scores": "scores/s.csv", "compare": "compare/s"}}
+RESULT_FILES = ("samples/s.npz", "scores/s.csv", "compare/s/compare.json", "compare/s/gap.csv")  # (empty)
 
 
 def synthetic_sweep(out: Path, cells: int) -> dict[str, str]:
@@ -53,6 +56,9 @@ def synthetic_sweep(out: Path, cells: int) -> dict[str, str]:
             summary = SUMMARY | {"cell": row["cell"], "eval": row["eval"], "n_train": row["data.n_train"],
                                  "mem_nn": (i % 100) / 100}
             (root / "evals" / f"{row['eval']}.json").write_text(json.dumps(summary))
+            for name in RESULT_FILES:  # what status checks a result by (a result whose files are gone is redone)
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(b"")
         elif i % 10 < 8:
             (root / "checkpoints").mkdir(parents=True)
             (root / "checkpoints" / "step-0000100.pt").write_bytes(b"")

@@ -138,3 +138,46 @@ def test_half_written_files_of_a_killed_run_are_removed_when_the_cell_is_taken_a
         pass
     assert not half.exists() and kept.read_bytes() == b"whole"
     assert "removed 1 half-written file(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lost", ["samples/*.npz", "scores/*.csv", "compare/*/gap.csv", "compare/*/compare.json"])
+def test_a_result_whose_files_were_deleted_is_evaluated_again_to_the_same_numbers(finished, tmp_path, capsys, lost):
+    """Samples, per-sample scores or a comparison deleted from outside: `sweep status` names the file, the
+    result stays in the table meanwhile, and `sweep run` evaluates the grid point again from its checkpoint
+    (seeded: the same numbers), leaving the other cell alone."""
+    out = tmp_path / "sweep"
+    shutil.copytree(finished / "sweep", out)
+    victim, other = sorted((out / "cells").glob("*/evals/*.json"))
+    record, kept = json.loads(victim.read_text()), other.read_bytes()
+    target = sorted(victim.parent.parent.glob(lost))[0]
+    target.unlink()
+    status = sweep_status(out)
+    assert sorted(status.state) == ["damaged", "done"]
+    assert f"{target} is missing" in status[status.state == "damaged"].detail.iloc[0]
+    assert f"{target} is damaged (missing)" in capsys.readouterr().err
+    assert len(collect(out)) == 2
+    report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
+    assert report["launched"] == 1 and report["failed"] == 0 and target.is_file()
+    again = json.loads(victim.read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in record.items() if k != "seconds"}
+    assert other.read_bytes() == kept and sorted(sweep_status(out).state) == ["done", "done"]
+
+
+def test_a_result_whose_files_and_checkpoint_were_deleted_stands_and_is_named(finished, tmp_path, capsys):
+    """Only training again could make the samples again: the result stands (done, in the table), the file
+    is named, nothing is launched, and `memorize plot` draws every figure but that cell's nearest-neighbour
+    grid, saying so."""
+    out = tmp_path / "sweep"
+    shutil.copytree(finished / "sweep", out)
+    victim = sorted((out / "cells").glob("*/evals/*.json"))[0]
+    cell, step = victim.parent.parent, json.loads(victim.read_text())["step"]
+    samples = sorted(cell.glob("samples/*.npz"))[0]
+    samples.unlink()
+    (cell / "checkpoints" / f"step-{step:07d}.pt").unlink()
+    assert sorted(sweep_status(out).state) == ["done", "done"]
+    assert f"{samples} is damaged (missing); its grid point's checkpoint is gone too" in capsys.readouterr().err
+    report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
+    assert report["launched"] == 0 and len(collect(out)) == 2
+    assert main(["plot", str(out)]) == 0
+    assert f"{samples} is missing; the nearest-neighbour grid of cell {cell.name} is not drawn" in capsys.readouterr().err
+    assert not list((out / "figures").glob(f"nn_{cell.name}.*")) and (out / "figures" / "critical_n.png").is_file()

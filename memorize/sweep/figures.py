@@ -11,6 +11,7 @@ drawn against it (``memorization_vs_guidance``), and experiments at a single N a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,15 +32,21 @@ def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str], name: 
                      ) -> pd.DataFrame | None:
     """The cells' comparison tables ``name`` (the denoiser gaps; the trajectory gaps), each tagged with
     its model, N, seed and experiment."""
-    tables = []
+    tables, missing = [], []
     for _, row in results.iterrows():
         if not isinstance(row.get("compare_dir"), str):
             continue
         path = sweep / "cells" / row["cell"] / row["compare_dir"] / name
-        if path.is_file():
-            experiment = analysis.experiment_label({a: row[a] for a in axes})
-            tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
-                                                   experiment=experiment))
+        if not path.is_file():  # deleted, or written before the comparison made this table
+            missing.append(path)
+            continue
+        experiment = analysis.experiment_label({a: row[a] for a in axes})
+        tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
+                                               experiment=experiment))
+    if missing:
+        print(f"memorize: {len(missing)} comparison(s) have no {name} ({missing[0]}"
+              f"{' and others' if len(missing) > 1 else ''}); the figure of those tables leaves them out",
+              file=sys.stderr)
     return pd.concat(tables) if tables else None
 
 
@@ -164,7 +171,12 @@ def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Pat
     data = load_cell_data(cfg, CellPaths(root))
     if not data.dataset.is_image:
         return []
-    samples = read_samples(root / summary["files"]["samples"])["samples"]
+    path = root / summary["files"]["samples"]
+    if not path.is_file():
+        print(f"memorize: {path} is missing; the nearest-neighbour grid of cell {cid} is not drawn "
+              f"(`memorize sweep run` draws the samples again)", file=sys.stderr)
+        return []
+    samples = read_samples(path)["samples"]
     scores = nn_ratio(samples, data.train.numpy(), float(row["ratio"]))
     fig = plots.nearest_neighbour_figure(samples, data.train.numpy(), scores.nearest, scores.ratio,
                                          title=f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}, "

@@ -4,7 +4,8 @@ sample -> score -> compare -> ``evals/<key>.json``.
 Every step resumes from or reuses what is on disk (training from its last checkpoint,
 samples and scores when their settings match), so a job killed anywhere and run again
 finishes with the same results and never redoes finished work. ``evals/<key>.json`` is written
-last, atomically: its presence marks that grid point done.
+last, atomically: its presence, with the samples, scores and comparison it lists, marks that grid
+point done (:func:`memorize.sweep.layout.read_done`).
 
 :class:`CellJob` is the Submitit callable. It is ``Checkpointable``, so SLURM timeouts and
 preemptions requeue it; the requeued job holds only the cell's directory and configs and
@@ -40,7 +41,7 @@ from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_eval
+from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_done
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
 
@@ -81,7 +82,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
 
     settings = eval_settings(cfg, score)
     key = settings_key(settings)
-    done = read_eval(root, key)
+    done = read_done(root, key)
     if done is not None:
         return done
     step = stopped_at or cfg.train.steps
@@ -190,7 +191,7 @@ def run_cell(root: str | Path, configs: list[CellConfig], score: Any, progress: 
     root = Path(root)
     configs = sorted(configs, key=lambda c: c.train.steps)
     keys = [settings_key(eval_settings(c, score)) for c in configs]
-    done = [read_eval(root, k) for k in keys]
+    done = [read_done(root, k) for k in keys]
     if all(record is not None for record in done):
         return done
     with cell_lock(root):

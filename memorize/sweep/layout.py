@@ -8,7 +8,7 @@
     DIR/cells/<id>/     one directory per cell (memorize.cell; its job: memorize.sweep.job), and in it
         .lock           held by the process working on the cell (cell_lock)
         error.txt       the traceback of a cell that failed
-        evals/<key>.json  the result of one grid point; its presence marks the point done
+        evals/<key>.json  the result of one grid point; its presence, with the files it lists, marks the point done
     DIR/jobs.json       SLURM job ids by cell id (status, collect and cancel re-attach from it)
     DIR/cancelled.json  job ids `memorize sweep cancel` cancelled
     DIR/code/<hash>/    the memorize package as launched (SLURM; memorize.sweep.snapshot), DIR/code.json the latest
@@ -153,7 +153,8 @@ def is_locked(root: Path) -> bool:
 
 
 def eval_path(root: Path, key: str) -> Path:
-    """``<cell>/evals/<key>.json``: the result of one grid point; its presence marks the point done."""
+    """``<cell>/evals/<key>.json``: the result of one grid point; its presence, with the files it lists
+    (:func:`read_done`), marks the point done."""
     return CellPaths(Path(root)).evals / f"{key}.json"
 
 
@@ -177,10 +178,47 @@ def read_eval(root: Path, key: str) -> dict | None:
 
 _REPORTED_DAMAGE: set[str] = set()  # damaged files already named in this process
 
+COMPARE_TABLES = ("compare.json", "gap.csv")  # of a comparison: its summary and gap curves (every version wrote both)
+
+
+def missing_files(root: Path, record: dict) -> list[Path]:
+    """The files of the cell at ``root`` that the evaluation ``record`` lists and that are gone: its samples,
+    its per-sample scores, its comparison's summary and gap curves."""
+    files = record.get("files") or {}
+    paths = [root / files[k] for k in ("samples", "scores") if files.get(k)]
+    if files.get("compare"):
+        paths += [root / files["compare"] / name for name in COMPARE_TABLES]
+    return [path for path in paths if not path.is_file()]
+
+
+def read_done(root: Path, key: str) -> dict | None:
+    """:func:`read_eval`, and None as well where the result is :func:`to_remake`: the grid point is pending
+    again and the next ``sweep run`` evaluates it again (seeded: the same samples and scores)."""
+    record = read_eval(root, key)
+    return None if record is None or to_remake(root, key, record) else record
+
+
+def to_remake(root: Path, key: str, record: dict) -> list[Path]:
+    """The files that the result ``record`` of evaluation ``key`` lists and that are gone (deleted from
+    outside: :func:`missing_files`), where its checkpoint is there to make them again; named once on stderr.
+    Where the checkpoint is gone too the result stands (named once: only training again restores them)
+    and this is empty."""
+    missing = missing_files(root, record)
+    if not missing:
+        return []
+    checkpoint = CellPaths(root).checkpoint(int(record["step"])) if record.get("step") is not None else None
+    if checkpoint is not None and checkpoint.is_file():
+        _damaged(missing[0], "missing", "its grid point counts as not done and `memorize sweep run` evaluates it "
+                                        "again from its checkpoint")
+        return missing
+    _damaged(missing[0], "missing", f"its grid point's checkpoint is gone too, so only training the cell again "
+                                    f"would restore it (delete {eval_path(root, key)} for that)")
+    return []
+
 
 def is_done(root: Path, key: str) -> bool:
-    """Whether the cell at ``root`` has the (undamaged) result of evaluation ``key``."""
-    return read_eval(root, key) is not None
+    """Whether the cell at ``root`` has the (undamaged) result of evaluation ``key`` (:func:`read_done`)."""
+    return read_done(root, key) is not None
 
 
 def cell_dir(out: Path, point: GridPoint | str) -> Path:

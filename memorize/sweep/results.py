@@ -14,7 +14,7 @@ from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
 from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, last_log_line, progress_line,
-                                   read_cancelled, read_eval, read_grid, read_jobs, unfinished_cells)
+                                   read_cancelled, read_eval, read_grid, read_jobs, to_remake, unfinished_cells)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
 
@@ -56,7 +56,11 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
         job = jobs.get(row["cell"], "")
         detail = ""
         record = read_eval(root, row["eval"])
-        if record is not None:
+        remake = [] if record is None else to_remake(root, row["eval"], record)
+        if remake:
+            state = "damaged"
+            detail = f"{remake[0]} is missing; `memorize sweep run` evaluates it again"
+        elif record is not None:
             state = "done"
             detail = f"mem_nn={record['mem_nn']:.3f}"
         elif eval_path(root, row["eval"]).is_file() and not is_locked(root):
