@@ -31,7 +31,8 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str], name: str = "gap.csv"
                      ) -> pd.DataFrame | None:
     """The cells' comparison tables ``name`` (the denoiser gaps; the trajectory gaps), each tagged with
-    its model, N, seed and experiment."""
+    its model, N, seed and experiment. A table that is missing or cannot be read is left out of the figure,
+    named on stderr."""
     tables, missing = [], []
     for _, row in results.iterrows():
         if not isinstance(row.get("compare_dir"), str):
@@ -40,9 +41,18 @@ def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str], name: 
         if not path.is_file():  # deleted, or written before the comparison made this table
             missing.append(path)
             continue
+        try:
+            table = pd.read_csv(path)
+            if "sigma" not in table:
+                raise ValueError("no sigma column")
+        except (ValueError, UnicodeDecodeError, OSError) as err:  # pandas' parser errors are ValueErrors
+            print(f"memorize: {path} is damaged ({type(err).__name__}: {err}); the figure of those tables leaves "
+                  f"it out (to compare that cell again, delete {path.parent / 'compare.json'} and run `memorize "
+                  f"sweep run`)", file=sys.stderr)
+            continue
         experiment = analysis.experiment_label({a: row[a] for a in axes})
-        tables.append(pd.read_csv(path).assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
-                                               experiment=experiment))
+        tables.append(table.assign(model=row["model"], n_train=row["n_train"], seed=row["seed"],
+                                   experiment=experiment))
     if missing:
         print(f"memorize: {len(missing)} comparison(s) have no {name} ({missing[0]}"
               f"{' and others' if len(missing) > 1 else ''}); the figure of those tables leaves them out",
@@ -176,7 +186,12 @@ def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Pat
         print(f"memorize: {path} is missing; the nearest-neighbour grid of cell {cid} is not drawn "
               f"(`memorize sweep run` draws the samples again)", file=sys.stderr)
         return []
-    samples = read_samples(path)["samples"]
+    try:
+        samples = read_samples(path)["samples"]
+    except (ValueError, KeyError, OSError, EOFError) as err:  # a truncated or overwritten .npz
+        print(f"memorize: {path} is damaged ({type(err).__name__}); the nearest-neighbour grid of cell {cid} is "
+              f"not drawn (delete it, and `memorize sweep run` draws the samples again)", file=sys.stderr)
+        return []
     scores = nn_ratio(samples, data.train.numpy(), float(row["ratio"]))
     fig = plots.nearest_neighbour_figure(samples, data.train.numpy(), scores.nearest, scores.ratio,
                                          title=f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}, "

@@ -182,13 +182,14 @@ COMPARE_TABLES = ("compare.json", "gap.csv")  # of a comparison: its summary and
 
 
 def missing_files(root: Path, record: dict) -> list[Path]:
-    """The files of the cell at ``root`` that the evaluation ``record`` lists and that are gone: its samples,
-    its per-sample scores, its comparison's summary and gap curves."""
+    """The files of the cell at ``root`` that the evaluation ``record`` lists and that are gone or empty: its
+    samples, its per-sample scores, its comparison's summary and gap curves. (Whether one was overwritten
+    shows only when it is read: where a figure reads it, it is named there.)"""
     files = record.get("files") or {}
     paths = [root / files[k] for k in ("samples", "scores") if files.get(k)]
     if files.get("compare"):
         paths += [root / files["compare"] / name for name in COMPARE_TABLES]
-    return [path for path in paths if not path.is_file()]
+    return [path for path in paths if not path.is_file() or path.stat().st_size == 0]  # (emptied: as good as gone)
 
 
 def read_done(root: Path, key: str) -> dict | None:
