@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,11 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for _, row in results[results["mem_ext"].notna()].sort_values(["params", "n_train", "seed"]).iterrows():
-        table = load_point(sweep, row["cell"], results).scores
+        try:
+            table = load_point(sweep, row["cell"], results).scores
+        except ValueError as err:  # its scores deleted or damaged: the other cells are counted
+            print(f"{err}; left out", file=sys.stderr)
+            continue
         patterns = pd.Series(verdict_patterns({n: table[f"memorized_{n}"].to_numpy(bool) for n in NAMES}))
         rows.append({"cell": row["cell"], "model": row["model"], "N": row["n_train"], "seed": row["seed"],
                      **patterns.value_counts().to_dict()})

@@ -88,7 +88,8 @@ class ScoredPoint:
 
 def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None) -> ScoredPoint:
     """The finished grid point of ``cell`` in ``sweep`` (its row of ``results``, collected afresh when not
-    given); a cell that is not a finished grid point of the sweep is a ValueError naming it."""
+    given); a cell that is not a finished grid point of the sweep, or whose per-sample scores are gone or
+    unreadable, is a ValueError naming it."""
     from memorize.sweep.layout import read_eval
 
     results = load_results(sweep) if results is None else results
@@ -98,7 +99,13 @@ def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None
     row = rows.iloc[0]
     root = Path(sweep) / "cells" / cell
     files = read_eval(root, row["eval"])["files"]
-    return ScoredPoint(row, pd.read_csv(root / files["scores"]), root, root / files["samples"])
+    path = root / files["scores"]
+    try:
+        scores = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, OSError) as err:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"cell {cell}: its per-sample scores {path} are missing or unreadable ({type(err).__name__}); "
+                         f"delete the file if it is there, and `memorize sweep run` scores the cell again") from None
+    return ScoredPoint(row, scores, root, root / files["samples"])
 
 
 FIGURES = {

@@ -790,6 +790,24 @@ def test_the_disagreement_and_copying_recipes_count_each_cells_samples_from_its_
     assert ((copied.copied >= 1) & (copied.copied <= copied.memorized)).all()
 
 
+def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):
+    import memorize.api as mz
+    from analysis.disagreements import pattern_counts
+    from memorize.sweep.layout import read_eval
+
+    out = _copy(finished_sweep[0], tmp_path)
+    results = collect(out)
+    damaged = results.cell[0]
+    root = out / "cells" / damaged
+    path = root / read_eval(root, results["eval"][0])["files"]["scores"]
+    path.write_bytes(b"\x00\xff" * 32)
+    with pytest.raises(ValueError, match=f"cell {damaged}: its per-sample scores {path} are missing or unreadable"):
+        mz.load_point(out, damaged, results)
+    counts = pattern_counts(str(out), results)
+    assert counts.cell.tolist() == [c for c in results.sort_values("params").cell if c != damaged]
+    assert f"{path} are missing or unreadable" in capsys.readouterr().err
+
+
 def test_the_els_boundary_enters_a_points_key_only_where_it_changes_its_results():
     from memorize.config import CellConfig, from_dict
     from memorize.sweep.spec import ScoreConfig, eval_settings
