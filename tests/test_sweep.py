@@ -790,6 +790,21 @@ def test_the_disagreement_and_copying_recipes_count_each_cells_samples_from_its_
     assert ((copied.copied >= 1) & (copied.copied <= copied.memorized)).all()
 
 
+def test_a_spec_of_another_name_is_refused_where_a_sweep_lives_and_changes_nothing(finished_sweep, tmp_path, capsys):
+    """Launched by mistake into another study's directory, a spec would replace its spec, grid index,
+    results table and figures: one line names both sweeps, before anything is written (dry run too)."""
+    out = _copy(finished_sweep[0], tmp_path)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = write_spec(tmp_path / "other.yaml", name="other", grid={"data.n_train": [24], "seed": [0]})
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", "run", str(other), "--out", str(out), "--executor", "debug", "--quiet", *extra]) == 2
+        assert (f"--out {out} holds the sweep 'tiny' ({out / 'spec.yaml'}), not 'other': give another --out"
+                in capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["sweep", "run", str(other), "--out", str(out), "--executor", "debug", "--quiet", "--dry-run",
+                 "--set", "name=tiny"]) == 0  # the same sweep, its grid changed
+
+
 def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):
     import memorize.api as mz
     from analysis.disagreements import pattern_counts

@@ -309,11 +309,28 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
+def check_same_sweep(spec: SweepSpec, out: Path) -> None:
+    """Refuse to launch ``spec`` into a directory that holds a sweep of another name (``DIR/spec.yaml``): its
+    spec, grid index, results table and figures would be replaced by this one's. A spec of the same name
+    may change anything else (grid, budgets, scoring): that is the same sweep carried on. Where the spec
+    on disk cannot be read, nothing can be told and nothing is refused."""
+    path = out / "spec.yaml"
+    try:
+        before = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    name = before.get("name") if isinstance(before, dict) else None
+    if isinstance(name, str) and name != spec.name:
+        raise ConfigError(f"--out {out} holds the sweep {name!r} ({path}), not {spec.name!r}: give another --out "
+                          f"(or name this spec {name!r} to change that sweep)")
+
+
 def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
     """Validate every grid point (before anything is launched), then write the spec and the grid index.
     ``points``: the spec's grid points where the caller has expanded it already."""
     check_directory(out, "--out")
     check_layout(out)
+    check_same_sweep(spec, out)
     points = expand(spec) if points is None else points
     check_data(points, spec.score.consistency)
     out.mkdir(parents=True, exist_ok=True)
