@@ -75,7 +75,8 @@ def denoiser_gap(trained, references: dict, data: dict[str, torch.Tensor], sigma
     host wait for the device every batch."""
     keys, sums = [], []  # (split, sigma, n_values) and the float64 sums of each
     for split, x0_all in data.items():
-        split_labels = None if labels is None else labels[split].to(device)  # one tensor for every sigma: grouped by class once
+        # one labels tensor for every sigma: a class-conditional reference groups it by class once
+        split_labels = None if labels is None else labels[split].to(device)
         for sigma in sigmas:
             gen = torch.Generator().manual_seed(GAP_SEED)
             total: dict[str, torch.Tensor] = {}

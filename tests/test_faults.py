@@ -184,7 +184,8 @@ def test_a_result_whose_files_and_checkpoint_were_deleted_stands_and_is_named(fi
     report = run_sweep(load_spec(write_spec(tmp_path / "s.yaml")), out, "debug", progress=False)
     assert report["launched"] == 0 and len(collect(out)) == 2
     assert main(["plot", str(out)]) == 0
-    assert f"{samples} is missing; the nearest-neighbour grid of cell {cell.name} is not drawn" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"{samples} is missing; the nearest-neighbour grid of cell {cell.name} is not drawn" in said
     assert not list((out / "figures").glob(f"nn_{cell.name}.*")) and (out / "figures" / "critical_n.png").is_file()
 
 
@@ -207,4 +208,6 @@ def test_unreadable_tables_and_samples_leave_their_figures_out_and_are_named(fin
     assert (figures / "denoiser_gap.png").is_file() and (figures / f"nn_{first.parent.parent.name}.png").is_file()
     assert not list(figures.glob(f"nn_{second.parent.parent.name}.*"))
     gap.write_bytes(b"")
-    assert sorted(sweep_status(out).state) == ["damaged", "done"]
+    status = sweep_status(out)
+    assert sorted(status.state) == ["damaged", "done"]
+    assert f"{gap} is emptied" in status[status.state == "damaged"].detail.iloc[0]

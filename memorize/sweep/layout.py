@@ -208,12 +208,13 @@ def to_remake(root: Path, key: str, record: dict) -> list[Path]:
     if not missing:
         return []
     checkpoint = CellPaths(root).checkpoint(int(record["step"])) if record.get("step") is not None else None
+    why = "emptied" if missing[0].exists() else "missing"
     if checkpoint is not None and checkpoint.is_file():
-        _damaged(missing[0], "missing", "its grid point counts as not done and `memorize sweep run` evaluates it "
-                                        "again from its checkpoint")
+        _damaged(missing[0], why, "its grid point counts as not done and `memorize sweep run` evaluates it again "
+                                  "from its checkpoint")
         return missing
-    _damaged(missing[0], "missing", f"its grid point's checkpoint is gone too, so only training the cell again "
-                                    f"would restore it (delete {eval_path(root, key)} for that)")
+    _damaged(missing[0], why, f"its grid point's checkpoint is gone too, so only training the cell again would "
+                              f"restore it (delete {eval_path(root, key)} for that)")
     return []
 
 

@@ -59,7 +59,8 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
         remake = [] if record is None else to_remake(root, row["eval"], record)
         if remake:
             state = "damaged"
-            detail = f"{remake[0]} is missing; `memorize sweep run` evaluates it again"
+            gone = "emptied" if remake[0].exists() else "missing"
+            detail = f"{remake[0]} is {gone}; `memorize sweep run` evaluates it again"
         elif record is not None:
             state = "done"
             detail = f"mem_nn={record['mem_nn']:.3f}"
