@@ -55,7 +55,8 @@ def _per_cell_tables(sweep: Path, results: pd.DataFrame, axes: list[str], name: 
                                    experiment=experiment))
     if missing:
         print(f"memorize: {len(missing)} comparison(s) have no {name} ({missing[0]}"
-              f"{' and others' if len(missing) > 1 else ''}); the figure of those tables leaves them out",
+              f"{' and others' if len(missing) > 1 else ''}); the figure of those tables leaves them out (to "
+              f"compare a cell again, delete its comparison's compare.json and run `memorize sweep run`)",
               file=sys.stderr)
     return pd.concat(tables) if tables else None
 
