@@ -319,3 +319,19 @@ def test_a_slurm_launch_where_slurm_is_missing_is_one_line_before_anything_is_wr
     assert not out.exists()
     assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--dry-run"]) == 0  # a preview
     assert "2 cells would go to SLURM" in capsys.readouterr().out and not out.exists()
+
+
+def test_the_status_benchmark_runs_on_a_synthetic_sweep_and_counts_its_queries(tmp_path, monkeypatch):
+    """`python -m benchmarks.status` at 20 cells: status reads every grid point with one squeue and one
+    sacct, the per-job baseline with one of each per unfinished cell, collect finds the 60% done (the
+    benchmark had stopped working once unnoticed: its synthetic results lacked what collect reads)."""
+    import benchmarks.common
+    from benchmarks.status import main
+
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    rows = {r["what"]: r for r in main(["--cells", "20", "--latency", "0"])}
+    ours, before = rows["sweep status (ours: one query per refresh)"], rows["sweep status, per-job queries (before)"]
+    assert (ours["rows"], ours["squeue calls"], ours["sacct calls"]) == (20, 1, 1)
+    assert before["rows"] == 20 and before["squeue calls"] == 8  # the 8 cells not done
+    assert rows["collect"]["rows"] == 12 and rows["memorize sweep status (the command)"]["rows"] == 22
+    assert (tmp_path / "status.csv").is_file()
