@@ -258,3 +258,17 @@ def test_bf16_and_float32_are_timed_in_turns_and_each_keeps_its_fastest_run(monk
     best = steps.best_rates({"float32": "float32", "bf16": "bf16"}, 10, 2)
     assert order == ["float32", "bf16", "bf16", "float32"]
     assert best["float32"]["steps per second"] == 30.0 and best["bf16"]["steps per second"] == 25.0
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_at_its_quick_sizes(tmp_path, monkeypatch, capsys):
+    """`python -m benchmarks.run --quick` (about 40 s on 2 cores): each benchmark's main runs to its table,
+    so none stops working unnoticed (the status benchmark once did)."""
+    import benchmarks.common
+    from benchmarks import run
+
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["benchmarks.run", "--quick"])
+    run.main()
+    assert "all benchmarks:" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "quick").glob("*.csv")} >= {"status.csv", "search.csv", "pack.csv"}
