@@ -14,7 +14,7 @@ from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
 from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, last_log_line, progress_line,
-                                   read_cancelled, read_eval, read_grid, read_jobs, to_remake, unfinished_cells)
+                                   read_cancelled, read_eval, read_grid, read_jobs, to_remake)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
 
@@ -47,16 +47,19 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
     index = read_grid(out)
     jobs = read_jobs(out)
     axes = list(index.columns[2:])
-    unfinished = unfinished_cells(out)
+    points = index.to_dict("records")
+    found = []  # each point's result (None: none) and the files of it to make again, read once
+    for row in points:
+        record = read_eval(cell_dir(out, row["cell"]), row["eval"])
+        found.append((record, [] if record is None else to_remake(cell_dir(out, row["cell"]), row["eval"], record)))
+    unfinished = sorted({row["cell"] for row, (record, remake) in zip(points, found) if record is None or remake})
     states = slurm_states([jobs[cid] for cid in unfinished if cid in jobs])
     cancelled = set(read_cancelled(out))
     rows = []
-    for row in index.to_dict("records"):
+    for row, (record, remake) in zip(points, found):
         root = cell_dir(out, row["cell"])
         job = jobs.get(row["cell"], "")
         detail = ""
-        record = read_eval(root, row["eval"])
-        remake = [] if record is None else to_remake(root, row["eval"], record)
         if remake:
             state = "damaged"
             gone = "emptied" if remake[0].exists() else "missing"
