@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from memorize.data import Dataset, Split, load_dataset, load_split, make_split, 
 from memorize.data.sample_files import read_samples_file
 from memorize.data.subsets import conditioning_labels
 from memorize.diffusion import Denoiser
-from memorize.io import atomic_write_json, check_directory
+from memorize.io import UNREADABLE_NPZ, atomic_write_json, check_directory
 from memorize.models import build_network, check_model
 
 # Version of the cell directory layout. 1 (memorize 0.1): the id hashed the whole config and
@@ -288,7 +287,7 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
     if paths.split.is_file():
         try:
             split = load_split(paths.split)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        except UNREADABLE_NPZ as err:
             # the split is a function of the config and the data: made again, and the fingerprint in cell.json
             # then checks that the subsets are the ones the cell was made from
             print(f"memorize: {paths.split} was damaged ({type(err).__name__}); made again from the config",

@@ -21,7 +21,6 @@ import json
 import math
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from memorize.cell import (CellData, CellPaths, checkpoint_at, load_cell_data, l
 from memorize.config import CellConfig, ConfigError, SampleConfig, sample_settings
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
-from memorize.io import atomic_savez, atomic_write
+from memorize.io import UNREADABLE_NPZ, atomic_savez, atomic_write
 from memorize.local_score import BOUNDARIES, MACHINES, PatchSchedule, local_machine, read_patch_schedules
 from memorize.sampling import generate, run_seed, sample_seeds
 
@@ -159,7 +158,7 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     if out.is_file():
         try:
             old = read_samples(out)["settings"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        except (*UNREADABLE_NPZ, json.JSONDecodeError) as err:
             # drawn from seeds, so drawn again: nothing is lost by replacing it
             print(f"memorize: {out} was damaged ({type(err).__name__}); drawing its samples again", file=sys.stderr)
     if old is not None:

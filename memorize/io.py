@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ import numpy as np
 import torch
 
 from memorize.errors import ConfigError
+
+
+# What reading a damaged .npz raises (truncated, emptied, overwritten): numpy's and zipfile's errors
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 class Terminated(KeyboardInterrupt):

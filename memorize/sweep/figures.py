@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from memorize import analysis, plots, reference_figures
-from memorize.io import atomic_save_figure, atomic_write_text
+from memorize.io import UNREADABLE_NPZ, atomic_save_figure, atomic_write_text
 from memorize.sweep.results import collect
 
 
@@ -189,7 +189,7 @@ def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Pat
         return []
     try:
         samples = read_samples(path)["samples"]
-    except (ValueError, KeyError, OSError, EOFError) as err:  # a truncated or overwritten .npz
+    except UNREADABLE_NPZ as err:
         print(f"memorize: {path} is damaged ({type(err).__name__}); the nearest-neighbour grid of cell {cid} is "
               f"not drawn (delete it, and `memorize sweep run` draws the samples again)", file=sys.stderr)
         return []
