@@ -192,6 +192,11 @@ def missing_files(root: Path, record: dict) -> list[Path]:
     return [path for path in paths if not path.is_file() or path.stat().st_size == 0]  # (emptied: as good as gone)
 
 
+def how_gone(path: Path) -> str:
+    """``emptied`` or ``missing``: how a file of :func:`missing_files` is gone."""
+    return "emptied" if path.exists() else "missing"
+
+
 def read_done(root: Path, key: str) -> dict | None:
     """:func:`read_eval`, and None as well where the result is :func:`to_remake`: the grid point is pending
     again and the next ``sweep run`` evaluates it again (seeded: the same samples and scores)."""
@@ -208,7 +213,7 @@ def to_remake(root: Path, key: str, record: dict) -> list[Path]:
     if not missing:
         return []
     checkpoint = CellPaths(root).checkpoint(int(record["step"])) if record.get("step") is not None else None
-    why = "emptied" if missing[0].exists() else "missing"
+    why = how_gone(missing[0])
     if checkpoint is not None and checkpoint.is_file():
         _damaged(missing[0], why, "its grid point counts as not done and `memorize sweep run` evaluates it again "
                                   "from its checkpoint")

@@ -13,7 +13,7 @@ from memorize.cell import CellPaths
 from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
-from memorize.sweep.layout import (ERROR, cell_dir, eval_path, is_locked, last_log_line, progress_line,
+from memorize.sweep.layout import (ERROR, cell_dir, eval_path, how_gone, is_locked, last_log_line, progress_line,
                                    read_cancelled, read_eval, read_grid, read_jobs, to_remake)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
@@ -50,8 +50,9 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
     points = index.to_dict("records")
     found = []  # each point's result (None: none) and the files of it to make again, read once
     for row in points:
-        record = read_eval(cell_dir(out, row["cell"]), row["eval"])
-        found.append((record, [] if record is None else to_remake(cell_dir(out, row["cell"]), row["eval"], record)))
+        root = cell_dir(out, row["cell"])
+        record = read_eval(root, row["eval"])
+        found.append((record, [] if record is None else to_remake(root, row["eval"], record)))
     unfinished = sorted({row["cell"] for row, (record, remake) in zip(points, found) if record is None or remake})
     states = slurm_states([jobs[cid] for cid in unfinished if cid in jobs])
     cancelled = set(read_cancelled(out))
@@ -62,8 +63,7 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
         detail = ""
         if remake:
             state = "damaged"
-            gone = "emptied" if remake[0].exists() else "missing"
-            detail = f"{remake[0]} is {gone}; `memorize sweep run` evaluates it again"
+            detail = f"{remake[0]} is {how_gone(remake[0])}; `memorize sweep run` evaluates it again"
         elif record is not None:
             state = "done"
             detail = f"mem_nn={record['mem_nn']:.3f}"
