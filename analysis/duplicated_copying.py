@@ -13,9 +13,10 @@ near-copies of its own (``analysis/near_duplicates.py``), so this recipe makes t
 - four arms: the 64 base digits split into four groups of 16; arm k trains on the 64 base digits plus the
   near-copies of group k (N = 80, ``DIR/arm_k.npy``). Every base digit is duplicated in exactly one arm
   and single in the other three, so what makes one digit easier to copy than another cancels.
-- a sweep (``DIR/spec.yaml``): the default sweep's 16- and 32-channel U-Nets, 800 steps, 128 samples, one
-  cell per (arm, model); ``data.dedup: near``, so no held-out digit is a near-copy of a training image.
-  It is run here (``memorize sweep run``: finished cells are skipped on a re-run).
+- a sweep (``DIR/duplicated_copying.yaml``): the default sweep's 16- and 32-channel U-Nets, 800 steps,
+  128 samples, one cell per (arm, model); ``data.dedup: near``, so no held-out digit is a near-copy of a
+  training image. It is run here (``memorize sweep run``: finished cells are skipped on a re-run); a
+  directory holding a sweep of another name is refused before anything is written.
 
 Then, per model, the copies (samples flagged under ``--criterion``, assigned to their nearest training
 image) of each *distinct* image (a base digit and its near-copy count as one) are summed over the arms
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+NAME = "duplicated-copying"  # the sweep's name: a directory holding a sweep of another name is refused
 CRITERIA = ("nn", "cos", "ext")  # per-sample columns memorized_<c> and <c>_index (memorize score)
 BASE, ARMS, SEED = 64, 4, 0
 GROUP = BASE // ARMS
@@ -73,9 +75,9 @@ def prepare(out: Path) -> Path:
         group = np.arange(k * GROUP, (k + 1) * GROUP)
         np.save(out / f"arm_{k}.npy", np.concatenate([base, len(digits.data) + group]))
         arms.append(str((out / f"arm_{k}.npy").resolve()))
-    spec = out / "spec.yaml"
+    spec = out / "duplicated_copying.yaml"  # (DIR/spec.yaml is the sweep's own record: memorize writes it)
     spec.write_text(
-        "name: duplicated-copying\n"
+        f"name: {NAME}\n"
         "base:\n"
         f"  data: {{name: npz, root: '{(out / 'digits_twins.npz').resolve()}', n_train: {BASE + GROUP}, "
         "n_heldout: 197, dedup: near}\n"
@@ -167,6 +169,12 @@ def main() -> None:
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")
     args = parser.parse_args()
+    from memorize.sweep.layout import sweep_name
+
+    there = sweep_name(args.out)
+    if there not in (None, NAME):
+        parser.error(f"{args.out} holds the sweep {there!r} ({args.out / 'spec.yaml'}), not this recipe's {NAME!r}: "
+                     f"give it a directory of its own (nothing was written)")
     spec = prepare(args.out)
     done = subprocess.run([sys.executable, "-m", "memorize.cli", "sweep", "run", str(spec), "--out", str(args.out)])
     if done.returncode != 0:

@@ -226,3 +226,29 @@ def test_duplicated_copying_counts_an_image_and_its_near_copy_as_one_and_its_int
     p_lo, p_hi = beta.ppf(0.025, 30, 46), beta.ppf(0.975, 31, 45)
     assert lo == pytest.approx(p_lo / (1 - p_lo) * 3) and hi == pytest.approx(p_hi / (1 - p_hi) * 3)
     assert np.isnan(rate_ratio(0, 0, 16, 48)[0])
+
+
+def test_duplicated_copying_refuses_a_directory_holding_another_sweep_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """The recipe runs a sweep of its own into DIR: given the main job's directory it must not replace that
+    sweep's spec, grid index, results or figures, nor leave its data there."""
+    import sys
+
+    from analysis import duplicated_copying
+
+    out = tmp_path / "digits"
+    (out / "figures").mkdir(parents=True)
+    (out / "spec.yaml").write_text("name: digits\nbase: {}\ngrid: {seed: [0]}\n")
+    (out / "results.csv").write_text("cell,eval,mem_nn\nabc,def,0.5\n")
+    (out / "figures" / "memorization_vs_n.png").write_bytes(b"\x89PNG")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(sys, "argv", ["duplicated_copying.py", str(out)])
+    with pytest.raises(SystemExit) as stop:
+        duplicated_copying.main()
+    assert stop.value.code == 2
+    assert (f"{out} holds the sweep 'digits' ({out / 'spec.yaml'}), not this recipe's 'duplicated-copying'"
+            in capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # its own directory passes the check (a re-run of the recipe), and so does a new one
+    (out / "spec.yaml").write_text("name: duplicated-copying\n")
+    from memorize.sweep.layout import sweep_name
+    assert sweep_name(out) == duplicated_copying.NAME and sweep_name(tmp_path / "new") is None

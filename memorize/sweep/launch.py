@@ -150,7 +150,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         check_slurm_here()
     if dry_run:
         check_layout(out)
-        check_same_sweep(spec, out)
+        check_same_sweep(spec.name, out)
         check_data(points, spec.score.consistency)
     else:
         points = prepare(spec, out, points)

@@ -315,20 +315,26 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
-def check_same_sweep(spec: SweepSpec, out: Path) -> None:
-    """Refuse to launch ``spec`` into a directory that holds a sweep of another name (``DIR/spec.yaml``): its
-    spec, grid index, results table and figures would be replaced by this one's. A spec of the same name
-    may change anything else (grid, budgets, scoring): that is the same sweep carried on. Where the spec
-    on disk cannot be read, nothing can be told and nothing is refused."""
-    path = out / "spec.yaml"
+def sweep_name(out: Path) -> str | None:
+    """The name of the sweep in the directory ``out`` (its ``spec.yaml``), None where there is none or the
+    spec cannot be read."""
     try:
-        before = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load((out / "spec.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return
-    name = before.get("name") if isinstance(before, dict) else None
-    if isinstance(name, str) and name != spec.name:
-        raise ConfigError(f"--out {out} holds the sweep {name!r} ({path}), not {spec.name!r}: give another --out "
-                          f"(or name this spec {name!r} to change that sweep)")
+        return None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def check_same_sweep(name: str, out: Path) -> None:
+    """Refuse to launch the sweep ``name`` into a directory that holds a sweep of another name
+    (:func:`sweep_name`): its spec, grid index, results table and figures would be replaced by this one's.
+    A spec of the same name may change anything else (grid, budgets, scoring): that is the same sweep
+    carried on. Where the spec on disk cannot be read, nothing can be told and nothing is refused."""
+    there = sweep_name(out)
+    if there is not None and there != name:
+        raise ConfigError(f"--out {out} holds the sweep {there!r} ({out / 'spec.yaml'}), not {name!r}: give another "
+                          f"--out (or name this spec {there!r} to change that sweep)")
 
 
 def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
@@ -336,7 +342,7 @@ def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -
     ``points``: the spec's grid points where the caller has expanded it already."""
     check_directory(out, "--out")
     check_layout(out)
-    check_same_sweep(spec, out)
+    check_same_sweep(spec.name, out)
     points = expand(spec) if points is None else points
     check_data(points, spec.score.consistency)
     out.mkdir(parents=True, exist_ok=True)
