@@ -216,15 +216,29 @@ def read_identity(root: Path) -> dict | None:
     return record
 
 
+SWEEP_FILES = ("sweep.json", "cells.csv")  # files of a sweep's own directory (memorize.sweep.layout)
+
+
+def check_cell_directory(root: str | Path) -> Path:
+    """``root`` as a cell's directory to create or reuse (:func:`memorize.io.check_directory`); a sweep's own
+    directory is refused: the cell's files would lie among the sweep's (whose cells are ``DIR/cells/<id>``)."""
+    root = check_directory(root, "--out")
+    marker = next((root / name for name in SWEEP_FILES if (root / name).is_file()), None)
+    if marker is not None:
+        raise ConfigError(f"--out {root} is a sweep's directory ({marker.name}); give the cell a directory of its "
+                          f"own (the sweep's cells are in {root / 'cells'})")
+    return root
+
+
 def init_cell(cfg: CellConfig, root: Path) -> CellData:
     """Create (or re-open) the cell at ``root`` for ``cfg`` and load its data.
 
-    A directory that holds a cell of another training identity is refused, so two
+    A directory that holds a cell of another training identity, or a sweep, is refused, so two
     experiments never mix; the same identity re-opens it (resume, a longer budget, other
     logging or device); the caller writes ``config.yaml`` once its inputs are checked. A cell
     whose data changed on disk since it was made is refused (see :func:`load_cell_data`).
     """
-    paths = CellPaths(check_directory(root, "--out"))
+    paths = CellPaths(check_cell_directory(root))
     record = read_identity(paths.root)
     identity = training_identity(cfg)
     if record is not None:

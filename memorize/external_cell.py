@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.cell import LAYOUT, CellPaths, data_fingerprint, load_cell_data, read_identity
+from memorize.cell import LAYOUT, CellPaths, check_cell_directory, data_fingerprint, load_cell_data, read_identity
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
-from memorize.io import atomic_savez, atomic_write, atomic_write_json, check_directory
+from memorize.io import atomic_savez, atomic_write, atomic_write_json
 from memorize.models.external import AOTI_REFUSAL, LOADERS, pt2_archive
 
 KINDS = tuple(LOADERS)
@@ -84,7 +84,7 @@ def import_model(model: str | Path, out: str | Path, cfg: CellConfig, kind: str 
 
 
 def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
-    paths = CellPaths(check_directory(out, "--out"))
+    paths = CellPaths(check_cell_directory(out))
     identity = {"external": {"kind": kind, "digest": model_digest(model)}, "data": to_dict(cfg)["data"]}
     record = read_identity(paths.root)
     if record is not None:
@@ -148,7 +148,7 @@ def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellC
 
 
 def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str, chunk: int) -> Path:
-    paths = CellPaths(check_directory(out, "--out"))
+    paths = CellPaths(check_cell_directory(out))
     record, data_section = read_identity(paths.root), to_dict(cfg)["data"]
     held = None if record is None else record["identity"]
     other = f"{paths.root} already holds another cell or other samples; choose another --out"

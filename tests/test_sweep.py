@@ -806,6 +806,28 @@ def test_a_spec_of_another_name_is_refused_where_a_sweep_lives_and_changes_nothi
                  "--set", "name=tiny"]) == 0  # the same sweep, its grid changed
 
 
+def test_a_cell_into_a_sweeps_directory_and_a_sweep_into_a_cells_are_refused_and_change_nothing(
+        finished_sweep, tmp_path, capsys):
+    """`memorize train --out runs/digits` (the sweep, not one of its cells) would lay a cell's files among
+    the sweep's, and a sweep launched into a cell's directory its files among the cell's: one line each."""
+    out = _copy(finished_sweep[0], tmp_path)
+    cell = next((out / "cells").iterdir())
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    np.save(tmp_path / "images.npy", np.zeros((8, 1, 8, 8), np.float32))
+    for command in (["train", "--out", str(out), "--set", "train.steps=2", "--quiet"],
+                    ["score", str(tmp_path / "images.npy"), "--out", str(out), "--features", "pixel", "--quiet"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"memorize {command[0]}: error: --out {out} is a sweep's directory (sweep.json); give the cell "
+                       f"a directory of its own (the sweep's cells are in {out / 'cells'})"], err
+    spec = write_spec(tmp_path / "s.yaml")
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", "run", str(spec), "--out", str(cell), "--executor", "debug", "--quiet", *extra]) == 2
+        assert (f"--out {cell} is a cell's directory (cell.json); give the sweep a directory of its own"
+                in capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):
     """load_point names the file in one line; the disagreement recipe counts the other cells."""
     import memorize.api as mz

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sub, "train", "train one cell (resumes from its last checkpoint)",
                    "Trains the denoiser of one cell in --out. Re-running resumes from the last checkpoint; a larger "
                    "train.steps continues the same run (the learning rate does not depend on it); a directory holding "
-                   "a cell of another training identity is refused.")
+                   "a cell of another training identity, or a sweep, is refused.")
     p.add_argument("config", nargs="?", help="cell config YAML (default: the embedded digits cell, N = 32)")
     p.add_argument("--out", required=True, help="cell directory to write (created if missing)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

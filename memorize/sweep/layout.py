@@ -315,6 +315,14 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
+def check_not_a_cell(out: Path) -> None:
+    """Refuse a cell's directory (its ``cell.json``) as a sweep's ``--out``: the sweep's files and cells
+    would lie among the cell's."""
+    if CellPaths(out).identity.is_file():
+        raise ConfigError(f"--out {out} is a cell's directory ({CellPaths(out).identity.name}); give the sweep a "
+                          f"directory of its own")
+
+
 def sweep_name(out: Path) -> str | None:
     """The name of the sweep in the directory ``out`` (its ``spec.yaml``), None where there is none or the
     spec cannot be read."""
@@ -341,6 +349,7 @@ def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -
     """Validate every grid point (before anything is launched), then write the spec and the grid index.
     ``points``: the spec's grid points where the caller has expanded it already."""
     check_directory(out, "--out")
+    check_not_a_cell(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
     points = expand(spec) if points is None else points
