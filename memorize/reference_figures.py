@@ -41,7 +41,6 @@ def gap_curves_figure(gaps, budget: str = "") -> plt.Figure:
                      "held-out images lie from their nearest training image more than the network.",
                      fontsize=7, ha="left", va="top")
     return grid.figure
-    return grid.figure
 
 
 def trajectory_gap_figure(trajectories, budget: str = "") -> plt.Figure:

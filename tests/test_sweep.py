@@ -271,6 +271,16 @@ def test_plot_draws_every_sweep_figure(finished_sweep, tmp_path):
     assert len(list((out / "figures").glob("nn_*.png"))) == 2
 
 
+def test_plot_refuses_an_unknown_cell_before_it_draws_anything(finished_sweep, tmp_path, capsys):
+    out = _copy(finished_sweep[0], tmp_path)
+    cell = collect(out).cell[0]
+    assert main(["plot", str(out), "--cells", cell, "0123456789ab"]) == 2
+    assert (f"--cells 0123456789ab: no finished grid point of {out} has that cell id"
+            in capsys.readouterr().err)
+    assert not (out / "figures").exists()
+    assert main(["plot", str(out), "--cells", cell]) == 0 and len(list((out / "figures").glob("nn_*.png"))) == 1
+
+
 def test_local_jobs_get_the_callers_gpus_shared_out_among_the_slots():
     assert visible_gpus({}, 0) == [] and visible_gpus({}, 2) == ["0", "1"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, 4) == []

@@ -121,6 +121,10 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     results = collect(sweep)
     if results.empty:
         raise FileNotFoundError(f"{sweep} has no finished cells yet: `memorize sweep status {sweep}` shows progress")
+    unknown = [cid for cid in cells or [] if cid not in set(results.cell)]
+    if unknown:  # before any figure is drawn
+        raise FileNotFoundError(f"--cells {unknown[0]}: no finished grid point of {sweep} has that cell id (see "
+                                f"`memorize sweep status`)")
     out = sweep / "figures"
     curves = pd.read_csv(sweep / "curves.csv") if (sweep / "curves.csv").is_file() else None
     if step is not None:
