@@ -36,9 +36,9 @@ def brute_force(samples: np.ndarray, train: np.ndarray, n: int = 50, alpha: floa
 
 def main() -> None:
     from memorize.cell import CellPaths, load_cell_data, read_config
+    from memorize.cli.recipes import sweep_results
     from memorize.generate import read_samples
     from memorize.score import extraction_scores
-    from memorize.sweep import collect
     from memorize.sweep.layout import read_eval
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--fixed-threshold", type=float, default=1.0,
                         help="a fixed cut-off on the score whose held-out false-positive rate is shown (default 1)")
     args = parser.parse_args()
-    results = collect(args.sweep)
+    results = sweep_results(parser, args.sweep)
     results = results[results["mem_ext"].notna()]
     if results.empty:
         parser.error(f"{args.sweep}: no cell scored with the extraction criterion")

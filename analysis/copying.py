@@ -91,10 +91,9 @@ def copied_images_table(sweep: str, results: pd.DataFrame, criterion: str, thres
 
 
 def main() -> None:
-    from memorize.api import load_point
+    from memorize.cli.recipes import image_point, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import most_copied_figure
-    from memorize.sweep import collect
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
@@ -104,7 +103,7 @@ def main() -> None:
     parser.add_argument("--near-threshold", type=float, default=0.98,
                         help="the near-copy cosine (pixel correlation) of data.dedup: near (default 0.98)")
     args = parser.parse_args()
-    results = collect(args.sweep)
+    results = sweep_results(parser, args.sweep)
     column = f"copied_top10_{args.criterion}"
     if column not in results or results[f"mem_{args.criterion}"].isna().all():
         parser.error(f"--criterion {args.criterion}: no cell of {args.sweep} records which images it copies "
@@ -116,12 +115,8 @@ def main() -> None:
           f"{args.near_threshold}; isolation: median L2 distance to the nearest other training image):")
     print(copied_images_table(args.sweep, results, args.criterion, args.near_threshold).to_string(index=False))
     cid = args.cell or pick_cell(results[results[f"mem_{args.criterion}"].notna()], args.criterion)
-    try:
-        point = load_point(args.sweep, cid, results)
-    except ValueError as err:
-        parser.error(f"--cell: {err}")
-    if not point.is_image:
-        print(f"cell {cid}: not image data, no figure")
+    point = image_point(parser, args.sweep, cid, results)
+    if point is None:
         return
     row, table = point.row, point.scores
     flag, index = CRITERIA[args.criterion]

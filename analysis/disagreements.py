@@ -44,17 +44,16 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    from memorize.api import load_point
+    from memorize.cli.recipes import image_point, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import disagreement_figure
-    from memorize.sweep import collect
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cell", help="the cell whose disagreeing samples are drawn")
     parser.add_argument("--per-group", type=int, default=6, help="samples drawn per pattern (default 6)")
     args = parser.parse_args()
-    results = collect(args.sweep)
+    results = sweep_results(parser, args.sweep)
     if "mem_ext" not in results or results["mem_ext"].isna().all():
         parser.error(f"{args.sweep}: no cell is scored by all three criteria (scored before the extraction "
                      f"criterion existed: score it again)")
@@ -63,12 +62,8 @@ def main() -> None:
     print(counts.drop(columns="cell").to_string(index=False))
     mixed = counts.drop(columns=["cell", "model", "N", "seed", "+".join(NAMES), "none"]).sum(axis=1)
     cid = args.cell or str(counts.loc[mixed.idxmax(), "cell"])
-    try:
-        point = load_point(args.sweep, cid, results)
-    except ValueError as err:
-        parser.error(f"--cell: {err}")
-    if not point.is_image:
-        print(f"cell {cid}: not image data, no figure")
+    point = image_point(parser, args.sweep, cid, results)
+    if point is None:
         return
     row, table = point.row, point.scores
     fig = disagreement_figure(point.samples(), point.train, table["nn_index"].to_numpy(),

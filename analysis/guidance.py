@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from memorize.cli.recipes import sweep_results
 from memorize.metrics.criteria import paired_change
-from memorize.sweep import collect
 from memorize.sweep.layout import read_eval
 from memorize.sweep.figures import guidance_scans
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a sweep directory with a guidance scan")
     args = parser.parse_args()
-    scans = guidance_scans(collect(args.sweep))
+    scans = guidance_scans(sweep_results(parser, args.sweep))
     if scans is None:
         raise SystemExit(f"{args.sweep}: no cell was sampled at two or more guidance weights")
     for cell, rows in scans.groupby("cell", sort=False):

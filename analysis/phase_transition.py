@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from memorize.analysis import critical_n, experiment_axes, experiment_label, pooled_ratios
-from memorize.sweep import collect
+from memorize.cli.recipes import sweep_results
 from memorize.sweep.figures import plot_sweep
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose ratio gives the critical N (default: nn)")
     args = parser.parse_args()
-    results = collect(args.sweep)
+    results = sweep_results(parser, args.sweep)
     judged = {c: results[results[f"mem_{c}"].notna()] if f"mem_{c}" in results else results.iloc[:0]
               for c in CRITERIA}
     if judged[args.criterion].empty:

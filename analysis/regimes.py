@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 
 from memorize.cell import CellPaths, load_cell_data, read_config
+from memorize.cli.recipes import sweep_results
 from memorize.config import from_dict
 from memorize.config import SampleConfig
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_write_text
 from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve_features
-from memorize.sweep import collect
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     out = Path(args.sweep)
-    results = collect(out)
+    results = sweep_results(parser, out)
     largest = results[results.params == results.params.max()]
     rows = {"largest": largest.loc[largest.n_train.idxmax()], "smallest": largest.loc[largest.n_train.idxmin()]}
     evals = {k: json.loads((out / "cells" / r["cell"] / "evals" / f"{r['eval']}.json").read_text())

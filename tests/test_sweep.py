@@ -838,6 +838,25 @@ def test_a_cell_into_a_sweeps_directory_and_a_sweep_into_a_cells_are_refused_and
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("recipe", ["phase_transition", "copying", "disagreements", "check_extraction", "guidance",
+                                    "regimes"])
+def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypatch, capsys):
+    """README's second command with a directory mistyped, not yet made, or a file: argparse's one line."""
+    import importlib
+
+    main_of = importlib.import_module(f"analysis.{recipe}").main
+    (tmp_path / "a_file").write_text("")
+    for given in (tmp_path / "not_made", tmp_path, tmp_path / "a_file"):
+        monkeypatch.setattr(sys, "argv", [f"{recipe}.py", str(given)])
+        with pytest.raises(SystemExit) as stop:
+            main_of()
+        err = capsys.readouterr().err.strip().splitlines()
+        why = ("(a file): give the directory `memorize sweep run` wrote (its --out)" if given.is_file() else
+               "(no cells.csv): run `memorize sweep run` first")
+        assert stop.value.code == 2 and err[-1] == f"{recipe}.py: error: {given} is not a sweep directory {why}", err
+        assert not err[0].startswith("Traceback")
+
+
 def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):
     """load_point names the file in one line; the disagreement recipe counts the other cells."""
     import memorize.api as mz

@@ -396,6 +396,9 @@ def read_grid(out: Path) -> pd.DataFrame:
     written by :func:`prepare`), it is written again from the spec, with a line saying so; where neither
     can be read, the error names both. A whole cells.csv is trusted over a spec.yaml that disagrees
     with it (a damaged spec may still parse); ``memorize sweep run`` writes both again."""
+    if out.exists() and not out.is_dir():
+        raise FileNotFoundError(f"{out} is not a sweep directory (a file): give the directory `memorize sweep run` "
+                                f"wrote (its --out)")
     check_layout(out)
     path, listed = out / "cells.csv", _listed_grid(out)
     if listed is None and not (out / "spec.yaml").is_file():

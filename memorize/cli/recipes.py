@@ -1,0 +1,35 @@
+"""What the recipe scripts in ``analysis/`` share on their command lines: a sweep's results table and one
+of its finished points, where bad input (a directory that is not a sweep, a cell id of none of its
+points, unreadable scores) is argparse's one line and exit status 2, as for the ``memorize`` command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from memorize.api import ScoredPoint, load_point, load_results
+from memorize.config import ConfigError
+
+
+def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.DataFrame:
+    """The results table of the sweep directory ``sweep``, collected afresh (:func:`memorize.api.load_results`)."""
+    try:
+        return load_results(sweep)
+    except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        parser.error(str(err))
+
+
+def image_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame
+                ) -> ScoredPoint | None:
+    """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``), or None, said on
+    stdout, where its data are not images and so there is no figure to draw."""
+    try:
+        point = load_point(sweep, cell, results)
+    except ValueError as err:
+        parser.error(f"--cell: {err}")
+    if not point.is_image:
+        print(f"cell {cell}: not image data, no figure")
+        return None
+    return point
