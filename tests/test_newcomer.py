@@ -82,6 +82,16 @@ BAD_INPUTS = [
      ["train", str(_config(t)), "--out", str(t / "f" / "cell")], r"--out .*f/cell: .*f is a file, not a directory"),
     ("sweep out below a file", lambda t, c: (t / "f").write_text("x") and
      ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "f" / "sweep")], r"f is a file, not a directory"),
+    ("sample a file", lambda t, c: (t / "f").write_text("x") and ["sample", str(t / "f"), "--num", "4"],
+     r"f is not a cell directory \(a file\)"),
+    ("compare a file", lambda t, c: (t / "f").write_text("x") and ["compare", str(t / "f")],
+     r"f is not a cell directory \(a file\)"),
+    ("spec a directory", lambda t, c: ["sweep", "run", str(c), "--out", str(t / "sweep")],
+     r"sweep spec .*cell is a directory, not a YAML file"),
+    ("config a directory", lambda t, c: ["train", str(c), "--out", str(t / "new")],
+     r"config file .*cell is a directory, not a YAML file"),
+    ("criteria out a file", lambda t, c: (t / "f").write_text("x") and
+     ["criteria", "--out", str(t / "f"), "--quiet"], r"--out .*f: .*f is a file, not a directory"),
     ("sample num 0", lambda t, c: ["sample", str(c), "--num", "0"], r"sample\.num: must be >= 1"),
     ("sample eta 2", lambda t, c: ["sample", str(c), "--eta", "2", "--sampler", "ddim"], r"sample\.eta: must be in \[0, 1\]"),
     ("sample steps not a number", lambda t, c: ["sample", str(c), "--steps", "many"],

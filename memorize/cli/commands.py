@@ -263,7 +263,9 @@ def cmd_criteria(args: argparse.Namespace) -> None:
     from memorize.criteria_bench import (build_cases, cosine_criterion, extraction_criterion, load_criterion,
                                          nn_criterion)
     from memorize.criteria_bench.evaluate import run_bench
+    from memorize.io import check_directory
 
+    check_directory(args.out, "--out")  # before any case is scored
     if args.cell:
         from memorize.cell import CellPaths, load_cell_data, read_config
 

@@ -144,6 +144,8 @@ def read_yaml(path: str | Path, what: str) -> Any:
     """The YAML document in ``path``; a missing, unreadable, binary or malformed file is a one-line
     :class:`ConfigError` naming the file (and the line for a syntax error)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
