@@ -158,9 +158,7 @@ def read_config(root: Path) -> CellConfig:
     named on stderr; without a checkpoint to restore it from, the error names the file."""
     paths = CellPaths(Path(root))
     path = paths.config
-    if paths.root.exists() and not paths.root.is_dir():
-        raise FileNotFoundError(f"{root} is not a cell directory (a file): give the directory `memorize train` (or a "
-                                f"sweep, as DIR/cells/<id>) wrote")
+    check_directory(paths.root, "cell directory")  # (a file, or a path below one)
     try:
         with open(path, "rb") as fh:
             # written by us: valid YAML, read with libyaml's loader where PyYAML has it (evaluations read the

@@ -845,15 +845,16 @@ def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypat
     import importlib
 
     main_of = importlib.import_module(f"analysis.{recipe}").main
-    (tmp_path / "a_file").write_text("")
-    for given in (tmp_path / "not_made", tmp_path, tmp_path / "a_file"):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    for given in (tmp_path / "not_made", tmp_path, file, file / "below"):
         monkeypatch.setattr(sys, "argv", [f"{recipe}.py", str(given)])
         with pytest.raises(SystemExit) as stop:
             main_of()
         err = capsys.readouterr().err.strip().splitlines()
-        why = ("(a file): give the directory `memorize sweep run` wrote (its --out)" if given.is_file() else
-               "(no cells.csv): run `memorize sweep run` first")
-        assert stop.value.code == 2 and err[-1] == f"{recipe}.py: error: {given} is not a sweep directory {why}", err
+        said = (f"sweep directory {given}: {file} is a file, not a directory" if file in (given, given.parent) else
+                f"{given} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
+        assert stop.value.code == 2 and err[-1] == f"{recipe}.py: error: {said}", err
         assert not err[0].startswith("Traceback")
 
 

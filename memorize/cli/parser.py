@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from memorize.cli import commands
-from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate,
+from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate, set_name,
                                 subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.external_cell import KINDS
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "zero-padded networks: at positions whose window meets the border as the pixel's does) or "
                         "anywhere (every position, padded windows included)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
-    p.add_argument("--name", help="sample set name (default: the denoiser's name)")
+    p.add_argument("--name", type=set_name, help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--force", action="store_true", help="replace samples of the same name with other settings")
     threads_and_quiet(p)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
     p.add_argument("dir", help="a cell directory with samples; or samples made elsewhere (an image folder, .npz, "
                                ".npy or .pt) scored against the training set that --set data.* names, into --out")
-    p.add_argument("--samples", default="trained", help="sample set name under DIR/samples")
+    p.add_argument("--samples", default="trained", type=set_name, help="sample set name under DIR/samples")
     p.add_argument("--out", help="samples made elsewhere: the directory for their scores (a cell without a "
                                  "denoiser: DIR/samples/NAME.npz, DIR/scores/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sampling path, each denoiser's error, the train/held-out loss gap, and the same-noise "
                    "agreement (and per-sample r^2) with empirical-denoiser samples.")
     p.add_argument("dir", help="a trained cell directory")
-    p.add_argument("--samples", default="trained", help="trained sample set to pair with empirical samples "
-                                                        "(drawn with the cell's settings if missing)")
+    p.add_argument("--samples", default="trained", type=set_name,
+                   help="trained sample set to pair with empirical samples (drawn with the cell's settings if missing)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
     p.add_argument("--threshold", default=None, type=threshold_or_auto,
                    help="cosine threshold of the reproducibility score, in [0, 1), or auto: calibrated on the "
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "low when each memorizes its own images and high when both generalize.")
     p.add_argument("dir_a", help="the first cell directory")
     p.add_argument("dir_b", help="the second cell directory (disjoint subset of the same size)")
-    p.add_argument("--samples", default="trained", help="sample set name in both cells (drawn with one seed)")
+    p.add_argument("--samples", default="trained", type=set_name,
+                   help="sample set name in both cells (drawn with one seed)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the cosine similarity")
     p.add_argument("--threshold", default=None, type=threshold_or_auto,
                    help="cosine threshold in [0, 1), or auto: calibrated on DIR_A's held-out images for a 1%% "

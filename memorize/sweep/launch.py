@@ -23,8 +23,8 @@ import torch
 from memorize.cell import CellPaths
 from memorize.config import CellConfig, ConfigError, cell_id, to_dict
 from memorize.sweep.job import BatchJob, CellJob, PackJob
-from memorize.sweep.layout import (ERROR, cell_dir, check_layout, check_not_a_cell, check_same_sweep, is_done,
-                                   is_locked, prepare)
+from memorize.sweep.layout import (ERROR, cell_dir, check_layout, check_same_sweep, check_sweep_directory,
+                                   is_done, is_locked, prepare)
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
                                   threads_per_cell, visible_gpus, wait_until_free)
 from memorize.sweep.slurm import check_slurm_here, slurm_executor, submit_slurm, wait_for_slurm
@@ -150,7 +150,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     if executor == "slurm" and not dry_run:
         check_slurm_here()
     if dry_run:
-        check_not_a_cell(out)
+        check_sweep_directory(out)
         check_layout(out)
         check_same_sweep(spec.name, out)
         check_data(points, spec.score.consistency)

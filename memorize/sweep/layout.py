@@ -315,12 +315,13 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
-def check_not_a_cell(out: Path) -> None:
-    """Refuse a cell's directory (its ``cell.json``) as a sweep's ``--out``: the sweep's files and cells
-    would lie among the cell's."""
-    if CellPaths(out).identity.is_file():
-        raise ConfigError(f"--out {out} is a cell's directory ({CellPaths(out).identity.name}); give the sweep a "
-                          f"directory of its own")
+def check_sweep_directory(out: Path) -> None:
+    """``out`` as a sweep's directory to create or reuse (:func:`memorize.io.check_directory`); a cell's
+    directory (its ``cell.json``) is refused: the sweep's files and cells would lie among the cell's."""
+    check_directory(out, "--out")
+    identity = CellPaths(out).identity
+    if identity.is_file():
+        raise ConfigError(f"--out {out} is a cell's directory ({identity.name}); give the sweep a directory of its own")
 
 
 def sweep_name(out: Path) -> str | None:
@@ -348,8 +349,7 @@ def check_same_sweep(name: str, out: Path) -> None:
 def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
     """Validate every grid point (before anything is launched), then write the spec and the grid index.
     ``points``: the spec's grid points where the caller has expanded it already."""
-    check_directory(out, "--out")
-    check_not_a_cell(out)
+    check_sweep_directory(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
     points = expand(spec) if points is None else points
@@ -396,9 +396,7 @@ def read_grid(out: Path) -> pd.DataFrame:
     written by :func:`prepare`), it is written again from the spec, with a line saying so; where neither
     can be read, the error names both. A whole cells.csv is trusted over a spec.yaml that disagrees
     with it (a damaged spec may still parse); ``memorize sweep run`` writes both again."""
-    if out.exists() and not out.is_dir():
-        raise FileNotFoundError(f"{out} is not a sweep directory (a file): give the directory `memorize sweep run` "
-                                f"wrote (its --out)")
+    check_directory(out, "sweep directory")  # (a file, or a path below one)
     check_layout(out)
     path, listed = out / "cells.csv", _listed_grid(out)
     if listed is None and not (out / "spec.yaml").is_file():
