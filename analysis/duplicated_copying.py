@@ -169,8 +169,13 @@ def main() -> None:
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")
     args = parser.parse_args()
-    from memorize.sweep.layout import sweep_name
+    from memorize.config import ConfigError
+    from memorize.sweep.layout import check_sweep_directory, sweep_name
 
+    try:
+        check_sweep_directory(args.out)  # not a file, nor a cell's directory
+    except ConfigError as err:
+        parser.error(str(err))
     there = sweep_name(args.out)
     if there not in (None, NAME):
         parser.error(f"{args.out} holds the sweep {there!r} ({args.out / 'spec.yaml'}), not this recipe's {NAME!r}: "

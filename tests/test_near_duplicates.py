@@ -241,6 +241,9 @@ def test_duplicated_copying_refuses_a_directory_holding_another_sweep_and_writes
     (out / "results.csv").write_text("cell,eval,mem_nn\nabc,def,0.5\n")
     (out / "figures" / "memorization_vs_n.png").write_bytes(b"\x89PNG")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cell_dir = tmp_path / "cell"
+    cell_dir.mkdir()
+    (cell_dir / "cell.json").write_text("{}")
     monkeypatch.setattr(sys, "argv", ["duplicated_copying.py", str(out)])
     with pytest.raises(SystemExit) as stop:
         duplicated_copying.main()
@@ -248,6 +251,13 @@ def test_duplicated_copying_refuses_a_directory_holding_another_sweep_and_writes
     assert (f"{out} holds the sweep 'digits' ({out / 'spec.yaml'}), not this recipe's 'duplicated-copying'"
             in capsys.readouterr().err)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (tmp_path / "a_file").write_text("x")
+    for wrong, said in ((tmp_path / "a_file", "is a file, not a directory"), (cell_dir, "is a cell's directory")):
+        monkeypatch.setattr(sys, "argv", ["duplicated_copying.py", str(wrong)])
+        with pytest.raises(SystemExit):
+            duplicated_copying.main()
+        assert said in capsys.readouterr().err
+    assert sorted(cell_dir.iterdir()) == [cell_dir / "cell.json"]
     # its own directory passes the check (a re-run of the recipe), and so does a new one
     (out / "spec.yaml").write_text("name: duplicated-copying\n")
     from memorize.sweep.layout import sweep_name
