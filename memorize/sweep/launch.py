@@ -23,13 +23,12 @@ import torch
 from memorize.cell import CellPaths
 from memorize.config import CellConfig, ConfigError, cell_id, to_dict
 from memorize.sweep.job import BatchJob, CellJob, PackJob
-from memorize.sweep.layout import (ERROR, cell_dir, check_layout, check_same_sweep, check_sweep_directory,
-                                   is_done, is_locked, prepare)
+from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
                                   threads_per_cell, visible_gpus, wait_until_free)
 from memorize.sweep.slurm import check_slurm_here, slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
-from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand
+from memorize.sweep.spec import GridPoint, SweepSpec, expand
 
 
 def by_cell(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
@@ -150,10 +149,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     if executor == "slurm" and not dry_run:
         check_slurm_here()
     if dry_run:
-        check_sweep_directory(out)
-        check_layout(out)
-        check_same_sweep(spec.name, out)
-        check_data(points, spec.score.consistency)
+        check_launch(spec, out, points)
     else:
         points = prepare(spec, out, points)
     cells = by_cell(points)

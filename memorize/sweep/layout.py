@@ -346,14 +346,20 @@ def check_same_sweep(name: str, out: Path) -> None:
                           f"--out (or name this spec {there!r} to change that sweep)")
 
 
-def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
-    """Validate every grid point (before anything is launched), then write the spec and the grid index.
-    ``points``: the spec's grid points where the caller has expanded it already."""
+def check_launch(spec: SweepSpec, out: Path, points: list[GridPoint]) -> None:
+    """Everything :func:`prepare` checks before it writes (a dry run checks the same): ``out`` as a sweep's
+    directory of this layout and of this spec's name, and every grid point's data."""
     check_sweep_directory(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
-    points = expand(spec) if points is None else points
     check_data(points, spec.score.consistency)
+
+
+def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
+    """Validate every grid point (before anything is launched), then write the spec and the grid index.
+    ``points``: the spec's grid points where the caller has expanded it already."""
+    points = expand(spec) if points is None else points
+    check_launch(spec, out, points)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"layout": LAYOUT})
     atomic_write_text(out / "spec.yaml", yaml.safe_dump(to_dict(spec), sort_keys=False))
