@@ -49,6 +49,17 @@ OLD_LAYOUT = ("was written by memorize 0.1, whose cells were keyed by their whol
 # (image folders) the folder is named instead.
 MAX_LISTED_FILES = 100
 
+def is_set_name(name: str) -> bool:
+    """Whether ``name`` can name a sample set: a file name under ``DIR/samples`` (and ``DIR/scores``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0")
+
+
+def check_set_name(name: str, field: str = "--name") -> str:
+    if not is_set_name(name):
+        raise ValueError(f"{field}: expected a sample set name, not a path (no / in it), got {name!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class CellPaths:
     root: Path
@@ -109,6 +120,11 @@ class CellPaths:
         if self.root.parent.name == "cells" and (sweep / "sweep.json").is_file():
             return sweep / "features"
         return self.root / "features"
+
+    def sample_set(self, name: str, field: str = "--name") -> Path:
+        """``DIR/samples/<name>.npz``; ``name`` is a file name, never a path (``../x`` would write outside
+        the cell), so one that is not is refused with ``field`` named (ValueError)."""
+        return self.samples / f"{check_set_name(name, field)}.npz"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.pt"

@@ -270,6 +270,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     data = load_cell_data(cfg, paths)
     if n_eval < 1:
         raise ValueError(f"--n-eval: expected a positive number of images, got {n_eval}")
+    sample_file = paths.sample_set(samples, "--samples")
     if boundary not in BOUNDARIES:
         raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
@@ -296,7 +297,6 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     loss_gap = (heldout_err - train_err).dropna()
 
     # Same-noise samples: the empirical set is drawn with the trained set's settings and seeds.
-    sample_file = paths.samples / f"{samples}.npz"
     if not sample_file.is_file():
         sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device, progress=progress, step=step)
     drawn = read_samples(sample_file)
@@ -409,7 +409,7 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     if len(overlap):
         raise ValueError(f"the training subsets share {len(overlap)} images: set data.subset_offset so they are "
                          f"disjoint (e.g. 0 and n_train)")
-    a, b = (read_samples(CellPaths(Path(r)).samples / f"{samples}.npz") for r in (root_a, root_b))
+    a, b = (read_samples(CellPaths(Path(r)).sample_set(samples, "--samples")) for r in (root_a, root_b))
     if not np.array_equal(a["seeds"], b["seeds"]):
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
     embed = load_embedder(embedder)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.cell import LAYOUT, CellPaths, check_cell_directory, data_fingerprint, load_cell_data, read_identity
+from memorize.cell import LAYOUT, CellPaths, check_cell_directory, check_set_name, data_fingerprint, load_cell_data, read_identity
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
@@ -137,6 +137,7 @@ def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellC
     bounded by a chunk; samples whose shape is not the training images' are refused before anything is
     written. An array is taken as the samples themselves (read with ``value_range`` as a file would be).
     Returns the cell and the value range used."""
+    check_set_name(name)
     if isinstance(samples, np.ndarray):
         images, used = to_unit_range(samples, value_range, Path("the samples array"))
         source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
@@ -158,7 +159,7 @@ def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str,
     if source.shape != tuple(data.train.shape[1:]):
         raise ConfigError(f"{source.path}: samples of shape {source.shape}, but the training images of "
                           f"{cfg.data.name} are {tuple(data.train.shape[1:])}")
-    array_file = paths.samples / f"{name}.samples.npy"
+    array_file = paths.sample_set(name).with_suffix(".samples.npy")
     digest = hashlib.blake2b(digest_size=16)
 
     def copy(tmp: Path) -> None:
@@ -177,7 +178,7 @@ def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str,
 
     atomic_write(array_file, copy)
     identity = {"samples": {"digest": digest.hexdigest()}, "data": data_section}
-    atomic_savez(paths.samples / f"{name}.npz", samples_file=np.asarray(array_file.name),
+    atomic_savez(paths.sample_set(name), samples_file=np.asarray(array_file.name),
                  seeds=np.arange(source.count),
                  settings=np.asarray(json.dumps({"denoiser": "imported", "source": str(source.path.resolve()),
                                                  "range": source.value_range})), seconds=np.float64(0.0))

@@ -137,7 +137,7 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
         raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     paths = CellPaths(Path(root))
     cell_cfg = read_config(paths.root)
-    out = paths.samples / f"{name or denoiser}.npz"
+    out = paths.sample_set(name or denoiser)
     # Everything that determines the samples (batch size does not: sample i has its own noise stream).
     settings = {"denoiser": denoiser, **sample_settings(cfg), "cell_seed": cell_cfg.seed}
     checkpoint = None

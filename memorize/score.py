@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from memorize.cell import CellData, CellPaths, load_cell_data, read_config, resolve_device
+from memorize.cell import CellData, CellPaths, check_set_name, load_cell_data, read_config, resolve_device
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold, min_heldout
@@ -197,7 +197,8 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     ``auto``: :func:`resolve_features`); the classifier is cached in ``features_cache`` (default
     :attr:`CellPaths.feature_cache`)."""
     paths = CellPaths(Path(root))
-    sample_file = paths.samples / f"{samples}.npz"
+    sample_file = paths.sample_set(samples, "--samples")
+    check_set_name(name or samples)  # the scores' file name, before any work
     if not sample_file.is_file():
         raise FileNotFoundError(f"{sample_file} not found: run `memorize sample {root}` first "
                                 f"(or name an existing set with --samples)")

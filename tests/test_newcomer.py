@@ -128,6 +128,32 @@ def test_bad_input_is_a_one_line_error_that_changes_nothing(tmp_path, trained_ce
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("call", ["sample", "score", "score name", "compare", "import"])
+def test_the_library_refuses_a_sample_set_named_by_a_path(tmp_path, trained_cell, call):
+    """The API, not only the CLI: a set name is a file name under DIR/samples, never a path out of the cell."""
+    import numpy as np
+
+    from memorize.compare import compare_cell
+    from memorize.config import CellConfig, from_dict
+    from memorize.external_cell import import_samples
+    from memorize.generate import sample_cell
+    from memorize.score import score_cell
+
+    cell = tmp_path / "cell"
+    shutil.copytree(trained_cell, cell)
+    cfg = from_dict(CellConfig, json.loads(json.dumps(TINY_CELL)))
+    calls = {"sample": lambda: sample_cell(cell, cfg.sample, name="../elsewhere", progress=False),
+             "score": lambda: score_cell(cell, samples="../elsewhere", progress=False),
+             "score name": lambda: score_cell(cell, name="../elsewhere", progress=False),
+             "compare": lambda: compare_cell(cell, samples="../elsewhere", progress=False),
+             "import": lambda: import_samples(np.zeros((2, 1, 8, 8), np.float32), tmp_path / "imported", cfg,
+                                              name="../elsewhere")}
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"--(name|samples): expected a sample set name, not a path"):
+        calls[call]()
+    assert _snapshot(tmp_path) == before
+
+
 def test_every_command_and_argument_is_described():
     parser = build_parser()
     stack = [("memorize", parser)]

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
+from memorize.cell import is_set_name
 from memorize.config import ConfigError
 
 
@@ -90,8 +91,7 @@ MAX_THREADS = 1024
 thread_count = checked(int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threads from 1 to {MAX_THREADS}")
 rate = checked(float, lambda v: 0 < v < 1, "a rate in (0, 1)")
 # a sample set's name is the file name of its samples in DIR/samples (and of its scores and comparisons)
-set_name = checked(str, lambda v: v not in ("", ".", "..") and not set(v) & set("/\\\0"),
-                   "a sample set name, not a path (no / in it)")
+set_name = checked(str, is_set_name, "a sample set name, not a path (no / in it)")
 
 
 def pack_size(text: str) -> int | str:
