@@ -173,7 +173,7 @@ def main() -> None:
     from memorize.sweep.layout import check_sweep_directory, sweep_name
 
     try:
-        check_sweep_directory(args.out)  # not a file, nor a cell's directory
+        check_sweep_directory(args.out, "out")  # not a file, nor a cell's directory
     except ConfigError as err:
         parser.error(str(err))
     there = sweep_name(args.out)

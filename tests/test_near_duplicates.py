@@ -256,7 +256,8 @@ def test_duplicated_copying_refuses_a_directory_holding_another_sweep_and_writes
         monkeypatch.setattr(sys, "argv", ["duplicated_copying.py", str(wrong)])
         with pytest.raises(SystemExit):
             duplicated_copying.main()
-        assert said in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert said in err and f"error: out {wrong}" in err and "--out" not in err, err  # the argument as named
     assert sorted(cell_dir.iterdir()) == [cell_dir / "cell.json"]
     # its own directory passes the check (a re-run of the recipe), and so does a new one
     (out / "spec.yaml").write_text("name: duplicated-copying\n")

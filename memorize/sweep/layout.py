@@ -315,13 +315,14 @@ def check_layout(out: Path) -> None:
                       f"version of memorize wrote the sweep, write {{\"layout\": {LAYOUT}}} into it")
 
 
-def check_sweep_directory(out: Path) -> None:
+def check_sweep_directory(out: Path, flag: str = "--out") -> None:
     """``out`` as a sweep's directory to create or reuse (:func:`memorize.io.check_directory`); a cell's
-    directory (its ``cell.json``) is refused: the sweep's files and cells would lie among the cell's."""
-    check_directory(out, "--out")
+    directory (its ``cell.json``) is refused: the sweep's files and cells would lie among the cell's.
+    ``flag``: how errors name the argument."""
+    check_directory(out, flag)
     identity = CellPaths(out).identity
     if identity.is_file():
-        raise ConfigError(f"--out {out} is a cell's directory ({identity.name}); give the sweep a directory of its own")
+        raise ConfigError(f"{flag} {out} is a cell's directory ({identity.name}); give the sweep a directory of its own")
 
 
 def sweep_name(out: Path) -> str | None:
