@@ -120,9 +120,24 @@ FIGURES = {
 }
 
 
+# The figures drawn only from columns some sweeps leave empty (as `memorize plot` draws them only where
+# filled): the column and what fills it.
+NEEDS = {
+    "memorization_and_generalization": ("recall", "more than 3 samples and held-out images per cell"),
+    "r2_crossover": ("r2_els", "the local machines' comparison (score.local: true)"),
+}
+
+
 def draw(results: pd.DataFrame, figure: str):
     """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
-    show in a notebook, restyle, or save."""
+    show in a notebook, restyle, or save. A figure whose columns (:data:`NEEDS`) the table leaves empty is
+    a ValueError naming them."""
     if figure not in FIGURES:
         raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
+    if results.empty:
+        raise ValueError(f"figure {figure}: the results table has no rows (no finished grid point)")
+    column, setting = NEEDS.get(figure, (None, ""))
+    if column is not None and (column not in results or results[column].isna().all()):
+        raise ValueError(f"figure {figure}: the results table has no {column} values; a sweep fills them "
+                         f"with {setting}")
     return FIGURES[figure](results)

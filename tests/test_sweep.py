@@ -774,6 +774,15 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
     assert len(mz.draw(table, "critical_n").axes) == 1
     with pytest.raises(ValueError, match="figure: expected one of memorization_vs_n"):
         mz.draw(table, "nope")
+    # a figure of columns this sweep left empty, or of no rows at all, is one error that says why
+    with pytest.raises(ValueError, match=r"figure r2_crossover: the results table has no r2_els values; a sweep "
+                                         r"fills them with the local machines' comparison \(score.local: true\)"):
+        mz.draw(table, "r2_crossover")
+    with pytest.raises(ValueError, match="figure memorization_and_generalization: the results table has no recall"):
+        mz.draw(table.assign(recall=float("nan")), "memorization_and_generalization")
+    for figure in mz.FIGURES:
+        with pytest.raises(ValueError, match=f"figure {figure}: the results table has no rows"):
+            mz.draw(table.iloc[:0], figure)
     point = mz.load_point(finished_sweep[0], table.cell[0], table)
     assert len(point.scores) == len(point.samples()) == table.n_samples[0] and len(point.train) == table.n_train[0]
     with pytest.raises(ValueError, match="cell nope: not a finished grid point"):
