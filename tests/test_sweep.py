@@ -41,6 +41,9 @@ def result_rows(out):
                                               r"the 1697 distinct items"),
     ({"grdi": {}}, r"grdi: unknown key \(did you mean 'grid'\?\)"),
     ({"score": {"ratio": 3}}, r"score\.ratio: must be in \(0, 1\]"),
+    ({"base": {"score": {"ratio": 0.5}}}, r"base\.score: score is a section of the sweep spec, not of a cell's "
+                                          r"config: set it at the spec's top level"),
+    ({"grid": {"slurm.time_min": [5, 10]}}, r"grid axis slurm\.time_min: slurm is a section of the sweep spec"),
 ])
 def test_malformed_specs_fail_before_anything_is_launched(tmp_path, capsys, change, message):
     spec = write_spec(tmp_path / "s.yaml", **change)

@@ -264,6 +264,17 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
     return cells
 
 
+def check_cell_sections(data: dict[str, Any], axes: list[str]) -> None:
+    """A section of the spec itself (``score``, ``slurm``) given inside ``base`` or as a grid axis is refused
+    with where it belongs: every grid point shares the spec's scoring and SLURM settings."""
+    for key in ("score", "slurm"):
+        if key in data:
+            axis = next((a for a in axes if a.split(".")[0] == key), None)
+            given = f"grid axis {axis}" if axis else f"base.{key}"
+            raise ConfigError(f"{given}: {key} is a section of the sweep spec, not of a cell's config: set it at the "
+                              f"spec's top level, beside base and grid (--set {key}.<field>=...), for every grid point")
+
+
 def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[str]) -> list[GridPoint]:
     axes = list(grid)
     cells = []
@@ -273,6 +284,7 @@ def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[s
         for axis, value in point:
             set_dotted(data, axis, value)
         where = point_label(point)
+        check_cell_sections(data, [axis for axis, _ in point])
         try:
             config = from_dict(CellConfig, data)
         except ConfigError as err:
