@@ -273,6 +273,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     sample_file = paths.sample_set(samples, "--samples")
     if boundary not in BOUNDARIES:
         raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
+    embed = load_embedder(embedder, str(dev))  # a wrong spec or weights file refused before any work
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
     images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
     labels = None
@@ -305,7 +306,6 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
                                  progress=progress)
     lap("samples")
-    embed = load_embedder(embedder, str(dev))
     setting = threshold  # as given: compare.json records the setting the caller passed
     backend = search_backend(dev)
     _, threshold = resolve_threshold(threshold, embedder, heldout_similarity(embed, data, progress, backend=backend))

@@ -209,6 +209,11 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
         check_heldout(len(data.heldout), target_fpr)  # before any work
     dev = str(resolve_device(device))
     backend = search_backend(dev)  # every search on the device asked for
+    # both networks before any search, so that a wrong spec or weights file is refused before the work
+    embed = load_embedder(embedder, dev)
+    resolved = resolve_features(features, data)
+    extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
+                                             dev, progress)
     nn = nn_ratio(drawn["samples"], train, ratio, backend=backend)
     labels = drawn.get("labels")
     nn_class = heldout_nn_class = None
@@ -218,7 +223,6 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
         if len(data.heldout):
             heldout_nn_class = nn_ratio_within_class(data.heldout.numpy(), data.heldout_labels.numpy(), train,
                                                      train_labels, ratio, backend)
-    embed = load_embedder(embedder, dev)
     train_features = embed(train, progress)
     heldout_nn = nn_ratio(data.heldout.numpy(), train, ratio, backend=backend) if len(data.heldout) else None
     heldout_cos = copy_similarity(embed(data.heldout.numpy(), progress), train_features, 1.0, backend=backend) \
@@ -226,9 +230,6 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     threshold, used = resolve_threshold(threshold, embedder, lambda: heldout_cos.similarity, target_fpr)
     ext, heldout_ext = extraction_scores(drawn["samples"], data.heldout.numpy(), train, target_fpr, backend)
     cos = copy_similarity(embed(drawn["samples"], progress), train_features, used, backend=backend)
-    resolved = resolve_features(features, data)
-    extractor, classifier = feature_embedder(resolved, data, Path(features_cache or paths.feature_cache),
-                                             dev, progress)
     # the samples as read (a memory-mapped file for imported ones): indexed, so copied, only where some are not finite
     finite = drawn["samples"] if nn.finite.all() else drawn["samples"][nn.finite]
     enough = min(len(finite), len(data.heldout)) > QUALITY_K  # else quality_summary gives NaN: skip the embedding

@@ -99,7 +99,14 @@ BAD_INPUTS = [
      r"--name: expected a sample set name, not a path \(no / in it\), got \.\./elsewhere"),
     ("score samples a path", lambda t, c: ["score", str(c), "--samples", "a/b"],
      r"--samples: expected a sample set name, not a path"),
+    ("compare embedder unknown", lambda t, c: ["compare", str(c), "--embedder", "nope"],
+     r"embedder 'nope': expected 'pixel', 'sscd:PATH'"),
+    ("score features weights missing", lambda t, c: ["score", str(c), "--features", f"sscd:{t / 'missing.pt'}"],
+     r"embedder 'sscd:.*missing\.pt'"),
     ("sample num 0", lambda t, c: ["sample", str(c), "--num", "0"], r"sample\.num: must be >= 1"),
+    # a flag is taken as spelled in full only: --step is not --steps (400 sampler steps)
+    ("sample step abbreviated", lambda t, c: ["sample", str(c), "--step", "400", "--name", "s"],
+     r"unrecognized arguments: --step 400"),
     ("sample eta 2", lambda t, c: ["sample", str(c), "--eta", "2", "--sampler", "ddim"], r"sample\.eta: must be in \[0, 1\]"),
     ("sample steps not a number", lambda t, c: ["sample", str(c), "--steps", "many"],
      r"--steps: invalid int value: 'many'"),
@@ -126,6 +133,20 @@ def test_bad_input_is_a_one_line_error_that_changes_nothing(tmp_path, trained_ce
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert re.search(expected, err), err
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag", ["--embedder", "--features"])
+def test_score_refuses_an_unknown_network_before_any_search(tmp_path, trained_cell, capsys, monkeypatch, flag):
+    import memorize.score
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched before the network was checked")
+
+    monkeypatch.setattr(memorize.score, "nn_ratio", no_search)
+    cell = tmp_path / "cell"
+    shutil.copytree(trained_cell, cell)
+    assert _run(["score", str(cell), flag, "nope"]) == 2
+    assert "embedder 'nope': expected 'pixel'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("call", ["sample", "score", "score name", "compare", "import"])

@@ -116,7 +116,13 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line (what is wrong and where to read more), exit status 2."""
+    """Usage errors in one line (what is wrong and where to read more), exit status 2. A flag is taken only
+    as spelled in full: argparse would read ``memorize sample DIR --step 400`` as ``--steps 400`` (400
+    sampler steps, not the checkpoint at step 400)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
