@@ -36,6 +36,30 @@ def test_train_then_sample_on_digits(tiny_cfg, tmp_path, capsys):
     assert (cell / "samples" / "b4.npz").stat().st_mtime_ns == before
 
 
+def test_sample_draws_from_the_checkpoint_asked_for(tiny_cfg, tmp_path, capsys):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, keep_all_checkpoints=True))
+    config_file = tmp_path / "cell.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    cell = tmp_path / "cell"
+    assert main(["train", str(config_file), "--out", str(cell), "--quiet"]) == 0
+    common = ["sample", str(cell), "--num", "8", "--quiet"]
+    assert main(common) == 0
+    assert main(common + ["--checkpoint", "30", "--name", "at30"]) == 0
+    assert main(common + ["--checkpoint", "10", "--name", "at10"]) == 0
+    latest, at30, at10 = (read_samples(cell / "samples" / f"{n}.npz") for n in ("trained", "at30", "at10"))
+    assert [s["settings"]["checkpoint_step"] for s in (latest, at30, at10)] == [30, 30, 10]
+    assert np.array_equal(latest["samples"], at30["samples"])  # the latest checkpoint is step 30
+    assert np.abs(at10["samples"] - at30["samples"]).max() > 1e-3  # the same noise through other weights
+    capsys.readouterr()
+    assert main(common + ["--checkpoint", "15", "--name", "at15"]) == 2
+    assert "has no checkpoint at step 15 (kept: 10, 20, 30)" in capsys.readouterr().err
+    assert main(common + ["--checkpoint", "10", "--denoiser", "empirical"]) == 2
+    assert "--checkpoint: only for the trained denoiser, not --denoiser empirical" in capsys.readouterr().err
+    assert sorted(p.name for p in (cell / "samples").glob("*.npz")) == ["at10.npz", "at30.npz", "trained.npz"]
+
+
 def test_empirical_denoiser_samples_reproduce_training_images(tmp_path):
     from memorize.cell import CellPaths, load_cell_data
 

@@ -46,15 +46,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from memorize.cell import read_config
     from memorize.generate import sample_cell
 
+    if args.checkpoint is not None and args.denoiser != "trained":
+        raise ValueError(f"--checkpoint: only for the trained denoiser, not --denoiser {args.denoiser}")
     base = read_config(Path(args.dir)).sample
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)
                if getattr(args, f.name, None) is not None}
     cfg = dataclasses.replace(base, **options)
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
-                       progress=not args.quiet, patch=patch_schedule(args.patch_schedule, args.denoiser),
-                       boundary=args.els_boundary)
+                       progress=not args.quiet, step=args.checkpoint,
+                       patch=patch_schedule(args.patch_schedule, args.denoiser), boundary=args.els_boundary)
     guidance = f", guidance {cfg.guidance:g}" if cfg.guidance else ""
     guidance += ", counter-based noise" if cfg.noise == "counter" else ""
+    guidance += f", checkpoint at step {args.checkpoint}" if args.checkpoint is not None else ""
     print(f"{cfg.num} samples ({args.denoiser} denoiser, {cfg.sampler}, {cfg.num_steps} steps{guidance}, "
           f"seed {cfg.seed}) in {path}")
 

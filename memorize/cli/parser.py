@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "zero-padded networks: at positions whose window meets the border as the pixel's does) or "
                         "anywhere (every position, padded windows included)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="trained weights to use")
+    p.add_argument("--checkpoint", type=positive_int, metavar="STEP",
+                   help="trained: the checkpoint at this training step (default: the latest; the kept steps are "
+                        "DIR/checkpoints/step-*.pt); give each step its own --name")
     p.add_argument("--name", type=set_name, help="sample set name (default: the denoiser's name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--force", action="store_true", help="replace samples of the same name with other settings")
