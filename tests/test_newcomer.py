@@ -106,7 +106,7 @@ BAD_INPUTS = [
     ("sample num 0", lambda t, c: ["sample", str(c), "--num", "0"], r"sample\.num: must be >= 1"),
     # a flag is taken as spelled in full only: --step is not --steps (400 sampler steps)
     ("sample step abbreviated", lambda t, c: ["sample", str(c), "--step", "400", "--name", "s"],
-     r"unrecognized arguments: --step 400"),
+     r"memorize sample: error: unrecognized arguments: --step 400 \(see `memorize sample --help`\)"),
     ("sample eta 2", lambda t, c: ["sample", str(c), "--eta", "2", "--sampler", "ddim"], r"sample\.eta: must be in \[0, 1\]"),
     ("sample steps not a number", lambda t, c: ["sample", str(c), "--steps", "many"],
      r"--steps: invalid int value: 'many'"),

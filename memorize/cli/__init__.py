@@ -21,7 +21,7 @@ import threading
 
 import torch
 
-from memorize.cli.parser import build_parser
+from memorize.cli.parser import build_parser, command_parser
 from memorize.config import ConfigError
 from memorize.io import Terminated
 
@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected errors print one line and exit 2; a sweep whose grid points failed exits 1
     after the others finished; Ctrl-C exits 130 and SIGTERM 143, each
     with one line saying how to resume (results are written atomically, so nothing is half-written)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command they were given to, whose --help lists its flags
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     command = " ".join(filter(None, [args.command, getattr(args, "sweep_command", None)]))
     threads = torch.get_num_threads()  # restored on the way out: main() may run inside a caller's process
     if getattr(args, "threads", None) and args.command != "sweep":

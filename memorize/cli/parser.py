@@ -271,3 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "into DIR/figures/step-STEP/")
     p.set_defaults(func=commands.cmd_plot)
     return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` were parsed for: ``memorize sweep status``'s, not ``memorize``'s."""
+    for dest in ("command", "sweep_command"):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction) and a.dest == dest]
+        name = getattr(args, dest, None)
+        if not actions or name is None:
+            break
+        parser = actions[0].choices[name]
+    return parser
