@@ -24,7 +24,7 @@ from memorize.cell import LAYOUT, CellPaths, check_cell_directory, check_set_nam
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
-from memorize.models.external import AOTI_REFUSAL, LOADERS, pt2_archive
+from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, pt2_archive
 
 KINDS = tuple(LOADERS)
 
@@ -101,8 +101,11 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
             output = denoiser(probe, torch.ones(len(probe)))
     except ImportError:
         raise
+    except NotAModelFile as err:
+        raise ConfigError(f"{model}: {err}") from None
     except Exception as err:  # whatever the foreign model raises: one line naming it
-        first = (str(err).splitlines() or [""])[0][:160]
+        first = (str(err).splitlines() or [""])[0]
+        first = first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."  # whole words
         raise ConfigError(f"{model}: could not be run as a {kind} denoiser on training images of shape "
                           f"{tuple(probe.shape[1:])} ({type(err).__name__}: {first})") from None
     if tuple(output.shape) != tuple(probe.shape) or not torch.isfinite(output).all():

@@ -232,7 +232,14 @@ def test_an_imported_model_takes_the_index_file_of_the_images_it_saw(tmp_path):
 @pytest.mark.parametrize("name, setup, expected", [
     ("wrong output shape", lambda t: torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(t / "m.pt")),
      r"could not be run as a torchscript denoiser|returned"),
-    ("not a model", lambda t: (t / "m.pt").write_text("hello"), r"m\.pt: could not be run as a torchscript"),
+    ("not a model", lambda t: (t / "m.pt").write_text("hello"),
+     r"m\.pt: not a TorchScript file \(torch\.jit\.save\): not an archive that any of PyTorch's savers writes"),
+    ("weights saved with torch.save", lambda t: torch.save(torch.nn.Linear(2, 2).state_dict(), t / "m.pt"),
+     r"m\.pt: not a TorchScript file \(torch\.jit\.save\): a torch\.save file \(weights, a checkpoint or a "
+     r"pickled module\), which holds no code to run: save the model with torch\.jit\.save"),
+    ("a TorchScript file as pt2", lambda t: torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(t / "m.pt")),
+     r"m\.pt: not a torch\.export program \(torch\.export\.save\): a TorchScript file \(import it with --kind "
+     r"torchscript\)"),
     ("a training-section override", None, r"--set train\.steps: an imported cell takes data\.\* and sample\.\*"),
 ])
 def test_a_model_that_cannot_be_a_denoiser_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, name,
@@ -243,7 +250,7 @@ def test_a_model_that_cannot_be_a_denoiser_is_refused_in_one_line_and_nothing_is
         setup(tmp_path)
     else:
         torch.jit.save(torch.jit.script(HalfwayDenoiser()), str(tmp_path / "m.pt"))
-    extra = ["--set", "train.steps=5"] if setup is None else []
+    extra = ["--set", "train.steps=5"] if setup is None else ["--kind", "pt2"] if "as pt2" in name else []
     assert main(["import", str(tmp_path / "m.pt"), "--out", str(tmp_path / "cell")] + extra) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(expected, err), err

@@ -135,17 +135,50 @@ AOTI_REFUSAL = "an AOTInductor package, not a torch.export program: import the p
                "(torch.export.save)"
 
 
-def pt2_archive(path: str | Path) -> str | None:
-    """What a file is by PyTorch's PT2 archive spec: ``"program"`` for a ``torch.export.save`` archive (a zip
-    holding ``archive_format``), ``"aoti"`` for an AOTInductor package (compiled code under
-    ``data/aotinductor/``), None for anything else."""
+def archive_kind(path: str | Path) -> str:
+    """What a model file is, by the zip archive that each of PyTorch's savers writes: ``"program"`` (a
+    ``torch.export.save`` archive, holding ``archive_format``), ``"aoti"`` (an AOTInductor package: compiled
+    code under ``data/aotinductor/``), ``"torchscript"`` (``torch.jit.save``: ``code/`` and ``constants.pkl``),
+    ``"torch.save"`` (a pickle, ``data.pkl``, alone: weights, a checkpoint or a pickled module), or
+    ``"other"``."""
     if not zipfile.is_zipfile(path):
-        return None
+        return "other"
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if not any(name.endswith("/archive_format") for name in names):
-        return None
-    return "aoti" if any("/data/aotinductor/" in name for name in names) else "program"
+        names = [name.partition("/")[2] for name in archive.namelist()]  # below the archive's top folder
+    if "archive_format" in names:
+        return "aoti" if any(name.startswith("data/aotinductor/") for name in names) else "program"
+    if "constants.pkl" in names:
+        return "torchscript"
+    return "torch.save" if "data.pkl" in names else "other"
+
+
+def pt2_archive(path: str | Path) -> str | None:
+    """``"program"`` for a ``torch.export.save`` archive, ``"aoti"`` for an AOTInductor package, None for
+    anything else (:func:`archive_kind`)."""
+    kind = archive_kind(path)
+    return kind if kind in ("program", "aoti") else None
+
+
+class NotAModelFile(ValueError):
+    """A file that is not of the kind it is loaded as: what it is instead, and how to make one that is."""
+
+
+def check_archive(path: str | Path, expected: str) -> None:
+    """Refuse ``path`` unless :func:`archive_kind` is ``expected`` (``torchscript`` or ``program``), saying
+    what it is."""
+    kind = archive_kind(path)
+    if kind == expected:
+        return
+    if kind == "aoti":
+        raise NotAModelFile(AOTI_REFUSAL)
+    wanted = {"torchscript": "a TorchScript file (torch.jit.save)", "program": "a torch.export program "
+              "(torch.export.save)"}[expected]
+    found = {"program": "a torch.export program (import it with --kind pt2)",
+             "torchscript": "a TorchScript file (import it with --kind torchscript)",
+             "torch.save": "a torch.save file (weights, a checkpoint or a pickled module), which holds no code to "
+                           "run: save the model with torch.jit.save(torch.jit.script(model)) or torch.export.save",
+             "other": "not an archive that any of PyTorch's savers writes"}[kind]
+    raise NotAModelFile(f"not {wanted}: {found}")
 
 
 def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPDenoiser:
@@ -164,6 +197,7 @@ def load_diffusers(path: str, device: torch.device | str = "cpu") -> DiscreteVPD
 
 def load_torchscript(path: str, device: torch.device | str = "cpu") -> ScriptedDenoiser:
     """A TorchScript file (``torch.jit.save``) whose module is ``D(x, sigma)``."""
+    check_archive(path, "torchscript")
     with warnings.catch_warnings():  # torch deprecates TorchScript; the files people have are still this
         warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation- or FutureWarning
         return ScriptedDenoiser(torch.jit.load(path, map_location=device)).eval()
@@ -175,8 +209,7 @@ def load_export(path: str, device: torch.device | str = "cpu") -> ExportedDenois
     batch range runs (:class:`ExportedDenoiser`)."""
     from torch.export.passes import move_to_device_pass
 
-    if pt2_archive(path) == "aoti":
-        raise ValueError(AOTI_REFUSAL)
+    check_archive(path, "program")
     with warnings.catch_warnings():  # torch 2.11 warns that it reads the weights from read-only bytes (never written)
         warnings.filterwarnings("ignore", "The given buffer is not writable")
         # read as bytes: torch.export.load wants a file name ending in .pt2
