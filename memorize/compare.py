@@ -396,10 +396,11 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
 
 
 def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = "trained", embedder: str = "pixel",
-                         threshold: float | str | None = None) -> dict:
+                         threshold: float | str | None = None, device: str = "auto", progress: bool = False) -> dict:
     """Reproducibility of same-noise samples of two cells trained on disjoint subsets of one size
     (Kadkhodaie et al. 2024): low when each memorizes its own images, high when both generalize.
-    ``threshold``: as for :func:`compare_cell`, calibrated (``auto``) on cell A's held-out images."""
+    ``threshold``: as for :func:`compare_cell`, calibrated (``auto``) on cell A's held-out images; ``device``:
+    where the embedder and the calibration's search run."""
     cells = [load_cell_data(read_config(Path(r)), CellPaths(Path(r))) for r in (root_a, root_b)]
     splits = [c.split for c in cells]
     if len(splits[0].train) != len(splits[1].train):
@@ -412,7 +413,9 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     a, b = (read_samples(CellPaths(Path(r)).sample_set(samples, "--samples")) for r in (root_a, root_b))
     if not np.array_equal(a["seeds"], b["seeds"]):
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
-    embed = load_embedder(embedder)
-    _, used = resolve_threshold(threshold, embedder, heldout_similarity(embed, cells[0]))
+    dev = str(resolve_device(device))
+    embed = load_embedder(embedder, dev)
+    _, used = resolve_threshold(threshold, embedder,
+                                heldout_similarity(embed, cells[0], progress, backend=search_backend(dev)))
     return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), used),
             "threshold_setting": threshold}

@@ -136,7 +136,7 @@ def test_the_gap_figure_marks_errors_a_log_axis_cannot_show_on_a_floor_under_the
     plt.close(fig)
 
 
-def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path):
+def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path, capsys):
     cells = [tmp_path / "a", tmp_path / "b"]
     for cell, offset in zip(cells, (0, 100)):
         _train(cell, "data.n_train=100", f"data.subset_offset={offset}", "train.steps=1")
@@ -151,6 +151,13 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path):
     assert calibrated["score"] < 0.2
     with pytest.raises(ValueError, match="share 100 images"):
         disjoint_consistency(cells[0], cells[0], samples="empirical")
+    # the command: the calibrated score, on the device and threads asked for
+    capsys.readouterr()
+    assert main(["consistency", *map(str, cells), "--samples", "empirical", "--device", "cpu", "--threads", "1",
+                 "--quiet"]) == 0
+    assert (f"N = 100: reproducibility of same-noise samples {calibrated['score']:.3f} "
+            f"[{calibrated['lo']:.3f}, {calibrated['hi']:.3f}] (cosine > {calibrated['threshold']:.4g})"
+            in capsys.readouterr().out)
 
 
 def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path, capsys):

@@ -150,7 +150,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_consistency(args: argparse.Namespace) -> None:
     from memorize.compare import disjoint_consistency
 
-    r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold)
+    r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold, args.device,
+                             progress=not args.quiet)
     print(f"N = {r['n_train']}: reproducibility of same-noise samples {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
           f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
 

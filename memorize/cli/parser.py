@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default=None, type=threshold_or_auto,
                    help="cosine threshold in [0, 1), or auto: calibrated on DIR_A's held-out images for a 1%% "
                         "false-positive rate (default: auto for pixel, else 0.6)")
+    p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
+    threads_and_quiet(p)
     p.set_defaults(func=commands.cmd_consistency)
 
     sweep = subcommand(sub, "sweep", "run, follow and collect sweeps",

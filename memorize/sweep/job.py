@@ -115,7 +115,7 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
             timed("sample twin", sample_cell, twin_root, cfg.sample, "trained", name=samples, device=cfg.train.device,
                   progress=progress, step=step)
         twin = timed("consistency", disjoint_consistency, root, twin_root, samples, score.embedder,
-                     scores["cos"]["threshold"])
+                     scores["cos"]["threshold"], device=cfg.train.device)
         twin["cell"] = twin_root.name
     compared, compare_dir = {}, None
     if score.compare:
