@@ -436,6 +436,7 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "run", str(spec), "--out", str(out), *four]) == 0  # two slots: the pack of 4 halved
     text = capsys.readouterr().out
     assert text.count("pack of 2: ") == 2 and "4 cells would run in 2 jobs" in text
+    assert "with the local executor, 2 at a time (--parallel 2), each job a process of its own" in text
     assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", *four]) == 0  # no slots
     text = capsys.readouterr().out
     assert text.count("pack of 4: ") == 1 and "4 cells would go to SLURM in 1 job (" in text and not out.exists()

@@ -71,15 +71,17 @@ def resolve_pack(pack: int | str, executor: str, processes: int) -> int:
 
 
 def describe_submission(kind: str, spec: SweepSpec, n: int, jobs: int | None = None, pack: str = "1",
-                        processes: int | None = None) -> str:
+                        processes: int | None = None, slots: int = 1) -> str:
     """What a launch of ``n`` cells as ``jobs`` jobs (fewer where cells are packed; default one per cell) does;
-    ``pack``: the ``--pack`` setting as said; ``processes``: locally, how many processes run those jobs."""
+    ``pack``: the ``--pack`` setting as said; ``processes``: locally, how many processes run those jobs (None:
+    a process per job, ``slots`` at a time)."""
     jobs = n if jobs is None else jobs
     packed = f" in {jobs} job{'' if jobs == 1 else 's'} (cells trained together: --pack {pack})" if jobs != n else ""
     if kind != "slurm":
         alone = " (--pack 1: each cell alone)" if pack == "1" and kind == "local" else ""
         run_by = (f", run by {processes} process{'' if processes == 1 else 'es'} (one per --parallel slot, each "
-                  f"running its jobs one after another)" if processes else "")
+                  f"running its jobs one after another)" if processes else
+                  f", {slots} at a time (--parallel {slots}), each job a process of its own" if slots > 1 else "")
         return f"{n} cells would run{packed}{alone} with the {kind} executor{run_by}"
     s = spec.slurm
     arrays = -(-jobs // s.max_array_size) if jobs else 0
@@ -173,7 +175,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
                 print(f"pack of {len(unit)}: {' '.join(unit)}")
         batches = (len(share_out(units, slots)) if executor == "local" and processes == 1 and (slots == 1 or on_gpu)
                    else None)
-        print(describe_submission(executor, spec, len(todo), len(units), said, batches))
+        print(describe_submission(executor, spec, len(todo), len(units), said, batches, slots))
         return report
     if not todo:
         if executor != "slurm":
