@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,99 @@ def test_a_sweep_with_failed_cells_exits_1_and_says_where_the_errors_are(tmp_pat
                  "--no-plot"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("2 cells failed: their errors are in ") and "error.txt" in err[-1]
+
+
+def test_a_full_disk_is_named_as_such_and_the_file_it_hit(tmp_path, monkeypatch):
+    """torch.save reports a short write as "unexpected pos ..."; Python's own writes as ENOSPC without a path.
+    Both name the file and the cause; the half-written file is removed; other failures are left as they are."""
+    import collections
+    import errno
+
+    import torch
+
+    import memorize.io as io
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 4096))
+
+    def short_write(obj, f):
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    target = tmp_path / "checkpoints" / "step-0000010.pt"
+    with pytest.raises(OSError, match=r"No space left on device writing .*step-0000010\.pt \(RuntimeError: "
+                                      r"\[enforce fail .*unexpected pos 704 vs 598\)") as raised:
+        io.atomic_torch_save(target, {"w": 1})
+    assert raised.value.errno == errno.ENOSPC and list(target.parent.iterdir()) == []
+
+    def no_space(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device writing .*summary\.json$"):
+        io.atomic_write(tmp_path / "summary.json", no_space)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: Usage(10 << 20, 0, 10 << 20))  # space enough
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # another cause: not put down to the disk
+        io.atomic_torch_save(target, {"w": 1})
+
+
+def test_a_cell_whose_error_file_cannot_be_written_still_fails_with_its_own_error(tmp_path, capsys, monkeypatch):
+    """On a full disk error.txt cannot be written either, nor the log that stderr goes to: the cell's error is
+    still the one reported, and the line says the file is missing rather than pointing to it."""
+    import errno
+    import sys
+
+    import memorize.sweep.job as job
+    import memorize.sweep.layout as layout
+
+    def failing(root, configs, score, progress=False):
+        raise OSError(errno.ENOSPC, f"No space left on device writing {root}/checkpoints/step-0000010.pt")
+
+    real_write = layout.atomic_write_text
+
+    def no_space(path, text):  # the error files only: the sweep's own files are written before the disk fills
+        if path.name == "error.txt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, text)
+
+    class FullLog:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(job, "run_cell", failing)
+    monkeypatch.setattr(layout, "atomic_write_text", no_space)
+    root = tmp_path / "cell"
+    root.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stderr", FullLog())
+        assert layout.write_error(root, "the traceback") is False
+    assert layout.error_hint(root) == f"{root / 'error.txt'} could not be written (is the disk full?)"
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--executor", "debug", "--pack", "1",
+                 "--quiet", "--no-plot"]) == 1
+    said = capsys.readouterr()
+    err = said.out + said.err
+    assert err.count("failed: OSError: [Errno 28] No space left on device writing ") == 2, err
+    assert err.count("error.txt could not be written (is the disk full?)") == 2, err
+
+
+def test_a_pack_whose_training_raises_records_the_error_in_each_of_its_cells(tmp_path, capsys, monkeypatch):
+    import memorize.pack
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("simulated failure of the pack as a whole")
+
+    monkeypatch.setattr(memorize.pack, "train_packed", failing)
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--executor", "debug", "--quiet",
+                 "--no-plot"]) == 1
+    errors = sorted((tmp_path / "sweep" / "cells").glob("*/error.txt"))
+    assert len(errors) == 2 and all("simulated failure of the pack" in e.read_text() for e in errors)
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("see ") == 2
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -39,9 +39,9 @@ import torch
 from memorize import distributed
 from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
-from memorize.io import atomic_write_json, atomic_write_text, progress_note
+from memorize.io import atomic_write_json, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_done
+from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_done, write_error
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
 
@@ -353,7 +353,7 @@ class CellJob(submitit.helpers.Checkpointable):
                 return None  # signalled in training: rank 0 requeues the job, and these tasks with it
             if r.main:
                 head = f"{err}\n" if isinstance(err, RequeuesUsedUp) else ""
-                atomic_write_text(root / ERROR, head + traceback.format_exc())
+                write_error(root, head + traceback.format_exc())
             raise
 
     def __submitit_checkpoint__(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -396,10 +396,15 @@ class PackJob(submitit.helpers.Checkpointable):
                         for cfgs in todo.values()]
                 for root in todo:
                     (root / ERROR).unlink(missing_ok=True)
-                trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
+                try:
+                    trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
+                except Exception:  # the pack as a whole (a cell's own failure is its result): each cell records it
+                    for root in todo:
+                        write_error(root, traceback.format_exc())
+                    raise
                 for root, result in zip(todo, trained):
                     if isinstance(result, BaseException):
-                        atomic_write_text(root / ERROR, "".join(traceback.format_exception(result)))
+                        write_error(root, "".join(traceback.format_exception(result)))
                         outcome[str(root)] = f"{type(result).__name__}: {result}"
             sample_together({root: cfgs for root, cfgs in mine.items() if str(root) not in outcome}, score)
             for root, cfgs in mine.items():  # evaluations (training is done: run_cell finds the budgets reached)
@@ -409,7 +414,7 @@ class PackJob(submitit.helpers.Checkpointable):
                     run_cell(root, cfgs, score)
                     outcome[str(root)] = None
                 except Exception as err:
-                    atomic_write_text(root / ERROR, traceback.format_exc())
+                    write_error(root, traceback.format_exc())
                     outcome[str(root)] = f"{type(err).__name__}: {err}"
         return outcome
 

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +41,24 @@ from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand, load_s
 
 
 ERROR = "error.txt"
+
+
+def write_error(root: Path, text: str) -> bool:
+    """Write a failed cell's ``error.txt``; where that write fails too (a full disk, a quota), say so on stderr
+    instead of raising, so that the error it records is the one raised. Returns whether it was written."""
+    try:
+        atomic_write_text(root / ERROR, text)
+        return True
+    except OSError as err:
+        with contextlib.suppress(OSError):  # stderr may be a log file on the same full disk
+            print(f"memorize: could not write {root / ERROR} ({err})", file=sys.stderr)
+        return False
+
+
+def error_hint(root: Path) -> str:
+    """Where a failed cell's error is, as said beside it: its ``error.txt``, or that it could not be written."""
+    path = root / ERROR
+    return f"see {path}" if path.is_file() else f"{path} could not be written (is the disk full?)"
 
 
 LOCK = ".lock"
@@ -322,7 +341,8 @@ def check_sweep_directory(out: Path, flag: str = "--out") -> None:
     check_directory(out, flag)
     identity = CellPaths(out).identity
     if identity.is_file():
-        raise ConfigError(f"{flag} {out} is a cell's directory ({identity.name}); give the sweep a directory of its own")
+        raise ConfigError(f"{flag} {out} is a cell's directory ({identity.name}); give the sweep a directory of its "
+                          f"own")
 
 
 def sweep_name(out: Path) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
-from memorize.io import atomic_write_text
-from memorize.sweep.layout import BUSY, ERROR, cell_dir, is_locked, last_log_line, progress_line
+from memorize.sweep.layout import (BUSY, ERROR, cell_dir, error_hint, is_locked, last_log_line, progress_line,
+                                   write_error)
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
@@ -218,7 +218,7 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
     def failed(cid: str, why: str) -> None:
         report["failed"] += 1
         tqdm.write(f"cell {cid} ({labels[cid]}) failed: {why.strip().splitlines()[-1] if why.strip() else why}; "
-                   f"see {cell_dir(out, cid) / ERROR}")
+                   f"{error_hint(cell_dir(out, cid))}")
 
     def died(batch: list[list[str]], handle: Any, why: str) -> list[list[str]]:
         """A batch whose process ended without returning (killed, out of memory, a crash in native code). Its
@@ -243,7 +243,7 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
             text = (f"the process running this cell ended ({said}); `memorize sweep run` again resumes it from "
                     f"its last checkpoint (log: {out / 'logs' / handle.job_id})\n")
             for cid in rest[0]:
-                atomic_write_text(cell_dir(out, cid) / ERROR, text)  # what the dead process could not write
+                write_error(cell_dir(out, cid), text)  # what the dead process could not write
                 failed(cid, text)
             count(rest[0])
         return rest[1:]
