@@ -53,7 +53,7 @@ def test_a_sweep_with_failed_cells_exits_1_and_says_where_the_errors_are(tmp_pat
     assert err[-1].startswith("2 cells failed: their errors are in ") and "error.txt" in err[-1]
 
 
-def test_a_full_disk_is_named_as_such_and_the_file_it_hit(tmp_path, monkeypatch):
+def test_a_full_disk_is_named_as_such_and_the_file_it_hit(tmp_path, capsys, monkeypatch):
     """torch.save reports a short write as "unexpected pos ..."; Python's own writes as ENOSPC without a path.
     Both name the file and the cause; the half-written file is removed; other failures are left as they are."""
     import collections
@@ -82,6 +82,17 @@ def test_a_full_disk_is_named_as_such_and_the_file_it_hit(tmp_path, monkeypatch)
 
     with pytest.raises(OSError, match=r"No space left on device writing .*summary\.json$"):
         io.atomic_write(tmp_path / "summary.json", no_space)
+    # a command: one line that says what happened and that running it again continues, exit status 1
+    import yaml
+
+    from tests.conftest import TINY_CELL
+
+    (tmp_path / "cell.yaml").write_text(yaml.safe_dump(TINY_CELL))
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "cell.yaml"), "--out", str(tmp_path / "cell"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("memorize train: error: [Errno 28] No space left on device "
+                                                   "writing ") and "the same command continues" in err, err
     monkeypatch.setattr(io.shutil, "disk_usage", lambda path: Usage(10 << 20, 0, 10 << 20))  # space enough
     with pytest.raises(RuntimeError, match="unexpected pos"):  # another cause: not put down to the disk
         io.atomic_torch_save(target, {"w": 1})

@@ -23,7 +23,7 @@ import torch
 
 from memorize.cli.parser import build_parser, command_parser
 from memorize.config import ConfigError
-from memorize.io import Terminated
+from memorize.io import FULL_ERRNOS, Terminated
 
 __all__ = ["build_parser", "main"]
 
@@ -36,7 +36,7 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected errors print one line and exit 2; a sweep whose grid points failed exits 1
-    after the others finished; Ctrl-C exits 130 and SIGTERM 143, each
+    after the others finished, and so does a full disk or quota, in one line; Ctrl-C exits 130 and SIGTERM 143, each
     with one line saying how to resume (results are written atomically, so nothing is half-written)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as err:
         print(f"memorize {command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in FULL_ERRNOS:
+            raise
+        print(f"memorize {command}: error: {err}; once there is space, the same command continues from what is on "
+              f"disk", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
