@@ -104,6 +104,8 @@ BAD_INPUTS = [
     ("score features weights missing", lambda t, c: ["score", str(c), "--features", f"sscd:{t / 'missing.pt'}"],
      r"embedder 'sscd:.*missing\.pt'"),
     ("sample num 0", lambda t, c: ["sample", str(c), "--num", "0"], r"sample\.num: must be >= 1"),
+    ("wait timeout not a number of seconds", lambda t, c: ["sweep", "collect", str(t), "--wait-timeout", "nan"],
+     r"--wait-timeout: expected a number of seconds \(0 or more, finite\), got nan"),
     # a flag is taken as spelled in full only: --step is not --steps (400 sampler steps)
     ("sample step abbreviated", lambda t, c: ["sample", str(c), "--step", "400", "--name", "s"],
      r"memorize sample: error: unrecognized arguments: --step 400 \(see `memorize sample --help`\)"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from memorize.cli import commands
-from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate, set_name,
-                                subcommand, thread_count, threshold_or_auto, threads_and_quiet)
+from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate, seconds,
+                                set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set grid.data.n_train=[8,64] (repeatable; the spec file is left as it is)")
     p.add_argument("--dry-run", action="store_true", help="print the grid points and what would be submitted")
     p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
-    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
+    p.add_argument("--wait-timeout", type=seconds, default=24 * 3600, help="seconds to wait at most")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures after a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     config_flags(p, SlurmConfig, "slurm", "the spec's")
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "cells are left alone. Waits until the jobs have left the queue; `memorize sweep run` then resumes "
                    "the cancelled cells from their last checkpoints.")
     p.add_argument("dir", help="a sweep directory launched with --executor slurm")
-    p.add_argument("--wait-timeout", type=float, default=120.0,
+    p.add_argument("--wait-timeout", type=seconds, default=120.0,
                    help="seconds to wait at most for the cancelled jobs to leave the queue")
     p.set_defaults(func=commands.cmd_sweep_cancel)
 
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings; points not finished under them are counted as pending.")
     p.add_argument("dir", help="a sweep directory")
     p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
-    p.add_argument("--wait-timeout", type=float, default=24 * 3600, help="seconds to wait at most")
+    p.add_argument("--wait-timeout", type=seconds, default=24 * 3600, help="seconds to wait at most")
     p.set_defaults(func=commands.cmd_sweep_collect)
 
     p = subcommand(sub, "criteria", "test memorization criteria on cases with ground truth",
