@@ -27,7 +27,7 @@ from memorize.config import CellConfig, from_dict
 
 def score_samples(samples: str | Path | np.ndarray, out: str | Path, data: dict[str, Any] | None = None,
                   value_range: str = "auto", name: str = "samples", **options) -> dict:
-    """Score samples made anywhere (an array (M, C, H, W) or (M, H, W, C), an image folder, ``.npz``,
+    """Score samples made anywhere (an array (M, C, H, W), (M, H, W, C) or (M, H, W), an image folder, ``.npz``,
     ``.npy`` or ``.pt``) against the training set that ``data`` names (the ``data:`` section of a cell
     config, e.g. ``{"name": "cifar10", "root": PATH, "n_train": 50000}``; ``train_indices``: a file of the
     indices a model saw; ``heldout_path``: held-out images of your own), with held-out images from the

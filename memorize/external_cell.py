@@ -22,7 +22,7 @@ import torch
 
 from memorize.cell import LAYOUT, CellPaths, check_cell_directory, check_set_name, data_fingerprint, load_cell_data, read_identity
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
-from memorize.data.sample_files import SampleSource, open_samples, to_unit_range
+from memorize.data.sample_files import SampleSource, channels_first, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
 from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, pt2_archive
 
@@ -142,7 +142,9 @@ def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellC
     Returns the cell and the value range used."""
     check_set_name(name)
     if isinstance(samples, np.ndarray):
-        images, used = to_unit_range(samples, value_range, Path("the samples array"))
+        where = Path("the samples array")
+        images, used = to_unit_range(channels_first(samples, where) if samples.ndim >= 3 else samples, value_range,
+                                     where)
         source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
                               lambda start, stop: images[start:stop])
     else:

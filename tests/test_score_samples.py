@@ -51,6 +51,26 @@ def test_a_folder_of_pngs_is_scored_copies_found_and_novel_images_not(tmp_path, 
     assert (out / "scores" / "trained_nn.png").is_file()
 
 
+@pytest.mark.parametrize("layout", ["M,C,H,W", "M,H,W,C", "M,H,W"])
+def test_the_notebook_api_scores_an_array_in_each_documented_layout(tmp_path, layout):
+    """mz.score_samples takes an array (M, C, H, W), (M, H, W, C) or (M, H, W), as a file is read: copies of
+    training digits are found as copies, the same whatever the layout."""
+    import memorize.api as mz
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    data = {"name": "digits", "n_train": 32, "n_heldout": 100}
+    options = {"features": "pixel", "threshold": 0.9}
+    mz.score_samples(np.zeros((1, 1, 8, 8), np.float32), tmp_path / "probe", data, **options)
+    train = load_cell_data(read_config(tmp_path / "probe"), CellPaths(tmp_path / "probe")).train.numpy()
+    novel = np.random.default_rng(1).uniform(-1, 1, size=(4, 1, 8, 8)).astype(np.float32)
+    samples = np.concatenate([train[:4], novel])  # (M, 1, H, W) in [-1, 1]
+    given = {"M,C,H,W": samples, "M,H,W,C": samples.transpose(0, 2, 3, 1), "M,H,W": samples[:, 0]}[layout]
+    summary = mz.score_samples(given, tmp_path / "scored", data, **options)
+    table = __import__("pandas").read_csv(tmp_path / "scored" / "scores" / "samples.csv")
+    assert table.memorized_nn.tolist() == [True] * 4 + [False] * 4 and table.nn_index[:4].tolist() == [0, 1, 2, 3]
+    assert summary["nn"]["ratio"] == 0.5 and summary["n_samples"] == 8
+
+
 def test_value_ranges_map_onto_minus_one_to_one():
     p = __import__("pathlib").Path("x")
     u8 = np.array([[[[0, 255]]]], dtype=np.uint8)

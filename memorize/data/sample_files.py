@@ -77,7 +77,8 @@ def _array(path: Path) -> np.ndarray:
     raise DatasetError(f"{path}: expected an image folder, .npz, .npy or .pt file")
 
 
-def _channels_first(images: np.ndarray, path: Path) -> np.ndarray:
+def channels_first(images: np.ndarray, path: Path) -> np.ndarray:
+    """Images (M, C, H, W), (M, H, W, C) with 1 or 3 channels, or (M, H, W) as (M, C, H, W)."""
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
@@ -170,7 +171,7 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096)
                             resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows)
     if not path.is_file():
         raise DatasetError(f"{path}: no such samples file or folder")
-    array = _channels_first(_array(path), path)
+    array = channels_first(_array(path), path)
     if len(array) == 0:
         raise DatasetError(f"{path}: holds no samples")
     if array.dtype == np.uint8 and value_range in ("auto", "0-255"):
