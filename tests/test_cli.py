@@ -130,3 +130,19 @@ def test_python_dash_m_memorize_is_the_memorize_command():
 
     done = subprocess.run([sys.executable, "-m", "memorize", "sweep", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("usage: memorize sweep"), done.stderr
+
+
+def test_version_names_the_code_a_sweeps_results_record(capsys):
+    """`memorize --version`: its code hash is the one a sweep's results carry in their `code` column."""
+    import re
+
+    import torch
+
+    from memorize.sweep.snapshot import package_dir, source_hash
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"memorize \S+.* at \S+: code [0-9a-f]{16}, .+; torch \S+, .+\n", out), out
+    assert f"code {source_hash(package_dir())}," in out and f"torch {torch.__version__}," in out

@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         "subsets, sample, score every sample for memorization, compare with the closed-form empirical\n"
         "denoiser, and run sweeps of such cells with their phase-transition figures.\n\n"
         "`memorize COMMAND --help` describes each command and its arguments."))
+    parser.add_argument("--version", action=VersionAction,
+                        help="the version, the code's hash (a sweep's results record it as `code`) and git commit, "
+                             "torch and the GPUs, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = subcommand(sub, "train", "train one cell (resumes from its last checkpoint)",
@@ -284,3 +287,35 @@ def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             break
         parser = actions[0].choices[name]
     return parser
+
+
+def version_text() -> str:
+    """What ``memorize --version`` prints: the package's version and where it is, the hash of its source files
+    (the ``code`` column of a sweep's results) and git commit, and the torch it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from memorize.sweep.snapshot import code_version
+
+    try:
+        release = version("memorize")
+    except PackageNotFoundError:
+        release = "(not installed)"
+    code = code_version()
+    commit = code.get("commit")
+    git = f"git {commit[:12]}{' with uncommitted changes' if code.get('dirty') else ''}" if commit else "no git"
+    gpus = (f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available()
+            else "no CUDA GPU")
+    return f"memorize {release} at {code['path']}: code {code['hash']}, {git}; torch {torch.__version__}, {gpus}"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: :func:`version_text`, worked out only when asked for (it hashes the sources)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
