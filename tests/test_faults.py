@@ -155,6 +155,25 @@ def test_a_pack_whose_training_raises_records_the_error_in_each_of_its_cells(tmp
     assert len(errors) == 2 and all("simulated failure of the pack" in e.read_text() for e in errors)
     said = capsys.readouterr()
     assert (said.out + said.err).count("see ") == 2
+    # a SLURM time-limit signal stops the pack the same way, but it is no failure: the job requeues
+    from memorize.config import CellConfig, from_dict, to_dict
+    from memorize.sweep.job import PackJob
+    from memorize.sweep.spec import ScoreConfig
+    from memorize.train import CheckpointRequested
+    from tests.conftest import TINY_CELL
+
+    def signalled(*args, **kwargs):
+        raise CheckpointRequested(10)
+
+    monkeypatch.setattr(memorize.pack, "train_packed", signalled)
+    configs = [to_dict(from_dict(CellConfig, {**TINY_CELL, "data": {**TINY_CELL["data"], "n_train": n}}))
+               for n in (16, 32)]
+    roots = [tmp_path / "requeued" / str(n) for n in (16, 32)]
+    for root in roots:
+        root.mkdir(parents=True)
+    with pytest.raises(CheckpointRequested):
+        PackJob([(str(r), [c]) for r, c in zip(roots, configs)], to_dict(ScoreConfig()))()
+    assert not any((r / "error.txt").exists() for r in roots)
 
 
 @pytest.mark.parametrize("setting, message", [

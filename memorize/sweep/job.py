@@ -398,6 +398,8 @@ class PackJob(submitit.helpers.Checkpointable):
                     (root / ERROR).unlink(missing_ok=True)
                 try:
                     trained = train_packed([cfgs[-1] for cfgs in todo.values()], list(todo), keep)
+                except CheckpointRequested:  # signalled by SLURM: checkpoints written, the job requeues
+                    raise
                 except Exception:  # the pack as a whole (a cell's own failure is its result): each cell records it
                     for root in todo:
                         write_error(root, traceback.format_exc())
