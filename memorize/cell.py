@@ -49,6 +49,7 @@ OLD_LAYOUT = ("was written by memorize 0.1, whose cells were keyed by their whol
 # (image folders) the folder is named instead.
 MAX_LISTED_FILES = 100
 
+
 def is_set_name(name: str) -> bool:
     """Whether ``name`` can name a sample set: a file name under ``DIR/samples`` (and ``DIR/scores``)."""
     return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\\0")

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.cell import LAYOUT, CellPaths, check_cell_directory, check_set_name, data_fingerprint, load_cell_data, read_identity
+from memorize.cell import (LAYOUT, CellPaths, check_cell_directory, check_set_name, data_fingerprint, load_cell_data,
+                           read_identity)
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, channels_first, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
