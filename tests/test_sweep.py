@@ -934,3 +934,36 @@ def test_a_cells_lock_is_taken_again_by_the_process_that_holds_it_and_refused_to
                 pass
         finally:
             held.communicate("")
+
+
+def test_a_sweeps_progress_into_a_log_file_is_plain_lines():
+    """Where stderr is not a terminal, the progress is lines a log can hold: the count as it changes, and each
+    process's line at most once a minute and only when it changed (a terminal gets bars redrawn in place)."""
+    import contextlib
+    import io
+
+    from memorize.sweep.local import PlainProgress
+
+    now = [0.0]
+    progress = PlainProgress("sweep s", 3, every=60.0, clock=lambda: now[0])
+    line = progress.line(0)
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        line.set_description_str("a (N=8): training 1/800")
+        now[0] = 30.0
+        line.set_description_str("a (N=8): training 400/800")  # within the minute: not said
+        progress.update(0)
+        progress.update(2)
+        now[0] = 75.0
+        line.set_description_str("a (N=8): training 400/800")
+        line.set_description_str("a (N=8): training 401/800")  # said a moment ago
+        progress.update(1)
+    assert log.getvalue().splitlines() == ["  a (N=8): training 1/800", "sweep s: 2/3 cells done (0:30)",
+                                           "  a (N=8): training 400/800", "sweep s: 3/3 cells done (1:15)"]
+
+
+def test_a_sweep_run_into_a_log_file_writes_no_terminal_codes(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err and "2/2 cells done" in err, err

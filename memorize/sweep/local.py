@@ -21,6 +21,50 @@ from memorize.sweep.layout import (BUSY, ERROR, cell_dir, error_hint, is_locked,
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
+# Into a log file (stderr not a terminal), each running process's line is said at most this often.
+PLAIN_EVERY_S = 60.0
+
+
+class PlainProgress:
+    """A sweep's progress as plain lines, for stderr that is a log file rather than a terminal (a bar redrawn
+    in place there is a line of escape codes a second): the cells done whenever the count changes, and
+    :meth:`say`, what each running process does, at most every ``every`` seconds and only when it changed.
+    It stands in for the bar (``update``, ``close``) and, through :meth:`line`, for each process's line
+    (``set_description_str``, ``close``)."""
+
+    def __init__(self, title: str, total: int, every: float = PLAIN_EVERY_S, clock: Callable[[], float] = time.time):
+        self.title, self.total, self.every, self.clock = title, total, every, clock
+        self.done, self.start, self.said = 0, clock(), {}
+
+    def _print(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        if n:
+            self.done += n
+            minutes, seconds = divmod(int(self.clock() - self.start), 60)
+            self._print(f"{self.title}: {self.done}/{self.total} cells done ({minutes}:{seconds:02d})")
+
+    def say(self, i: int, text: str) -> None:
+        last_text, last_time = self.said.get(i, ("", -self.every))
+        if text and text != last_text and self.clock() - last_time >= self.every:
+            self.said[i] = (text, self.clock())
+            self._print(f"  {text}")
+
+    def line(self, i: int) -> Any:
+        progress = self
+
+        class Line:
+            def set_description_str(self, text: str) -> None:
+                progress.say(i, text)
+
+            def close(self) -> None:
+                pass
+
+        return Line()
+
+    def close(self) -> None:
+        pass
 
 
 def visible_gpus(environ: Mapping[str, str], device_count: int) -> list[str]:
@@ -197,9 +241,13 @@ def run_local(executor: submitit.Executor, out: Path, units: list[list[str]], jo
         batches = share_out(units, slots, work)
     else:  # each unit a process of its own, taken by the first free slot: the most work first
         batches = [[unit] for unit in sorted(units, key=lambda unit: -work(unit))]
-    bar = tqdm(total=cells, desc=title, unit="cell", disable=not progress)
-    lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or debug)
-             for i in range(slots)]
+    if progress and not sys.stderr.isatty():  # a log file: plain lines, not bars redrawn in place
+        bar = PlainProgress(title, cells)
+        lines = [bar.line(i) for i in range(slots)]
+    else:
+        bar = tqdm(total=cells, desc=title, unit="cell", disable=not progress)
+        lines = [tqdm(total=0, position=i + 1, bar_format="  {desc}", leave=False, disable=not progress or debug)
+                 for i in range(slots)]
     pending, running, free = list(batches), [], list(range(slots))
     counted: set[str] = set()  # cells the bar has counted
     refreshed = 0.0
