@@ -23,6 +23,7 @@ import pandas as pd
 
 from memorize import analysis, plots, reference_figures
 from memorize.config import CellConfig, from_dict
+from memorize.score import QUALITY_K
 
 
 def score_samples(samples: str | Path | np.ndarray, out: str | Path, data: dict[str, Any] | None = None,
@@ -123,7 +124,7 @@ FIGURES = {
 # The figures drawn only from columns some sweeps leave empty (as `memorize plot` draws them only where
 # filled): the column and what fills it.
 NEEDS = {
-    "memorization_and_generalization": ("recall", "more than 3 samples and held-out images per cell"),
+    "memorization_and_generalization": ("recall", f"more than {QUALITY_K} samples and held-out images per cell"),
     "r2_crossover": ("r2_els", "the local machines' comparison (score.local: true)"),
 }
 

@@ -25,7 +25,7 @@ from memorize.cell import (LAYOUT, CellPaths, check_cell_directory, check_set_na
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, channels_first, open_samples, to_unit_range
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
-from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, pt2_archive
+from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, archive_kind
 
 KINDS = tuple(LOADERS)
 
@@ -45,14 +45,14 @@ def _removed_on_error(out: Path):
 
 def detect_kind(model: Path) -> str:
     """``diffusers`` for a pipeline directory (``unet/`` and ``scheduler/``); for a file ``pt2`` where it is a
-    ``torch.export`` archive (:func:`~memorize.models.external.pt2_archive`; an AOTInductor package is
-    refused), else ``torchscript``."""
+    ``torch.export`` archive (:func:`~memorize.models.external.archive_kind`; an AOTInductor package is
+    refused), else ``torchscript`` (whose loader names a file that is not one)."""
     if model.is_dir():
         if (model / "unet").is_dir() and (model / "scheduler").is_dir():
             return "diffusers"
         raise ConfigError(f"{model}: a directory, but not a diffusers pipeline (expected unet/ and scheduler/ in it)")
     if model.is_file():
-        archive = pt2_archive(model)
+        archive = archive_kind(model)
         if archive == "aoti":
             raise ConfigError(f"{model}: {AOTI_REFUSAL}")
         return "pt2" if archive == "program" else "torchscript"

@@ -152,13 +152,6 @@ def archive_kind(path: str | Path) -> str:
     return "torch.save" if "data.pkl" in names else "other"
 
 
-def pt2_archive(path: str | Path) -> str | None:
-    """``"program"`` for a ``torch.export.save`` archive, ``"aoti"`` for an AOTInductor package, None for
-    anything else (:func:`archive_kind`)."""
-    kind = archive_kind(path)
-    return kind if kind in ("program", "aoti") else None
-
-
 class NotAModelFile(ValueError):
     """A file that is not of the kind it is loaded as: what it is instead, and how to make one that is."""
 

@@ -51,17 +51,21 @@ class PlainProgress:
             self.said[i] = (text, self.clock())
             self._print(f"  {text}")
 
-    def line(self, i: int) -> Any:
-        progress = self
+    def line(self, i: int) -> _PlainLine:
+        return _PlainLine(self, i)
 
-        class Line:
-            def set_description_str(self, text: str) -> None:
-                progress.say(i, text)
+    def close(self) -> None:
+        pass
 
-            def close(self) -> None:
-                pass
 
-        return Line()
+class _PlainLine:
+    """Process ``i``'s line of a :class:`PlainProgress`, in place of its tqdm line."""
+
+    def __init__(self, progress: PlainProgress, i: int):
+        self.progress, self.i = progress, i
+
+    def set_description_str(self, text: str) -> None:
+        self.progress.say(self.i, text)
 
     def close(self) -> None:
         pass
