@@ -869,6 +869,17 @@ def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypat
                 f"{given} is not a sweep directory (no cells.csv): run `memorize sweep run` first")
         assert stop.value.code == 2 and err[-1] == f"{recipe}.py: error: {said}", err
         assert not err[0].startswith("Traceback")
+    # a sweep launched but with no grid point finished yet
+    from memorize.sweep.layout import prepare
+
+    spec = load_spec(write_spec(tmp_path / "s.yaml"))
+    prepare(spec, tmp_path / "begun", expand(spec))
+    monkeypatch.setattr(sys, "argv", [f"{recipe}.py", str(tmp_path / "begun")])
+    with pytest.raises(SystemExit):
+        main_of()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{recipe}.py: error: {tmp_path / 'begun'} has no finished cells yet: `memorize sweep status "
+        f"{tmp_path / 'begun'}` shows progress")
 
 
 def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):

@@ -11,12 +11,14 @@ import pandas as pd
 
 from memorize.api import ScoredPoint, load_point, load_results
 from memorize.config import ConfigError
+from memorize.sweep.results import check_finished
 
 
 def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.DataFrame:
-    """The results table of the sweep directory ``sweep``, collected afresh (:func:`memorize.api.load_results`)."""
+    """The results table of the sweep directory ``sweep``, collected afresh (:func:`memorize.api.load_results`);
+    a sweep with no finished grid point is refused."""
     try:
-        return load_results(sweep)
+        return check_finished(load_results(sweep), sweep)
     except (ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         parser.error(str(err))
 

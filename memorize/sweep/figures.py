@@ -19,7 +19,7 @@ import pandas as pd
 
 from memorize import analysis, plots, reference_figures
 from memorize.io import UNREADABLE_NPZ, atomic_save_figure, atomic_write_text
-from memorize.sweep.results import collect
+from memorize.sweep.results import check_finished, collect
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -118,9 +118,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     """Every figure of the sweep into ``DIR/figures/``; with ``step``, the memorization figures (vs N,
     phase diagram, critical N) at that training step into ``DIR/figures/step-STEP/``."""
     sweep = Path(sweep)
-    results = collect(sweep)
-    if results.empty:
-        raise FileNotFoundError(f"{sweep} has no finished cells yet: `memorize sweep status {sweep}` shows progress")
+    results = check_finished(collect(sweep), sweep)
     unknown = [cid for cid in cells or [] if cid not in set(results.cell)]
     if unknown:  # before any figure is drawn
         raise FileNotFoundError(f"--cells {unknown[0]}: no finished grid point of {sweep} has that cell id (see "

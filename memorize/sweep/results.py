@@ -98,6 +98,14 @@ def sweep_status(out: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_finished(results: pd.DataFrame, out: str | Path) -> pd.DataFrame:
+    """``results`` (:func:`collect` of the sweep in ``out``), refused where no grid point is finished: a figure or
+    table of none would say nothing."""
+    if results.empty:
+        raise FileNotFoundError(f"{out} has no finished cells yet: `memorize sweep status {out}` shows progress")
+    return results
+
+
 def collect(out: str | Path) -> pd.DataFrame:
     """``DIR/results.csv``: one row per grid point of the current spec that is finished under its current
     sampling and scoring settings, grid values as extra columns (named by their dotted field). Points not
