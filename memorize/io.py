@@ -47,6 +47,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# A write refused for want of space: the disk, or the user's quota.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Free bytes below which a failed write is put down to a full disk (a few file-system blocks).
+FULL_DISK_BYTES = 1 << 20
+
+
+def disk_is_full(directory: Path) -> bool:
+    """Whether the file system of ``directory`` has less than :data:`FULL_DISK_BYTES` free for this user."""
+    try:
+        return shutil.disk_usage(directory).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path = Path(path)
@@ -63,26 +77,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         full = isinstance(err, Exception) and not isinstance(err, OSError) and disk_is_full(path.parent)
         tmp_path.unlink(missing_ok=True)
         if full:
-            raise OSError(errno.ENOSPC, f"No space left on device writing {path} ({type(err).__name__}: "
-                                        f"{str(err).strip().splitlines()[-1] if str(err).strip() else err})") from err
+            said = (str(err).strip().splitlines() or [""])[-1]
+            raise OSError(errno.ENOSPC,
+                          f"No space left on device writing {path} ({type(err).__name__}: {said})") from err
         if isinstance(err, OSError) and err.errno in FULL_ERRNOS and err.filename is None:  # say which file
             raise OSError(err.errno, f"{err.strerror} writing {path}") from err
         raise
     return path
-
-
-# A write refused for want of space: the disk, or the user's quota.
-FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# Free bytes below which a failed write is put down to a full disk (a few file-system blocks).
-FULL_DISK_BYTES = 1 << 20
-
-
-def disk_is_full(directory: Path) -> bool:
-    """Whether the file system of ``directory`` has less than :data:`FULL_DISK_BYTES` free for this user."""
-    try:
-        return shutil.disk_usage(directory).free < FULL_DISK_BYTES
-    except OSError:
-        return False
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
