@@ -15,7 +15,6 @@ the mean distance, the default of one public implementation) beside the calibrat
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,12 +35,12 @@ def brute_force(samples: np.ndarray, train: np.ndarray, n: int = 50, alpha: floa
 
 def main() -> None:
     from memorize.cell import CellPaths, load_cell_data, read_config
-    from memorize.cli.recipes import sweep_results
+    from memorize.cli.recipes import recipe_parser, sweep_results
     from memorize.generate import read_samples
     from memorize.score import extraction_scores
     from memorize.sweep.layout import read_eval
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--fixed-threshold", type=float, default=1.0,
                         help="a fixed cut-off on the score whose held-out false-positive rate is shown (default 1)")

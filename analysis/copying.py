@@ -17,7 +17,6 @@ DIR/figures/most_copied_<cell>.png.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +90,11 @@ def copied_images_table(sweep: str, results: pd.DataFrame, criterion: str, thres
 
 
 def main() -> None:
-    from memorize.cli.recipes import image_point, sweep_results
+    from memorize.cli.recipes import image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import most_copied_figure
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")

@@ -11,7 +11,6 @@ images into DIR/figures/disagreements_<cell>.png.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -44,11 +43,11 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    from memorize.cli.recipes import image_point, sweep_results
+    from memorize.cli.recipes import image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import disagreement_figure
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cell", help="the cell whose disagreeing samples are drawn")
     parser.add_argument("--per-group", type=int, default=6, help="samples drawn per pattern (default 6)")

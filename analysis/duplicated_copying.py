@@ -34,7 +34,6 @@ the two than they are to each other (``tests/test_near_duplicates.py``).
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -164,7 +163,9 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from memorize.cli.recipes import recipe_parser
+
+    parser = recipe_parser(__doc__)
     parser.add_argument("out", type=Path, help="the experiment's directory (made if missing)")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")

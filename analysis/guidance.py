@@ -12,12 +12,11 @@ only at the smallest w (lost), and the exact McNemar p-value of that difference
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from memorize.cli.recipes import sweep_results
+from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.metrics.criteria import paired_change
 from memorize.sweep.layout import read_eval
 from memorize.sweep.figures import guidance_scans
@@ -30,7 +29,7 @@ def verdicts(sweep: Path, row: pd.Series) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", type=Path, help="a sweep directory with a guidance scan")
     args = parser.parse_args()
     scans = guidance_scans(sweep_results(parser, args.sweep))

@@ -13,7 +13,6 @@ near_duplicates_<data>.png). Exact duplicates are left out first, as the split d
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -26,12 +25,13 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memorize.cli.recipes import recipe_parser
     from memorize.config import ConfigError, DataConfig
     from memorize.data import DatasetError, load_dataset, unique_indices
     from memorize.data.near_duplicates import first_of_near_copies, near_descriptors, near_duplicate_pairs
     from memorize.io import atomic_save_figure
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("--data", default="digits", choices=["digits", "mnist", "cifar10", "folder", "npz"],
                         help="the dataset (data.name; default digits)")
     parser.add_argument("--root", help="its local files (data.root) for mnist, cifar10, folder and npz")

@@ -13,10 +13,9 @@ al. 2023 for CIFAR-10 (about 92/61/35/17/9% at 1k..5k images, 128-channel DDPM++
 
 from __future__ import annotations
 
-import argparse
 
 from memorize.analysis import critical_n, experiment_axes, experiment_label, pooled_ratios
-from memorize.cli.recipes import sweep_results
+from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.sweep.figures import plot_sweep
 
 
@@ -38,7 +37,7 @@ def uncrossed_notes(crit) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",

@@ -15,7 +15,6 @@ memorizing cell with high precision and low recall. Prints the table and writes 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from memorize.cell import CellPaths, load_cell_data, read_config
-from memorize.cli.recipes import sweep_results
+from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.config import from_dict
 from memorize.config import SampleConfig
 from memorize.generate import read_samples, sample_cell
@@ -32,7 +31,7 @@ from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a finished sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

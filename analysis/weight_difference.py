@@ -11,13 +11,13 @@ differences start near float32's resolution and grow as training amplifies them.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from memorize.cell import CellPaths, load_checkpoint
+from memorize.cli.recipes import recipe_parser
 
 
 def flat_weights(path: Path) -> torch.Tensor:
@@ -42,7 +42,7 @@ def weight_differences(a: Path, b: Path) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = recipe_parser(__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="a sweep directory")
     parser.add_argument("b", type=Path, help="another run of the same sweep")
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """What the recipe scripts in ``analysis/`` share on their command lines: a sweep's results table and one
 of its finished points, where bad input (a directory that is not a sweep, a cell id of none of its
-points, unreadable scores) is argparse's one line and exit status 2, as for the ``memorize`` command."""
+points, unreadable scores, a flag cut short) is one line and exit status 2, as for the ``memorize`` command."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ from pathlib import Path
 import pandas as pd
 
 from memorize.api import ScoredPoint, load_point, load_results
+from memorize.cli.flags import Parser
 from memorize.config import ConfigError
 from memorize.sweep.results import check_finished
+
+
+def recipe_parser(doc: str) -> Parser:
+    """A recipe script's parser, ``doc`` (its module docstring) as its help: errors in one line, and flags
+    taken only as spelled in full, as by the ``memorize`` command."""
+    return Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.DataFrame:
