@@ -1,7 +1,8 @@
 """The layers of the package, bottom to top: a module imports only from its own layer or those below.
 
-    errors, io, distributed, graphs  bottom: the error users see, atomic writes, data-parallel processes,
-                                       training steps and sampler calls captured as CUDA graphs
+    errors, io, progress,            bottom: the error users see, atomic writes, progress bars (plain lines
+      distributed, graphs              into a log file), data-parallel processes, training steps and sampler
+                                       calls captured as CUDA graphs
     config                           the schema, identity keys, the YAML mapping
     data, diffusion                  datasets and subsets; noise, preconditioning, loss
     models                           denoiser networks
@@ -22,7 +23,7 @@ nothing that knows about cells. ``tests/test_layers.py`` walks every import and 
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "io", "layers", "distributed", "graphs"),
+    ("errors", "io", "progress", "layers", "distributed", "graphs"),
     ("config",),
     ("data", "diffusion"),
     ("models",),

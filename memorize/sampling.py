@@ -23,12 +23,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from memorize.config import SampleConfig
 from memorize.diffusion.schedules import sampling_sigmas
 from memorize.graphs import GraphedCall
 from memorize.models.common import NULL_LABEL
+from memorize.progress import progress_bar
 
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -121,7 +121,7 @@ def heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: Sam
     """
     n = len(sigmas) - 1
     top = math.inf if churn_sigma_max is None else churn_sigma_max
-    for i in tqdm(range(n), disable=not progress, desc="heun", leave=False):
+    for i in progress_bar(range(n), disable=not progress, desc="heun", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         churned = churn > 0 and churn_sigma_min <= float(sigmas[i]) <= top
         gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churned else 0.0
@@ -153,7 +153,7 @@ def euler_maruyama(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, 
     DDPM's posterior draw (:func:`ddpm`). The last step (to sigma = 0) returns ``D(x, sigma_{n-1})``.
     """
     n = len(sigmas) - 1
-    for i in tqdm(range(n), disable=not progress, desc="euler_maruyama", leave=False):
+    for i in progress_bar(range(n), disable=not progress, desc="euler_maruyama", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         denoised = denoiser(x, sigma)
         if sigmas[i + 1] == 0:
@@ -173,7 +173,7 @@ def ddim(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, noise: Sam
     ``eta = 0`` is deterministic; ``eta = 1`` draws from the DDPM posterior ``q(x_{i+1} | x_i, x0 = D)``.
     """
     n = len(sigmas) - 1
-    for i in tqdm(range(n), disable=not progress, desc="ddim", leave=False):
+    for i in progress_bar(range(n), disable=not progress, desc="ddim", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         denoised = denoiser(x, sigma)
         eps_hat = (x - denoised) / sigma
@@ -206,7 +206,7 @@ def dpm_solver_2m(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, n
     """
     n = len(sigmas) - 1
     previous, h_previous = None, None
-    for i in tqdm(range(n), disable=not progress, desc="dpm_solver_2m", leave=False):
+    for i in progress_bar(range(n), disable=not progress, desc="dpm_solver_2m", leave=False):
         sigma, sigma_next = _level(sigmas, i, x), _level(sigmas, i + 1, x)
         denoised = denoiser(x, sigma)
         if sigmas[i + 1] == 0:
@@ -283,8 +283,8 @@ def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seed
         denoiser = guided(denoiser, cfg.guidance)
     sigmas = sampling_sigmas(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     out = []
-    for start in tqdm(range(0, len(seeds), cfg.batch_size), disable=not progress, desc=f"sampling ({cfg.sampler})",
-                      unit="batch"):
+    for start in progress_bar(range(0, len(seeds), cfg.batch_size), disable=not progress,
+                              desc=f"sampling ({cfg.sampler})", unit="batch"):
         stop = min(start + cfg.batch_size, len(seeds))
         noise = (CounterNoise if cfg.noise == "counter" else SampleNoise)(seeds[start:stop], shape, device, dtype)
         x = noise() * sigmas[0].to(dtype)

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from memorize import distributed
 from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device, resolve_sigma_data
@@ -43,6 +42,7 @@ from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.graphs import Inputs, StepRunner, capturable_optimizer, graph_refusal, portable_optimizer_state
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
 from memorize.models import NULL_LABEL, count_architecture_parameters, count_parameters
+from memorize.progress import progress_bar
 
 # running_loss: mean minibatch loss of the raw weights since the previous row (random noise levels).
 # train_loss / heldout_loss: the EMA weights' loss on fixed noise (fixed_noise_loss), on as many training
@@ -501,8 +501,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
     Returns the training summary at the budget (also written to ``out/train.json``).
     """
     cell = CellTraining(cfg, out, keep_steps, ranks)
-    bar = tqdm(total=cell.budget, initial=cell.step, disable=not progress or not cell.ranks.main, desc="training",
-               unit="step")
+    bar = progress_bar(total=cell.budget, initial=cell.step, disable=not progress or not cell.ranks.main,
+                       desc="training", unit="step")
     runner = cell.step_runner()
     try:
         with training_loop():
@@ -510,7 +510,7 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
                 asked = cell.take_step(runner)
                 bar.update(1)
                 if cell.rows and cell.rows[-1]["step"] == cell.step:
-                    bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}")
+                    bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}", refresh=False)  # shown at the next redraw
                 if asked:
                     raise CheckpointRequested(cell.step)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes

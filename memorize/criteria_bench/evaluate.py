@@ -245,13 +245,13 @@ def run_bench(criteria: dict[str, Criterion], cases: CaseSet, train: np.ndarray,
     from pathlib import Path
 
     import matplotlib.pyplot as plt
-    from tqdm.auto import tqdm
+    from memorize.progress import progress_bar
 
     from memorize.io import atomic_save_figure, atomic_write_text
 
     out = Path(out)
     tables, outputs = [], {}
-    for name, criterion in tqdm(criteria.items(), disable=not progress, desc="criteria", leave=False):
+    for name, criterion in progress_bar(criteria.items(), disable=not progress, desc="criteria", leave=False):
         outputs[name], errors = run_criterion(criterion, cases, train)  # once: for the table and the figure
         tables.append(outcome_table(outputs[name], errors, cases, target_fpr, name))
     table = pd.concat(tables, ignore_index=True)

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from memorize.data.datasets import Dataset
 from memorize.data.subsets import unique_indices
 from memorize.io import atomic_torch_save
 from memorize.metrics.embedders import Embedder, EmbedderError
+from memorize.progress import progress_bar
 
 # What the cache key digests besides the data: change any value and the classifier is retrained.
 RECIPE = {"version": 2, "widths": [16, 32, 64], "steps": 600, "batch_size": 128, "lr": 1e-3,
@@ -99,7 +99,7 @@ def _train(images: torch.Tensor, labels: torch.Tensor, num_classes: int, device:
     prep = Embedder("classifier", mean=HALF, std=HALF).preprocess
     x, y = prep(images).to(device), labels.to(device)
     gen = torch.Generator().manual_seed(RECIPE["seed"])
-    for _ in tqdm(range(RECIPE["steps"]), disable=not progress, desc="feature classifier", leave=False):
+    for _ in progress_bar(range(RECIPE["steps"]), disable=not progress, desc="feature classifier", leave=False):
         idx = torch.randint(len(x), (min(RECIPE["batch_size"], len(x)),), generator=gen).to(device)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)

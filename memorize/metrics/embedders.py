@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from memorize.progress import progress_bar
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,8 @@ class Embedder:
             _DESCRIPTORS.move_to_end(key)
             return _DESCRIPTORS[key].copy()
         out = []
-        for start in tqdm(range(0, len(data), self.batch_size), disable=not progress, desc="embedding", leave=False):
+        for start in progress_bar(range(0, len(data), self.batch_size), disable=not progress, desc="embedding",
+                                  leave=False):
             batch = self.preprocess(data[start:start + self.batch_size].to(self.device))
             out.append(self.network(batch).reshape(len(batch), -1).float().cpu())
         features = torch.cat(out).numpy()
