@@ -16,13 +16,12 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
+from memorize.progress import LOG_EVERY_S
 from memorize.sweep.layout import (BUSY, ERROR, cell_dir, error_hint, is_locked, last_log_line, progress_line,
                                    write_error)
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # a local cell runs as long as it needs
-# Into a log file (stderr not a terminal), each running process's line is said at most this often.
-PLAIN_EVERY_S = 60.0
 
 
 class PlainProgress:
@@ -32,7 +31,7 @@ class PlainProgress:
     It stands in for the bar (``update``, ``close``) and, through :meth:`line`, for each process's line
     (``set_description_str``, ``close``)."""
 
-    def __init__(self, title: str, total: int, every: float = PLAIN_EVERY_S, clock: Callable[[], float] = time.time):
+    def __init__(self, title: str, total: int, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.time):
         self.title, self.total, self.every, self.clock = title, total, every, clock
         self.done, self.start, self.said = 0, clock(), {}
 
