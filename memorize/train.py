@@ -162,7 +162,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _resume_point(paths: CellPaths, budget: int) -> int | None:
+def resume_point(paths: CellPaths, budget: int) -> int | None:
     """The checkpoint step to start from for a run to ``budget`` steps: ``budget`` itself when it was
     reached before, else the latest step below it (None: from scratch). A later checkpoint without one at
     ``budget`` is an error: the weights at ``budget`` were not kept."""
@@ -263,7 +263,7 @@ class CellTraining:
             distributed.barrier(ranks)
         self.shape = tuple(data.train.shape[1:])
         self.budget = cfg.train.steps
-        resume = _resume_point(paths, self.budget)
+        resume = resume_point(paths, self.budget)
 
         torch.manual_seed(cfg.seed)
         self.sigma_data = resolve_sigma_data(cfg, data.train)

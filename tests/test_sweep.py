@@ -829,6 +829,27 @@ def test_a_spec_of_another_name_is_refused_where_a_sweep_lives_and_changes_nothi
                  "--set", "name=tiny"]) == 0  # the same sweep, its grid changed
 
 
+def test_a_budget_below_a_cells_last_checkpoint_and_not_kept_is_refused_and_changes_nothing(
+        finished_sweep, tmp_path, capsys):
+    """The finished sweep run again with fewer steps: its cells kept only the checkpoint at step 20, so the
+    weights at step 15 are gone and every point could only fail. One line names the point and what is kept,
+    before the spec, grid index or results table are replaced; a longer budget is a sweep carried on."""
+    out = _copy(finished_sweep[0], tmp_path)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    spec = write_spec(tmp_path / "s.yaml")
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug", "--quiet",
+                     "--set", "base.train.steps=15", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("memorize sweep run: error: grid point (data.n_train=16, seed=0): ")
+        assert "is trained to step 20 and kept no checkpoint at step 15 (kept: 20)" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    for steps, state in ((20, "done"), (30, "to run")):
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug", "--quiet", "--dry-run",
+                     "--set", f"base.train.steps={steps}"]) == 0
+        assert capsys.readouterr().out.count(f" {state} ") == 2
+
+
 def test_a_cell_into_a_sweeps_directory_and_a_sweep_into_a_cells_are_refused_and_change_nothing(
         finished_sweep, tmp_path, capsys):
     """`memorize train --out runs/digits` (the sweep, not one of its cells) would lay a cell's files among

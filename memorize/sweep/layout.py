@@ -37,6 +37,7 @@ import yaml
 from memorize.cell import LAYOUT, OLD_LAYOUT, CellPaths
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
+from memorize.train import resume_point
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand, load_spec
 
 
@@ -369,11 +370,26 @@ def check_same_sweep(name: str, out: Path) -> None:
 
 def check_launch(spec: SweepSpec, out: Path, points: list[GridPoint]) -> None:
     """Everything :func:`prepare` checks before it writes (a dry run checks the same): ``out`` as a sweep's
-    directory of this layout and of this spec's name, and every grid point's data."""
+    directory of this layout and of this spec's name, every grid point's data, and its budget."""
     check_sweep_directory(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
     check_data(points, spec.score.consistency)
+    check_budgets(out, points)
+
+
+def check_budgets(out: Path, points: list[GridPoint]) -> None:
+    """Refuse a grid point that could only fail: one not done whose cell was trained past its budget
+    (``train.steps``) without keeping the checkpoint at it (:func:`memorize.train.resume_point`), as when
+    a finished sweep is run again with fewer steps. Points that stop early (``train.stop_when``) choose
+    their own step and are not checked."""
+    for p in points:
+        root = cell_dir(out, p.cell)
+        if p.config.train.stop_when == "budget" and root.is_dir() and not is_done(root, p.key):
+            try:
+                resume_point(CellPaths(root), p.config.train.steps)
+            except ConfigError as err:
+                raise ConfigError(f"grid point ({p.label}): {err}") from None
 
 
 def prepare(spec: SweepSpec, out: Path, points: list[GridPoint] | None = None) -> list[GridPoint]:
