@@ -24,6 +24,7 @@ from memorize.cell import (LAYOUT, CellPaths, check_cell_directory, check_set_na
                            read_identity)
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
 from memorize.data.sample_files import SampleSource, channels_first, open_samples, to_unit_range
+from memorize.errors import foreign_message
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
 from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, archive_kind
 
@@ -105,10 +106,8 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
     except NotAModelFile as err:
         raise ConfigError(f"{model}: {err}") from None
     except Exception as err:  # whatever the foreign model raises: one line naming it
-        first = (str(err).splitlines() or [""])[0]
-        first = first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."  # whole words
         raise ConfigError(f"{model}: could not be run as a {kind} denoiser on training images of shape "
-                          f"{tuple(probe.shape[1:])} ({type(err).__name__}: {first})") from None
+                          f"{tuple(probe.shape[1:])} ({foreign_message(err)})") from None
     if tuple(output.shape) != tuple(probe.shape) or not torch.isfinite(output).all():
         nonfinite = " with non-finite values" if output.shape == probe.shape else ""
         raise ConfigError(f"{model}: on training images of shape {tuple(probe.shape[1:])} the denoiser returned "

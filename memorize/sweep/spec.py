@@ -303,10 +303,27 @@ def _expand_grid(spec: SweepSpec, grid: dict[str, list[Any]], every_axis: list[s
     return cells
 
 
-def check_data(cells: list[GridPoint], twins: bool = False) -> None:
+def check_networks(score: ScoreConfig) -> None:
+    """Fail before launching if the score's embedder or feature network cannot be loaded (a spec of the
+    wrong form, a weights file missing, unreadable or not fitting its network): each is loaded once here,
+    on the CPU, rather than found by every cell after its training."""
+    from memorize.metrics import EmbedderError, load_embedder
+
+    for field, builtin in (("embedder", ("pixel",)), ("features", ("auto", "classifier", "pixel"))):
+        spec = getattr(score, field)
+        if spec in builtin:
+            continue
+        try:
+            load_embedder(spec)
+        except EmbedderError as err:
+            raise ConfigError(f"score.{field}: {err}") from None
+
+
+def check_data(cells: list[GridPoint], twins: bool = False, features: str = "auto") -> None:
     """Fail before launching if a subset (with ``twins``, also its twin's) does not fit its dataset:
     for each distinct data source, the cell asking for the most items is split for real (each
-    dataset is loaded once)."""
+    dataset is loaded once); and if ``features`` (``score.features``) is ``classifier`` for a dataset
+    without labelled images to train it on."""
     from memorize.data import load_dataset, make_split
     from memorize.models import check_model
 
@@ -324,6 +341,10 @@ def check_data(cells: list[GridPoint], twins: bool = False) -> None:
             twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
                     f"data.subset_offset={config.data.subset_offset})") if twins else ""
             raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None
+        if features == "classifier" and (dataset.labels is None or not dataset.is_image):
+            raise ConfigError(f"grid point ({widest.label}): score.features classifier: dataset "
+                              f"{config.data.name!r} has no labelled images to train it on; use features: auto, "
+                              f"pixel or an embedder spec")
         for cell, _ in group:  # the model must fit the data's items (an attention resolution it reaches, ...)
             try:
                 check_model(cell.config.model, tuple(dataset.data.shape[1:]) if cell.config.data.resize is None
