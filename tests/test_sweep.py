@@ -52,6 +52,10 @@ def result_rows(out):
                                                             r": weights file /no/w\.pth not found"),
     ({"score": {"features": "classifier"}, "base": {**TINY_SPEC["base"], "data": {"name": "gmm", "n_heldout": 100}}},
      r"grid point \(data\.n_train=32, seed=0\): score\.features classifier: dataset 'gmm' has no labelled images"),
+    ({"score": {"features": "pixel", "local": True}, "base": {**TINY_SPEC["base"], "data": {"name": "gmm",
+                                                                                        "n_heldout": 100}}},
+     r"grid point \(data\.n_train=32, seed=0\): score\.local: the local score machines need image data; dataset "
+     r"'gmm' holds vectors"),
 ])
 def test_malformed_specs_fail_before_anything_is_launched(tmp_path, capsys, change, message):
     spec = write_spec(tmp_path / "s.yaml", **change)
@@ -856,6 +860,30 @@ def test_a_budget_below_a_cells_last_checkpoint_and_not_kept_is_refused_and_chan
         assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug", "--quiet", "--dry-run",
                      "--set", f"base.train.steps={steps}"]) == 0
         assert capsys.readouterr().out.count(f" {state} ") == 2
+
+
+def test_a_gpu_this_machine_lacks_is_refused_for_local_cells_before_anything_is_written(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """``train.device: cuda`` on a machine without a GPU failed every local cell after the launch: refused in
+    one line first (a dry run too). On SLURM the nodes' GPUs count, so the launch host's are not checked."""
+    import memorize.sweep.launch as launch
+
+    monkeypatch.setattr(launch, "local_gpus", lambda: [])
+    spec = write_spec(tmp_path / "s.yaml")
+    out = tmp_path / "out"
+    for executor, extra in (("local", []), ("debug", []), ("local", ["--dry-run"])):
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", executor, "--quiet",
+                     "--set", "base.train.device=cuda", *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "memorize sweep run: error: grid point (data.n_train=16, seed=0): train.device: 'cuda' requested but no "
+            "CUDA GPU is available (use auto or cpu)"]
+    assert not out.exists()
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--quiet", "--dry-run",
+                 "--set", "base.train.device=cuda"]) == 0
+    monkeypatch.setattr(launch, "local_gpus", lambda: ["0"])
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "two"), "--executor", "local", "--quiet",
+                 "--dry-run", "--set", "base.train.device=cuda:1"]) == 2
+    assert "train.device: 'cuda:1' requested but this process sees 1 GPU" in capsys.readouterr().err
 
 
 def test_a_cell_into_a_sweeps_directory_and_a_sweep_into_a_cells_are_refused_and_change_nothing(

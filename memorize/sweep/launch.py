@@ -20,7 +20,7 @@ from pathlib import Path
 import submitit
 import torch
 
-from memorize.cell import CellPaths
+from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, ConfigError, cell_id, to_dict
 from memorize.sweep.job import BatchJob, CellJob, PackJob
 from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, prepare
@@ -146,6 +146,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     pack = resolve_pack(pack, executor, processes)
     gpus = local_gpus() if executor == "local" else []
     points = expand(spec)
+    if executor != "slurm":
+        check_local_devices(points, len(local_gpus()))
     on_gpu = bool(gpus) and any(not trains_on_cpu(p.config) for p in points)
     check_processes(points, processes, flag, executor, pack, len(gpus) if on_gpu else None, parallel)
     if executor == "slurm" and not dry_run:
@@ -227,6 +229,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
               work=lambda unit: sum(work[cid] for cid in unit))
     wait_until_free(out, elsewhere, progress)  # a second launch ends, as the first, with every result
     return report
+
+
+def check_local_devices(points: list[GridPoint], gpus: int) -> None:
+    """Where the cells run on this machine (the local and debug executors), each grid point's
+    ``train.device`` must be one of its ``gpus`` GPUs or the CPU: ``cuda`` on a machine without one would
+    fail every cell once launched. On SLURM the devices are the nodes', not checked here."""
+    for p in points:
+        try:
+            resolve_device(p.config.train.device, "train.device", gpus)
+        except ConfigError as err:
+            raise ConfigError(f"grid point ({p.label}): {err}") from None
 
 
 def check_processes(points: list[GridPoint], processes: int, flag: str, executor: str, pack: int, gpus: int | None,

@@ -375,7 +375,7 @@ def check_launch(spec: SweepSpec, out: Path, points: list[GridPoint]) -> None:
     check_sweep_directory(out)
     check_layout(out)
     check_same_sweep(spec.name, out)
-    check_data(points, spec.score.consistency, spec.score.features)
+    check_data(points, spec.score)
     check_networks(spec.score)
     check_budgets(out, points)
 

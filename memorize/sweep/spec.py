@@ -319,11 +319,13 @@ def check_networks(score: ScoreConfig) -> None:
             raise ConfigError(f"score.{field}: {err}") from None
 
 
-def check_data(cells: list[GridPoint], twins: bool = False, features: str = "auto") -> None:
-    """Fail before launching if a subset (with ``twins``, also its twin's) does not fit its dataset:
-    for each distinct data source, the cell asking for the most items is split for real (each
-    dataset is loaded once); and if ``features`` (``score.features``) is ``classifier`` for a dataset
-    without labelled images to train it on."""
+def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None:
+    """Fail before launching if a subset (with ``score.consistency``, also its twin's) does not fit its
+    dataset: for each distinct data source, the cell asking for the most items is split for real (each
+    dataset is loaded once); and if the dataset cannot be scored as ``score`` asks (``features:
+    classifier`` without labelled images to train it on, ``local`` machines without images)."""
+    score = score if score is not None else ScoreConfig()
+    twins = score.consistency
     from memorize.data import load_dataset, make_split
     from memorize.models import check_model
 
@@ -341,10 +343,13 @@ def check_data(cells: list[GridPoint], twins: bool = False, features: str = "aut
             twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
                     f"data.subset_offset={config.data.subset_offset})") if twins else ""
             raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None
-        if features == "classifier" and (dataset.labels is None or not dataset.is_image):
+        if score.features == "classifier" and (dataset.labels is None or not dataset.is_image):
             raise ConfigError(f"grid point ({widest.label}): score.features classifier: dataset "
                               f"{config.data.name!r} has no labelled images to train it on; use features: auto, "
                               f"pixel or an embedder spec")
+        if score.local and not dataset.is_image:
+            raise ConfigError(f"grid point ({widest.label}): score.local: the local score machines need image "
+                              f"data; dataset {config.data.name!r} holds vectors")
         for cell, _ in group:  # the model must fit the data's items (an attention resolution it reaches, ...)
             try:
                 check_model(cell.config.model, tuple(dataset.data.shape[1:]) if cell.config.data.resize is None
