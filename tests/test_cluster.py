@@ -321,6 +321,56 @@ def test_a_slurm_launch_where_slurm_is_missing_is_one_line_before_anything_is_wr
     assert "2 cells would go to SLURM" in capsys.readouterr().out and not out.exists()
 
 
+def test_an_array_sbatch_refuses_is_one_line_saying_what_was_submitted_before_it(tmp_path, capsys, monkeypatch):
+    """SLURM installed but its controller out of reach: sbatch's four lines of errors came twice (Submitit
+    prints them, then raises with them). One line now, with sbatch's last; the second of two arrays refused
+    after the first went in, the line counts the first, which jobs.json records."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f"count={tmp_path}/calls; n=$(cat $count 2>/dev/null || echo 0); echo $((n + 1)) > $count\n"
+        "if [ \"$SBATCH_WORKS\" = all ] || [ \"$n\" = \"$SBATCH_WORKS\" ]; then\n"
+        "  echo \"Submitted batch job $((4242 + n))\"; exit 0; fi\n"
+        "echo 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY_SPEC))
+    for works, out, before in (("none", tmp_path / "down", 0), ("0", tmp_path / "half", 1)):
+        monkeypatch.setenv("SBATCH_WORKS", works)
+        (tmp_path / "calls").unlink(missing_ok=True)
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--quiet", "--no-snapshot",
+                     "--pack", "1", "--max-array-size", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"memorize sweep run: error: sbatch could not submit the jobs (sbatch: fatal: Could not "
+                       f"establish a configuration source); {before} of 2 cells were submitted before it "
+                       f"({out / 'jobs.json'}); once sbatch works, the same command submits the others"], err
+        recorded = json.loads((out / "jobs.json").read_text()) if (out / "jobs.json").exists() else {}
+        assert list(recorded.values()) == ["4242"] * before  # an array of one task is a plain job
+    # sbatch works again, the first cell's job still pending: only the other is submitted
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho '4242|PENDING'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("SBATCH_WORKS", "all")
+    command = ["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", "--no-snapshot", "--pack", "1",
+               "--max-array-size", "1", "--quiet"]
+    assert main([*command, "--dry-run"]) == 0
+    first = next(iter(recorded))
+    states = {line.split()[0]: line.split("  ")[2].strip() for line in capsys.readouterr().out.splitlines()[:2]}
+    assert states == {c: "queued" if c == first else "to run" for c in _grid_cells(out)}
+    assert main(command) == 0
+    assert "0 cells already done, 0 running elsewhere, 1 still queued from an earlier launch, 1 launched, 0 failed" \
+        in capsys.readouterr().out
+    assert json.loads((out / "jobs.json").read_text()) == {c: "4242" if c == first else "4244" for c in _grid_cells(out)}
+
+
+def _grid_cells(out) -> list[str]:
+    return list(pd.read_csv(out / "cells.csv")["cell"].unique())
+
+
 def test_the_status_benchmark_runs_on_a_synthetic_sweep_and_counts_its_queries(tmp_path, monkeypatch):
     """`python -m benchmarks.status` at 20 cells: status reads every grid point with one squeue and one
     sacct, the per-job baseline with one of each per unfinished cell, collect finds the 60% done (the

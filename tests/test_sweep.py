@@ -111,7 +111,7 @@ def _stamps(out: Path) -> dict[Path, int]:
 
 def test_a_local_sweep_runs_every_cell_and_collects_one_full_row_each(finished_sweep):
     out, _, report = finished_sweep
-    assert report == {"cells": 2, "points": 2, "done_before": 0, "running_elsewhere": 0, "launched": 2, "failed": 0}
+    assert report == {"cells": 2, "points": 2, "done_before": 0, "running_elsewhere": 0, "queued": 0, "launched": 2, "failed": 0}
     table = collect(out)
     for column in ("dataset", "n_train", "model", "params", "seed", "step", "running_loss", "train_loss",
                    "heldout_loss", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo", "mem_cos_hi",
@@ -637,7 +637,8 @@ def test_several_budgets_train_each_cell_once(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"data.n_train": [16], "train.steps": [10, 20]}))
     report = run_sweep(spec, out, "debug", progress=False)
-    assert report == {"cells": 1, "points": 2, "done_before": 0, "running_elsewhere": 0, "launched": 1, "failed": 0}
+    assert report == {"cells": 1, "points": 2, "done_before": 0, "running_elsewhere": 0, "queued": 0, "launched": 1,
+                      "failed": 0}
     assert steps["n"] == 20
     table = collect(out).sort_values("step")
     assert table.step.tolist() == [10, 20] and table.cell.nunique() == 1

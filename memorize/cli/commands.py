@@ -175,8 +175,9 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     print(f"sweep {spec.name}: {report['points']} grid points in {report['cells']} cells; {report['done_before']} "
-          f"cells already done, {report['running_elsewhere']} running elsewhere, {report['launched']} launched, "
-          f"{report['failed']} failed")
+          f"cells already done, {report['running_elsewhere']} running elsewhere, "
+          + (f"{report['queued']} still queued from an earlier launch, " if report.get("queued") else "")
+          + f"{report['launched']} launched, {report['failed']} failed")
     if args.executor == "slurm":
         code = report.get("code")
         if code:

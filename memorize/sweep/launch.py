@@ -26,7 +26,7 @@ from memorize.sweep.job import BatchJob, CellJob, PackJob
 from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
                                   threads_per_cell, visible_gpus, wait_until_free)
-from memorize.sweep.slurm import check_slurm_here, slurm_executor, submit_slurm, wait_for_slurm
+from memorize.sweep.slurm import check_slurm_here, queued_cells, slurm_executor, submit_slurm, wait_for_slurm
 from memorize.sweep.snapshot import take_snapshot
 from memorize.sweep.spec import GridPoint, SweepSpec, expand
 
@@ -162,14 +162,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     slots = 1 if executor != "local" else max(1, parallel)  # jobs at a time (local)
     todo = {cid: ps for cid, ps in cells.items() if not all(is_done(cell_dir(out, cid), p.key) for p in ps)}
     busy = [cid for cid in todo if is_locked(cell_dir(out, cid))]
-    todo = {cid: ps for cid, ps in todo.items() if cid not in busy}
-    report = {"cells": len(cells), "points": len(points), "done_before": len(cells) - len(todo) - len(busy),
-              "running_elsewhere": len(busy), "launched": 0, "failed": 0}
+    # an earlier launch's jobs still in SLURM's queue keep their cells: not submitted twice
+    queued = queued_cells(out, [cid for cid in todo if cid not in busy]) if executor == "slurm" else []
+    todo = {cid: ps for cid, ps in todo.items() if cid not in busy and cid not in queued}
+    report = {"cells": len(cells), "points": len(points),
+              "done_before": len(cells) - len(todo) - len(busy) - len(queued), "running_elsewhere": len(busy),
+              "queued": len(queued), "launched": 0, "failed": 0}
     say_bf16_twins(out, todo)
     if dry_run:
         for p in points:
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
-                     "running" if p.cell in busy else "to run")
+                     "running" if p.cell in busy else "queued" if p.cell in queued else "to run")
             print(f"{p.cell}  {p.key}  {state:8s}  {p.label}")
         units = pack_units(todo, pack, slots)
         for unit in units:
@@ -210,7 +213,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         report["launched"] = submit_slurm(_executor(executor, out, spec, code, processes), out, units, job,
                                           spec.slurm.max_array_size)
         if wait:
-            report.update(wait_for_slurm(out, list(todo), wait_timeout))
+            report.update(wait_for_slurm(out, list(todo) + queued, wait_timeout))
         return report
     labels = {cid: " | ".join(p.label for p in ps) for cid, ps in todo.items()}
     per = f"{cell_threads} thread{'s' if cell_threads != 1 else ''} per {'job' if pack > 1 else 'cell'}" + \

@@ -7,14 +7,18 @@ directory (:func:`memorize.sweep.layout.read_jobs`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import FailedJobError
 
 from memorize.config import ConfigError
 from memorize.sweep.layout import (ERROR, cell_dir, is_done, read_grid, read_jobs, record_cancelled, record_jobs,
@@ -128,6 +132,16 @@ def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0
     return report
 
 
+def queued_cells(out: Path, cells: list[str]) -> list[str]:
+    """Those of ``cells`` whose recorded SLURM job (``DIR/jobs.json``) is still in the queue, pending,
+    running or requeued: a launch leaves them to it rather than submitting them twice. One SLURM query;
+    none where no SLURM answers."""
+    jobs = read_jobs(out)
+    mine = {cid: jobs[cid] for cid in cells if cid in jobs}
+    states = slurm_states(list(mine.values()))
+    return [cid for cid, job in mine.items() if states.get(job) in ACTIVE_SLURM_STATES]
+
+
 def check_slurm_here() -> None:
     """Refuse a SLURM launch, before anything is written, on a machine that cannot submit (no ``sbatch``,
     or no ``srun``, which the jobs' scripts call and Submitit looks for)."""
@@ -163,14 +177,29 @@ def slurm_executor(out: Path, spec: SweepSpec, code: dict | None = None) -> subm
     return executor
 
 
+class SubmissionError(RuntimeError):
+    """sbatch refused a job array: its last line, and how many cells were submitted before it."""
+
+
 def submit_slurm(executor: submitit.Executor, out: Path, units: list[list[str]], job: Callable[[list[str]], Any],
                  max_array_size: int) -> int:
     """Submit one job per unit (a cell, or a pack of cells) as job arrays of at most ``max_array_size``
     tasks, recording each array's ids in ``DIR/jobs.json`` as soon as it is submitted; returns the
-    number of cells submitted."""
+    number of cells submitted. An array sbatch refuses is a :class:`SubmissionError` of one line."""
+    submitted, total = 0, sum(map(len, units))
     for start in range(0, len(units), max_array_size):
         chunk = units[start:start + max_array_size]
-        with executor.batch():  # one job array; each task's function is the Checkpointable job itself
-            jobs = [executor.submit(job(unit)) for unit in chunk]
+        try:
+            # Submitit prints sbatch's stderr before it raises: held back here, said once in the error
+            with contextlib.redirect_stderr(io.StringIO()) as printed:
+                with executor.batch():  # one job array; each task's function is the Checkpointable job itself
+                    jobs = [executor.submit(job(unit)) for unit in chunk]
+        except FailedJobError as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise SubmissionError(f"sbatch could not submit the jobs ({lines[-1] if lines else 'no reason given'}); "
+                                  f"{submitted} of {total} cells were submitted before it ({out / 'jobs.json'}); "
+                                  f"once sbatch works, the same command submits the others") from None
+        sys.stderr.write(printed.getvalue())  # what else was said on the way (warnings)
         record_jobs(out, {cid: j.job_id for unit, j in zip(chunk, jobs) for cid in unit})
-    return sum(map(len, units))
+        submitted += sum(map(len, chunk))
+    return submitted
