@@ -131,8 +131,10 @@ class CellPaths:
         return self.checkpoints / f"step-{step:07d}.pt"
 
     def checkpoint_steps(self) -> list[int]:
-        """Steps of the checkpoints on disk, ascending."""
-        return sorted(int(p.stem.removeprefix("step-")) for p in self.checkpoints.glob("step-*.pt"))
+        """Steps of the checkpoints on disk, ascending: the files named as :meth:`checkpoint` names them
+        (another file there, ``step-0000400 (copy).pt`` say, is not one of them)."""
+        steps = (p.stem.removeprefix("step-") for p in self.checkpoints.glob("step-*.pt"))
+        return sorted(int(step) for step in steps if step.isdecimal())
 
     def latest_checkpoint(self) -> Path | None:
         steps = self.checkpoint_steps()

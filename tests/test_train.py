@@ -90,6 +90,14 @@ def test_loss_log_checkpoints_and_learning(tiny_cfg, tmp_path):
     assert paths.checkpoint_steps() == [30]
     assert summary["params"] == sum(p.numel() for p in load_trained_denoiser(tmp_path)[0].parameters())
     assert summary["n_train"] == 32
+    # a copy made by hand beside the checkpoints is not one of them: the cell still resumes, to the same budget
+    import shutil
+
+    for stray in ("step-0000030 (copy).pt", "step-latest.pt", "step-³.pt"):
+        shutil.copy(paths.checkpoint(30), paths.checkpoints / stray)
+    assert paths.checkpoint_steps() == [30]
+    longer = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=35))
+    assert train(longer, tmp_path, progress=False)["steps"] == 35 and paths.checkpoint_steps() == [30, 35]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_cfg, tmp_path, monkeypatch):
