@@ -426,6 +426,20 @@ def test_a_killed_slot_process_fails_its_running_cell_and_the_rest_of_its_cells_
     assert resumed.step.is_monotonic_increasing and resumed.step.iloc[-1] == 200
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--sbatch", "mail-type"], "--sbatch 'mail-type': expected KEY=VALUE, e.g. --sbatch mail-type=END"),
+    (["--mem-gb", "-1"], "slurm.mem_gb: must be > 0, got -1"),
+    (["--gpus-per-cell", "-1"], "slurm.gpus_per_cell: must be >= 0, got -1"),
+])
+def test_a_bad_slurm_flag_is_named_alone(flags, said, tmp_path, capsys):
+    """Each SLURM flag's error names that flag's field alone (--sbatch's was said to be --set's, and a
+    negative --mem-gb was one line about two fields)."""
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--executor", "slurm",
+                 *flags]) == 2
+    assert capsys.readouterr().err.strip().endswith(said)
+
+
 def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "sweep"

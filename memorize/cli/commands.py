@@ -164,7 +164,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmConfig)
                  if getattr(args, f.name, None) is not None}
     if args.sbatch:
-        overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END").items()}
+        overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END", "--sbatch").items()}
     spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
     caution = spec.slurm.early_signal_caution() if args.executor == "slurm" else None
     if caution:

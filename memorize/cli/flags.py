@@ -52,12 +52,13 @@ def _flag_type(annotation: Any, where: str) -> tuple[type, tuple | None]:
     raise TypeError(f"{where}: no command-line flag for a field of type {annotation}")
 
 
-def parse_set(items: list[str], example: str = "train.steps=500") -> dict:
+def parse_set(items: list[str], example: str = "train.steps=500", flag: str = "--set") -> dict:
+    """``KEY=VALUE`` items of ``flag`` as a mapping, each value read as YAML."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 

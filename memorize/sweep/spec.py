@@ -105,8 +105,10 @@ class SlurmConfig:
         for name in ("cpus_per_cell", "time_min", "array_parallelism", "max_array_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"slurm.{name}: must be >= 1")
-        if self.gpus_per_cell < 0 or self.mem_gb <= 0:
-            raise ConfigError("slurm.gpus_per_cell must be >= 0 and slurm.mem_gb > 0")
+        if self.gpus_per_cell < 0:
+            raise ConfigError(f"slurm.gpus_per_cell: must be >= 0, got {self.gpus_per_cell}")
+        if not self.mem_gb > 0:
+            raise ConfigError(f"slurm.mem_gb: must be > 0, got {self.mem_gb}")
         if not 0 < self.signal_delay_s < 60 * self.time_min:
             raise ConfigError(f"slurm.signal_delay_s: must be in (0, {60 * self.time_min}) seconds (below "
                               f"slurm.time_min = {self.time_min} min), got {self.signal_delay_s}")
