@@ -13,7 +13,6 @@ near_duplicates_<data>.png). Exact duplicates are left out first, as the split d
 
 from __future__ import annotations
 
-
 import numpy as np
 
 THRESHOLDS = (0.95, 0.97, 0.98, 0.99, 0.995)

@@ -509,8 +509,8 @@ def train(cfg: CellConfig, out: str | Path, progress: bool = True, keep_steps: t
             while not cell.done:
                 asked = cell.take_step(runner)
                 bar.update(1)
-                if cell.rows and cell.rows[-1]["step"] == cell.step:
-                    bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}", refresh=False)  # shown at the next redraw
+                if cell.rows and cell.rows[-1]["step"] == cell.step:  # shown at the bar's next redraw
+                    bar.set_postfix(loss=f"{cell.rows[-1]['running_loss']:.4f}", refresh=False)
                 if asked:
                     raise CheckpointRequested(cell.step)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (memorize.cli): say where a re-run resumes

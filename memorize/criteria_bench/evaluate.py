@@ -245,9 +245,9 @@ def run_bench(criteria: dict[str, Criterion], cases: CaseSet, train: np.ndarray,
     from pathlib import Path
 
     import matplotlib.pyplot as plt
-    from memorize.progress import progress_bar
 
     from memorize.io import atomic_save_figure, atomic_write_text
+    from memorize.progress import progress_bar
 
     out = Path(out)
     tables, outputs = [], {}

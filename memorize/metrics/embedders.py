@@ -182,7 +182,8 @@ def load_embedder(spec: str, device: str = "cpu", batch_size: int = 128) -> Embe
                 warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")  # Deprecation- or FutureWarning
                 network = torch.jit.load(str(file), map_location=device)
         except RuntimeError as err:
-            raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file ({foreign_message(err)})") from None
+            raise EmbedderError(f"embedder {spec!r}: {file} is not a TorchScript file "
+                                f"({foreign_message(err)})") from None
         network.eval()
         return Embedder(spec, network, (SSCD_SIZE, SSCD_SIZE), device=device, batch_size=batch_size)
     if kind == "inception" and rest:

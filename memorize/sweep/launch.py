@@ -144,10 +144,11 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
         flag = "slurm.tasks_per_cell" if spec.slurm.tasks_per_cell else "slurm.gpus_per_cell"
     said = f"auto: up to {resolve_pack(pack, executor, processes)}" if pack == "auto" else str(pack)
     pack = resolve_pack(pack, executor, processes)
-    gpus = local_gpus() if executor == "local" else []
+    here = local_gpus() if executor != "slurm" else []  # the GPUs of this machine's cells (debug: in-process)
+    gpus = here if executor == "local" else []
     points = expand(spec)
     if executor != "slurm":
-        check_local_devices(points, len(local_gpus()))
+        check_local_devices(points, len(here))
     on_gpu = bool(gpus) and any(not trains_on_cpu(p.config) for p in points)
     check_processes(points, processes, flag, executor, pack, len(gpus) if on_gpu else None, parallel)
     if executor == "slurm" and not dry_run:

@@ -37,8 +37,8 @@ import yaml
 from memorize.cell import LAYOUT, OLD_LAYOUT, CellPaths
 from memorize.config import ConfigError, to_dict
 from memorize.io import atomic_write_json, atomic_write_text, check_directory
-from memorize.train import resume_point
 from memorize.sweep.spec import GridPoint, SweepSpec, check_data, check_networks, expand, load_spec
+from memorize.train import resume_point
 
 
 ERROR = "error.txt"

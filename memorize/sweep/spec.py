@@ -326,10 +326,11 @@ def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None
     dataset: for each distinct data source, the cell asking for the most items is split for real (each
     dataset is loaded once); and if the dataset cannot be scored as ``score`` asks (``features:
     classifier`` without labelled images to train it on, ``local`` machines without images)."""
-    score = score if score is not None else ScoreConfig()
-    twins = score.consistency
     from memorize.data import load_dataset, make_split
     from memorize.models import check_model
+
+    score = score if score is not None else ScoreConfig()
+    twins = score.consistency
 
     groups: dict[str, list[tuple[GridPoint, CellConfig]]] = {}
     for cell in cells:
