@@ -1,8 +1,10 @@
+import re
+
 import pytest
 import yaml
 
 from memorize.cli import main
-from memorize.config import CellConfig, ConfigError, from_dict, load_config, to_dict
+from memorize.config import CellConfig, ConfigError, from_dict, load_config, parse_yaml, to_dict
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):
@@ -16,6 +18,37 @@ def test_misspelled_key_is_named_with_a_suggestion(tmp_path):
     path.write_text("train:\n  stpes: 10\n")
     with pytest.raises(ConfigError, match=r"train\.stpes: unknown key \(did you mean 'steps'\?\)"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  steps: 10\ntrain:\n  lr: 0.01\n",  # PyYAML alone keeps the second section, dropping steps
+     r"/c\.yaml: not valid YAML at line 3, column 1: key 'train' given twice \(first at line 1\)"),
+    ("train: {steps: 10, lr: 0.01, steps: 20}\n",
+     r"/c\.yaml: not valid YAML at line 1, column 30: key 'steps' given twice \(first at column 9\)"),
+])
+def test_a_key_given_twice_is_refused_with_both_places(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_merge_keys_may_still_be_overridden_and_equal_values_in_other_mappings_are_fine():
+    text = "base: &b {steps: 10, lr: 0.01}\ntrain: {<<: *b, steps: 20}\nsample: {steps: 10}\n"
+    assert parse_yaml(text, "x") == {"base": {"steps": 10, "lr": 0.01}, "train": {"steps": 20, "lr": 0.01},
+                                     "sample": {"steps": 10}}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.steps=[1,", r"^--set 'train\.steps=\[1,': not valid YAML at column 4: "),
+    ("train={steps: 1, steps: 2}", r"^--set 'train=\{steps: 1, steps: 2\}': not valid YAML at column 12: "
+                                   r"key 'steps' given twice \(first at column 2\)"),
+])
+def test_a_malformed_set_value_is_one_line_naming_the_item(tmp_path, capsys, item, message):
+    assert main(["train", "--out", str(tmp_path / "cell"), "--set", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "cell").exists()
+    assert re.search(message, err.removeprefix("memorize train: error: "))
 
 
 @pytest.mark.parametrize("data, field", [

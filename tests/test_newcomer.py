@@ -66,6 +66,15 @@ BAD_INPUTS = [
      ["train", str(t / "bin.yaml"), "--out", str(t / "new")], r"bin\.yaml: not a text file"),
     ("spec not YAML", lambda t, c: (t / "s.yaml").write_text("grid: {a: [1,\n") and
      ["sweep", "run", str(t / "s.yaml"), "--out", str(t / "sweep")], r"s\.yaml: not valid YAML"),
+    ("spec key twice", lambda t, c: (t / "s.yaml").write_text("name: a\nbase:\n  train: {steps: 9}\n  train: {lr: 0.1}\n")
+     and ["sweep", "run", str(t / "s.yaml"), "--out", str(t / "sweep")],
+     r"s\.yaml: not valid YAML at line 4, column 3: key 'train' given twice \(first at line 3\)"),
+    ("set value not YAML", lambda t, c: ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "sweep"),
+                                         "--set", "base.train.steps=[1,"],
+     r"--set 'base\.train\.steps=\[1,': not valid YAML at column 4"),
+    ("sbatch value not YAML", lambda t, c: ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "sweep"),
+                                            "--sbatch", "comment={a"],
+     r"--sbatch 'comment=\{a': not valid YAML"),
     ("spec empty", lambda t, c: (t / "s.yaml").write_text("") == 0 and
      ["sweep", "run", str(t / "s.yaml"), "--out", str(t / "sweep")], r"s\.yaml: the spec is empty"),
     ("checkpoint empty", lambda t, c: _truncate(c, 0.0) or

@@ -11,10 +11,8 @@ from fractions import Fraction
 from types import NoneType, UnionType
 from typing import Any, Literal
 
-import yaml
-
 from memorize.cell import is_set_name
-from memorize.config import ConfigError
+from memorize.config import ConfigError, parse_yaml
 
 
 def config_flags(parser: argparse.ArgumentParser, cls: type, section: str, unset: str,
@@ -59,7 +57,7 @@ def parse_set(items: list[str], example: str = "train.steps=500", flag: str = "-
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = parse_yaml(value, f"{flag} {item!r}")
     return overrides
 
 

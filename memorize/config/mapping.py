@@ -140,25 +140,58 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: the YAML spec requires keys to be
+    unique, and PyYAML would keep the last value without a word (a second ``train:`` section replacing the
+    first). Merge keys (``<<: *defaults``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class names it
+                break
+            if first is not key_node.start_mark:
+                at = f"column {first.column + 1}" if first.line == key_node.start_mark.line else f"line {first.line + 1}"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first at {at}); YAML keeps one value per key",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML document ``text`` (safe tags only, each key of a mapping once); malformed YAML is a one-line
+    :class:`ConfigError` that starts with ``where`` and gives the line and column of the problem (the column
+    alone for a text of one line, such as a ``--set`` value)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where_in = "" if mark is None else f" at column {mark.column + 1}" if "\n" not in text else \
+            f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{where_in}: {problem}") from None
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """The YAML document in ``path``; a missing, unreadable, binary or malformed file is a one-line
-    :class:`ConfigError` naming the file (and the line for a syntax error)."""
+    """The YAML document in ``path`` (:func:`parse_yaml`); a missing, unreadable, binary or malformed file is a
+    one-line :class:`ConfigError` naming the file (and the line for a syntax error)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    return parse_yaml(text, str(path))
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
