@@ -115,6 +115,42 @@ def test_mnist_idx_files_are_read(tmp_path):
     assert full.data[0, 0, 0, 0].item() == pytest.approx(images[0, 0, 0] / 127.5 - 1, abs=1e-6)
 
 
+def _mnist(root, labels: bytes, image_header: bytes | None = None):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((5, 28, 28), dtype=np.uint8).tobytes()
+    (raw / "train-images-idx3-ubyte").write_bytes((image_header or struct.pack(">IIII", 2051, 5, 28, 28)) + images)
+    (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda r: _mnist(r, bytes(5), image_header=b"junk"),
+     r"train-images-idx3-ubyte is not an MNIST idx file of images"),
+    (lambda r: _mnist(r, bytes(5), image_header=struct.pack(">IIII", 2049, 5, 28, 28)),  # a labels file's magic
+     r"train-images-idx3-ubyte is not an MNIST idx file of images"),
+    (lambda r: _mnist(r, bytes(4)), r"train-images-idx3-ubyte holds 5 images but .*train-labels-idx1-ubyte 4 labels"),
+])
+def test_a_damaged_mnist_file_is_named(tmp_path, write, message):
+    write(tmp_path)
+    with pytest.raises(DatasetError, match=f"^mnist: .*{message}"):
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"not a pickle at all", r"UnpicklingError: "),
+    (pickle.dumps([1, 2]), r"TypeError: it holds a list, not a dict"),
+    (pickle.dumps({"labels": [1]}), r"KeyError: 'data'"),
+    (pickle.dumps({"data": np.zeros((2, 3072), np.uint8)})[:40], r"(UnpicklingError|EOFError): "),
+])
+def test_a_damaged_cifar10_batch_is_named(tmp_path, content, reason):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(content)
+    with pytest.raises(DatasetError, match=f"^cifar10: .*data_batch_1 is not a CIFAR-10 python batch \\({reason}"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
 def test_image_folder_with_class_subfolders(tmp_path):
     from PIL import Image
 
@@ -136,6 +172,34 @@ def test_npz_checks(tmp_path):
     np.savez(tmp_path / "nokey.npz", x=np.zeros(3))
     with pytest.raises(DatasetError, match="no array 'images'"):
         load_dataset(DataConfig(name="npz", root=str(tmp_path / "nokey.npz")))
+
+
+def _good_npz_bytes(tmp_path) -> bytes:
+    _write_npz(tmp_path / "good.npz", np.zeros((4, 1, 4, 4), dtype=np.uint8))
+    return (tmp_path / "good.npz").read_bytes()
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("one.npy", lambda p, t: np.save(p, np.zeros((4, 1, 4, 4), dtype=np.float32)),
+     r"one\.npy holds one array \(a \.npy file\); expected an \.npz archive with an array 'images'"),
+    ("cut.npz", lambda p, t: p.write_bytes(_good_npz_bytes(t)[:200]),
+     r"cut\.npz is not a readable \.npz archive \(BadZipFile: "),
+    ("junk.npz", lambda p, t: p.write_bytes(b"not numpy at all"), r"junk\.npz is not a readable \.npz archive"),
+    ("objects.npz", lambda p, t: np.savez(p, images=np.array([None] * 4, dtype=object)),
+     r"objects\.npz: its arrays cannot be read \(ValueError: Object arrays cannot be loaded"),
+])
+def test_an_npz_that_numpy_cannot_read_as_one_is_named(tmp_path, name, write, message):
+    write(tmp_path / name, tmp_path)
+    with pytest.raises(DatasetError, match=f"^npz: .*{message}"):
+        load_dataset(DataConfig(name="npz", root=str(tmp_path / name)))
+
+
+def test_a_held_out_set_that_takes_every_distinct_item_is_named_as_such(tmp_path):
+    _write_npz(tmp_path / "same.npz", np.zeros((20, 1, 4, 4), dtype=np.uint8))  # one distinct image, 19 copies
+    cfg = DataConfig(name="npz", root=str(tmp_path / "same.npz"), n_train=8, n_heldout=4)
+    with pytest.raises(ConfigError, match=r"^data\.n_heldout: 4 held-out items leave none of the 1 distinct items "
+                                          r"of 'npz' to train on \(19 exact duplicates removed\)$"):
+        make_split(load_dataset(cfg), cfg)
 
 
 def test_gmm_matches_its_mixture():

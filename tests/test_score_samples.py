@@ -107,12 +107,28 @@ def _mixed_sizes(t):
     return t / "pngs"
 
 
+def _cut(t, name, save):
+    save(t / "whole")
+    whole = next(t.glob("whole*"))
+    (t / name).write_bytes(whole.read_bytes()[:150])
+    return t / name
+
+
 @pytest.mark.parametrize("name, make, expected", [
     ("empty folder", lambda t: (t / "empty").mkdir() or t / "empty", r"empty: no images"),
     ("corrupt image", _bad_folder, r"a\.png: not a readable image"),
     ("shapes differ", _mixed_sizes, r"b\.png: shape \(3, 8, 9\), but a\.png has \(3, 8, 8\)"),
     ("wrong shape", lambda t: np.save(t / "s.npy", np.zeros((3, 1, 8, 8), np.float32)) or t / "s.npy",
      r"s\.npy: samples of shape \(1, 8, 8\), but the training images of npz are \(3, 8, 8\)"),
+    ("npy cut short", lambda t: _cut(t, "s.npy", lambda p: np.save(p, np.zeros((3, 3, 8, 8), np.float32))),
+     r"s\.npy: not a readable \.npy file of samples \(ValueError: "),
+    ("npz cut short", lambda t: _cut(t, "s.npz", lambda p: np.savez(p, samples=np.zeros((3, 3, 8, 8)))),
+     r"s\.npz: not a readable \.npz file of samples \(BadZipFile: "),
+    ("pt of junk", lambda t: (t / "s.pt").write_bytes(b"junk" * 10) and t / "s.pt",
+     r"s\.pt: not a readable \.pt file of samples \("),
+    ("npz named npy", lambda t: np.savez(t / "s.npz", samples=np.zeros((3, 3, 8, 8))) or
+     (t / "s.npz").rename(t / "s.npy") or t / "s.npy", r"s\.npy: holds a NpzFile, not the one array a \.npy file"),
+    ("npz of nothing", lambda t: np.savez(t / "s.npz") or t / "s.npz", r"s\.npz: holds no arrays; expected an array"),
     ("no training set section", None, r"--set train\.steps: samples made elsewhere take data\.\* fields only"),
 ])
 def test_bad_samples_are_one_line_errors_and_nothing_is_written(tmp_path, capsys, name, make, expected):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from memorize.config import DataConfig, GMMConfig
+from memorize.errors import foreign_message
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -90,9 +92,21 @@ def load_mnist(root: str | Path) -> Dataset:
     for path in (image_file, label_file):
         if not path.is_file():
             raise _missing(path, "mnist")
-    images = read_image_file(str(image_file)).numpy()
-    labels = read_label_file(str(label_file)).long()
+    images, labels = _read_idx(read_image_file, image_file, "images"), _read_idx(read_label_file, label_file, "labels")
+    if len(images) != len(labels):
+        raise DatasetError(f"mnist: {image_file} holds {len(images)} images but {label_file} {len(labels)} labels")
+    images, labels = images.numpy(), labels.long()
     return Dataset("mnist", _from_uint8(images[:, None]), labels, 10, files=(image_file, label_file))
+
+
+def _read_idx(reader, path: Path, kind: str) -> torch.Tensor:
+    """One of MNIST's idx files read by torchvision's ``reader``, which checks the format with assertions: a file
+    of another format or cut short is a :class:`DatasetError` naming it."""
+    try:
+        return reader(str(path))
+    except (AssertionError, RuntimeError, ValueError, IndexError) as err:
+        reason = foreign_message(err) if str(err) else type(err).__name__
+        raise DatasetError(f"mnist: {path} is not an MNIST idx file of {kind} ({reason})") from None
 
 
 def load_cifar10(root: str | Path) -> Dataset:
@@ -107,13 +121,16 @@ def load_cifar10(root: str | Path) -> Dataset:
         path = folder / f"data_batch_{i}"
         if not path.is_file():
             raise _missing(path, "cifar10")
-        with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="latin1")
         try:
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            if not isinstance(batch, dict):
+                raise TypeError(f"it holds a {type(batch).__name__}, not a dict")
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(batch["labels"])
-        except (KeyError, ValueError) as err:
-            raise DatasetError(f"cifar10: {path} is not a CIFAR-10 python batch ({err})") from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, ImportError,
+                IndexError, OverflowError) as err:  # what unpickling a file of another format raises
+            raise DatasetError(f"cifar10: {path} is not a CIFAR-10 python batch ({foreign_message(err)})") from None
     return Dataset("cifar10", _from_uint8(np.concatenate(images)), torch.tensor(labels).long(), 10,
                    files=tuple(folder / f"data_batch_{i}" for i in range(1, 6)))
 
@@ -157,11 +174,22 @@ def load_npz(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"npz: expected file {path} (not found)")
-    with np.load(path) as npz:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not NumPy's, or cut short
+        raise DatasetError(f"npz: {path} is not a readable .npz archive ({foreign_message(err)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatasetError(f"npz: {path} holds one array (a .npy file); expected an .npz archive with an array "
+                           f"'images', as np.savez(file, images=...) writes")
+    with archive as npz:
         if "images" not in npz:
             raise DatasetError(f"npz: {path} has no array 'images' (found: {', '.join(npz.files)})")
-        images = npz["images"]
-        labels = npz["labels"] if "labels" in npz else None
+        try:
+            images = npz["images"]
+            labels = npz["labels"] if "labels" in npz else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays, damaged members
+            raise DatasetError(f"npz: {path}: its arrays cannot be read ({foreign_message(err)}); expected "
+                               f"numbers (uint8 or float images, integer labels)") from None
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):

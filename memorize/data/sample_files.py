@@ -11,6 +11,8 @@ is an error asking for the range). The range used is returned with the array, fo
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from memorize.data.datasets import IMAGE_SUFFIXES, DatasetError
+from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
 
@@ -60,21 +63,42 @@ def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None 
 
 
 def _array(path: Path) -> np.ndarray:
-    """The array in a ``.npy`` (memory-mapped: read as used), ``.npz`` or ``.pt`` file (read whole)."""
+    """The array in a ``.npy`` (memory-mapped: read as used), ``.npz`` or ``.pt`` file (read whole); a file that
+    its reader cannot read (cut short, of another format, of Python objects) is a :class:`DatasetError` naming it."""
+    if path.suffix not in (".npy", ".npz", ".pt"):
+        raise DatasetError(f"{path}: expected an image folder, .npz, .npy or .pt file")
+    try:
+        value = _load(path)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise DatasetError(f"{path}: not a readable {path.suffix} file of samples ({foreign_message(err)})") from None
+    if not isinstance(value, np.ndarray):  # a file whose suffix names another format (an .npz saved as .npy)
+        if isinstance(value, np.lib.npyio.NpzFile):
+            value.close()
+        raise DatasetError(f"{path}: holds a {type(value).__name__}, not the one array a {path.suffix} file of "
+                           f"samples holds")
+    return value
+
+
+def _load(path: Path) -> np.ndarray | object:
+    """What the reader of ``path``'s suffix finds in it (:func:`_array`)."""
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r", allow_pickle=False)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded as npz:
             names = [n for n in ("samples", "images") if n in npz.files] or npz.files
-            if len(names) != 1 and names[0] not in ("samples", "images"):
-                raise DatasetError(f"{path}: holds {', '.join(npz.files)}; expected an array named samples or images")
+            if len(names) != 1 and (not names or names[0] not in ("samples", "images")):
+                raise DatasetError(f"{path}: holds {', '.join(npz.files) or 'no arrays'}; expected an array named "
+                                   f"samples or images")
             return npz[names[0]]
-    if path.suffix == ".pt":
-        value = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(value, torch.Tensor):
-            raise DatasetError(f"{path}: holds a {type(value).__name__}; expected one tensor of samples")
-        return value.numpy()
-    raise DatasetError(f"{path}: expected an image folder, .npz, .npy or .pt file")
+    value = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(value, torch.Tensor):
+        raise DatasetError(f"{path}: holds a {type(value).__name__}; expected one tensor of samples")
+    return value.numpy()
 
 
 def channels_first(images: np.ndarray, path: Path) -> np.ndarray:

@@ -154,9 +154,12 @@ def make_split(ds: Dataset, cfg: DataConfig) -> Split:
         n_near, keep, order = len(keep) - len(survivors), survivors, order[np.isin(order, survivors)]
     n_heldout = heldout_count(cfg)
     available = len(keep) - n_heldout
+    near = f", {n_near} near-copies" if cfg.dedup == "near" else ""
+    if available <= 0:
+        raise ConfigError(f"data.n_heldout: {n_heldout} held-out items leave none of the {len(keep)} distinct items "
+                          f"of {cfg.name!r} to train on ({n_exact} exact duplicates{near} removed)")
     if cfg.subset_offset + cfg.n_train > available:
         offset = f" from data.subset_offset={cfg.subset_offset}" if cfg.subset_offset else ""
-        near = f", {n_near} near-copies" if cfg.dedup == "near" else ""
         raise ConfigError(f"data.n_train: {cfg.n_train}{offset} is more than the {available} distinct items of "
                           f"{cfg.name!r} left after holding out data.n_heldout={n_heldout} "
                           f"({n_exact} exact duplicates{near} removed)")
