@@ -113,9 +113,9 @@ def test_slurm_executor_carries_snapshot_signal_delay_and_requeue_bound(tmp_path
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"time_min": 1, "signal_delay_s": 60}, "slurm.signal_delay_s: must be in (0, 60) seconds"),
-    ({"signal_delay_s": 0}, "slurm.signal_delay_s"),
-    ({"max_requeues": -1}, "slurm.max_requeues: must be >= 0"),
+    ({"time_min": 1, "signal_delay_s": 60}, "--signal-delay-s: must be in (0, 60) seconds"),  # the flags' values
+    ({"signal_delay_s": 0}, "--signal-delay-s"),
+    ({"max_requeues": -1}, "--max-requeues: must be >= 0"),
 ])
 def test_bad_signal_settings_are_refused(tmp_path, override, message):
     spec_file = tmp_path / "s.yaml"

@@ -123,7 +123,7 @@ BAD_INPUTS = [
      r"--steps: invalid int value: 'many'"),
     ("sample sampler unknown", lambda t, c: ["sample", str(c), "--sampler", "rk4"], r"--sampler: invalid choice: 'rk4'"),
     ("slurm time 0", lambda t, c: ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "sweep"),
-                                   "--executor", "slurm", "--time-min", "0"], r"slurm\.time_min: must be >= 1"),
+                                   "--executor", "slurm", "--time-min", "0"], r"--time-min: must be >= 1, got 0"),
     ("sample on a missing GPU", lambda t, c: ["sample", str(c), "--device", "cuda", "--name", "gpu"],
      r"--device: 'cuda' requested but no CUDA GPU"),
 ]

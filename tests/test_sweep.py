@@ -428,12 +428,18 @@ def test_a_killed_slot_process_fails_its_running_cell_and_the_rest_of_its_cells_
 
 @pytest.mark.parametrize("flags, said", [
     (["--sbatch", "mail-type"], "--sbatch 'mail-type': expected KEY=VALUE, e.g. --sbatch mail-type=END"),
-    (["--mem-gb", "-1"], "slurm.mem_gb: must be > 0, got -1"),
-    (["--gpus-per-cell", "-1"], "slurm.gpus_per_cell: must be >= 0, got -1"),
+    (["--mem-gb", "-1"], "error: --mem-gb: must be > 0, got -1"),
+    (["--gpus-per-cell", "-1"], "error: --gpus-per-cell: must be >= 0, got -1"),
+    (["--max-array-size", "0"], "error: --max-array-size: must be >= 1, got 0"),
+    (["--set", "slurm.max_array_size=0"], "error: --set slurm.max_array_size: must be >= 1, got 0"),
+    (["--set", "score.ratio=2"], "error: --set score.ratio: must be in (0, 1], got 2.0"),
+    (["--time-min", "1"], "s.yaml: slurm.signal_delay_s: must be in (0, 60) seconds (below slurm.time_min = 1 min), "
+                          "got 90"),  # the value at fault is the spec's
 ])
 def test_a_bad_slurm_flag_is_named_alone(flags, said, tmp_path, capsys):
-    """Each SLURM flag's error names that flag's field alone (--sbatch's was said to be --set's, and a
-    negative --mem-gb was one line about two fields)."""
+    """Each SLURM flag's error names that flag alone, as it was given (--sbatch's was said to be --set's, a
+    negative --mem-gb was one line about two fields, and --max-array-size 0 was named by the spec's file and
+    field); a value that is wrong only beside a flag's is named where it came from."""
     spec = write_spec(tmp_path / "s.yaml")
     assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--executor", "slurm",
                  *flags]) == 2

@@ -104,7 +104,7 @@ class SlurmConfig:
     def __post_init__(self) -> None:
         for name in ("cpus_per_cell", "time_min", "array_parallelism", "max_array_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"slurm.{name}: must be >= 1")
+                raise ConfigError(f"slurm.{name}: must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_cell < 0:
             raise ConfigError(f"slurm.gpus_per_cell: must be >= 0, got {self.gpus_per_cell}")
         if not self.mem_gb > 0:
@@ -241,7 +241,16 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
     try:
         return from_dict(SweepSpec, data)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(_where_given(str(err), path, slurm_overrides or {}, overrides or {})) from None
+
+
+def _where_given(message: str, path: Path, slurm_overrides: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """A spec's error ``message`` (``FIELD: problem``) led by where the field's value came from: its SLURM flag
+    (``--max-array-size``), its ``--set FIELD`` item, or else the spec file."""
+    field = message.split(":", 1)[0]
+    flag = "--" + field.removeprefix("slurm.").replace("_", "-") if field.startswith("slurm.") and \
+        field.removeprefix("slurm.") in slurm_overrides else f"--set {field}" if field in overrides else None
+    return f"{flag}{message[len(field):]}" if flag else f"{path}: {message}"
 
 
 def _get_dotted(data: dict[str, Any], dotted: str) -> Any:
