@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,15 @@ from memorize import analysis, plots, reference_figures
 from memorize.config import CellConfig, from_dict
 from memorize.score import QUALITY_K
 
+if TYPE_CHECKING:
+    import torch
 
-def score_samples(samples: str | Path | np.ndarray, out: str | Path, data: dict[str, Any] | None = None,
-                  value_range: str = "auto", name: str = "samples", **options) -> dict:
-    """Score samples made anywhere (an array (M, C, H, W), (M, H, W, C) or (M, H, W), an image folder, ``.npz``,
-    ``.npy`` or ``.pt``) against the training set that ``data`` names (the ``data:`` section of a cell
+
+def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Path,
+                  data: dict[str, Any] | None = None, value_range: str = "auto", name: str = "samples",
+                  **options) -> dict:
+    """Score samples made anywhere (an array (M, C, H, W), (M, H, W, C) or (M, H, W), numpy or torch, an image
+    folder, ``.npz``, ``.npy`` or ``.pt``) against the training set that ``data`` names (the ``data:`` section of a cell
     config, e.g. ``{"name": "cifar10", "root": PATH, "n_train": 50000}``; ``train_indices``: a file of the
     indices a model saw; ``heldout_path``: held-out images of your own), with held-out images from the
     rest of its pool unless given. Writes ``out/scores/NAME.*`` as ``memorize score`` does and returns its summary;

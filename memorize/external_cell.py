@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from memorize.cell import (LAYOUT, CellPaths, check_cell_directory, check_set_name, data_fingerprint, load_cell_data,
                            read_identity)
 from memorize.config import CellConfig, ConfigError, save_config, to_dict
-from memorize.data.sample_files import SampleSource, channels_first, open_samples, to_unit_range
+from memorize.data.sample_files import SampleSource, open_samples, samples_array, to_unit_range
 from memorize.errors import foreign_message
 from memorize.io import atomic_savez, atomic_write, atomic_write_json
 from memorize.models.external import AOTI_REFUSAL, LOADERS, NotAModelFile, archive_kind
@@ -130,25 +131,31 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
     return paths.root
 
 
-def import_samples(samples: str | Path | np.ndarray, out: str | Path, cfg: CellConfig, name: str = "samples",
-                   value_range: str = "auto", chunk: int = 4096) -> tuple[Path, str]:
+def import_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Path, cfg: CellConfig,
+                   name: str = "samples", value_range: str = "auto", chunk: int = 4096) -> tuple[Path, str]:
     """Make ``out`` a cell without a denoiser that holds the samples at ``samples`` (a folder of images,
     ``.npz``, ``.npy`` or ``.pt``; :func:`memorize.data.sample_files.open_samples`) as
     ``samples/NAME.npz``, against the training subset and held-out images of ``cfg.data``, so that
     ``memorize score`` scores them with the same code as a trained cell's. The samples are copied ``chunk``
     at a time into ``samples/NAME.samples.npy``, which every reader maps instead of loading, so memory is
     bounded by a chunk; samples whose shape is not the training images' are refused before anything is
-    written. An array is taken as the samples themselves (read with ``value_range`` as a file would be).
+    written. An array (numpy, or a torch tensor: its values on the CPU) is taken as the samples themselves
+    (read with ``value_range`` as a file would be).
     Returns the cell and the value range used."""
     check_set_name(name)
+    if isinstance(samples, torch.Tensor):  # a notebook's samples, often on a GPU or in bf16
+        samples = samples.detach().cpu()
+        samples = (samples.float() if samples.dtype == torch.bfloat16 else samples).numpy()
     if isinstance(samples, np.ndarray):
         where = Path("the samples array")
-        images, used = to_unit_range(channels_first(samples, where) if samples.ndim >= 3 else samples, value_range,
-                                     where)
+        images, used = to_unit_range(samples_array(samples, where, vectors=True), value_range, where)
         source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
                               lambda start, stop: images[start:stop])
-    else:
+    elif isinstance(samples, (str, os.PathLike)):
         source = open_samples(samples, value_range, chunk)
+    else:
+        raise TypeError(f"samples: expected an array (numpy or torch), an image folder or a file, got "
+                        f"{type(samples).__name__}")
     with _removed_on_error(Path(out)):
         return _import_samples(source, Path(out), cfg, name, chunk), source.value_range
 

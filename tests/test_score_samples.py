@@ -51,10 +51,11 @@ def test_a_folder_of_pngs_is_scored_copies_found_and_novel_images_not(tmp_path, 
     assert (out / "scores" / "trained_nn.png").is_file()
 
 
-@pytest.mark.parametrize("layout", ["M,C,H,W", "M,H,W,C", "M,H,W"])
+@pytest.mark.parametrize("layout", ["M,C,H,W", "M,H,W,C", "M,H,W", "torch", "torch bf16"])
 def test_the_notebook_api_scores_an_array_in_each_documented_layout(tmp_path, layout):
-    """mz.score_samples takes an array (M, C, H, W), (M, H, W, C) or (M, H, W), as a file is read: copies of
-    training digits are found as copies, the same whatever the layout."""
+    """mz.score_samples takes an array (M, C, H, W), (M, H, W, C) or (M, H, W), as a file is read, and a torch
+    tensor as its numpy array (one that requires grad, or in bf16, where the digits' values k/8 - 1 are
+    exact): copies of training digits are found as copies, the same whatever the layout."""
     import memorize.api as mz
     from memorize.cell import CellPaths, load_cell_data, read_config
 
@@ -64,11 +65,28 @@ def test_the_notebook_api_scores_an_array_in_each_documented_layout(tmp_path, la
     train = load_cell_data(read_config(tmp_path / "probe"), CellPaths(tmp_path / "probe")).train.numpy()
     novel = np.random.default_rng(1).uniform(-1, 1, size=(4, 1, 8, 8)).astype(np.float32)
     samples = np.concatenate([train[:4], novel])  # (M, 1, H, W) in [-1, 1]
-    given = {"M,C,H,W": samples, "M,H,W,C": samples.transpose(0, 2, 3, 1), "M,H,W": samples[:, 0]}[layout]
+    given = {"M,C,H,W": samples, "M,H,W,C": samples.transpose(0, 2, 3, 1), "M,H,W": samples[:, 0],
+             "torch": torch.from_numpy(samples).requires_grad_(),
+             "torch bf16": torch.from_numpy(samples).bfloat16()}[layout]
     summary = mz.score_samples(given, tmp_path / "scored", data, **options)
     table = __import__("pandas").read_csv(tmp_path / "scored" / "scores" / "samples.csv")
     assert table.memorized_nn.tolist() == [True] * 4 + [False] * 4 and table.nn_index[:4].tolist() == [0, 1, 2, 3]
     assert summary["nn"]["ratio"] == 0.5 and summary["n_samples"] == 8
+
+
+@pytest.mark.parametrize("samples, error, message", [
+    (np.zeros((0, 1, 8, 8), np.float32), "DatasetError", r"^the samples array: holds no samples$"),
+    (np.zeros((4, 1, 8, 8), complex), "DatasetError",
+     r"^the samples array: samples of dtype complex128; expected real numbers"),
+    (np.zeros((4, 1, 8, 8), bool), "DatasetError", r"^the samples array: samples of dtype bool; expected real numbers"),
+    ([[0.5, 0.5]], "TypeError", r"^samples: expected an array \(numpy or torch\), an image folder or a file, got list$"),
+])
+def test_the_notebook_api_refuses_what_is_not_samples_and_writes_nothing(tmp_path, samples, error, message):
+    import memorize.api as mz
+
+    with pytest.raises(Exception, match=message) as caught:
+        mz.score_samples(samples, tmp_path / "scored", {"name": "digits", "n_train": 32, "n_heldout": 100})
+    assert type(caught.value).__name__ == error and not (tmp_path / "scored").exists()
 
 
 def test_value_ranges_map_onto_minus_one_to_one():

@@ -113,6 +113,16 @@ def channels_first(images: np.ndarray, path: Path) -> np.ndarray:
                        f"with 1 or 3 channels, or (M, H, W)")
 
 
+def samples_array(images: np.ndarray, path: Path, vectors: bool = False) -> np.ndarray:
+    """``images`` checked as samples (real numbers, at least one) and channels first (:func:`channels_first`);
+    with ``vectors``, an (M, D) array of vectors passes as it is."""
+    if images.dtype.kind not in "uif":
+        raise DatasetError(f"{path}: samples of dtype {images.dtype}; expected real numbers (uint8 images or floats)")
+    if images.ndim == 0 or len(images) == 0:
+        raise DatasetError(f"{path}: holds no samples")
+    return images if vectors and images.ndim == 2 else channels_first(images, path)
+
+
 BOUNDS = {"0-255": (0.0, 255.0), "0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0)}
 
 
@@ -195,9 +205,7 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096)
                             resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows)
     if not path.is_file():
         raise DatasetError(f"{path}: no such samples file or folder")
-    array = channels_first(_array(path), path)
-    if len(array) == 0:
-        raise DatasetError(f"{path}: holds no samples")
+    array = samples_array(_array(path), path)
     if array.dtype == np.uint8 and value_range in ("auto", "0-255"):
         lo, hi = 0.0, 255.0
     else:
