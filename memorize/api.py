@@ -136,13 +136,27 @@ NEEDS = {
 def draw(results: pd.DataFrame, figure: str):
     """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
     show in a notebook, restyle, or save. A figure whose columns (:data:`NEEDS`) the table leaves empty is
-    a ValueError naming them."""
+    a ValueError naming them, and so is a table without a column the figure reads (one cut down by hand)."""
     if figure not in FIGURES:
         raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(f"results: expected the DataFrame of mz.load_results, got {type(results).__name__}")
     if results.empty:
         raise ValueError(f"figure {figure}: the results table has no rows (no finished grid point)")
     column, setting = NEEDS.get(figure, (None, ""))
     if column is not None and (column not in results or results[column].isna().all()):
         raise ValueError(f"figure {figure}: the results table has no {column} values; a sweep fills them "
                          f"with {setting}")
-    return FIGURES[figure](results)
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        return FIGURES[figure](results)
+    except KeyError as err:
+        for number in set(plt.get_fignums()) - before:  # half drawn: a notebook would show it
+            plt.close(number)
+        missing = err.args[0] if err.args else None
+        if not isinstance(missing, str) or missing in results.columns:
+            raise
+        raise ValueError(f"figure {figure}: the results table has no column {missing!r}; draw from the table "
+                         f"mz.load_results returns, or keep its columns when filtering it") from None

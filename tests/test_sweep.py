@@ -820,6 +820,17 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
     for figure in mz.FIGURES:
         with pytest.raises(ValueError, match=f"figure {figure}: the results table has no rows"):
             mz.draw(table.iloc[:0], figure)
+    # a table cut down by hand names the column a figure reads, and leaves no half-drawn figure open
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    for figure in ("memorization_vs_n", "phase_diagram", "critical_n"):
+        with pytest.raises(ValueError, match=f"^figure {figure}: the results table has no column 'mem_nn'; draw "
+                                             f"from the table mz.load_results returns"):
+            mz.draw(table.drop(columns="mem_nn"), figure)
+    assert plt.get_fignums() == []
+    with pytest.raises(TypeError, match="^results: expected the DataFrame of mz.load_results, got list$"):
+        mz.draw([table], "critical_n")
     point = mz.load_point(finished_sweep[0], table.cell[0], table)
     assert len(point.scores) == len(point.samples()) == table.n_samples[0] and len(point.train) == table.n_train[0]
     with pytest.raises(ValueError, match="cell nope: not a finished grid point"):
