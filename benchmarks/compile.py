@@ -53,7 +53,7 @@ def run(channels: list[int], steps: int, device: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--steps", type=int, default=1000, help=f"per run (> {WARM})")
     parser.add_argument("--threads", type=int, default=2)

@@ -69,7 +69,7 @@ def run(b: int, n: int, d: int, chunk: int, sizes: list[int], device: str = "cpu
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=3072)

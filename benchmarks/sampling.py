@@ -97,7 +97,7 @@ def run(num: int, nfe: int, resolution: int, channels: int, device: str = "cpu")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--num", type=int, default=256)
     parser.add_argument("--nfe", type=int, default=35)
     parser.add_argument("--resolution", type=int, default=32)

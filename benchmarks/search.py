@@ -120,7 +120,7 @@ def time_methods(methods, q: int, n: int, d: int, rate: float, ratio_name: str, 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=3072)

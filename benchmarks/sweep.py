@@ -84,7 +84,7 @@ def stage_table(sweep_dir: Path, wall_seconds: float | None = None) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--sweep-dir", type=Path, help="read a finished sweep instead of running a slice")
     parser.add_argument("--n-train", type=int, default=64, help="training-set size of the slice (default 64)")
     add_device_argument(parser)

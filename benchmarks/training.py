@@ -106,7 +106,7 @@ def run(batch_size: int, resolution: int, channels: int, steps: int) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--batch-size", type=int, help="default: 32 on the CPU, 256 on a GPU")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--channels", type=int, default=32)

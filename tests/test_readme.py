@@ -1,6 +1,6 @@
-"""Every command README.md and the docs give runs as written after README's first command: memorize
-commands parse, scripts and modules exist and answer --help, and each runs inside the virtual environment
-the first command makes."""
+"""Every command README.md, the docs and the benchmarks' README give runs as written after README's first
+command: memorize commands parse, scripts and modules exist, answer --help and parse the arguments given,
+and each runs inside the virtual environment the first command makes."""
 
 import os
 import re
@@ -34,7 +34,7 @@ def shell_commands(page: Path) -> list[str]:
 
 
 COMMANDS = shell_commands(ROOT / "README.md")
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "benchmarks" / "README.md"]
 DOC_COMMANDS = sorted({c for page in PAGES for c in shell_commands(page)} - set(COMMANDS))
 
 
@@ -89,6 +89,30 @@ def test_each_command_runs_as_written(command):
         done = subprocess.run([sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr
+        # and its arguments as written: the script's own parser reads them, then it stops before any work
+        done = subprocess.run([sys.executable, "-c", PARSE_ONLY, *argv[1:]], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, f"{command!r} does not parse: {done.stderr.strip().splitlines()[-1:]}"
+
+
+# Runs a script (PATH ARGS) or module (-m NAME ARGS) as ``python`` would, with argparse stopping once the
+# arguments are parsed: exit 0 where they parse, argparse's exit 2 and its message where they do not.
+PARSE_ONLY = """
+import argparse, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def parse_only(self, args=None, namespace=None):
+    parse(self, args, namespace)
+    raise SystemExit(0)
+argparse.ArgumentParser.parse_args = parse_only
+if sys.argv[1] == "-m":
+    sys.argv = [sys.argv[2], *sys.argv[3:]]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[1:]
+    sys.path.insert(0, __import__("os").path.dirname(sys.argv[0]))
+    runpy.run_path(sys.argv[0], run_name="__main__")
+raise SystemExit(3)  # never parsed its arguments
+"""
 
 
 def test_readme_links_point_at_files():
