@@ -202,6 +202,27 @@ def test_a_held_out_set_that_takes_every_distinct_item_is_named_as_such(tmp_path
         make_split(load_dataset(cfg), cfg)
 
 
+def _png(path, size=(6, 6)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (9, 9, 9)).save(path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda r: _png(r / "a.png") or (r / "b.png").write_bytes(b"not a png"),
+     r"b\.png is not a readable image \(UnidentifiedImageError: .*\); remove it or replace it$"),
+    (lambda r: _png(r / "a.png") or (r / "b.png").write_bytes((r / "a.png").read_bytes()[:-30]),  # cut short
+     r"b\.png is not a readable image \(OSError: image file is truncated\)"),
+    (lambda r: _png(r / "cats" / "a.png") or _png(r / "dogs" / "b.png", (7, 6)),
+     r"differ in size \(.*cats/a\.png is 6x6, .*dogs/b\.png 7x6\); set data\.resize"),
+])
+def test_an_image_folder_names_the_image_it_cannot_use(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(DatasetError, match=f"^folder: .*{message}"):
+        load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+
+
 def test_gmm_matches_its_mixture():
     cfg = GMMConfig(components=2, dim=3, rank=2, size=20000, scale=0.3, shift=1.0)
     ds = load_dataset(DataConfig(name="gmm", gmm=cfg))

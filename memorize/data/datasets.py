@@ -153,14 +153,20 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
     class_index = {c: i for i, c in enumerate(classes)}
     arrays = []
     for path in files:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None:
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            arrays.append(np.asarray(img))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DatasetError(f"folder: images under {root} differ in size {sorted(shapes)[:3]}...; set data.resize")
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if size is not None:
+                    img = img.resize((size, size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(img))
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise DatasetError(f"folder: {path} is not a readable image ({foreign_message(err)}); remove it or "
+                               f"replace it") from None
+    other = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
+    if other is not None:
+        (h0, w0, _), (h, w, _) = arrays[0].shape, arrays[other].shape
+        raise DatasetError(f"folder: images under {root} differ in size ({files[0]} is {w0}x{h0}, {files[other]} "
+                           f"{w}x{h}); set data.resize to train on them at one size")
     images = np.stack(arrays).transpose(0, 3, 1, 2)
     labels = None
     if classes:
