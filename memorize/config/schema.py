@@ -107,6 +107,7 @@ class DataConfig:
                  "must be a cosine in (0, 1] (1: only copies up to brightness and contrast)")
         _require(self.n_heldout >= 0, "data.n_heldout", "must be >= 0")
         _require(self.subset_offset >= 0, "data.subset_offset", "must be >= 0")
+        _require(self.split_seed >= 0, "data.split_seed", "must be >= 0 (numpy's generators take no negative seed)")
         _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")
         needs_root = self.name in ("mnist", "cifar10", "folder", "npz")
         _require(not needs_root or bool(self.root), "data.root",
@@ -312,7 +313,7 @@ class CellConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.seed >= 0, "seed", "must be >= 0")
+        _require(0 <= self.seed < 2**63, "seed", "must be in [0, 2^63)")
         unconditional = self.data.labels == "none"
         _require(not (unconditional and self.train.label_dropout > 0), "train.label_dropout",
                  "drops class labels, but data.labels is none: set data.labels (true, random or unique) or leave it 0")
