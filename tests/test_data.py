@@ -194,6 +194,20 @@ def test_an_npz_that_numpy_cannot_read_as_one_is_named(tmp_path, name, write, me
         load_dataset(DataConfig(name="npz", root=str(tmp_path / name)))
 
 
+@pytest.mark.parametrize("labels, found", [
+    (np.array([-1] * 3 + [1] * 3), "-1 to 1"),  # -1 was read as classifier-free guidance's null label
+    (np.array([0] * 3 + [10**9] * 3), "0 to 1000000000"),  # sized a label table of 10^9 rows (128 GB)
+])
+def test_npz_labels_must_be_class_indices(tmp_path, labels, found):
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 1, 4, 4), dtype=np.uint8)
+    _write_npz(tmp_path / "l.npz", images, labels)
+    with pytest.raises(DatasetError, match=f"l\\.npz: 'labels' must be class indices in \\[0, 1,048,576\\); found "
+                                           f"{found}: number the classes"):
+        load_dataset(DataConfig(name="npz", root=str(tmp_path / "l.npz")))
+    _write_npz(tmp_path / "ok.npz", images, np.array([0, 4, 4, 0, 2, 2]))  # classes need not all occur
+    assert load_dataset(DataConfig(name="npz", root=str(tmp_path / "ok.npz"))).num_classes == 5
+
+
 def test_a_held_out_set_that_takes_every_distinct_item_is_named_as_such(tmp_path):
     _write_npz(tmp_path / "same.npz", np.zeros((20, 1, 4, 4), dtype=np.uint8))  # one distinct image, 19 copies
     cfg = DataConfig(name="npz", root=str(tmp_path / "same.npz"), n_train=8, n_heldout=4)

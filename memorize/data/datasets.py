@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from memorize.config import DataConfig, GMMConfig
 from memorize.errors import foreign_message
 
+MAX_CLASSES = 2**20  # an npz's labels index a table of this many rows at most
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -216,6 +218,12 @@ def load_npz(path: str | Path) -> Dataset:
         if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
             raise DatasetError(f"npz: {path}: 'labels' must be integers of shape ({len(data)},); "
                                f"got {labels.dtype} {labels.shape}")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < MAX_CLASSES:
+            # the largest sizes the label table and the classifier's output (and -1 is the null label of
+            # classifier-free guidance)
+            raise DatasetError(f"npz: {path}: 'labels' must be class indices in [0, {MAX_CLASSES:,}); found "
+                               f"{labels.min()} to {labels.max()}: number the classes 0, 1, 2, ... (or save no "
+                               f"labels)")
         label_tensor = torch.from_numpy(labels).long()
         num_classes = int(labels.max()) + 1
     return Dataset("npz", data, label_tensor, num_classes, files=(path,))
