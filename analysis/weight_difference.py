@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("a", type=Path, help="a sweep directory")
     parser.add_argument("b", type=Path, help="another run of the same sweep")
     args = parser.parse_args()
+    for sweep in (args.a, args.b):
+        if not (sweep / "cells").is_dir():
+            parser.error(f"{sweep} is not a sweep directory (no cells/ in it): give two runs of one sweep")
     table = weight_differences(args.a, args.b)
     if table.empty:
         raise SystemExit(f"{args.a} and {args.b} share no cell checkpoint (are they runs of the same sweep?)")

@@ -264,3 +264,12 @@ def test_weight_difference_reads_the_checkpoints_two_sweeps_share(tmp_path, caps
     monkeypatch.setattr(sys, "argv", ["weight_difference.py", str(tmp_path / "a"), str(tmp_path / "b")])
     report()
     assert "c1    10" in capsys.readouterr().out
+    # a directory that is not a sweep (a cell's, a typo) is one line naming it, not a traceback
+    (tmp_path / "cell").mkdir()
+    for other in ("cell", "missing"):
+        monkeypatch.setattr(sys, "argv", ["weight_difference.py", str(tmp_path / "a"), str(tmp_path / other)])
+        with pytest.raises(SystemExit) as exit_:
+            report()
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1
+        assert err.startswith(f"weight_difference.py: error: {tmp_path / other} is not a sweep directory")
