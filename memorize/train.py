@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from memorize import distributed
 from memorize.cell import CellPaths, build_denoiser, init_cell, load_checkpoint, resolve_device, resolve_sigma_data
-from memorize.config import CellConfig, ConfigError, save_config, to_dict
+from memorize.config import CellConfig, ConfigError, absolute_root, save_config, to_dict
 from memorize.diffusion import Denoiser, sample_training_sigma
 from memorize.graphs import Inputs, StepRunner, capturable_optimizer, graph_refusal, portable_optimizer_state
 from memorize.io import atomic_torch_save, atomic_write_json, atomic_write_text, progress_note
@@ -245,7 +245,7 @@ class CellTraining:
 
     def __init__(self, cfg: CellConfig, out: str | Path, keep_steps: tuple[int, ...] = (),
                  ranks: distributed.Ranks | None = None):
-        self.cfg = cfg
+        self.cfg = cfg = absolute_root(cfg)
         self.paths = paths = CellPaths(Path(out))
         self.ranks = ranks = ranks or distributed.ranks()
         self.device = resolve_device(cfg.train.device, "train.device")

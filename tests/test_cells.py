@@ -91,6 +91,30 @@ def test_a_changed_dataset_under_a_cell_is_refused(tiny_cfg, tmp_path):
         sample_cell(tmp_path / "cell", cfg.sample, progress=False)
 
 
+def test_a_relative_data_root_is_recorded_absolute_so_the_cell_is_read_from_anywhere(tiny_cfg, tmp_path,
+                                                                                    monkeypatch):
+    """A cell trained with ``data.root: data.npz`` from one directory is sampled and its data loaded from
+    another (a notebook elsewhere, a later ``memorize compare``): its config and checkpoints record the
+    root as an absolute path. The root is a location, so the cell's id is the one an absolute root gives."""
+    from memorize.cell import load_cell_data, read_config
+
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    images = np.random.default_rng(0).integers(0, 256, size=(160, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "launch" / "data.npz", images=images)
+    cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, name="npz", root="data.npz"))
+    monkeypatch.chdir(tmp_path / "launch")
+    train(cfg, tmp_path / "cell", progress=False)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recorded = read_config(tmp_path / "cell")
+    assert recorded.data.root == str(tmp_path / "launch" / "data.npz")
+    assert torch.load(tmp_path / "cell" / "checkpoints" / "step-0000030.pt",
+                      weights_only=False)["config"]["data"]["root"] == recorded.data.root
+    assert cell_id(recorded) == cell_id(cfg)
+    assert len(load_cell_data(recorded, CellPaths(tmp_path / "cell")).train) == cfg.data.n_train
+    assert read_samples(sample_cell(tmp_path / "cell", cfg.sample, progress=False))["samples"].shape == (16, 1, 8, 8)
+
+
 def test_an_old_layout_cell_gets_a_migration_message(tiny_cfg, tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 0\n")  # memorize 0.1: a config, no cell.json
     with pytest.raises(ConfigError, match=r"memorize 0\.1.*Re-run into a new directory"):

@@ -205,5 +205,16 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def absolute_root(config: CellConfig) -> CellConfig:
+    """``config`` with ``data.root`` made absolute (``~`` expanded, relative to the current directory), as a
+    cell records it: its samples, scores and comparisons are read later from other directories (a notebook,
+    ``memorize compare`` elsewhere). The root is a location, not part of a cell's identity."""
+    root = config.data.root
+    if root is None or Path(root).is_absolute():
+        return config
+    absolute = str(Path(root).expanduser().absolute())
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, root=absolute))
+
+
 def save_config(config: CellConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
