@@ -228,7 +228,8 @@ def stage_seconds(out: Path, whole: float | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--tests", action="store_true", help="also run `pytest -m gpu` (a few more minutes)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per training figure (default 300)")
     parser.add_argument("--budget", type=float, default=540.0,

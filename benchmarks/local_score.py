@@ -71,7 +71,8 @@ def run(b: int, n: int, shape: tuple[int, int, int], size: int, chunk: int, size
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--queries", type=int, default=16, help="query images B")
     parser.add_argument("--train", type=int, default=1600, help="training images N")
     parser.add_argument("--shape", type=int, nargs=3, default=[1, 8, 8], metavar=("C", "H", "W"))

@@ -32,7 +32,8 @@ def bare_pairs(desc: np.ndarray, threshold: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--images", type=int, default=60000)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)

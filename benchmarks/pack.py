@@ -143,7 +143,8 @@ def forward_backward(channels: int, n: int, repeats: int = 10, device: str = "cp
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--cells", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--channels", type=int, nargs="*", default=[8, 16, 32])

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from memorize.sweep import collect
     from memorize.sweep.figures import default_nn_cells
 
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("sweep", type=Path, help="a finished sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cell", help="the cell to evaluate again (default: the largest model's at the largest N)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

@@ -58,7 +58,8 @@ def run(n: int, m: int, d: int, device: str = "cpu", repeats: int = 2) -> list[d
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--n", type=int, default=10_000, help="real (held-out) feature rows")
     parser.add_argument("--m", type=int, default=10_000, help="sample feature rows")
     parser.add_argument("--dim", type=int, default=512)

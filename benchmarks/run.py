@@ -17,7 +17,8 @@ from benchmarks import (common, compile, descriptors, empirical, local_score, ne
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--quick", action="store_true")
     common.add_device_argument(parser)
     args = parser.parse_args()

@@ -34,7 +34,8 @@ def run(steps: list[int]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--steps", type=int, nargs="+", default=[18, 32, 64, 100, 256])
     args = parser.parse_args(argv)
     return report("sampler_bias", run(args.steps),

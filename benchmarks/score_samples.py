@@ -99,7 +99,8 @@ def run(m: int, n: int, shape: tuple[int, int, int], heldout: int) -> list[dict]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--heldout", type=int, default=1000)

@@ -87,7 +87,8 @@ def per_job_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds each squeue/sacct call takes")
     parser.add_argument("--device", default="cpu", help="ignored (no tensors here); for benchmarks.run")

@@ -165,7 +165,8 @@ def large_cell(device: str, amp: bool) -> CellConfig:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_device_argument(parser)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per figure (default 300)")

@@ -66,7 +66,8 @@ BAD_INPUTS = [
      ["train", str(t / "bin.yaml"), "--out", str(t / "new")], r"bin\.yaml: not a text file"),
     ("spec not YAML", lambda t, c: (t / "s.yaml").write_text("grid: {a: [1,\n") and
      ["sweep", "run", str(t / "s.yaml"), "--out", str(t / "sweep")], r"s\.yaml: not valid YAML"),
-    ("spec key twice", lambda t, c: (t / "s.yaml").write_text("name: a\nbase:\n  train: {steps: 9}\n  train: {lr: 0.1}\n")
+    ("spec key twice", lambda t, c: (t / "s.yaml").write_text("name: a\nbase:\n  train: {steps: 9}\n"
+                                                              "  train: {lr: 0.1}\n")
      and ["sweep", "run", str(t / "s.yaml"), "--out", str(t / "sweep")],
      r"s\.yaml: not valid YAML at line 4, column 3: key 'train' given twice \(first at line 3\)"),
     ("set value not YAML", lambda t, c: ["sweep", "run", str(write_spec(t / "s.yaml")), "--out", str(t / "sweep"),

@@ -79,7 +79,8 @@ def test_the_notebook_api_scores_an_array_in_each_documented_layout(tmp_path, la
     (np.zeros((4, 1, 8, 8), complex), "DatasetError",
      r"^the samples array: samples of dtype complex128; expected real numbers"),
     (np.zeros((4, 1, 8, 8), bool), "DatasetError", r"^the samples array: samples of dtype bool; expected real numbers"),
-    ([[0.5, 0.5]], "TypeError", r"^samples: expected an array \(numpy or torch\), an image folder or a file, got list$"),
+    ([[0.5, 0.5]], "TypeError",
+     r"^samples: expected an array \(numpy or torch\), an image folder or a file, got list$"),
 ])
 def test_the_notebook_api_refuses_what_is_not_samples_and_writes_nothing(tmp_path, samples, error, message):
     import memorize.api as mz

@@ -156,7 +156,8 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class names it
                 break
             if first is not key_node.start_mark:
-                at = f"column {first.column + 1}" if first.line == key_node.start_mark.line else f"line {first.line + 1}"
+                same_line = first.line == key_node.start_mark.line
+                at = f"column {first.column + 1}" if same_line else f"line {first.line + 1}"
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice (first at {at}); YAML keeps one value per key",
                     key_node.start_mark)

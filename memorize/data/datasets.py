@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def load_mnist(root: str | Path) -> Dataset:
     return Dataset("mnist", _from_uint8(images[:, None]), labels, 10, files=(image_file, label_file))
 
 
-def _read_idx(reader, path: Path, kind: str) -> torch.Tensor:
+def _read_idx(reader: Callable[[str], torch.Tensor], path: Path, kind: str) -> torch.Tensor:
     """One of MNIST's idx files read by torchvision's ``reader``, which checks the format with assertions: a file
     of another format or cut short is a :class:`DatasetError` naming it."""
     try:

@@ -81,7 +81,7 @@ def _array(path: Path) -> np.ndarray:
     return value
 
 
-def _load(path: Path) -> np.ndarray | object:
+def _load(path: Path) -> object:
     """What the reader of ``path``'s suffix finds in it (:func:`_array`)."""
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r", allow_pickle=False)

@@ -248,9 +248,12 @@ def _where_given(message: str, path: Path, slurm_overrides: dict[str, Any], over
     """A spec's error ``message`` (``FIELD: problem``) led by where the field's value came from: its SLURM flag
     (``--max-array-size``), its ``--set FIELD`` item, or else the spec file."""
     field = message.split(":", 1)[0]
-    flag = "--" + field.removeprefix("slurm.").replace("_", "-") if field.startswith("slurm.") and \
-        field.removeprefix("slurm.") in slurm_overrides else f"--set {field}" if field in overrides else None
-    return f"{flag}{message[len(field):]}" if flag else f"{path}: {message}"
+    name = field.removeprefix("slurm.")
+    if field.startswith("slurm.") and name in slurm_overrides:
+        return f"--{name.replace('_', '-')}{message[len(field):]}"
+    if field in overrides:
+        return f"--set {field}{message[len(field):]}"
+    return f"{path}: {message}"
 
 
 def _get_dotted(data: dict[str, Any], dotted: str) -> Any:
