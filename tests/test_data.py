@@ -223,6 +223,12 @@ def _png(path, size=(6, 6)):
     Image.new("RGB", size, (9, 9, 9)).save(path)
 
 
+def _png16(path):
+    from PIL import Image
+
+    Image.fromarray(np.arange(36, dtype=np.uint16).reshape(6, 6) * 1000).save(path)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda r: _png(r / "a.png") or (r / "b.png").write_bytes(b"not a png"),
      r"b\.png is not a readable image \(UnidentifiedImageError: .*\); remove it or replace it$"),
@@ -230,6 +236,8 @@ def _png(path, size=(6, 6)):
      r"b\.png is not a readable image \(OSError: image file is truncated\)"),
     (lambda r: _png(r / "cats" / "a.png") or _png(r / "dogs" / "b.png", (7, 6)),
      r"differ in size \(.*cats/a\.png is 6x6, .*dogs/b\.png 7x6\); set data\.resize"),
+    (lambda r: _png(r / "a.png") or _png16(r / "b.png"),  # PIL's 8-bit reading turned values over 255 white
+     r"b\.png: image mode I;16, more than 8 bits per channel, which reading as 8-bit would clip to 0-255"),
 ])
 def test_an_image_folder_names_the_image_it_cannot_use(tmp_path, make, message):
     make(tmp_path)

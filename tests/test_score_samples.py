@@ -126,6 +126,14 @@ def _mixed_sizes(t):
     return t / "pngs"
 
 
+def _png16_folder(t):
+    from PIL import Image
+
+    (t / "pngs").mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(t / "pngs" / "a.png")
+    return t / "pngs"
+
+
 def _cut(t, name, save):
     save(t / "whole")
     whole = next(t.glob("whole*"))
@@ -148,6 +156,7 @@ def _cut(t, name, save):
     ("npz named npy", lambda t: np.savez(t / "s.npz", samples=np.zeros((3, 3, 8, 8))) or
      (t / "s.npz").rename(t / "s.npy") or t / "s.npy", r"s\.npy: holds a NpzFile, not the one array a \.npy file"),
     ("npz of nothing", lambda t: np.savez(t / "s.npz") or t / "s.npz", r"s\.npz: holds no arrays; expected an array"),
+    ("16-bit pngs", _png16_folder, r"a\.png: image mode I;16, more than 8 bits per channel"),
     ("no training set section", None, r"--set train\.steps: samples made elsewhere take data\.\* fields only"),
 ])
 def test_bad_samples_are_one_line_errors_and_nothing_is_written(tmp_path, capsys, name, make, expected):

@@ -138,6 +138,17 @@ def load_cifar10(root: str | Path) -> Dataset:
                    files=tuple(folder / f"data_batch_{i}" for i in range(1, 6)))
 
 
+def eight_bit(img, path: Path):
+    """``img`` (a PIL image) where its channels have 8 bits. PIL converts a 16-bit or floating-point image
+    (modes ``I;16``, ``I``, ``F``) to RGB or L by clipping its values to 0-255, which turns most of a 16-bit
+    image white without a word, so such images are refused, naming ``path``."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        raise DatasetError(f"{path}: image mode {img.mode}, more than 8 bits per channel, which reading as 8-bit "
+                           f"would clip to 0-255: convert the images to 8 bits, or save them as an .npz (float "
+                           f"images in [-1, 1])")
+    return img
+
+
 def load_folder(root: str | Path, size: int | None) -> Dataset:
     """Every image under ``root`` (recursively), as RGB; labels from first-level subfolders.
 
@@ -158,10 +169,12 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
     for path in files:
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = eight_bit(img, path).convert("RGB")
                 if size is not None:
                     img = img.resize((size, size), Image.Resampling.BICUBIC)
                 arrays.append(np.asarray(img))
+        except DatasetError as err:
+            raise DatasetError(f"folder: {err}") from None
         except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
             raise DatasetError(f"folder: {path} is not a readable image ({foreign_message(err)}); remove it or "
                                f"replace it") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.data.datasets import IMAGE_SUFFIXES, DatasetError
+from memorize.data.datasets import IMAGE_SUFFIXES, DatasetError, eight_bit
 from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
@@ -33,8 +33,11 @@ def _decode(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            img = eight_bit(img, path)
             img = img if img.mode in ("L", "RGB") else img.convert("RGB")
             array = np.asarray(img)
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable image ({str(err).splitlines()[0][:120]})") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
