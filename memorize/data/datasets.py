@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 
 from memorize.config import DataConfig, GMMConfig
 from memorize.errors import foreign_message
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 MAX_CLASSES = 2**20  # an npz's labels index a table of this many rows at most
 
@@ -138,7 +142,7 @@ def load_cifar10(root: str | Path) -> Dataset:
                    files=tuple(folder / f"data_batch_{i}" for i in range(1, 6)))
 
 
-def eight_bit(img, path: Path):
+def eight_bit(img: PIL.Image.Image, path: Path) -> PIL.Image.Image:
     """``img`` (a PIL image) where its channels have 8 bits. PIL converts a 16-bit or floating-point image
     (modes ``I;16``, ``I``, ``F``) to RGB or L by clipping its values to 0-255, which turns most of a 16-bit
     image white without a word, so such images are refused, naming ``path``."""
