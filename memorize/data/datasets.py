@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import PIL.Image
 
 MAX_CLASSES = 2**20  # an npz's labels index a table of this many rows at most
+# what np.load raises for a file that is not NumPy's, is cut short, or holds Python objects
+NUMPY_FILE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -202,7 +204,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"npz: expected file {path} (not found)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # not NumPy's, or cut short
+    except NUMPY_FILE_ERRORS as err:
         raise DatasetError(f"npz: {path} is not a readable .npz archive ({foreign_message(err)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatasetError(f"npz: {path} holds one array (a .npy file); expected an .npz archive with an array "
@@ -213,7 +215,7 @@ def load_npz(path: str | Path) -> Dataset:
         try:
             images = npz["images"]
             labels = npz["labels"] if "labels" in npz else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays, damaged members
+        except NUMPY_FILE_ERRORS as err:  # object arrays, damaged members
             raise DatasetError(f"npz: {path}: its arrays cannot be read ({foreign_message(err)}); expected "
                                f"numbers (uint8 or float images, integer labels)") from None
     if images.ndim == 3:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.data.datasets import IMAGE_SUFFIXES, DatasetError, eight_bit
+from memorize.data.datasets import IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, eight_bit
 from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
@@ -74,7 +73,7 @@ def _array(path: Path) -> np.ndarray:
         value = _load(path)
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+    except (*NUMPY_FILE_ERRORS, KeyError, RuntimeError, pickle.UnpicklingError) as err:  # and torch.load's
         raise DatasetError(f"{path}: not a readable {path.suffix} file of samples ({foreign_message(err)})") from None
     if not isinstance(value, np.ndarray):  # a file whose suffix names another format (an .npz saved as .npy)
         if isinstance(value, np.lib.npyio.NpzFile):
