@@ -90,6 +90,7 @@ def copied_images_table(sweep: str, results: pd.DataFrame, criterion: str, thres
 
 
 def main() -> None:
+    from memorize.cli.flags import cosine
     from memorize.cli.recipes import image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import most_copied_figure
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")
     parser.add_argument("--cell", help="the cell whose most-copied training images are drawn")
-    parser.add_argument("--near-threshold", type=float, default=0.98,
+    parser.add_argument("--near-threshold", type=cosine, default=0.98,
                         help="the near-copy cosine (pixel correlation) of data.dedup: near (default 0.98)")
     args = parser.parse_args()
     results = sweep_results(parser, args.sweep)

@@ -43,6 +43,7 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
+    from memorize.cli.flags import positive_int
     from memorize.cli.recipes import image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import disagreement_figure
@@ -50,7 +51,7 @@ def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cell", help="the cell whose disagreeing samples are drawn")
-    parser.add_argument("--per-group", type=int, default=6, help="samples drawn per pattern (default 6)")
+    parser.add_argument("--per-group", type=positive_int, default=6, help="samples drawn per pattern (default 6)")
     args = parser.parse_args()
     results = sweep_results(parser, args.sweep)
     if "mem_ext" not in results or results["mem_ext"].isna().all():

@@ -24,6 +24,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memorize.cli.flags import cosine
     from memorize.cli.recipes import recipe_parser
     from memorize.config import ConfigError, DataConfig
     from memorize.data import DatasetError, load_dataset, unique_indices
@@ -34,11 +35,9 @@ def main() -> None:
     parser.add_argument("--data", default="digits", choices=["digits", "mnist", "cifar10", "folder", "npz"],
                         help="the dataset (data.name; default digits)")
     parser.add_argument("--root", help="its local files (data.root) for mnist, cifar10, folder and npz")
-    parser.add_argument("--threshold", type=float, default=0.98, help="near-copy cosine (data.near_threshold)")
+    parser.add_argument("--threshold", type=cosine, default=0.98, help="near-copy cosine (data.near_threshold)")
     parser.add_argument("--figure", help="where to draw the closest pairs (default near_duplicates_<data>.png)")
     args = parser.parse_args()
-    if not 0 < args.threshold <= 1:
-        parser.error(f"--threshold: {args.threshold}, expected a cosine in (0, 1]")
     try:
         ds = load_dataset(DataConfig(name=args.data, root=args.root))
     except (ConfigError, DatasetError) as err:

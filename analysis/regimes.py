@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from memorize.cell import CellPaths, load_cell_data, read_config
+from memorize.cell import CellPaths, load_cell_data, read_config, resolve_device
 from memorize.cli.recipes import recipe_parser, sweep_results
-from memorize.config import from_dict
-from memorize.config import SampleConfig
+from memorize.config import ConfigError, SampleConfig, from_dict
 from memorize.generate import read_samples, sample_cell
 from memorize.io import atomic_write_text
 from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve_features
@@ -33,8 +32,13 @@ from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve
 def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("sweep", help="a finished sweep directory (memorize sweep run ... --out DIR)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="where the features and the Gaussian samples are "
+                        "computed: cpu (default), auto or cuda[:N]")
     args = parser.parse_args()
+    try:
+        device = str(resolve_device(args.device))
+    except ConfigError as err:
+        parser.error(str(err))
     out = Path(args.sweep)
     results = sweep_results(parser, out)
     largest = results[results.params == results.params.max()]
@@ -44,7 +48,7 @@ def main() -> None:
     root = out / "cells" / rows["largest"]["cell"]
     data = load_cell_data(read_config(root), CellPaths(root))
     features = resolve_features(evals["largest"]["settings"]["score"]["features"], data)
-    embed, record = feature_embedder(features, data, CellPaths(root).feature_cache, args.device, progress=True)
+    embed, record = feature_embedder(features, data, CellPaths(root).feature_cache, device, progress=True)
     heldout = embed(data.heldout)
 
     def drawn(key: str) -> np.ndarray:
@@ -53,7 +57,7 @@ def main() -> None:
     trained = drawn("largest")
     num = len(trained)
     sample_cfg = from_dict(SampleConfig, evals["largest"]["config"]["sample"])
-    gaussian = read_samples(sample_cell(root, sample_cfg, "gaussian", name="gaussian-regimes", device=args.device,
+    gaussian = read_samples(sample_cell(root, sample_cfg, "gaussian", name="gaussian-regimes", device=device,
                                         progress=True))["samples"]
     sets = {
         "real (pool images)": data.train[:num].numpy(),
@@ -62,7 +66,7 @@ def main() -> None:
         "uniform noise": np.random.default_rng(0).uniform(-1, 1, size=trained.shape).astype(np.float32),
         f"trained, N = {rows['smallest']['n_train']}": drawn("smallest"),
     }
-    table = pd.DataFrame([{"set": name, **{k: v for k, v in quality_summary(embed(images), heldout, args.device,
+    table = pd.DataFrame([{"set": name, **{k: v for k, v in quality_summary(embed(images), heldout, device,
                                                                             QUALITY_K).items()
                                            if k in ("n_samples", "fid", "kid", "precision", "recall")}}
                           for name, images in sets.items()])

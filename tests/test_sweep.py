@@ -1005,6 +1005,34 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("recipe, flag, value, said", [
+    ("disagreements", "--per-group", "0", "argument --per-group: expected a positive integer, got 0"),
+    ("disagreements", "--per-group", "-3", "argument --per-group: expected a positive integer, got -3"),
+    ("copying", "--near-threshold", "2", "argument --near-threshold: expected a cosine in (0, 1], got 2"),
+    ("copying", "--near-threshold", "nan", "argument --near-threshold: expected a cosine in (0, 1], got nan"),
+    ("check_extraction", "--fixed-threshold", "-1",
+     "argument --fixed-threshold: expected a positive finite number, got -1"),
+    ("check_extraction", "--fixed-threshold", "nan",
+     "argument --fixed-threshold: expected a positive finite number, got nan"),
+    ("near_duplicates", "--threshold", "5", "argument --threshold: expected a cosine in (0, 1], got 5"),
+    ("regimes", "--device", "tpu", "--device: 'tpu' is not a device (expected auto, cpu, cuda or cuda:N)"),
+])
+def test_a_recipe_flag_out_of_range_is_refused_before_the_sweep_is_read(recipe, flag, value, said, tmp_path,
+                                                                       monkeypatch, capsys):
+    """A value its recipe cannot use (no samples drawn per pattern, a cosine of 2, a cut-off that flags nothing,
+    a device that is not one) is one line, before the sweep (here: none) is read; not a ZeroDivisionError
+    from matplotlib, a table computed at a meaningless threshold, or torch's list of device types."""
+    import importlib
+
+    positionals = [] if recipe == "near_duplicates" else [str(tmp_path / "no_sweep")]
+    monkeypatch.setattr(sys, "argv", [f"{recipe}.py", *positionals, flag, value])
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"analysis.{recipe}").main()
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"{recipe}.py: error: {said} (see `{recipe}.py --help`)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes(finished_sweep, tmp_path, capsys):
     """load_point names the file in one line; the disagreement recipe counts the other cells."""
     import memorize.api as mz

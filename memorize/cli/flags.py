@@ -91,6 +91,8 @@ MAX_THREADS = 1024
 thread_count = checked(int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threads from 1 to {MAX_THREADS}")
 rate = checked(float, lambda v: 0 < v < 1, "a rate in (0, 1)")
 seconds = checked(float, lambda v: 0 <= v < math.inf, "a number of seconds (0 or more, finite)")
+cosine = checked(float, lambda v: 0 < v <= 1, "a cosine in (0, 1]")
+positive_number = checked(float, lambda v: 0 < v < math.inf, "a positive finite number")
 # a sample set's name is the file name of its samples in DIR/samples (and of its scores and comparisons)
 set_name = checked(str, is_set_name, "a sample set name, not a path (no / in it)")
 
