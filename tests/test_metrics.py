@@ -55,6 +55,30 @@ def test_n_below_two_and_shape_mismatch_are_errors(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_no_samples_score_nothing_and_no_training_set_is_named(backend):
+    """A batch with no samples (a filtered selection that kept none) gives empty verdicts, with the shape
+    of each item as given, not numpy's "cannot reshape array of size 0"; an empty training set is an error
+    saying so, on every criterion."""
+    from memorize.metrics import extraction_score
+    from memorize.metrics.criteria import nn_ratio_within_class
+
+    train = np.random.default_rng(0).normal(size=(6, 1, 4, 4)).astype(np.float32)
+    none = train[:0]
+    scored = [nn_ratio(none, train, backend=backend).memorized,
+              copy_similarity(none.reshape(0, 16), train.reshape(6, 16), 0.5, backend=backend).memorized,
+              extraction_score(none, train, 1.0, backend=backend).memorized,
+              nn_ratio_within_class(none, np.zeros(0, int), train, np.arange(6) % 2, backend=backend).memorized]
+    assert [(v.shape, v.dtype) for v in scored] == [((0,), np.dtype(bool))] * 4
+    assert memorization_ratio(scored[0])["n"] == 0
+    for criterion in (lambda: nn_ratio(train, none, backend=backend),
+                      lambda: extraction_score(train, none, 1.0, backend=backend)):
+        with pytest.raises(ValueError, match="need at least 2 distinct training items, got 0 \\(of N = 0\\)"):
+            criterion()
+    with pytest.raises(ValueError, match="copy_similarity needs at least 1 training descriptor, got none"):
+        copy_similarity(train.reshape(6, 16), none.reshape(0, 16), 0.5, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_two_training_items_single_sample_and_non_finite(backend):
     train = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     r = nn_ratio(torch.tensor([[0.1, 0.0]]), train, backend=backend)

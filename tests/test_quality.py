@@ -125,6 +125,15 @@ def test_a_collapsed_sample_set_has_high_precision_and_low_recall():
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_feature_sets_of_different_dimensions_are_named_by_each_metric():
+    """Features of two embedders mixed up: one line with both dimensions, not a gufunc or mat1/mat2 message."""
+    rng = np.random.default_rng(0)
+    real, samples = rng.normal(size=(20, 8)), rng.normal(size=(30, 4))
+    for metric in (frechet_distance, kernel_distance, precision_recall):
+        with pytest.raises(ValueError, match="^feature sets have dimensions 8 and 4$"):
+            metric(real, samples)
+
+
 def test_frechet_distance_with_a_singular_covariance_matches_scipy_sqrtm():
     # Fewer samples than dimensions: no Cholesky factor; the symmetric square root takes over.
     from scipy.linalg import sqrtm

@@ -19,6 +19,7 @@ its training set can be rebuilt exactly.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ DIGEST_CHUNK = 4096
 
 def item_digests(data: torch.Tensor) -> list[bytes]:
     """Each item's 128-bit BLAKE2b digest of its bytes, hashed in threads."""
-    flat = data.reshape(len(data), -1).contiguous().numpy()
+    flat = data.reshape(len(data), math.prod(data.shape[1:])).contiguous().numpy()  # -1 is ambiguous for none
     chunks = [flat[s:s + DIGEST_CHUNK] for s in range(0, len(flat), DIGEST_CHUNK)]
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1) or 1) as pool:
         return [d for part in pool.map(_row_digests, chunks) for d in part]

@@ -92,6 +92,8 @@ def nearest_distinct(samples: np.ndarray | torch.Tensor, train: np.ndarray | tor
     (explicit differences), ties ordered by training index: a search for ``max(candidates, keep)`` neighbours
     (``backend``, see :func:`nn_ratio`) re-ranked exactly. Exact duplicates in ``train`` are collapsed to their
     first occurrence; fewer than 2 distinct items is an error."""
+    if len(train) == 0:
+        _check_distinct(0, 0)
     backend = backend or search_backend()
     search = _nearest_on_device if backend.startswith("torch-") else _nearest_on_host
     return search(samples, train, max(candidates, keep), batch_size, backend, keep)
@@ -104,7 +106,7 @@ def _check_dims(samples_dim: int, train_dim: int) -> None:
 
 def _check_distinct(distinct: int, n: int) -> None:
     if distinct < 2:
-        raise ValueError(f"nn_ratio needs at least 2 distinct training items, got {distinct} (of N = {n})")
+        raise ValueError(f"the nearest-neighbour criteria need at least 2 distinct training items, got {distinct} (of N = {n})")
 
 
 def _nearest_on_host(samples, train, candidates: int, batch_size: int, backend: str, keep: int) -> Nearest:
@@ -241,6 +243,8 @@ def copy_similarity(sample_features: np.ndarray | torch.Tensor, train_features: 
     descriptor is non-finite or zero get NaN, index -1 and ``memorized = False``; such training
     descriptors are an error.
     """
+    if len(train_features) == 0:
+        raise ValueError("copy_similarity needs at least 1 training descriptor, got none")
     backend = backend or search_backend()
     search = _most_similar_on_device if backend.startswith("torch-") else _most_similar_on_host
     nearest, similarity, ok, used = search(sample_features, train_features, candidates, batch_size, backend)

@@ -23,6 +23,7 @@ float64 values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,7 +46,7 @@ def as_tensor_rows(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     if not t.is_floating_point():
         t = t.double()
-    return t.reshape(len(t), -1)
+    return t.reshape(len(t), math.prod(t.shape[1:]))  # -1 is ambiguous for K = 0
 
 
 def resident(base: torch.Tensor, device: torch.device) -> torch.Tensor:

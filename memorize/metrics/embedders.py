@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class Embedder:
     def __call__(self, data: np.ndarray | torch.Tensor, progress: bool = False) -> np.ndarray:
         data = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
         if self.network is None:
-            return data.reshape(len(data), -1).float().numpy()
+            return data.reshape(len(data), math.prod(data.shape[1:])).float().numpy()
         if data.ndim != 4:
             raise EmbedderError(f"embedder {self.spec!r} takes images (K, C, H, W), got shape {tuple(data.shape)}")
         key = (self.spec, str(self.device), self.size, self.mean, self.std, _fingerprint(data))

@@ -18,6 +18,7 @@ from explicit float64 differences.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,7 +130,7 @@ def _nearest_tiled(samples, train, keep: int, grid: int, candidates: int, batch_
     if queries.shape[1:] != base.shape[1:]:
         raise ValueError(f"samples have shape {tuple(queries.shape[1:])} each but training images "
                          f"{tuple(base.shape[1:])}")
-    first = torch.from_numpy(unique_indices(base.reshape(len(base), -1).contiguous()))
+    first = torch.from_numpy(unique_indices(base.reshape(len(base), math.prod(base.shape[1:])).contiguous()))
     if len(first) < 2:
         raise ValueError(f"the extraction criterion needs at least 2 distinct training images, got {len(first)}")
     base_tiles = image_tiles(base[first] if len(first) < len(base) else base, grid)

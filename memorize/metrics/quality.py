@@ -71,6 +71,11 @@ def _psd_sqrt(a: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
+def _check_dimensions(x_dim: int, y_dim: int) -> None:
+    if x_dim != y_dim:
+        raise ValueError(f"feature sets have dimensions {x_dim} and {y_dim}")
+
+
 def frechet_distance_gaussians(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """Frechet (2-Wasserstein) distance between N(mu1, cov1) and N(mu2, cov2), squared:
 
@@ -80,6 +85,7 @@ def frechet_distance_gaussians(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarra
     ``L^T C2 L`` (``C1 = L L^T``, Cholesky), or ``C1^{1/2} C2 C1^{1/2}`` where ``C1`` is singular
     (fewer samples than dimensions), so it stays real.
     """
+    _check_dimensions(len(mu1), len(mu2))
     try:
         factor = np.linalg.cholesky(cov1)
     except np.linalg.LinAlgError:
@@ -139,8 +145,7 @@ def kernel_distance(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, 
     n, m = len(a), len(b)
     if n < 2 or m < 2:
         raise ValueError(f"KID needs at least 2 rows in each set, got {n} and {m}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets have dimensions {a.shape[1]} and {b.shape[1]}")
+    _check_dimensions(a.shape[1], b.shape[1])
     return (_kernel_sum(a, None, chunk) / (n * (n - 1)) + _kernel_sum(b, None, chunk) / (m * (m - 1))
             - 2 * _kernel_sum(a, b, chunk) / (n * m))
 
@@ -182,6 +187,7 @@ def precision_recall(real: np.ndarray | torch.Tensor, samples: np.ndarray | torc
     once, ``chunk`` samples at a time, and serve both.
     """
     r_np, s_np = as_float32_rows(real), as_float32_rows(samples)
+    _check_dimensions(r_np.shape[1], s_np.shape[1])
     radius_r = torch.from_numpy(knn_radii(r_np, k, backend)).to(device)
     radius_s = torch.from_numpy(knn_radii(s_np, k, backend)).to(device)
     r, s = torch.from_numpy(r_np).to(device), torch.from_numpy(s_np).to(device)

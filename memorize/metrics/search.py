@@ -23,6 +23,7 @@ explicit differences before any criterion is applied.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ def as_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    return x.reshape(len(x), -1)
+    return x.reshape(len(x), math.prod(x.shape[1:]))  # -1 is ambiguous for K = 0
 
 
 def as_float32_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
