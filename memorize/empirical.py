@@ -17,6 +17,13 @@ def _flat_sigma(sigma: torch.Tensor | float, batch: int, like: torch.Tensor) -> 
     return torch.as_tensor(sigma, dtype=like.dtype, device=like.device).reshape(-1, 1).expand(batch, 1)
 
 
+def _check_width(x: torch.Tensor, width: int, name: str) -> None:
+    """A batch of another item shape than the training set's (8 x 8 images to a 28 x 28 set) is named."""
+    if x.numel() != len(x) * width:
+        raise ValueError(f"the {name} denoiser takes items of {width} values, as its training set; got a batch of "
+                         f"shape {tuple(x.shape)}")
+
+
 class EmpiricalDenoiser:
     """The exact minimizer of the denoising loss on the training set ``{x_i}`` (N items):
 
@@ -54,7 +61,8 @@ class EmpiricalDenoiser:
         self.chunk_size, self.dtype = chunk_size, dtype
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        queries = x.reshape(len(x), -1).to(self.train.device, self.dtype) - self.mean
+        _check_width(x, self.train.shape[1], "empirical")
+        queries = x.reshape(len(x), self.train.shape[1]).to(self.train.device, self.dtype) - self.mean
         inv_var = 1.0 / _flat_sigma(sigma, len(x), queries) ** 2  # (B, 1)
         running_max = torch.full((len(x), 1), -torch.inf, dtype=self.dtype, device=queries.device)
         running_sum = torch.zeros_like(running_max)
@@ -92,7 +100,8 @@ class GaussianDenoiser:
         self.eigvals = eigvals.clamp(min=0.0)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        centered = x.reshape(len(x), -1).double() - self.mean
+        _check_width(x, len(self.mean), "Gaussian")
+        centered = x.reshape(len(x), len(self.mean)).double() - self.mean
         shrink = self.eigvals / (self.eigvals + _flat_sigma(sigma, len(x), centered) ** 2)  # (B, D)
         out = self.mean + ((centered @ self.basis) * shrink) @ self.basis.T
         return out.reshape(x.shape).to(x.dtype)
@@ -100,6 +109,8 @@ class GaussianDenoiser:
 
 def gaussian_denoiser(train: torch.Tensor) -> GaussianDenoiser:
     """The Gaussian denoiser of ``train``'s empirical mean and (biased) covariance."""
+    if len(train) < 1:
+        raise ValueError("gaussian_denoiser: the training set is empty")
     flat = train.reshape(len(train), -1).double()
     mean = flat.mean(0)
     centered = flat - mean

@@ -101,6 +101,32 @@ def test_schedules():
     assert vp_cosine_sigma(torch.tensor(0.0)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_grid_that_cannot_be_walked_is_refused():
+    """Each grid of noise levels is a descending walk from sigma_max to sigma_min: no levels, the bounds the
+    wrong way round, rho = 0 (the Karras grid divides by it) or an unknown schedule (a bare KeyError) are
+    named; so is rho <= 0 in a sampling config, which the CLI's --rho reaches."""
+    from memorize.config import ConfigError, SampleConfig
+    from memorize.diffusion.schedules import sampling_sigmas, vp_sigmas
+
+    for grid in (lambda: karras_sigmas(0), lambda: vp_sigmas("vp_linear", 0)):
+        with pytest.raises(ValueError, match="^steps: expected >= 1, got 0$"):
+            grid()
+    for grid in (lambda: karras_sigmas(3, 10.0, 1.0), lambda: karras_sigmas(3, 0.0, 80.0),
+                 lambda: sampling_sigmas("vp_cosine", 3, 80.0, 80.0)):
+        with pytest.raises(ValueError, match="^sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, got"):
+            grid()
+    with pytest.raises(ValueError, match="^rho: expected > 0, got 0$"):
+        karras_sigmas(3, rho=0)
+    with pytest.raises(ValueError, match="^schedule: expected one of karras, vp_linear, vp_cosine, got 'edm'$"):
+        sampling_sigmas("edm", 3, 0.002, 80.0)
+    with pytest.raises(ValueError, match="^kind: expected one of vp_linear, vp_cosine, got 'karras'$"):
+        vp_sigmas("karras", 3)
+    for rho in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="^sample.rho: must be > 0$"):
+            SampleConfig(rho=rho)
+    assert SampleConfig(rho=0.5).rho == 0.5 and len(karras_sigmas(1)) == 2
+
+
 @pytest.mark.parametrize("kind", ["vp_linear", "vp_cosine"])
 def test_vp_grids_span_the_sigma_range_without_repeating_a_level(kind):
     from memorize.diffusion.schedules import VP_SIGMA, VP_TIME, vp_sigmas

@@ -27,6 +27,20 @@ def test_single_training_image_and_per_sample_sigma():
         torch.testing.assert_close(got[i:i + 1], brute_force(train, x[i:i + 1], s))
 
 
+def test_an_empty_set_or_a_batch_of_other_items_is_named_and_an_empty_batch_denoised():
+    """Both closed-form denoisers: no training items, or a query batch whose items are not the training set's
+    (8 x 8 images to a 4 x 4 set), is one line; a batch of no items returns none, of the batch's shape."""
+    train = torch.randn(3, 1, 4, 4)
+    for build, name in ((empirical_denoiser, "empirical"), (gaussian_denoiser, "Gaussian")):
+        with pytest.raises(ValueError, match="the training set is empty"):
+            build(train[:0])
+        with pytest.raises(ValueError, match=f"^the {name} denoiser takes items of 16 values, as its training set; "
+                                             f"got a batch of shape \\(2, 1, 8, 8\\)$"):
+            build(train)(torch.zeros(2, 1, 8, 8), 1.0)
+        assert build(train)(torch.zeros(0, 1, 4, 4), 1.0).shape == (0, 1, 4, 4)
+        assert build(train)(torch.zeros(2, 16), 1.0).shape == (2, 16)  # flat items of the same width are fine
+
+
 def test_small_sigma_is_nearest_neighbour_and_large_sigma_is_mean():
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(30, 10, generator=gen, dtype=torch.float64)

@@ -134,6 +134,7 @@ def test_feature_sets_of_different_dimensions_are_named_by_each_metric():
             metric(real, samples)
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # scipy's reference, on the singular matrix of the test
 def test_frechet_distance_with_a_singular_covariance_matches_scipy_sqrtm():
     # Fewer samples than dimensions: no Cholesky factor; the symmetric square root takes over.
     from scipy.linalg import sqrtm

@@ -266,7 +266,7 @@ class SampleConfig:
     schedule: Literal["karras", "vp_linear", "vp_cosine"] = described("karras", "noise-level grid")
     sigma_min: float = described(0.002, "smallest noise level of the grid")
     sigma_max: float = described(80.0, "largest noise level of the grid")
-    rho: float = described(7.0, "Karras grid exponent rho")
+    rho: float = described(7.0, "Karras grid exponent rho (> 0)")
     guidance: float = described(
         0.0, "classifier-free guidance weight w >= 0 of a class-conditional cell: D(x,c) + w (D(x,c) - D(x,none)); "
              "the trained denoiser needs train.label_dropout > 0")
@@ -294,6 +294,7 @@ class SampleConfig:
         _require(self.churn_noise > 0, "sample.churn_noise", "must be > 0")
         _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
                  "must satisfy 0 < sigma_min < sigma_max")
+        _require(self.rho > 0, "sample.rho", "must be > 0")
 
     @property
     def num_steps(self) -> int:

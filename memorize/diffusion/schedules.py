@@ -66,11 +66,21 @@ def sample_training_sigma(kind: str, n: int, generator: torch.Generator, *, p_me
     return VP_SIGMA[kind](t).clamp(max=sigma_max)
 
 
+def _check_grid(steps: int, sigma_min: float, sigma_max: float) -> None:
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+
+
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """EDM sampling grid (Karras et al. 2022, eq. 5), ``steps`` levels then a final 0:
 
-    ``sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``.
+    ``sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, ``rho > 0``.
     """
+    _check_grid(steps, sigma_min, sigma_max)
+    if not rho > 0:
+        raise ValueError(f"rho: expected > 0, got {rho}")
     if steps == 1:
         ramp = torch.zeros(1, dtype=torch.float64)
     else:
@@ -85,6 +95,9 @@ def vp_sigmas(kind: str, steps: int, sigma_min: float = 0.002, sigma_max: float 
     then a final 0. The t range is where ``sigma(t)`` lies in ``[sigma_min, sigma_max]`` (within
     ``[VP_T_MIN, 1]``): from ``min(1, t(sigma_max))`` down to ``max(VP_T_MIN, t(sigma_min))``, so no level
     repeats (clipping a uniform t grid to ``sigma_max`` would repeat its top level)."""
+    if kind not in VP_TIME:
+        raise ValueError(f"kind: expected one of {', '.join(VP_TIME)}, got {kind!r}")
+    _check_grid(steps, sigma_min, sigma_max)
     time = VP_TIME[kind]
     t_top, t_bottom = min(1.0, time(sigma_max)), max(VP_T_MIN, time(sigma_min))
     t = torch.linspace(t_top, t_bottom, steps, dtype=torch.float64)
@@ -96,4 +109,6 @@ def sampling_sigmas(schedule: str, steps: int, sigma_min: float, sigma_max: floa
     """The descending grid of ``steps + 1`` noise levels a sampler walks, ending at 0."""
     if schedule == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho)
+    if schedule not in VP_TIME:
+        raise ValueError(f"schedule: expected one of karras, {', '.join(VP_TIME)}, got {schedule!r}")
     return vp_sigmas(schedule, steps, sigma_min, sigma_max)
