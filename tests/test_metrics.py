@@ -203,6 +203,22 @@ def test_wilson_interval_and_ratio():
     assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
     m = memorization_ratio(np.array([True, False, False, True]))
     assert m["ratio"] == 0.5 and m["memorized"] == 2 and m["n"] == 4 and m["lo"] < 0.5 < m["hi"]
+    assert memorization_ratio(np.array([1, 0, 0, 1])) == m == memorization_ratio([1.0, 0.0, 0.0, 1.0])
+
+
+def test_memorization_ratio_refuses_scores_for_verdicts():
+    """The criterion's scores passed by mistake (``nn_ratio(...).ratio``) were counted as memorized wherever
+    not zero; a table of verdicts (2-D) counted by rows and summed over all. Both refused, as is a count that
+    is not whole."""
+    scores = nn_ratio(np.array([[0.0], [4.0], [5.0]]), np.array([[0.0], [1.0], [10.0]]))  # d1 / d2: 0, 3/4, 4/5
+    with pytest.raises(ValueError, match="takes verdicts \\(booleans, or 0 and 1\\), got the value 0.75.*`memorized`"):
+        memorization_ratio(scores.ratio)
+    assert memorization_ratio(scores.memorized)["memorized"] == 1  # the sample at 0.0 (d1 = 0)
+    with pytest.raises(ValueError, match="one verdict per sample \\(1-D\\), got shape \\(2, 2\\)"):
+        memorization_ratio(np.ones((2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="takes counts, got 2.5 of 10"):
+        wilson_interval(2.5, 10)
+    assert wilson_interval(np.float64(5.0), 10) == wilson_interval(5, 10)
 
 
 def test_reproducibility_score_pairs_samples_by_index():

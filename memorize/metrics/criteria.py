@@ -316,6 +316,8 @@ def _most_similar_on_device(sample_features, train_features, candidates: int, ba
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (Wilson 1927), via SciPy."""
+    if successes != int(successes) or trials != int(trials):
+        raise ValueError(f"wilson_interval takes counts, got {successes} of {trials}")
     if trials == 0:
         return (float("nan"), float("nan"))
     from scipy.stats import binomtest  # imported here: scipy.stats takes most of a second to import
@@ -325,8 +327,17 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 
 
 def memorization_ratio(memorized: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
-    """Fraction of samples memorized, with its Wilson interval: ``{ratio, lo, hi, memorized, n}``."""
-    memorized = np.asarray(memorized, dtype=bool)
+    """Fraction of samples memorized, with its Wilson interval: ``{ratio, lo, hi, memorized, n}``.
+    ``memorized``: one verdict per sample (booleans, or 0 and 1); scores (a criterion's ``ratio`` or
+    ``similarity``) are refused rather than counted as memorized wherever they are not zero."""
+    values = np.asarray(memorized)
+    if values.ndim != 1:
+        raise ValueError(f"memorization_ratio takes one verdict per sample (1-D), got shape {values.shape}")
+    if values.dtype != bool and not np.isin(values, (0, 1)).all():
+        odd = values[~np.isin(values, (0, 1))][0]
+        raise ValueError(f"memorization_ratio takes verdicts (booleans, or 0 and 1), got the value {odd}: pass a "
+                         f"criterion's `memorized`, not its scores")
+    memorized = values.astype(bool)
     hits, n = int(memorized.sum()), len(memorized)
     lo, hi = wilson_interval(hits, n, confidence)
     return {"ratio": hits / n if n else float("nan"), "lo": lo, "hi": hi, "memorized": hits, "n": n}
