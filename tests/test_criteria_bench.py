@@ -39,6 +39,22 @@ def test_cases_carry_their_ground_truth():
     np.testing.assert_array_equal(cases.images, again.images)  # deterministic from the seed
 
 
+def test_a_training_set_of_one_image_is_refused_before_any_case_is_built(tmp_path, capsys):
+    """A mixture blends two training images (and the nearest-neighbour ratio needs a second): N = 1 was
+    numpy's "high <= 0" from the mixture's draw; one line, in the library and on the command line."""
+    from memorize.cli import main
+
+    with pytest.raises(ValueError, match="^the cases need at least 2 training images .*, got 1$"):
+        build_cases(torch.zeros(1, 1, 8, 8), torch.zeros(5, 1, 8, 8))
+    with pytest.raises(SystemExit) as stop:
+        main(["criteria", "--out", str(tmp_path / "bench"), "--n-train", "1", "--quiet"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "memorize criteria: error: argument --n-train: expected an integer >= 2, got 1 (see `memorize criteria "
+        "--help`)"]
+    assert not (tmp_path / "bench").exists()
+
+
 def test_transformations_are_what_they_say():
     gen = torch.Generator().manual_seed(0)
     x = torch.zeros(2000, 1, 8, 8)

@@ -750,6 +750,17 @@ def test_a_twin_that_does_not_fit_the_pool_is_refused_before_launch(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_subset_of_one_image_is_refused_before_launch(tmp_path):
+    """N = 1 trained, then failed in its scoring (the nearest-neighbour ratio needs a second image): a grid
+    of N from 1 up is refused before any cell trains, naming the point."""
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = {"data.n_train": [1, 16]}
+    with pytest.raises(ConfigError, match=r"^grid point \(data.n_train=1\): data.n_train must be >= 2 in a sweep, "
+                                          r"which scores every cell"):
+        run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), tmp_path / "sweep", "debug", progress=False)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_auto_threshold_with_too_few_heldout_images_is_refused_before_launch(tmp_path):
     spec = json.loads(json.dumps(TINY_SPEC))
     spec["base"]["data"]["n_heldout"] = 50

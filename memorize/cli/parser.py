@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from memorize.cli import commands
-from memorize.cli.flags import (Formatter, Parser, config_flags, fraction, pack_size, positive_int, rate, seconds,
-                                set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
+from memorize.cli.flags import (Formatter, Parser, checked, config_flags, fraction, pack_size, positive_int, rate,
+                                seconds, set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import SampleConfig
 from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
     p.add_argument("--dataset", default="digits", help="dataset name, as data.name")
     p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
-    p.add_argument("--n-train", dest="n_train", type=positive_int, default=256, help="training subset size")
+    p.add_argument("--n-train", dest="n_train", type=checked(int, lambda v: v >= 2, "an integer >= 2"), default=256,
+                   help="training subset size (at least 2)")
     p.add_argument("--n-heldout", dest="n_heldout", type=positive_int, default=197,
                    help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate)")
     p.add_argument("--cell", help="take the training subset and held-out images of this cell instead")

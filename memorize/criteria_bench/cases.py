@@ -120,6 +120,9 @@ def build_cases(train: torch.Tensor, heldout: torch.Tensor, per_kind: int = 64, 
     unknown = set(strengths) - set(KIND_CLASS)
     if unknown:
         raise ValueError(f"unknown case kinds {sorted(unknown)}; expected some of {sorted(KIND_CLASS)}")
+    if len(train) < 2:
+        raise ValueError(f"the cases need at least 2 training images (a mixture blends two; the nearest-neighbour "
+                         f"criterion needs a second), got {len(train)}")
     train = train.float().cpu()
     images = train.ndim == 4
     rng = np.random.default_rng(seed)

@@ -106,7 +106,8 @@ def _check_dims(samples_dim: int, train_dim: int) -> None:
 
 def _check_distinct(distinct: int, n: int) -> None:
     if distinct < 2:
-        raise ValueError(f"the nearest-neighbour criteria need at least 2 distinct training items, got {distinct} (of N = {n})")
+        raise ValueError(f"the nearest-neighbour criteria need at least 2 distinct training items, got {distinct} "
+                         f"(of N = {n})")
 
 
 def _nearest_on_host(samples, train, candidates: int, batch_size: int, backend: str, keep: int) -> Nearest:

@@ -336,13 +336,18 @@ def check_networks(score: ScoreConfig) -> None:
 def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None:
     """Fail before launching if a subset (with ``score.consistency``, also its twin's) does not fit its
     dataset: for each distinct data source, the cell asking for the most items is split for real (each
-    dataset is loaded once); and if the dataset cannot be scored as ``score`` asks (``features:
+    dataset is loaded once); if a subset is too small to be scored (N < 2); and if the dataset cannot be
+    scored as ``score`` asks (``features:
     classifier`` without labelled images to train it on, ``local`` machines without images)."""
     from memorize.data import load_dataset, make_split
     from memorize.models import check_model
 
     score = score if score is not None else ScoreConfig()
     twins = score.consistency
+    for cell in cells:  # found by the scoring only after the cell's training
+        if cell.config.data.n_train < 2:
+            raise ConfigError(f"grid point ({cell.label}): data.n_train must be >= 2 in a sweep, which scores every "
+                              f"cell (the nearest-neighbour criterion d1 / d2 needs a second training image)")
 
     groups: dict[str, list[tuple[GridPoint, CellConfig]]] = {}
     for cell in cells:
