@@ -109,6 +109,9 @@ def _import_model(model: Path, out: Path, cfg: CellConfig, kind: str) -> Path:
     except Exception as err:  # whatever the foreign model raises: one line naming it
         raise ConfigError(f"{model}: could not be run as a {kind} denoiser on training images of shape "
                           f"{tuple(probe.shape[1:])} ({foreign_message(err)})") from None
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError(f"{model}: on training images of shape {tuple(probe.shape[1:])} the denoiser returned a "
+                          f"{type(output).__name__}; expected x0_hat, a tensor of the input's shape")
     if tuple(output.shape) != tuple(probe.shape) or not torch.isfinite(output).all():
         nonfinite = " with non-finite values" if output.shape == probe.shape else ""
         raise ConfigError(f"{model}: on training images of shape {tuple(probe.shape[1:])} the denoiser returned "

@@ -229,7 +229,24 @@ def test_an_imported_model_takes_the_index_file_of_the_images_it_saw(tmp_path):
     assert len(data.heldout) == 50 and not set(data.split.heldout) & set(seen)
 
 
+class PairDenoiser(torch.nn.Module):
+    """A model that returns its prediction with something else (a tuple), as many training codes do."""
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, sigma
+
+
+class NaNDenoiser(torch.nn.Module):
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x * float("nan")
+
+
 @pytest.mark.parametrize("name, setup, expected", [
+    ("a tuple output", lambda t: torch.jit.save(torch.jit.script(PairDenoiser()), str(t / "m.pt")),
+     r"m\.pt: on training images of shape \(1, 8, 8\) the denoiser returned a tuple; expected x0_hat, a tensor "
+     r"of the input's shape"),
+    ("a non-finite output", lambda t: torch.jit.save(torch.jit.script(NaNDenoiser()), str(t / "m.pt")),
+     r"m\.pt: on training images of shape \(1, 8, 8\) the denoiser returned \(1, 8, 8\) with non-finite values"),
     ("wrong output shape", lambda t: torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(t / "m.pt")),
      r"could not be run as a torchscript denoiser|returned"),
     ("not a model", lambda t: (t / "m.pt").write_text("hello"),
