@@ -39,9 +39,15 @@ def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Pa
     rest of its pool unless given. Writes ``out/scores/NAME.*`` as ``memorize score`` does and returns its summary;
     ``options`` go to :func:`memorize.score.score_cell` (``ratio``, ``threshold``, ``embedder``,
     ``features``, ``target_fpr``, ``device``, ``progress``)."""
+    import inspect
+
     from memorize.external_cell import import_samples
     from memorize.score import score_cell
 
+    known = sorted(set(inspect.signature(score_cell).parameters) - {"root", "samples", "name"})
+    unknown = sorted(set(options) - set(known))
+    if unknown:  # before anything is written
+        raise TypeError(f"score_samples: unknown option {unknown[0]!r}; the options are {', '.join(known)}")
     root, _ = import_samples(samples, out, from_dict(CellConfig, {"data": data or {}}), name, value_range)
     options.setdefault("progress", False)
     return score_cell(root, name, **options)

@@ -90,6 +90,18 @@ def test_the_notebook_api_refuses_what_is_not_samples_and_writes_nothing(tmp_pat
     assert type(caught.value).__name__ == error and not (tmp_path / "scored").exists()
 
 
+def test_the_notebook_api_names_a_mistyped_option_before_it_writes(tmp_path):
+    """An option score_cell does not take (``thresold=0.9``) was its TypeError after the samples were imported;
+    now score_samples names it with the options there are, and nothing is written."""
+    import memorize.api as mz
+
+    with pytest.raises(TypeError, match=r"^score_samples: unknown option 'thresold'; the options are device, "
+                                        r"embedder, features, features_cache, progress, ratio, target_fpr, threshold$"):
+        mz.score_samples(np.zeros((4, 1, 8, 8), np.float32), tmp_path / "scored", {"name": "digits", "n_train": 32},
+                         thresold=0.9)
+    assert not (tmp_path / "scored").exists()
+
+
 def test_value_ranges_map_onto_minus_one_to_one():
     p = __import__("pathlib").Path("x")
     u8 = np.array([[[[0, 255]]]], dtype=np.uint8)
