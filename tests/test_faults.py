@@ -182,17 +182,23 @@ def test_a_pack_whose_training_raises_records_the_error_in_each_of_its_cells(tmp
     ("sample.sigma_max=inf", r"sample\.sigma_max: must be a finite number"),
     ("model.attention_resolutions=[3]", r"model\.attention_resolutions: \[3\] never reached: this U-Net's levels "
                                         r"on 8x8 images have resolutions \[8, 4\]"),
+    # a network that cannot run on the images: found by the sweep's cells only once each was launched
+    ("model.channel_mult=[1,2,2,2,2]", r"model\.channel_mult: 5 levels halve the resolution 4 times, which 8x8 "
+                                       r"images do not allow"),
+    ("data.resize=7", r"model\.channel_mult: 2 levels halve the resolution 1 times, which 7x7 images do not allow"),
+    ("model.arch=dit model.patch_size=3", r"model\.patch_size: 3 does not divide the image size 8"),
 ])
 def test_values_that_mean_nothing_are_refused_before_anything_is_written(tmp_path, capsys, setting, message):
     import re
 
-    assert main(["train", "--out", str(tmp_path / "cell"), "--set", setting, "--quiet"]) == 2
+    given = [arg for item in setting.split() for arg in ("--set", item)]
+    assert main(["train", "--out", str(tmp_path / "cell"), *given, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
     assert not (tmp_path / "cell").exists() or not any((tmp_path / "cell").iterdir())
     spec = write_spec(tmp_path / "s.yaml")
-    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--set", f"base.{setting}",
-                 "--quiet"]) == 2
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"),
+                 *[arg for item in setting.split() for arg in ("--set", f"base.{item}")], "--quiet"]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "sweep").exists()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from memorize.config import ConfigError, ModelConfig
-from memorize.models.common import NULL_LABEL, count_architecture_parameters, count_parameters
+from memorize.models.common import (NULL_LABEL, check_patch_size, check_unet_levels, count_architecture_parameters,
+                                     count_parameters)
 from memorize.models.dit import DiT
 from memorize.models.mlp import MLP
 from memorize.models.unet import UNet
@@ -26,8 +27,9 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int = 0
 
 def check_model(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
     """Refuse a model that does not fit items of ``shape``, before anything is built or written: an image
-    network for vectors, an MLP for images, or a U-Net attention resolution it never reaches (its
-    levels have the image's side halved once per level after the first)."""
+    network for vectors, an MLP for images, a U-Net with more levels than the image's side can be halved
+    for or an attention resolution it never reaches (its levels have the side halved once per level after
+    the first), or a DiT patch that does not divide the side."""
     if cfg.arch == "mlp":
         if len(shape) != 1:
             raise ConfigError(f"model.arch: 'mlp' takes vector data, but items have shape {shape}; "
@@ -35,7 +37,10 @@ def check_model(cfg: ModelConfig, shape: tuple[int, ...]) -> None:
         return
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ConfigError(f"model.arch: {cfg.arch!r} takes square (C, H, W) images, but items have shape {shape}")
+    if cfg.arch == "dit":
+        check_patch_size(shape[1], cfg.patch_size)
     if cfg.arch == "unet":
+        check_unet_levels(shape[1], cfg.channel_mult)
         reached = [shape[1] // 2 ** i for i in range(len(cfg.channel_mult))]
         never = [r for r in cfg.attention_resolutions if r not in reached]
         if never:

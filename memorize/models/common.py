@@ -12,6 +12,23 @@ import math
 import torch
 from torch import nn
 
+from memorize.errors import ConfigError
+
+
+def check_unet_levels(resolution: int, channel_mult: tuple[int, ...]) -> None:
+    """A U-Net of ``len(channel_mult)`` levels halves the image side once per level after the first: the side
+    must divide by ``2^(levels - 1)`` for the decoder's upsampled maps to meet their skip connections."""
+    halvings = len(channel_mult) - 1
+    if resolution % 2 ** halvings:
+        raise ConfigError(f"model.channel_mult: {len(channel_mult)} levels halve the resolution {halvings} times, "
+                          f"which {resolution}x{resolution} images do not allow")
+
+
+def check_patch_size(resolution: int, patch_size: int) -> None:
+    """A DiT cuts each image into ``patch_size`` x ``patch_size`` patches: it must divide the image side."""
+    if resolution % patch_size:
+        raise ConfigError(f"model.patch_size: {patch_size} does not divide the image size {resolution}")
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""

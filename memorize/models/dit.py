@@ -12,15 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memorize.models.common import ConditionEmbedding
+from memorize.models.common import ConditionEmbedding, check_patch_size
 
 
 class DiT(nn.Module):
     def __init__(self, in_channels: int, resolution: int, patch_size: int = 2, width: int = 128, depth: int = 4,
                  heads: int = 4, dropout: float = 0.0, num_classes: int = 0, null_label: bool = False):
         super().__init__()
-        if resolution % patch_size:
-            raise ValueError(f"model.patch_size: {patch_size} does not divide the image size {resolution}")
+        check_patch_size(resolution, patch_size)
         self.in_channels, self.patch_size, self.grid = in_channels, patch_size, resolution // patch_size
         # imported here: timm (and torchvision under it) take seconds to import, which every command would pay
         from timm.layers import PatchEmbed

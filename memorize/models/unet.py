@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memorize.models.common import ConditionEmbedding
+from memorize.models.common import ConditionEmbedding, check_unet_levels
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -73,9 +73,7 @@ class UNet(nn.Module):
                  attention_resolutions: tuple[int, ...] = (), dropout: float = 0.0, num_classes: int = 0,
                  null_label: bool = False):
         super().__init__()
-        if resolution % 2 ** (len(channel_mult) - 1):
-            raise ValueError(f"model.channel_mult: {len(channel_mult)} levels halve the resolution "
-                             f"{len(channel_mult) - 1} times, which {resolution}x{resolution} images do not allow")
+        check_unet_levels(resolution, channel_mult)
         emb_dim = 4 * channels
         self.embed = ConditionEmbedding(emb_dim, num_classes, null_label)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
