@@ -280,7 +280,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.name == "digits":
         ds = load_digits()
     elif cfg.name == "gmm":
-        return make_gmm(cfg.gmm)
+        ds = make_gmm(cfg.gmm)
     elif cfg.name == "mnist":
         ds = load_mnist(cfg.root)
     elif cfg.name == "cifar10":
