@@ -37,6 +37,9 @@ def result_rows(out):
 @pytest.mark.parametrize("change, message", [
     ({"grid": {"data.n_trian": [16]}}, r"grid point \(data\.n_trian=16\): data\.n_trian: unknown key"),
     ({"grid": {"data.n_train": []}}, r"grid\.data\.n_train: the axis is empty"),
+    ({"grid": {"data.n_train": [16, 32, 16]}}, r"grid\.data\.n_train: 16 is listed twice"),
+    ({"grid": [{"data.n_train": [16]}, {"model.channel_mult": [[1, 2], [1, 2]]}]},
+     r"grid\[1\]\.model\.channel_mult: \[1, 2\] is listed twice"),
     ({"grid": {"data.n_train": [16, 5000]}}, r"grid point \(data\.n_train=5000\): data\.n_train: 5000 is more than "
                                               r"the 1697 distinct items"),
     ({"grdi": {}}, r"grdi: unknown key \(did you mean 'grid'\?\)"),

@@ -162,6 +162,12 @@ class SweepSpec:
             for axis, values in grid.items():
                 if not values:
                     raise ConfigError(f"{where}.{axis}: the axis is empty; give at least one value")
+                seen = set()
+                for value in values:  # by their YAML text: lists are values too (channel_mult), and 1 is not true
+                    text = json.dumps(value, sort_keys=True, default=str)
+                    if text in seen:
+                        raise ConfigError(f"{where}.{axis}: {value!r} is listed twice")
+                    seen.add(text)
 
     @property
     def grids(self) -> list[dict[str, list[Any]]]:
