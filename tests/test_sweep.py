@@ -438,6 +438,10 @@ def test_a_killed_slot_process_fails_its_running_cell_and_the_rest_of_its_cells_
     (["--set", "score.ratio=2"], "error: --set score.ratio: must be in (0, 1], got 2.0"),
     (["--time-min", "1"], "s.yaml: slurm.signal_delay_s: must be in (0, 60) seconds (below slurm.time_min = 1 min), "
                           "got 90"),  # the value at fault is the spec's
+    # an unset shell variable ("--partition $PART") was dropped: the jobs went to the default partition
+    (["--partition", ""], "error: --partition: empty; leave it out for the cluster's default"),
+    (["--set", "slurm.account=' '"], "error: --set slurm.account: empty; leave it out for the cluster's default"),
+    (["--qos", "a\nb"], "error: --qos: must be one line of printable text, got 'a\\nb'"),
 ])
 def test_a_bad_slurm_flag_is_named_alone(flags, said, tmp_path, capsys):
     """Each SLURM flag's error names that flag alone, as it was given (--sbatch's was said to be --set's, a

@@ -116,6 +116,12 @@ class SlurmConfig:
             raise ConfigError(f"slurm.max_requeues: must be >= 0, got {self.max_requeues}")
         if self.tasks_per_cell is not None and self.tasks_per_cell < 1:
             raise ConfigError(f"slurm.tasks_per_cell: must be >= 1, got {self.tasks_per_cell}")
+        for name in ("partition", "account", "qos", "constraint"):  # an unset shell variable gives ""
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"slurm.{name}: empty; leave it out for the cluster's default")
+            if value is not None and not value.isprintable():
+                raise ConfigError(f"slurm.{name}: must be one line of printable text, got {value!r}")
 
     @property
     def earliest_signal_s(self) -> int:
