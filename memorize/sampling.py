@@ -277,6 +277,8 @@ def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seed
     """
     if cfg.guidance > 0 and labels is None:
         raise ValueError("sample.guidance: classifier-free guidance needs class labels (a class-conditional model)")
+    if labels is not None and len(labels) != len(seeds):
+        raise ValueError(f"labels: one per sample, got {len(labels)} for {len(seeds)} seeds")
     if cuda_graph == "auto":
         denoiser = GraphedCall(denoiser, "sampling")
     if labels is not None:
@@ -293,4 +295,4 @@ def generate(denoiser: Callable[..., torch.Tensor], shape: tuple[int, ...], seed
             batch_labels = labels[start:stop].to(device)
             fn = lambda x, sigma, _l=batch_labels: denoiser(x, sigma, _l)  # noqa: E731
         out.append(run_sampler(cfg, fn, x, sigmas, noise).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty((0, *shape))

@@ -48,6 +48,17 @@ def test_sample_i_does_not_depend_on_batch_size():
             assert torch.equal(a, b)
 
 
+def test_no_seeds_draw_no_samples_and_labels_go_one_per_seed():
+    """An empty selection of seeds (a filter that kept none) draws an empty batch of the item shape, not
+    torch.cat's "expected a non-empty list"; labels of another count than the seeds are named."""
+    cfg = SampleConfig(steps=3)
+    denoiser = empirical_denoiser(torch.randn(5, 1, 4, 4))
+    assert generate(denoiser, (1, 4, 4), sample_seeds(0, np.arange(0)), cfg, progress=False).shape == (0, 1, 4, 4)
+    with pytest.raises(ValueError, match="^labels: one per sample, got 2 for 3 seeds$"):
+        generate(lambda x, sigma, labels: x, (1, 4, 4), sample_seeds(0, np.arange(3)), cfg,
+                 labels=torch.tensor([0, 1]), progress=False)
+
+
 def test_seeds_are_distinct_and_reproducible():
     seeds = sample_seeds(0, range(1000))
     assert len(set(seeds.tolist())) == 1000 and np.array_equal(seeds[10:20], sample_seeds(0, range(10, 20)))
