@@ -191,14 +191,15 @@ def test_a_pack_whose_training_raises_records_the_error_in_each_of_its_cells(tmp
 def test_values_that_mean_nothing_are_refused_before_anything_is_written(tmp_path, capsys, setting, message):
     import re
 
-    given = [arg for item in setting.split() for arg in ("--set", item)]
-    assert main(["train", "--out", str(tmp_path / "cell"), *given, "--quiet"]) == 2
+    def given(prefix: str = "") -> list[str]:
+        return [arg for item in setting.split() for arg in ("--set", prefix + item)]
+
+    assert main(["train", "--out", str(tmp_path / "cell"), *given(), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
     assert not (tmp_path / "cell").exists() or not any((tmp_path / "cell").iterdir())
     spec = write_spec(tmp_path / "s.yaml")
-    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"),
-                 *[arg for item in setting.split() for arg in ("--set", f"base.{item}")], "--quiet"]) == 2
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), *given("base."), "--quiet"]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "sweep").exists()
 

@@ -116,11 +116,13 @@ class SlurmConfig:
             raise ConfigError(f"slurm.max_requeues: must be >= 0, got {self.max_requeues}")
         if self.tasks_per_cell is not None and self.tasks_per_cell < 1:
             raise ConfigError(f"slurm.tasks_per_cell: must be >= 1, got {self.tasks_per_cell}")
-        for name in ("partition", "account", "qos", "constraint"):  # an unset shell variable gives ""
+        for name in ("partition", "account", "qos", "constraint"):
             value = getattr(self, name)
-            if value is not None and not value.strip():
+            if value is None:
+                continue
+            if not value.strip():  # as an unset shell variable gives it
                 raise ConfigError(f"slurm.{name}: empty; leave it out for the cluster's default")
-            if value is not None and not value.isprintable():
+            if not value.isprintable():
                 raise ConfigError(f"slurm.{name}: must be one line of printable text, got {value!r}")
 
     @property
@@ -169,7 +171,7 @@ class SweepSpec:
                 if not values:
                     raise ConfigError(f"{where}.{axis}: the axis is empty; give at least one value")
                 seen = set()
-                for value in values:  # by their YAML text: lists are values too (channel_mult), and 1 is not true
+                for value in values:  # compared as JSON text: lists are values too (channel_mult), 1 is not true
                     text = json.dumps(value, sort_keys=True, default=str)
                     if text in seen:
                         raise ConfigError(f"{where}.{axis}: {value!r} is listed twice")
@@ -349,8 +351,8 @@ def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None
     """Fail before launching if a subset (with ``score.consistency``, also its twin's) does not fit its
     dataset: for each distinct data source, the cell asking for the most items is split for real (each
     dataset is loaded once); if a subset is too small to be scored (N < 2); and if the dataset cannot be
-    scored as ``score`` asks (``features:
-    classifier`` without labelled images to train it on, ``local`` machines without images)."""
+    scored as ``score`` asks (``features: classifier`` without labelled images to train it on, ``local``
+    machines without images)."""
     from memorize.data import load_dataset, make_split
     from memorize.models import check_model
 
