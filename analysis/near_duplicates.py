@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=cosine, default=0.98, help="near-copy cosine (data.near_threshold)")
     parser.add_argument("--figure", help="where to draw the closest pairs (default near_duplicates_<data>.png)")
     args = parser.parse_args()
+    if args.root is not None and args.data == "digits":  # else counted on scikit-learn's digits without a word
+        parser.error("--root: dataset 'digits' ships with scikit-learn and reads no files; give --data npz, folder, "
+                     "mnist or cifar10 for files of your own")
     try:
         ds = load_dataset(DataConfig(name=args.data, root=args.root))
     except (ConfigError, DatasetError) as err:

@@ -1033,13 +1033,16 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
     ("check_extraction", "--fixed-threshold", "nan",
      "argument --fixed-threshold: expected a positive finite number, got nan"),
     ("near_duplicates", "--threshold", "5", "argument --threshold: expected a cosine in (0, 1], got 5"),
+    ("near_duplicates", "--root", "my.npz", "--root: dataset 'digits' ships with scikit-learn and reads no files; "
+                                            "give --data npz, folder, mnist or cifar10 for files of your own"),
     ("regimes", "--device", "tpu", "--device: 'tpu' is not a device (expected auto, cpu, cuda or cuda:N)"),
 ])
 def test_a_recipe_flag_out_of_range_is_refused_before_the_sweep_is_read(recipe, flag, value, said, tmp_path,
                                                                        monkeypatch, capsys):
     """A value its recipe cannot use (no samples drawn per pattern, a cosine of 2, a cut-off that flags nothing,
-    a device that is not one) is one line, before the sweep (here: none) is read; not a ZeroDivisionError
-    from matplotlib, a table computed at a meaningless threshold, or torch's list of device types."""
+    a device that is not one, files for the digits that ship with scikit-learn) is one line, before the sweep
+    (here: none) is read; not a ZeroDivisionError from matplotlib, a table computed at a meaningless threshold
+    or on other data than named, or torch's list of device types."""
     import importlib
 
     positionals = [] if recipe == "near_duplicates" else [str(tmp_path / "no_sweep")]
