@@ -92,8 +92,6 @@ def nearest_distinct(samples: np.ndarray | torch.Tensor, train: np.ndarray | tor
     (explicit differences), ties ordered by training index: a search for ``max(candidates, keep)`` neighbours
     (``backend``, see :func:`nn_ratio`) re-ranked exactly. Exact duplicates in ``train`` are collapsed to their
     first occurrence; fewer than 2 distinct items is an error."""
-    if len(train) == 0:
-        _check_distinct(0, 0)
     backend = backend or search_backend()
     search = _nearest_on_device if backend.startswith("torch-") else _nearest_on_host
     return search(samples, train, max(candidates, keep), batch_size, backend, keep)

@@ -126,7 +126,8 @@ def distinct_rows(base: torch.Tensor, device: torch.device) -> torch.Tensor:
     as :func:`memorize.data.subsets.unique_indices`), int64 on ``device``."""
     generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
     multipliers = (torch.randint(-2**62, 2**62, (base.shape[1],), generator=generator) | 1).to(device)
-    fingerprint = torch.cat([(_bits(chunk) * multipliers).sum(1) for _, chunk in base_chunks(base, device)])
+    parts = [(_bits(chunk) * multipliers).sum(1) for _, chunk in base_chunks(base, device)]
+    fingerprint = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=device)  # no rows: none
     value, order = torch.sort(fingerprint, stable=True)  # equal fingerprints: ascending index
     starts = torch.ones(len(value), dtype=torch.bool, device=device)
     starts[1:] = value[1:] != value[:-1]
