@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from memorize import analysis, plots, reference_figures
-from memorize.config import CellConfig, from_dict
+from memorize.config import CellConfig, check_root_is_read, from_dict
 from memorize.score import QUALITY_K
 
 if TYPE_CHECKING:
@@ -48,7 +48,9 @@ def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Pa
     unknown = sorted(set(options) - set(known))
     if unknown:  # before anything is written
         raise TypeError(f"score_samples: unknown option {unknown[0]!r}; the options are {', '.join(known)}")
-    root, _ = import_samples(samples, out, from_dict(CellConfig, {"data": data or {}}), name, value_range)
+    config = from_dict(CellConfig, {"data": data or {}})
+    check_root_is_read(config.data)
+    root, _ = import_samples(samples, out, config, name, value_range)
     options.setdefault("progress", False)
     return score_cell(root, name, **options)
 

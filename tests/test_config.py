@@ -103,3 +103,34 @@ def test_a_union_field_names_the_value_that_fits_none_of_its_types(tmp_path, gri
         load_spec(path)
     with pytest.raises(ConfigError, match=r"^diffusion\.sigma_data: expected a number or 'auto', got 'autoo'$"):
         from_dict(CellConfig, {"diffusion": {"sigma_data": "autoo"}})
+
+
+@pytest.mark.parametrize("name", ["digits", "gmm"])
+def test_a_root_beside_a_dataset_that_reads_no_files_is_refused_where_given(tmp_path, capsys, name):
+    """``name: digits, root: my.npz`` meant the npz file: the training command, a sweep's grid point and a
+    notebook's ``data`` mapping each refuse it before anything is written, while a grid over ``data.name`` may
+    share one root among the datasets that read it, and a cell recorded with such a root is still read."""
+    import numpy as np
+
+    from memorize.api import score_samples
+    from memorize.sweep import expand, load_spec
+    from memorize.sweep.spec import check_data
+
+    message = f"data.root: dataset '{name}' reads no files"
+    assert main(["train", "--out", str(tmp_path / "cell"), "--set", f"data.name={name}",
+                 "--set", "data.root=my.npz"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "cell").exists()
+    with pytest.raises(ConfigError, match=message):
+        score_samples(np.zeros((4, 8, 8)), tmp_path / "notebook", data={"name": name, "root": "my.npz"})
+    assert not (tmp_path / "notebook").exists()
+    path = tmp_path / "s.yaml"
+    arch = "mlp" if name == "gmm" else "unet"  # a U-Net takes images, not the mixture's vectors
+    path.write_text(yaml.safe_dump({"name": "s", "base": {"data": {"name": name, "root": "my.npz"},
+                                                          "model": {"arch": arch}},
+                                    "grid": {"data.n_train": [8]}}))
+    with pytest.raises(ConfigError, match=r"^grid point \(data\.n_train=8\): " + message):
+        check_data(expand(load_spec(path)))
+    assert [p.config.data.name for p in expand(load_spec(path))] == [name]  # a spec read back from a sweep
+    grid = expand(load_spec(path, overrides={"grid.data.name": [name, "npz"]}))
+    check_data(grid[:1])
+    assert from_dict(CellConfig, {"data": {"name": name, "root": "my.npz"}}).data.root == "my.npz"

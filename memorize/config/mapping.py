@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from memorize.config.schema import CellConfig, _require
+from memorize.config.schema import CellConfig, _require, check_root_is_read
 from memorize.errors import ConfigError
 from memorize.io import atomic_write_text
 
@@ -135,9 +135,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     try:
-        return from_dict(CellConfig, data)
+        config = from_dict(CellConfig, data)
+        check_root_is_read(config.data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+    return config
 
 
 class _StrictLoader(yaml.SafeLoader):

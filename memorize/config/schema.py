@@ -61,6 +61,9 @@ class GMMConfig:
         _require(self.size >= 2, "data.gmm.size", "must be >= 2")
 
 
+FILE_DATASETS = ("mnist", "cifar10", "folder", "npz")  # the datasets read from data.root
+
+
 @dataclass
 class DataConfig:
     """Which images, and which of them a cell trains on.
@@ -109,14 +112,25 @@ class DataConfig:
         _require(self.subset_offset >= 0, "data.subset_offset", "must be >= 0")
         _require(self.split_seed >= 0, "data.split_seed", "must be >= 0 (numpy's generators take no negative seed)")
         _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")
-        needs_root = self.name in ("mnist", "cifar10", "folder", "npz")
-        _require(not needs_root or bool(self.root), "data.root",
+        _require(self.name not in FILE_DATASETS or bool(self.root), "data.root",
                  f"dataset {self.name!r} is read from local files: set data.root to their location")
         if self.train_indices is not None:
             _require(self.subset_offset == 0 and not self.class_balanced, "data.train_indices",
                      "names the training subset itself: leave data.subset_offset and data.class_balanced unset")
         _require(self.heldout_path is None or self.labels == "none", "data.heldout_path",
                  "held-out images from files carry no class labels: only with data.labels: none")
+
+
+def check_root_is_read(data: DataConfig) -> None:
+    """Where a config is given (a spec's grid point, ``--set``, a notebook's ``data`` mapping): a ``data.root``
+    beside a dataset that reads no files is refused, since the researcher who wrote ``name: digits, root: my.npz``
+    meant the files. Not part of :class:`DataConfig`'s own checks, so a cell recorded with such a root stays
+    readable."""
+    if data.root is None or data.name in FILE_DATASETS:
+        return
+    origin = "ships with scikit-learn" if data.name == "digits" else "is drawn from data.gmm"
+    raise ConfigError(f"data.root: dataset {data.name!r} reads no files (it {origin}), so {data.root!r} would be "
+                      f"ignored: drop data.root, or set data.name to the files' reader ({', '.join(FILE_DATASETS)})")
 
 
 @dataclass

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from memorize.config import (CellConfig, ConfigError, cell_id, described, from_dict, read_yaml, sample_settings,
-                             set_dotted, settings_key, to_dict)
+from memorize.config import (CellConfig, ConfigError, cell_id, check_root_is_read, described, from_dict, read_yaml,
+                             sample_settings, set_dotted, settings_key, to_dict)
 from memorize.metrics.calibration import default_threshold, min_heldout
 
 
@@ -362,6 +362,11 @@ def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None
         if cell.config.data.n_train < 2:
             raise ConfigError(f"grid point ({cell.label}): data.n_train must be >= 2 in a sweep, which scores every "
                               f"cell (the nearest-neighbour criterion d1 / d2 needs a second training image)")
+        if "data.name" not in dict(cell.point):  # a grid over datasets shares one root among those that read it
+            try:
+                check_root_is_read(cell.config.data)
+            except ConfigError as err:
+                raise ConfigError(f"grid point ({cell.label}): {err}") from None
 
     groups: dict[str, list[tuple[GridPoint, CellConfig]]] = {}
     for cell in cells:
