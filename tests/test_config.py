@@ -62,6 +62,8 @@ def test_a_malformed_set_value_is_one_line_naming_the_item(tmp_path, capsys, ite
     ({"seed": True}, "seed"),
     ({"seed": 10**20}, "seed: must be in [0, 2^63)"),  # torch's generators overflowed
     ({"data": {"split_seed": -5}}, "data.split_seed: must be >= 0"),  # numpy's words, without the field
+    ({"data": {"gmm": {"seed": 10**20}}}, "data.gmm.seed: must be in [0, 2^63)"),  # torch's "Overflow" alone
+    ({"data": {"gmm": {"seed": -1}}}, "data.gmm.seed: must be in [0, 2^63)"),  # torch's seed 2^64 - 1
 ])
 def test_bad_values_name_their_field(data, field):
     with pytest.raises(ConfigError, match=re.escape(field)):

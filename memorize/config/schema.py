@@ -59,6 +59,8 @@ class GMMConfig:
                  f"must be between 1 and dim={self.dim}, or null for full rank")
         _require(self.scale > 0, "data.gmm.scale", "must be > 0")
         _require(self.size >= 2, "data.gmm.size", "must be >= 2")
+        _require(0 <= self.seed < 2**63, "data.gmm.seed", "must be in [0, 2^63) (torch's generator takes a negative "
+                 "seed as another, larger one)")
 
 
 FILE_DATASETS = ("mnist", "cifar10", "folder", "npz")  # the datasets read from data.root
