@@ -91,7 +91,7 @@ def copied_images_table(sweep: str, results: pd.DataFrame, criterion: str, thres
 
 def main() -> None:
     from memorize.cli.flags import cosine
-    from memorize.cli.recipes import image_point, recipe_parser, sweep_results
+    from memorize.cli.recipes import cell_point, image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import most_copied_figure
 
@@ -108,6 +108,8 @@ def main() -> None:
     if column not in results or results[f"mem_{args.criterion}"].isna().all():
         parser.error(f"--criterion {args.criterion}: no cell of {args.sweep} records which images it copies "
                      f"(scored before this existed: score it again)")
+    if args.cell is not None:  # a mistyped --cell is named before the tables are worked out
+        cell_point(parser, args.sweep, args.cell, results)
     print(f"memorization ratio / share of memorized samples copying the top 10% of training images "
           f"({args.criterion}; seeds averaged):")
     print(concentration_table(results, args.criterion).to_string())

@@ -44,7 +44,7 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     from memorize.cli.flags import positive_int
-    from memorize.cli.recipes import image_point, recipe_parser, sweep_results
+    from memorize.cli.recipes import cell_point, image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import disagreement_figure
 
@@ -57,6 +57,8 @@ def main() -> None:
     if "mem_ext" not in results or results["mem_ext"].isna().all():
         parser.error(f"{args.sweep}: no cell is scored by all three criteria (scored before the extraction "
                      f"criterion existed: score it again)")
+    if args.cell is not None:  # a mistyped --cell is named before the tables are worked out
+        cell_point(parser, args.sweep, args.cell, results)
     counts = pattern_counts(args.sweep, results)
     print("samples per pattern of verdicts (which criteria flag them):")
     print(counts.drop(columns="cell").to_string(index=False))

@@ -49,7 +49,10 @@ def main() -> None:
     if judged[args.criterion].empty:
         parser.error(f"--criterion {args.criterion}: no cell of {args.sweep} has a mem_{args.criterion} value "
                      f"(results scored before the extraction criterion existed have none)")
-    written = plot_sweep(args.sweep, args.cells)
+    try:
+        written = plot_sweep(args.sweep, args.cells)
+    except FileNotFoundError as err:  # a --cells id of none of the sweep's points, named before a figure is drawn
+        parser.error(str(err))
     axes = experiment_axes(results)
     for criterion, name in CRITERIA.items():
         if judged[criterion].empty:

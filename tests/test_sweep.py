@@ -1073,6 +1073,27 @@ def test_a_cell_whose_scores_are_unreadable_is_named_and_left_out_of_the_recipes
     assert f"{path} are missing or unreadable" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recipe, flag", [("copying", "--cell"), ("disagreements", "--cell"),
+                                          ("phase_transition", "--cells")])
+def test_a_recipes_mistyped_cell_is_named_before_its_tables_are_worked_out(recipe, flag, finished_sweep, tmp_path,
+                                                                         monkeypatch, capsys):
+    """A ``--cell`` (``--cells``) of none of the sweep's points is the one-line error, with nothing printed or
+    drawn before it (the tables take each cell's scores and data to work out); not a traceback."""
+    import importlib
+
+    out = _copy(finished_sweep[0], tmp_path)
+    figures = sorted((out / "figures").rglob("*"))
+    monkeypatch.setattr(sys, "argv", [f"{recipe}.py", str(out), flag, "no-such-cell"])
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"analysis.{recipe}").main()
+    said = capsys.readouterr()
+    message = (f"--cells no-such-cell: no finished grid point of {out} has that cell id (see `memorize sweep status`)"
+               if flag == "--cells" else f"--cell: cell no-such-cell: not a finished grid point of {out}")
+    assert stop.value.code == 2 and said.out == "" and said.err.strip().splitlines() == [
+        f"{recipe}.py: error: {message} (see `{recipe}.py --help`)"]
+    assert sorted((out / "figures").rglob("*")) == figures
+
+
 def test_the_els_boundary_enters_a_points_key_only_where_it_changes_its_results():
     from memorize.config import CellConfig, from_dict
     from memorize.sweep.spec import ScoreConfig, eval_settings

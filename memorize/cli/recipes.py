@@ -30,14 +30,20 @@ def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.Data
         parser.error(str(err))
 
 
-def image_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame
-                ) -> ScoredPoint | None:
-    """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``), or None, said on
-    stdout, where its data are not images and so there is no figure to draw."""
+def cell_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame) -> ScoredPoint:
+    """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``); an id of none of the
+    sweep's finished points, or a point whose scores are unreadable, is the parser's one-line error."""
     try:
-        point = load_point(sweep, cell, results)
+        return load_point(sweep, cell, results)
     except ValueError as err:
         parser.error(f"--cell: {err}")
+
+
+def image_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame
+                ) -> ScoredPoint | None:
+    """The finished point of ``cell`` (:func:`cell_point`), or None, said on stdout, where its data are not
+    images and so there is no figure to draw."""
+    point = cell_point(parser, sweep, cell, results)
     if not point.is_image:
         print(f"cell {cell}: not image data, no figure")
         return None
