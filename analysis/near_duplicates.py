@@ -24,7 +24,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memorize.cli.flags import cosine
+    from memorize.cli.flags import cosine, figure_file
     from memorize.cli.recipes import recipe_parser
     from memorize.config import ConfigError, DataConfig
     from memorize.data import DatasetError, load_dataset, unique_indices
@@ -36,7 +36,9 @@ def main() -> None:
                         help="the dataset (data.name; default digits)")
     parser.add_argument("--root", help="its local files (data.root) for mnist, cifar10, folder and npz")
     parser.add_argument("--threshold", type=cosine, default=0.98, help="near-copy cosine (data.near_threshold)")
-    parser.add_argument("--figure", help="where to draw the closest pairs (default near_duplicates_<data>.png)")
+    parser.add_argument("--figure", type=figure_file,
+                        help="where to draw the closest pairs, its format from its suffix (default "
+                             "near_duplicates_<data>.png)")
     args = parser.parse_args()
     if args.root is not None and args.data == "digits":  # else counted on scikit-learn's digits without a word
         parser.error("--root: dataset 'digits' ships with scikit-learn and reads no files; give --data npz, folder, "

@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import re
 from typing import Literal
 
 import pytest
@@ -57,3 +58,18 @@ def test_renamed_flag_and_unsupported_type():
 def test_every_field_of_the_exposed_configs_is_a_flag(cls, exempt):
     _, names = _parser(cls)
     assert set(names) == {f.name for f in dataclasses.fields(cls)} - exempt
+
+
+def test_a_figure_path_is_checked_before_the_figure_is_worked_out(tmp_path):
+    """A suffix matplotlib writes (either case), a directory refused, and a parent that is a file named."""
+    from memorize.cli.flags import figure_file
+
+    assert figure_file(str(tmp_path / "made" / "pairs.PDF")) == tmp_path / "made" / "pairs.PDF"
+    (tmp_path / "a_file").write_text("")
+    for given, said in ((tmp_path, f"expected a figure file, got the directory {tmp_path}"),
+                        ("pairs.txt", "expected a figure file ending in a format matplotlib writes (.png, .pdf, .svg, ...)"),
+                        ("pairs", "expected a figure file ending in a format matplotlib writes (.png, .pdf, .svg, ...)"),
+                        (tmp_path / "a_file" / "pairs.png",
+                         f"{tmp_path / 'a_file' / 'pairs.png'}: {tmp_path / 'a_file'} is a file, not a directory")):
+        with pytest.raises(argparse.ArgumentTypeError, match="^" + re.escape(said)):
+            figure_file(str(given))

@@ -1033,6 +1033,8 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
     ("check_extraction", "--fixed-threshold", "nan",
      "argument --fixed-threshold: expected a positive finite number, got nan"),
     ("near_duplicates", "--threshold", "5", "argument --threshold: expected a cosine in (0, 1], got 5"),
+    ("near_duplicates", "--figure", "pairs.txt", "argument --figure: expected a figure file ending in a format "
+                                                 "matplotlib writes (.png, .pdf, .svg, ...), got 'pairs.txt'"),
     ("near_duplicates", "--root", "my.npz", "--root: dataset 'digits' ships with scikit-learn and reads no files; "
                                             "give --data npz, folder, mnist or cifar10 for files of your own"),
     ("regimes", "--device", "tpu", "--device: 'tpu' is not a device (expected auto, cpu, cuda or cuda:N)"),

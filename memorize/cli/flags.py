@@ -8,6 +8,7 @@ import dataclasses
 import math
 import typing
 from fractions import Fraction
+from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal
 
@@ -95,6 +96,24 @@ cosine = checked(float, lambda v: 0 < v <= 1, "a cosine in (0, 1]")
 positive_number = checked(float, lambda v: 0 < v < math.inf, "a positive finite number")
 # a sample set's name is the file name of its samples in DIR/samples (and of its scores and comparisons)
 set_name = checked(str, is_set_name, "a sample set name, not a path (no / in it)")
+
+
+def figure_file(text: str) -> Path:
+    """An argparse type: a path to draw a figure into, its format from its suffix (one matplotlib writes), not a
+    directory and not below a file; refused before the figure is worked out, not by savefig after."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(text)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a figure file, got the directory {text}")
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise argparse.ArgumentTypeError(f"expected a figure file ending in a format matplotlib writes (.png, .pdf, "
+                                         f".svg, ...), got {text!r}")
+    file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise argparse.ArgumentTypeError(f"{text}: {file} is a file, not a directory")
+    return path
 
 
 def pack_size(text: str) -> int | str:
