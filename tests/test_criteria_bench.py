@@ -55,6 +55,43 @@ def test_a_training_set_of_one_image_is_refused_before_any_case_is_built(tmp_pat
     assert not (tmp_path / "bench").exists()
 
 
+def test_the_benchs_dataset_flags_are_refused_where_they_would_be_ignored(tmp_path, capsys):
+    """--root beside digits (which read no files), a dataset flag beside --cell (whose subset replaces them), a
+    negative --seed and an unknown --dataset: one line each naming the flag, before any case is built; not a
+    bench on other data than named, or numpy's "expected non-negative integer"."""
+    from memorize.cli import main
+
+    out = tmp_path / "bench"
+    for args, said in (
+            (["--root", "my.npz"], "memorize criteria: error: --root: dataset 'digits' reads no files (it ships with "
+                                   "scikit-learn), so 'my.npz' would be ignored: drop --root, or set --dataset to the "
+                                   "files' reader (mnist, cifar10, folder, npz)"),
+            (["--cell", str(tmp_path), "--n-train", "8", "--dataset", "gmm"],
+             "memorize criteria: error: --dataset: --cell takes the training subset and held-out images of its cell; "
+             "leave --dataset and --n-train out, or --cell"),
+            (["--seed", "-1"], "memorize criteria: error: argument --seed: expected an integer in [0, 2^63), got -1 "
+                               "(see `memorize criteria --help`)"),
+            (["--dataset", "foo"], "memorize criteria: error: argument --dataset: invalid choice: 'foo' (choose from "
+                                   "'digits', 'gmm', 'mnist', 'cifar10', 'folder', 'npz') (see `memorize criteria "
+                                   "--help`)")):
+        try:
+            code = main(["criteria", "--out", str(out), *args, "--quiet"])
+        except SystemExit as stop:
+            code = stop.code
+        assert code == 2 and capsys.readouterr().err.strip().splitlines() == [said]
+    assert not out.exists()
+
+
+def test_a_flag_without_a_value_shows_no_default_of_its_destination(capsys):
+    """``--no-extraction`` stores False into ``extraction``: its help said "(default: True)"."""
+    from memorize.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["criteria", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "leave out Carlini et al.'s extraction criterion (tested by default) --criterion" in help_text
+
+
 def test_transformations_are_what_they_say():
     gen = torch.Generator().manual_seed(0)
     x = torch.zeros(2000, 1, 8, 8)

@@ -271,19 +271,30 @@ def cmd_criteria(args: argparse.Namespace) -> None:
     from memorize.io import check_directory
 
     check_directory(args.out, "--out")  # before any case is scored
+    dataset_flags = {"--dataset": args.dataset, "--root": args.root, "--n-train": args.n_train,
+                     "--n-heldout": args.n_heldout}
+    given = [flag for flag, value in dataset_flags.items() if value is not None]
+    if args.cell and given:
+        raise ConfigError(f"{given[0]}: --cell takes the training subset and held-out images of its cell; leave "
+                          f"{' and '.join(given)} out, or --cell")
     if args.cell:
         from memorize.cell import CellPaths, load_cell_data, read_config
 
         data = load_cell_data(read_config(Path(args.cell)), CellPaths(Path(args.cell)))
         train, heldout, source = data.train, data.heldout, f"cell {args.cell}"
     else:
-        from memorize.config import DataConfig
+        from memorize.config import DataConfig, check_root_is_read
         from memorize.data import load_dataset, make_split
 
-        cfg = DataConfig(name=args.dataset, root=args.root, n_train=args.n_train, n_heldout=args.n_heldout)
+        cfg = DataConfig(name=args.dataset or "digits", root=args.root, n_train=args.n_train or 256,
+                         n_heldout=args.n_heldout or 197)
+        try:
+            check_root_is_read(cfg)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("data.root", "--root").replace("data.name", "--dataset")) from None
         ds = load_dataset(cfg)
         split = make_split(ds, cfg)
-        train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{args.dataset}, N = {args.n_train}"
+        train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{cfg.name}, N = {cfg.n_train}"
     criteria = {f"nn d1/d2 < {r:.3g}": nn_criterion(r) for r in args.ratios}
     criteria.update({f"{e} cosine": cosine_criterion(e) for e in args.embedders})
     if args.extraction:

@@ -134,6 +134,8 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         if ("%(default)" in text or "(default" in text or default in (None, False, [], argparse.SUPPRESS)
                 or not action.option_strings):
             return text
+        if action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction):
+            return text  # a flag without a value (--no-extraction): its default is its absence, not its dest's value
         return f"{text} (default: %(default)s)"
 
 

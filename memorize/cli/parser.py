@@ -7,7 +7,7 @@ import argparse
 from memorize.cli import commands
 from memorize.cli.flags import (Formatter, Parser, checked, config_flags, fraction, pack_size, positive_int, rate,
                                 seconds, set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
-from memorize.config import SampleConfig
+from memorize.config import DATASETS, SampleConfig
 from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
 from memorize.local_score import BOUNDARIES
@@ -240,13 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "false positives on held-out images and whether the right training image is named. Writes "
                    "OUT/criteria.csv and OUT/roc.png.")
     p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
-    p.add_argument("--dataset", default="digits", help="dataset name, as data.name")
+    # the dataset's flags default to None so that one given beside --cell, which replaces them, is told apart
+    p.add_argument("--dataset", choices=DATASETS, help="dataset name, as data.name (default: digits)")
     p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
-    p.add_argument("--n-train", dest="n_train", type=checked(int, lambda v: v >= 2, "an integer >= 2"), default=256,
-                   help="training subset size (at least 2)")
-    p.add_argument("--n-heldout", dest="n_heldout", type=positive_int, default=197,
-                   help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate)")
-    p.add_argument("--cell", help="take the training subset and held-out images of this cell instead")
+    p.add_argument("--n-train", dest="n_train", type=checked(int, lambda v: v >= 2, "an integer >= 2"),
+                   help="training subset size (at least 2; default: 256)")
+    p.add_argument("--n-heldout", dest="n_heldout", type=positive_int,
+                   help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate; "
+                        "default: 197)")
+    p.add_argument("--cell", help="take the training subset and held-out images of this cell instead of "
+                                  "--dataset, --root, --n-train and --n-heldout")
     p.add_argument("--ratios", nargs="*", type=fraction, default=[1 / 3, 1 / 2],
                    help="nearest-neighbour criteria d1/d2 < ratio to test (default: 1/3 1/2)")
     p.add_argument("--embedders", nargs="*", default=["pixel"],
@@ -258,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "memorized), decision, or {'score', 'decision', 'index'}")
     p.add_argument("--per-kind", dest="per_kind", type=positive_int, default=64,
                    help="cases per kind and strength")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cases")
+    p.add_argument("--seed", type=checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)"), default=0,
+                   help="seed of the cases")
     p.add_argument("--target-fpr", dest="target_fpr", default=0.01, type=rate,
                    help="false-positive rate on held-out images for the calibrated threshold")
     threads_and_quiet(p)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 from memorize.errors import ConfigError
 
@@ -121,6 +121,9 @@ class DataConfig:
                      "names the training subset itself: leave data.subset_offset and data.class_balanced unset")
         _require(self.heldout_path is None or self.labels == "none", "data.heldout_path",
                  "held-out images from files carry no class labels: only with data.labels: none")
+
+
+DATASETS: tuple[str, ...] = get_args(get_type_hints(DataConfig)["name"])
 
 
 def check_root_is_read(data: DataConfig) -> None:
