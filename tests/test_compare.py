@@ -203,3 +203,27 @@ def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path,
     aligned, anywhere = (read_samples(cell / "samples" / f"{rule}.npz") for rule in ("aligned", "anywhere"))
     assert "boundary" not in anywhere["settings"] and aligned["settings"]["boundary"] == "aligned"
     assert np.abs(anywhere["samples"] - aligned["samples"]).max() > 0.1
+
+
+def test_a_flag_the_chosen_denoiser_or_comparison_would_ignore_is_named(tmp_path, capsys):
+    """``memorize sample --denoiser empirical --weights raw`` drew the empirical denoiser's samples and
+    ``memorize compare --patch-schedule 3`` (no --local) compared without the machines, each ignoring the
+    flag without a word; one line each now, before anything is drawn or written."""
+    from tests.conftest import trained_tiny_cell
+
+    cell = trained_tiny_cell(tmp_path / "cell", steps=1)
+    before = sorted(p.relative_to(cell) for p in cell.rglob("*"))
+    for command, said in (
+            (["sample", "--denoiser", "empirical", "--weights", "raw"],
+             "--weights raw: only for the trained denoiser, not --denoiser empirical"),
+            (["sample", "--denoiser", "ls", "--patch-schedule", "3", "--els-boundary", "anywhere"],
+             "--els-boundary anywhere: only for --denoiser els, not ls"),
+            (["compare", "--patch-schedule", "3"], "--patch-schedule: only with --local (the local score machines, "
+                                                    "calibrated and sampled)"),
+            (["compare", "--els-boundary", "anywhere", "--n-calibrate", "4"],
+             "--els-boundary: only with --local (the local score machines, calibrated and sampled)"),
+            (["compare", "--n-calibrate", "4"],
+             "--n-calibrate: only with --local (the local score machines, calibrated and sampled)")):
+        assert main([command[0], str(cell), *command[1:], "--quiet"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"memorize {command[0]}: error: {said}"]
+    assert sorted(p.relative_to(cell) for p in cell.rglob("*")) == before

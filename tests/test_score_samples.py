@@ -307,3 +307,21 @@ def test_other_samples_are_refused_in_a_directory_that_holds_samples_and_nothing
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds another cell or other samples" in err[0], err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == kept
+
+
+def test_a_cells_score_refuses_the_flags_for_samples_made_elsewhere(tmp_path, capsys):
+    """``memorize score CELL --set data.n_train=5`` (or --out, --range, --heldout) scored the cell as it is and
+    ignored the flag without a word; each is named, before anything is read or written."""
+    from memorize.config import CellConfig, save_config
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    save_config(CellConfig(), cell / "config.yaml")
+    for flags, named in ((["--set", "data.n_train=5"], "--set"), (["--out", str(tmp_path / "out")], "--out"),
+                         (["--range", "0-255"], "--range"), (["--heldout", str(tmp_path / "mine")], "--heldout"),
+                         (["--range", "0-1", "--out", str(tmp_path / "out")], "--out")):
+        assert main(["score", str(cell), *flags, "--quiet"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"memorize score: error: {named}: only for samples made elsewhere; the cell {cell} has its training set, "
+            f"held-out images and samples (its scores go to {cell / 'scores'})"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cell", "config.yaml"]

@@ -48,6 +48,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.checkpoint is not None and args.denoiser != "trained":
         raise ValueError(f"--checkpoint: only for the trained denoiser, not --denoiser {args.denoiser}")
+    if args.weights != "ema" and args.denoiser != "trained":  # else ignored without a word
+        raise ValueError(f"--weights {args.weights}: only for the trained denoiser, not --denoiser {args.denoiser}")
+    if args.els_boundary != "aligned" and args.denoiser != "els":
+        raise ValueError(f"--els-boundary {args.els_boundary}: only for --denoiser els, not {args.denoiser}")
     base = read_config(Path(args.dir)).sample
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)
                if getattr(args, f.name, None) is not None}
@@ -80,8 +84,13 @@ def cmd_score(args: argparse.Namespace) -> None:
         root, used = import_samples(args.dir, args.out, load_config(None, overrides), args.samples, args.value_range)
         print(f"{args.dir}: samples read with value range {used}, stored in {root / 'samples'}")
         args.dir = str(root)
-    elif args.heldout is not None:
-        raise ConfigError(f"--heldout: only for samples made elsewhere; the cell {args.dir} has its held-out images")
+    else:  # a cell: the flags for samples made elsewhere would be ignored
+        elsewhere = [flag for flag, given in (("--out", args.out is not None), ("--set", bool(args.set)),
+                                              ("--heldout", args.heldout is not None),
+                                              ("--range", args.value_range != "auto")) if given]
+        if elsewhere:
+            raise ConfigError(f"{elsewhere[0]}: only for samples made elsewhere; the cell {args.dir} has its training "
+                              f"set, held-out images and samples (its scores go to {Path(args.dir) / 'scores'})")
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
                    progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
     nn, cos, q = s["nn"], s["cos"], s["quality"]
@@ -125,6 +134,12 @@ def patch_schedule(text: str | None, machine: str):
 def cmd_compare(args: argparse.Namespace) -> None:
     from memorize.compare import compare_cell
 
+    # the local machines' flags away from their defaults (the parser's), which compare without --local would ignore
+    local_only = [flag for flag, given in (("--patch-schedule", args.patch_schedule is not None),
+                                           ("--els-boundary", args.els_boundary != "aligned"),
+                                           ("--n-calibrate", args.n_calibrate != 16)) if given]
+    if local_only and not args.local:
+        raise ValueError(f"{local_only[0]}: only with --local (the local score machines, calibrated and sampled)")
     patch = None
     if args.patch_schedule is not None:
         from memorize.local_score import MACHINES
