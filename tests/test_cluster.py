@@ -143,8 +143,8 @@ def test_a_signal_that_may_come_within_a_jobs_first_minute_is_named_at_launch(tm
     assert len(lines) == (advice is not None)
     if advice:
         assert f"here as early as {earliest} s after a job starts" in lines[0] and lines[0].endswith(advice)
-    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--time-min", "1",
-                 "--signal-delay-s", "30"]) == 0  # not SLURM: no signal, no caution
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--set", "slurm.time_min=1",
+                 "--set", "slurm.signal_delay_s=30"]) == 0  # not SLURM: no signal, no caution
     assert "caution" not in capsys.readouterr().out
 
 

@@ -453,6 +453,29 @@ def test_a_bad_slurm_flag_is_named_alone(flags, said, tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(said)
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--partition", "gpu"], "--partition: for --executor slurm; --executor local runs the cells on this machine"),
+    (["--gpus-per-cell", "0", "--sbatch", "mail-type=END"], "--gpus-per-cell: for --executor slurm; --executor local "
+                                                             "runs the cells on this machine"),
+    (["--sbatch", "mail-type=END"], "--sbatch: for --executor slurm; --executor local runs the cells on this machine"),
+    (["--wait"], "--wait: for --executor slurm; --executor local runs the cells on this machine"),
+    (["--executor", "debug", "--no-snapshot"],
+     "--no-snapshot: for --executor slurm; --executor debug runs the cells on this machine"),
+    (["--executor", "slurm", "--parallel", "2"],
+     "--parallel: for the local executor; each cell is a job, slurm.array_parallelism of them at a time "
+     "(--array-parallelism)"),
+    (["--executor", "debug", "--parallel", "2"],
+     "--parallel: for the local executor; the debug executor runs the cells one after another here"),
+])
+def test_a_flag_of_another_executor_is_refused(flags, said, tmp_path, capsys):
+    """``--partition gpu`` without ``--executor slurm`` ran the whole sweep on the login node, and ``--parallel``
+    on SLURM was ignored; each is one line naming the flag, before anything is written."""
+    spec = write_spec(tmp_path / "s.yaml")
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"memorize sweep run: error: {said}"]
+    assert sorted(tmp_path.iterdir()) == [spec]
+
+
 def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "sweep"
@@ -476,7 +499,8 @@ def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert text.count("pack of 2: ") == 2 and "4 cells would run in 2 jobs" in text
     assert "with the local executor, 2 at a time (--parallel 2), each job a process of its own" in text
-    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", *four]) == 0  # no slots
+    on_slurm = ["--dry-run", "--pack", "10", "--set", "grid.data.n_train=[8, 16, 24, 32]"]
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "slurm", *on_slurm]) == 0  # no slots
     text = capsys.readouterr().out
     assert text.count("pack of 4: ") == 1 and "4 cells would go to SLURM in 1 job (" in text and not out.exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU the pack stays whole

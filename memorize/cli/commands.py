@@ -171,6 +171,22 @@ def cmd_consistency(args: argparse.Namespace) -> None:
           f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
 
 
+def check_executor_flags(args: argparse.Namespace, slurm_flags: list[str]) -> None:
+    """Refuse a flag of another executor than ``args.executor``: ``--partition gpu`` without ``--executor
+    slurm`` would run the whole sweep on this machine, and ``--parallel`` on SLURM would be ignored.
+    ``slurm_flags``: the SLURM settings given as flags."""
+    if args.executor != "slurm":
+        given = slurm_flags + [flag for flag, on in (("--sbatch", bool(args.sbatch)), ("--wait", args.wait),
+                                                     ("--no-snapshot", args.no_snapshot)) if on]
+        if given:
+            raise ConfigError(f"{given[0]}: for --executor slurm; --executor {args.executor} runs the cells on this "
+                              f"machine")
+    if args.parallel is not None and args.executor != "local":
+        instead = ("each cell is a job, slurm.array_parallelism of them at a time (--array-parallelism)"
+                   if args.executor == "slurm" else "the debug executor runs the cells one after another here")
+        raise ConfigError(f"--parallel: for the local executor; {instead}")
+
+
 def cmd_sweep_run(args: argparse.Namespace) -> int:
     """Exit status 1 where grid points failed (after the others finished), else 0."""
     from memorize.sweep import load_spec, run_sweep
@@ -180,6 +196,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
                  if getattr(args, f.name, None) is not None}
     if args.sbatch:
         overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END", "--sbatch").items()}
+    check_executor_flags(args, [f"--{name.replace('_', '-')}" for name in overrides if name != "extra"])
     spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
     caution = spec.slurm.early_signal_caution() if args.executor == "slurm" else None
     if caution:
