@@ -300,12 +300,21 @@ def test_a_job_that_died_without_a_result_is_shown_with_the_last_line_of_its_log
 
 
 def test_cancel_without_slurm_jobs_is_refused(tmp_path, capsys):
+    """A sweep launched here has no jobs to cancel; a directory that is no sweep (a mistyped --out) is named as
+    such, not as a sweep that was not launched on SLURM."""
+    from memorize.sweep.layout import prepare
+
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(TINY_SPEC))
     out = tmp_path / "sweep"
-    assert main(["sweep", "run", str(spec), "--out", str(out), "--dry-run"]) == 0
     assert main(["sweep", "cancel", str(out)]) == 2
-    assert "no SLURM jobs recorded" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize sweep cancel: error: {out} is not a sweep directory (no cells.csv): run `memorize sweep run` first"]
+    prepare(load_spec(spec), out)
+    assert main(["sweep", "cancel", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize sweep cancel: error: {out / 'jobs.json'}: no SLURM jobs recorded for this sweep (it was not "
+        f"launched with --executor slurm)"]
 
 
 def test_a_slurm_launch_where_slurm_is_missing_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):

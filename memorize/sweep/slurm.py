@@ -95,6 +95,7 @@ def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0
     ``wait_timeout`` seconds, until the cancelled jobs have left the queue, so that a following
     ``memorize sweep run`` finds their cells unlocked and resumes them from their last checkpoints."""
     out = Path(out)
+    grid = read_grid(out)  # a directory that is no sweep is named as such
     jobs = read_jobs(out)
     if not jobs:
         raise FileNotFoundError(f"{out / 'jobs.json'}: no SLURM jobs recorded for this sweep "
@@ -105,7 +106,7 @@ def cancel_sweep(out: str | Path, wait_timeout: float = 120.0, poll: float = 1.0
     if states and set(states.values()) == {"UNKNOWN"}:
         raise RuntimeError("no SLURM answers (squeue failed): nothing was cancelled")
     active = {cid: job for cid, job in mine.items() if states.get(job) in ACTIVE_SLURM_STATES}
-    report = {"cells": len(read_grid(out)["cell"].unique()), "unfinished": len(unfinished), "running": 0, "pending": 0,
+    report = {"cells": len(grid["cell"].unique()), "unfinished": len(unfinished), "running": 0, "pending": 0,
               "cancelled": 0, "still_queued": 0}
     for job in active.values():
         kind = "running" if states[job] == "RUNNING" else "pending"
