@@ -136,3 +136,30 @@ def test_a_root_beside_a_dataset_that_reads_no_files_is_refused_where_given(tmp_
     grid = expand(load_spec(path, overrides={"grid.data.name": [name, "npz"]}))
     check_data(grid[:1])
     assert from_dict(CellConfig, {"data": {"name": name, "root": "my.npz"}}).data.root == "my.npz"
+
+
+def test_a_sweep_spec_given_as_a_cells_config_and_the_reverse_say_which_command_reads_them(tmp_path, capsys):
+    """``memorize train sweeps/digits.yaml`` was "name: unknown key (did you mean 'sample'?)", and a cell's
+    config.yaml given to ``memorize sweep run`` was "data: unknown key": each says what the file is and which
+    command takes it, before anything is written."""
+    from pathlib import Path
+
+    from memorize.config import save_config
+
+    spec = Path(__file__).resolve().parents[1] / "sweeps" / "digits.yaml"
+    assert main(["train", str(spec), "--out", str(tmp_path / "cell")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize train: error: {spec}: a sweep spec (base, grid), not a cell's config: run it with `memorize sweep "
+        f"run {spec} --out DIR`, or give its base: section as a file of its own"]
+    config = tmp_path / "config.yaml"
+    save_config(CellConfig(), config)
+    assert main(["sweep", "run", str(config), "--out", str(tmp_path / "sweep"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize sweep run: error: {config}: a cell's config (data, model, diffusion, train, sample), not a sweep "
+        f"spec: train it with `memorize train {config} --out DIR`, or put it under base: in a spec with a grid: (see "
+        f"sweeps/digits.yaml)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    # a file with both kinds of keys is a misspelled one of them: the unknown keys are named as before
+    config.write_text("base: {}\ndata: {n_train: 8}\n")
+    with pytest.raises(ConfigError, match="base: unknown key"):
+        load_config(config)

@@ -123,6 +123,10 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+# the top-level sections of a cell's config, which a sweep spec holds under base:
+CELL_SECTIONS = frozenset(f.name for f in dataclasses.fields(CellConfig)) - {"seed"}
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CellConfig:
     """Read a cell config from YAML (``None``: the embedded default) plus dotted overrides."""
     data: dict[str, Any] = {}
@@ -132,6 +136,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{path}: expected a mapping of config sections at the top level, "
                               f"got {type(loaded).__name__}")
         data = loaded or {}
+        if {"base", "grid"} & set(data) and not CELL_SECTIONS & set(data):
+            raise ConfigError(f"{path}: a sweep spec (base, grid), not a cell's config: run it with `memorize sweep "
+                              f"run {path} --out DIR`, or give its base: section as a file of its own")
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     try:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from memorize.config import (CellConfig, ConfigError, cell_id, check_root_is_read, described, from_dict, read_yaml,
-                             sample_settings, set_dotted, settings_key, to_dict)
+from memorize.config import (CELL_SECTIONS, CellConfig, ConfigError, cell_id, check_root_is_read, described,
+                             from_dict, read_yaml, sample_settings, set_dotted, settings_key, to_dict)
 from memorize.metrics.calibration import default_threshold, min_heldout
 
 
@@ -236,6 +236,10 @@ def load_spec(path: str | Path, slurm_overrides: dict[str, Any] | None = None,
                           f"(see sweeps/digits.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys name, base, grid, score, slurm")
+    if CELL_SECTIONS & set(data) and not {"base", "grid"} & set(data):
+        raise ConfigError(f"{path}: a cell's config ({', '.join(k for k in data if k in CELL_SECTIONS)}), not a sweep "
+                          f"spec: train it with `memorize train {path} --out DIR`, or put it under base: in a spec "
+                          f"with a grid: (see sweeps/digits.yaml)")
     data.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         section, _, rest = dotted.partition(".")
