@@ -60,6 +60,14 @@ def test_sample_draws_from_the_checkpoint_asked_for(tiny_cfg, tmp_path, capsys):
     assert sorted(p.name for p in (cell / "samples").glob("*.npz")) == ["at10.npz", "at30.npz", "trained.npz"]
 
 
+def test_training_without_held_out_images_says_so_instead_of_a_nan_loss(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "cell"), "--quiet", "--set", "train.steps=1",
+                 "--set", "data.n_train=16", "--set", "data.n_heldout=0", "--set", "model.channels=8"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "(training images), none on held-out images (data.n_heldout: 0); checkpoint and loss.csv in" in line
+    assert "nan" not in line
+
+
 def test_empirical_denoiser_samples_reproduce_training_images(tmp_path):
     from memorize.cell import CellPaths, load_cell_data
 

@@ -21,9 +21,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train(cfg, args.out, progress=not args.quiet)
     if not ranks().main:  # under torchrun: one line, from rank 0
         return
+    heldout = (f"{summary['heldout_loss']:.4f} (held-out)" if cfg.data.n_heldout or cfg.data.heldout_path else
+               "none on held-out images (data.n_heldout: 0)")  # not a nan loss
     print(f"trained {summary['params_total']:,} parameters for {summary['steps']} steps in {summary['seconds']:.0f} s "
           f"on {summary['device']}: loss on fixed noise {summary['train_loss']:.4f} (training images), "
-          f"{summary['heldout_loss']:.4f} (held-out); checkpoint and loss.csv in {args.out}")
+          f"{heldout}; checkpoint and loss.csv in {args.out}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
