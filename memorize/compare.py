@@ -46,8 +46,8 @@ from memorize.config import SampleConfig
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
 from memorize.generate import read_samples, sample_cell
-from memorize.local_score import (BOUNDARIES, MACHINES, PatchSchedule, calibrate_patch_schedule, local_machine,
-                                  odd_sizes, r_squared)
+from memorize.local_score import (BOUNDARIES, MACHINES, N_CALIBRATE, PatchSchedule, calibrate_patch_schedule,
+                                  local_machine, odd_sizes, r_squared)
 from memorize.sampling import generate
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics import load_embedder, memorization_ratio, nn_ratio, reproducibility_score
@@ -245,7 +245,7 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
                  n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
                  out_dir: str = "compare", local: bool = False, patch: dict[str, PatchSchedule] | None = None,
-                 n_calibrate: int = 16, n_trajectory: int = 16, boundary: str = "aligned") -> dict:
+                 n_calibrate: int = N_CALIBRATE, n_trajectory: int = 16, boundary: str = "aligned") -> dict:
     """Run all comparisons for the cell at ``root`` (module docstring); returns the summary.
 
     ``step``: the checkpoint of the trained denoiser (default: the latest); results go to ``DIR/<out_dir>/``.

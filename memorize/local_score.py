@@ -87,6 +87,7 @@ class PatchSchedule:
 
 MACHINES = ("ls", "els")
 BOUNDARIES = ("aligned", "anywhere")  # the ELS machine's rules at the border (module docstring)
+N_CALIBRATE = 16  # noisy held-out images per noise level that calibrate a cell's patch sizes (memorize compare --local)
 
 
 def read_patch_schedules(path: Path) -> dict[str, PatchSchedule]:

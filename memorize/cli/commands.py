@@ -135,11 +135,12 @@ def patch_schedule(text: str | None, machine: str):
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from memorize.compare import compare_cell
+    from memorize.local_score import N_CALIBRATE
 
-    # the local machines' flags away from their defaults (the parser's), which compare without --local would ignore
+    # the local machines' flags away from their defaults, which compare without --local would ignore
     local_only = [flag for flag, given in (("--patch-schedule", args.patch_schedule is not None),
                                            ("--els-boundary", args.els_boundary != "aligned"),
-                                           ("--n-calibrate", args.n_calibrate != 16)) if given]
+                                           ("--n-calibrate", args.n_calibrate != N_CALIBRATE)) if given]
     if local_only and not args.local:
         raise ValueError(f"{local_only[0]}: only with --local (the local score machines, calibrated and sampled)")
     patch = None
@@ -322,10 +323,7 @@ def cmd_criteria(args: argparse.Namespace) -> None:
 
         cfg = DataConfig(name=args.dataset or "digits", root=args.root, n_train=args.n_train or 256,
                          n_heldout=args.n_heldout or 197)
-        try:
-            check_root_is_read(cfg)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("data.root", "--root").replace("data.name", "--dataset")) from None
+        check_root_is_read(cfg, root="--root", name="--dataset")
         ds = load_dataset(cfg)
         split = make_split(ds, cfg)
         train, heldout, source = ds.data[split.train], ds.data[split.heldout], f"{cfg.name}, N = {cfg.n_train}"

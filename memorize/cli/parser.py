@@ -10,7 +10,7 @@ from memorize.cli.flags import (Formatter, Parser, checked, config_flags, fracti
 from memorize.config import DATASETS, SampleConfig
 from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
-from memorize.local_score import BOUNDARIES
+from memorize.local_score import BOUNDARIES, N_CALIBRATE
 from memorize.sweep.spec import SlurmConfig
 
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--local: where the ELS machine looks for training patches: aligned (Kamb & Ganguli's rule for "
                         "zero-padded networks: at positions whose window meets the border as the pixel's does) or "
                         "anywhere (every position, padded windows included)")
-    p.add_argument("--n-calibrate", dest="n_calibrate", default=16, type=positive_int,
+    p.add_argument("--n-calibrate", dest="n_calibrate", default=N_CALIBRATE, type=positive_int,
                    help="--local: noisy held-out images per noise level for the calibration")
     p.add_argument("--n-eval", dest="n_eval", default=256, type=positive_int,
                    help="training and held-out images for the gap curves")

@@ -126,16 +126,16 @@ class DataConfig:
 DATASETS: tuple[str, ...] = get_args(get_type_hints(DataConfig)["name"])
 
 
-def check_root_is_read(data: DataConfig) -> None:
+def check_root_is_read(data: DataConfig, root: str = "data.root", name: str = "data.name") -> None:
     """Where a config is given (a spec's grid point, ``--set``, a notebook's ``data`` mapping): a ``data.root``
     beside a dataset that reads no files is refused, since the researcher who wrote ``name: digits, root: my.npz``
     meant the files. Not part of :class:`DataConfig`'s own checks, so a cell recorded with such a root stays
-    readable."""
+    readable. ``root``, ``name``: how the error names the two fields (a command's flags)."""
     if data.root is None or data.name in FILE_DATASETS:
         return
     origin = "ships with scikit-learn" if data.name == "digits" else "is drawn from data.gmm"
-    raise ConfigError(f"data.root: dataset {data.name!r} reads no files (it {origin}), so {data.root!r} would be "
-                      f"ignored: drop data.root, or set data.name to the files' reader ({', '.join(FILE_DATASETS)})")
+    raise ConfigError(f"{root}: dataset {data.name!r} reads no files (it {origin}), so {data.root!r} would be "
+                      f"ignored: drop {root}, or set {name} to the files' reader ({', '.join(FILE_DATASETS)})")
 
 
 @dataclass
