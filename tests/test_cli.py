@@ -154,3 +154,20 @@ def test_version_names_the_code_a_sweeps_results_record(capsys):
     out = capsys.readouterr().out
     assert re.fullmatch(r"memorize \S+.* at \S+: code [0-9a-f]{16}, .+; torch \S+, .+\n", out), out
     assert f"code {source_hash(package_dir())}," in out and f"torch {torch.__version__}," in out
+
+
+def test_a_sampling_flag_the_chosen_sampler_does_not_read_is_named(tmp_path, capsys):
+    """``memorize sample --eta 0.5`` with the cell's heun sampler drew heun's samples and filed them under a
+    setting that changed nothing; one line, before anything is drawn, and the sampler that reads it still takes it."""
+    from tests.conftest import trained_tiny_cell
+
+    cell = trained_tiny_cell(tmp_path / "cell", steps=1)
+    before = sorted((cell / "samples").iterdir()) if (cell / "samples").is_dir() else []
+    for flags, said in ((["--eta", "0.5"], "--eta: read by the ddim sampler only, not heun"),
+                        (["--sampler", "ddim", "--churn-sigma-max", "2"],
+                         "--churn-sigma-max: read by the heun sampler only, not ddim")):
+        assert main(["sample", str(cell), *flags, "--num", "2", "--name", "x", "--quiet"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"memorize sample: error: {said} (the cell's sampler, or --sampler)"]
+    assert (sorted((cell / "samples").iterdir()) if (cell / "samples").is_dir() else []) == before
+    assert main(["sample", str(cell), "--sampler", "ddim", "--eta", "0.5", "--num", "2", "--name", "x", "--quiet"]) == 0

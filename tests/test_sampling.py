@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,22 @@ def test_no_sampler_reads_a_device_value_on_the_host(sampler):
     calls = []
     out = run_sampler(cfg, lambda x, sigma: calls.append(sigma.device) or 0.5 * x, x, sigmas, noise)
     assert out.device.type == "meta" and out.shape == x.shape and calls and set(calls) == {torch.device("meta")}
+
+
+@pytest.mark.parametrize("field, value", [("eta", 0.7), ("churn", 5.0), ("churn_sigma_min", 0.5),
+                                          ("churn_sigma_max", 2.0), ("churn_noise", 1.3)])
+def test_a_sampler_only_field_changes_its_samplers_samples_and_no_others(field, value):
+    """config.SAMPLER_FIELDS, which ``memorize sample`` reads to refuse ``--eta`` beside heun: the field changes
+    the samples of its sampler and leaves every other sampler's as they are, to the bit (churn's window and
+    noise scale with churn on)."""
+    from memorize.config import SAMPLER_FIELDS, SAMPLERS
+
+    def denoiser(x, sigma):
+        return 0.5 * x / (1 + sigma.reshape(-1, 1) ** 2)
+
+    base = SampleConfig(num=4, steps=8, churn=3.0 if field.startswith("churn_") else 0.0)
+    changed = dataclasses.replace(base, **{field: value})
+    for sampler in SAMPLERS:
+        a, b = (generate(denoiser, (6,), np.arange(4), dataclasses.replace(c, sampler=sampler), progress=False)
+                for c in (base, changed))
+        assert torch.equal(a, b) == (sampler != SAMPLER_FIELDS[field]), sampler

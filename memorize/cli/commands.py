@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from memorize.cli.flags import parse_set
-from memorize.config import ConfigError, SampleConfig, load_config
+from memorize.config import SAMPLER_FIELDS, ConfigError, SampleConfig, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -58,6 +58,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)
                if getattr(args, f.name, None) is not None}
     cfg = dataclasses.replace(base, **options)
+    ignored = [name for name in options if SAMPLER_FIELDS.get(name, cfg.sampler) != cfg.sampler]
+    if ignored:  # a set of samples keyed by a value that changed nothing
+        flag = f"--{ignored[0].replace('_', '-')}"
+        raise ValueError(f"{flag}: read by the {SAMPLER_FIELDS[ignored[0]]} sampler only, not {cfg.sampler} "
+                         f"(the cell's sampler, or --sampler)")
     path = sample_cell(args.dir, cfg, args.denoiser, args.weights, args.name, args.device, args.force,
                        progress=not args.quiet, step=args.checkpoint,
                        patch=patch_schedule(args.patch_schedule, args.denoiser), boundary=args.els_boundary)

@@ -249,6 +249,10 @@ class TrainConfig:
 
 
 SAMPLERS = ("heun", "euler_maruyama", "ddim", "ddpm", "dpm_solver_2m")
+# The sampling fields that one sampler alone reads (memorize.sampling): each other sampler draws the same samples
+# whatever their values.
+SAMPLER_FIELDS = {"eta": "ddim", "churn": "heun", "churn_sigma_min": "heun", "churn_sigma_max": "heun",
+                  "churn_noise": "heun"}
 # Each sampler's default number of noise levels: the fewest (of 18, 24, 32, ... on the Karras grid) at which its
 # samples of a 16-d Gaussian with eigenvalues 1e-3 to 1 and its exact denoiser have a variance within 10% of the
 # truth in every direction (held by tests/test_sampling.py; benchmarks/sampler_bias.py prints the variances).
