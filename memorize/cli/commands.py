@@ -58,7 +58,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)
                if getattr(args, f.name, None) is not None}
     cfg = dataclasses.replace(base, **options)
-    ignored = [name for name in options if SAMPLER_FIELDS.get(name, cfg.sampler) != cfg.sampler]
+    ignored = [name for name in options if name in SAMPLER_FIELDS and SAMPLER_FIELDS[name] != cfg.sampler]
     if ignored:  # a set of samples keyed by a value that changed nothing
         flag = f"--{ignored[0].replace('_', '-')}"
         raise ValueError(f"{flag}: read by the {SAMPLER_FIELDS[ignored[0]]} sampler only, not {cfg.sampler} "
