@@ -108,8 +108,8 @@ def main() -> None:
     if column not in results or results[f"mem_{args.criterion}"].isna().all():
         parser.error(f"--criterion {args.criterion}: no cell of {args.sweep} records which images it copies "
                      f"(scored before this existed: score it again)")
-    if args.cell is not None:  # a mistyped --cell is named before the tables are worked out
-        cell_point(parser, args.sweep, args.cell, results)
+    # a mistyped --cell is named before the tables are worked out
+    chosen = cell_point(parser, args.sweep, args.cell, results) if args.cell is not None else None
     print(f"memorization ratio / share of memorized samples copying the top 10% of training images "
           f"({args.criterion}; seeds averaged):")
     print(concentration_table(results, args.criterion).to_string())
@@ -117,7 +117,7 @@ def main() -> None:
           f"{args.near_threshold}; isolation: median L2 distance to the nearest other training image):")
     print(copied_images_table(args.sweep, results, args.criterion, args.near_threshold).to_string(index=False))
     cid = args.cell or pick_cell(results[results[f"mem_{args.criterion}"].notna()], args.criterion)
-    point = image_point(parser, args.sweep, cid, results)
+    point = image_point(chosen if chosen is not None else cell_point(parser, args.sweep, cid, results))
     if point is None:
         return
     row, table = point.row, point.scores

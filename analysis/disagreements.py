@@ -57,14 +57,14 @@ def main() -> None:
     if "mem_ext" not in results or results["mem_ext"].isna().all():
         parser.error(f"{args.sweep}: no cell is scored by all three criteria (scored before the extraction "
                      f"criterion existed: score it again)")
-    if args.cell is not None:  # a mistyped --cell is named before the tables are worked out
-        cell_point(parser, args.sweep, args.cell, results)
+    # a mistyped --cell is named before the tables are worked out
+    chosen = cell_point(parser, args.sweep, args.cell, results) if args.cell is not None else None
     counts = pattern_counts(args.sweep, results)
     print("samples per pattern of verdicts (which criteria flag them):")
     print(counts.drop(columns="cell").to_string(index=False))
     mixed = counts.drop(columns=["cell", "model", "N", "seed", "+".join(NAMES), "none"]).sum(axis=1)
     cid = args.cell or str(counts.loc[mixed.idxmax(), "cell"])
-    point = image_point(parser, args.sweep, cid, results)
+    point = image_point(chosen if chosen is not None else cell_point(parser, args.sweep, cid, results))
     if point is None:
         return
     row, table = point.row, point.scores

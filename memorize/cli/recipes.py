@@ -39,12 +39,10 @@ def cell_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, re
         parser.error(f"--cell: {err}")
 
 
-def image_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame
-                ) -> ScoredPoint | None:
-    """The finished point of ``cell`` (:func:`cell_point`), or None, said on stdout, where its data are not
-    images and so there is no figure to draw."""
-    point = cell_point(parser, sweep, cell, results)
+def image_point(point: ScoredPoint) -> ScoredPoint | None:
+    """``point`` (:func:`cell_point`), or None, said on stdout, where its data are not images and so there is no
+    figure to draw."""
     if not point.is_image:
-        print(f"cell {cell}: not image data, no figure")
+        print(f"cell {point.row['cell']}: not image data, no figure")
         return None
     return point

@@ -354,7 +354,8 @@ def check_networks(score: ScoreConfig) -> None:
 def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None:
     """Fail before launching if a subset (with ``score.consistency``, also its twin's) does not fit its
     dataset: for each distinct data source, the cell asking for the most items is split for real (each
-    dataset is loaded once); if a subset is too small to be scored (N < 2); and if the dataset cannot be
+    dataset is loaded once); if a subset is too small to be scored (N < 2); if a ``data.root`` is given to a
+    dataset that reads no files (:func:`memorize.config.check_root_is_read`); and if the dataset cannot be
     scored as ``score`` asks (``features: classifier`` without labelled images to train it on, ``local``
     machines without images)."""
     from memorize.data import load_dataset, make_split
