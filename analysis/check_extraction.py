@@ -35,14 +35,14 @@ def brute_force(samples: np.ndarray, train: np.ndarray, n: int = 50, alpha: floa
 
 def main() -> None:
     from memorize.cell import CellPaths, load_cell_data, read_config
-    from memorize.cli.flags import positive_number
+    from memorize.cli.flags import path_text, positive_number
     from memorize.cli.recipes import recipe_parser, sweep_results
     from memorize.generate import read_samples
     from memorize.score import extraction_scores
     from memorize.sweep.layout import read_eval
 
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("sweep", type=path_text, help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--fixed-threshold", type=positive_number, default=1.0,
                         help="a fixed cut-off on the score whose held-out false-positive rate is shown (default 1)")
     args = parser.parse_args()

@@ -90,13 +90,13 @@ def copied_images_table(sweep: str, results: pd.DataFrame, criterion: str, thres
 
 
 def main() -> None:
-    from memorize.cli.flags import cosine
+    from memorize.cli.flags import cosine, path_text
     from memorize.cli.recipes import cell_point, image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import most_copied_figure
 
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("sweep", type=path_text, help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")
     parser.add_argument("--cell", help="the cell whose most-copied training images are drawn")

@@ -43,13 +43,13 @@ def pattern_counts(sweep: str, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> None:
-    from memorize.cli.flags import positive_int
+    from memorize.cli.flags import path_text, positive_int
     from memorize.cli.recipes import cell_point, image_point, recipe_parser, sweep_results
     from memorize.io import atomic_save_figure
     from memorize.plots import disagreement_figure
 
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("sweep", type=path_text, help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cell", help="the cell whose disagreeing samples are drawn")
     parser.add_argument("--per-group", type=positive_int, default=6, help="samples drawn per pattern (default 6)")
     args = parser.parse_args()

@@ -163,10 +163,11 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
 
 
 def main() -> None:
+    from memorize.cli.flags import path_arg
     from memorize.cli.recipes import recipe_parser
 
     parser = recipe_parser(__doc__)
-    parser.add_argument("out", type=Path, help="the experiment's directory (made if missing)")
+    parser.add_argument("out", type=path_arg, help="the experiment's directory (made if missing)")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose flagged samples count as copies (default: nn)")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from memorize.cli.flags import path_arg
 from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.metrics.criteria import paired_change
 from memorize.sweep.layout import read_eval
@@ -30,7 +31,7 @@ def verdicts(sweep: Path, row: pd.Series) -> pd.DataFrame:
 
 def main() -> None:
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", type=Path, help="a sweep directory with a guidance scan")
+    parser.add_argument("sweep", type=path_arg, help="a sweep directory with a guidance scan")
     args = parser.parse_args()
     scans = guidance_scans(sweep_results(parser, args.sweep))
     if scans is None:

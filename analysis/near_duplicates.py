@@ -24,7 +24,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memorize.cli.flags import cosine, figure_file
+    from memorize.cli.flags import cosine, figure_file, path_text
     from memorize.cli.recipes import recipe_parser
     from memorize.config import ConfigError, DataConfig
     from memorize.data import DatasetError, load_dataset, unique_indices
@@ -34,7 +34,7 @@ def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--data", default="digits", choices=["digits", "mnist", "cifar10", "folder", "npz"],
                         help="the dataset (data.name; default digits)")
-    parser.add_argument("--root", help="its local files (data.root) for mnist, cifar10, folder and npz")
+    parser.add_argument("--root", type=path_text, help="its local files (data.root) for mnist, cifar10, folder and npz")
     parser.add_argument("--threshold", type=cosine, default=0.98, help="near-copy cosine (data.near_threshold)")
     parser.add_argument("--figure", type=figure_file,
                         help="where to draw the closest pairs, its format from its suffix (default "

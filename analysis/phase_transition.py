@@ -15,6 +15,7 @@ from __future__ import annotations
 
 
 from memorize.analysis import critical_n, experiment_axes, experiment_label, pooled_ratios
+from memorize.cli.flags import path_text
 from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.sweep.figures import plot_sweep
 
@@ -38,7 +39,7 @@ def uncrossed_notes(crit) -> list[str]:
 
 def main() -> None:
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", help="a sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("sweep", type=path_text, help="a sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids")
     parser.add_argument("--criterion", choices=list(CRITERIA), default="nn",
                         help="the criterion whose ratio gives the critical N (default: nn)")

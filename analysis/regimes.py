@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from memorize.cell import CellPaths, load_cell_data, read_config, resolve_device
+from memorize.cli.flags import path_text
 from memorize.cli.recipes import recipe_parser, sweep_results
 from memorize.config import ConfigError, SampleConfig, from_dict
 from memorize.generate import read_samples, sample_cell
@@ -31,7 +32,7 @@ from memorize.score import QUALITY_K, feature_embedder, quality_summary, resolve
 
 def main() -> None:
     parser = recipe_parser(__doc__)
-    parser.add_argument("sweep", help="a finished sweep directory (memorize sweep run ... --out DIR)")
+    parser.add_argument("sweep", type=path_text, help="a finished sweep directory (memorize sweep run ... --out DIR)")
     parser.add_argument("--device", default="cpu", help="where the features and the Gaussian samples are "
                         "computed: cpu (default), auto or cuda[:N]")
     args = parser.parse_args()

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from memorize.cell import CellPaths, load_checkpoint
+from memorize.cli.flags import path_arg
 from memorize.cli.recipes import recipe_parser
 
 
@@ -43,8 +44,8 @@ def weight_differences(a: Path, b: Path) -> pd.DataFrame:
 
 def main() -> None:
     parser = recipe_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("a", type=Path, help="a sweep directory")
-    parser.add_argument("b", type=Path, help="another run of the same sweep")
+    parser.add_argument("a", type=path_arg, help="a sweep directory")
+    parser.add_argument("b", type=path_arg, help="another run of the same sweep")
     args = parser.parse_args()
     for sweep in (args.a, args.b):
         if not (sweep / "cells").is_dir():

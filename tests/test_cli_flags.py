@@ -73,3 +73,48 @@ def test_a_figure_path_is_checked_before_the_figure_is_worked_out(tmp_path):
                          f"{tmp_path / 'a_file' / 'pairs.png'}: {tmp_path / 'a_file'} is a file, not a directory")):
         with pytest.raises(argparse.ArgumentTypeError, match="^" + re.escape(said)):
             figure_file(str(given))
+
+
+PATH_DESTS = {"config", "model", "dir", "dir_a", "dir_b", "spec", "out", "heldout", "root", "cell"}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(prefix), parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaf_parsers(sub, (*prefix, name))
+
+
+def test_every_path_argument_refuses_an_empty_string():
+    """``--out "$DIR"`` with DIR unset reaches argparse as '' (which Path reads as the current directory, where a
+    cell, sweep or criteria table would be written among the files there): every file or directory argument of
+    every command refuses it by name."""
+    from memorize.cli import build_parser
+    from memorize.cli.flags import path_text
+
+    seen = []
+    for command, parser in _leaf_parsers(build_parser()):
+        for action in parser._actions:
+            if action.dest in PATH_DESTS:
+                seen.append((command, action.dest))
+                with pytest.raises(argparse.ArgumentTypeError, match="^expected a path, got an empty string$"):
+                    action.type("")
+                assert action.type("runs/x") == "runs/x"
+    assert {("train", "out"), ("sweep run", "out"), ("criteria", "cell"), ("sweep status", "dir"),
+            ("consistency", "dir_b"), ("score", "heldout")} <= set(seen)
+    with pytest.raises(argparse.ArgumentTypeError):
+        path_text("")
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", ""], ["criteria", "--out", ""],
+                                  ["criteria", "--out", "c", "--cell", ""], ["sweep", "run", "spec.yaml", "--out", ""]])
+def test_an_empty_path_writes_nothing_into_the_current_directory(argv, tmp_path, monkeypatch, capsys):
+    from memorize.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "expected a path, got an empty string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -107,6 +107,19 @@ def test_a_union_field_names_the_value_that_fits_none_of_its_types(tmp_path, gri
         from_dict(CellConfig, {"diffusion": {"sigma_data": "autoo"}})
 
 
+@pytest.mark.parametrize("field", ["root", "train_indices", "heldout_path"])
+def test_an_empty_data_path_is_refused_not_read_as_the_current_directory(tmp_path, monkeypatch, field):
+    """``heldout_path: ''`` read the working directory's images as the held-out set (and ``train_indices: ''``
+    failed on '.' as an index file): an empty path is named, as a YAML field and from the command line."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^data\.{field}: an empty path: give a file or directory, or null$"):
+        from_dict(CellConfig, {"data": {"name": "npz", "root": "x.npz", field: ""}})
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  {field}: ''\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "cell")]) == 2
+    assert not (tmp_path / "cell").exists()
+
+
 @pytest.mark.parametrize("name", ["digits", "gmm"])
 def test_a_root_beside_a_dataset_that_reads_no_files_is_refused_where_given(tmp_path, capsys, name):
     """``name: digits, root: my.npz`` meant the npz file: the training command, a sweep's grid point and a

@@ -1015,10 +1015,8 @@ def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypat
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "analysis").glob("*.py") if p.stem != "__init__")
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monkeypatch, capsys):
-    """As for the memorize command: ``phase_transition.py DIR --criterio cos`` is not read as ``--criterion cos``;
-    each recipe's flags, cut short by a letter, are refused in one line before anything is read or written."""
+def _recipe_parser(recipe: str, monkeypatch):
+    """The recipe's module and the parser its main builds, caught as it parses."""
     import importlib
 
     from memorize.cli.flags import Parser
@@ -1026,7 +1024,7 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
     module = importlib.import_module(f"analysis.{recipe}")
     built = []
 
-    def caught(self, *args, **kwargs):  # the parser main builds, stopped as it parses
+    def caught(self, *args, **kwargs):
         built.append(self)
         raise SystemExit(0)
 
@@ -1035,7 +1033,14 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
         patch.setattr(sys, "argv", [f"{recipe}.py"])
         with pytest.raises(SystemExit):
             module.main()
-    parser = built[0]  # a memorize Parser (for a recipe without flags, that is the test)
+    return module, built[0]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monkeypatch, capsys):
+    """As for the memorize command: ``phase_transition.py DIR --criterio cos`` is not read as ``--criterion cos``;
+    each recipe's flags, cut short by a letter, are refused in one line before anything is read or written."""
+    module, parser = _recipe_parser(recipe, monkeypatch)  # for a recipe without flags, that is the test
     positionals = [str(tmp_path / f"dir{i}") for i, a in enumerate(parser._actions) if not a.option_strings]
     flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--") and f != "--help"]
     for flag in flags:
@@ -1044,6 +1049,25 @@ def test_a_recipe_takes_its_flags_only_as_spelled_in_full(recipe, tmp_path, monk
             module.main()
         assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
             f"{recipe}.py: error: unrecognized arguments: {flag[:-1]} 1 (see `{recipe}.py --help`)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_refuses_an_empty_path(recipe, tmp_path, monkeypatch, capsys):
+    """``duplicated_copying.py "$DIR"`` with DIR unset ran a whole experiment into the working directory, and
+    the other recipes read '' as it: each path argument (its positionals, ``--root``) refuses '' by name."""
+    module, parser = _recipe_parser(recipe, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    positionals = [a.dest for a in parser._actions if not a.option_strings]
+    given = [["" if j == i else f"dir{j}" for j in range(len(positionals))] for i in range(len(positionals))]
+    given += [["--root", ""] for a in parser._actions if "--root" in a.option_strings]
+    assert given
+    for argv in given:
+        monkeypatch.setattr(sys, "argv", [f"{recipe}.py", *argv])
+        with pytest.raises(SystemExit) as stop:
+            module.main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and "expected a path, got an empty string" in err[0], err
     assert list(tmp_path.iterdir()) == []
 
 

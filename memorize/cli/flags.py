@@ -98,6 +98,19 @@ positive_number = checked(float, lambda v: 0 < v < math.inf, "a positive finite 
 set_name = checked(str, is_set_name, "a sample set name, not a path (no / in it)")
 
 
+def path_text(text: str) -> str:
+    """An argparse type for a file or directory: the text as given, refused where empty (``--out "$DIR"`` with
+    ``DIR`` unset would name the current directory, and a cell or sweep would be written among its files)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """:func:`path_text` as a Path."""
+    return Path(path_text(text))
+
+
 def figure_file(text: str) -> Path:
     """An argparse type: a path to draw a figure into, its format from its suffix (one matplotlib writes), not a
     directory and not below a file; refused before the figure is worked out, not by savefig after."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from memorize.cli import commands
-from memorize.cli.flags import (Formatter, Parser, checked, config_flags, fraction, pack_size, positive_int, rate,
-                                seconds, set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
+from memorize.cli.flags import (Formatter, Parser, checked, config_flags, fraction, pack_size, path_text, positive_int,
+                                rate, seconds, set_name, subcommand, thread_count, threshold_or_auto, threads_and_quiet)
 from memorize.config import DATASETS, SampleConfig
 from memorize.external_cell import KINDS
 from memorize.generate import DENOISERS
@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Trains the denoiser of one cell in --out. Re-running resumes from the last checkpoint; a larger "
                    "train.steps continues the same run (the learning rate does not depend on it); a directory holding "
                    "a cell of another training identity, or a sweep, is refused.")
-    p.add_argument("config", nargs="?", help="cell config YAML (default: the embedded digits cell, N = 32)")
-    p.add_argument("--out", required=True, help="cell directory to write (created if missing)")
+    p.add_argument("config", type=path_text, nargs="?",
+                   help="cell config YAML (default: the embedded digits cell, N = 32)")
+    p.add_argument("--out", type=path_text, required=True, help="cell directory to write (created if missing)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data.n_train=64 (repeatable)")
     threads_and_quiet(p)
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained on); held-out images come from the rest. Then `memorize sample`, `score` and "
                    "`compare` work on DIR. The model is copied into DIR/model/ and run once on two training "
                    "images before anything is written.")
-    p.add_argument("model", help="a diffusers pipeline directory, a TorchScript file or a torch.export file")
-    p.add_argument("--out", required=True, help="cell directory to create")
+    p.add_argument("model", type=path_text,
+                   help="a diffusers pipeline directory, a TorchScript file or a torch.export file")
+    p.add_argument("--out", type=path_text, required=True, help="cell directory to create")
     p.add_argument("--kind", choices=KINDS,
                    help="default: from MODEL (directory: diffusers; file: pt2 for a torch.export archive, "
                         "else torchscript)")
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Writes DIR/samples/NAME.npz and NAME.png. Sample i has its own seed (derived from the cell's seed, "
                    "--seed and i), so it does not depend on the batch size. Flags left out take the cell's sample: "
                    "settings.")
-    p.add_argument("dir", help="a trained cell directory")
+    p.add_argument("dir", type=path_text, help="a trained cell directory")
     config_flags(p, SampleConfig, "sample", "the cell's")
     p.add_argument("--denoiser", choices=DENOISERS, default="trained",
                    help="trained network; the closed-form empirical or Gaussian denoiser of the training subset "
@@ -85,16 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "Nearest-neighbour criterion: memorized iff d1/d2 < --ratio (exact search, float64 re-ranking). "
                    "Copy-detection criterion: memorized iff the maximal cosine similarity of --embedder descriptors "
                    "exceeds --threshold. Writes DIR/scores/NAME.csv (per sample), NAME.json and NAME_nn.png.")
-    p.add_argument("dir", help="a cell directory with samples; or samples made elsewhere (an image folder, .npz, "
-                               ".npy or .pt) scored against the training set that --set data.* names, into --out")
+    p.add_argument("dir", type=path_text,
+                   help="a cell directory with samples; or samples made elsewhere (an image folder, .npz, .npy or "
+                        ".pt) scored against the training set that --set data.* names, into --out")
     p.add_argument("--samples", default="trained", type=set_name, help="sample set name under DIR/samples")
-    p.add_argument("--out", help="samples made elsewhere: the directory for their scores (a cell without a "
-                                 "denoiser: DIR/samples/NAME.npz, DIR/scores/)")
+    p.add_argument("--out", type=path_text,
+                   help="samples made elsewhere: the directory for their scores (a cell without a denoiser: "
+                        "DIR/samples/NAME.npz, DIR/scores/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="samples made elsewhere: their training set, as data.* fields (e.g. --set data.name=cifar10 "
                         "--set data.root=PATH --set data.n_train=50000, or --set data.train_indices=FILE for the "
                         "images a model saw); the held-out images come from the rest")
-    p.add_argument("--heldout", metavar="PATH",
+    p.add_argument("--heldout", type=path_text, metavar="PATH",
                    help="samples made elsewhere: held-out real images (an image folder, .npz, .npy or .pt) for the "
                         "calibration, false-positive rates and quality, instead of the rest of the dataset "
                         "(data.heldout_path)")
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "difference to the closed-form denoisers over 12 noise levels and along the network's own "
                    "sampling path, each denoiser's error, the train/held-out loss gap, and the same-noise "
                    "agreement (and per-sample r^2) with empirical-denoiser samples.")
-    p.add_argument("dir", help="a trained cell directory")
+    p.add_argument("dir", type=path_text, help="a trained cell directory")
     p.add_argument("--samples", default="trained", type=set_name,
                    help="trained sample set to pair with empirical samples (drawn with the cell's settings if missing)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
@@ -154,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Kadkhodaie et al. 2024: two cells of one size trained on disjoint subsets (data.subset_offset 0 "
                    "and N) draw same-seed samples; the share of pairs whose cosine similarity exceeds --threshold is "
                    "low when each memorizes its own images and high when both generalize.")
-    p.add_argument("dir_a", help="the first cell directory")
-    p.add_argument("dir_b", help="the second cell directory (disjoint subset of the same size)")
+    p.add_argument("dir_a", type=path_text, help="the first cell directory")
+    p.add_argument("dir_b", type=path_text, help="the second cell directory (disjoint subset of the same size)")
     p.add_argument("--samples", default="trained", type=set_name,
                    help="sample set name in both cells (drawn with one seed)")
     p.add_argument("--embedder", default="pixel", help="descriptor for the cosine similarity")
@@ -172,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sweep_sub, "run", "launch the unfinished grid points of a sweep spec",
                    "Cells that are done are skipped, unfinished ones resume from their last checkpoint. Per-cell logs "
                    "go to DIR/logs/<job id>/ (submitit) and failures to DIR/cells/<id>/error.txt.")
-    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
-    p.add_argument("--out", required=True, help="sweep directory (on a shared filesystem for SLURM)")
+    p.add_argument("spec", type=path_text, help="sweep spec YAML (see sweeps/)")
+    p.add_argument("--out", type=path_text, required=True, help="sweep directory (on a shared filesystem for SLURM)")
     p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
                    help="local: subprocesses here, in the foreground; slurm: a job array, returns at once; "
                         "debug: in this process")
@@ -212,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sweep_sub, "status", "per grid point: done, running, failed (with its log), pending",
                    "Reads the cells' files and, where the sweep ran on SLURM, the queue: one squeue call for all its "
                    "jobs, and one sacct call for those that left it.")
-    p.add_argument("dir", help="a sweep directory (memorize sweep run ... --out DIR)")
+    p.add_argument("dir", type=path_text, help="a sweep directory (memorize sweep run ... --out DIR)")
     p.set_defaults(func=commands.cmd_sweep_status)
 
     p = subcommand(sweep_sub, "cancel", "cancel the sweep's pending and running SLURM jobs",
                    "Cancels, with one scancel, the jobs recorded in DIR/jobs.json of cells not yet done; finished "
                    "cells are left alone. Waits until the jobs have left the queue; `memorize sweep run` then resumes "
                    "the cancelled cells from their last checkpoints.")
-    p.add_argument("dir", help="a sweep directory launched with --executor slurm")
+    p.add_argument("dir", type=path_text, help="a sweep directory launched with --executor slurm")
     p.add_argument("--wait-timeout", type=seconds, default=120.0,
                    help="seconds to wait at most for the cancelled jobs to leave the queue")
     p.set_defaults(func=commands.cmd_sweep_cancel)
@@ -227,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subcommand(sweep_sub, "collect", "write DIR/results.csv from the finished grid points",
                    "One row per grid point of the spec last launched into DIR, under its current sampling and scoring "
                    "settings; points not finished under them are counted as pending.")
-    p.add_argument("dir", help="a sweep directory")
+    p.add_argument("dir", type=path_text, help="a sweep directory")
     p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
     p.add_argument("--wait-timeout", type=seconds, default=24 * 3600, help="seconds to wait at most")
     p.set_defaults(func=commands.cmd_sweep_collect)
@@ -239,17 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "the detection rate, ROC AUC against the novel cases, the true-positive rate at --target-fpr "
                    "false positives on held-out images and whether the right training image is named. Writes "
                    "OUT/criteria.csv and OUT/roc.png.")
-    p.add_argument("--out", required=True, help="directory for criteria.csv and roc.png")
+    p.add_argument("--out", type=path_text, required=True, help="directory for criteria.csv and roc.png")
     # the dataset's flags default to None so that one given beside --cell, which replaces them, is told apart
     p.add_argument("--dataset", choices=DATASETS, help="dataset name, as data.name (default: digits)")
-    p.add_argument("--root", help="its local files, as data.root (mnist, cifar10, folder, npz)")
+    p.add_argument("--root", type=path_text, help="its local files, as data.root (mnist, cifar10, folder, npz)")
     p.add_argument("--n-train", dest="n_train", type=checked(int, lambda v: v >= 2, "an integer >= 2"),
                    help="training subset size (at least 2; default: 256)")
     p.add_argument("--n-heldout", dest="n_heldout", type=positive_int,
                    help="held-out images (novel cases; they also calibrate thresholds: 100 for a 1%% rate; "
                         "default: 197)")
-    p.add_argument("--cell", help="take the training subset and held-out images of this cell instead of "
-                                  "--dataset, --root, --n-train and --n-heldout")
+    p.add_argument("--cell", type=path_text,
+                   help="take the training subset and held-out images of this cell instead of --dataset, --root, "
+                        "--n-train and --n-heldout")
     p.add_argument("--ratios", nargs="*", type=fraction, default=[1 / 3, 1 / 2],
                    help="nearest-neighbour criteria d1/d2 < ratio to test (default: 1/3 1/2)")
     p.add_argument("--embedders", nargs="*", default=["pixel"],
@@ -273,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "curves and nearest-neighbour grids (PNG and PDF); where checkpoints were scored "
                    "(score.checkpoints), memorization over training steps and the timescales tau_mem and tau_gen "
                    "against N (figures/timescales.csv).")
-    p.add_argument("dir", help="a sweep directory")
+    p.add_argument("dir", type=path_text, help="a sweep directory")
     p.add_argument("--cells", nargs="*", help="cell ids for nearest-neighbour grids (default: the largest model "
                                               "at the smallest and largest N)")
     p.add_argument("--step", type=positive_int, help="draw memorization vs N, the phase diagram and the critical N "

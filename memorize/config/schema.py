@@ -114,6 +114,8 @@ class DataConfig:
         _require(self.subset_offset >= 0, "data.subset_offset", "must be >= 0")
         _require(self.split_seed >= 0, "data.split_seed", "must be >= 0 (numpy's generators take no negative seed)")
         _require(self.resize is None or self.resize >= 2, "data.resize", "must be >= 2 or null")
+        for field in ("root", "train_indices", "heldout_path"):  # "" would be read as the current directory
+            _require(getattr(self, field) != "", f"data.{field}", "an empty path: give a file or directory, or null")
         _require(self.name not in FILE_DATASETS or bool(self.root), "data.root",
                  f"dataset {self.name!r} is read from local files: set data.root to their location")
         if self.train_indices is not None:
