@@ -57,8 +57,9 @@ class PatchSchedule:
     def __post_init__(self) -> None:
         if not self.sigmas or len(self.sigmas) != len(self.sizes):
             raise ValueError(f"patch schedule: {len(self.sigmas)} noise levels for {len(self.sizes)} patch sizes")
-        if any(b <= a for a, b in zip(self.sigmas, self.sigmas[1:])) or self.sigmas[0] <= 0:
-            raise ValueError(f"patch schedule: noise levels must be positive and increasing, got {self.sigmas}")
+        if (any(b <= a for a, b in zip(self.sigmas, self.sigmas[1:])) or self.sigmas[0] <= 0
+                or not all(math.isfinite(s) for s in self.sigmas)):
+            raise ValueError(f"patch schedule: noise levels must be positive, finite and increasing, got {self.sigmas}")
         if any(s < 1 or s % 2 == 0 for s in self.sizes):
             raise ValueError(f"patch schedule: patch sizes must be odd and >= 1, got {self.sizes}")
 
@@ -93,19 +94,26 @@ N_CALIBRATE = 16  # noisy held-out images per noise level that calibrate a cell'
 def read_patch_schedules(path: Path) -> dict[str, PatchSchedule]:
     """The schedules of a calibration file (:func:`calibrate_patch_schedule`'s results, by machine), or one
     size for every machine where the file holds ``{"size": s}``."""
+    expected = '{machine: {"sigmas": [...], "sizes": [...]}} or {"size": S}'
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no patch schedule there (`memorize compare DIR --local` calibrates one)") \
             from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a directory, not a patch-schedule JSON file ({expected})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a patch-schedule JSON file ({err})") from None
-    if "size" in raw:
-        return {m: PatchSchedule.constant(raw["size"]) for m in MACHINES}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected {expected}, got a JSON {type(raw).__name__}")
     try:
+        if "size" in raw:
+            return {m: PatchSchedule.constant(raw["size"]) for m in MACHINES}
         return {m: PatchSchedule.from_dict(raw[m]) for m in MACHINES if m in raw}
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: expected {{machine: {{sigmas: [...], sizes: [...]}}}}, missing {err}") from None
+    except KeyError as err:
+        raise ValueError(f"{path}: expected {expected}, missing {err}") from None
+    except (TypeError, ValueError) as err:  # a list or number where a mapping or number belongs
+        raise ValueError(f"{path}: expected {expected} ({err})") from None
 
 
 def _schedule(patch: PatchSchedule | int) -> PatchSchedule:

@@ -1,6 +1,9 @@
 """The LS and ELS machines against brute force, the empirical denoiser, and translation equivariance."""
 
 import itertools
+import json
+import math
+import re
 
 import pytest
 import torch
@@ -194,3 +197,33 @@ def test_r_squared_is_one_for_a_copy_and_zero_for_the_target_mean():
     torch.testing.assert_close(r_squared(target, target), torch.ones(3, dtype=torch.float64))
     means = target.mean(dim=(1, 2, 3), keepdim=True).expand_as(target)
     torch.testing.assert_close(r_squared(target, means), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_a_patch_schedule_file_that_is_not_one_is_named(tmp_path):
+    """A directory, JSON of another shape, a size that is not a number or a noise level that is not finite: a
+    ValueError naming the file, never a TypeError or IsADirectoryError from inside the reader."""
+    from memorize.local_score import read_patch_schedules
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"ls": {"sigmas": [0.1, 1.0], "sizes": [3, 5]}}))
+    assert read_patch_schedules(good) == {"ls": PatchSchedule((0.1, 1.0), (3, 5))}
+    cases = {"dir": None, "int.json": "5", "list.json": "[1, 2]", "word.json": '{"size": "x"}',
+             "flat.json": '{"ls": 5}', "nan.json": '{"ls": {"sigmas": [NaN], "sizes": [3]}}',
+             "half.json": '{"els": {"sigmas": [1.0]}}'}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.mkdir() if text is None else path.write_text(text)
+        with pytest.raises(ValueError, match="^" + re.escape(str(path)) + ": "):
+            read_patch_schedules(path)
+    with pytest.raises(ValueError, match="finite"):
+        PatchSchedule((math.inf,), (3,))
+
+
+def test_the_patch_schedule_flag_names_itself():
+    from memorize.cli.commands import patch_schedule
+
+    assert patch_schedule("5", "ls") == PatchSchedule.constant(5)
+    for text, said in (("", "--patch-schedule: expected an odd patch size or a calibration file, got an empty "
+                            "string"), ("4", "--patch-schedule 4: patch schedule: patch sizes must be odd")):
+        with pytest.raises(ValueError, match="^" + re.escape(said)):
+            patch_schedule(text, "els")

@@ -130,8 +130,13 @@ def patch_schedule(text: str | None, machine: str):
         return None
     if machine not in MACHINES:
         raise ValueError(f"--patch-schedule: only for the local machines ({', '.join(MACHINES)}), not {machine}")
+    if not text:
+        raise ValueError("--patch-schedule: expected an odd patch size or a calibration file, got an empty string")
     if text.isdigit():
-        return PatchSchedule.constant(int(text))
+        try:
+            return PatchSchedule.constant(int(text))
+        except ValueError as err:
+            raise ValueError(f"--patch-schedule {text}: {err}") from None
     schedules = read_patch_schedules(Path(text))
     if machine not in schedules:
         raise ValueError(f"--patch-schedule {text}: holds no schedule for {machine}")
