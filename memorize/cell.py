@@ -127,6 +127,15 @@ class CellPaths:
         the cell), so one that is not is refused with ``field`` named (ValueError)."""
         return self.samples / f"{check_set_name(name, field)}.npz"
 
+    def drawn_set(self, name: str, field: str = "--samples") -> Path:
+        """:meth:`sample_set` of samples to read: a FileNotFoundError saying how to draw them where there are
+        none."""
+        path = self.sample_set(name, field)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `memorize sample {self.root}` first (or name an "
+                                    f"existing set with {field})")
+        return path
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.pt"
 

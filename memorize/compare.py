@@ -410,7 +410,7 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     if len(overlap):
         raise ValueError(f"the training subsets share {len(overlap)} images: set data.subset_offset so they are "
                          f"disjoint (e.g. 0 and n_train)")
-    a, b = (read_samples(CellPaths(Path(r)).sample_set(samples, "--samples")) for r in (root_a, root_b))
+    a, b = (read_samples(CellPaths(Path(r)).drawn_set(samples)) for r in (root_a, root_b))
     if not np.array_equal(a["seeds"], b["seeds"]):
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
     dev = str(resolve_device(device))

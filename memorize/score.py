@@ -197,11 +197,8 @@ def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixe
     ``auto``: :func:`resolve_features`); the classifier is cached in ``features_cache`` (default
     :attr:`CellPaths.feature_cache`)."""
     paths = CellPaths(Path(root))
-    sample_file = paths.sample_set(samples, "--samples")
+    sample_file = paths.drawn_set(samples)
     check_set_name(name or samples)  # the scores' file name, before any work
-    if not sample_file.is_file():
-        raise FileNotFoundError(f"{sample_file} not found: run `memorize sample {root}` first "
-                                f"(or name an existing set with --samples)")
     drawn = read_samples(sample_file)
     data = load_cell_data(read_config(paths.root), paths)
     train = data.train.numpy()

@@ -151,6 +151,8 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path, capsy
     assert calibrated["score"] < 0.2
     with pytest.raises(ValueError, match="share 100 images"):
         disjoint_consistency(cells[0], cells[0], samples="empirical")
+    with pytest.raises(FileNotFoundError, match=r"samples/ls\.npz not found: run `memorize sample .*` first"):
+        disjoint_consistency(*cells, samples="ls")  # the raw errno line named neither the cell nor what to do
     # the command: the calibrated score, on the device and threads asked for
     capsys.readouterr()
     assert main(["consistency", *map(str, cells), "--samples", "empirical", "--device", "cpu", "--threads", "1",
