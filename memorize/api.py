@@ -48,6 +48,9 @@ def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Pa
     unknown = sorted(set(options) - set(known))
     if unknown:  # before anything is written
         raise TypeError(f"score_samples: unknown option {unknown[0]!r}; the options are {', '.join(known)}")
+    for field, path in (("samples", samples), ("out", out)):  # Path("") is the current directory
+        if isinstance(path, str) and not path:
+            raise ValueError(f"score_samples: {field} is an empty string; expected a file or directory")
     config = from_dict(CellConfig, {"data": data or {}})
     check_root_is_read(config.data)
     root, _ = import_samples(samples, out, config, name, value_range)

@@ -102,6 +102,20 @@ def test_the_notebook_api_names_a_mistyped_option_before_it_writes(tmp_path):
     assert not (tmp_path / "scored").exists()
 
 
+def test_the_notebook_api_refuses_an_empty_path_and_writes_nothing(tmp_path, monkeypatch):
+    """``out=""`` wrote a cell's files into the working directory, and ``samples=""`` read its images (Path("") is
+    ".")."""
+    import memorize.api as mz
+
+    monkeypatch.chdir(tmp_path)
+    data = {"name": "digits", "n_train": 16}
+    for samples, out, field in ((np.zeros((4, 8, 8), np.float32), "", "out"), ("", "scored", "samples")):
+        with pytest.raises(ValueError, match=rf"^score_samples: {field} is an empty string; expected a file or "
+                                             rf"directory$"):
+            mz.score_samples(samples, out, data, threshold=0.9)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_value_ranges_map_onto_minus_one_to_one():
     p = __import__("pathlib").Path("x")
     u8 = np.array([[[[0, 255]]]], dtype=np.uint8)
