@@ -21,7 +21,7 @@ from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold, min_heldout
 from memorize.metrics.criteria import (agreement, copies_per_image, copy_concentration, copy_similarity,
                                        memorization_ratio, nn_ratio, nn_ratio_within_class)
-from memorize.metrics.embedders import Embedder, load_embedder
+from memorize.metrics.embedders import Embedder, EmbedderError, load_embedder
 from memorize.metrics.extraction import NEIGHBOURS, calibrated_extraction_threshold, extraction_score
 from memorize.metrics.quality import frechet_distance, kernel_distance, precision_recall
 from memorize.metrics.search import search_backend
@@ -177,7 +177,10 @@ def feature_embedder(features: str, data: CellData, cache: Path, device: str, pr
         from memorize.metrics.classifier import classifier_embedder
 
         return classifier_embedder(data.dataset, data.split.heldout, cache, device, progress)
-    return load_embedder(features, device), None
+    try:
+        return load_embedder(features, device), None
+    except EmbedderError as err:  # named as given: the quality's features, not the criteria's embedder
+        raise EmbedderError(f"features: {err}") from None
 
 
 def score_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", ratio: float = 1 / 3,

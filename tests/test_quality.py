@@ -175,6 +175,14 @@ def test_scores_carry_quality_on_a_cached_dataset_classifier(memorizing_cell):
     assert again["quality"]["fid"] == q["fid"] and cached[0].stat().st_mtime_ns == stamp  # read, not retrained
     pixel = score_cell(memorizing_cell, "empirical", progress=False, name="pixel", features="pixel")
     assert pixel["quality"]["features"] == "pixel" and pixel["quality"]["classifier"] is None
+    # a features spec that is not one is named as the features, not as the criteria's embedder
+    from memorize.metrics.embedders import EmbedderError
+
+    with pytest.raises(EmbedderError, match=r"^features: embedder 'sscd': expected 'pixel', 'sscd:PATH'"):
+        score_cell(memorizing_cell, "empirical", progress=False, name="bad", features="sscd")
+    with pytest.raises(EmbedderError, match=r"^embedder 'sscd': expected 'pixel', 'sscd:PATH'"):
+        score_cell(memorizing_cell, "empirical", progress=False, name="bad", embedder="sscd")
+    assert not list((memorizing_cell / "scores").glob("bad.*"))
 
 
 def test_the_classifier_needs_labelled_images():
