@@ -466,6 +466,7 @@ def test_a_bad_slurm_flag_is_named_alone(flags, said, tmp_path, capsys):
      "(--array-parallelism)"),
     (["--executor", "debug", "--parallel", "2"],
      "--parallel: for the local executor; the debug executor runs the cells one after another here"),
+    (["--executor", "slurm", "--wait-timeout", "600"], "--wait-timeout 600: only with --wait, whose wait it bounds"),
 ])
 def test_a_flag_of_another_executor_is_refused(flags, said, tmp_path, capsys):
     """``--partition gpu`` without ``--executor slurm`` ran the whole sweep on the login node, and ``--parallel``
@@ -474,6 +475,13 @@ def test_a_flag_of_another_executor_is_refused(flags, said, tmp_path, capsys):
     assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run", *flags]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"memorize sweep run: error: {said}"]
     assert sorted(tmp_path.iterdir()) == [spec]
+
+
+def test_collect_takes_a_wait_timeout_only_with_wait(finished_sweep, capsys):
+    """``--wait-timeout`` alone bounded no wait: refused in one line, as it is by ``sweep run``."""
+    assert main(["sweep", "collect", str(finished_sweep), "--wait-timeout", "60"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "memorize sweep collect: error: --wait-timeout 60: only with --wait, whose wait it bounds"]
 
 
 def test_dry_run_lists_cells_and_the_submission(tmp_path, capsys, monkeypatch):

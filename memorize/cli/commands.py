@@ -200,6 +200,17 @@ def check_executor_flags(args: argparse.Namespace, slurm_flags: list[str]) -> No
         raise ConfigError(f"--parallel: for the local executor; {instead}")
 
 
+WAIT_TIMEOUT_S = 24 * 3600.0  # how long --wait waits at most, unless --wait-timeout says
+
+
+def wait_timeout(args: argparse.Namespace) -> float:
+    """``--wait-timeout``, or :data:`WAIT_TIMEOUT_S`; refused without ``--wait``, whose wait it bounds (given
+    alone it bounded nothing, and a researcher who meant to wait would not)."""
+    if args.wait_timeout is not None and not args.wait:
+        raise ConfigError(f"--wait-timeout {args.wait_timeout:g}: only with --wait, whose wait it bounds")
+    return WAIT_TIMEOUT_S if args.wait_timeout is None else args.wait_timeout
+
+
 def cmd_sweep_run(args: argparse.Namespace) -> int:
     """Exit status 1 where grid points failed (after the others finished), else 0."""
     from memorize.sweep import load_spec, run_sweep
@@ -210,11 +221,12 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     if args.sbatch:
         overrides["extra"] = {k: str(v) for k, v in parse_set(args.sbatch, "mail-type=END", "--sbatch").items()}
     check_executor_flags(args, [f"--{name.replace('_', '-')}" for name in overrides if name != "extra"])
+    timeout = wait_timeout(args)
     spec = load_spec(args.spec, overrides, parse_set(args.set, "base.train.steps=500"))
     caution = spec.slurm.early_signal_caution() if args.executor == "slurm" else None
     if caution:
         print(caution)
-    report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, args.wait_timeout,
+    report = run_sweep(spec, args.out, args.executor, args.parallel, args.dry_run, args.wait, timeout,
                        progress=not args.quiet, threads=args.threads, snapshot=not args.no_snapshot, pack=args.pack,
                        processes=args.processes_per_cell)
     if args.dry_run:
@@ -291,11 +303,12 @@ def cmd_sweep_cancel(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_collect(args: argparse.Namespace) -> None:
+    timeout = wait_timeout(args)
     if args.wait:
         from memorize.sweep.layout import read_jobs
         from memorize.sweep.slurm import wait_for_slurm
 
-        wait_for_slurm(Path(args.dir), list(read_jobs(Path(args.dir))), args.wait_timeout)
+        wait_for_slurm(Path(args.dir), list(read_jobs(Path(args.dir))), timeout)
     from memorize.sweep import collect
 
     table = collect(args.dir)

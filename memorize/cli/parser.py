@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set grid.data.n_train=[8,64] (repeatable; the spec file is left as it is)")
     p.add_argument("--dry-run", action="store_true", help="print the grid points and what would be submitted")
     p.add_argument("--wait", action="store_true", help="slurm: block until the cells finish, then collect and plot")
-    p.add_argument("--wait-timeout", type=seconds, default=24 * 3600, help="seconds to wait at most")
+    p.add_argument("--wait-timeout", type=seconds,
+                   help=f"with --wait: seconds to wait at most (default: {commands.WAIT_TIMEOUT_S:.0f}, a day)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures after a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     config_flags(p, SlurmConfig, "slurm", "the spec's")
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "settings; points not finished under them are counted as pending.")
     p.add_argument("dir", type=path_text, help="a sweep directory")
     p.add_argument("--wait", action="store_true", help="first wait for the recorded SLURM jobs")
-    p.add_argument("--wait-timeout", type=seconds, default=24 * 3600, help="seconds to wait at most")
+    p.add_argument("--wait-timeout", type=seconds,
+                   help=f"with --wait: seconds to wait at most (default: {commands.WAIT_TIMEOUT_S:.0f}, a day)")
     p.set_defaults(func=commands.cmd_sweep_collect)
 
     p = subcommand(sub, "criteria", "test memorization criteria on cases with ground truth",
