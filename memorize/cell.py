@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from memorize.config import CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
+from memorize.config import CELL_SECTIONS, CellConfig, ConfigError, cell_id, from_dict, save_config, training_identity
 from memorize.data import Dataset, Split, load_dataset, load_split, make_split, save_split
 from memorize.data.sample_files import read_samples_file
 from memorize.data.subsets import conditioning_labels
@@ -225,12 +225,27 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _reads_as_cell_config(path: Path) -> bool:
+    """Whether ``path`` is YAML that a cell config could be (of this layout or the old one): a mapping under
+    ``data``, ``model``, ... or only a cell config's keys (a project's ``lr: 0.1, model: resnet`` is neither)."""
+    try:
+        loaded = yaml.safe_load(path.read_bytes())
+    except (yaml.YAMLError, OSError):
+        return False
+    return isinstance(loaded, dict) and (any(isinstance(loaded.get(k), dict) for k in CELL_SECTIONS)
+                                         or set(loaded) <= CELL_SECTIONS | {"seed"})
+
+
 def read_identity(root: Path) -> dict | None:
     """The cell's ``cell.json`` (None for a directory that is not a cell yet); an old-layout cell is an error."""
     paths = CellPaths(Path(root))
     if not paths.identity.is_file():
-        if paths.config.is_file():
+        if paths.config.is_file() and _reads_as_cell_config(paths.config):
             raise ConfigError(f"{paths.root} {OLD_LAYOUT}")
+        if paths.config.is_file():  # a project's own config.yaml, say: neither read nor replaced
+            raise ConfigError(f"{paths.root} holds a config.yaml that is not a memorize cell's (no "
+                              f"{', '.join(sorted(CELL_SECTIONS))} section) and no cell.json: give the cell a "
+                              f"directory of its own")
         return None
     try:
         record = json.loads(paths.identity.read_bytes())

@@ -4,6 +4,7 @@ non-finite guards and the seeds of its samples."""
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -119,6 +120,21 @@ def test_an_old_layout_cell_gets_a_migration_message(tiny_cfg, tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 0\n")  # memorize 0.1: a config, no cell.json
     with pytest.raises(ConfigError, match=r"memorize 0\.1.*Re-run into a new directory"):
         train(tiny_cfg, tmp_path, progress=False)
+    (tmp_path / "config.yaml").write_text("model:\n  channels: 8\n")
+    with pytest.raises(ConfigError, match=r"memorize 0\.1"):
+        train(tiny_cfg, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("text", ["lr: 0.1\nmodel: resnet\n", "- a list\n", "{unclosed\n"])
+def test_a_directory_with_a_config_yaml_of_its_own_is_named_not_called_an_old_cell(tiny_cfg, tmp_path, text):
+    """``memorize train --out .`` in a project whose config.yaml is its own: that file is neither read as a cell's
+    nor replaced, and the error does not call it a memorize 0.1 cell."""
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))} holds a config\.yaml that is not a memorize "
+                                          r"cell's \(no data, diffusion, model, sample, train section\) and no "
+                                          r"cell\.json: give the cell a directory of its own$"):
+        train(tiny_cfg, tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"] and (tmp_path / "config.yaml").read_text() == text
 
 
 class _NaNGradient(torch.autograd.Function):
