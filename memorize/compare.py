@@ -242,6 +242,21 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
     return fig
 
 
+def check_drawn_by(sample_file: Path, checkpoint: Path, name: str) -> None:
+    """Samples of the trained denoiser drawn by another checkpoint than ``checkpoint``, the one compared (the cell
+    trained on after they were drawn), would put two networks into one comparison: refused, with how to draw them
+    again. Samples that record no checkpoint (imported, or of another denoiser) are taken as they are."""
+    if not sample_file.is_file():
+        return
+    drawn_at = read_samples(sample_file)["settings"].get("checkpoint_step")
+    step = int(checkpoint.stem.removeprefix("step-"))
+    if drawn_at is not None and drawn_at != step:
+        named = "" if name == "trained" else f" --name {name}"
+        raise ValueError(f"{sample_file}: drawn by the checkpoint at step {drawn_at}, but the trained denoiser "
+                         f"compared is step {step}'s: `memorize sample {sample_file.parent.parent}{named} --force` "
+                         f"draws them again from it")
+
+
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
                  n_eval: int = 256, device: str = "auto", progress: bool = True, step: int | None = None,
                  out_dir: str = "compare", local: bool = False, patch: dict[str, PatchSchedule] | None = None,
@@ -274,7 +289,9 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     if boundary not in BOUNDARIES:
         raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     embed = load_embedder(embedder, str(dev))  # a wrong spec or weights file refused before any work
-    trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint_at(paths.root, step))
+    checkpoint = checkpoint_at(paths.root, step)
+    check_drawn_by(sample_file, checkpoint, samples)  # before any work
+    trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint)
     images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
     labels = None
     if data.train_labels is None:

@@ -109,6 +109,29 @@ def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys, monkey
     assert np.array_equal(a["seeds"], b["seeds"]) and b["settings"]["denoiser"] == "empirical"
 
 
+def test_samples_of_an_earlier_checkpoint_are_named_not_mixed_with_a_later_network(tmp_path, capsys):
+    """Trained on after its samples were drawn, a cell's comparison would hold the new network's gaps beside the old
+    samples' agreement: compare refuses before any work, saying how to draw them again; score scores them (they are
+    samples) and says whose they are."""
+    cell = tmp_path / "cell"
+    _train(cell, "data.n_train=16", "sample.num=12", "sample.steps=4")
+    assert main(["sample", str(cell), "--quiet"]) == 0
+    _train(cell, "data.n_train=16", "sample.num=12", "sample.steps=4", "train.steps=40")
+    capsys.readouterr()
+    assert main(["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize compare: error: {cell / 'samples' / 'trained.npz'}: drawn by the checkpoint at step 20, but the "
+        f"trained denoiser compared is step 40's: `memorize sample {cell} --force` draws them again from it"]
+    assert not (cell / "compare").exists()
+    assert main(["score", str(cell), "--threshold", "0.9", "--quiet"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("12 samples of the checkpoint at step 20 (the cell's latest is step 40's) vs 16 training")
+    assert main(["sample", str(cell), "--force", "--quiet"]) == 0
+    assert main(["score", str(cell), "--threshold", "0.9", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("12 samples vs 16 training images")
+    assert main(["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--quiet"]) == 0
+
+
 def test_the_gap_figure_marks_errors_a_log_axis_cannot_show_on_a_floor_under_the_lowest_point():
     """The empirical denoiser's error on its own training images is exactly 0 at small sigma (and 1e-35 just
     above): drawn as is, a log axis drops the zeros silently and stretches to 1e-36 for the rest. They go on

@@ -74,6 +74,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    from memorize.cell import CellPaths
     from memorize.score import score_cell
 
     if not (Path(args.dir) / "config.yaml").is_file():  # samples made elsewhere: first into a cell of their own
@@ -101,7 +102,11 @@ def cmd_score(args: argparse.Namespace) -> None:
     s = score_cell(args.dir, args.samples, args.embedder, args.ratio, args.threshold, args.device,
                    progress=not args.quiet, target_fpr=args.target_fpr, features=args.features)
     nn, cos, q = s["nn"], s["cos"], s["quality"]
-    print(f"{s['n_samples']} samples vs {s['n_train']} training images: memorized "
+    drawn_at = (s.get("sample_settings") or {}).get("checkpoint_step")
+    latest = CellPaths(Path(args.dir)).checkpoint_steps()[-1:]
+    older = (f" of the checkpoint at step {drawn_at} (the cell's latest is step {latest[0]}'s)"
+             if drawn_at is not None and latest and latest[0] != drawn_at else "")  # trained on since they were drawn
+    print(f"{s['n_samples']} samples{older} vs {s['n_train']} training images: memorized "
           f"{nn['ratio']:.3f} [{nn['lo']:.3f}, {nn['hi']:.3f}] by d1/d2 < {args.ratio:.4g}, "
           f"{cos['ratio']:.3f} [{cos['lo']:.3f}, {cos['hi']:.3f}] by {cos['embedder']} cosine > "
           f"{cos['threshold']:.4g}{' (auto)' if cos['threshold_setting'] == 'auto' else ''}; false positives on "
