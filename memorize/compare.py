@@ -320,8 +320,10 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     drawn = read_samples(sample_file)
     settings = {k: v for k, v in drawn["settings"].items() if k in {f.name for f in dataclasses.fields(SampleConfig)}}
     sample_cfg = dataclasses.replace(cfg.sample, **settings)
+    # compare's own sets (NAME_empirical, NAME_ls, ...) follow the trained set: drawn again (from the same seeds)
+    # where it was drawn again with other settings, or the machines were calibrated anew
     empirical_file = sample_cell(paths.root, sample_cfg, "empirical", name=f"{samples}_empirical", device=device,
-                                 progress=progress)
+                                 force=True, progress=progress)
     lap("samples")
     setting = threshold  # as given: compare.json records the setting the caller passed
     backend = search_backend(dev)
@@ -358,8 +360,8 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
         for machine in MACHINES:
             # sets of the anywhere rule keep their name (they record no rule); the aligned rule's have their own
             name = f"{samples}_{machine}" + ("_aligned" if machine == "els" and boundary == "aligned" else "")
-            machine_file = sample_cell(paths.root, sample_cfg, machine, name=name, device=device, progress=progress,
-                                       patch=schedules[machine], boundary=boundary)
+            machine_file = sample_cell(paths.root, sample_cfg, machine, name=name, device=device, force=True,
+                                       progress=progress, patch=schedules[machine], boundary=boundary)
             machine_samples[machine] = read_samples(machine_file)["samples"]
             r2[machine] = r_squared(trained_samples, torch.from_numpy(machine_samples[machine])).numpy()
             scored = score_cell(paths.root, name, embedder, threshold=threshold, device=device, progress=progress)

@@ -129,7 +129,29 @@ def test_samples_of_an_earlier_checkpoint_are_named_not_mixed_with_a_later_netwo
     assert main(["sample", str(cell), "--force", "--quiet"]) == 0
     assert main(["score", str(cell), "--threshold", "0.9", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("12 samples vs 16 training images")
-    assert main(["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--quiet"]) == 0
+    assert main(["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--local", "--n-calibrate", "2",
+                 "--quiet"]) == 0
+
+
+def test_compare_draws_its_own_sets_again_after_the_trained_set_or_the_calibration_changed(tmp_path, capsys):
+    """NAME_empirical and the machines' NAME_ls, NAME_els_aligned follow the trained set: after `sample --force` with
+    other settings, or training on (a new calibration), compare drew them with other settings and stopped, telling
+    the researcher to pass --name or --force, flags compare does not have."""
+    cell = tmp_path / "cell"
+    _train(cell, "data.n_train=16", "sample.num=12", "sample.steps=4")
+    compare = ["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--local", "--n-calibrate", "2", "--quiet"]
+    assert main(compare) == 0
+    assert main(["sample", str(cell), "--num", "6", "--force", "--quiet"]) == 0
+    assert main(compare) == 0, capsys.readouterr().err
+    for name in ("trained_empirical", "trained_ls", "trained_els_aligned"):
+        drawn = read_samples(cell / "samples" / f"{name}.npz")
+        assert drawn["settings"]["num"] == 6 and len(drawn["samples"]) == 6
+    _train(cell, "data.n_train=16", "sample.num=12", "sample.steps=4", "train.steps=60")  # calibrated anew below
+    assert main(["sample", str(cell), "--num", "6", "--force", "--quiet"]) == 0
+    assert main(compare) == 0, capsys.readouterr().err
+    schedules = json.loads((cell / "compare" / "patch_schedule.json").read_text())
+    for machine, name in (("ls", "trained_ls"), ("els", "trained_els_aligned")):
+        assert read_samples(cell / "samples" / f"{name}.npz")["settings"]["patch_schedule"] == schedules[machine]
 
 
 def test_the_gap_figure_marks_errors_a_log_axis_cannot_show_on_a_floor_under_the_lowest_point():
