@@ -430,7 +430,18 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
         raise ValueError(f"the training subsets share {len(overlap)} images: set data.subset_offset so they are "
                          f"disjoint (e.g. 0 and n_train)")
     a, b = (read_samples(CellPaths(Path(r)).drawn_set(samples)) for r in (root_a, root_b))
+    settings_a, settings_b = a["settings"], b["settings"]
+    own = {"checkpoint_step", "cell_seed"}  # each cell's own; the cell seeds are named below
+    differ = sorted(k for k in (set(settings_a) | set(settings_b)) - own if settings_a.get(k) != settings_b.get(k))
+    if differ:  # two samplers (or step counts) from one noise measure the samplers as much as the training sets
+        raise ValueError(f"the two sample sets were drawn with other settings ({', '.join(differ)}): same-noise "
+                         f"samples need one sampler and its settings; draw both with the same flags")
     if not np.array_equal(a["seeds"], b["seeds"]):
+        seeds = (settings_a.get("cell_seed"), settings_b.get("cell_seed"))
+        if seeds[0] != seeds[1] and None not in seeds:  # a sample's noise follows its cell's seed (run_seed)
+            raise ValueError(f"the cells were trained with seeds {seeds[0]} and {seeds[1]}, and a sample's noise "
+                             f"follows its cell's seed: their samples start from other noise (train both with one "
+                             f"seed)")
         raise ValueError("the two sample sets were not drawn from the same seeds; sample both with one --seed")
     dev = str(resolve_device(device))
     embed = load_embedder(embedder, dev)

@@ -207,6 +207,26 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path, capsy
             in capsys.readouterr().out)
 
 
+def test_consistency_refuses_samples_that_do_not_share_their_noise_path(tmp_path):
+    """Same-noise samples of two samplers (or of cells whose seeds give other noise) were scored as if the training
+    sets alone differed; now the differing settings, or the two cell seeds, are named."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _train(a, "data.n_train=16")
+    _train(b, "data.n_train=16", "data.subset_offset=16")
+    _train(c, "data.n_train=16", "data.subset_offset=16", "seed=5")
+    assert main(["sample", str(a), "--num", "8", "--steps", "4", "--quiet"]) == 0
+    assert main(["sample", str(b), "--num", "8", "--steps", "6", "--sampler", "ddim", "--quiet"]) == 0
+    assert main(["sample", str(c), "--num", "8", "--steps", "4", "--quiet"]) == 0
+    with pytest.raises(ValueError, match=r"^the two sample sets were drawn with other settings \(sampler, steps\): "
+                                         r"same-noise samples need one sampler"):
+        disjoint_consistency(a, b, threshold=0.9)
+    with pytest.raises(ValueError, match=r"^the cells were trained with seeds 0 and 5, and a sample's noise follows "
+                                         r"its cell's seed"):
+        disjoint_consistency(a, c, threshold=0.9)
+    assert main(["sample", str(b), "--num", "8", "--steps", "4", "--force", "--quiet"]) == 0
+    assert disjoint_consistency(a, b, threshold=0.9)["n_train"] == 16
+
+
 def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path, capsys):
     from memorize.local_score import read_patch_schedules
 
