@@ -448,4 +448,5 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     _, used = resolve_threshold(threshold, embedder,
                                 heldout_similarity(embed, cells[0], progress, backend=search_backend(dev)))
     return {"n_train": len(splits[0].train), **reproducibility_score(embed(a["samples"]), embed(b["samples"]), used),
-            "threshold_setting": threshold}
+            "threshold_setting": threshold,
+            "checkpoint_steps": [settings_a.get("checkpoint_step"), settings_b.get("checkpoint_step")]}

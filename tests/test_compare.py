@@ -207,9 +207,10 @@ def test_disjoint_subsets_memorizing_disagree_generalizing_agree(tmp_path, capsy
             in capsys.readouterr().out)
 
 
-def test_consistency_refuses_samples_that_do_not_share_their_noise_path(tmp_path):
+def test_consistency_refuses_samples_that_do_not_share_their_noise_path(tmp_path, capsys):
     """Same-noise samples of two samplers (or of cells whose seeds give other noise) were scored as if the training
-    sets alone differed; now the differing settings, or the two cell seeds, are named."""
+    sets alone differed; now the differing settings, or the two cell seeds, are named. Samples of two training
+    times are compared, with the two steps said."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     _train(a, "data.n_train=16")
     _train(b, "data.n_train=16", "data.subset_offset=16")
@@ -224,7 +225,12 @@ def test_consistency_refuses_samples_that_do_not_share_their_noise_path(tmp_path
                                          r"its cell's seed"):
         disjoint_consistency(a, c, threshold=0.9)
     assert main(["sample", str(b), "--num", "8", "--steps", "4", "--force", "--quiet"]) == 0
-    assert disjoint_consistency(a, b, threshold=0.9)["n_train"] == 16
+    assert disjoint_consistency(a, b, threshold=0.9)["checkpoint_steps"] == [20, 20]
+    _train(b, "data.n_train=16", "data.subset_offset=16", "train.steps=40")  # trained on: its samples drawn again
+    assert main(["sample", str(b), "--num", "8", "--steps", "4", "--force", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["consistency", str(a), str(b), "--threshold", "0.9", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(samples of the checkpoints at steps 20 and 40)")
 
 
 def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path, capsys):

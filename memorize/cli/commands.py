@@ -185,8 +185,10 @@ def cmd_consistency(args: argparse.Namespace) -> None:
 
     r = disjoint_consistency(args.dir_a, args.dir_b, args.samples, args.embedder, args.threshold, args.device,
                              progress=not args.quiet)
+    steps = r["checkpoint_steps"]  # trained to other steps, or one trained on since its samples were drawn
+    apart = f" (samples of the checkpoints at steps {steps[0]} and {steps[1]})" if steps[0] != steps[1] else ""
     print(f"N = {r['n_train']}: reproducibility of same-noise samples {r['score']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
-          f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}")
+          f"(cosine > {r['threshold']:.4g}), mean cosine {r['mean_cosine']:.3f}{apart}")
 
 
 def check_executor_flags(args: argparse.Namespace, slurm_flags: list[str]) -> None:
