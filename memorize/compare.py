@@ -243,18 +243,25 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
 
 
 def check_drawn_by(sample_file: Path, checkpoint: Path, name: str) -> None:
-    """Samples of the trained denoiser drawn by another checkpoint than ``checkpoint``, the one compared (the cell
-    trained on after they were drawn), would put two networks into one comparison: refused, with how to draw them
-    again. Samples that record no checkpoint (imported, or of another denoiser) are taken as they are."""
+    """The samples compared must be the trained denoiser's, drawn by ``checkpoint`` with its EMA weights, the
+    network whose gaps the comparison reports: samples of another denoiser (the empirical one's against
+    themselves), of the raw weights, or of another checkpoint (the cell trained on after they were drawn) are
+    refused, with how to draw them. Samples that record none of these (imported) are taken as they are."""
     if not sample_file.is_file():
         return
-    drawn_at = read_samples(sample_file)["settings"].get("checkpoint_step")
+    settings = read_samples(sample_file)["settings"]
     step = int(checkpoint.stem.removeprefix("step-"))
+    again = f"`memorize sample {sample_file.parent.parent}{'' if name == 'trained' else f' --name {name}'} --force`"
+    denoiser, weights, drawn_at = (settings.get(k) for k in ("denoiser", "weights", "checkpoint_step"))
+    if denoiser not in (None, "trained"):
+        raise ValueError(f"{sample_file}: samples of the {denoiser} denoiser; compare holds the trained denoiser's "
+                         f"samples against the closed-form ones (--samples names a set of the trained denoiser)")
+    if weights not in (None, "ema"):
+        raise ValueError(f"{sample_file}: drawn with the {weights} weights, but the trained denoiser compared is the "
+                         f"EMA weights': compare a set drawn with those (`memorize sample`'s default)")
     if drawn_at is not None and drawn_at != step:
-        named = "" if name == "trained" else f" --name {name}"
         raise ValueError(f"{sample_file}: drawn by the checkpoint at step {drawn_at}, but the trained denoiser "
-                         f"compared is step {step}'s: `memorize sample {sample_file.parent.parent}{named} --force` "
-                         f"draws them again from it")
+                         f"compared is step {step}'s: {again} draws them again from it")
 
 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,

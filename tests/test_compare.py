@@ -111,8 +111,8 @@ def test_compare_writes_gap_curves_agreement_and_figure(tmp_path, capsys, monkey
 
 def test_samples_of_an_earlier_checkpoint_are_named_not_mixed_with_a_later_network(tmp_path, capsys):
     """Trained on after its samples were drawn, a cell's comparison would hold the new network's gaps beside the old
-    samples' agreement: compare refuses before any work, saying how to draw them again; score scores them (they are
-    samples) and says whose they are."""
+    samples' agreement: compare refuses before any work, saying how to draw them again (as it refuses samples of
+    another denoiser or of the raw weights); score scores them (they are samples) and says whose they are."""
     cell = tmp_path / "cell"
     _train(cell, "data.n_train=16", "sample.num=12", "sample.steps=4")
     assert main(["sample", str(cell), "--quiet"]) == 0
@@ -122,6 +122,15 @@ def test_samples_of_an_earlier_checkpoint_are_named_not_mixed_with_a_later_netwo
     assert capsys.readouterr().err.strip().splitlines() == [
         f"memorize compare: error: {cell / 'samples' / 'trained.npz'}: drawn by the checkpoint at step 20, but the "
         f"trained denoiser compared is step 40's: `memorize sample {cell} --force` draws them again from it"]
+    assert not (cell / "compare").exists()
+    # so are another denoiser's samples (the empirical set's agreement with itself) and the raw weights'
+    assert main(["sample", str(cell), "--denoiser", "empirical", "--quiet"]) == 0
+    assert main(["sample", str(cell), "--weights", "raw", "--name", "raw", "--quiet"]) == 0
+    capsys.readouterr()
+    for name, said in (("empirical", "samples of the empirical denoiser; compare holds the trained denoiser's samples"),
+                       ("raw", "drawn with the raw weights, but the trained denoiser compared is the EMA weights'")):
+        assert main(["compare", str(cell), "--samples", name, "--n-eval", "8", "--threshold", "0.9", "--quiet"]) == 2
+        assert f"{cell / 'samples' / name}.npz: {said}" in capsys.readouterr().err
     assert not (cell / "compare").exists()
     assert main(["score", str(cell), "--threshold", "0.9", "--quiet"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
