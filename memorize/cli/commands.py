@@ -212,7 +212,7 @@ WAIT_TIMEOUT_S = 24 * 3600.0  # how long --wait waits at most, unless --wait-tim
 
 def wait_timeout(args: argparse.Namespace) -> float:
     """``--wait-timeout``, or :data:`WAIT_TIMEOUT_S`; refused without ``--wait``, whose wait it bounds (given
-    alone it bounded nothing, and a researcher who meant to wait would not)."""
+    alone it bounds nothing, and a researcher who meant the command to wait would find it had not)."""
     if args.wait_timeout is not None and not args.wait:
         raise ConfigError(f"--wait-timeout {args.wait_timeout:g}: only with --wait, whose wait it bounds")
     return WAIT_TIMEOUT_S if args.wait_timeout is None else args.wait_timeout
