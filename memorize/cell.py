@@ -286,6 +286,11 @@ def init_cell(cfg: CellConfig, root: Path) -> CellData:
     record = read_identity(paths.root)
     identity = training_identity(cfg)
     if record is not None:
+        imported = record["identity"].get("external")
+        if isinstance(imported, dict) and "external" not in identity:  # not the list of every field it lacks
+            raise ConfigError(f"{paths.root} holds a denoiser imported with `memorize import` "
+                              f"({imported.get('kind')}), which memorize samples, scores and compares but does not "
+                              f"train; train into another --out")
         changed = _differences(record["identity"], identity)
         if changed:
             raise ConfigError(f"{paths.root} already holds a cell with another training identity "

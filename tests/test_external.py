@@ -87,6 +87,13 @@ def test_a_torchscript_denoiser_imported_as_a_cell_samples_scores_and_compares(t
     assert json.loads((cell / "scores" / "trained.json").read_text())["nn"]["ratio"] == 0.0
     assert main(["compare", str(cell), "--n-eval", "16", "--quiet"]) == 0
     assert json.loads((cell / "compare" / "compare.json").read_text())["mem_nn_trained"] == 0.0
+    # training into it is refused in one line (not a list of every training field an import lacks)
+    capsys.readouterr()
+    assert main(["train", "--out", str(cell), "--set", "data.n_train=24", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"memorize train: error: {cell} holds a denoiser imported with `memorize import` (torchscript), which "
+        f"memorize samples, scores and compares but does not train; train into another --out"]
+    assert not (cell / "checkpoints" / "step-0000001.pt").exists()
 
 
 def export_to(path, module, batch_dynamic: bool = True, batch: int = 4, low: int = 0, high: int | None = None) -> None:
