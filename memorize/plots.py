@@ -77,7 +77,9 @@ def most_copied_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarr
     up to ``copies`` of the memorized samples that copy it (``nearest[i]`` of each flagged sample ``i``)."""
     counts = np.bincount(nearest[memorized & (nearest >= 0)], minlength=len(train))
     ranked = [int(i) for i in np.lexsort((np.arange(len(counts)), -counts)) if counts[i] > 0][:images]
-    fig, ax = plt.subplots(figsize=(1.1 * max(len(ranked), 2) + 1.2, 1.1 * (copies + 1) + 0.9))
+    # nothing copied: one line saying so, not a tall blank canvas under the title
+    size = (1.1 * max(len(ranked), 2) + 1.2, 1.1 * (copies + 1) + 0.9) if ranked else (6.0, 1.6)
+    fig, ax = plt.subplots(figsize=size)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_frame_on(False)
@@ -94,8 +96,12 @@ def most_copied_figure(samples: np.ndarray, train: np.ndarray, nearest: np.ndarr
         ax.set_yticks([0.5] + [r + 0.5 for r in range(1, copies + 1)],
                       ["training\nimage"] + [f"copy {r}" for r in range(1, copies + 1)], fontsize=7)
         ax.tick_params(length=0)
+    else:
+        ax.text(0.5, 0.5, "no training image is copied", ha="center", va="center", fontsize=9,
+                transform=ax.transAxes)
     caption = (f"top: the {len(ranked)} most-copied training images (#index: memorized samples copying it, of "
-               f"{int(memorized.sum())}); below: those copies")
+               f"{int(memorized.sum())}); below: those copies" if ranked else
+               f"none of the {len(memorized)} samples is memorized")
     ax.set_title(f"{title}\n{caption}" if title else caption, fontsize=7, pad=14)
     fig.tight_layout()
     return fig

@@ -240,6 +240,12 @@ def test_most_copied_figure_draws_each_copied_image_above_its_copies():
     assert cell(1, 1) == pytest.approx((samples[2, 0, 0, 0] + 1) / 2) and np.ma.is_masked(cell(2, 1))  # one copy: blank
     assert "of 4)" in ax.get_title()
     plt.close(fig)
+    # nothing memorized: one line saying so under the title, not a tall blank canvas
+    fig = plots.most_copied_figure(samples, train, nearest, np.zeros(6, bool), copies=2, title="cell x")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no training image is copied"] and not ax.images
+    assert ax.get_title() == "cell x\nnone of the 6 samples is memorized" and fig.get_size_inches()[1] < 2
+    plt.close(fig)
 
 
 def test_disagreement_figure_groups_the_samples_by_which_criteria_flag_them():
