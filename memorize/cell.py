@@ -426,6 +426,11 @@ def checkpoint_at(root: Path, step: int | None = None) -> Path:
     return paths.checkpoint(step)
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The training step of a checkpoint file named as :meth:`CellPaths.checkpoint` names it."""
+    return int(Path(checkpoint).stem.removeprefix("step-"))
+
+
 def load_trained_denoiser(root: Path, weights: str = "ema", device: torch.device | str = "cpu",
                           checkpoint: Path | None = None) -> tuple[Denoiser, dict]:
     """The denoiser of a trained cell (EMA weights by default) from ``checkpoint`` (default: the latest)."""

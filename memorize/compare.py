@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memorize.cell import CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config, resolve_device
+from memorize.cell import (CellPaths, checkpoint_at, checkpoint_step, load_cell_data, load_trained_denoiser,
+                           read_config, resolve_device)
 from memorize.config import SampleConfig
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
@@ -242,16 +243,13 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
     return fig
 
 
-def check_drawn_by(sample_file: Path, checkpoint: Path, name: str) -> None:
-    """The samples compared must be the trained denoiser's, drawn by ``checkpoint`` with its EMA weights, the
-    network whose gaps the comparison reports: samples of another denoiser (the empirical one's against
-    themselves), of the raw weights, or of another checkpoint (the cell trained on after they were drawn) are
-    refused, with how to draw them. Samples that record none of these (imported) are taken as they are."""
-    if not sample_file.is_file():
-        return
-    settings = read_samples(sample_file)["settings"]
-    step = int(checkpoint.stem.removeprefix("step-"))
-    again = f"`memorize sample {sample_file.parent.parent}{'' if name == 'trained' else f' --name {name}'} --force`"
+def check_drawn_by(sample_file: Path, settings: dict, checkpoint: Path, name: str) -> None:
+    """The samples compared (``settings``: those of ``sample_file``) must be the trained denoiser's, drawn by
+    ``checkpoint`` with its EMA weights, the network whose gaps the comparison reports: samples of another
+    denoiser (the empirical one's against themselves), of the raw weights, or of another checkpoint (the cell
+    trained on after they were drawn) are refused, with how to draw them. Samples that record none of these
+    (imported) are taken as they are."""
+    step = checkpoint_step(checkpoint)
     denoiser, weights, drawn_at = (settings.get(k) for k in ("denoiser", "weights", "checkpoint_step"))
     if denoiser not in (None, "trained"):
         raise ValueError(f"{sample_file}: samples of the {denoiser} denoiser; compare holds the trained denoiser's "
@@ -260,8 +258,9 @@ def check_drawn_by(sample_file: Path, checkpoint: Path, name: str) -> None:
         raise ValueError(f"{sample_file}: drawn with the {weights} weights, but the trained denoiser compared is the "
                          f"EMA weights': compare a set drawn with those (`memorize sample`'s default)")
     if drawn_at is not None and drawn_at != step:
+        again = f"memorize sample {sample_file.parent.parent}{'' if name == 'trained' else f' --name {name}'} --force"
         raise ValueError(f"{sample_file}: drawn by the checkpoint at step {drawn_at}, but the trained denoiser "
-                         f"compared is step {step}'s: {again} draws them again from it")
+                         f"compared is step {step}'s: `{again}` draws them again from it")
 
 
 def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pixel", threshold: float | str | None = None,
@@ -297,7 +296,9 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
         raise ValueError(f"--els-boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     embed = load_embedder(embedder, str(dev))  # a wrong spec or weights file refused before any work
     checkpoint = checkpoint_at(paths.root, step)
-    check_drawn_by(sample_file, checkpoint, samples)  # before any work
+    drawn = read_samples(sample_file) if sample_file.is_file() else None
+    if drawn is not None:
+        check_drawn_by(sample_file, drawn["settings"], checkpoint, samples)  # before any work
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint)
     images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
     labels = None
@@ -322,9 +323,9 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     loss_gap = (heldout_err - train_err).dropna()
 
     # Same-noise samples: the empirical set is drawn with the trained set's settings and seeds.
-    if not sample_file.is_file():
-        sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device, progress=progress, step=step)
-    drawn = read_samples(sample_file)
+    if drawn is None:
+        drawn = read_samples(sample_cell(paths.root, cfg.sample, "trained", name=samples, device=device,
+                                         progress=progress, step=step))
     settings = {k: v for k, v in drawn["settings"].items() if k in {f.name for f in dataclasses.fields(SampleConfig)}}
     sample_cfg = dataclasses.replace(cfg.sample, **settings)
     # compare's own sets (NAME_empirical, NAME_ls, ...) follow the trained set: drawn again (from the same seeds)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.cell import (CellData, CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config,
-                           resolve_device, sample_labels)
+from memorize.cell import (CellData, CellPaths, checkpoint_at, checkpoint_step, load_cell_data, load_trained_denoiser,
+                           read_config, resolve_device, sample_labels)
 from memorize.config import CellConfig, ConfigError, SampleConfig, sample_settings
 from memorize.empirical import (GaussianMixtureDenoiser, class_conditional_empirical_denoiser,
                                 class_conditional_gaussian_denoiser, empirical_denoiser, gaussian_denoiser)
@@ -143,7 +143,7 @@ def plan_samples(root: str | Path, cfg: SampleConfig, denoiser: str = "trained",
     checkpoint = None
     if denoiser == "trained":
         checkpoint = checkpoint_at(paths.root, step)
-        settings.update(weights=weights, checkpoint_step=int(checkpoint.stem.removeprefix("step-")))
+        settings.update(weights=weights, checkpoint_step=checkpoint_step(checkpoint))
     if denoiser in MACHINES:
         if patch is None:
             if not paths.patch_schedules.is_file():
