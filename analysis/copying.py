@@ -126,7 +126,7 @@ def main() -> None:
                              title=f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']} (cell {cid}), "
                                    f"criterion {args.criterion}")
     out = Path(args.sweep) / "figures" / f"most_copied_{cid}.png"
-    atomic_save_figure(out, fig, dpi=150, bbox_inches="tight")  # a title wider than few columns
+    atomic_save_figure(out, fig, dpi=150, bbox_inches="tight")  # a title wider than a few columns
     copied = np.bincount(table[index][table[flag]], minlength=len(point.train))
     print(f"\ncell {cid} (N = {row['n_train']:,}): {int(table[flag].sum())} memorized samples copy "
           f"{int((copied > 0).sum())} training images, the most-copied {int(copied.max())} times; figure {out}")

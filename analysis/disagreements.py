@@ -72,7 +72,7 @@ def main() -> None:
                               {n: table[f"memorized_{n}"].to_numpy(bool) for n in NAMES}, per_group=args.per_group,
                               title=f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']} (cell {cid})")
     out = Path(args.sweep) / "figures" / f"disagreements_{cid}.png"
-    atomic_save_figure(out, fig, dpi=150, bbox_inches="tight")  # a title wider than few columns
+    atomic_save_figure(out, fig, dpi=150, bbox_inches="tight")  # a title wider than a few columns
     print(f"\nfigure: {out}")
 
 
