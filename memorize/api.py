@@ -42,7 +42,7 @@ def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Pa
     import inspect
 
     from memorize.external_cell import import_samples
-    from memorize.score import score_cell
+    from memorize.score import check_heldout_planned, score_cell
 
     known = sorted(set(inspect.signature(score_cell).parameters) - {"root", "samples", "name"})
     unknown = sorted(set(options) - set(known))
@@ -53,6 +53,8 @@ def score_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | Pa
             raise ValueError(f"score_samples: {field} is an empty string; expected a file or directory")
     config = from_dict(CellConfig, {"data": data or {}})
     check_root_is_read(config.data)
+    check_heldout_planned(config.data, options.get("threshold"), options.get("embedder", "pixel"),
+                          options.get("target_fpr", 0.01))
     root, _ = import_samples(samples, out, config, name, value_range)
     options.setdefault("progress", False)
     return score_cell(root, name, **options)

@@ -142,7 +142,8 @@ def import_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | P
     ``memorize score`` scores them with the same code as a trained cell's. The samples are copied ``chunk``
     at a time into ``samples/NAME.samples.npy``, which every reader maps instead of loading, so memory is
     bounded by a chunk; samples whose shape is not the training images' are refused before anything is
-    written. An array (numpy, or a torch tensor: its values on the CPU) is taken as the samples themselves
+    written. Where the training images are an image folder's (``data.name: folder``, read as RGB), a folder
+    of samples is read as RGB too, grayscale images included. An array (numpy, or a torch tensor: its values on the CPU) is taken as the samples themselves
     (read with ``value_range`` as a file would be).
     Returns the cell and the value range used."""
     check_set_name(name)
@@ -155,7 +156,7 @@ def import_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | P
         source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
                               lambda start, stop: images[start:stop])
     elif isinstance(samples, (str, os.PathLike)):
-        source = open_samples(samples, value_range, chunk)
+        source = open_samples(samples, value_range, chunk, rgb=cfg.data.name == "folder")
     else:
         raise TypeError(f"samples: expected an array (numpy or torch), an image folder or a file, got "
                         f"{type(samples).__name__}")

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from memorize.cell import CellData, CellPaths, check_set_name, load_cell_data, read_config, resolve_device
+from memorize.config import DataConfig
+from memorize.data.subsets import heldout_count
 from memorize.generate import read_samples
 from memorize.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from memorize.metrics.calibration import calibrated_threshold, check_heldout, default_threshold, min_heldout
@@ -64,6 +66,16 @@ def threshold_setting(threshold: float | str | None, embedder: str) -> float | s
     """The cosine threshold asked for: ``None`` is :func:`~memorize.metrics.calibration.default_threshold`
     of ``embedder``; ``auto`` or a number as given."""
     return default_threshold(embedder) if threshold is None else threshold
+
+
+def check_heldout_planned(data: DataConfig, threshold: float | str | None, embedder: str,
+                          target_fpr: float = 0.01) -> None:
+    """Before samples made elsewhere become a cell: refuse ``data.n_heldout`` held-out images too few for a
+    calibrated threshold (:func:`~memorize.metrics.calibration.check_heldout`), since raising it afterwards
+    changes the cell's data and so needs another directory. Held-out files (``data.heldout_path``) are
+    counted when read, by :func:`score_cell`."""
+    if data.heldout_path is None and threshold_setting(threshold, embedder) == "auto":
+        check_heldout(heldout_count(data), target_fpr)
 
 
 def resolve_threshold(threshold: float | str | None, embedder: str, heldout: Callable[[], np.ndarray],

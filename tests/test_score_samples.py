@@ -339,3 +339,76 @@ def test_a_cells_score_refuses_the_flags_for_samples_made_elsewhere(tmp_path, ca
             f"memorize score: error: {named}: only for samples made elsewhere; the cell {cell} has its training set, "
             f"held-out images and samples (its scores go to {cell / 'scores'})"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cell", "config.yaml"]
+
+
+def _gray_folder(folder, images):
+    from PIL import Image
+
+    folder.mkdir()
+    for k, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(folder / f"{k:03d}.png")
+
+
+def test_grayscale_samples_and_held_out_images_are_read_as_a_folder_datasets_own_images(tmp_path, capsys):
+    """The folder dataset reads every image as RGB, a grayscale one with its value in R, G and B: grayscale
+    PNG samples and held-out images of a grayscale folder are read the same way (they were refused as of
+    another shape), so that copies of training images are found at distance 0; mixed modes in one folder
+    of samples too. A dataset of one channel still refuses RGB samples."""
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    gray = np.random.default_rng(0).integers(0, 256, size=(150, 8, 8), dtype=np.uint8)
+    _gray_folder(tmp_path / "train", gray)
+    sets = ["--set", "data.name=folder", "--set", f"data.root={tmp_path / 'train'}", "--set", "data.n_train=40",
+            "--set", "data.n_heldout=100"]
+    _gray_folder(tmp_path / "one", gray[:1])
+    assert main(["score", str(tmp_path / "one"), "--out", str(tmp_path / "probe"), "--features", "pixel",
+                 "--threshold", "0.9", "--quiet"] + sets) == 0
+    train = load_cell_data(read_config(tmp_path / "probe"), CellPaths(tmp_path / "probe")).train.numpy()
+    assert train.shape[1:] == (3, 8, 8) and (train[:, 0] == train[:, 2]).all()
+    copies = np.round((train[:4, 0] + 1) * 127.5).astype(np.uint8)
+    novel = np.random.default_rng(1).integers(0, 256, size=(4, 8, 8), dtype=np.uint8)
+    _gray_folder(tmp_path / "samples", np.concatenate([copies, novel]))
+    rgb = np.random.default_rng(2).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    __import__("PIL.Image").Image.fromarray(rgb).save(tmp_path / "samples" / "rgb.png")  # last, a colour one
+    _gray_folder(tmp_path / "mine", np.random.default_rng(3).integers(0, 256, size=(12, 8, 8), dtype=np.uint8))
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "samples"), "--out", str(out), "--heldout", str(tmp_path / "mine"),
+                 "--features", "pixel", "--threshold", "0.9", "--quiet"] + sets) == 0
+    table = __import__("pandas").read_csv(out / "scores" / "trained.csv")
+    assert table.memorized_nn.tolist() == [True] * 4 + [False] * 5 and (table.d1[:4] < 1e-6).all()
+    assert table.nn_index[:4].tolist() == [0, 1, 2, 3]
+    heldout = load_cell_data(read_config(out), CellPaths(out)).heldout.numpy()
+    assert heldout.shape == (12, 3, 8, 8) and (heldout[:, 0] == heldout[:, 1]).all()
+    # a dataset of one channel (an .npz of (M, H, W)) reads grayscale samples as they are and refuses RGB ones
+    np.savez(tmp_path / "gray.npz", images=gray)
+    one = [s.replace(f"data.root={tmp_path / 'train'}", f"data.root={tmp_path / 'gray.npz'}") for s in sets]
+    one = [s.replace("data.name=folder", "data.name=npz") for s in one]
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "samples"), "--out", str(tmp_path / "npz"), "--features", "pixel",
+                 "--threshold", "0.9", "--quiet"] + one) == 2
+    assert "rgb.png: shape (3, 8, 8), but 000.png has (1, 8, 8)" in capsys.readouterr().err
+    assert not (tmp_path / "npz").exists()
+
+
+def test_too_few_held_out_images_for_a_calibrated_threshold_are_refused_before_anything_is_written(tmp_path,
+                                                                                                   capsys):
+    """Raising data.n_heldout afterwards changes the cell's data, which its directory refuses: the count is
+    checked before the samples are imported, by the command and by the notebook API."""
+    import memorize.api as mz
+
+    images, sets = _npz_dataset(tmp_path)
+    sets = [s.replace("data.n_heldout=100", "data.n_heldout=50") for s in sets]
+    np.save(tmp_path / "some.npy", images[:3])
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "some.npy"), "--out", str(out), "--features", "pixel", "--quiet"] + sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs at least 100 held-out images; this cell has 50" in err[0], err
+    assert not out.exists()
+    data = {"name": "npz", "root": str(tmp_path / "train.npz"), "n_train": 40, "n_heldout": 50}
+    with pytest.raises(ValueError, match="needs at least 100 held-out images; this cell has 50"):
+        mz.score_samples(images[:3], out, data)
+    assert not out.exists()
+    # a threshold given, or a rate the 50 resolve, needs no more
+    assert mz.score_samples(images[:3], out, data, threshold=0.9, features="pixel")["n_heldout"] == 50
+    assert main(["score", str(tmp_path / "some.npy"), "--out", str(tmp_path / "rate"), "--features", "pixel",
+                 "--target-fpr", "0.02", "--quiet"] + sets) == 0

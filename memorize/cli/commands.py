@@ -75,7 +75,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from memorize.cell import CellPaths
-    from memorize.score import score_cell
+    from memorize.score import check_heldout_planned, score_cell
 
     if not (Path(args.dir) / "config.yaml").is_file():  # samples made elsewhere: first into a cell of their own
         from memorize.external_cell import import_samples
@@ -89,7 +89,9 @@ def cmd_score(args: argparse.Namespace) -> None:
             raise ConfigError(f"--set {foreign[0]}: samples made elsewhere take data.* fields only")
         if args.heldout is not None:
             overrides["data.heldout_path"] = str(Path(args.heldout).resolve())
-        root, used = import_samples(args.dir, args.out, load_config(None, overrides), args.samples, args.value_range)
+        config = load_config(None, overrides)
+        check_heldout_planned(config.data, args.threshold, args.embedder, args.target_fpr)
+        root, used = import_samples(args.dir, args.out, config, args.samples, args.value_range)
         print(f"{args.dir}: samples read with value range {used}, stored in {root / 'samples'}")
         args.dir = str(root)
     else:  # a cell: the flags for samples made elsewhere would be ignored

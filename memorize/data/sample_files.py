@@ -26,14 +26,15 @@ from memorize.errors import foreign_message
 RANGES = ("auto", "0-255", "0-1", "-1-1")
 
 
-def _decode(path: Path) -> np.ndarray:
-    """One image as uint8 (C, H, W): grayscale stays one channel, anything else becomes RGB."""
+def _decode(path: Path, rgb: bool = False) -> np.ndarray:
+    """One image as uint8 (C, H, W): grayscale stays one channel, anything else becomes RGB; with ``rgb``,
+    every image becomes RGB (a grayscale value copied to R, G and B), as the ``folder`` dataset reads its images."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img = eight_bit(img, path)
-            img = img if img.mode in ("L", "RGB") else img.convert("RGB")
+            img = img if img.mode == "RGB" or (img.mode == "L" and not rgb) else img.convert("RGB")
             array = np.asarray(img)
     except DatasetError:
         raise
@@ -51,11 +52,11 @@ def image_files(root: Path) -> list[Path]:
 
 
 def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None = None,
-                  threads: int | None = None) -> np.ndarray:
-    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads; every image must have the shape of
-    ``first`` (a file and its shape; default: the first of ``files``)."""
+                  threads: int | None = None, rgb: bool = False) -> np.ndarray:
+    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (``rgb``: all as RGB, :func:`_decode`);
+    every image must have the shape of ``first`` (a file and its shape; default: the first of ``files``)."""
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(_decode, files))
+        images = list(pool.map(lambda file: _decode(file, rgb), files))
     name, shape = first or (files[0], images[0].shape)
     for path, image in zip(files, images):
         if image.shape != shape:
@@ -192,16 +193,17 @@ class SampleSource:
             yield map_range(self._rows(start, min(start + size, self.count)), self.value_range)
 
 
-def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096) -> SampleSource:
+def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096, rgb: bool = False) -> SampleSource:
     """The samples at ``path`` (module docstring) as a :class:`SampleSource`. Where the range is to be
-    inferred from float values, their span is read first, a chunk at a time."""
+    inferred from float values, their span is read first, a chunk at a time. With ``rgb``, the images of a
+    folder are all read as RGB, grayscale ones included (:func:`_decode`); arrays are read as they are."""
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
-        first = _decode(files[0])
+        first = _decode(files[0], rgb)
 
         def rows(start: int, stop: int) -> np.ndarray:
-            return decode_images(files[start:stop], (files[0], first.shape))
+            return decode_images(files[start:stop], (files[0], first.shape), rgb=rgb)
 
         return SampleSource(path, len(files), tuple(first.shape),
                             resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows)
@@ -217,8 +219,8 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096)
                         lambda start, stop: np.asarray(array[start:stop]))
 
 
-def read_samples_file(path: str | Path, value_range: str = "auto") -> tuple[np.ndarray, str]:
+def read_samples_file(path: str | Path, value_range: str = "auto", rgb: bool = False) -> tuple[np.ndarray, str]:
     """The samples at ``path`` as float32 (M, C, H, W) in [-1, 1], held whole, and the value range they were
-    read with (module docstring)."""
-    source = open_samples(path, value_range)
+    read with (module docstring; ``rgb``: :func:`open_samples`)."""
+    source = open_samples(path, value_range, rgb=rgb)
     return np.concatenate(list(source.chunks())), source.value_range
