@@ -157,10 +157,13 @@ def criteria_agreement(nn: np.ndarray, cos: np.ndarray, ext: np.ndarray | None) 
 
 
 def resolve_features(features: str, data: CellData) -> str:
-    """``auto``: ``classifier`` for labelled image datasets, ``pixel`` otherwise; any other spec as given."""
+    """``auto``: ``classifier`` for image datasets labelled with two or more classes
+    (:func:`memorize.metrics.classifier.trainable`), ``pixel`` otherwise; any other spec as given."""
+    from memorize.metrics.classifier import trainable
+
     if features != "auto":
         return features
-    return "classifier" if data.dataset.is_image and data.dataset.labels is not None else "pixel"
+    return "classifier" if trainable(data.dataset) else "pixel"
 
 
 def quality_summary(sample_features: np.ndarray, heldout_features: np.ndarray, device: str, k: int = 3,

@@ -193,3 +193,47 @@ def test_the_classifier_needs_labelled_images():
     vectors = Dataset("gmm", torch.zeros(10, 4), torch.zeros(10, dtype=torch.long), 2)
     with pytest.raises(EmbedderError, match="features 'classifier': dataset 'gmm' has no labelled images"):
         classifier_embedder(vectors, np.arange(2), None)
+
+
+def test_the_classifier_needs_two_classes_and_auto_takes_pixels_where_there_is_one(tmp_path, capsys):
+    """Over one class the classifier's cross-entropy is 0 whatever its weights, so it never trains and its
+    features describe nothing (as for an image folder whose images share one subfolder, labelled with one
+    class): ``auto`` takes pixels there, and ``classifier`` is refused, by the score
+    command and by a sweep before it launches."""
+    from PIL import Image
+
+    from memorize.cli import main
+    from memorize.data.datasets import Dataset, load_folder
+    from memorize.metrics.classifier import classifier_embedder, trainable
+    from memorize.metrics.embedders import EmbedderError
+    from tests.conftest import TINY_SPEC, write_spec
+
+    logits = torch.randn(5, 1, requires_grad=True)
+    torch.nn.functional.cross_entropy(logits, torch.zeros(5, dtype=torch.long)).backward()
+    assert (logits.grad == 0).all()  # the premise: nothing to learn from one class
+
+    images = np.random.default_rng(0).integers(0, 256, size=(150, 8, 8, 3), dtype=np.uint8)
+    (tmp_path / "root" / "all").mkdir(parents=True)
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "root" / "all" / f"{k:03d}.png")
+    one_folder = load_folder(tmp_path / "root", None)
+    assert one_folder.labels is not None and not trainable(one_folder)
+    two = Dataset("npz", one_folder.data, torch.arange(150) % 2, 2)
+    assert trainable(two) and not trainable(Dataset("npz", one_folder.data, torch.ones(150, dtype=torch.long), 2))
+    with pytest.raises(EmbedderError, match="dataset 'folder' has no labelled images of two or more classes"):
+        classifier_embedder(one_folder, np.arange(2), tmp_path / "cache")
+
+    sets = ["--set", "data.name=folder", "--set", f"data.root={tmp_path / 'root'}", "--set", "data.n_train=40",
+            "--set", "data.n_heldout=100", "--threshold", "0.9", "--quiet"]
+    np.save(tmp_path / "some.npy", images[:8])
+    assert main(["score", str(tmp_path / "some.npy"), "--out", str(tmp_path / "auto")] + sets) == 0
+    assert "on pixel features" in capsys.readouterr().out
+    assert main(["score", str(tmp_path / "some.npy"), "--out", str(tmp_path / "asked"), "--features",
+                 "classifier"] + sets) == 2
+    assert "no labelled images of two or more classes" in capsys.readouterr().err
+
+    base = {**TINY_SPEC["base"], "data": {"name": "folder", "root": str(tmp_path / "root"), "n_heldout": 100}}
+    spec = write_spec(tmp_path / "s.yaml", base=base, score={"features": "classifier"})
+    assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--quiet"]) == 2
+    assert "score.features classifier: dataset 'folder' has no labelled images of two or more" in capsys.readouterr().err
+    assert not (tmp_path / "sweep" / "cells").exists()

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default="auto",
                    help="features for FID, KID and precision/recall against the held-out images: an embedder "
                         "spec as for --embedder, classifier (a small classifier trained once on the dataset's "
-                        "labelled images, cached), or auto: classifier for labelled image data, else pixel")
+                        "labelled images, cached), or auto: classifier for image data labelled with two or more "
+                        "classes, else pixel")
     p.add_argument("--device", default="auto", help="device for the embedder and search: auto, cpu or cuda[:N]")
     threads_and_quiet(p)
     p.set_defaults(func=commands.cmd_score)

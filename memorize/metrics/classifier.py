@@ -115,6 +115,13 @@ def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor,
     return float((predicted == labels).float().mean()) if len(labels) else float("nan")
 
 
+def trainable(ds: Dataset) -> bool:
+    """Whether ``ds`` holds labelled images of two or more classes, as the classifier needs: over one class
+    its cross-entropy is 0 whatever the weights, so it would stay as initialised and its features would
+    describe nothing (an image folder whose images share one subfolder is labelled with one class)."""
+    return ds.is_image and ds.labels is not None and len(torch.unique(ds.labels)) >= 2
+
+
 def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: str = "cpu",
                         progress: bool = False) -> tuple[Embedder, dict]:
     """The ``classifier`` embedder of dataset ``ds`` with held-out indices ``heldout``: read from
@@ -122,9 +129,9 @@ def classifier_embedder(ds: Dataset, heldout: np.ndarray, cache: Path, device: s
     The network is trained on the CPU whatever ``device`` the run uses (its features are computed there):
     a GPU trains with TF32 and non-deterministic backward passes, and the cache, keyed by the recipe and
     the pool, must hold the same network whichever run fills it first."""
-    if ds.labels is None or not ds.is_image:
-        raise EmbedderError(f"features 'classifier': dataset {ds.name!r} has no labelled images to train it on; "
-                            f"use features: pixel or an embedder spec")
+    if not trainable(ds):
+        raise EmbedderError(f"features 'classifier': dataset {ds.name!r} has no labelled images of two or more "
+                            f"classes to train it on; use features: pixel or an embedder spec")
     pool = training_pool(ds, heldout)
     key = cache_key(ds, pool)
     cache.mkdir(parents=True, exist_ok=True)

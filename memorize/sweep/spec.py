@@ -356,9 +356,10 @@ def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None
     dataset: for each distinct data source, the cell asking for the most items is split for real (each
     dataset is loaded once); if a subset is too small to be scored (N < 2); if a ``data.root`` is given to a
     dataset that reads no files (:func:`memorize.config.check_root_is_read`); and if the dataset cannot be
-    scored as ``score`` asks (``features: classifier`` without labelled images to train it on, ``local``
-    machines without images)."""
+    scored as ``score`` asks (``features: classifier`` without labelled images of two classes to train it on,
+    ``local`` machines without images)."""
     from memorize.data import load_dataset, make_split
+    from memorize.metrics.classifier import trainable
     from memorize.models import check_model
 
     score = score if score is not None else ScoreConfig()
@@ -387,10 +388,10 @@ def check_data(cells: list[GridPoint], score: ScoreConfig | None = None) -> None
             twin = (f" (score.consistency trains a twin on the next {widest.config.data.n_train} images, "
                     f"data.subset_offset={config.data.subset_offset})") if twins else ""
             raise ConfigError(f"grid point ({widest.label}){twin}: {err}") from None
-        if score.features == "classifier" and (dataset.labels is None or not dataset.is_image):
+        if score.features == "classifier" and not trainable(dataset):
             raise ConfigError(f"grid point ({widest.label}): score.features classifier: dataset "
-                              f"{config.data.name!r} has no labelled images to train it on; use features: auto, "
-                              f"pixel or an embedder spec")
+                              f"{config.data.name!r} has no labelled images of two or more classes to train it "
+                              f"on; use features: auto, pixel or an embedder spec")
         if score.local and not dataset.is_image:
             raise ConfigError(f"grid point ({widest.label}): score.local: the local score machines need image "
                               f"data; dataset {config.data.name!r} holds vectors")
