@@ -87,6 +87,13 @@ def critical_n(pooled, level: float = 0.5, axes: list[str] | None = None):
     return pd.DataFrame(rows).sort_values(axes + ["params"]).reset_index(drop=True)
 
 
+def critical_n_by_experiment(results, criterion: str = "nn", level: float = 0.5):
+    """:func:`critical_n` per model and experiment: seeds pooled (:func:`pooled_ratios`), the experiments
+    (:func:`experiment_axes`) kept apart, as the sweep's ``critical_n`` figure and table give it."""
+    axes = experiment_axes(results)
+    return critical_n(pooled_ratios(results, criterion, axes), level, axes=axes)
+
+
 def crossover_n(results, axes: list[str] | None = None, machines: tuple[str, ...] = ("els", "ls")):
     """Per model and experiment, for each local machine m, the N where the trained network's samples stop
     resembling the empirical denoiser's more than m's: the first fall of ``r2_empirical - r2_m`` (medians

@@ -126,15 +126,24 @@ def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None
     return ScoredPoint(row, scores, root, root / files["samples"])
 
 
+def _critical_n_figure(results: pd.DataFrame):
+    return plots.critical_n_figure(analysis.critical_n_by_experiment(results), analysis.budget_label(results))
+
+
+def _r2_crossover_figure(results: pd.DataFrame):
+    crossing = analysis.crossover_n(results, analysis.experiment_axes(results))
+    crossing = crossing.merge(analysis.critical_n_by_experiment(results), how="left")
+    return reference_figures.r2_crossover_figure(results, crossing, analysis.budget_label(results))
+
+
+# Each drawn, as `memorize plot` draws it, from the rows of experiments measured at two or more N
+# (analysis.multi_n_rows), each experiment (a grid axis beyond model and N) on its own.
 FIGURES = {
     "memorization_vs_n": plots.memorization_vs_n_figure,
     "phase_diagram": plots.phase_diagram_figure,
     "memorization_and_generalization": plots.memorization_and_generalization_figure,
-    "critical_n": lambda t: plots.critical_n_figure(analysis.critical_n(analysis.pooled_ratios(t, "nn", [])),
-                                                    analysis.budget_label(t)),
-    "r2_crossover": lambda t: reference_figures.r2_crossover_figure(
-        t, analysis.crossover_n(t).merge(analysis.critical_n(analysis.pooled_ratios(t, "nn", [])), how="left"),
-        analysis.budget_label(t)),
+    "critical_n": _critical_n_figure,
+    "r2_crossover": _r2_crossover_figure,
 }
 
 
@@ -148,7 +157,8 @@ NEEDS = {
 
 def draw(results: pd.DataFrame, figure: str):
     """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
-    show in a notebook, restyle, or save. A figure whose columns (:data:`NEEDS`) the table leaves empty is
+    show in a notebook, restyle, or save. It is drawn as ``memorize plot`` draws it: each experiment (a grid
+    axis beyond model and N) apart, and experiments measured at a single N left out. A figure whose columns (:data:`NEEDS`) the table leaves empty is
     a ValueError naming them, and so is a table without a column the figure reads (one cut down by hand)."""
     if figure not in FIGURES:
         raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
@@ -164,7 +174,7 @@ def draw(results: pd.DataFrame, figure: str):
 
     before = set(plt.get_fignums())
     try:
-        return FIGURES[figure](results)
+        return FIGURES[figure](analysis.multi_n_rows(results))
     except KeyError as err:
         for number in set(plt.get_fignums()) - before:  # half drawn: a notebook would show it
             plt.close(number)

@@ -310,11 +310,15 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
                 transform=ax.transAxes)
     ax.set_xlabel("parameters, without label embedding (log scale)")
     ax.set_ylabel("critical N (log scale)")
-    missing = crit[crit["critical_n"].isna()]["model"].tolist()
+    missing = []  # the models without a crossing, by experiment where there are several
+    for values, part in facets:
+        models = part[part["critical_n"].isna()]["model"].tolist()
+        if models:
+            missing.append(f"{experiment_label(values)}: " * bool(values) + "; ".join(models))
     ax.set_title("critical N: where the nearest-neighbour memorization ratio crosses 0.5;\n"
                  "bars: the N range where its Wilson 95% interval contains 0.5" +
                  (f"\n{budget}" if budget else "") +
-                 (f"\n(no crossing: {'; '.join(missing)})" if missing else "") +
+                 "".join(f"\n(no crossing: {line})" for line in missing) +
                  ("\n(fewer than 3 models: no power-law fit)" if plotted and max(len(p) for p in plotted) < 3 else ""),
                  fontsize=7)
     fig.tight_layout()

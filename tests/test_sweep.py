@@ -887,6 +887,30 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
         mz.load_point(finished_sweep[0], "nope", table)
 
 
+def test_the_notebook_api_draws_each_experiment_apart_as_memorize_plot_does(finished_sweep):
+    """A table with an experiment axis (two learning rates over N = 16, 32, and a third at N = 16 only):
+    the critical N is found per experiment, at sqrt(16 x 32) for the rate whose ratio falls from 1 to 0 and
+    nowhere for the one whose ratio stays above 0.5, said with its experiment (pooled together, as seeds, they
+    crossed at 16 x 2^0.8), and the figures against N leave out the experiment at a single N."""
+    import memorize.api as mz
+
+    table = mz.load_results(finished_sweep[0]).sort_values("n_train")
+    falls = table.assign(**{"train.lr": 0.001, "mem_nn": [1.0, 0.0]})
+    stays = table.assign(**{"train.lr": 0.01, "mem_nn": [1.0, 0.75]})
+    single = table.iloc[:1].assign(**{"train.lr": 0.1, "mem_nn": 1.0})
+    both = pd.concat([falls, stays, single], ignore_index=True)
+    fig = mz.draw(both, "critical_n")
+    (bars,) = fig.axes[0].containers
+    assert bars.get_label() == "train.lr=0.001"
+    assert bars.lines[0].get_ydata() == pytest.approx([np.sqrt(16 * 32)])
+    assert f"(no crossing: train.lr=0.01: {table.model.iloc[0]})" in fig.axes[0].get_title().splitlines()
+    fig = mz.draw(both, "memorization_vs_n")
+    assert [ax.get_title().splitlines()[-1] for ax in fig.axes[::len(fig.axes) // 2]] == ["train.lr=0.001",
+                                                                                          "train.lr=0.01"]
+    panels = [ax for ax in mz.draw(both, "phase_diagram").axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2
+
+
 def test_the_disagreement_and_copying_recipes_count_each_cells_samples_from_its_own_table(finished_sweep):
     from analysis.copying import copied_images_table
     from analysis.disagreements import pattern_counts

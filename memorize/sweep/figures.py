@@ -133,7 +133,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     axes = analysis.experiment_axes(results)
     written = _save(plots.memorization_vs_n_figure(results), out, "memorization_vs_n")
     written += _save(plots.phase_diagram_figure(results), out, "phase_diagram")
-    crit = analysis.critical_n(analysis.pooled_ratios(results, "nn", axes), axes=axes)
+    crit = analysis.critical_n_by_experiment(results)
     written.append(atomic_write_text(out / "critical_n.csv", crit.to_csv(index=False)))
     written += _save(plots.critical_n_figure(crit, analysis.budget_label(results)), out, "critical_n")
     if axes:
