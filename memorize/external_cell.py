@@ -142,9 +142,10 @@ def import_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | P
     ``memorize score`` scores them with the same code as a trained cell's. The samples are copied ``chunk``
     at a time into ``samples/NAME.samples.npy``, which every reader maps instead of loading, so memory is
     bounded by a chunk; samples whose shape is not the training images' are refused before anything is
-    written. Where the training images are an image folder's (``data.name: folder``, read as RGB), a folder
-    of samples is read as RGB too, grayscale images included. An array (numpy, or a torch tensor: its values on the CPU) is taken as the samples themselves
-    (read with ``value_range`` as a file would be).
+    written. A folder of samples is read with the training images' channels: grayscale images as RGB against
+    colour ones, and images whose red, green and blue are equal as one channel against grayscale ones
+    (:func:`memorize.data.sample_files.open_samples`). An array (numpy, or a torch tensor: its values on the
+    CPU) is taken as the samples themselves (read with ``value_range`` as a file would be).
     Returns the cell and the value range used."""
     check_set_name(name)
     if isinstance(samples, torch.Tensor):  # a notebook's samples, often on a GPU or in bf16
@@ -156,7 +157,7 @@ def import_samples(samples: str | Path | np.ndarray | torch.Tensor, out: str | P
         source = SampleSource(Path("array"), len(images), tuple(images.shape[1:]), "-1-1",
                               lambda start, stop: images[start:stop])
     elif isinstance(samples, (str, os.PathLike)):
-        source = open_samples(samples, value_range, chunk, rgb=cfg.data.name == "folder")
+        source = open_samples(samples, value_range, chunk)
     else:
         raise TypeError(f"samples: expected an array (numpy or torch), an image folder or a file, got "
                         f"{type(samples).__name__}")
@@ -172,6 +173,9 @@ def _import_samples(source: SampleSource, out: Path, cfg: CellConfig, name: str,
     if held is not None and (held.get("data") != data_section or "samples" not in held):
         raise ConfigError(other)  # before the subset is written
     data = load_cell_data(cfg, paths)
+    channels = data.train.shape[1] if data.train.ndim == 4 else None
+    if source.folder and channels is not None:  # its images read with the training images' channels
+        source = open_samples(source.path, source.value_range, chunk, channels)
     if source.shape != tuple(data.train.shape[1:]):
         raise ConfigError(f"{source.path}: samples of shape {source.shape}, but the training images of "
                           f"{cfg.data.name} are {tuple(data.train.shape[1:])}")

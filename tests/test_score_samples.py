@@ -379,15 +379,57 @@ def test_grayscale_samples_and_held_out_images_are_read_as_a_folder_datasets_own
     assert table.nn_index[:4].tolist() == [0, 1, 2, 3]
     heldout = load_cell_data(read_config(out), CellPaths(out)).heldout.numpy()
     assert heldout.shape == (12, 3, 8, 8) and (heldout[:, 0] == heldout[:, 1]).all()
-    # a dataset of one channel (an .npz of (M, H, W)) reads grayscale samples as they are and refuses RGB ones
+    # a dataset of one channel (an .npz of (M, H, W)) refuses a colour image, naming it, and writes nothing
     np.savez(tmp_path / "gray.npz", images=gray)
     one = [s.replace(f"data.root={tmp_path / 'train'}", f"data.root={tmp_path / 'gray.npz'}") for s in sets]
     one = [s.replace("data.name=folder", "data.name=npz") for s in one]
     capsys.readouterr()
     assert main(["score", str(tmp_path / "samples"), "--out", str(tmp_path / "npz"), "--features", "pixel",
                  "--threshold", "0.9", "--quiet"] + one) == 2
-    assert "rgb.png: shape (3, 8, 8), but 000.png has (1, 8, 8)" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("rgb.png: a colour image (its red, green and blue differ), but the "
+                                             "training images have one channel"), err
     assert not (tmp_path / "npz").exists()
+
+
+def test_samples_saved_by_torchvision_as_rgb_are_read_as_one_channel_against_grayscale_training_images(
+        tmp_path, capsys):
+    """torchvision.utils.save_image writes a one-channel image as RGB with three equal channels, the usual
+    way a grayscale model's samples reach disk: against a one-channel training set they are read as that
+    channel (they were refused as of another shape), mixed in one folder with grayscale PNGs, and so are
+    held-out images saved that way."""
+    import torchvision
+
+    from memorize.cell import CellPaths, load_cell_data, read_config
+
+    gray = np.random.default_rng(0).integers(0, 256, size=(150, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "gray.npz", images=gray)
+    sets = ["--set", "data.name=npz", "--set", f"data.root={tmp_path / 'gray.npz'}", "--set", "data.n_train=40",
+            "--set", "data.n_heldout=100", "--features", "pixel", "--threshold", "0.9", "--quiet"]
+    np.save(tmp_path / "one.npy", gray[:1])
+    assert main(["score", str(tmp_path / "one.npy"), "--out", str(tmp_path / "probe")] + sets) == 0
+    train = load_cell_data(read_config(tmp_path / "probe"), CellPaths(tmp_path / "probe")).train
+    assert train.shape[1:] == (1, 8, 8)
+    (tmp_path / "samples").mkdir()
+    for k in range(3):  # copies of training images, saved as torchvision saves them ((x + 1) / 2 in [0, 1])
+        torchvision.utils.save_image((train[k] + 1) / 2, tmp_path / "samples" / f"{k}.png")
+    novel = np.random.default_rng(1).integers(0, 256, size=(3, 8, 8), dtype=np.uint8)
+    _gray_folder(tmp_path / "novel", novel)
+    for path in (tmp_path / "novel").iterdir():
+        path.rename(tmp_path / "samples" / f"x{path.name}")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "samples" / "0.png").mode == "RGB"
+    (tmp_path / "mine").mkdir()
+    for k, image in enumerate(np.random.default_rng(2).integers(0, 256, size=(12, 8, 8), dtype=np.uint8)):
+        torchvision.utils.save_image(torch.from_numpy(image / 255.0)[None], tmp_path / "mine" / f"{k}.png")
+    out = tmp_path / "scored"
+    assert main(["score", str(tmp_path / "samples"), "--out", str(out), "--heldout", str(tmp_path / "mine")]
+                + sets) == 0
+    table = __import__("pandas").read_csv(out / "scores" / "trained.csv")
+    assert table.memorized_nn.tolist() == [True] * 3 + [False] * 3 and (table.d1[:3] < 1e-6).all()
+    heldout = load_cell_data(read_config(out), CellPaths(out)).heldout.numpy()
+    assert heldout.shape == (12, 1, 8, 8)
 
 
 def test_too_few_held_out_images_for_a_calibrated_threshold_are_refused_before_anything_is_written(tmp_path,

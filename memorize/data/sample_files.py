@@ -2,7 +2,8 @@
 
 Accepted: an image folder (PNG, JPEG, BMP, WebP, ...; decoded by Pillow in parallel threads), ``.npz``
 (its ``samples`` or ``images`` array, or its only one), ``.npy`` and ``.pt`` (a tensor). Arrays may be
-(M, C, H, W), (M, H, W, C) with 1 or 3 channels, or (M, H, W). Values are mapped to [-1, 1] from the
+(M, C, H, W), (M, H, W, C) with 1 or 3 channels, or (M, H, W); a folder's images may be read with the
+training images' channels (:func:`open_samples`). Values are mapped to [-1, 1] from the
 range ``value_range`` names: ``0-255`` (uint8 images), ``0-1``, ``-1-1``, or ``auto``: uint8 is 0-255,
 floats within [0, 1] are 0-1 and floats within [-1, 1] with a negative value are -1-1 (anything else
 is an error asking for the range). The range used is returned with the array, for the record.
@@ -26,16 +27,26 @@ from memorize.errors import foreign_message
 RANGES = ("auto", "0-255", "0-1", "-1-1")
 
 
-def _decode(path: Path, rgb: bool = False) -> np.ndarray:
-    """One image as uint8 (C, H, W): grayscale stays one channel, anything else becomes RGB; with ``rgb``,
-    every image becomes RGB (a grayscale value copied to R, G and B), as the ``folder`` dataset reads its images."""
+def _decode(path: Path, channels: int | None = None) -> np.ndarray:
+    """One image as uint8 (C, H, W). ``channels=None``: grayscale stays one channel, anything else becomes
+    RGB. ``channels=3``: every image becomes RGB (a grayscale value copied to R, G and B, as the ``folder``
+    dataset reads its images). ``channels=1``: grayscale, and an image whose red, green and blue are equal
+    (as ``torchvision.utils.save_image`` writes a one-channel image) as that one channel; a colour image
+    is refused, naming ``path``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img = eight_bit(img, path)
-            img = img if img.mode == "RGB" or (img.mode == "L" and not rgb) else img.convert("RGB")
-            array = np.asarray(img)
+            if channels == 1 and img.mode != "L":
+                rgb = np.asarray(img.convert("RGB"))
+                if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+                    raise DatasetError(f"{path}: a colour image (its red, green and blue differ), but the training "
+                                       f"images have one channel")
+                array = rgb[..., 0]
+            else:
+                kept = ("RGB",) if channels == 3 else ("L", "RGB")
+                array = np.asarray(img if img.mode in kept else img.convert("RGB"))
     except DatasetError:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
@@ -52,11 +63,11 @@ def image_files(root: Path) -> list[Path]:
 
 
 def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None = None,
-                  threads: int | None = None, rgb: bool = False) -> np.ndarray:
-    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (``rgb``: all as RGB, :func:`_decode`);
+                  threads: int | None = None, channels: int | None = None) -> np.ndarray:
+    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (with ``channels``: :func:`_decode`);
     every image must have the shape of ``first`` (a file and its shape; default: the first of ``files``)."""
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda file: _decode(file, rgb), files))
+        images = list(pool.map(lambda file: _decode(file, channels), files))
     name, shape = first or (files[0], images[0].shape)
     for path, image in zip(files, images):
         if image.shape != shape:
@@ -186,6 +197,7 @@ class SampleSource:
     shape: tuple[int, ...]
     value_range: str
     _rows: Callable[[int, int], np.ndarray]  # raw rows [start, stop), channels first
+    folder: bool = False  # an image folder, whose images can be read with other channels (open_samples)
 
     def chunks(self, size: int = 4096) -> Iterator[np.ndarray]:
         """The samples as float32 (k, C, H, W) in [-1, 1], ``size`` rows at a time."""
@@ -193,20 +205,22 @@ class SampleSource:
             yield map_range(self._rows(start, min(start + size, self.count)), self.value_range)
 
 
-def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096, rgb: bool = False) -> SampleSource:
+def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096,
+                 channels: int | None = None) -> SampleSource:
     """The samples at ``path`` (module docstring) as a :class:`SampleSource`. Where the range is to be
-    inferred from float values, their span is read first, a chunk at a time. With ``rgb``, the images of a
-    folder are all read as RGB, grayscale ones included (:func:`_decode`); arrays are read as they are."""
+    inferred from float values, their span is read first, a chunk at a time. With ``channels`` (the
+    training images'), the images of a folder are read with that many channels (:func:`_decode`); arrays
+    are read as they are."""
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
-        first = _decode(files[0], rgb)
+        first = _decode(files[0], channels)
 
         def rows(start: int, stop: int) -> np.ndarray:
-            return decode_images(files[start:stop], (files[0], first.shape), rgb=rgb)
+            return decode_images(files[start:stop], (files[0], first.shape), channels=channels)
 
         return SampleSource(path, len(files), tuple(first.shape),
-                            resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows)
+                            resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows, folder=True)
     if not path.is_file():
         raise DatasetError(f"{path}: no such samples file or folder")
     array = samples_array(_array(path), path)
@@ -219,8 +233,9 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096,
                         lambda start, stop: np.asarray(array[start:stop]))
 
 
-def read_samples_file(path: str | Path, value_range: str = "auto", rgb: bool = False) -> tuple[np.ndarray, str]:
+def read_samples_file(path: str | Path, value_range: str = "auto",
+                      channels: int | None = None) -> tuple[np.ndarray, str]:
     """The samples at ``path`` as float32 (M, C, H, W) in [-1, 1], held whole, and the value range they were
-    read with (module docstring; ``rgb``: :func:`open_samples`)."""
-    source = open_samples(path, value_range, rgb=rgb)
+    read with (module docstring; ``channels``: :func:`open_samples`)."""
+    source = open_samples(path, value_range, channels=channels)
     return np.concatenate(list(source.chunks())), source.value_range
