@@ -136,7 +136,7 @@ def report(out: Path, criterion: str) -> pd.DataFrame:
         per_arm = []
         for _, row in cells.iterrows():
             arm = int(Path(row["data.train_indices"]).stem.split("_")[1])
-            scores = load_point(out, row["cell"], results).scores
+            scores = load_point(out, row["cell"], results, row["eval"]).scores
             per_position = copies_per_image(BASE + GROUP, scores[index].to_numpy(), scores[flag].to_numpy(bool))
             per_base, duplicated = distinct_copies(per_position, arm)
             arm_dup, arm_single = int(per_base[duplicated].sum()), int(per_base[~duplicated].sum())

@@ -104,16 +104,26 @@ class ScoredPoint:
         return read_samples(self.samples_path)["samples"]
 
 
-def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None) -> ScoredPoint:
+def load_point(sweep: str | Path, cell: str, results: pd.DataFrame | None = None,
+               eval: str | None = None) -> ScoredPoint:
     """The finished grid point of ``cell`` in ``sweep`` (its row of ``results``, collected afresh when not
-    given); a cell that is not a finished grid point of the sweep, or whose per-sample scores are gone or
-    unreadable, is a ValueError naming it."""
+    given). A cell that is several grid points (sampled or scored with other settings, such as a guidance
+    scan) needs ``eval``, the row's ``eval`` column, to say which. A cell that is not a finished grid point
+    of the sweep, one of several without ``eval``, or one whose per-sample scores are gone or unreadable,
+    is a ValueError naming it."""
     from memorize.sweep.layout import read_eval
 
     results = load_results(sweep) if results is None else results
     rows = results[results.cell == cell]
     if rows.empty:
         raise ValueError(f"cell {cell}: not a finished grid point of {sweep}")
+    if eval is not None:
+        rows = rows[rows["eval"] == eval]
+        if rows.empty:
+            raise ValueError(f"cell {cell}: no finished grid point of {sweep} has eval {eval!r}")
+    elif len(rows) > 1:
+        raise ValueError(f"cell {cell}: {len(rows)} finished grid points of {sweep} (evals "
+                         f"{', '.join(rows['eval'])}): say which eval, the results table's eval column")
     row = rows.iloc[0]
     root = Path(sweep) / "cells" / cell
     files = read_eval(root, row["eval"])["files"]
@@ -158,8 +168,9 @@ NEEDS = {
 def draw(results: pd.DataFrame, figure: str):
     """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
     show in a notebook, restyle, or save. It is drawn as ``memorize plot`` draws it: each experiment (a grid
-    axis beyond model and N) apart, and experiments measured at a single N left out. A figure whose columns (:data:`NEEDS`) the table leaves empty is
-    a ValueError naming them, and so is a table without a column the figure reads (one cut down by hand)."""
+    axis beyond model and N) apart, and experiments measured at a single N left out. A figure whose columns
+    (:data:`NEEDS`) the table leaves empty is a ValueError naming them, and so is a table without a column
+    the figure reads (one cut down by hand)."""
     if figure not in FIGURES:
         raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
     if not isinstance(results, pd.DataFrame):

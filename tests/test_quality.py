@@ -235,5 +235,6 @@ def test_the_classifier_needs_two_classes_and_auto_takes_pixels_where_there_is_o
     base = {**TINY_SPEC["base"], "data": {"name": "folder", "root": str(tmp_path / "root"), "n_heldout": 100}}
     spec = write_spec(tmp_path / "s.yaml", base=base, score={"features": "classifier"})
     assert main(["sweep", "run", str(spec), "--out", str(tmp_path / "sweep"), "--quiet"]) == 2
-    assert "score.features classifier: dataset 'folder' has no labelled images of two or more" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "score.features classifier: dataset 'folder' has no labelled images of two or more" in err
     assert not (tmp_path / "sweep" / "cells").exists()

@@ -925,11 +925,50 @@ def test_the_disagreement_and_copying_recipes_count_each_cells_samples_from_its_
         flags = table[["memorized_nn", "memorized_cos", "memorized_ext"]].to_numpy(bool)
         got = counts.loc[row["cell"]]
         assert got[["nn+cos+ext", "none"]].tolist() == [int(flags.all(1).sum()), int((~flags).all(1).sum())]
-        assert got.drop(["model", "N", "seed"]).sum() == len(table)
+        assert got.drop(["eval", "model", "N", "seed"]).sum() == len(table)
         assert got["cos+ext"] == int((~flags[:, 0] & flags[:, 1] & flags[:, 2]).sum())
     copied = copied_images_table(str(out), results, "cos", 0.98)  # a row per cell with memorized samples
     assert sorted(copied.N) == sorted(results.n_train[results.mem_cos > 0]) and "isolation_copied" in copied
     assert ((copied.copied >= 1) & (copied.copied <= copied.memorized)).all()
+
+
+def test_a_cell_of_several_grid_points_is_read_point_by_point_by_the_api_and_the_recipes(finished_sweep, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """The sweep sampled again with fewer sampler steps: each cell is two grid points (as a guidance scan
+    samples one cell at several weights). load_point took the first of them whatever was asked, so the
+    recipes counted one point's scores twice; it now needs the eval where a cell is several, the recipes
+    read each row's own, give the experiment's column, and draw the point that --cell and --eval name."""
+    import memorize.api as mz
+    from analysis import copying, disagreements
+    from memorize.sweep.layout import read_eval
+
+    out = _copy(finished_sweep[0], tmp_path)
+    grid = {**TINY_SPEC["grid"], "sample.steps": [6, 4]}
+    run_sweep(load_spec(write_spec(tmp_path / "s.yaml", grid=grid)), out, "local", progress=False)
+    results = collect(out)
+    assert len(results) == 4 and results.groupby("cell").size().tolist() == [2, 2]
+    cell = results.cell[0]
+    with pytest.raises(ValueError, match=f"cell {cell}: 2 finished grid points of {re.escape(str(out))} \\(evals "):
+        mz.load_point(out, cell, results)
+    for _, row in results[results.cell == cell].iterrows():
+        point = mz.load_point(out, cell, results, row["eval"])
+        root = out / "cells" / cell
+        own = pd.read_csv(root / read_eval(root, row["eval"])["files"]["scores"])
+        assert point.row["sample.steps"] == row["sample.steps"] and point.scores.equals(own)
+    counts = disagreements.pattern_counts(str(out), results)
+    assert sorted(zip(counts.cell, counts["sample.steps"])) == sorted(zip(results.cell, results["sample.steps"]))
+    assert copying.concentration_table(results, "nn").index.names == ["model", "sample.steps"]
+    four = results[(results.cell == cell) & (results["sample.steps"] == 4)].iloc[0]
+    for argv, said in ((["--cell", cell], [f"--cell: cell {cell}: 2 finished grid points", "say which with --eval"]),
+                       (["--eval", four["eval"]], ["--eval: names a grid point of the cell that --cell gives"])):
+        monkeypatch.setattr(sys, "argv", ["disagreements.py", str(out), *argv])
+        with pytest.raises(SystemExit) as stop:
+            disagreements.main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and all(part in err[0] for part in said), err
+    monkeypatch.setattr(sys, "argv", ["disagreements.py", str(out), "--cell", cell, "--eval", four["eval"]])
+    disagreements.main()
+    assert (out / "figures" / f"disagreements_{cell}_{four['eval']}.png").is_file()
 
 
 def test_a_spec_of_another_name_is_refused_where_a_sweep_lives_and_changes_nothing(finished_sweep, tmp_path, capsys):

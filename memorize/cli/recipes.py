@@ -30,13 +30,47 @@ def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.Data
         parser.error(str(err))
 
 
-def cell_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame) -> ScoredPoint:
-    """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``); an id of none of the
-    sweep's finished points, or a point whose scores are unreadable, is the parser's one-line error."""
+def cell_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame,
+               eval: str | None = None) -> ScoredPoint:
+    """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``; ``eval``, its ``--eval``,
+    where the cell is several points); an id of none of the sweep's finished points, a cell of several
+    without ``eval``, or a point whose scores are unreadable, is the parser's one-line error."""
     try:
-        return load_point(sweep, cell, results)
+        return load_point(sweep, cell, results, eval)
     except ValueError as err:
-        parser.error(f"--cell: {err}")
+        parser.error(f"--cell: {err}".replace("say which eval", "say which with --eval"))
+
+
+def add_point_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cell`` (the cell whose ``what`` are drawn) and ``--eval`` (which of its grid points, where it is several)."""
+    parser.add_argument("--cell", help=f"the cell whose {what} are drawn")
+    parser.add_argument("--eval", help="with --cell: which of its grid points, where the cell is several (a scan "
+                                       "of guidance weights samples one cell several times): results.csv's eval "
+                                       "column")
+
+
+def chosen_point(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 results: pd.DataFrame) -> ScoredPoint | None:
+    """The point ``--cell`` (and ``--eval``) name, read before any table is worked out so that a mistyped id
+    is named first; None where ``--cell`` is not given."""
+    if args.eval is not None and args.cell is None:
+        parser.error("--eval: names a grid point of the cell that --cell gives; give --cell too")
+    return None if args.cell is None else cell_point(parser, args.sweep, args.cell, results, args.eval)
+
+
+def point_stem(results: pd.DataFrame, row: pd.Series) -> str:
+    """A point's name in figure files: its cell id, and its eval key where its cell is several points."""
+    several = (results["cell"] == row["cell"]).sum() > 1
+    return f"{row['cell']}_{row['eval']}" if several else str(row["cell"])
+
+
+def point_title(results: pd.DataFrame, row: pd.Series) -> str:
+    """A point in a figure's title: model, N, seed, its experiment (the sweep's axes beyond model and N) and cell."""
+    from memorize.analysis import experiment_axes, experiment_label
+
+    experiment = experiment_label({axis: row[axis] for axis in experiment_axes(results)})
+    return (f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}" + (f", {experiment}" if experiment else "")
+            + f" (cell {row['cell']})")
 
 
 def image_point(point: ScoredPoint) -> ScoredPoint | None:
