@@ -69,8 +69,8 @@ def point_title(results: pd.DataFrame, row: pd.Series) -> str:
     from memorize.analysis import experiment_axes, experiment_label
 
     experiment = experiment_label({axis: row[axis] for axis in experiment_axes(results)})
-    return (f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}" + (f", {experiment}" if experiment else "")
-            + f" (cell {row['cell']})")
+    where = f", {experiment}" if experiment else ""
+    return f"{row['model']}, N = {row['n_train']:,}, seed {row['seed']}{where} (cell {row['cell']})"
 
 
 def image_point(point: ScoredPoint) -> ScoredPoint | None:

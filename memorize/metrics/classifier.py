@@ -117,8 +117,9 @@ def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor,
 
 def trainable(ds: Dataset) -> bool:
     """Whether ``ds`` holds labelled images of two or more classes, as the classifier needs: over one class
-    its cross-entropy is 0 whatever the weights, so it would stay as initialised and its features would
-    describe nothing (an image folder whose images share one subfolder is labelled with one class)."""
+    its cross-entropy is 0 whatever the weights, so no gradient reaches them (weight decay only shrinks
+    their initial values) and its features would describe nothing (an image folder whose images share one
+    subfolder is labelled with one class)."""
     return ds.is_image and ds.labels is not None and len(torch.unique(ds.labels)) >= 2
 
 
