@@ -960,7 +960,9 @@ def test_a_cell_of_several_grid_points_is_read_point_by_point_by_the_api_and_the
     assert copying.concentration_table(results, "nn").index.names == ["model", "sample.steps"]
     four = results[(results.cell == cell) & (results["sample.steps"] == 4)].iloc[0]
     for argv, said in ((["--cell", cell], [f"--cell: cell {cell}: 2 finished grid points", "say which with --eval"]),
-                       (["--eval", four["eval"]], ["--eval: names a grid point of the cell that --cell gives"])):
+                       (["--eval", four["eval"]], ["--eval: names a grid point of the cell that --cell gives"]),
+                       (["--cell", cell, "--eval", "nope"], [f"--eval: cell {cell} has no finished grid point of "
+                                                             f"eval 'nope' (its evals: "])):
         monkeypatch.setattr(sys, "argv", ["disagreements.py", str(out), *argv])
         with pytest.raises(SystemExit) as stop:
             disagreements.main()

@@ -55,6 +55,10 @@ def chosen_point(parser: argparse.ArgumentParser, args: argparse.Namespace,
     is named first; None where ``--cell`` is not given."""
     if args.eval is not None and args.cell is None:
         parser.error("--eval: names a grid point of the cell that --cell gives; give --cell too")
+    evals = results.loc[results.cell == args.cell, "eval"].tolist()
+    if args.eval is not None and evals and args.eval not in evals:
+        parser.error(f"--eval: cell {args.cell} has no finished grid point of eval {args.eval!r} (its evals: "
+                     f"{', '.join(evals)})")
     return None if args.cell is None else cell_point(parser, args.sweep, args.cell, results, args.eval)
 
 
