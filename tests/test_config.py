@@ -64,6 +64,10 @@ def test_a_malformed_set_value_is_one_line_naming_the_item(tmp_path, capsys, ite
     ({"data": {"split_seed": -5}}, "data.split_seed: must be >= 0"),  # numpy's words, without the field
     ({"data": {"gmm": {"seed": 10**20}}}, "data.gmm.seed: must be in [0, 2^63)"),  # torch's "Overflow" alone
     ({"data": {"gmm": {"seed": -1}}}, "data.gmm.seed: must be in [0, 2^63)"),  # torch's seed 2^64 - 1
+    # the noise levels: the one given is named (--sigma-max 0 was named as sample.sigma_min)
+    ({"sample": {"sigma_max": 0}}, "sample.sigma_max: must be above sample.sigma_min (0.002), got 0"),
+    ({"sample": {"sigma_min": 0}}, "sample.sigma_min: must be > 0, got 0"),
+    ({"sample": {"sigma_min": 100}}, "sample.sigma_max: must be above sample.sigma_min (100), got 80"),
 ])
 def test_bad_values_name_their_field(data, field):
     with pytest.raises(ConfigError, match=re.escape(field)):

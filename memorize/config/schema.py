@@ -317,8 +317,9 @@ class SampleConfig:
         _require(self.churn_sigma_max is None or self.churn_sigma_max >= self.churn_sigma_min,
                  "sample.churn_sigma_max", "must be >= churn_sigma_min, or null")
         _require(self.churn_noise > 0, "sample.churn_noise", "must be > 0")
-        _require(0 < self.sigma_min < self.sigma_max, "sample.sigma_min",
-                 "must satisfy 0 < sigma_min < sigma_max")
+        _require(self.sigma_min > 0, "sample.sigma_min", f"must be > 0, got {self.sigma_min:g}")
+        _require(self.sigma_max > self.sigma_min, "sample.sigma_max",
+                 f"must be above sample.sigma_min ({self.sigma_min:g}), got {self.sigma_max:g}")
         _require(self.rho > 0, "sample.rho", "must be > 0")
 
     @property
