@@ -33,12 +33,12 @@ def sweep_results(parser: argparse.ArgumentParser, sweep: str | Path) -> pd.Data
 def cell_point(parser: argparse.ArgumentParser, sweep: str | Path, cell: str, results: pd.DataFrame,
                eval: str | None = None) -> ScoredPoint:
     """The finished point of ``cell`` (:func:`memorize.api.load_point`, its ``--cell``; ``eval``, its ``--eval``,
-    where the cell is several points); an id of none of the sweep's finished points, a cell of several
-    without ``eval``, or a point whose scores are unreadable, is the parser's one-line error."""
+    where the cell is several points); an id of none of the sweep's finished points, or a point whose scores
+    are unreadable, is the parser's one-line error."""
     try:
         return load_point(sweep, cell, results, eval)
     except ValueError as err:
-        parser.error(f"--cell: {err}".replace("say which eval", "say which with --eval"))
+        parser.error(f"--cell: {err}")
 
 
 def add_point_flags(parser: argparse.ArgumentParser, what: str) -> None:
@@ -56,6 +56,9 @@ def chosen_point(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if args.eval is not None and args.cell is None:
         parser.error("--eval: names a grid point of the cell that --cell gives; give --cell too")
     evals = results.loc[results.cell == args.cell, "eval"].tolist()
+    if args.eval is None and len(evals) > 1:
+        parser.error(f"--cell: cell {args.cell}: {len(evals)} finished grid points of {args.sweep} (evals "
+                     f"{', '.join(evals)}): say which with --eval, the results table's eval column")
     if args.eval is not None and evals and args.eval not in evals:
         parser.error(f"--eval: cell {args.cell} has no finished grid point of eval {args.eval!r} (its evals: "
                      f"{', '.join(evals)})")
