@@ -243,12 +243,12 @@ def local_samples_figure(rows: dict[str, np.ndarray], title: str = "", columns: 
     return fig
 
 
-def check_drawn_by(sample_file: Path, settings: dict, checkpoint: Path, name: str) -> None:
+def check_drawn_by(sample_file: Path, settings: dict, checkpoint: Path, name: str, pinned: bool = False) -> None:
     """The samples compared (``settings``: those of ``sample_file``) must be the trained denoiser's, drawn by
     ``checkpoint`` with its EMA weights, the network whose gaps the comparison reports: samples of another
     denoiser (the empirical one's against themselves), of the raw weights, or of another checkpoint (the cell
     trained on after they were drawn) are refused, with how to draw them. Samples that record none of these
-    (imported) are taken as they are."""
+    (imported) are taken as they are. ``pinned``: the checkpoint was asked for by its step (not the latest)."""
     step = checkpoint_step(checkpoint)
     denoiser, weights, drawn_at = (settings.get(k) for k in ("denoiser", "weights", "checkpoint_step"))
     if denoiser not in (None, "trained"):
@@ -258,7 +258,8 @@ def check_drawn_by(sample_file: Path, settings: dict, checkpoint: Path, name: st
         raise ValueError(f"{sample_file}: drawn with the {weights} weights, but the trained denoiser compared is the "
                          f"EMA weights': compare a set drawn with those (`memorize sample`'s default)")
     if drawn_at is not None and drawn_at != step:
-        again = f"memorize sample {sample_file.parent.parent}{'' if name == 'trained' else f' --name {name}'} --force"
+        again = (f"memorize sample {sample_file.parent.parent}{'' if name == 'trained' else f' --name {name}'}"
+                 f"{f' --checkpoint {step}' if pinned else ''} --force")
         raise ValueError(f"{sample_file}: drawn by the checkpoint at step {drawn_at}, but the trained denoiser "
                          f"compared is step {step}'s: `{again}` draws them again from it")
 
@@ -298,7 +299,7 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
     checkpoint = checkpoint_at(paths.root, step)
     drawn = read_samples(sample_file) if sample_file.is_file() else None
     if drawn is not None:
-        check_drawn_by(sample_file, drawn["settings"], checkpoint, samples)  # before any work
+        check_drawn_by(sample_file, drawn["settings"], checkpoint, samples, pinned=step is not None)  # before any work
     trained, _ = load_trained_denoiser(paths.root, device=dev, checkpoint=checkpoint)
     images = {"train": data.train[:n_eval], "heldout": data.heldout[:n_eval]}
     labels = None
@@ -405,8 +406,8 @@ def compare_cell(root: str | Path, samples: str = "trained", embedder: str = "pi
         atomic_save_figure(out / "local_samples.png", fig, dpi=130)
         plt.close(fig)
     lap("files")  # compare.json itself, written last, is not timed
-    summary = {"samples": samples, "embedder": embedder, "threshold": threshold, "threshold_setting": setting,
-               "n_eval": n_eval,
+    summary = {"samples": samples, "checkpoint_step": checkpoint_step(checkpoint), "embedder": embedder,
+               "threshold": threshold, "threshold_setting": setting, "n_eval": n_eval,
                "sigmas": list(SIGMA_GRID), **agreement,
                "r2": {name: quartiles(r2_table[name].to_numpy()) for name in r2_table if name != "seed"},
                "local": local_summary,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from memorize.cell import CellPaths, load_cell_data, read_config
+from memorize.cell import CellPaths, checkpoint_at, load_cell_data, load_trained_denoiser, read_config
 from memorize.cli import main
 from memorize.compare import GAP_SEED, denoiser_gap, disjoint_consistency, trajectory_gap
 from memorize.config import SampleConfig
@@ -140,6 +140,34 @@ def test_samples_of_an_earlier_checkpoint_are_named_not_mixed_with_a_later_netwo
     assert capsys.readouterr().out.splitlines()[1].startswith("12 samples vs 16 training images")
     assert main(["compare", str(cell), "--n-eval", "8", "--threshold", "0.9", "--local", "--n-calibrate", "2",
                  "--quiet"]) == 0
+
+
+def test_compare_holds_an_earlier_checkpoint_in_a_folder_of_its_own(tmp_path, capsys):
+    cell = tmp_path / "cell"
+    _train(cell, "data.n_train=16", "sample.num=8", "train.steps=40", "train.keep_all_checkpoints=true")
+    assert main(["sample", str(cell), "--quiet"]) == 0  # the latest checkpoint's samples (step 40)
+    assert main(["compare", str(cell), "--checkpoint", "30", "--quiet"]) == 2
+    assert "no checkpoint at step 30 (kept: 20, 40)" in capsys.readouterr().err
+    assert main(["compare", str(cell), "--checkpoint", "20", "--samples", "trained", "--quiet"]) == 2
+    err = capsys.readouterr().err  # the hint draws them from the checkpoint asked for
+    assert "drawn by the checkpoint at step 40" in err and f"`memorize sample {cell} --checkpoint 20 --force`" in err
+    assert main(["compare", str(cell), "--checkpoint", "20", "--n-eval", "16", "--quiet"]) == 0
+    out = cell / "compare" / "step-20"
+    printed = capsys.readouterr().out
+    assert printed.startswith("checkpoint at step 20: same-noise agreement") and f"figure in {out}\n" in printed
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["checkpoint_step"] == 20 and summary["samples"] == "trained-step-20"
+    assert read_samples(cell / "samples" / "trained-step-20.npz")["settings"]["checkpoint_step"] == 20
+    assert not (cell / "compare" / "compare.json").exists()  # the latest checkpoint's folder untouched
+    # the gap curves are step 20's network's: its error on the training images, recomputed here
+    data = load_cell_data(read_config(cell), CellPaths(cell))
+    table = pd.read_csv(out / "gap.csv")
+    for step in (20, 40):
+        net, _ = load_trained_denoiser(cell, checkpoint=checkpoint_at(cell, step))
+        mine = denoiser_gap(net, {}, {"train": data.train[:16]}, sigmas=sorted(table.sigma.unique()))
+        matches = np.allclose(mine.mse_trained, table[table.split == "train"].sort_values("sigma").mse_trained,
+                              rtol=1e-6)
+        assert matches == (step == 20), step
 
 
 def test_compare_draws_its_own_sets_again_after_the_trained_set_or_the_calibration_changed(tmp_path, capsys):

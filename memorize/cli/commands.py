@@ -165,15 +165,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
         from memorize.local_score import MACHINES
 
         patch = {m: patch_schedule(args.patch_schedule, m) for m in MACHINES}
-    s = compare_cell(args.dir, args.samples, args.embedder, args.threshold, args.n_eval, args.device,
-                     progress=not args.quiet, local=args.local, patch=patch, n_calibrate=args.n_calibrate,
-                     boundary=args.els_boundary)
+    step = args.checkpoint
+    samples = args.samples or ("trained" if step is None else f"trained-step-{step}")
+    out_dir = "compare" if step is None else f"compare/step-{step}"
+    s = compare_cell(args.dir, samples, args.embedder, args.threshold, args.n_eval, args.device,
+                     progress=not args.quiet, step=step, out_dir=out_dir, local=args.local, patch=patch,
+                     n_calibrate=args.n_calibrate, boundary=args.els_boundary)
     repro = s["reproducibility"]
-    print(f"same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
+    at = "" if step is None else f"checkpoint at step {step}: "
+    print(f"{at}same-noise agreement with the empirical denoiser: {s['agreement']:.3f} "
           f"[{s['agreement_lo']:.3f}, {s['agreement_hi']:.3f}]; reproducibility {repro['score']:.3f} "
           f"(cosine > {s['threshold']:.4g}); "
           f"memorized (d1/d2 < 1/3): trained {s['mem_nn_trained']:.3f}, empirical {s['mem_nn_empirical']:.3f}; "
-          f"gap curves and figure in {Path(args.dir) / 'compare'}")
+          f"gap curves and figure in {Path(args.dir) / out_dir}")
     r2 = s["r2"]
     print("per-sample r^2 of same-noise samples to the trained ones (median [quartiles]): " + ", ".join(
         f"{name} {q['median']:.3f} [{q['q1']:.3f}, {q['q3']:.3f}]" for name, q in r2.items()))

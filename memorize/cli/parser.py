@@ -130,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "sampling path, each denoiser's error, the train/held-out loss gap, and the same-noise "
                    "agreement (and per-sample r^2) with empirical-denoiser samples.")
     p.add_argument("dir", type=path_text, help="a trained cell directory")
-    p.add_argument("--samples", default="trained", type=set_name,
-                   help="trained sample set to pair with empirical samples (drawn with the cell's settings if missing)")
+    p.add_argument("--samples", type=set_name,
+                   help="trained sample set to pair with empirical samples (drawn with the cell's settings if "
+                        "missing) (default: trained; with --checkpoint STEP, trained-step-STEP)")
+    p.add_argument("--checkpoint", type=positive_int, metavar="STEP",
+                   help="the trained denoiser's checkpoint at this training step (default: the latest; the kept "
+                        "steps are DIR/checkpoints/step-*.pt); results go to DIR/compare/step-STEP")
     p.add_argument("--embedder", default="pixel", help="descriptor for the reproducibility score")
     p.add_argument("--threshold", default=None, type=threshold_or_auto,
                    help="cosine threshold of the reproducibility score, in [0, 1), or auto: calibrated on the "
