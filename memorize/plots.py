@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from memorize.analysis import (MODEL_KEYS, budget_label, experiment_axes, experiment_label,  # noqa: E402
                                pooled_ratios, pooled_share, power_law_fit)
@@ -186,6 +187,30 @@ def _n_axis(ax: plt.Axes, n_values) -> None:
     ax.set_xlabel("training-set size N (log scale)")
 
 
+def _plain_log_ticks(values) -> tuple[list[float], list[str]]:
+    """Ticks of a log axis over ``values``, labelled plainly (matplotlib labels the minor ticks of a short log
+    axis, 2x10^1 3x10^1 ..., running together): at 1-2-5 x 10^k over a span of up to 1.5 decades, 1-3 x 10^k
+    up to 3 and 10^k beyond; the values themselves where fewer than two such ticks fall among them."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    lo, hi = float(values.min()), float(values.max())
+    span = np.log10(hi / lo)
+    mantissas = (1, 2, 5) if span <= 1.5 else (1, 3) if span <= 3 else (1,)
+    ticks = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+             for m in mantissas if lo <= m * 10.0 ** k <= hi]
+    if len(ticks) < 2:
+        ticks = np.unique(values).tolist()
+    return ticks, [f"{t:,.0f}" if t >= 1 else f"{t:g}" for t in ticks]
+
+
+def _step_axis(ax: plt.Axes, steps) -> None:
+    """A log training-step axis with plain labels (:func:`_plain_log_ticks`)."""
+    ax.set_xscale("log")
+    ax.set_xticks(*_plain_log_ticks(steps))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training step (log scale)")
+
+
 def _model_palette(results) -> dict:
     import seaborn as sns
 
@@ -354,8 +379,7 @@ def memorization_over_steps_figure(steps) -> plt.Figure:
                 else:
                     ax.plot(g["step"], g[column], marker="o", ms=3, color=colors[n], label=f"N = {n:,}")
         grid[0, col].set_title(model + (f"\n{experiment}" if experiment else ""), fontsize=9)
-        grid[-1, col].set_xscale("log")
-        grid[-1, col].set_xlabel("training step (log scale)")
+        _step_axis(grid[-1, col], steps["step"])
     for r, (_, label) in enumerate(rows):
         grid[r, 0].set_ylabel(label, fontsize=8)
     grid[0, -1].legend(fontsize=7, loc="upper left")
@@ -370,35 +394,39 @@ def timescales_figure(ts, fits: dict) -> plt.Figure:
     pointing down), tau_gen with the checkpoints around it; the power-law fits of either where ``fits`` has
     one (keyed by model, experiment and ``tau_mem`` or ``tau_gen``; the slope and its 95% interval)."""
     panels = list(dict.fromkeys(zip(ts.sort_values("params")["model"], ts["experiment"])))
-    fig, grid = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False, sharey=True)
+    fig, grid = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.8), squeeze=False, sharey=True)
     for ax, (model, experiment) in zip(grid[0], panels):
         own = ts[(ts.model == model) & (ts.experiment == experiment)]
         ok = own[own.tau_mem_censored == "none"]
         lo, hi = ok["tau_mem_lo"].fillna(ok["tau_mem"]), ok["tau_mem_hi"].fillna(ok["tau_mem"])
-        interval_bars(ax, ok["n_train"], ok["tau_mem"], lo, hi, fmt="o", color="tab:red", capsize=3,
-                      label=f"tau_mem (ratio reaches {own['level'].iloc[0]:g})")
+        if not ok.empty:  # no legend entry for points not drawn
+            interval_bars(ax, ok["n_train"], ok["tau_mem"], lo, hi, fmt="o", color="tab:red", capsize=3,
+                          label=f"tau_mem (ratio reaches {own['level'].iloc[0]:g})")
         for side, marker, text in (("right", "^", "not reached by then"), ("left", "v", "reached by then")):
             c = own[own.tau_mem_censored == side]
             if not c.empty:
                 ax.plot(c["n_train"], c["tau_mem_bound"], marker, color="tab:red", mfc="none", ls="none",
                         label=f"tau_mem censored ({text})")
         gen = own.dropna(subset=["tau_gen"])
-        interval_bars(ax, gen["n_train"], gen["tau_gen"], gen["tau_gen_lo"], gen["tau_gen_hi"],
-                      fmt="s", color="tab:blue", mfc="none", capsize=3,
-                      label=f"tau_gen ({own['gen_measure'].iloc[0]} within {own['gen_tolerance'].iloc[0]:g} of its "
-                            f"fall to its best)")
+        if not gen.empty:
+            interval_bars(ax, gen["n_train"], gen["tau_gen"], gen["tau_gen_lo"], gen["tau_gen_hi"],
+                          fmt="s", color="tab:blue", mfc="none", capsize=3,
+                          label=f"tau_gen ({own['gen_measure'].iloc[0]} within {own['gen_tolerance'].iloc[0]:g} of "
+                                f"its fall to its best)")
         for name, points, color in (("tau_mem", ok, "tab:red"), ("tau_gen", gen, "tab:blue")):
             fit = fits.get((model, experiment, name))
             if fit is not None:
                 xs = np.geomspace(points["n_train"].min(), points["n_train"].max(), 50)
                 ax.plot(xs, np.exp(fit["intercept"]) * xs ** fit["slope"], "--", color=color,
                         label=f"{name} ~ N^{fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]")
-        ax.set_xscale("log")
+        _n_axis(ax, own["n_train"])
         ax.set_yscale("log")
-        ax.set_xlabel("training-set size N")
         ax.set_title(model + (f"\n{experiment}" if experiment else ""), fontsize=9)
-        ax.legend(fontsize=6, loc="upper left")
-    grid[0, 0].set_ylabel("training step")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: it hid points at the top
+    drawn = ts[["tau_mem", "tau_mem_lo", "tau_mem_hi", "tau_mem_bound", "tau_gen", "tau_gen_lo", "tau_gen_hi"]]
+    grid[0, 0].set_yticks(*_plain_log_ticks(drawn.to_numpy(dtype=float).ravel()))  # the panels share y
+    grid[0, 0].yaxis.set_minor_formatter(NullFormatter())
+    grid[0, 0].set_ylabel("training step (log scale)")
     fig.tight_layout()
     return fig
 

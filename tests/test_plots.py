@@ -270,3 +270,47 @@ def test_disagreement_figure_groups_the_samples_by_which_criteria_flag_them():
     fig = plots.disagreement_figure(samples[:2], train, nearest[:2], agree)
     assert "agree on every sample" in fig.axes[0].texts[0].get_text()
     plt.close(fig)
+
+
+def _visible_tick_labels(ax, minor: bool = False) -> list[str]:
+    lo, hi = ax.get_xlim()
+    ticks = ax.xaxis.get_minorticklocs() if minor else ax.get_xticks()
+    labels = ax.get_xticklabels(minor=minor)
+    return [label.get_text() for t, label in zip(ticks, labels) if lo <= t <= hi and label.get_text()]
+
+
+def test_the_training_step_axis_is_labelled_plainly_at_one_two_five_whatever_its_span():
+    rows = []
+    for last, steps in ((300, (20, 43, 93, 200, 300)), (3000, (20, 50, 126, 316, 794, 2000, 3000))):
+        for n in (8, 32):
+            rows += [{"model": "U-Net, 8 ch, 39.5k", "params": 39_473, "n_train": n, "step": s, "mem_nn": 0.1,
+                      "mem_nn_lo": 0.0, "mem_nn_hi": 0.3, "heldout_loss": 1.0, "last": last} for s in steps]
+    table = pd.DataFrame(rows)
+    expected = {300: ["20", "50", "100", "200"], 3000: ["30", "100", "300", "1,000", "3,000"]}
+    for last, labels in expected.items():
+        fig = plots.memorization_over_steps_figure(table[table["last"] == last].drop(columns="last"))
+        fig.canvas.draw()
+        ax = fig.axes[-1]
+        # no 2x10^1 3x10^1 ... minor labels running together below a span of one or two decades
+        assert _visible_tick_labels(ax) == labels and _visible_tick_labels(ax, minor=True) == []
+
+
+def test_the_timescales_legend_hides_no_point():
+    rows = [{"model": "U-Net, 8 ch, 39.5k", "params": 39_473, "experiment": "", "n_train": n, "seed": 0,
+             "tau_mem": tau, "tau_mem_lo": tau, "tau_mem_hi": tau, "tau_mem_censored": "none" if tau else "right",
+             "tau_mem_bound": 300.0, "tau_gen": gen, "tau_gen_lo": gen / 2, "tau_gen_hi": gen, "level": 0.5,
+             "gen_measure": "heldout_loss", "gen_tolerance": 0.1}
+            for n, tau, gen in ((8, None, 64.0), (16, None, 100.0), (32, None, 188.0))]
+    fig = plots.timescales_figure(pd.DataFrame(rows), {})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    points = [(n, 300.0) for n in (8, 16, 32)] + [(r["n_train"], r["tau_gen"]) for r in rows]
+    for x, y in ax.transData.transform(points):  # the censored tau_mem at the top left was under the legend
+        assert not legend.contains(x, y), (x, y)
+    assert _visible_tick_labels(ax) == ["8", "16", "32"]
+    lo, hi = ax.get_ylim()
+    assert [label.get_text() for t, label in zip(ax.get_yticks(), ax.get_yticklabels()) if lo <= t <= hi] == \
+        ["50", "100", "200"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [  # none for a tau_mem that no cell reached
+        "tau_mem censored (not reached by then)", "tau_gen (heldout_loss within 0.1 of its fall to its best)"]
