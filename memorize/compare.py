@@ -429,7 +429,13 @@ def disjoint_consistency(root_a: str | Path, root_b: str | Path, samples: str = 
     (Kadkhodaie et al. 2024): low when each memorizes its own images, high when both generalize.
     ``threshold``: as for :func:`compare_cell`, calibrated (``auto``) on cell A's held-out images; ``device``:
     where the embedder and the calibration's search run."""
-    cells = [load_cell_data(read_config(Path(r)), CellPaths(Path(r))) for r in (root_a, root_b)]
+    configs = [read_config(Path(r)) for r in (root_a, root_b)]
+    for field in ("name", "root", "gmm"):  # the subsets are compared by their dataset indices
+        values = [getattr(cfg.data, field) for cfg in configs]
+        if values[0] != values[1]:
+            raise ValueError(f"the cells train on two datasets (data.{field}: {values[0]} and {values[1]}): "
+                             f"disjoint subsets are of one dataset")
+    cells = [load_cell_data(cfg, CellPaths(Path(r))) for cfg, r in zip(configs, (root_a, root_b))]
     splits = [c.split for c in cells]
     if len(splits[0].train) != len(splits[1].train):
         raise ValueError(f"the cells train on {len(splits[0].train)} and {len(splits[1].train)} images: "

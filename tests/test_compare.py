@@ -270,6 +270,28 @@ def test_consistency_refuses_samples_that_do_not_share_their_noise_path(tmp_path
     assert capsys.readouterr().out.strip().endswith("(samples of the checkpoints at steps 20 and 40)")
 
 
+def test_consistency_refuses_cells_of_two_datasets_whose_indices_say_nothing_about_overlap(tmp_path):
+    """The subsets' disjointness is checked on dataset indices, which name other images in another dataset:
+    two cells of two .npz files passed as disjoint whatever their images, and were refused as sharing images
+    where their offsets were equal."""
+    rng = np.random.default_rng(0)
+    files = [tmp_path / "one.npz", tmp_path / "two.npz"]
+    for f in files:
+        np.savez(f, images=rng.uniform(-1, 1, (60, 1, 8, 8)).astype(np.float32))
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _train(a, "data.name=npz", f"data.root={files[0]}", "data.n_train=16", "data.n_heldout=20", "train.steps=1")
+    _train(b, "data.name=npz", f"data.root={files[1]}", "data.n_train=16", "data.n_heldout=20",
+           "data.subset_offset=16", "train.steps=1")
+    _train(c, "data.n_train=16", "data.subset_offset=16", "train.steps=1")  # digits
+    for cell in (a, b, c):
+        assert main(["sample", str(cell), "--num", "4", "--steps", "2", "--quiet"]) == 0
+    with pytest.raises(ValueError, match=rf"^the cells train on two datasets \(data.root: {files[0]} and "
+                                         rf"{files[1]}\): disjoint subsets are of one dataset"):
+        disjoint_consistency(a, b, threshold=0.9)
+    with pytest.raises(ValueError, match=r"^the cells train on two datasets \(data.name: npz and digits\)"):
+        disjoint_consistency(a, c, threshold=0.9)
+
+
 def test_compare_local_calibrates_draws_scores_and_reuses_the_machines(tmp_path, capsys):
     from memorize.local_score import read_patch_schedules
 
