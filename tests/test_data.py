@@ -1,3 +1,4 @@
+import os
 import pickle
 import struct
 
@@ -256,6 +257,45 @@ def test_gmm_matches_its_mixture():
         assert torch.allclose(torch.cov(pts.T), ds.mixture.covs[k], atol=0.01)
     # the same seed gives the same data
     assert torch.equal(load_dataset(DataConfig(name="gmm", gmm=cfg)).data, ds.data)
+
+
+@pytest.mark.parametrize("cfg, digest", [
+    (GMMConfig(), "c7401b265cb0b1af"),
+    (GMMConfig(components=2, dim=16, rank=4, scale=0.3, shift=0.5, size=8192, seed=0), "77331d3ef6861293"),
+    (GMMConfig(components=3, dim=256, size=4096, seed=7), "2e329660935dd03f"),
+])
+def test_gmm_points_are_drawn_in_chunks_as_they_were_drawn_whole(cfg, digest, monkeypatch):
+    """The digests are of the points drawn whole (before the chunks): every gmm cell keeps its data, whatever
+    the chunk size (one row per chunk here)."""
+    import hashlib
+
+    import memorize.data.datasets
+
+    ds = load_dataset(DataConfig(name="gmm", gmm=cfg))
+    assert hashlib.sha256(ds.data.numpy().tobytes()).hexdigest()[:16] == digest
+    monkeypatch.setattr(memorize.data.datasets, "GMM_CHUNK_BYTES", 1)
+    assert torch.equal(load_dataset(DataConfig(name="gmm", gmm=cfg)).data, ds.data)
+
+
+def test_gmm_points_of_many_dimensions_take_memory_of_their_own_size():
+    """Each point's factor was gathered at once, (size, dim, rank) floats: 2.1 GB for 4,096 points of 256
+    dimensions, where the points themselves take 8 MB."""
+    import subprocess
+    import sys
+
+    code = ("import resource; from memorize.config import DataConfig, GMMConfig; from memorize.data import "
+            "load_dataset; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "load_dataset(DataConfig(name='gmm', gmm=GMMConfig(dim=256, size=4096))); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    grown_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout)
+    assert grown_kib < 300 * 1024, grown_kib
+
+
+def test_a_gmm_beyond_memory_is_named_as_the_field():
+    with pytest.raises(DatasetError, match=r"^data.gmm: 2 components of rank 10000000 in 10000000 dimensions take "
+                                           r"2.98e\+06 GiB for their covariances, more memory than there is"):
+        load_dataset(DataConfig(name="gmm", gmm=GMMConfig(dim=10**7)))
 
 
 def test_resizing_vectors_is_refused_for_every_dataset_of_vectors(tmp_path):

@@ -30,6 +30,7 @@ MAX_CLASSES = 2**20  # an npz's labels index a table of this many rows at most
 # what np.load raises for a file that is not NumPy's, is cut short, or holds Python objects
 NUMPY_FILE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
+GMM_CHUNK_BYTES = 2**26  # the mixture's points are drawn in chunks whose gathered factors take this much at most
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -250,19 +251,30 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 def make_gmm(cfg: GMMConfig) -> Dataset:
-    """Draw ``cfg.size`` points from a random Gaussian mixture (see GMMConfig)."""
+    """Draw ``cfg.size`` points from a random Gaussian mixture (see GMMConfig): point i is
+    ``mu_c + F_c z_i`` with its component ``c`` and ``z_i ~ N(0, I_r)``, ``Sigma_c = F_c F_c^T``.
+    The points are drawn in chunks (:data:`GMM_CHUNK_BYTES`), each as the whole set would be, so the
+    same draws give the same points bit for bit; memory beyond them and the mixture stays bounded."""
     gen = torch.Generator().manual_seed(cfg.seed)
     k, d = cfg.components, cfg.dim
     r = cfg.rank or d
-    means = cfg.shift * torch.randn(k, d, generator=gen, dtype=torch.float64)
-    eigvals = cfg.scale**2 * torch.linspace(1.0, 0.5, r, dtype=torch.float64)
-    bases = torch.linalg.qr(torch.randn(k, d, r, generator=gen, dtype=torch.float64)).Q  # (K, D, r)
-    factors = bases * eigvals.sqrt()  # Sigma_k = factors_k factors_k^T
-    covs = factors @ factors.transpose(1, 2)
-    weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-    comp = torch.multinomial(weights, cfg.size, replacement=True, generator=gen)
-    z = torch.randn(cfg.size, r, 1, generator=gen, dtype=torch.float64)
-    points = means[comp] + (factors[comp] @ z).squeeze(-1)
+    try:
+        means = cfg.shift * torch.randn(k, d, generator=gen, dtype=torch.float64)
+        eigvals = cfg.scale**2 * torch.linspace(1.0, 0.5, r, dtype=torch.float64)
+        bases = torch.linalg.qr(torch.randn(k, d, r, generator=gen, dtype=torch.float64)).Q  # (K, D, r)
+        factors = bases * eigvals.sqrt()  # Sigma_k = factors_k factors_k^T
+        covs = factors @ factors.transpose(1, 2)
+        weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        comp = torch.multinomial(weights, cfg.size, replacement=True, generator=gen)
+        z = torch.randn(cfg.size, r, 1, generator=gen, dtype=torch.float64)
+        rows = max(1, GMM_CHUNK_BYTES // (8 * d * r))
+        points = torch.cat([means[c] + (factors[c] @ zc).squeeze(-1) for c, zc in zip(comp.split(rows), z.split(rows))])
+    except (RuntimeError, MemoryError) as err:  # torch's allocator: "can't allocate memory: you tried to ..."
+        if isinstance(err, RuntimeError) and "alloc" not in str(err):
+            raise
+        raise DatasetError(f"data.gmm: {k} components of rank {r} in {d} dimensions take "
+                           f"{8 * k * d * (d + r) / 2**30:.3g} GiB for their covariances, more memory than there is "
+                           f"({foreign_message(err)}); choose a smaller dim, rank or components") from None
     mixture = GaussianMixture(weights, means, covs)
     return Dataset("gmm", points.float(), comp.long(), k, mixture)
 
