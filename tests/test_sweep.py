@@ -582,6 +582,16 @@ def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
     assert main(["plot", str(out), "--step", "15"]) == 2
     assert "--step 15: no result or scored checkpoint at that step; recorded steps: 3, 6, 14, 30, 40" in \
         capsys.readouterr().err
+    # sampled anew without scored checkpoints: the curves and figures of the other settings' checkpoints go,
+    # where they were drawn again as these results' training-time view
+    spec["base"]["sample"]["steps"], spec["score"]["checkpoints"] = 4, False
+    assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
+    collect(out)
+    assert not (out / "curves.csv").exists()
+    assert main(["plot", str(out)]) == 0
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert "phase_diagram.png" in figures and not {"memorization_over_steps.png", "memorization_over_steps.pdf",
+                                                    "timescales.png", "timescales.pdf", "timescales.csv"} & figures
 
 
 def test_memorization_converged_needs_the_level_and_a_still_window():

@@ -22,6 +22,21 @@ from memorize.io import UNREADABLE_NPZ, atomic_save_figure, atomic_write_text
 from memorize.sweep.results import check_finished, collect
 
 
+# The figures (and their tables) a sweep draws only where its results have what they show: one left from an
+# earlier draw of other results (scored checkpoints, then none) is removed, not kept beside the current ones.
+SOMETIMES_DRAWN = ("memorization_by_experiment", "memorization_vs_guidance", "memorization_and_generalization",
+                   "denoiser_gap", "trajectory_gap", "crossover_n", "r2_crossover", "memorization_over_steps",
+                   "timescales")
+
+
+def _remove_undrawn(out: Path, written: list[Path]) -> None:
+    """Remove ``out``'s files of :data:`SOMETIMES_DRAWN` figures that this draw did not write."""
+    drawn = {p.stem for p in written}
+    for name in set(SOMETIMES_DRAWN) - drawn:
+        for ext in ("png", "pdf", "csv"):
+            (out / f"{name}.{ext}").unlink(missing_ok=True)
+
+
 def _save(fig, out: Path, name: str) -> list[Path]:
     paths = [atomic_save_figure(out / f"{name}.{ext}", fig, dpi=150, bbox_inches="tight") for ext in ("png", "pdf")]
     plt.close(fig)
@@ -141,6 +156,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     if scans is not None:
         written += _save(plots.memorization_vs_guidance_figure(scans), out, "memorization_vs_guidance")
     if step is not None:
+        _remove_undrawn(out, written)
         return written
     if "recall" in results and results["recall"].notna().any():
         written += _save(plots.memorization_and_generalization_figure(results), out, "memorization_and_generalization")
@@ -162,6 +178,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         curves["experiment"] = [analysis.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]
         written += _save(plots.memorization_over_steps_figure(curves), out, "memorization_over_steps")
         written += _timescales(curves, out)
+    _remove_undrawn(out, written)
     for cid in cells or default_nn_cells(results):
         written += nn_grid(sweep, cid, out, results)
     return written

@@ -142,6 +142,8 @@ def collect(out: str | Path) -> pd.DataFrame:
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     if curves:
         atomic_write_text(out / "curves.csv", pd.DataFrame(curves).to_csv(index=False))
+    else:  # a table of other settings' checkpoints would be drawn as these results' (the cells keep their evals)
+        (out / "curves.csv").unlink(missing_ok=True)
     table.attrs["pending"] = pending
     return table
 
