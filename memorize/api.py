@@ -6,6 +6,7 @@
     table = mz.load_results("runs/digits")
     fig = mz.draw(table, "memorization_vs_n")
     point = mz.load_point("runs/digits", table.cell[0], table)  # one grid point's scores, images, samples
+    fig = mz.draw(mz.load_curves("runs/digits_time"), "timescales")  # where checkpoints were scored
 
 Each is a thin front to the same code the ``memorize`` command runs (:mod:`memorize.external_cell`,
 :mod:`memorize.score`, :mod:`memorize.sweep.results`, :mod:`memorize.plots`).
@@ -65,6 +66,20 @@ def load_results(sweep: str | Path) -> pd.DataFrame:
     from memorize.sweep import collect
 
     return collect(Path(sweep))
+
+
+def load_curves(sweep: str | Path) -> pd.DataFrame:
+    """A sweep's memorization over training steps, collected afresh with its results: a row per scored
+    checkpoint of each grid point (``step``; the spec's ``score.checkpoints: true``), each labelled with its
+    ``experiment`` as ``memorize plot`` labels it, for :func:`draw`'s :data:`CURVE_FIGURES`."""
+    from memorize.sweep.figures import label_curves
+
+    results = load_results(sweep)
+    path = Path(sweep) / "curves.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{sweep}: no grid point has scored checkpoints (a sweep scores them with "
+                                f"score.checkpoints: true)")
+    return label_curves(pd.read_csv(path), results)
 
 
 @dataclass
@@ -157,6 +172,19 @@ FIGURES = {
 }
 
 
+def _timescales_figure(curves: pd.DataFrame):
+    from memorize.sweep.figures import timescales_with_fits
+
+    return plots.timescales_figure(*timescales_with_fits(curves))
+
+
+# Drawn from the table of mz.load_curves (a row per scored checkpoint), as `memorize plot` draws them.
+CURVE_FIGURES = {
+    "memorization_over_steps": plots.memorization_over_steps_figure,
+    "timescales": _timescales_figure,
+}
+
+
 # The figures drawn only from columns some sweeps leave empty (as `memorize plot` draws them only where
 # filled): the column and what fills it.
 NEEDS = {
@@ -166,17 +194,23 @@ NEEDS = {
 
 
 def draw(results: pd.DataFrame, figure: str):
-    """One of a sweep's figures (:data:`FIGURES`) drawn from a results table, as a matplotlib Figure: to
+    """One of a sweep's figures drawn from its results table (:data:`FIGURES`) or, for the training-time
+    figures (:data:`CURVE_FIGURES`), from its curves (:func:`load_curves`), as a matplotlib Figure: to
     show in a notebook, restyle, or save. It is drawn as ``memorize plot`` draws it: each experiment (a grid
     axis beyond model and N) apart, and experiments measured at a single N left out. A figure whose columns
     (:data:`NEEDS`) the table leaves empty is a ValueError naming them, and so is a table without a column
-    the figure reads (one cut down by hand)."""
-    if figure not in FIGURES:
-        raise ValueError(f"figure: expected one of {', '.join(FIGURES)}, got {figure!r}")
+    the figure reads (one cut down by hand), or the other kind of table."""
+    if figure not in FIGURES and figure not in CURVE_FIGURES:
+        raise ValueError(f"figure: expected one of {', '.join([*FIGURES, *CURVE_FIGURES])}, got {figure!r}")
     if not isinstance(results, pd.DataFrame):
         raise TypeError(f"results: expected the DataFrame of mz.load_results, got {type(results).__name__}")
+    curves = "step_eval" in results  # a row per scored checkpoint: the checkpoints of one cell are not seeds
+    if curves != (figure in CURVE_FIGURES):
+        wanted, given = ("load_curves", "load_results") if curves is False else ("load_results", "load_curves")
+        raise ValueError(f"figure {figure}: drawn from the table of mz.{wanted}, not of mz.{given}")
     if results.empty:
-        raise ValueError(f"figure {figure}: the results table has no rows (no finished grid point)")
+        raise ValueError(f"figure {figure}: the {'curves' if curves else 'results'} table has no rows (no "
+                         f"{'scored checkpoint' if curves else 'finished grid point'})")
     column, setting = NEEDS.get(figure, (None, ""))
     if column is not None and (column not in results or results[column].isna().all()):
         raise ValueError(f"figure {figure}: the results table has no {column} values; a sweep fills them "
@@ -185,6 +219,8 @@ def draw(results: pd.DataFrame, figure: str):
 
     before = set(plt.get_fignums())
     try:
+        if curves:
+            return CURVE_FIGURES[figure](results)
         return FIGURES[figure](analysis.multi_n_rows(results))
     except KeyError as err:
         for number in set(plt.get_fignums()) - before:  # half drawn: a notebook would show it
@@ -192,5 +228,6 @@ def draw(results: pd.DataFrame, figure: str):
         missing = err.args[0] if err.args else None
         if not isinstance(missing, str) or missing in results.columns:
             raise
-        raise ValueError(f"figure {figure}: the results table has no column {missing!r}; draw from the table "
-                         f"mz.load_results returns, or keep its columns when filtering it") from None
+        kind, source = ("curves", "load_curves") if curves else ("results", "load_results")
+        raise ValueError(f"figure {figure}: the {kind} table has no column {missing!r}; draw from the table "
+                         f"mz.{source} returns, or keep its columns when filtering it") from None

@@ -577,6 +577,26 @@ def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
     assert main(["plot", str(out)]) == 0
     for name in ("memorization_over_steps.png", "timescales.png", "timescales.csv"):
         assert (out / "figures" / name).is_file()
+    # the notebook API draws the same training-time figures from the same curves
+    import memorize.api as mz
+
+    curves = mz.load_curves(out)
+    assert curves.step.tolist() == [3, 6, 14, 30, 40] and curves.experiment.tolist() == [""] * 5
+    fig = mz.draw(curves, "memorization_over_steps")
+    assert fig.axes[0].containers[0].lines[0].get_xdata().tolist() == [3, 6, 14, 30, 40]
+    ts = pd.read_csv(out / "figures" / "timescales.csv")
+    fig = mz.draw(curves, "timescales")
+    drawn = [line for line in fig.axes[0].get_lines() if line.get_marker() == "s"]  # tau_gen
+    assert drawn[0].get_ydata().tolist() == pytest.approx(ts.tau_gen.tolist())
+    with pytest.raises(ValueError, match="^figure timescales: drawn from the table of mz.load_curves, not of "
+                                         "mz.load_results$"):
+        mz.draw(table, "timescales")
+    with pytest.raises(ValueError, match="^figure critical_n: drawn from the table of mz.load_results, not of "
+                                         "mz.load_curves$"):  # a cell's checkpoints would be pooled as seeds
+        mz.draw(curves, "critical_n")
+    with pytest.raises(ValueError, match="^figure timescales: the curves table has no column 'heldout_loss'; draw "
+                                         "from the table mz.load_curves returns"):
+        mz.draw(curves.drop(columns="heldout_loss"), "timescales")
     assert main(["plot", str(out), "--step", "14"]) == 0
     assert (out / "figures" / "step-14" / "phase_diagram.png").is_file()
     assert main(["plot", str(out), "--step", "15"]) == 2
@@ -588,6 +608,8 @@ def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
     assert run_sweep(load_spec(write_spec(tmp_path / "s.yaml", spec)), out, "debug", progress=False)["failed"] == 0
     collect(out)
     assert not (out / "curves.csv").exists()
+    with pytest.raises(FileNotFoundError, match="no grid point has scored checkpoints"):
+        mz.load_curves(out)
     assert main(["plot", str(out)]) == 0
     figures = {p.name for p in (out / "figures").iterdir()}
     assert "phase_diagram.png" in figures and not {"memorization_over_steps.png", "memorization_over_steps.pdf",

@@ -98,10 +98,20 @@ def results_at_step(results: pd.DataFrame, curves: pd.DataFrame | None, step: in
     return rows
 
 
-def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
-    """timescales.csv (:mod:`memorize.timescales`, per cell and grid point's experiment) and its figure, with
-    power-law fits of tau_mem and of tau_gen against N per model and experiment where at least 3 N have one
-    (columns ``tau_mem_slope``, ``tau_gen_slope`` and their 95% intervals)."""
+def label_curves(curves: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """``curves`` (``DIR/curves.csv``) with each row's ``experiment``: its values of the grid axes beyond
+    model and N of ``results`` (the training budget left out: the curves' time axis is the step)."""
+    axes = analysis.experiment_axes(analysis.multi_n_rows(results))
+    time_axes = [a for a in axes if a != "budget" and a in curves]
+    return curves.assign(experiment=[analysis.experiment_label({a: r[a] for a in time_axes})
+                                     for _, r in curves.iterrows()])
+
+
+def timescales_with_fits(curves: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The timescales of labelled ``curves`` (:mod:`memorize.timescales`, per cell and grid point's experiment),
+    with power-law fits of tau_mem and of tau_gen against N per model and experiment where at least 3 N have
+    one (columns ``tau_mem_slope``, ``tau_gen_slope`` and their 95% intervals; the fits by model, experiment
+    and name, as :func:`memorize.plots.timescales_figure` takes them)."""
     from memorize.timescales import timescales
 
     keys = analysis.MODEL_KEYS + ["experiment", "n_train", "seed", "cell"]
@@ -115,6 +125,12 @@ def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
                 fits[model, experiment, name] = fit
                 ts.loc[g.index, [f"{name}_slope", f"{name}_slope_lo", f"{name}_slope_hi"]] = (
                     fit["slope"], fit["slope_lo"], fit["slope_hi"])
+    return ts, fits
+
+
+def _timescales(curves: pd.DataFrame, out: Path) -> list[Path]:
+    """timescales.csv and its figure (:func:`timescales_with_fits`)."""
+    ts, fits = timescales_with_fits(curves)
     written = [atomic_write_text(out / "timescales.csv", ts.to_csv(index=False))]
     return written + _save(plots.timescales_figure(ts, fits), out, "timescales")
 
@@ -174,8 +190,7 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
         written += _save(reference_figures.r2_crossover_figure(results, crossing, analysis.budget_label(results)),
                          out, "r2_crossover")
     if curves is not None:
-        time_axes = [a for a in axes if a != "budget" and a in curves]  # the budget is the time axis here
-        curves["experiment"] = [analysis.experiment_label({a: r[a] for a in time_axes}) for _, r in curves.iterrows()]
+        curves = label_curves(curves, results)
         written += _save(plots.memorization_over_steps_figure(curves), out, "memorization_over_steps")
         written += _timescales(curves, out)
     _remove_undrawn(out, written)
