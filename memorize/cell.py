@@ -364,7 +364,7 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
     train = dataset.data[torch.from_numpy(split.train)]
     heldout = dataset.data[torch.from_numpy(split.heldout)]
     if cfg.data.heldout_path is not None:
-        heldout = read_heldout_files(cfg.data.heldout_path, tuple(train.shape[1:]))
+        heldout = read_heldout_files(cfg.data.heldout_path, tuple(train.shape[1:]), cfg.data.resize)
     if split.train_labels is None:
         data = CellData(dataset, split, train, heldout, None, None)
     else:
@@ -378,12 +378,13 @@ def load_cell_data(cfg: CellConfig, paths: CellPaths, dataset: Dataset | None = 
     return data
 
 
-def read_heldout_files(path: str, shape: tuple[int, ...]) -> torch.Tensor:
+def read_heldout_files(path: str, shape: tuple[int, ...], resize: int | None = None) -> torch.Tensor:
     """``data.heldout_path``: held-out real images read as samples are (values mapped to [-1, 1] from their
-    range; a folder's images with the training images' channels), which must have the training images'
-    ``shape``."""
+    range; a folder's images with the training images' channels) and, with ``resize`` (``data.resize``),
+    resized as the training images are; they must have the training images' ``shape``."""
+    image = len(shape) == 3
     try:
-        images, _ = read_samples_file(path, channels=shape[0] if len(shape) == 3 else None)
+        images, _ = read_samples_file(path, channels=shape[0] if image else None, size=resize if image else None)
     except (ValueError, OSError) as err:  # the readers name the file and what was expected
         raise ConfigError(f"data.heldout_path: {err}") from None
     if tuple(images.shape[1:]) != shape:

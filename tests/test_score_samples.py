@@ -258,6 +258,39 @@ def test_held_out_images_of_ones_own_calibrate_and_measure_the_false_positives(t
     assert not (tmp_path / "bad").exists()
 
 
+def test_held_out_images_are_resized_by_data_resize_as_the_training_images_are(tmp_path, capsys):
+    """data.resize shrank the training images only, and held-out images of the source's size were refused as of
+    another shape. Copies of training images, held out, must come out as those training images do, bit for bit:
+    a folder's with PIL's bicubic filter, an .npz's with the datasets' antialiased bilinear."""
+    from memorize.cell import CellPaths, load_cell_data, read_config
+    from memorize.config import DataConfig
+    from memorize.data import load_dataset
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(40, 3, 16, 16), dtype=np.uint8)
+    _png_folder(tmp_path / "train", pixels)
+    _png_folder(tmp_path / "held", pixels[:6])
+    np.savez(tmp_path / "train.npz", images=pixels.astype(np.float32) / 127.5 - 1)
+    np.save(tmp_path / "held.npy", pixels[:6].astype(np.float32) / 127.5 - 1)
+    for name, root, held in (("folder", "train", "held"), ("npz", "train.npz", "held.npy")):
+        cell = tmp_path / f"cell-{name}"
+        assert main(["train", "--out", str(cell), "--quiet", "--set", f"data.name={name}", "--set",
+                     f"data.root={tmp_path / root}", "--set", "data.resize=8", "--set",
+                     f"data.heldout_path={tmp_path / held}", "--set", "data.n_train=8", "--set", "train.steps=1",
+                     "--set", "model.channels=8", "--set", "train.eval_every=1", "--set", "train.checkpoint_every=1"]
+                    ) == 0, capsys.readouterr().err
+        data = load_cell_data(read_config(cell), CellPaths(cell))
+        resized = load_dataset(DataConfig(name=name, root=str(tmp_path / root), resize=8)).data
+        assert data.heldout.shape == (6, 3, 8, 8) and torch.equal(data.heldout, resized[:6]), name
+    # without data.resize, held-out images of another size are refused as before
+    capsys.readouterr()
+    _png_folder(tmp_path / "small", pixels[:6, :, :8, :8])
+    assert main(["train", "--out", str(tmp_path / "bad"), "--quiet", "--set", "data.name=npz", "--set",
+                 f"data.root={tmp_path / 'train.npz'}", "--set", f"data.heldout_path={tmp_path / 'small'}",
+                 "--set", "data.n_train=8", "--set", "train.steps=1"]) == 2
+    assert "holds images of shape (3, 8, 8), but the training images are (3, 16, 16)" in capsys.readouterr().err
+
+
 def test_held_out_images_from_a_file_mean_the_dataset_keeps_none_back(tmp_path, capsys):
     """An index file naming every image of the .npz, held-out images from a folder and data.n_heldout left at
     its default (256): the dataset holds nothing back, so nothing is refused; the same without --heldout is."""

@@ -21,18 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memorize.data.datasets import IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, eight_bit
+from memorize.data.datasets import IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, eight_bit, resize_images
 from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
 
 
-def _decode(path: Path, channels: int | None = None) -> np.ndarray:
+def _decode(path: Path, channels: int | None = None, size: int | None = None) -> np.ndarray:
     """One image as uint8 (C, H, W). ``channels=None``: grayscale stays one channel, anything else becomes
     RGB. ``channels=3``: every image becomes RGB (a grayscale value copied to R, G and B, as the ``folder``
     dataset reads its images). ``channels=1``: grayscale, and an image whose red, green and blue are equal
     (as ``torchvision.utils.save_image`` writes a one-channel image) as that one channel; a colour image
-    is refused, naming ``path``."""
+    is refused, naming ``path``. ``size``: resized to ``size x size`` with PIL's bicubic filter, as the
+    ``folder`` dataset resizes its images (``data.resize``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -51,6 +52,8 @@ def _decode(path: Path, channels: int | None = None) -> np.ndarray:
         raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable image ({str(err).splitlines()[0][:120]})") from None
+    if size is not None:
+        array = np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
@@ -63,11 +66,12 @@ def image_files(root: Path) -> list[Path]:
 
 
 def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None = None,
-                  threads: int | None = None, channels: int | None = None) -> np.ndarray:
-    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (with ``channels``: :func:`_decode`);
-    every image must have the shape of ``first`` (a file and its shape; default: the first of ``files``)."""
+                  threads: int | None = None, channels: int | None = None, size: int | None = None) -> np.ndarray:
+    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (with ``channels`` and ``size``:
+    :func:`_decode`); every image must have the shape of ``first`` (a file and its shape; default: the first
+    of ``files``)."""
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda file: _decode(file, channels), files))
+        images = list(pool.map(lambda file: _decode(file, channels, size), files))
     name, shape = first or (files[0], images[0].shape)
     for path, image in zip(files, images):
         if image.shape != shape:
@@ -206,18 +210,18 @@ class SampleSource:
 
 
 def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096,
-                 channels: int | None = None) -> SampleSource:
+                 channels: int | None = None, size: int | None = None) -> SampleSource:
     """The samples at ``path`` (module docstring) as a :class:`SampleSource`. Where the range is to be
     inferred from float values, their span is read first, a chunk at a time. With ``channels`` (the
-    training images'), the images of a folder are read with that many channels (:func:`_decode`); arrays
-    are read as they are."""
+    training images') and ``size``, the images of a folder are read with that many channels and resized
+    (:func:`_decode`); arrays are read as they are."""
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
-        first = _decode(files[0], channels)
+        first = _decode(files[0], channels, size)
 
         def rows(start: int, stop: int) -> np.ndarray:
-            return decode_images(files[start:stop], (files[0], first.shape), channels=channels)
+            return decode_images(files[start:stop], (files[0], first.shape), channels=channels, size=size)
 
         return SampleSource(path, len(files), tuple(first.shape),
                             resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows, folder=True)
@@ -233,9 +237,15 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096,
                         lambda start, stop: np.asarray(array[start:stop]))
 
 
-def read_samples_file(path: str | Path, value_range: str = "auto",
-                      channels: int | None = None) -> tuple[np.ndarray, str]:
+def read_samples_file(path: str | Path, value_range: str = "auto", channels: int | None = None,
+                      size: int | None = None) -> tuple[np.ndarray, str]:
     """The samples at ``path`` as float32 (M, C, H, W) in [-1, 1], held whole, and the value range they were
-    read with (module docstring; ``channels``: :func:`open_samples`)."""
-    source = open_samples(path, value_range, channels=channels)
-    return np.concatenate(list(source.chunks())), source.value_range
+    read with (module docstring; ``channels``: :func:`open_samples`). ``size``: images resized to ``size x
+    size`` as the datasets resize theirs (``data.resize``): a folder's with PIL's bicubic filter, as the
+    ``folder`` dataset's, and arrays with :func:`memorize.data.datasets.resize_images`, as the datasets of
+    arrays'."""
+    source = open_samples(path, value_range, channels=channels, size=size)
+    images = np.concatenate(list(source.chunks()))
+    if size is not None and not source.folder and images.ndim == 4:
+        images = resize_images(torch.from_numpy(images), size).numpy()
+    return images, source.value_range
