@@ -206,7 +206,7 @@ def draw(results: pd.DataFrame, figure: str):
         raise TypeError(f"results: expected the DataFrame of mz.load_results, got {type(results).__name__}")
     curves = "step_eval" in results  # a row per scored checkpoint: the checkpoints of one cell are not seeds
     if curves != (figure in CURVE_FIGURES):
-        wanted, given = ("load_curves", "load_results") if curves is False else ("load_results", "load_curves")
+        wanted, given = ("load_results", "load_curves") if curves else ("load_curves", "load_results")
         raise ValueError(f"figure {figure}: drawn from the table of mz.{wanted}, not of mz.{given}")
     if results.empty:
         raise ValueError(f"figure {figure}: the {'curves' if curves else 'results'} table has no rows (no "

@@ -193,6 +193,8 @@ def _plain_log_ticks(values) -> tuple[list[float], list[str]]:
     up to 3 and 10^k beyond; the values themselves where fewer than two such ticks fall among them."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:  # nothing drawn: matplotlib's own ticks
+        return [], []
     lo, hi = float(values.min()), float(values.max())
     span = np.log10(hi / lo)
     mantissas = (1, 2, 5) if span <= 1.5 else (1, 3) if span <= 3 else (1,)
@@ -206,8 +208,10 @@ def _plain_log_ticks(values) -> tuple[list[float], list[str]]:
 def _step_axis(ax: plt.Axes, steps) -> None:
     """A log training-step axis with plain labels (:func:`_plain_log_ticks`)."""
     ax.set_xscale("log")
-    ax.set_xticks(*_plain_log_ticks(steps))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ticks, labels = _plain_log_ticks(steps)
+    if ticks:
+        ax.set_xticks(ticks, labels)
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training step (log scale)")
 
 
@@ -424,8 +428,10 @@ def timescales_figure(ts, fits: dict) -> plt.Figure:
         ax.set_title(model + (f"\n{experiment}" if experiment else ""), fontsize=9)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: it hid points at the top
     drawn = ts[["tau_mem", "tau_mem_lo", "tau_mem_hi", "tau_mem_bound", "tau_gen", "tau_gen_lo", "tau_gen_hi"]]
-    grid[0, 0].set_yticks(*_plain_log_ticks(drawn.to_numpy(dtype=float).ravel()))  # the panels share y
-    grid[0, 0].yaxis.set_minor_formatter(NullFormatter())
+    ticks, labels = _plain_log_ticks(drawn.to_numpy(dtype=float).ravel())
+    if ticks:
+        grid[0, 0].set_yticks(ticks, labels)  # the panels share y
+        grid[0, 0].yaxis.set_minor_formatter(NullFormatter())
     grid[0, 0].set_ylabel("training step (log scale)")
     fig.tight_layout()
     return fig

@@ -293,8 +293,8 @@ def test_gmm_points_of_many_dimensions_take_memory_of_their_own_size():
 
 
 def test_a_gmm_beyond_memory_is_named_as_the_field():
-    with pytest.raises(DatasetError, match=r"^data.gmm: 2 components of rank 10000000 in 10000000 dimensions take "
-                                           r"2.98e\+06 GiB for their covariances, more memory than there is"):
+    with pytest.raises(DatasetError, match=r"^data.gmm: 4,096 points from 2 components of rank 10000000 in 10000000 "
+                                           r"dimensions take 2.98e\+06 GiB, more memory than there is"):
         load_dataset(DataConfig(name="gmm", gmm=GMMConfig(dim=10**7)))
 
 

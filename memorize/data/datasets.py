@@ -272,9 +272,10 @@ def make_gmm(cfg: GMMConfig) -> Dataset:
     except (RuntimeError, MemoryError) as err:  # torch's allocator: "can't allocate memory: you tried to ..."
         if isinstance(err, RuntimeError) and "alloc" not in str(err):
             raise
-        raise DatasetError(f"data.gmm: {k} components of rank {r} in {d} dimensions take "
-                           f"{8 * k * d * (d + r) / 2**30:.3g} GiB for their covariances, more memory than there is "
-                           f"({foreign_message(err)}); choose a smaller dim, rank or components") from None
+        need = 8 * (k * d * (d + r) + cfg.size * (d + r)) / 2**30  # the covariances and factors, the points
+        raise DatasetError(f"data.gmm: {cfg.size:,} points from {k} components of rank {r} in {d} dimensions take "
+                           f"{need:.3g} GiB, more memory than there is ({foreign_message(err)}); choose a smaller "
+                           f"size, dim, rank or components") from None
     mixture = GaussianMixture(weights, means, covs)
     return Dataset("gmm", points.float(), comp.long(), k, mixture)
 
