@@ -31,10 +31,28 @@ def ratio_table(pooled):
     return text.pivot(index="model", columns="n_train", values="cell").loc[order]
 
 
-def uncrossed_notes(crit) -> list[str]:
-    """A line for each model whose critical N is NaN: no ratio in its grid crosses 0.5 from above."""
-    return [f"{row.model}: critical N is NaN, no memorization ratio in this grid falls through 0.5 "
-            f"(extend data.n_train to smaller or larger N)" for row in crit.itertuples() if row.critical_n != row.critical_n]
+def uncrossed_notes(pooled, axes: list[str]) -> list[str]:
+    """A line for each model (and experiment) of ``pooled`` whose critical N is NaN, saying which way its grid
+    misses 0.5: every ratio below it (smaller N, or longer training, would memorize), every one at or above
+    it (larger N would generalize), or ratios that do not fall through it as N grows."""
+    notes = []
+    for key, own in pooled.groupby(["model"] + axes, dropna=False, sort=False):
+        if critical_n(own, axes=axes).critical_n.notna().all():
+            continue
+        values = dict(zip(axes, key[1:]))
+        label = own.model.iloc[0] + (f"; {experiment_label(values)}" if axes else "")
+        if (own.ratio < 0.5).all():
+            top = own.loc[own.ratio.idxmax()]
+            why = (f"every ratio is below 0.5 (the largest {top.ratio:.2f}, at N = {top.n_train:,.0f}): extend "
+                   f"data.n_train to smaller N, or train longer")
+        elif (own.ratio >= 0.5).all():
+            low = own.loc[own.ratio.idxmin()]
+            why = (f"every ratio is at or above 0.5 (the smallest {low.ratio:.2f}, at N = {low.n_train:,.0f}): "
+                   f"extend data.n_train to larger N")
+        else:
+            why = "its ratio does not fall through 0.5 as N grows (it rises through it)"
+        notes.append(f"{label}: critical N is NaN, {why}")
+    return notes
 
 
 def main() -> None:
@@ -63,11 +81,12 @@ def main() -> None:
             label = experiment_label(dict(zip(axes, values if isinstance(values, tuple) else (values,))))
             print(f"\nmemorization ratio [Wilson 95% interval], {name}" + (f"; {label}" if label else "") + ":")
             print(ratio_table(part).to_string())
-    crit = critical_n(pooled_ratios(judged[args.criterion], args.criterion, axes), axes=axes)
+    chosen = pooled_ratios(judged[args.criterion], args.criterion, axes)
+    crit = critical_n(chosen, axes=axes)
     print(f"\ncritical N ({CRITERIA[args.criterion]}: its ratio crosses 0.5, interpolated on log N; lo-hi: the N "
           f"range where the Wilson interval contains 0.5):")
     print(crit.round(1).to_string(index=False))
-    for note in uncrossed_notes(crit):
+    for note in uncrossed_notes(chosen, axes):
         print(note)
     print(f"\n{len(written)} files in {args.sweep}/figures")
 

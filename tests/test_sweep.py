@@ -1087,6 +1087,24 @@ def test_a_cell_into_a_sweeps_directory_and_a_sweep_into_a_cells_are_refused_and
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_the_phase_transition_recipe_says_which_way_a_grid_misses_one_half():
+    """Every model without a critical N got the same advice, smaller or larger N; a grid whose ratios all
+    stay below 0.5 (a short training) needs smaller N, one whose ratios all stay above it larger N."""
+    from analysis.phase_transition import uncrossed_notes
+
+    rows = [("small", 0.001, 8, 0.31), ("small", 0.001, 32, 0.0), ("big", 0.001, 8, 1.0), ("big", 0.001, 32, 0.75),
+            ("big", 0.01, 8, 0.2), ("big", 0.01, 32, 0.9), ("mid", 0.001, 8, 0.9), ("mid", 0.001, 32, 0.1)]
+    pooled = pd.DataFrame([{"model": m, "params": len(m), "train.lr": lr, "n_train": n, "ratio": r, "lo": r, "hi": r}
+                           for m, lr, n, r in rows])
+    assert uncrossed_notes(pooled, ["train.lr"]) == [
+        "small; train.lr=0.001: critical N is NaN, every ratio is below 0.5 (the largest 0.31, at N = 8): extend "
+        "data.n_train to smaller N, or train longer",
+        "big; train.lr=0.001: critical N is NaN, every ratio is at or above 0.5 (the smallest 0.75, at N = 32): "
+        "extend data.n_train to larger N",
+        "big; train.lr=0.01: critical N is NaN, its ratio does not fall through 0.5 as N grows (it rises through it)"]
+    assert uncrossed_notes(pooled[pooled.model == "mid"].drop(columns="train.lr"), []) == []  # it crosses
+
+
 @pytest.mark.parametrize("recipe", ["phase_transition", "copying", "disagreements", "check_extraction", "guidance",
                                     "regimes"])
 def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypatch, capsys):
