@@ -33,19 +33,21 @@ def ratio_table(pooled):
 
 def uncrossed_notes(pooled, axes: list[str]) -> list[str]:
     """A line for each model (and experiment) of ``pooled`` whose critical N is NaN, saying which way its grid
-    misses 0.5: every ratio below it (smaller N, or longer training, would memorize), every one at or above
-    it (larger N would generalize), or ratios that do not fall through it as N grows."""
+    misses 0.5 (:func:`memorize.analysis.missed_crossing`): every ratio below it (smaller N, or longer
+    training, would memorize), every one at or above it (larger N would generalize), or ratios that do not
+    fall through it as N grows."""
     notes = []
     for key, own in pooled.groupby(["model"] + axes, dropna=False, sort=False):
-        if critical_n(own, axes=axes).critical_n.notna().all():
+        missed = critical_n(own, axes=axes).missed.iloc[0]
+        if not missed:
             continue
         values = dict(zip(axes, key[1:]))
         label = own.model.iloc[0] + (f"; {experiment_label(values)}" if axes else "")
-        if (own.ratio < 0.5).all():
+        if missed == "below":
             top = own.loc[own.ratio.idxmax()]
             why = (f"every ratio is below 0.5 (the largest {top.ratio:.2f}, at N = {top.n_train:,.0f}): extend "
                    f"data.n_train to smaller N, or train longer")
-        elif (own.ratio >= 0.5).all():
+        elif missed == "above":
             low = own.loc[own.ratio.idxmin()]
             why = (f"every ratio is at or above 0.5 (the smallest {low.ratio:.2f}, at N = {low.n_train:,.0f}): "
                    f"extend data.n_train to larger N")

@@ -68,11 +68,28 @@ def _crossing(n: np.ndarray, r: np.ndarray, level: float) -> float:
     return float("nan")
 
 
+def missed_crossing(ratio: np.ndarray, level: float = 0.5) -> str:
+    """Which way a memorization ratio over a grid of N (in order of N) misses falling through ``level``:
+    ``below`` (every ratio below it: smaller N, or longer training, would memorize), ``above`` (every ratio
+    at or above it: larger N would generalize), ``rises`` (it crosses only upward), or ``""`` where it falls
+    through (:func:`_crossing` finds where)."""
+    if not np.isnan(_crossing(np.zeros(len(ratio)), np.asarray(ratio, float), level)):
+        return ""
+    if (ratio < level).all():
+        return "below"
+    return "above" if (ratio >= level).all() else "rises"
+
+
+MISSED = {"below": "every ratio below 0.5", "above": "every ratio at or above 0.5",
+          "rises": "a ratio rising through 0.5"}
+
+
 def critical_n(pooled, level: float = 0.5, axes: list[str] | None = None):
     """Per model and experiment, the N where the memorization ratio first falls through ``level``: linear
     interpolation of the ratio on log N between the two grid points around the crossing (NaN if it never
-    crosses). ``critical_n_lo`` / ``critical_n_hi``: the same crossing of the lower / upper Wilson bound,
-    the range of N where the ratio's 95% interval contains ``level`` (NaN where a bound does not cross)."""
+    crosses; ``missed`` then says which way, :func:`missed_crossing`). ``critical_n_lo`` / ``critical_n_hi``:
+    the same crossing of the lower / upper Wilson bound, the range of N where the ratio's 95% interval
+    contains ``level`` (NaN where a bound does not cross)."""
     axes = [c for c in pooled.columns if c not in MODEL_KEYS + ["n_train", "ratio", "lo", "hi", "seeds", "seed_sd",
                                                                  "seed_min", "seed_max", "n_samples"]] \
         if axes is None else axes
@@ -83,7 +100,8 @@ def critical_n(pooled, level: float = 0.5, axes: list[str] | None = None):
         rows.append({**dict(zip(MODEL_KEYS + axes, key)),
                      "critical_n": _crossing(n, g["ratio"].to_numpy(float), level),
                      "critical_n_lo": _crossing(n, g["lo"].to_numpy(float), level),
-                     "critical_n_hi": _crossing(n, g["hi"].to_numpy(float), level)})
+                     "critical_n_hi": _crossing(n, g["hi"].to_numpy(float), level),
+                     "missed": missed_crossing(g["ratio"].to_numpy(float), level)})
     return pd.DataFrame(rows).sort_values(axes + ["params"]).reset_index(drop=True)
 
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from memorize.analysis import (MODEL_KEYS, budget_label, experiment_axes, experiment_label,  # noqa: E402
+from memorize.analysis import (MISSED, MODEL_KEYS, budget_label, experiment_axes, experiment_label,  # noqa: E402
                                pooled_ratios, pooled_share, power_law_fit)
 
 
@@ -301,7 +301,7 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
     """Critical N against parameters with its interval (the N range where the Wilson interval contains 0.5),
     a series per experiment; a power law is fitted to a series with at least 3 finite points, its exponent
     given with a bootstrap 95% interval (:func:`memorize.analysis.power_law_fit`)."""
-    axes = [c for c in crit.columns if c not in MODEL_KEYS + ["critical_n", "critical_n_lo", "critical_n_hi"]]
+    axes = [c for c in crit.columns if c not in MODEL_KEYS + ["critical_n", "critical_n_lo", "critical_n_hi", "missed"]]
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
     facets = _facets(crit, axes)
     markers = "osD^v<>"
@@ -339,11 +339,14 @@ def critical_n_figure(crit, budget: str = "") -> plt.Figure:
                 transform=ax.transAxes)
     ax.set_xlabel("parameters, without label embedding (log scale)")
     ax.set_ylabel("critical N (log scale)")
-    missing = []  # the models without a crossing, by experiment where there are several
+    missing = []  # the models without a crossing, by experiment where there are several, and which way they miss
     for values, part in facets:
-        models = part[part["critical_n"].isna()]["model"].tolist()
-        if models:
-            missing.append(f"{experiment_label(values)}: " * bool(values) + "; ".join(models))
+        uncrossed = part[part["critical_n"].isna()]
+        ways = uncrossed["missed"].fillna("").tolist() if "missed" in uncrossed else [""] * len(uncrossed)
+        for kind in dict.fromkeys(ways):
+            models = [m for m, w in zip(uncrossed["model"], ways) if w == kind]
+            missing.append(f"{experiment_label(values)}: " * bool(values) + f"{MISSED[kind]}: " * bool(kind) +
+                           "; ".join(models))
     ax.set_title("critical N: where the nearest-neighbour memorization ratio crosses 0.5;\n"
                  "bars: the N range where its Wilson 95% interval contains 0.5" +
                  (f"\n{budget}" if budget else "") +
@@ -361,7 +364,7 @@ def memorization_over_steps_figure(steps) -> plt.Figure:
     steps = steps.assign(experiment=steps["experiment"].fillna("") if "experiment" in steps else "")
     panels = list(dict.fromkeys(zip(steps.sort_values("params")["model"], steps.sort_values("params")["experiment"])))
     rows = [("mem_nn", "memorization ratio\n(d1/d2 < ratio)"), ("mem_cos", "memorization ratio\n(cosine copy)"),
-            ("heldout_loss", "held-out loss\n(fixed noise)")]
+            ("mem_ext", "memorization ratio\n(extraction score)"), ("heldout_loss", "held-out loss\n(fixed noise)")]
     rows = [r for r in rows if r[0] in steps and steps[r[0]].notna().any()]
     ns = np.sort(steps["n_train"].unique())
     colors = dict(zip(ns, plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ns)))))
@@ -517,8 +520,9 @@ def memorization_by_experiment_figure(results) -> plt.Figure:
 
 def memorization_vs_guidance_figure(results) -> plt.Figure:
     """Memorization against the classifier-free guidance weight w (``guidance``): a panel per criterion (nearest
-    neighbour over the whole subset and within the requested class, copy detection), a line per model and N,
-    pooled seeds with Wilson 95% intervals (within class: mean over seeds, widest interval)."""
+    neighbour over the whole subset and within the requested class, copy detection and, where scored, the
+    extraction score), a line per model and N, pooled seeds with Wilson 95% intervals (within class: mean over
+    seeds, widest interval)."""
     import seaborn as sns
 
     series = list(dict.fromkeys(zip(results.sort_values(["params", "n_train"])["model"],
@@ -526,7 +530,9 @@ def memorization_vs_guidance_figure(results) -> plt.Figure:
     colors = dict(zip(series, sns.color_palette("viridis", len(series))))
     panels = [("nn", "nearest neighbour, whole subset"), ("nn_class", "nearest neighbour, within the class"),
               ("cos", "copy detection")]
-    fig, grid = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True, squeeze=False)
+    if "mem_ext" in results and results["mem_ext"].notna().any():
+        panels.append(("ext", "extraction score"))
+    fig, grid = plt.subplots(1, len(panels), figsize=(4.35 * len(panels), 3.8), sharey=True, squeeze=False)
     for ax, (criterion, title) in zip(grid[0], panels):
         for (model, n), color in colors.items():
             own = results[(results.model == model) & (results.n_train == n)]
@@ -536,7 +542,10 @@ def memorization_vs_guidance_figure(results) -> plt.Figure:
                     continue
                 x, y, lo, hi = g["guidance"], g["value"], g["lo"], g["hi"]
             else:
-                g = pooled_ratios(own, criterion, axes=["guidance"])
+                judged = own[own[f"mem_{criterion}"].notna()]  # (the extraction ratio is NaN where not judged)
+                if judged.empty:
+                    continue
+                g = pooled_ratios(judged, criterion, axes=["guidance"])
                 x, y, lo, hi = g["guidance"], g["ratio"], g["lo"], g["hi"]
             order = np.argsort(x.to_numpy())
             x, y, lo, hi = (v.to_numpy()[order] for v in (x, y, lo, hi))

@@ -66,6 +66,24 @@ def test_unique_labels_give_one_model_and_a_finite_critical_n():
     assert crit.critical_n_lo.iloc[0] <= expected <= crit.critical_n_hi.iloc[0]
 
 
+def test_the_critical_n_figure_says_which_way_each_model_misses_one_half():
+    """Three models without a crossing, each missing it another way (all below 0.5: a short training; all
+    at or above it: too few N; rising through it), and one that falls through it: the table's ``missed``
+    and the figure's title say which, where both used to name only the models."""
+    curves = {("A", 1_000): (0.31, 0.0, 0.0), ("B", 2_000): (1.0, 0.9, 0.75), ("C", 3_000): (0.2, 0.6, 0.9),
+              ("D", 4_000): (0.9, 0.4, 0.1)}
+    rows = [{"model": m, "params": p, "n_train": n, "mem_nn": r}
+            for (m, p), ratios in curves.items() for n, r in zip((8, 32, 128), ratios)]
+    crit = analysis.critical_n(analysis.pooled_ratios(_results(rows), "nn"))
+    assert crit.set_index("model").missed.to_dict() == {"A": "below", "B": "above", "C": "rises", "D": ""}
+    assert crit.set_index("model").critical_n.notna().to_dict() == {"A": False, "B": False, "C": False, "D": True}
+    title = plots.critical_n_figure(crit).axes[0].get_title().splitlines()
+    assert [line for line in title if line.startswith("(no crossing")] == [
+        "(no crossing: every ratio below 0.5: A)", "(no crossing: every ratio at or above 0.5: B)",
+        "(no crossing: a ratio rising through 0.5: C)"]
+    assert analysis.missed_crossing(np.array([0.5, 0.5])) == "above"  # 0.5 itself is not below it
+
+
 def test_power_law_fit_recovers_the_exponent_and_brackets_it():
     params = np.array([1e4, 1e5, 1e6, 1e7])
     crit = 3.0 * params ** 0.4
@@ -293,6 +311,26 @@ def test_the_training_step_axis_is_labelled_plainly_at_one_two_five_whatever_its
         ax = fig.axes[-1]
         # no 2x10^1 3x10^1 ... minor labels running together below a span of one or two decades
         assert _visible_tick_labels(ax) == labels and _visible_tick_labels(ax, minor=True) == []
+
+
+def test_the_guidance_and_training_time_figures_draw_the_extraction_criterion_too():
+    """The third criterion was scored at every guidance weight and checkpoint but drawn in neither figure: each
+    now has a panel (a row over steps) for it, with its own ratios, and none where no cell has it."""
+    scan = _results([{"n_train": 64, "guidance": w, "mem_nn": 0.5, "mem_nn_class": np.nan, "mem_nn_class_lo": np.nan,
+                      "mem_nn_class_hi": np.nan, "mem_ext": e} for w, e in ((0.0, 0.25), (2.0, 0.75))])
+    fig = plots.memorization_vs_guidance_figure(scan)
+    assert len(fig.axes) == 4 and fig.axes[3].get_title().startswith("extraction (Carlini et al.)")
+    (bars,) = fig.axes[3].containers
+    assert bars.lines[0].get_ydata().tolist() == [0.25, 0.75]
+    assert len(plots.memorization_vs_guidance_figure(scan.assign(mem_ext=np.nan)).axes) == 3
+    steps = pd.DataFrame([{"model": "U-Net, 8 ch, 39.5k", "params": 39_473, "n_train": 8, "step": s, "mem_nn": 0.1,
+                           "mem_nn_lo": 0.0, "mem_nn_hi": 0.3, "mem_ext": e, "mem_ext_lo": e - 0.1,
+                           "mem_ext_hi": e + 0.1, "heldout_loss": 1.0} for s, e in ((20, 0.2), (200, 0.6))])
+    fig = plots.memorization_over_steps_figure(steps)
+    assert [ax.get_ylabel().splitlines()[-1] for ax in fig.axes] == ["(d1/d2 < ratio)", "(extraction score)",
+                                                                      "(fixed noise)"]
+    (bars,) = fig.axes[1].containers
+    assert bars.lines[0].get_ydata().tolist() == [0.2, 0.6]
 
 
 def test_the_timescales_legend_hides_no_point():

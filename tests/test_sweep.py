@@ -935,7 +935,8 @@ def test_the_notebook_api_draws_each_experiment_apart_as_memorize_plot_does(fini
     (bars,) = fig.axes[0].containers
     assert bars.get_label() == "train.lr=0.001"
     assert bars.lines[0].get_ydata() == pytest.approx([np.sqrt(16 * 32)])
-    assert f"(no crossing: train.lr=0.01: {table.model.iloc[0]})" in fig.axes[0].get_title().splitlines()
+    assert (f"(no crossing: train.lr=0.01: every ratio at or above 0.5: {table.model.iloc[0]})"
+            in fig.axes[0].get_title().splitlines())
     fig = mz.draw(both, "memorization_vs_n")
     assert [ax.get_title().splitlines()[-1] for ax in fig.axes[::len(fig.axes) // 2]] == ["train.lr=0.001",
                                                                                           "train.lr=0.01"]
