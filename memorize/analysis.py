@@ -173,14 +173,19 @@ def multi_n_rows(results):
 
 def budget_label(results) -> str:
     """The training budget of a table's rows ("after 800 training steps", or the steps cells stopped at under
-    ``train.stop_when``); empty where the budget varies (then it is an experiment axis, labelled as such)."""
+    ``train.stop_when``); where the rows were trained for different numbers of steps, their range ("after 120
+    to 800 training steps"): an experiment axis then tells them apart where it can, and where the budget
+    follows from the model or N (two sweeps' tables drawn together, a grid that ties the steps to the model)
+    the range is what says that they differ."""
     if "step" not in results:
         return ""
     steps = results["step"].dropna().unique()
     budgets = results["budget"].dropna().unique() if "budget" in results else steps
+    if len(steps) == 0:
+        return ""
     if len(steps) == 1:
         return f"after {int(steps[0]):,} training steps"
     if len(budgets) == 1 and "stopped_early" in results and results["stopped_early"].astype(bool).any():
         return (f"trained until memorization converged (steps {int(steps.min()):,}-{int(steps.max()):,} "
                 f"of a budget of {int(budgets[0]):,})")
-    return ""
+    return f"after {int(steps.min()):,} to {int(steps.max()):,} training steps"

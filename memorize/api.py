@@ -203,7 +203,8 @@ def draw(results: pd.DataFrame, figure: str):
     if figure not in FIGURES and figure not in CURVE_FIGURES:
         raise ValueError(f"figure: expected one of {', '.join([*FIGURES, *CURVE_FIGURES])}, got {figure!r}")
     if not isinstance(results, pd.DataFrame):
-        raise TypeError(f"results: expected the DataFrame of mz.load_results, got {type(results).__name__}")
+        hint = " (pd.concat several sweeps' tables into one)" if isinstance(results, (list, tuple)) else ""
+        raise TypeError(f"results: expected the DataFrame of mz.load_results, got {type(results).__name__}{hint}")
     curves = "step_eval" in results  # a row per scored checkpoint: the checkpoints of one cell are not seeds
     if curves != (figure in CURVE_FIGURES):
         wanted, given = ("load_results", "load_curves") if curves else ("load_curves", "load_results")

@@ -258,8 +258,12 @@ def memorization_vs_n_figure(results) -> plt.Figure:
             title = _criterion_title(judged, criterion)
             ax.set_title(title + (f"\n{experiment_label(values)}" if values else ""), fontsize=9)
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-        seeds = results["seed"].nunique() if "seed" in results else 1
-        pooled_note = f"{seeds} seeds pooled, " if seeds > 1 else ""
+        # seeds per point: a table of several sweeps (or a grid point with extra seeds) pools unequal numbers
+        counts = (part.groupby(MODEL_KEYS + ["n_train"], dropna=False)["seed"].nunique() if "seed" in part
+                  else np.ones(1, int))
+        fewest, most = int(counts.min()), int(counts.max())
+        pooled_note = "" if most == 1 else f"{most} seeds pooled, " if fewest == most else \
+            f"{fewest} to {most} seeds pooled, "
         grid[row, 0].set_ylabel(f"memorization ratio\n({pooled_note}Wilson 95%)")
     grid[0, -1].legend(fontsize=7, loc="upper right", title="model (parameters)", title_fontsize=7)
     fig.tight_layout()

@@ -43,6 +43,26 @@ def test_a_setting_that_differs_without_a_grid_axis_is_not_pooled_either():
     assert analysis.budget_label(results.iloc[:1]) == "after 800 training steps"
 
 
+def test_two_sweeps_drawn_together_say_their_budgets_and_seeds_differ():
+    """Two sweeps' tables concatenated (a model trained 120 steps with 3 seeds, another 800 steps with one):
+    the budget follows from the model, so it is no experiment axis, and the figures said no budget at all and
+    "3 seeds pooled" for every point; they now give the range of each."""
+    rows = ([{"model": "DiT", "params": 28_420, "n_train": n, "seed": s, "step": 120, "mem_nn": 0.0}
+             for n in (8, 32) for s in (0, 1, 2)] +
+            [{"model": "U-Net, 8 ch, 39k", "params": 39_473, "n_train": n, "step": 800, "mem_nn": r}
+             for n, r in ((8, 0.9), (32, 0.1))])
+    results = _results(rows)
+    assert analysis.experiment_axes(results) == []
+    assert analysis.budget_label(results) == "after 120 to 800 training steps"
+    fig = plots.memorization_vs_n_figure(results)
+    assert fig.axes[0].get_title().splitlines()[-1].endswith("after 120 to 800 training steps")
+    assert fig.axes[0].get_ylabel() == "memorization ratio\n(1 to 3 seeds pooled, Wilson 95%)"
+    assert "after 120 to 800 training steps" in plots.phase_diagram_figure(results).axes[0].get_title()
+    same = plots.memorization_vs_n_figure(results[results.model == "DiT"])
+    assert same.axes[0].get_ylabel() == "memorization ratio\n(3 seeds pooled, Wilson 95%)"
+    assert same.axes[0].get_title().splitlines()[-1].endswith("after 120 training steps")
+
+
 def test_seeds_are_pooled_with_their_spread_beside_the_wilson_interval():
     results = _results([{"n_train": 8, "seed": s, "mem_nn": r} for s, r in ((0, 0.9), (1, 0.7), (2, 0.8))])
     (row,) = analysis.pooled_ratios(results, "nn").to_dict("records")

@@ -911,7 +911,8 @@ def test_the_notebook_api_loads_a_sweeps_table_and_draws_its_figures(finished_sw
                                              f"from the table mz.load_results returns"):
             mz.draw(table.drop(columns="mem_nn"), figure)
     assert plt.get_fignums() == []
-    with pytest.raises(TypeError, match="^results: expected the DataFrame of mz.load_results, got list$"):
+    with pytest.raises(TypeError, match=r"^results: expected the DataFrame of mz.load_results, got list \(pd.concat "
+                                        r"several sweeps' tables into one\)$"):
         mz.draw([table], "critical_n")
     point = mz.load_point(finished_sweep[0], table.cell[0], table)
     assert len(point.scores) == len(point.samples()) == table.n_samples[0] and len(point.train) == table.n_train[0]
