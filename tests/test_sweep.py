@@ -1107,6 +1107,28 @@ def test_the_phase_transition_recipe_says_which_way_a_grid_misses_one_half():
     assert uncrossed_notes(pooled[pooled.model == "mid"].drop(columns="train.lr"), []) == []  # it crosses
 
 
+def test_the_guidance_recipe_pairs_the_verdicts_of_the_criterion_asked_for():
+    """The paired test read the nearest-neighbour verdicts only; ``--criterion ext`` (or cos) pairs that
+    criterion's: here w = 2 gains 3 extraction copies and loses 1 against w = 0 (exact McNemar: 2 x P(X <= 1),
+    X ~ Bin(4, 1/2) = 10/16), while its nearest-neighbour verdicts do not change."""
+    from analysis.guidance import paired_rows
+
+    rows = pd.DataFrame([{"guidance": w, "mem_nn": 0.25, "mem_nn_lo": 0.1, "mem_nn_hi": 0.5, "mem_ext": e,
+                          "mem_ext_lo": e / 2, "mem_ext_hi": e * 2} for w, e in ((0.0, 0.25), (2.0, 0.5))])
+    nn = [1, 1, 0, 0, 0, 0, 0, 0]
+    tables = [pd.DataFrame({"seed": range(8), "label": [3] * 8, "memorized_nn": nn, "memorized_ext": ext})
+              for ext in ([1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 1, 0, 0, 0])]
+    ext = paired_rows(rows, tables, "ext")
+    assert [(r["guidance"], r["ratio"], r["gained"], r["lost"]) for r in ext] == [(0.0, 0.25, 0, 0), (2.0, 0.5, 3, 1)]
+    assert ext[1]["p_value"] == pytest.approx(10 / 16)
+    assert [(r["gained"], r["lost"], r["p_value"]) for r in paired_rows(rows, tables, "nn")] == [(0, 0, 1.0)] * 2
+    with pytest.raises(ValueError, match=r"^the samples at w = 0 were scored without --criterion cos"):
+        paired_rows(rows, tables, "cos")
+    shuffled = [tables[0], tables[1].assign(seed=list(range(1, 9)))]
+    with pytest.raises(ValueError, match=r"^the samples at w = 2 do not pair with those at w = 0"):
+        paired_rows(rows, shuffled, "ext")
+
+
 @pytest.mark.parametrize("recipe", ["phase_transition", "copying", "disagreements", "check_extraction", "guidance",
                                     "regimes"])
 def test_a_recipe_given_no_sweep_says_so_in_one_line(recipe, tmp_path, monkeypatch, capsys):
