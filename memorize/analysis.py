@@ -17,6 +17,10 @@ from memorize.metrics import wilson_interval
 # Result columns that can differ between experiments of one table besides the grid axes.
 SETTING_COLUMNS = ("dataset", "step", "sampler", "sample_steps", "embedder", "ratio", "threshold", "features")
 
+# Of those, the ones a panel's title states once (the dataset, the criterion's constants): rows that differ in
+# one are never drawn in one panel, even where the model determines it (two sweeps' tables drawn together).
+APART_COLUMNS = ("dataset", "embedder", "ratio", "threshold")
+
 
 MODEL_KEYS = ["model", "params"]
 
@@ -27,14 +31,18 @@ CRITERIA = {"nn": "nearest-neighbour d1/d2", "cos": "copy-detection cosine"}
 def experiment_axes(results) -> list[str]:
     """Columns that split ``results`` into experiments beyond model and N: each grid axis (a dotted column)
     and each setting column, except ``seed``, that varies between rows of one (model, N) once the axes
-    before it are fixed. Axes that a model or N determine (``model.channels``, ``data.n_train``) drop out."""
+    before it are fixed. Axes that a model or N determine (``model.channels``, ``data.n_train``) drop out,
+    except the settings of :data:`APART_COLUMNS`, which split the table wherever they vary."""
     keys = MODEL_KEYS + ["n_train"]
     # cells that train.stop_when ended early differ in step, not in experiment: their budget is the setting
     settings = [("budget" if c == "step" and "budget" in results.columns else c) for c in SETTING_COLUMNS]
     candidates = [c for c in results.columns if "." in c] + [c for c in settings if c in results.columns]
     axes: list[str] = []
     for column in candidates:
-        if results.groupby(keys + axes, dropna=False)[column].nunique(dropna=False).gt(1).any():
+        within = axes if column in APART_COLUMNS else keys + axes
+        varies = (results.groupby(within, dropna=False)[column].nunique(dropna=False).gt(1).any() if within
+                  else results[column].nunique(dropna=False) > 1)
+        if varies:
             axes.append(column)
     return axes
 

@@ -63,6 +63,27 @@ def test_two_sweeps_drawn_together_say_their_budgets_and_seeds_differ():
     assert same.axes[0].get_title().splitlines()[-1].endswith("after 120 training steps")
 
 
+def test_two_datasets_or_two_criteria_are_never_one_panel():
+    """Two sweeps' tables drawn together, each model on its own dataset (or scored at its own d1/d2 ratio):
+    the dataset followed from the model, so both shared one panel under the first row's title; they are now
+    experiments of their own, a row of panels each."""
+    rows = ([{"model": "U-Net, 8 ch, 39k", "params": 39_473, "n_train": n, "mem_nn": r}
+             for n, r in ((8, 0.9), (32, 0.1))] +
+            [{"model": "U-Net, 32 ch, 2.2M", "params": 2_200_000, "n_train": n, "mem_nn": r, "dataset": "mnist"}
+             for n, r in ((100, 0.9), (1000, 0.1))])
+    results = _results(rows)
+    assert analysis.experiment_axes(results) == ["dataset"]
+    fig = plots.memorization_vs_n_figure(results)
+    assert [ax.get_title().splitlines()[-1] for ax in fig.axes[::2]] == ["dataset=digits", "dataset=mnist"]
+    assert len(analysis.critical_n_by_experiment(results)) == 2
+    ratios = _results([{**r, "dataset": "digits", "ratio": 0.5 if r["params"] > 1e6 else 1 / 3} for r in rows])
+    assert analysis.experiment_axes(ratios) == ["ratio"]
+    # a setting that the model determines and a title does not state (the sampler) still shares a panel
+    samplers = _results([{**r, "dataset": "digits", "sampler": "ddim" if r["params"] > 1e6 else "heun"}
+                         for r in rows])
+    assert analysis.experiment_axes(samplers) == []
+
+
 def test_seeds_are_pooled_with_their_spread_beside_the_wilson_interval():
     results = _results([{"n_train": 8, "seed": s, "mem_nn": r} for s, r in ((0, 0.9), (1, 0.7), (2, 0.8))])
     (row,) = analysis.pooled_ratios(results, "nn").to_dict("records")
