@@ -616,6 +616,22 @@ def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
                                                     "timescales.png", "timescales.pdf", "timescales.csv"} & figures
 
 
+def test_plot_removes_the_nearest_neighbour_grids_of_cells_gone_from_the_table(finished_sweep, tmp_path):
+    """A cell left out of the spec kept its ``nn_<cell>`` grid in figures/ beside the current results' grids.
+    Its grid goes; a finished cell's grid stays whether or not this draw drew it, and so does a file of the
+    researcher's own that only looks alike."""
+    out = _copy(finished_sweep[0], tmp_path)
+    cells = sorted(collect(out).cell)
+    assert main(["plot", str(out), "--cells", *cells]) == 0
+    figures = out / "figures"
+    for name in ("nn_0123456789ab.png", "nn_0123456789ab.pdf", "nn_mine.png", "nn_0123456789ab.txt"):
+        (figures / name).write_bytes(b"")
+    assert main(["plot", str(out), "--cells", cells[0]]) == 0
+    grids = sorted(p.name for p in figures.glob("nn_*"))
+    assert grids == sorted([f"nn_{c}.{e}" for c in cells for e in ("png", "pdf")] + ["nn_mine.png",
+                                                                                    "nn_0123456789ab.txt"])
+
+
 def test_memorization_converged_needs_the_level_and_a_still_window():
     from memorize.timescales import memorization_converged
 

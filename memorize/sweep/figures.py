@@ -11,6 +11,7 @@ drawn against it (``memorization_vs_guidance``), and experiments at a single N a
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     phase diagram, critical N) at that training step into ``DIR/figures/step-STEP/``."""
     sweep = Path(sweep)
     results = check_finished(collect(sweep), sweep)
-    unknown = [cid for cid in cells or [] if cid not in set(results.cell)]
+    finished = set(results.cell)
+    unknown = [cid for cid in cells or [] if cid not in finished]
     if unknown:  # before any figure is drawn
         raise FileNotFoundError(f"--cells {unknown[0]}: no finished grid point of {sweep} has that cell id (see "
                                 f"`memorize sweep status`)")
@@ -196,7 +198,18 @@ def plot_sweep(sweep: str | Path, cells: list[str] | None = None, step: int | No
     _remove_undrawn(out, written)
     for cid in cells or default_nn_cells(results):
         written += nn_grid(sweep, cid, out, results)
+    _remove_gone_grids(out, finished)
     return written
+
+
+def _remove_gone_grids(out: Path, finished: set[str]) -> None:
+    """Remove the nearest-neighbour grids (``nn_<cell id>``) of cells that have no finished grid point now (a
+    cell left out of the spec, or sampled anew and not yet scored): their samples are no result of the table.
+    The grids of finished cells stay, whether or not this draw drew them (``--cells``)."""
+    for path in out.glob("nn_*"):
+        cid = path.stem[len("nn_"):]
+        if path.suffix in (".png", ".pdf") and re.fullmatch(r"[0-9a-f]{12}", cid) and cid not in finished:
+            path.unlink(missing_ok=True)
 
 
 def nn_grid(sweep: Path, cid: str, out: Path, results: pd.DataFrame) -> list[Path]:
