@@ -87,7 +87,7 @@ def main() -> None:
     crit = critical_n(chosen, axes=axes)
     print(f"\ncritical N ({CRITERIA[args.criterion]}: its ratio crosses 0.5, interpolated on log N; lo-hi: the N "
           f"range where the Wilson interval contains 0.5):")
-    print(crit.drop(columns="missed").round(1).to_string(index=False))  # (the notes below say which way)
+    print(crit.drop(columns="missed", errors="ignore").round(1).to_string(index=False))  # (the notes below say which way)
     for note in uncrossed_notes(chosen, axes):
         print(note)
     print(f"\n{len(written)} files in {args.sweep}/figures")
