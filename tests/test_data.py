@@ -164,6 +164,28 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert ds.data[2, 0, 0, 0] == pytest.approx(200 / 127.5 - 1)
 
 
+def test_images_at_the_top_level_beside_class_subfolders_are_named(tmp_path, capsys):
+    """They are labelled as the first subfolder's class (unchanged, so that cells made from such a folder keep
+    their data): said once per process, naming one of them and the class they get, where nothing was said."""
+    from PIL import Image
+
+    for path, value in (("cats/0.png", 10), ("dogs/0.png", 200), ("stray.png", 90), ("zz.png", 91)):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (6, 6), (value, 0, 0)).save(tmp_path / path)
+    ds = load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+    assert ds.labels.tolist() == [0, 1, 0, 0] and ds.num_classes == 2  # sorted: cats/0, dogs/0, stray, zz
+    err = capsys.readouterr().err
+    assert err == (f"memorize: folder {tmp_path}: 2 image(s) at its top level (stray.png) beside class subfolders "
+                   f"(cats, dogs) are labelled as the first class, 'cats'; move them into the subfolder of their "
+                   f"class (or every image to the top level, for no labels)\n")
+    load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+    assert capsys.readouterr().err == ""  # once per process
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (6, 6)).save(flat / "a.png")
+    assert load_dataset(DataConfig(name="folder", root=str(flat))).labels is None and capsys.readouterr().err == ""
+
+
 def test_npz_checks(tmp_path):
     _write_npz(tmp_path / "hwc.npz", np.zeros((3, 5, 5, 3), dtype=np.uint8))
     assert load_dataset(DataConfig(name="npz", root=str(tmp_path / "hwc.npz"))).data.shape == (3, 3, 5, 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,8 +157,12 @@ def eight_bit(img: PIL.Image.Image, path: Path) -> PIL.Image.Image:
     return img
 
 
+_WARNED_TOP_LEVEL: set[str] = set()  # folders whose top-level images this process has named
+
+
 def load_folder(root: str | Path, size: int | None) -> Dataset:
-    """Every image under ``root`` (recursively), as RGB; labels from first-level subfolders.
+    """Every image under ``root`` (recursively), as RGB; labels from first-level subfolders (an image at the
+    top level beside them gets the first subfolder's class, said once per process on stderr).
 
     Images of different sizes need ``data.resize``; they are then resized to
     ``size x size`` here.
@@ -172,6 +177,13 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
         raise DatasetError(f"folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     class_index = {c: i for i, c in enumerate(classes)}
+    top = [p for p in files if len(p.relative_to(root).parts) == 1]
+    if classes and top and str(root) not in _WARNED_TOP_LEVEL:  # labelled as the first class, as before
+        _WARNED_TOP_LEVEL.add(str(root))
+        print(f"memorize: folder {root}: {len(top):,} image(s) at its top level ({top[0].name}) beside class "
+              f"subfolders ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}) are labelled as the first "
+              f"class, {classes[0]!r}; move them into the subfolder of their class (or every image to the top "
+              f"level, for no labels)", file=sys.stderr)
     arrays = []
     for path in files:
         try:
