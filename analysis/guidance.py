@@ -41,16 +41,16 @@ def paired_rows(rows: pd.DataFrame, tables: list[pd.DataFrame], criterion: str) 
     that was scored without ``criterion``, is a ValueError naming the weight."""
     column = f"memorized_{criterion}"
     first, base = rows.iloc[0], tables[0]
+    for w, table in zip(rows["guidance"], tables):
+        if column not in table:
+            raise ValueError(f"the samples at w = {w:g} were scored without --criterion {criterion} (no "
+                             f"{column} column): `memorize sweep run` scores them again")
     out = []
     for (_, row), table in zip(rows.iterrows(), tables):
         if not ((table["seed"].to_numpy() == base["seed"].to_numpy()).all()
                 and (table["label"].to_numpy() == base["label"].to_numpy()).all()):
             raise ValueError(f"the samples at w = {row['guidance']:g} do not pair with those at "
                              f"w = {first['guidance']:g} (other seeds or classes)")
-        for w, t in ((first["guidance"], base), (row["guidance"], table)):
-            if column not in t:
-                raise ValueError(f"the samples at w = {w:g} were scored without --criterion {criterion} (no "
-                                 f"{column} column): `memorize sweep run` scores them again")
         change = paired_change(base[column].to_numpy(bool), table[column].to_numpy(bool))
         out.append({"guidance": row["guidance"], "ratio": row[f"mem_{criterion}"], "lo": row[f"mem_{criterion}_lo"],
                     "hi": row[f"mem_{criterion}_hi"], **change})

@@ -81,7 +81,8 @@ def missed_crossing(ratio: np.ndarray, level: float = 0.5) -> str:
     ``below`` (every ratio below it: smaller N, or longer training, would memorize), ``above`` (every ratio
     at or above it: larger N would generalize), ``rises`` (it crosses only upward), or ``""`` where it falls
     through (:func:`_crossing` finds where)."""
-    if not np.isnan(_crossing(np.zeros(len(ratio)), np.asarray(ratio, float), level)):
+    ratio = np.asarray(ratio, float)
+    if ((ratio[:-1] >= level) & (ratio[1:] < level)).any():  # a fall through the level: _crossing's condition
         return ""
     if (ratio < level).all():
         return "below"
