@@ -1,8 +1,8 @@
 """Every file a sweep keeps, damaged every way. A cell's own files (9 kinds x 4 damages, in the default suite,
 about 45 s) under a re-evaluation that needs them: the sweep either recovers (the grid point gets its
 result) or the damaged cell's error names the file, and the other cell's results are produced and its
-earlier ones left as they were. The files of a whole sweep (19 kinds x 4 damages: the sweep's records,
-packed cells with twins and scored checkpoints, the classifier cache, locks), through ``sweep status``,
+earlier ones left as they were. The files of a whole sweep (20 kinds x 4 damages: the sweep's records,
+packed cells with twins and scored checkpoints and their results, the classifier cache, locks), through ``sweep status``,
 ``collect``, ``plot`` and ``run``: three seeded cases in the default suite, all with ``-m slow``."""
 
 import shutil
@@ -81,6 +81,7 @@ SWEEP_KINDS = {  # file kind -> (path under the sweep directory, whether a re-ev
     "checkpoint samples": ("CELL/samples/*.npz", True), "scores": ("CELL/scores/*.json", True),
     "per-sample table": ("CELL/scores/*.csv", True), "gap curves": ("CELL/compare/*/gap.csv", True),
     "compare summary": ("CELL/compare/*/compare.json", True),
+    "checkpoint result": ("CELL/evals/CHECKPOINT", False),
 }
 SWEEP_NAMED = {("twin checkpoint", d) for d in ("truncated", "emptied", "garbage")}
 SWEEP_CASES = [(k, d) for k in SWEEP_KINDS for d in DAMAGES]
@@ -116,6 +117,8 @@ def _sweep_file(out, kind):
         base = next(c for c in cells if (c / "evals").is_dir() == (head == "CELL"))
         if rest.endswith("LATEST"):
             return sorted((base / "checkpoints").glob("step-*.pt"))[-1]
+        if rest.endswith("CHECKPOINT"):  # the first scored checkpoint's own result record
+            return _checkpoint_results(out)[3][0]
         return sorted(base.glob(rest))[0]
     return sorted(out.glob(rel))[0]
 
@@ -165,3 +168,82 @@ def test_a_damaged_sweep_file_is_recovered_or_named_and_blocks_nothing(finished_
         assert len(table) == 2 and table.n_train.tolist() == [16, 32]
         before = set(__import__("pandas").read_csv(finished_packed / "sweep" / "results.csv", dtype={"eval": str})["eval"])
         assert (set(table["eval"]).isdisjoint(before)) == reevaluate  # the re-evaluated points: new keys, all done
+
+
+# --- The result records of scored checkpoints, which a grid point's result lists by key.
+
+def _checkpoint_results(out):
+    """(grid point's record path, its record, the records of its scored checkpoints) of the first cell."""
+    import json
+
+    cell = next(c for c in sorted((out / "cells").iterdir()) if (c / "evals").is_dir())
+    records = {p: json.loads(p.read_text()) for p in sorted((cell / "evals").glob("*.json"))}
+    grid_path, grid = next((p, r) for p, r in records.items() if r["over_steps"])
+    return cell, grid_path, grid, [cell / "evals" / f"{c['eval']}.json" for c in grid["over_steps"]]
+
+
+@pytest.mark.parametrize("damage", ["removed", "garbage"])
+def test_a_damaged_checkpoint_result_is_evaluated_again_from_its_checkpoint(finished_packed, tmp_path, capsys, damage):
+    """A scored checkpoint's record gone or damaged left ``collect`` (and so ``sweep run``) failing on None."""
+    shutil.copytree(finished_packed, tmp_path / "w")
+    root, out = tmp_path / "w", tmp_path / "w" / "sweep"
+    curves = (out / "curves.csv").read_text()
+    _, grid_path, _, (target, *_) = _checkpoint_results(out)
+    kept = {p: p.read_bytes() for p in out.rglob("evals/*.json") if p != target}  # the grid point's among them
+    if DAMAGES[damage] is None:
+        target.unlink()
+    else:
+        target.write_bytes(DAMAGES[damage](target.read_bytes()))
+    assert main(["sweep", "status", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "1 damaged" in printed.out and f"{target.name} is" in printed.out + printed.err
+    results = _outcomes(root, out, reevaluate=False)
+    assert all(code == 0 for code, _ in results.values()), results
+    assert (out / "curves.csv").read_text() == curves  # evaluated again from its checkpoint: the same numbers
+    assert grid_path in kept and all(p.read_bytes() == b for p, b in kept.items())  # and nothing else rewritten
+    assert main(["sweep", "status", str(out)]) == 0 and "damaged" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_result_gone_with_its_checkpoint_leaves_its_step_out_of_the_curves(finished_packed, tmp_path):
+    import pandas as pd
+
+    shutil.copytree(finished_packed, tmp_path / "w")
+    root, out = tmp_path / "w", tmp_path / "w" / "sweep"
+    cell, _, grid, (target, *_) = _checkpoint_results(out)
+    step = grid["over_steps"][0]["step"]
+    target.unlink()
+    (cell / "checkpoints" / f"step-{step:07d}.pt").unlink()
+    results = _outcomes(root, out, reevaluate=False)
+    assert all(code == 0 for code, _ in results.values()), results
+    assert not target.exists()
+    curves = pd.read_csv(out / "curves.csv")
+    assert step not in curves[curves.cell == cell.name].step.tolist()
+    assert len(curves) == len(pd.read_csv(finished_packed / "sweep" / "curves.csv")) - 1
+    assert f"the curves leave step {step} out: its checkpoint is gone too" in results["status"][1]
+
+
+def test_checkpoints_listed_inline_by_a_sweep_before_their_keys_are_read_from_their_own_records(finished_packed,
+                                                                                                tmp_path):
+    """Sweeps written before 2026-11-24 listed each scored checkpoint by a few of its columns, without its key;
+    their rows had no dataset, sample count or criterion settings, and ``plot --step`` failed on them."""
+    import json
+
+    shutil.copytree(finished_packed, tmp_path / "w")
+    out = tmp_path / "w" / "sweep"
+    _, _, _, (first, *_) = _checkpoint_results(out)
+    first.write_text(json.dumps({**json.loads(first.read_text()), "kid": float("nan")}))  # NaN as JSON writes it
+    collect(out)
+    curves = (out / "curves.csv").read_text()
+    for cell in (out / "cells").iterdir():
+        for path in (cell / "evals").glob("*.json") if (cell / "evals").is_dir() else []:
+            record = json.loads(path.read_text())
+            inline = [{k: at[k] for k in ("step", "mem_nn", "mem_nn_lo", "mem_nn_hi", "mem_cos", "mem_cos_lo",
+                                          "mem_cos_hi", "train_loss", "heldout_loss", "fid", "kid", "precision",
+                                          "recall")}
+                      for at in (json.loads((cell / "evals" / f"{c['eval']}.json").read_text())
+                                 for c in record["over_steps"])]
+            path.write_text(json.dumps({**record, "over_steps": inline}))
+    collect(out)
+    assert (out / "curves.csv").read_text() == curves
+    assert main(["plot", str(out), "--step", "10"]) == 0
+    assert (out / "figures" / "step-10" / "memorization_vs_n.png").is_file()

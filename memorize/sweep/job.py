@@ -41,7 +41,8 @@ from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, cell_id, from_dict, sample_settings, settings_key, to_dict
 from memorize.io import atomic_write_json, progress_note
 from memorize.train import CheckpointRequested, request_checkpoint
-from memorize.sweep.layout import BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, read_done, write_error
+from memorize.sweep.layout import (BUSY, ERROR, CellBusy, cell_lock, eval_path, is_done, own_to_remake, read_done,
+                                   read_eval, write_error)
 from memorize.sweep.results import result_record
 from memorize.sweep.spec import eval_settings, twin_config
 
@@ -84,6 +85,12 @@ def evaluate(root: Path, cfg: CellConfig, score: Any, progress: bool = False, st
     key = settings_key(settings)
     done = read_done(root, key)
     if done is not None:
+        return done
+    done = read_eval(root, key)
+    if done is not None and not own_to_remake(root, key, done):  # only scored checkpoints' results to make again
+        for entry in done["over_steps"]:
+            if "eval" in entry:  # (sweeps before 2026-11-24 listed them by value: those are read, never remade)
+                evaluate(root, *at_checkpoint(cfg, score, entry["step"]), progress)
         return done
     step = stopped_at or cfg.train.steps
     timings: dict[str, float] = {}

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -178,10 +179,14 @@ def eval_path(root: Path, key: str) -> Path:
     return CellPaths(Path(root)).evals / f"{key}.json"
 
 
-def read_eval(root: Path, key: str) -> dict | None:
+REMADE = "its grid point counts as not done and `memorize sweep run` recomputes it"
+
+
+def read_eval(root: Path, key: str, consequence: str = REMADE) -> dict | None:
     """The result of evaluation ``key`` of the cell at ``root``, None where there is none. A damaged file
     (truncated, emptied, overwritten: what a full disk or an interrupted copy leaves) counts as none: it is
-    named once on stderr, the grid point is pending again, and the next ``sweep run`` recomputes it."""
+    named once on stderr with its ``consequence`` (by default: the grid point is pending again, and the next
+    ``sweep run`` recomputes it)."""
     path = eval_path(root, key)
     try:
         record = json.loads(path.read_bytes())
@@ -190,10 +195,57 @@ def read_eval(root: Path, key: str) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         record = None
     if not isinstance(record, dict) or not {"cell", "eval", "config"} <= set(record):
-        _damaged(path, "not a complete result record",
-                 "its grid point counts as not done and `memorize sweep run` recomputes it")
+        _damaged(path, "not a complete result record", consequence)
         return None
     return record
+
+
+def checkpoint_records(root: Path, record: dict) -> tuple[list[dict], list[Path]]:
+    """The result records of the scored checkpoints that a grid point's result ``record`` lists (its
+    ``over_steps``), in its order, and the files that the next ``sweep run`` makes again: records gone or
+    damaged, and files that a record lists and that are gone (:func:`own_to_remake`), where the checkpoint is there
+    to evaluate again; each named once on stderr. A record gone whose checkpoint is gone too is left out:
+    the curves lack its step."""
+    paths = CellPaths(Path(root))
+    found, remake = [], []
+    for entry in record.get("over_steps") or []:
+        if "eval" not in entry:
+            at = _listed_inline(root, record, entry)
+            found += [] if at is None else [at]
+            continue
+        step, path = int(entry["step"]), eval_path(root, entry["eval"])
+        remakable = paths.checkpoint(step).is_file()
+        consequence = (f"its grid point counts as not done and `memorize sweep run` evaluates step {step:,} again "
+                       f"from its checkpoint" if remakable else
+                       f"the curves leave step {step:,} out: its checkpoint is gone too, so only training the cell "
+                       f"again would restore it")
+        at = read_eval(root, entry["eval"], consequence)
+        if at is None:
+            if not path.exists():
+                _damaged(path, "missing", consequence)
+            remake += [path] if remakable else []
+        else:
+            found.append(at)
+            remake += own_to_remake(root, entry["eval"], at)
+    return found, remake
+
+
+def _listed_inline(root: Path, record: dict, entry: dict) -> dict | None:
+    """The result record of a scored checkpoint that a sweep written before 2026-11-24 lists by a few of its
+    columns and no key: every checkpoint was also evaluated into a record of its own, the cell's record at
+    that step with these values. None, named once, where there is none."""
+    for path in sorted(eval_path(root, "-").parent.glob("*.json")):
+        at = read_eval(root, path.stem)
+        if at is not None and at.get("step") == entry["step"] and all(_same(at.get(k), v) for k, v in entry.items()):
+            return at
+    _damaged(eval_path(root, record["eval"]), f"it lists a scored checkpoint at step {entry['step']:,} whose own "
+                                              f"result record is gone", "the curves leave that step out")
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, counting two NaN (a measurement that JSON wrote as NaN) as equal."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 _REPORTED_DAMAGE: set[str] = set()  # damaged files already named in this process
@@ -225,6 +277,12 @@ def read_done(root: Path, key: str) -> dict | None:
 
 
 def to_remake(root: Path, key: str, record: dict) -> list[Path]:
+    """The files of the result ``record`` of evaluation ``key`` that the next ``sweep run`` makes again: its own
+    (:func:`own_to_remake`) and its scored checkpoints' (:func:`checkpoint_records`)."""
+    return own_to_remake(root, key, record) + checkpoint_records(root, record)[1]
+
+
+def own_to_remake(root: Path, key: str, record: dict) -> list[Path]:
     """The files that the result ``record`` of evaluation ``key`` lists and that are gone (deleted from
     outside: :func:`missing_files`), where its checkpoint is there to make them again; named once on stderr.
     Where the checkpoint is gone too the result stands (named once: only training again restores them)

@@ -13,8 +13,8 @@ from memorize.cell import CellPaths
 from memorize.config import CellConfig, ModelConfig, from_dict, to_dict
 from memorize.io import atomic_write_text, slurm_job
 from memorize.models import model_name
-from memorize.sweep.layout import (ERROR, cell_dir, eval_path, how_gone, is_locked, last_log_line, progress_line,
-                                   read_cancelled, read_eval, read_grid, read_jobs, to_remake)
+from memorize.sweep.layout import (ERROR, cell_dir, checkpoint_records, eval_path, how_gone, is_locked, last_log_line,
+                                   progress_line, read_cancelled, read_eval, read_grid, read_jobs, to_remake)
 from memorize.sweep.slurm import ACTIVE_SLURM_STATES, TERMINAL_SLURM_STATES, slurm_states
 from memorize.sweep.snapshot import code_version
 
@@ -131,9 +131,7 @@ def collect(out: str | Path) -> pd.DataFrame:
         for axis in axes:
             record.setdefault(axis, row[axis])
         rows.append(record)
-        for c in summary.get("over_steps", []):
-            # one row per scored checkpoint: its own result record (older sweeps stored a few columns inline)
-            at_step = read_eval(cell_dir(out, row["cell"]), c["eval"]) if "eval" in c else c
+        for at_step in checkpoint_records(cell_dir(out, row["cell"]), summary)[0]:  # a row per scored checkpoint
             curves.append({**{k: record[k] for k in ("model", "params", "n_train", "seed", "cell")},
                            **{axis: row[axis] for axis in axes}, "budget": record["budget"], "eval": record["eval"],
                            **{k: at_step.get(k) for k in CURVE_COLUMNS}, "step_eval": at_step.get("eval")})
