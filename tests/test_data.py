@@ -164,6 +164,31 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert ds.data[2, 0, 0, 0] == pytest.approx(200 / 127.5 - 1)
 
 
+def test_an_image_folder_is_decoded_once_per_process_while_its_files_stay_as_they_are(tmp_path, monkeypatch):
+    """Every stage of a cell (training, sampling, scoring, comparing, drawing) loads its data: a folder was
+    decoded again by each, about 6 times per cell. Decoded once, each load still gets tensors of its own, and
+    a file changed (or added) since is read again."""
+    from PIL import Image
+
+    for j in range(3):
+        Image.new("RGB", (6, 6), (10 * j, 0, 0)).save(tmp_path / f"{j}.png")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(os.path.basename(path)) or real_open(path, *a, **k))
+    cfg = DataConfig(name="folder", root=str(tmp_path))
+    first = load_dataset(cfg)
+    first.data.add_(1.0)  # what a caller does to its own tensor reaches no other load
+    second = load_dataset(cfg)
+    assert opened == ["0.png", "1.png", "2.png"] and second.data[1, 0, 0, 0] == pytest.approx(10 / 127.5 - 1)
+    stat = (tmp_path / "1.png").stat()
+    Image.new("RGB", (6, 6), (77, 0, 0)).save(tmp_path / "1.png")  # the same size in bytes, maybe the same second
+    os.utime(tmp_path / "1.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert load_dataset(cfg).data[1, 0, 0, 0] == pytest.approx(77 / 127.5 - 1) and len(opened) == 6
+    Image.new("RGB", (6, 6), (99, 0, 0)).save(tmp_path / "3.png")
+    assert load_dataset(cfg).data.shape[0] == 4 and len(opened) == 10
+    assert load_dataset(DataConfig(name="folder", root=str(tmp_path), resize=3)).data.shape == (4, 3, 3, 3)
+
+
 def test_images_at_the_top_level_beside_class_subfolders_are_named(tmp_path, capsys):
     """They are labelled as the first subfolder's class (unchanged, so that cells made from such a folder keep
     their data): said once per process, naming one of them and the class they get, where nothing was said."""

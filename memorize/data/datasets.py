@@ -167,8 +167,6 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
     Images of different sizes need ``data.resize``; they are then resized to
     ``size x size`` here.
     """
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"folder: expected an image folder at {root} (not found)")
@@ -184,8 +182,33 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
               f"subfolders ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}) are labelled as the first "
               f"class, {classes[0]!r}; move them into the subfolder of their class (or every image to the top "
               f"level, for no labels)", file=sys.stderr)
+    images = _decoded(str(root), tuple((str(p), *_stat(p)) for p in files), size)
+    labels = None
+    if classes:
+        labels = torch.tensor([class_index.get(p.relative_to(root).parts[0], 0) for p in files]).long()
+    return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1), files=tuple(files))
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    """Size and modification time (ns) of a file: with its path, what says that it is unchanged (a file gone
+    since it was listed is named when it is read)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=1)
+def _decoded(root: str, listing: tuple[tuple[str, int, int], ...], size: int | None) -> np.ndarray:
+    """The images of ``listing`` (path, size, modification time) under ``root``, as (M, 3, H, W) uint8, resized
+    to ``size x size`` where it is set. Decoded once per process while the files stay as they are: every stage of a cell loads
+    its data, and a pack runs many cells in one process (the caller converts, never altering this array)."""
+    from PIL import Image
+
     arrays = []
-    for path in files:
+    for name, *_ in listing:
+        path = Path(name)
         try:
             with Image.open(path) as img:
                 img = eight_bit(img, path).convert("RGB")
@@ -200,13 +223,9 @@ def load_folder(root: str | Path, size: int | None) -> Dataset:
     other = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
     if other is not None:
         (h0, w0, _), (h, w, _) = arrays[0].shape, arrays[other].shape
-        raise DatasetError(f"folder: images under {root} differ in size ({files[0]} is {w0}x{h0}, {files[other]} "
-                           f"{w}x{h}); set data.resize to train on them at one size")
-    images = np.stack(arrays).transpose(0, 3, 1, 2)
-    labels = None
-    if classes:
-        labels = torch.tensor([class_index.get(p.relative_to(root).parts[0], 0) for p in files]).long()
-    return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1), files=tuple(files))
+        raise DatasetError(f"folder: images under {root} differ in size ({listing[0][0]} is {w0}x{h0}, "
+                           f"{listing[other][0]} {w}x{h}); set data.resize to train on them at one size")
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
 
 
 def load_npz(path: str | Path) -> Dataset:
