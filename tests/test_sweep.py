@@ -616,6 +616,33 @@ def test_log_spaced_checkpoints_are_scored_with_one_switch(tmp_path, capsys):
                                                     "timescales.png", "timescales.pdf", "timescales.csv"} & figures
 
 
+def test_checkpoints_scored_after_training_say_which_steps_the_curves_lack(tmp_path, capsys):
+    """A finished sweep run again with ``score.checkpoints: true`` scores only the checkpoints its cells kept (they
+    are not trained again): that was silent, and the curves had a point or two."""
+    spec = json.loads(json.dumps(TINY_SPEC))
+    spec["grid"] = {"data.n_train": [8]}
+    spec["score"] = {"compare": False, "features": "pixel"}
+    out = tmp_path / "sweep"
+    path = write_spec(tmp_path / "s.yaml", spec)
+    assert run_sweep(load_spec(path), out, "debug", progress=False)["failed"] == 0
+    capsys.readouterr()
+    argv = ["sweep", "run", str(path), "--out", str(out), "--executor", "debug", "--quiet", "--no-plot",
+            "--set", "score.checkpoints=true", "--set", "score.checkpoints_from=3",
+            "--set", "score.checkpoint_samples=16"]
+    assert main([*argv, "--dry-run"]) == 0
+    said = (f"memorize: 1 cell of this grid was trained in {out} past steps that score.checkpoints scores (3, 5, 9, "
+            f"17) without keeping their checkpoints: their curves will have only the steps kept; run the sweep into a "
+            f"new --out to score the whole training time")
+    assert said in capsys.readouterr().err.splitlines()
+    assert main(argv) == 0
+    assert said in capsys.readouterr().err.splitlines()
+    assert pd.read_csv(out / "curves.csv").step.tolist() == [20]  # the budget's, kept
+    assert main(argv) == 0 and "score.checkpoints" not in capsys.readouterr().err  # done: nothing to say
+    fresh = tmp_path / "fresh"
+    assert main([*argv[:4], str(fresh), *argv[5:]]) == 0 and "score.checkpoints" not in capsys.readouterr().err
+    assert pd.read_csv(fresh / "curves.csv").step.tolist() == [3, 5, 9, 17, 20]
+
+
 def test_plot_removes_the_nearest_neighbour_grids_of_cells_gone_from_the_table(finished_sweep, tmp_path):
     """A cell left out of the spec kept its ``nn_<cell>`` grid in figures/ beside the current results' grids.
     Its grid goes; a finished cell's grid stays whether or not this draw drew it, and so does a file of the

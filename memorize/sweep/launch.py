@@ -16,13 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import submitit
 import torch
 
 from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, ConfigError, cell_id, to_dict
-from memorize.sweep.job import BatchJob, CellJob, PackJob
+from memorize.sweep.job import BatchJob, CellJob, PackJob, checkpoint_grid
 from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
                                   threads_per_cell, visible_gpus, wait_until_free)
@@ -117,6 +118,32 @@ def say_bf16_twins(out: Path, todo: dict[str, list[GridPoint]]) -> None:
               f"{'it' if len(twins) == 1 else 'them'} instead", file=sys.stderr, flush=True)
 
 
+def unkept_checkpoints(out: Path, todo: dict[str, list[GridPoint]], score: Any) -> dict[str, list[int]]:
+    """The cells of ``todo`` trained past steps of the log-spaced grid that ``score.checkpoints`` scores without
+    keeping a checkpoint there (trained before it was set): those steps, by cell. They are left out of the
+    cell's curve, never trained again (:func:`memorize.sweep.job.scored_steps`)."""
+    lost = {}
+    for cid, points in todo.items():
+        kept = CellPaths(cell_dir(out, cid)).checkpoint_steps()
+        grid = checkpoint_grid(score, max(p.config.train.steps for p in points))
+        missing = [s for s in grid if kept and s < kept[-1] and s not in kept]
+        if missing:
+            lost[cid] = missing
+    return lost
+
+
+def say_unkept_checkpoints(out: Path, todo: dict[str, list[GridPoint]], score: Any) -> None:
+    """One line where :func:`unkept_checkpoints` finds any: which steps the curves lack, and what scores them."""
+    lost = unkept_checkpoints(out, todo, score)
+    if lost:
+        steps = sorted({s for missing in lost.values() for s in missing})
+        shown = ", ".join(f"{s:,}" for s in steps[:6]) + (", ..." if len(steps) > 6 else "")
+        cells = "1 cell of this grid was" if len(lost) == 1 else f"{len(lost)} cells of this grid were"
+        print(f"memorize: {cells} trained in {out} past steps that score.checkpoints scores ({shown}) without "
+              f"keeping their checkpoints: their curves will have only the steps kept; run the sweep into a new "
+              f"--out to score the whole training time", file=sys.stderr, flush=True)
+
+
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
               dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
@@ -170,6 +197,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
               "done_before": len(cells) - len(todo) - len(busy) - len(queued), "running_elsewhere": len(busy),
               "queued": len(queued), "launched": 0, "failed": 0}
     say_bf16_twins(out, todo)
+    say_unkept_checkpoints(out, todo, spec.score)
     if dry_run:
         for p in points:
             state = ("done" if is_done(cell_dir(out, p.cell), p.key) else
