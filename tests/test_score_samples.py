@@ -169,7 +169,8 @@ def _cut(t, name, save):
 
 @pytest.mark.parametrize("name, make, expected", [
     ("empty folder", lambda t: (t / "empty").mkdir() or t / "empty", r"empty: no images"),
-    ("corrupt image", _bad_folder, r"a\.png: not a readable image"),
+    ("corrupt image", _bad_folder, r"a\.png is not a readable image \(UnidentifiedImageError: .*\); remove it or "
+     r"replace it$"),
     ("shapes differ", _mixed_sizes, r"b\.png: shape \(3, 8, 9\), but a\.png has \(3, 8, 8\)"),
     ("wrong shape", lambda t: np.save(t / "s.npy", np.zeros((3, 1, 8, 8), np.float32)) or t / "s.npy",
      r"s\.npy: samples of shape \(1, 8, 8\), but the training images of npz are \(3, 8, 8\)"),

@@ -9,10 +9,12 @@ where it was expected.
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import sys
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,30 +204,58 @@ def _stat(path: Path) -> tuple[int, int]:
 @functools.lru_cache(maxsize=1)
 def _decoded(root: str, listing: tuple[tuple[str, int, int], ...], size: int | None) -> np.ndarray:
     """The images of ``listing`` (path, size, modification time) under ``root``, as (M, 3, H, W) uint8, resized
-    to ``size x size`` where it is set. Decoded once per process while the files stay as they are: every stage of a cell loads
-    its data, and a pack runs many cells in one process (the caller converts, never altering this array)."""
-    from PIL import Image
-
-    arrays = []
-    for name, *_ in listing:
-        path = Path(name)
-        try:
-            with Image.open(path) as img:
-                img = eight_bit(img, path).convert("RGB")
-                if size is not None:
-                    img = img.resize((size, size), Image.Resampling.BICUBIC)
-                arrays.append(np.asarray(img))
-        except DatasetError as err:
-            raise DatasetError(f"folder: {err}") from None
-        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
-            raise DatasetError(f"folder: {path} is not a readable image ({foreign_message(err)}); remove it or "
-                               f"replace it") from None
+    to ``size x size`` where it is set. Decoded once per process while the files stay as they are: every stage
+    of a cell loads its data, and a pack runs many cells in one process (the caller converts, never altering
+    this array)."""
+    try:
+        arrays = decode_images([Path(name) for name, *_ in listing], channels=3, size=size)
+    except DatasetError as err:
+        raise DatasetError(f"folder: {err}") from None
     other = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
     if other is not None:
-        (h0, w0, _), (h, w, _) = arrays[0].shape, arrays[other].shape
+        (_, h0, w0), (_, h, w) = arrays[0].shape, arrays[other].shape
         raise DatasetError(f"folder: images under {root} differ in size ({listing[0][0]} is {w0}x{h0}, "
                            f"{listing[other][0]} {w}x{h}); set data.resize to train on them at one size")
-    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+    return np.stack(arrays)
+
+
+def decode_image(path: Path, channels: int | None = None, size: int | None = None) -> np.ndarray:
+    """One image file as uint8 (C, H, W), by Pillow. ``channels=None``: grayscale stays one channel, anything
+    else becomes RGB. ``channels=3``: every image becomes RGB (a grayscale value copied to R, G and B).
+    ``channels=1``: grayscale, and an image whose red, green and blue are equal (as
+    ``torchvision.utils.save_image`` writes a one-channel image) as that one channel; a colour image is
+    refused, naming ``path``. ``size``: resized to ``size x size`` with PIL's bicubic filter (``data.resize``).
+    Images of more than 8 bits per channel are refused (:func:`eight_bit`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = eight_bit(img, path)
+            if channels == 1 and img.mode != "L":
+                rgb = np.asarray(img.convert("RGB"))
+                if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+                    raise DatasetError(f"{path}: a colour image (its red, green and blue differ), but the training "
+                                       f"images have one channel")
+                array = rgb[..., 0]
+            else:
+                kept = ("RGB",) if channels == 3 else ("L", "RGB")
+                array = np.asarray(img if img.mode in kept else img.convert("RGB"))
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise DatasetError(f"{path} is not a readable image ({foreign_message(err)}); remove it or replace "
+                           f"it") from None
+    if size is not None:
+        array = np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def decode_images(files: list[Path], channels: int | None = None, size: int | None = None,
+                  threads: int | None = None) -> list[np.ndarray]:
+    """``files`` decoded by :func:`decode_image` in order, in ``threads`` threads (default: the cores, up to 8;
+    Pillow decodes without holding the GIL); the first unreadable one in order raises."""
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda file: decode_image(file, channels, size), files))
 
 
 def load_npz(path: str | Path) -> Dataset:

@@ -11,50 +11,19 @@ is an error asking for the range). The range used is returned with the array, fo
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from memorize.data.datasets import IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, eight_bit, resize_images
+from memorize.data.datasets import (IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, decode_image, decode_images,
+                                     resize_images)
 from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
-
-
-def _decode(path: Path, channels: int | None = None, size: int | None = None) -> np.ndarray:
-    """One image as uint8 (C, H, W). ``channels=None``: grayscale stays one channel, anything else becomes
-    RGB. ``channels=3``: every image becomes RGB (a grayscale value copied to R, G and B, as the ``folder``
-    dataset reads its images). ``channels=1``: grayscale, and an image whose red, green and blue are equal
-    (as ``torchvision.utils.save_image`` writes a one-channel image) as that one channel; a colour image
-    is refused, naming ``path``. ``size``: resized to ``size x size`` with PIL's bicubic filter, as the
-    ``folder`` dataset resizes its images (``data.resize``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = eight_bit(img, path)
-            if channels == 1 and img.mode != "L":
-                rgb = np.asarray(img.convert("RGB"))
-                if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-                    raise DatasetError(f"{path}: a colour image (its red, green and blue differ), but the training "
-                                       f"images have one channel")
-                array = rgb[..., 0]
-            else:
-                kept = ("RGB",) if channels == 3 else ("L", "RGB")
-                array = np.asarray(img if img.mode in kept else img.convert("RGB"))
-    except DatasetError:
-        raise
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DatasetError(f"{path}: not a readable image ({str(err).splitlines()[0][:120]})") from None
-    if size is not None:
-        array = np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def image_files(root: Path) -> list[Path]:
@@ -65,14 +34,12 @@ def image_files(root: Path) -> list[Path]:
     return files
 
 
-def decode_images(files: list[Path], first: tuple[Path, tuple[int, ...]] | None = None,
-                  threads: int | None = None, channels: int | None = None, size: int | None = None) -> np.ndarray:
-    """``files`` as uint8 (M, C, H, W), decoded in ``threads`` threads (with ``channels`` and ``size``:
-    :func:`_decode`); every image must have the shape of ``first`` (a file and its shape; default: the first
-    of ``files``)."""
-    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda file: _decode(file, channels, size), files))
-    name, shape = first or (files[0], images[0].shape)
+def stacked_images(files: list[Path], first: tuple[Path, tuple[int, ...]], channels: int | None = None,
+                   size: int | None = None) -> np.ndarray:
+    """``files`` as uint8 (M, C, H, W) (:func:`memorize.data.datasets.decode_images`); every image must have
+    the shape of ``first`` (a file and its shape)."""
+    images = decode_images(files, channels, size)
+    name, shape = first
     for path, image in zip(files, images):
         if image.shape != shape:
             raise DatasetError(f"{path}: shape {tuple(image.shape)}, but {name.name} has {tuple(shape)}: every "
@@ -214,14 +181,14 @@ def open_samples(path: str | Path, value_range: str = "auto", chunk: int = 4096,
     """The samples at ``path`` (module docstring) as a :class:`SampleSource`. Where the range is to be
     inferred from float values, their span is read first, a chunk at a time. With ``channels`` (the
     training images') and ``size``, the images of a folder are read with that many channels and resized
-    (:func:`_decode`); arrays are read as they are."""
+    (:func:`memorize.data.datasets.decode_image`); arrays are read as they are."""
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
-        first = _decode(files[0], channels, size)
+        first = decode_image(files[0], channels, size)
 
         def rows(start: int, stop: int) -> np.ndarray:
-            return decode_images(files[start:stop], (files[0], first.shape), channels=channels, size=size)
+            return stacked_images(files[start:stop], (files[0], first.shape), channels, size)
 
         return SampleSource(path, len(files), tuple(first.shape),
                             resolve_range(np.dtype(np.uint8), 0.0, 255.0, value_range, path), rows, folder=True)
