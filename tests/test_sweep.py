@@ -643,6 +643,30 @@ def test_checkpoints_scored_after_training_say_which_steps_the_curves_lack(tmp_p
     assert pd.read_csv(fresh / "curves.csv").step.tolist() == [3, 5, 9, 17, 20]
 
 
+def test_a_launch_that_leaves_out_finished_grid_points_says_so(tmp_path, capsys):
+    """Running a narrower grid into a finished sweep (a quick ``--set grid...``) redrew results.csv and every
+    figure from the narrower grid without a word; the cells left out stay, and the wider spec shows them again
+    without computing anything."""
+    path = write_spec(tmp_path / "s.yaml")
+    out = tmp_path / "sweep"
+    assert run_sweep(load_spec(path), out, "debug", progress=False)["failed"] == 0
+    capsys.readouterr()
+    argv = ["sweep", "run", str(path), "--out", str(out), "--executor", "debug", "--quiet", "--no-plot"]
+    said = (f"memorize: 1 finished grid point of the spec last launched into {out} is not in this one "
+            f"(data.n_train=32, seed=0): results.csv and the figures will show this spec's 1 grid point only; its "
+            f"cell stays in {out / 'cells'}, and launching a spec that lists it again shows it without computing "
+            f"anything")
+    narrow = [*argv, "--set", "grid.data.n_train=[16]"]
+    assert main([*narrow, "--dry-run"]) == 0 and said in capsys.readouterr().err.splitlines()
+    assert main(narrow) == 0 and said in capsys.readouterr().err.splitlines()
+    assert collect(out).n_train.tolist() == [16]
+    assert main(argv) == 0 and "memorize:" not in capsys.readouterr().err  # the wider spec: nothing left out
+    assert collect(out).n_train.tolist() == [16, 32]
+    # other sampling settings keep every cell: their points are evaluated again, nothing is left out
+    assert main([*argv, "--set", "base.sample.steps=4", "--dry-run"]) == 0
+    assert "memorize:" not in capsys.readouterr().err
+
+
 def test_plot_removes_the_nearest_neighbour_grids_of_cells_gone_from_the_table(finished_sweep, tmp_path):
     """A cell left out of the spec kept its ``nn_<cell>`` grid in figures/ beside the current results' grids.
     Its grid goes; a finished cell's grid stays whether or not this draw drew it, and so does a file of the

@@ -24,7 +24,7 @@ import torch
 from memorize.cell import CellPaths, resolve_device
 from memorize.config import CellConfig, ConfigError, cell_id, to_dict
 from memorize.sweep.job import BatchJob, CellJob, PackJob, checkpoint_grid
-from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, prepare
+from memorize.sweep.layout import ERROR, cell_dir, check_launch, is_done, is_locked, left_out_points, prepare
 from memorize.sweep.local import (LOCAL_TIMEOUT_MIN, run_local, share_out, slot_gpus, slot_parameters,
                                   threads_per_cell, visible_gpus, wait_until_free)
 from memorize.sweep.slurm import check_slurm_here, queued_cells, slurm_executor, submit_slurm, wait_for_slurm
@@ -144,6 +144,21 @@ def say_unkept_checkpoints(out: Path, todo: dict[str, list[GridPoint]], score: A
               f"--out to score the whole training time", file=sys.stderr, flush=True)
 
 
+def say_left_out(out: Path, left_out: list[dict], n: int) -> None:
+    """One line where a launch leaves out finished grid points of the spec launched before
+    (:func:`memorize.sweep.layout.left_out_points`): what the table will show, and how to show them again."""
+    if not left_out:
+        return
+    first = ", ".join(f"{k}={v}" for k, v in left_out[0].items() if k not in ("cell", "eval"))
+    one = len(left_out) == 1
+    points = "1 finished grid point" if one else f"{len(left_out)} finished grid points"
+    print(f"memorize: {points} of the spec last launched into {out} {'is' if one else 'are'} not in this one "
+          f"({first}{'' if one else ', ...'}): results.csv and the figures will show this spec's {n} grid "
+          f"point{'' if n == 1 else 's'} only; {'its cell stays' if one else 'their cells stay'} in {out / 'cells'}, "
+          f"and launching a spec that lists {'it' if one else 'them'} again shows {'it' if one else 'them'} without "
+          f"computing anything", file=sys.stderr, flush=True)
+
+
 def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", parallel: int | None = None,
               dry_run: bool = False,
               wait: bool = False, wait_timeout: float = 24 * 3600, progress: bool = True,
@@ -180,10 +195,12 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", paralle
     check_processes(points, processes, flag, executor, pack, len(gpus) if on_gpu else None, parallel)
     if executor == "slurm" and not dry_run:
         check_slurm_here()
+    left_out = left_out_points(out, points)
     if dry_run:
         check_launch(spec, out, points)
     else:
         points = prepare(spec, out, points)
+    say_left_out(out, left_out, len(points))
     cells = by_cell(points)
     if parallel is None:
         parallel = max(1, len(gpus) // processes) if on_gpu else 1

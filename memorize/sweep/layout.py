@@ -363,6 +363,18 @@ def _listed_grid(out: Path) -> pd.DataFrame | _Bad | None:
     return table
 
 
+def left_out_points(out: Path, points: list[GridPoint]) -> list[dict]:
+    """The finished grid points of the spec last launched into ``out`` (rows of its ``cells.csv``) whose cells
+    are not among those of ``points``: after this launch its results and figures leave them out, though their
+    cells stay. None where there is no readable grid index."""
+    listed = _listed_grid(out) if out.is_dir() else None
+    if not isinstance(listed, pd.DataFrame):
+        return []
+    cells = {p.cell for p in points}
+    return [row for row in listed.to_dict("records")
+            if row["cell"] not in cells and is_done(cell_dir(out, row["cell"]), row["eval"])]
+
+
 def _same_points(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return list(zip(a["cell"], a["eval"])) == list(zip(b["cell"], b["eval"]))
 
