@@ -9,7 +9,6 @@ where it was expected.
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 import sys
 import weakref
@@ -163,15 +162,17 @@ def eight_bit(img: PIL.Image.Image, path: Path) -> PIL.Image.Image:
 _WARNED_TOP_LEVEL: set[str] = set()  # folders whose top-level images this process has named
 
 
-def load_folder(root: str | Path, size: int | None) -> Dataset:
+def load_folder(root: str | Path, size: int | None,
+                listing: tuple[tuple[str, int, int], ...] | None = None) -> Dataset:
     """Every image under ``root`` (recursively), as RGB; labels from first-level subfolders (an image at the
-    top level beside them gets the first subfolder's class, said once per process on stderr).
+    top level beside them gets the first subfolder's class, said once per process on stderr). ``listing``:
+    :func:`_folder_listing` of ``root`` where the caller has it.
 
     Images of different sizes need ``data.resize``; they are then resized to
     ``size x size`` here.
     """
     root = Path(root)
-    listing = _folder_listing(root)
+    listing = _folder_listing(root) if listing is None else listing
     files = [Path(name) for name, *_ in listing]
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     class_index = {c: i for i, c in enumerate(classes)}
@@ -260,9 +261,10 @@ def decode_image(path: Path, channels: int | None = None, size: int | None = Non
 
 def decode_images(files: list[Path], channels: int | None = None, size: int | None = None,
                   threads: int | None = None) -> list[np.ndarray]:
-    """``files`` decoded by :func:`decode_image` in order, in ``threads`` threads (default: the cores, up to 8;
-    Pillow decodes without holding the GIL); the first unreadable one in order raises."""
-    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+    """``files`` decoded by :func:`decode_image` in order, in ``threads`` threads (default: torch's, the threads
+    this process is allotted, up to 8; Pillow decodes without holding the GIL); the first unreadable one in
+    order raises."""
+    with ThreadPoolExecutor(threads or min(8, torch.get_num_threads())) as pool:
         return list(pool.map(lambda file: decode_image(file, channels, size), files))
 
 
@@ -358,7 +360,7 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 _HELD: weakref.WeakValueDictionary[tuple, Dataset] = weakref.WeakValueDictionary()  # loaded datasets still held
-_STAMPS: dict[tuple, tuple] = {}  # their files as they were read (:func:`_stamp`)
+_STAMPS: dict[tuple, tuple] = {}  # their files as they were read (path, size, modification time)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -367,26 +369,26 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     each held a copy of its own (0.6 GB per cell for CIFAR-10 as float32). So a dataset is never altered in
     place; what its users change is their own copy (its subsets are)."""
     key = (cfg.name, str(cfg.root), cfg.resize, repr(cfg.gmm) if cfg.name == "gmm" else None)
+    # what tells its files now from those it was read from: each file's path, size and modification time
+    # (for an image folder, every image under its root, so that one added counts too)
+    listing = _folder_listing(Path(cfg.root)) if cfg.name == "folder" else None
     held = _HELD.get(key)
-    if held is not None and _STAMPS.get(key) == _stamp(cfg, held.files):
+    if held is not None and _STAMPS.get(key) == (listing or _file_stamp(held.files)):
         return held
-    ds = _read_dataset(cfg)
+    ds = load_folder(cfg.root, cfg.resize, listing) if listing else _read_dataset(cfg)
     for gone in [k for k in _STAMPS if k not in _HELD]:
         del _STAMPS[gone]
-    _HELD[key], _STAMPS[key] = ds, _stamp(cfg, ds.files)
+    _HELD[key], _STAMPS[key] = ds, listing or _file_stamp(ds.files)
     return ds
 
 
-def _stamp(cfg: DataConfig, files: tuple[Path, ...]) -> tuple:
-    """What tells a dataset's files now from those it was read from: each file's path, size and modification
-    time (for an image folder, every image under its root now, so that one added counts too)."""
-    if cfg.name == "folder":
-        return _folder_listing(Path(cfg.root))
+def _file_stamp(files: tuple[Path, ...]) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), *_stat(Path(p))) for p in files)
 
 
 def _read_dataset(cfg: DataConfig) -> Dataset:
-    """The dataset ``cfg.name`` read from its source (resized if ``cfg.resize``)."""
+    """The dataset ``cfg.name`` read from its files, or made (resized if ``cfg.resize``; a folder is read by
+    :func:`load_folder`)."""
     if cfg.name == "digits":
         ds = load_digits()
     elif cfg.name == "gmm":
@@ -395,8 +397,6 @@ def _read_dataset(cfg: DataConfig) -> Dataset:
         ds = load_mnist(cfg.root)
     elif cfg.name == "cifar10":
         ds = load_cifar10(cfg.root)
-    elif cfg.name == "folder":
-        return load_folder(cfg.root, cfg.resize)
     elif cfg.name == "npz":
         ds = load_npz(cfg.root)
     else:  # guarded by DataConfig's Literal

@@ -207,10 +207,11 @@ def checkpoint_records(root: Path, record: dict) -> tuple[list[dict], list[Path]
     to evaluate again; each named once on stderr. A record gone whose checkpoint is gone too is left out:
     the curves lack its step."""
     paths = CellPaths(Path(root))
-    found, remake = [], []
+    found, remake, records = [], [], None
     for entry in record.get("over_steps") or []:
         if "eval" not in entry:
-            at = _listed_inline(root, record, entry)
+            records = _cell_records(root) if records is None else records
+            at = _listed_inline(root, record, entry, records)
             found += [] if at is None else [at]
             continue
         step, path = int(entry["step"]), eval_path(root, entry["eval"])
@@ -230,13 +231,17 @@ def checkpoint_records(root: Path, record: dict) -> tuple[list[dict], list[Path]
     return found, remake
 
 
-def _listed_inline(root: Path, record: dict, entry: dict) -> dict | None:
+def _cell_records(root: Path) -> list[dict]:
+    """Every readable result record of the cell at ``root``."""
+    return [at for path in sorted(eval_path(root, "-").parent.glob("*.json")) if (at := read_eval(root, path.stem))]
+
+
+def _listed_inline(root: Path, record: dict, entry: dict, records: list[dict]) -> dict | None:
     """The result record of a scored checkpoint that a sweep written before 2026-11-24 lists by a few of its
-    columns and no key: every checkpoint was also evaluated into a record of its own, the cell's record at
-    that step with these values. None, named once, where there is none."""
-    for path in sorted(eval_path(root, "-").parent.glob("*.json")):
-        at = read_eval(root, path.stem)
-        if at is not None and at.get("step") == entry["step"] and all(_same(at.get(k), v) for k, v in entry.items()):
+    columns and no key: every checkpoint was also evaluated into a record of its own, the one of the cell's
+    ``records`` at that step with these values. None, named once, where there is none."""
+    for at in records:
+        if at.get("step") == entry["step"] and all(_same(at.get(k), v) for k, v in entry.items()):
             return at
     _damaged(eval_path(root, record["eval"]), f"it lists a scored checkpoint at step {entry['step']:,} whose own "
                                               f"result record is gone", "the curves leave that step out")
@@ -366,7 +371,7 @@ def _listed_grid(out: Path) -> pd.DataFrame | _Bad | None:
 def left_out_points(out: Path, points: list[GridPoint]) -> list[dict]:
     """The finished grid points of the spec last launched into ``out`` (rows of its ``cells.csv``) whose cells
     are not among those of ``points``: after this launch its results and figures leave them out, though their
-    cells stay. None where there is no readable grid index."""
+    cells stay. Empty where there is no readable grid index."""
     listed = _listed_grid(out) if out.is_dir() else None
     if not isinstance(listed, pd.DataFrame):
         return []
