@@ -190,11 +190,16 @@ def load_folder(root: str | Path, size: int | None,
     return Dataset("folder", _from_uint8(images), labels, max(len(classes), 1), files=tuple(files))
 
 
+def image_paths(root: Path) -> list[Path]:
+    """The image files under ``root`` (by suffix, :data:`IMAGE_SUFFIXES`), recursively, sorted by path."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _folder_listing(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """Every image under ``root``, recursively and sorted, with its size and modification time (:func:`_stat`)."""
+    """Every image under ``root`` (:func:`image_paths`) with its size and modification time (:func:`_stat`)."""
     if not root.is_dir():
         raise DatasetError(f"folder: expected an image folder at {root} (not found)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_paths(root)
     if not files:
         raise DatasetError(f"folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return tuple((str(p), *_stat(p)) for p in files)

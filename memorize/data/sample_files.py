@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from memorize.data.datasets import (IMAGE_SUFFIXES, NUMPY_FILE_ERRORS, DatasetError, decode_image, decode_images,
-                                     resize_images)
+                                     image_paths, resize_images)
 from memorize.errors import foreign_message
 
 RANGES = ("auto", "0-255", "0-1", "-1-1")
 
 
 def image_files(root: Path) -> list[Path]:
-    """The images under ``root``, recursively, sorted by path."""
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images under ``root``, recursively, sorted by path (:func:`memorize.data.datasets.image_paths`)."""
+    files = image_paths(root)
     if not files:
         raise DatasetError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
